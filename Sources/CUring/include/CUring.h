@@ -1,0 +1,28 @@
+// CUring: C glue for dmem-emu's copy engine. No logic beyond glue.
+//
+// <sys/select.h> and <sys/socket.h> must come before <liburing.h>: otherwise
+// Swift's Glibc module and this one disagree on fd_set ("'__fds_bits' ... not
+// present in definition of 'fd_set' in module 'CUring'").
+#ifndef DMEM_CURING_H
+#define DMEM_CURING_H
+
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <liburing.h>
+
+/// memfd_create(2); Glibc's Swift overlay does not export it.
+int cu_memfd_create(const char *name, unsigned int flags);
+
+/// fallocate(2); hidden behind _GNU_SOURCE in glibc.
+int cu_fallocate(int fd, int mode, off_t offset, off_t len);
+
+/// The MFD_CLOEXEC flag value for cu_memfd_create.
+unsigned int cu_mfd_cloexec(void);
+
+/// IOV_MAX as the C library defines it.
+int cu_iov_max(void);
+
+#endif

@@ -1,0 +1,1 @@
+// DMAEngine: the copy engine (regions, channels, descriptors, fences, coalescing, backends).

@@ -1,0 +1,1 @@
+// DeviceEmu: the fake GPU and its dmem driver.

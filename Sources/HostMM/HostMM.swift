@@ -1,0 +1,1 @@
+// HostMM: the kernel memory-manager model.

@@ -1,0 +1,2 @@
+// dmem-bench: the batched-copy / migration benchmark.
+print("dmem-bench: nothing here yet")
