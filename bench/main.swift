@@ -1,2 +1,0 @@
-// dmem-bench: the batched-copy / migration benchmark.
-print("dmem-bench: nothing here yet")
