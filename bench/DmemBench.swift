@@ -1,6 +1,6 @@
 import ArgumentParser
 
-/// The `dmem-bench` root command: one subcommand per scenario.
+/// The `dmem-bench` root command. With no subcommand it runs the standard suite.
 @main
 struct DmemBench: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -9,7 +9,15 @@ struct DmemBench: ParsableCommand {
         discussion: """
             Every scenario verifies the bytes it moved and reports GB/s next to a plain memcpy \
             of the same pattern, measured in the same run, so the ratio is comparable across machines.
+
+            Run with no arguments for the standard suite (about a minute). Examples:
+              dmem-bench                                   # the suite, summary table on stdout
+              dmem-bench --json results.json --plot plots/ # the suite, plus files and charts
+              dmem-bench list                              # scenarios, parameters, defaults
+              dmem-bench run memcpy --sweep batch=1,64,512 page-size=4K,2M --repeat 3
+              dmem-bench run memcpy --trace trace.json     # timeline for Perfetto UI
             """,
-        subcommands: []
+        subcommands: [SuiteCommand.self, RunCommand.self, ListCommand.self],
+        defaultSubcommand: SuiteCommand.self
     )
 }

@@ -1,0 +1,44 @@
+import ArgumentParser
+
+/// The options every measuring command shares: repeats, CI sizing, output files, trace.
+struct BenchOptions: ParsableArguments {
+    @Option(name: .customLong("repeat"), help: ArgumentHelp(
+        "Measure each point N times; numbers are reported as the median with <field>_min/_max.", valueName: "n"))
+    var repeats: Int = 1
+
+    @Flag(help: "CI-sized runs: smaller totals for every parameter you did not set (each scenario defines them).")
+    var quick = false
+
+    @Option(help: ArgumentHelp("Write every run, with the machine's facts, as JSON ('-' for stdout).", valueName: "file"))
+    var json: String?
+
+    @Option(help: ArgumentHelp("Write every run, with the machine's facts, as CSV ('-' for stdout).", valueName: "file"))
+    var csv: String?
+
+    @Option(help: ArgumentHelp(
+        "Draw PNG charts into DIR with bench/plot.py (python3 + matplotlib; installed with pip when missing).",
+        valueName: "dir"))
+    var plot: String?
+
+    @Option(help: ArgumentHelp(
+        "Write a timeline of the runs as Chrome trace-event JSON (open it in Perfetto UI or chrome://tracing).",
+        valueName: "file"))
+    var trace: String?
+
+    @Option(help: ArgumentHelp("Trace events kept before further ones are dropped.", valueName: "n"))
+    var traceCapacity: Int = 1 << 20
+
+    @Flag(help: "No progress line on stderr.")
+    var quiet = false
+
+    func validate() throws {
+        guard (1...1000).contains(repeats) else { throw ValidationError("--repeat must be between 1 and 1000 (got \(repeats))") }
+        guard traceCapacity > 0 else { throw ValidationError("--trace-capacity must be positive (got \(traceCapacity))") }
+        if json == "-" && csv == "-" { throw ValidationError("--json and --csv cannot both write to stdout ('-')") }
+    }
+}
+
+extension ParameterValueError {
+    /// The same message as an ArgumentParser validation error (printed with the usage line).
+    var validationError: ValidationError { ValidationError(message) }
+}

@@ -1,0 +1,91 @@
+import ArgumentParser
+import Foundation
+
+/// One invocation's measuring: runs the jobs, then writes the summary table, the JSON/CSV
+/// files, the trace and the plots that `BenchOptions` asked for. Outputs are written even
+/// when a point fails (with the points measured before it), then the command fails.
+///
+/// Threads: the command's thread.
+struct BenchSession {
+    var options: BenchOptions
+    var registry: ScenarioRegistry = .standard
+
+    func execute(_ jobs: [BenchJob]) throws {
+        let progress = ProgressLine.forStandardError(quiet: options.quiet)
+        let trace = options.trace.map { _ in TraceRecorder(capacity: options.traceCapacity) }
+        let runner = BenchRunner(repeats: options.repeats, quick: options.quick, trace: trace, progress: progress)
+        var failure: BenchRunError?
+        let results: [BenchResult]
+        do {
+            results = try runner.run(jobs)
+        } catch {
+            failure = error
+            results = error.completed
+        }
+        let document = ResultsDocument(command: Self.commandLine, machine: .gather(), results: results)
+        try writeOutputs(document, trace: trace, progress: progress)
+        if let failure {
+            FileHandle.standardError.write(Data("dmem-bench: error: \(failure)\n".utf8))
+            throw ExitCode.failure
+        }
+    }
+
+    private func writeOutputs(_ document: ResultsDocument, trace: TraceRecorder?, progress: ProgressLine) throws {
+        if !document.results.isEmpty {
+            let table = SummaryTable(results: document.results, registry: registry).text + "\n"
+            if options.json == "-" || options.csv == "-" {
+                FileHandle.standardError.write(Data(table.utf8))
+            } else {
+                print(table, terminator: "")
+            }
+        }
+        if let path = options.json { try write(document.json, to: path, what: "JSON", progress: progress) }
+        if let path = options.csv { try write(document.csv, to: path, what: "CSV", progress: progress) }
+        if let path = options.trace, let trace {
+            var metadata: [String: String] = ["command": document.command]
+            for fact in document.machine.fields { metadata[fact.name] = fact.value.csv }
+            do { try trace.writeJSON(to: path, metadata: metadata) } catch {
+                throw ValidationError("cannot write the trace to \(path): \(error.localizedDescription)")
+            }
+            let dropped = trace.droppedEvents
+            progress.note("trace: \(path)" + (dropped > 0 ? " (\(dropped) events dropped: raise --trace-capacity)" : ""))
+        }
+        if let directory = options.plot { try plot(document, into: directory, progress: progress) }
+    }
+
+    private func plot(_ document: ResultsDocument, into directory: String, progress: ProgressLine) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw ValidationError("cannot create --plot directory \(directory): \(error.localizedDescription)")
+        }
+        var jsonPath = options.json ?? "-"
+        if jsonPath == "-" {
+            jsonPath = (directory as NSString).appendingPathComponent("dmem-bench.json")
+            try write(document.json, to: jsonPath, what: "JSON", progress: progress)
+        }
+        do {
+            try PlotRunner(progress: progress).plot(jsonPath: jsonPath, directory: directory)
+        } catch {
+            FileHandle.standardError.write(Data("dmem-bench: plots: \(error)\n".utf8))
+            throw ExitCode.failure
+        }
+    }
+
+    private func write(_ text: String, to path: String, what: String, progress: ProgressLine) throws {
+        do {
+            try ResultsDocument.write(text, to: path)
+        } catch {
+            throw ValidationError("cannot write the \(what) file \(path): \(error.localizedDescription)")
+        }
+        if path != "-" { progress.note("\(what): \(path)") }
+    }
+
+    /// The command line as typed (arguments with spaces quoted): recorded in the JSON.
+    static var commandLine: String {
+        CommandLine.arguments.enumerated().map { index, argument in
+            let word = index == 0 ? "dmem-bench" : argument
+            return word.contains(where: { $0 == " " || $0 == "\"" }) ? "'\(word)'" : word
+        }.joined(separator: " ")
+    }
+}

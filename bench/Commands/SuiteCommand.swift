@@ -1,0 +1,48 @@
+import ArgumentParser
+
+/// `dmem-bench [suite]`: the standard suite with one combined summary (the default command).
+struct SuiteCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "suite",
+        abstract: "Runs the standard suite (about a minute) and prints one summary table. The default command.",
+        discussion: """
+            The summary shows, per case, GB/s, the same-run memcpy GB/s and their ratio, and the \
+            latency percentiles (p50, p90, p99, p99.9, max in µs) the scenario recorded. \
+            `dmem-bench suite --dry-run` lists the points; `dmem-bench run` measures one scenario.
+            """
+    )
+
+    @Option(parsing: .upToNextOption, help: ArgumentHelp("Only these scenarios of the suite.", valueName: "scenario"))
+    var only: [String] = []
+
+    @Flag(help: "List the suite's points without running them.")
+    var dryRun = false
+
+    @OptionGroup var options: BenchOptions
+
+    func validate() throws {
+        do { _ = try jobs() } catch { throw error.validationError }
+    }
+
+    func run() throws {
+        let jobs: [BenchJob]
+        do { jobs = try self.jobs() } catch { throw error.validationError }
+        if dryRun {
+            for job in jobs {
+                let quick = options.quick ? job.parameters.merging(defaults: BenchRunner.quickValues(of: job.scenario)) : job.parameters
+                print([job.scenario.name, quick.label].filter { !$0.isEmpty }.joined(separator: " "))
+            }
+            return
+        }
+        try BenchSession(options: options).execute(jobs)
+    }
+
+    func jobs(suite: BenchSuite = .standard, registry: ScenarioRegistry = .standard) throws(ParameterValueError) -> [BenchJob] {
+        for name in only where registry[name] == nil {
+            throw ParameterValueError("unknown scenario '\(name)' (known: \(registry.names.joined(separator: ", ")))")
+        }
+        let jobs = try suite.jobs(registry: registry, only: only.isEmpty ? nil : Set(only))
+        guard !jobs.isEmpty else { throw ParameterValueError("the suite has no entries for \(only.joined(separator: ", "))") }
+        return jobs
+    }
+}

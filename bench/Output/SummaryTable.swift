@@ -1,0 +1,122 @@
+import Foundation
+
+/// The combined summary on stdout: one line per throughput figure of every result, with
+/// its ratio to the same-run memcpy and the latency percentiles the record carries.
+///
+/// Columns: scenario, case, GB/s (and spread under `--repeat`), memcpy GB/s, ratio,
+/// latency name, p50/p90/p99/p99.9/max in µs, check (verified), details.
+///
+/// Threads: pure; any thread.
+struct SummaryTable {
+    var results: [BenchResult]
+    var registry: ScenarioRegistry = .standard
+
+    /// Throughput fields of a record: every `*gbps` field except the memcpy baseline.
+    static func throughputFields(of record: RunRecord) -> [String] {
+        record.fields.map(\.name).filter { $0.hasSuffix("gbps") && $0 != "memcpy_gbps" }
+    }
+
+    var text: String {
+        let showSpread = results.contains { $0.repeats > 1 }
+        var header = ["scenario", "case", "GB/s"]
+        if showSpread { header.append("min-max") }
+        header += ["memcpy", "ratio", "latency", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "check", "details"]
+        var rows: [[String]] = []
+        for result in results {
+            rows += self.rows(for: result, showSpread: showSpread)
+        }
+        return Self.render(header: header, rows: rows)
+    }
+
+    private func rows(for result: BenchResult, showSpread: Bool) -> [[String]] {
+        let record = result.record
+        let scenario = registry[result.scenario]
+        let throughput = Self.throughputFields(of: record)
+        let latency = LatencyHistogram.prefixes(in: record)
+        var base = [result.parameters.label]
+        for field in scenario?.caseFields ?? ["direction"] {
+            if let value = record[field] { base.append(field == "direction" ? value.formatted() : "\(field)=\(value.formatted())") }
+        }
+        let details = (scenario?.summaryFields ?? []).compactMap { name in record[name].map { "\(name)=\($0.formatted())" } }
+        let check: String = switch record["verified"] {
+        case .bool(true)?: "ok"
+        case .bool(false)?: "FAIL"
+        default: ""
+        }
+        return (0..<max(1, throughput.count, latency.count)).map { i in
+            var caseParts = base
+            var cells: [String]
+            if i < throughput.count {
+                let field = throughput[i]
+                if field != "gbps" { caseParts.append(String(field.dropLast("_gbps".count))) }
+                let baseline = memcpyBaseline(for: record, field: field)
+                cells = [format(record[field])]
+                if showSpread { cells.append(spread(record, field)) }
+                cells += [baseline.map { format(.double($0)) } ?? "-", ratio(record, field: field, baseline: baseline)]
+            } else {
+                cells = showSpread ? ["-", "-", "-", "-"] : ["-", "-", "-"]
+            }
+            if i < latency.count {
+                let prefix = latency[i]
+                cells.append(prefix)
+                for suffix in ["p50", "p90", "p99", "p99_9", "max"] { cells.append(format(record["\(prefix)_\(suffix)_us"])) }
+            } else {
+                cells += Array(repeating: "", count: 6)
+            }
+            cells += [i == 0 ? check : "", i == 0 ? details.joined(separator: " ") : ""]
+            let label = caseParts.filter { !$0.isEmpty }.joined(separator: " ")
+            return [i == 0 ? result.scenario : "", label.isEmpty ? "default" : label] + cells
+        }
+    }
+
+    /// The record's own baseline (`memcpy_gbps`) or, for records without one, the median GB/s
+    /// of the same-run memcpy results with the same page size (and direction, when both have one).
+    func memcpyBaseline(for record: RunRecord, field: String) -> Double? {
+        if let own = record["memcpy_gbps"]?.numeric { return own }
+        guard record["page_size"] != nil else { return nil }
+        let candidates = results.filter { $0.scenario == "memcpy" && $0.record["page_size"] == record["page_size"] }
+        guard !candidates.isEmpty, !(candidates.contains { $0.record == record }) else { return nil }
+        let sameDirection = candidates.filter { $0.record["direction"] == record["direction"] }
+        let chosen = sameDirection.isEmpty ? candidates : sameDirection
+        let values = chosen.compactMap { $0.record["gbps"]?.numeric }
+        return values.isEmpty ? nil : RepeatAggregate.median(values)
+    }
+
+    private func ratio(_ record: RunRecord, field: String, baseline: Double?) -> String {
+        let stem = field == "gbps" ? "" : "_" + field.dropLast("_gbps".count)
+        if let own = record["ratio\(stem)"]?.numeric { return format(.double(own)) }
+        guard let baseline, baseline > 0, let value = record[field]?.numeric else { return "-" }
+        return format(.double(value / baseline))
+    }
+
+    private func spread(_ record: RunRecord, _ field: String) -> String {
+        guard let lo = record["\(field)_min"], let hi = record["\(field)_max"] else { return "-" }
+        return "\(format(lo))-\(format(hi))"
+    }
+
+    private func format(_ value: RunRecord.Value?) -> String {
+        guard let value else { return "-" }
+        if case .double(let v) = value, v.isFinite, abs(v) >= 1000 { return value.formatted(digits: 0) }
+        return value.formatted(digits: 2)
+    }
+
+    /// A left-aligned text column table (numbers right-aligned).
+    static func render(header: [String], rows: [[String]]) -> String {
+        var widths = header.map(\.count)
+        for row in rows { for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) } }
+        func isNumeric(_ s: String) -> Bool { !s.isEmpty && s.allSatisfy { $0.isNumber || $0 == "." || $0 == "-" } }
+        func line(_ row: [String]) -> String {
+            row.enumerated().map { i, cell in
+                let pad = String(repeating: " ", count: widths[i] - cell.count)
+                return isNumeric(cell) ? pad + cell : cell + pad
+            }.joined(separator: "  ").replacingOccurrences(of: "\\s+$", with: "", options: .regularExpression)
+        }
+        return ([line(header), line(widths.map { String(repeating: "-", count: $0) })] + rows.map(line)).joined(separator: "\n")
+    }
+}
+
+extension RunRecord: Equatable {
+    static func == (lhs: RunRecord, rhs: RunRecord) -> Bool {
+        lhs.fields.count == rhs.fields.count && zip(lhs.fields, rhs.fields).allSatisfy { $0.name == $1.name && $0.value == $1.value }
+    }
+}

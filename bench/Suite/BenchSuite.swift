@@ -1,0 +1,45 @@
+/// A list of (scenario, parameters) entries run one after the other with one combined
+/// summary: what `dmem-bench` runs with no arguments.
+///
+/// Each entry's parameters use the `--sweep` syntax, so one entry may expand to several
+/// points (`"page-size=4K,64K coalesce=on,off"`). Put the memcpy baselines first: the
+/// summary's ratio column compares against them.
+///
+/// Threads: immutable value; any thread.
+struct BenchSuite: Sendable {
+    struct Entry: Sendable {
+        var scenario: String
+        var sweep: String
+
+        init(_ scenario: String, _ sweep: String = "") {
+            self.scenario = scenario
+            self.sweep = sweep
+        }
+    }
+
+    var name: String
+    var entries: [Entry]
+
+    /// The default run (~1 minute in a release build on a 2-core machine). The copy, mm and
+    /// migrate entries are added here as those scenarios land.
+    static let standard = BenchSuite(name: "standard", entries: [
+        Entry("memcpy", "page-size=4K,64K,2M"),
+    ])
+
+    /// The jobs of every entry, checked against `registry` (unknown scenarios or keys, bad values).
+    func jobs(registry: ScenarioRegistry = .standard, only: Set<String>? = nil) throws(ParameterValueError) -> [BenchJob] {
+        var jobs: [BenchJob] = []
+        for entry in entries where only?.contains(entry.scenario) ?? true {
+            let scenario = try registry.scenario(named: entry.scenario)
+            let spec: SweepSpec
+            do {
+                spec = try SweepSpec(parsing: [entry.sweep])
+            } catch {
+                throw ParameterValueError("suite entry \(entry.scenario) '\(entry.sweep)': \(error.message)")
+            }
+            let plan = try SweepPlan(scenario: scenario, spec: spec)
+            jobs += plan.points.map { BenchJob(scenario: scenario, parameters: $0) }
+        }
+        return jobs
+    }
+}
