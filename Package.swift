@@ -80,7 +80,7 @@ let package = Package(
         // Added with their first tests:
         // .testTarget(name: "HostMMTests", dependencies: ["HostMM"], swiftSettings: strict),
         // .testTarget(name: "DeviceEmuTests", dependencies: ["DeviceEmu", "HostMM", "DMAEngine"], swiftSettings: strict),
-        // .testTarget(name: "BenchTests", dependencies: ["dmem-bench"], swiftSettings: strict),
+        .testTarget(name: "BenchTests", dependencies: ["dmem-bench"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,104 @@
+import Foundation
+import Testing
+@testable import dmem_bench
+
+@Suite struct MemcpyScenarioTests {
+    let scenario = MemcpyScenario()
+
+    func run(_ overrides: [(key: String, value: String)], trace: TraceProcess? = nil) throws -> [RunRecord] {
+        let parameters = try ScenarioParameters(for: scenario, overrides: overrides)
+        return try scenario.run(parameters, context: ScenarioContext(trace: trace))
+    }
+
+    @Test func copiesScatteredPagesBothWaysAndReportsGBpsAndBatchLatency() throws {
+        let records = try run([("total", "512K"), ("span", "4M"), ("batch", "16")])
+        #expect(records.map { $0["direction"] } == [.string("h2d"), .string("d2h")])
+        for r in records {
+            #expect(r["verified"] == .bool(true))
+            #expect(r["bytes"] == .int(512 << 10))
+            #expect(r["pages"] == .int(128))
+            #expect(r["batch_samples"] == .int(8))
+            #expect((r["gbps"]?.numeric ?? 0) > 0)
+            #expect((r["batch_p50_us"]?.numeric ?? 0) > 0)
+            #expect((r["batch_max_us"]?.numeric ?? 0) >= (r["batch_p50_us"]?.numeric ?? .infinity))
+        }
+    }
+
+    @Test func refusesAPageSizeThatIsNotAMultipleOfEight() {
+        #expect(throws: ScenarioError(scenario: "memcpy", message: "page-size 100 is not a multiple of 8")) {
+            try run([("page-size", "100"), ("total", "64K")])
+        }
+    }
+
+    @Test func scatterLayoutPicksDistinctPagesInsideTheSpanDeterministically() {
+        let a = ScatterLayout(pageSize: 4096, count: 100, spanBytes: 1 << 20, seed: 9)
+        let b = ScatterLayout(pageSize: 4096, count: 100, spanBytes: 1 << 20, seed: 9)
+        #expect(a.offsets == b.offsets)
+        #expect(Set(a.offsets).count == 100)
+        #expect(a.offsets.allSatisfy { $0 % 4096 == 0 && $0 < 1 << 20 })
+        #expect(a.offsets != ScatterLayout(pageSize: 4096, count: 100, spanBytes: 1 << 20, seed: 10).offsets)
+    }
+
+    @Test func tracesBatchesOnTheMemcpyTrack() throws {
+        let recorder = TraceRecorder(capacity: 1024)
+        _ = try run([("total", "64K"), ("span", "1M"), ("batch", "4")], trace: recorder.process("memcpy"))
+        let names = recorder.sortedEvents().map(\.name.description)
+        #expect(names.first == "fill pattern")
+        #expect(names.filter { $0 == "gather batch" }.count == 4)
+        #expect(names.filter { $0 == "scatter batch" }.count == 4)
+        #expect(names.filter { $0 == "verify" }.count == 2)
+        #expect(names.lastIndex(of: "gather batch")! < names.firstIndex(of: "scatter batch")!)
+    }
+}
+
+@Suite struct SuiteAndSummaryTests {
+    @Test func standardSuiteEntriesAreValid() throws {
+        let jobs = try BenchSuite.standard.jobs()
+        #expect(!jobs.isEmpty)
+        #expect(jobs.first?.scenario.name == "memcpy")
+    }
+
+    @Test func suiteRejectsUnknownScenariosAndKeys() {
+        let bad = BenchSuite(name: "t", entries: [.init("memcpy", "bogus=1")])
+        #expect(throws: ParameterValueError("unknown parameter 'bogus' for scenario 'memcpy' (known: page-size, total, span, batch, seed)")) {
+            try bad.jobs()
+        }
+        #expect(throws: ParameterValueError("unknown scenario 'nope' (known: memcpy)")) {
+            try BenchSuite(name: "t", entries: [.init("nope")]).jobs()
+        }
+    }
+
+    /// The main command's path, CI-sized: every suite point runs, verifies and lands in the table.
+    @Test func quickStandardSuiteRunsEndToEnd() throws {
+        let results = try BenchRunner(quick: true).run(try BenchSuite.standard.jobs())
+        #expect(results.count == 2 * (try BenchSuite.standard.jobs().count))
+        #expect(results.allSatisfy { $0.record["verified"] == .bool(true) })
+        let table = SummaryTable(results: results).text
+        #expect(table.contains("page-size=4K h2d"))
+        #expect(table.split(separator: "\n").count == 2 + results.count)
+    }
+
+    @Test func summaryComparesWithTheSameRunMemcpyOfTheSamePageSize() throws {
+        func result(_ scenario: String, _ fields: [(String, RunRecord.Value)]) -> BenchResult {
+            var r = RunRecord()
+            for (name, value) in fields { r.set(name, value) }
+            return BenchResult(scenario: scenario, parameters: ScenarioParameters(values: [:]), repeats: 1, record: r, samples: [])
+        }
+        let results = [
+            result("memcpy", [("direction", .string("h2d")), ("page_size", .int(4096)), ("gbps", .double(8))]),
+            result("memcpy", [("direction", .string("h2d")), ("page_size", .int(65536)), ("gbps", .double(10))]),
+            result("copy", [("direction", .string("h2d")), ("page_size", .int(4096)), ("gbps", .double(6))]),
+            result("migrate", [("to_device_gbps", .double(3)), ("to_ram_fault_gbps", .double(1)), ("memcpy_gbps", .double(4)),
+                               ("ratio_to_device", .double(0.7)), ("fault_p50_us", .double(5)), ("fault_p90_us", .double(6)),
+                               ("fault_p99_us", .double(7)), ("fault_p99_9_us", .double(8)), ("fault_max_us", .double(9))]),
+        ]
+        let table = SummaryTable(results: results)
+        #expect(table.memcpyBaseline(for: results[2].record, field: "gbps") == 8)
+        let lines = table.text.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
+        #expect(lines.count == 2 + 5)
+        #expect(lines[4].prefix(6) == ["copy", "h2d", "6.00", "8.00", "0.75"])  // scenario, case, GB/s, memcpy, ratio
+        #expect(lines[5].prefix(6) == ["migrate", "to_device", "3.00", "4.00", "0.70", "fault"])
+        #expect(lines[5][6...10] == ["5.00", "6.00", "7.00", "8.00", "9.00"])
+        #expect(lines[6].prefix(4) == ["to_ram_fault", "1.00", "4.00", "0.25"])
+    }
+}
