@@ -11,11 +11,12 @@ struct DmemBench: ParsableCommand {
             of the same pattern, measured in the same run, so the ratio is comparable across machines.
 
             Run with no arguments for the standard suite (about a minute). Examples:
-              dmem-bench                                   # the suite, summary table on stdout
-              dmem-bench --json results.json --plot plots/ # the suite, plus files and charts
-              dmem-bench list                              # scenarios, parameters, defaults
-              dmem-bench run memcpy --sweep batch=1,64,512 page-size=4K,2M --repeat 3
-              dmem-bench run memcpy --trace trace.json     # timeline for Perfetto UI
+              dmem-bench                       the suite; summary table on stdout
+              dmem-bench --json r.json --plot plots/
+                                               the suite, plus files and charts
+              dmem-bench list                  scenarios, parameters, defaults
+              dmem-bench run memcpy --sweep batch=1,64,512 page-size=4K,2M
+              dmem-bench run memcpy --trace t.json   timeline for Perfetto UI
             """,
         subcommands: [SuiteCommand.self, RunCommand.self, ListCommand.self],
         defaultSubcommand: SuiteCommand.self

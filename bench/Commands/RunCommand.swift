@@ -9,12 +9,14 @@ struct RunCommand: ParsableCommand {
             Parameters are KEY=VALUE; `dmem-bench list` shows each scenario's keys, kinds and defaults. \
             Sizes take K/M/G/T suffixes (binary). Every value is checked before the first run.
 
-            --sweep takes KEY=V1,V2,… specs, repeated or space-separated; the runs are the cartesian \
-            product, first key outermost:
-              dmem-bench run memcpy --sweep batch=1,8,64,512,2048 --sweep page-size=4K,64K,2M
-              dmem-bench run memcpy --sweep "batch=1,8,64 page-size=4K,2M" --repeat 5 --json out.json
+            --sweep takes KEY=V1,V2,… specs, repeated or space-separated; the runs \
+            are the cartesian product, first key outermost:
+              dmem-bench run memcpy --sweep batch=1,8,64,512,2048 \\
+                                    --sweep page-size=4K,64K,2M
+              dmem-bench run memcpy --sweep "batch=1,64 page-size=4K,2M" \\
+                                    --repeat 5 --json out.json
             --set fixes single values for every point:
-              dmem-bench run memcpy --set total=1G span=4G --sweep page-size=4K,64K --plot plots/
+              dmem-bench run memcpy --set total=1G span=4G --plot plots/
             """
     )
 

@@ -21,19 +21,46 @@ struct SummaryTable {
         var header = ["scenario", "case", "GB/s"]
         if showSpread { header.append("min-max") }
         header += ["memcpy", "ratio", "latency", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "check", "details"]
+        let fixed = fixedParameters
         var rows: [[String]] = []
         for result in results {
-            rows += self.rows(for: result, showSpread: showSpread)
+            rows += self.rows(for: result, showSpread: showSpread, fixed: fixed[result.scenario] ?? [])
         }
-        return Self.render(header: header, rows: rows)
+        var preamble: [String] = []
+        for scenario in orderedScenarios {
+            guard let keys = fixed[scenario], !keys.isEmpty, let sample = results.first(where: { $0.scenario == scenario }) else { continue }
+            preamble.append("\(scenario): " + keys.map { "\($0)=\(sample.parameters[$0] ?? "")" }.joined(separator: " "))
+        }
+        return (preamble + [Self.render(header: header, rows: rows)]).joined(separator: "\n")
     }
 
-    private func rows(for result: BenchResult, showSpread: Bool) -> [[String]] {
+    private var orderedScenarios: [String] {
+        var names: [String] = []
+        for result in results where !names.contains(result.scenario) { names.append(result.scenario) }
+        return names
+    }
+
+    /// Per scenario, the explicit parameters with one value in every result: printed once above
+    /// the table instead of in every case label.
+    var fixedParameters: [String: [String]] {
+        var fixed: [String: [String]] = [:]
+        for scenario in orderedScenarios {
+            let mine = results.filter { $0.scenario == scenario }
+            guard let first = mine.first else { continue }
+            fixed[scenario] = first.parameters.explicitKeys.filter { key in
+                mine.allSatisfy { $0.parameters.explicitKeys.contains(key) && $0.parameters[key] == first.parameters[key] }
+            }
+        }
+        return fixed
+    }
+
+    private func rows(for result: BenchResult, showSpread: Bool, fixed: [String]) -> [[String]] {
         let record = result.record
         let scenario = registry[result.scenario]
         let throughput = Self.throughputFields(of: record)
         let latency = LatencyHistogram.prefixes(in: record)
-        var base = [result.parameters.label]
+        var base = result.parameters.explicitKeys.filter { !fixed.contains($0) }
+            .map { "\($0)=\(result.parameters[$0] ?? "")" }
         for field in scenario?.caseFields ?? ["direction"] {
             if let value = record[field] { base.append(field == "direction" ? value.formatted() : "\(field)=\(value.formatted())") }
         }
