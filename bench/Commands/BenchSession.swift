@@ -44,8 +44,12 @@ struct BenchSession {
         if let path = options.trace, let trace {
             var metadata: [String: String] = ["command": document.command]
             for fact in document.machine.fields { metadata[fact.name] = fact.value.csv }
-            do { try trace.writeJSON(to: path, metadata: metadata) } catch {
-                throw ValidationError("cannot write the trace to \(path): \(error.localizedDescription)")
+            do {
+                let parent = URL(fileURLWithPath: path).deletingLastPathComponent().path
+                try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
+                try trace.writeJSON(to: path, metadata: metadata)
+            } catch {
+                throw OutputError("cannot write the trace to \(path): \(error.localizedDescription)")
             }
             let dropped = trace.droppedEvents
             progress.note("trace: \(path)" + (dropped > 0 ? " (\(dropped) events dropped: raise --trace-capacity)" : ""))
@@ -57,7 +61,7 @@ struct BenchSession {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
-            throw ValidationError("cannot create --plot directory \(directory): \(error.localizedDescription)")
+            throw OutputError("cannot create --plot directory \(directory): \(error.localizedDescription)")
         }
         var jsonPath = options.json ?? "-"
         if jsonPath == "-" {
@@ -74,9 +78,13 @@ struct BenchSession {
 
     private func write(_ text: String, to path: String, what: String, progress: ProgressLine) throws {
         do {
+            if path != "-" {
+                let parent = URL(fileURLWithPath: path).deletingLastPathComponent().path
+                try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
+            }
             try ResultsDocument.write(text, to: path)
         } catch {
-            throw ValidationError("cannot write the \(what) file \(path): \(error.localizedDescription)")
+            throw OutputError("cannot write the \(what) file \(path): \(error.localizedDescription)")
         }
         if path != "-" { progress.note("\(what): \(path)") }
     }
@@ -88,4 +96,10 @@ struct BenchSession {
             return word.contains(where: { $0 == " " || $0 == "\"" }) ? "'\(word)'" : word
         }.joined(separator: " ")
     }
+}
+
+/// An output file could not be written (printed as `Error: …`, without the usage text).
+struct OutputError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
 }
