@@ -29,8 +29,12 @@ struct SuiteCommand: ParsableCommand {
         do { jobs = try self.jobs() } catch { throw error.validationError }
         if dryRun {
             for job in jobs {
-                let quick = options.quick ? job.parameters.merging(defaults: BenchRunner.quickValues(of: job.scenario)) : job.parameters
-                print([job.scenario.name, quick.label].filter { !$0.isEmpty }.joined(separator: " "))
+                var line = [job.scenario.name, job.parameters.label].filter { !$0.isEmpty }.joined(separator: " ")
+                if options.quick {
+                    let quick = BenchRunner.quickValues(of: job.scenario).filter { !job.parameters.explicitKeys.contains($0.key) }
+                    line += "  (quick: " + quick.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") + ")"
+                }
+                print(line)
             }
             return
         }
