@@ -1,0 +1,76 @@
+/// Per-descriptor flags given to `DMAChannel.enqueue…`.
+public struct DescriptorFlags: OptionSet, Sendable, Hashable {
+    public var rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    /// Start this descriptor only after every earlier descriptor of the channel
+    /// has completed (DPDK's `RTE_DMA_OP_FLAG_FENCE`; io_uring's `IOSQE_IO_DRAIN`).
+    /// Without it, descriptors of a channel may run concurrently and in any order;
+    /// only their fences signal in order.
+    public static let fence = DescriptorFlags(rawValue: 1 << 0)
+}
+
+/// One side of a resolved descriptor: where the bytes are for the CPU, and for the kernel.
+@frozen
+public struct CopyEndpoint: @unchecked Sendable {
+    /// The bytes as the CPU sees them (host memory, or the VRAM pool's shared mapping).
+    public var pointer: UnsafeMutableRawPointer
+    /// The file holding the bytes (a VRAM memfd), or -1 when the region is memory only.
+    public var fd: Int32
+    /// The offset in `fd` (equal to the region offset for VRAM pools).
+    public var fileOffset: Int
+    public var region: RegionID
+
+    @inlinable
+    public init(pointer: UnsafeMutableRawPointer, fd: Int32, fileOffset: Int, region: RegionID) {
+        self.pointer = pointer
+        self.fd = fd
+        self.fileOffset = fileOffset
+        self.region = region
+    }
+
+    /// Whether the kernel can reach this side through a file (`preadv`/`pwritev`).
+    @inlinable public var isFileBacked: Bool { fd >= 0 }
+}
+
+/// A validated descriptor as a backend receives it: bounds checked, regions resolved.
+///
+/// Backends never see region ids they must look up: a `CopyDescriptor` stays
+/// valid (its memory registered) until the backend reports it completed.
+@frozen
+public struct CopyDescriptor: @unchecked Sendable {
+    public enum Operation: UInt8, Sendable {
+        /// Copy `length` bytes from `source` to `destination` (memcpy semantics, no overlap).
+        case copy
+        /// Set `length` bytes at `destination` to `fillValue` (`source` is unused).
+        case fill
+    }
+
+    public var operation: Operation
+    public var flags: DescriptorFlags
+    public var fillValue: UInt8
+    public var length: Int
+    public var source: CopyEndpoint
+    public var destination: CopyEndpoint
+    public var ticket: DMATicket
+}
+
+/// The kernel-visible side of a descriptor for the ring backends.
+enum FileAccess: Equatable {
+    /// `pwritev(fd)` from memory: the destination is file-backed.
+    case write(fd: Int32, offset: Int)
+    /// `preadv(fd)` into memory: only the source is file-backed.
+    case read(fd: Int32, offset: Int)
+    /// Neither side is file-backed: the CPU copies (host-to-host).
+    case memory
+
+    init(_ d: CopyDescriptor) {
+        if d.destination.isFileBacked {
+            self = .write(fd: d.destination.fd, offset: d.destination.fileOffset)
+        } else if d.operation == .copy && d.source.isFileBacked {
+            self = .read(fd: d.source.fd, offset: d.source.fileOffset)
+        } else {
+            self = .memory
+        }
+    }
+}
