@@ -27,6 +27,7 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
     // Guarded by `state`'s lock:
     private var failureList: [DescriptorFailure] = []
     private var callbacks: [@Sendable (Fence) -> Void] = []
+    private var signaled = false
 
     /// Descriptors not yet reported by the backend.
     private let remaining: Synchronization.Atomic<Int>
@@ -54,7 +55,7 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
     public var failures: [DescriptorFailure] {
         state.lock()
         defer { state.unlock() }
-        return state.value ? failureList : []
+        return signaled ? failureList : []
     }
 
     /// `.copyFailed` with every failure once signalled with errors; nil otherwise.
@@ -96,7 +97,7 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
     /// Models `dma_fence_add_callback()`.
     public func onSignal(_ callback: @escaping @Sendable (Fence) -> Void) {
         state.lock()
-        if state.value {
+        if signaled {
             state.unlock()
             callback(self)
         } else {
@@ -128,6 +129,7 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
         state.lock()
         let run = callbacks
         callbacks = []
+        signaled = true
         state.unlock(withValue: true)
         return run
     }

@@ -12,13 +12,15 @@ final class IOURing: @unchecked Sendable {
 
     /// Models `io_uring_queue_init()`; the error explains the usual causes and the fallback.
     init(entries: Int) throws(DMAError) {
-        ring = .allocate(capacity: 1)
-        ring.initialize(to: io_uring())
-        let rc = io_uring_queue_init(UInt32(entries), ring, 0)
+        // Set up in a local first: once `ring` is stored, a throw would run deinit.
+        let r = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
+        r.initialize(to: io_uring())
+        let rc = io_uring_queue_init(UInt32(entries), r, 0)
         guard rc == 0 else {
-            ring.deallocate()
+            r.deallocate()
             throw Self.setupError(Errno(rawValue: -rc), entries: entries)
         }
+        ring = r
     }
 
     deinit {
