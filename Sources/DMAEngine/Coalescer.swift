@@ -15,7 +15,8 @@ struct PlannedOperation {
 }
 
 /// Turns descriptors into ring operations: each run contiguous on the file side
-/// (VRAM offsets that follow each other, same memfd, same direction) becomes one
+/// (VRAM offsets that follow each other, same memfd, same direction; for D2D
+/// whichever side continues the run) becomes one
 /// vectored operation, at most `maxIovecs` iovecs and `maxBytes` bytes; memory
 /// pieces that also follow each other merge into one iovec, so a run contiguous
 /// on both sides is one large plain read/write.
@@ -35,7 +36,13 @@ struct Coalescer {
     /// (room for `maxIovecs`). Never returns an empty operation.
     func plan(_ batch: CopyBatch, from start: Int, into iovecs: UnsafeMutablePointer<iovec>) -> PlannedOperation {
         let first = batch[start]
-        let access = FileAccess(first)
+        var access = FileAccess(first)
+        // D2D may go either way: follow the side on which the run continues.
+        if enabled, start + 1 < batch.indices.upperBound, let other = FileAccess.alternative(first),
+           !access.advanced(by: first.length).admits(batch[start + 1]),
+           other.advanced(by: first.length).admits(batch[start + 1]) {
+            access = other
+        }
         var op = PlannedOperation(access: access, descriptors: start..<start + 1, iovecCount: 0,
                                   bytes: 0, drain: first.flags.contains(.fence))
         guard access != .memory else {
@@ -47,7 +54,7 @@ struct Coalescer {
         while enabled, next < batch.indices.upperBound {
             let d = batch[next]
             guard !d.flags.contains(.fence), op.bytes + d.length <= maxBytes,
-                  FileAccess(d) == access.advanced(by: op.bytes),
+                  access.advanced(by: op.bytes).admits(d),
                   add(d, to: &op, iovecs) else { break }
             next += 1
         }

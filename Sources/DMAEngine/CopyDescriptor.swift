@@ -59,18 +59,32 @@ public struct CopyDescriptor: @unchecked Sendable {
 enum FileAccess: Equatable {
     /// `pwritev(fd)` from memory: the destination is file-backed.
     case write(fd: Int32, offset: Int)
-    /// `preadv(fd)` into memory: only the source is file-backed.
+    /// `preadv(fd)` into memory: the source is file-backed.
     case read(fd: Int32, offset: Int)
     /// Neither side is file-backed: the CPU copies (host-to-host).
     case memory
 
+    /// The preferred access for `d`: read the source file when there is one
+    /// (reads of a memfd run in parallel on io-wq workers, while writes to one
+    /// memfd serialise on its inode lock), else write the destination file.
     init(_ d: CopyDescriptor) {
-        if d.destination.isFileBacked {
-            self = .write(fd: d.destination.fd, offset: d.destination.fileOffset)
-        } else if d.operation == .copy && d.source.isFileBacked {
+        if d.operation == .copy && d.source.isFileBacked {
             self = .read(fd: d.source.fd, offset: d.source.fileOffset)
+        } else if d.destination.isFileBacked {
+            self = .write(fd: d.destination.fd, offset: d.destination.fileOffset)
         } else {
             self = .memory
         }
+    }
+
+    /// The other way to reach `d` through a file: writing the destination when both sides are files (D2D).
+    static func alternative(_ d: CopyDescriptor) -> FileAccess? {
+        guard d.operation == .copy, d.source.isFileBacked, d.destination.isFileBacked else { return nil }
+        return .write(fd: d.destination.fd, offset: d.destination.fileOffset)
+    }
+
+    /// Whether `d` can be reached through exactly this access.
+    func admits(_ d: CopyDescriptor) -> Bool {
+        FileAccess(d) == self || FileAccess.alternative(d) == self
     }
 }

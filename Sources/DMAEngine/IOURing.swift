@@ -62,7 +62,10 @@ final class IOURing: @unchecked Sendable {
         finish(sqe, tag: tag, drain: drain)
     }
 
-    /// `preadv`/`pread` of `count` iovecs from `fd` at `offset`.
+    /// `preadv`/`pread` of `count` iovecs from `fd` at `offset`, always on an io-wq
+    /// worker (`IOSQE_ASYNC`): reads of one memfd run in parallel there while the
+    /// submitter prepares the next batch (measured: d2h 0.77× → ~1.0× memcpy).
+    /// Writes stay inline: they serialise on the inode lock anyway and the punt only adds cost.
     @inline(__always)
     func prepRead(_ sqe: UnsafeMutablePointer<io_uring_sqe>, fd: Int32, iovecs: UnsafePointer<iovec>,
                   count: Int, offset: Int, tag: UInt64, drain: Bool) {
@@ -71,7 +74,7 @@ final class IOURing: @unchecked Sendable {
         } else {
             io_uring_prep_readv(sqe, fd, iovecs, UInt32(count), UInt64(offset))
         }
-        finish(sqe, tag: tag, drain: drain)
+        finish(sqe, tag: tag, drain: drain, async: true)
     }
 
     func prepNop(_ sqe: UnsafeMutablePointer<io_uring_sqe>, tag: UInt64) {
@@ -86,9 +89,12 @@ final class IOURing: @unchecked Sendable {
     }
 
     @inline(__always)
-    private func finish(_ sqe: UnsafeMutablePointer<io_uring_sqe>, tag: UInt64, drain: Bool) {
+    private func finish(_ sqe: UnsafeMutablePointer<io_uring_sqe>, tag: UInt64, drain: Bool, async: Bool = false) {
         io_uring_sqe_set_data64(sqe, tag)
-        if drain { io_uring_sqe_set_flags(sqe, UInt32(1 << IOSQE_IO_DRAIN_BIT)) }
+        var flags: UInt32 = 0
+        if drain { flags |= UInt32(1 << IOSQE_IO_DRAIN_BIT) }
+        if async { flags |= UInt32(1 << IOSQE_ASYNC_BIT) }
+        if flags != 0 { io_uring_sqe_set_flags(sqe, flags) }
     }
 
     /// Hands every prepared SQE to the kernel, retrying transient failures.
