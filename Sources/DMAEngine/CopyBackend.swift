@@ -38,6 +38,9 @@ public indirect enum CopyBackendKind: Sendable, CustomStringConvertible {
     case ioUring
     /// Synchronous memcpy through the VRAM mapping on the submitting thread: the reference, and the fallback when io_uring is unavailable.
     case memcpy
+    /// Worker threads memcpy through the regions' mappings (VRAM via its shared
+    /// mapping); ordering and fences as for every backend. Not io_uring.
+    case mappedWorkers(threads: Int)
     /// Wraps another backend and injects the faults of `plan` (seeded, reproducible).
     case faultInjecting(FaultPlan, wrapping: CopyBackendKind)
     /// A backend of your own.
@@ -47,6 +50,7 @@ public indirect enum CopyBackendKind: Sendable, CustomStringConvertible {
         switch self {
         case .ioUring: return "iouring"
         case .memcpy: return "memcpy"
+        case .mappedWorkers: return "mapped"
         case .faultInjecting(_, let inner): return "faulty(\(inner))"
         case .custom(let name, _): return name
         }
@@ -56,6 +60,7 @@ public indirect enum CopyBackendKind: Sendable, CustomStringConvertible {
         switch self {
         case .ioUring: return try IOURingBackend(settings)
         case .memcpy: return MemcpyBackend()
+        case .mappedWorkers(let threads): return MappedWorkersBackend(threads: threads, queueDepth: settings.queueDepth)
         case .faultInjecting(let plan, let inner):
             return FaultInjectingBackend(plan: plan, wrapping: try inner.make(settings), channelID: settings.channelID)
         case .custom(_, let make): return try make(settings)

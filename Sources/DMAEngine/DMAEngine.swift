@@ -180,7 +180,7 @@ extension CopyBackendKind {
     var usesIOURing: Bool {
         switch self {
         case .ioUring: return true
-        case .memcpy, .custom: return false
+        case .memcpy, .mappedWorkers, .custom: return false
         case .faultInjecting(_, let inner): return inner.usesIOURing
         }
     }

@@ -72,6 +72,20 @@ import Testing
         #expect(plan(ds, enabled: false).map(\.0) == [1, 1, 1, 1, 1, 1, 1])
     }
 
+    /// D2D: both sides are files; the run follows whichever side is contiguous.
+    @Test func deviceToDeviceFollowsTheContiguousSide() {
+        func d2d(src: Int, dst: Int) -> CopyDescriptor {
+            var d = h2d(hostPage: 0, vramOffset: dst * 4096)
+            d.source = CopyEndpoint(pointer: Self.host + src * 4096, fd: 8, fileOffset: src * 4096, region: RegionID(rawValue: 2))
+            return d
+        }
+        let scatteredSource = (0..<64).map { d2d(src: ($0 * 37) % 64 * 2, dst: $0) }
+        #expect(plan(scatteredSource).map(\.0) == [64])
+        let scatteredDestination = (0..<64).map { d2d(src: $0, dst: ($0 * 37) % 64 * 2) }
+        #expect(plan(scatteredDestination).map(\.0) == [64])
+        #expect(FileAccess(scatteredSource[0]) == .read(fd: 8, offset: scatteredSource[0].source.fileOffset))
+    }
+
     @Test func fillsJoinARunAsPatternIovecs() {
         var fill = h2d(hostPage: 0, vramOffset: 4096, length: (2 << 20) + 1)
         fill.operation = .fill

@@ -5,7 +5,7 @@ import Testing
 
 /// Several threads submitting to several channels (and to one shared channel) at once.
 @Suite struct ConcurrencyTests {
-    @Test(arguments: [BackendUnderTest.iouring, .iouringNoCoalesce, .memcpy])
+    @Test(arguments: [BackendUnderTest.iouring, .iouringNoCoalesce, .memcpy, .mapped])
     func threadsWithTheirOwnChannels(_ backend: BackendUnderTest) throws {
         let engine = try backend.engine(queueDepth: 8)
         defer { engine.shutdown() }

@@ -28,7 +28,7 @@ import Testing
         }
     }
 
-    @Test(arguments: [CopyBackendKind.ioUring, .memcpy])
+    @Test(arguments: [CopyBackendKind.ioUring, .memcpy, .mappedWorkers(threads: 2)])
     func laterFencesWaitForADelayedEarlierOne(_ inner: CopyBackendKind) throws {
         let rig = try Rig(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(400)))]), inner: inner)
         defer { rig.engine.shutdown() }

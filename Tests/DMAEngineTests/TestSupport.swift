@@ -26,12 +26,13 @@ func same(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ n: Int) -> Bool { memc
 
 /// The backends every data test runs on.
 enum BackendUnderTest: String, CaseIterable, CustomTestStringConvertible, Sendable {
-    case iouring, iouringNoCoalesce, memcpy, faultyIouringClean
+    case iouring, iouringNoCoalesce, memcpy, mapped, faultyIouringClean
 
     var kind: CopyBackendKind {
         switch self {
         case .iouring, .iouringNoCoalesce: return .ioUring
         case .memcpy: return .memcpy
+        case .mapped: return .mappedWorkers(threads: 2)
         case .faultyIouringClean: return .faultInjecting(FaultPlan(rules: []), wrapping: .ioUring)
         }
     }

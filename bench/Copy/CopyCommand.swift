@@ -18,8 +18,14 @@ struct CopyCommand: ParsableCommand {
     }
 
     enum Backend: String, ExpressibleByArgument, CaseIterable {
-        case iouring, memcpy
-        var kind: CopyBackendKind { self == .iouring ? .ioUring : .memcpy }
+        case iouring, memcpy, mapped
+        var kind: CopyBackendKind {
+            switch self {
+            case .iouring: return .ioUring
+            case .memcpy: return .memcpy
+            case .mapped: return .mappedWorkers(threads: 2)
+            }
+        }
     }
 
     enum OnOff: String, ExpressibleByArgument, CaseIterable {
@@ -30,7 +36,7 @@ struct CopyCommand: ParsableCommand {
     @Option(help: "Bytes per page (descriptor).") var pageSize = ByteCount(4096)
     @Option(help: "Pages per submitted batch (one fence each).") var batch = 512
     @Option(help: "Bytes copied per pass.") var total = ByteCount(256 << 20)
-    @Option(help: "iouring or memcpy.") var backend = Backend.iouring
+    @Option(help: "iouring, memcpy, or mapped (2 worker threads memcpy through the VRAM mapping).") var backend = Backend.iouring
     @Option(help: "on or off (default: both).") var coalesce: OnOff?
     @Option(help: "Operations in flight per channel (io_uring SQ entries).") var queueDepth = 64
     @Option(help: "Channels, each submitting from its own thread.") var channels = 1
