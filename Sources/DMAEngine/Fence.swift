@@ -14,7 +14,8 @@ import Synchronization
 /// Threads: any thread may query, wait on or add callbacks to a fence.
 /// Callbacks run on the thread that signals it (a reaper thread, or the
 /// submitter for synchronous backends), or at once if already signalled:
-/// keep them short and never wait on a later fence of the same channel in one.
+/// keep them short; never wait on a later fence, nor submit to the same
+/// channel, from one (a reaper thread must stay free to reap).
 public final class Fence: @unchecked Sendable, CustomStringConvertible {
     /// Position on the channel's timeline (1, 2, 3, … per channel).
     public let seqno: UInt64
