@@ -1,1 +1,187 @@
-// DMAEngine: the copy engine (regions, channels, descriptors, fences, coalescing, backends).
+import Glibc
+public import Logging
+import NIOConcurrencyHelpers
+public import SystemPackage
+
+/// The copy engine: registered memory regions and the channels that copy between them.
+///
+/// Models the copy-engine half of a GPU driver (nouveau's `nouveau_dmem`
+/// migrate helpers over its copy channel): the driver registers system RAM and
+/// its VRAM pools once, then enqueues copies on channels and waits on fences.
+///
+/// Threads: every method may be called from any thread.
+public final class DMAEngine: @unchecked Sendable {
+    /// How channels of this engine are built.
+    public struct Configuration: Sendable {
+        /// The backend each new channel gets (io_uring by default).
+        public var backend: CopyBackendKind = .ioUring
+        /// Maximum operations in flight per channel (io_uring SQ entries).
+        public var queueDepth: Int = 64
+        /// Merge runs contiguous on the file (VRAM) side into one vectored operation.
+        public var coalescing: Bool = true
+        /// Pending descriptors allowed per channel before `submit()`.
+        public var maxBatch: Int = 4096
+        public var logger = Logger(label: "dmem.dma")
+
+        public init(backend: CopyBackendKind = .ioUring, queueDepth: Int = 64, coalescing: Bool = true,
+                    maxBatch: Int = 4096) {
+            self.backend = backend
+            self.queueDepth = queueDepth
+            self.coalescing = coalescing
+            self.maxBatch = maxBatch
+        }
+    }
+
+    public let configuration: Configuration
+    let regions = RegionTable()
+    private let lock = NIOLock()
+    // Guarded by `lock`:
+    private var channels: [DMAChannel] = []
+    private var pools: [RegionID: VRAMPool] = [:]
+    private var isShutDown = false
+
+    /// Creates an engine. With the io_uring backend, probes io_uring once so a
+    /// missing or disabled io_uring fails here, with the reason and the fallback.
+    public init(configuration: Configuration = Configuration()) throws(DMAError) {
+        guard configuration.queueDepth >= 1, configuration.queueDepth <= 4096 else {
+            throw .invalidArgument("queueDepth \(configuration.queueDepth) outside 1…4096")
+        }
+        guard configuration.maxBatch >= 1 else { throw .invalidArgument("maxBatch must be at least 1") }
+        if configuration.backend.usesIOURing { _ = try IOURing(entries: 2) }
+        self.configuration = configuration
+    }
+
+    deinit { shutdown() }
+
+    // MARK: Regions
+
+    /// Registers host memory (emulated System RAM) for copies; the caller keeps owning it.
+    ///
+    /// The engine reaches it by pointer (as the memory side of `preadv`/`pwritev`).
+    /// Keep it mapped until `unregister` returns.
+    public func registerHostMemory(_ memory: UnsafeMutableRawBufferPointer, name: String = "host") throws(DMAError) -> RegionID {
+        guard let base = memory.baseAddress, memory.count > 0 else {
+            throw .invalidArgument("host memory region is empty")
+        }
+        try checkOpen()
+        return regions.add(RegionEntry(base: base, length: memory.count, fd: -1, kind: .host, active: true), name: name)
+    }
+
+    /// Creates a VRAM pool of `size` bytes (a fresh memfd, mapped shared) and registers it.
+    public func createVRAMPool(size: Int, name: String = "vram") throws(DMAError) -> VRAMPool {
+        guard size > 0 else { throw .invalidArgument("VRAM pool size must be positive") }
+        try checkOpen()
+        let fd = try VRAMPool.makeMemfd(name: name, size: size)
+        return try adopt(fd, size: size, name: name)
+    }
+
+    /// Registers an existing memfd (or other mappable file) of at least `size` bytes as a VRAM pool.
+    /// The engine duplicates `fd`; the caller keeps its own descriptor.
+    public func registerVRAMPool(fd: FileDescriptor, size: Int, name: String = "vram") throws(DMAError) -> VRAMPool {
+        guard size > 0 else { throw .invalidArgument("VRAM pool size must be positive") }
+        try checkOpen()
+        var st = stat()
+        guard fstat(fd.rawValue, &st) == 0 else { throw .system(Errno(rawValue: Glibc.errno), operation: "fstat") }
+        guard Int(st.st_size) >= size else {
+            throw .invalidArgument("file of \(st.st_size) bytes is smaller than the pool size \(size)")
+        }
+        let own = dup(fd.rawValue)
+        guard own >= 0 else { throw .system(Errno(rawValue: Glibc.errno), operation: "dup") }
+        return try adopt(FileDescriptor(rawValue: own), size: size, name: name)
+    }
+
+    private func adopt(_ fd: FileDescriptor, size: Int, name: String) throws(DMAError) -> VRAMPool {
+        let base: UnsafeMutableRawPointer
+        do { base = try VRAMPool.mapShared(fd, size: size) } catch { try? fd.close(); throw error }
+        let id = regions.add(RegionEntry(base: base, length: size, fd: fd.rawValue, kind: .vram, active: true), name: name)
+        let pool = VRAMPool(region: id, name: name, size: size, fd: fd, base: base)
+        lock.withLock { pools[id] = pool }
+        return pool
+    }
+
+    /// What the engine knows about `region`, or nil if it is not registered.
+    public func region(_ id: RegionID) -> RegionInfo? { regions.info(id) }
+
+    /// Unregisters a region once no copy can touch it.
+    ///
+    /// New descriptors naming it are refused at once. If a channel still holds
+    /// *pending* (unsubmitted) descriptors naming it, the region is re-activated
+    /// and `.busy` is thrown (submit or `discardPending()` them first). Otherwise
+    /// waits up to `timeout` for in-flight work; on expiry the region stays
+    /// registered and `.timedOut` is thrown. When this returns, nothing the engine
+    /// started reads or writes the region's memory.
+    public func unregister(_ id: RegionID, timeout: Duration = .seconds(30)) throws(DMAError) {
+        guard regions.setActive(id, false) else { throw .unknownRegion(id) }
+        let all = lock.withLock { channels }
+        if let busy = all.first(where: { $0.pendingReferences(id) }) {
+            _ = regions.setActive(id, true)
+            throw .busy("channel \(busy.id) has pending descriptors naming \(id); submit or discard them first")
+        }
+        for channel in all {
+            if let fence = channel.timeline.latestUnsignaled, !fence.waitForSignal(timeout: timeout) {
+                _ = regions.setActive(id, true)
+                throw .timedOut
+            }
+        }
+        regions.remove(id)
+        _ = lock.withLock { pools.removeValue(forKey: id) }
+    }
+
+    // MARK: Channels
+
+    /// Creates a channel with its own backend instance (its own io_uring by default).
+    public func makeChannel(name: String? = nil, backend: CopyBackendKind? = nil,
+                            coalescing: Bool? = nil, queueDepth: Int? = nil) throws(DMAError) -> DMAChannel {
+        try checkOpen()
+        let id = lock.withLock { channels.count }
+        let depth = queueDepth ?? configuration.queueDepth
+        guard depth >= 1, depth <= 4096 else { throw .invalidArgument("queueDepth \(depth) outside 1…4096") }
+        let settings = ChannelSettings(channelID: id, queueDepth: depth,
+                                       coalescing: coalescing ?? configuration.coalescing, logger: configuration.logger)
+        let made = try (backend ?? configuration.backend).make(settings)
+        let channel = DMAChannel(id: id, name: name ?? "ch\(id)", maxBatch: configuration.maxBatch,
+                                 regions: regions, backend: made)
+        let accepted = lock.withLock { () -> Bool in
+            guard !isShutDown else { return false }
+            channels.append(channel)
+            return true
+        }
+        guard accepted else {
+            made.shutdown(cancelInFlight: false)
+            throw .shutDown
+        }
+        return channel
+    }
+
+    /// Stops the engine: refuses new work, drops pending descriptors, then either
+    /// drains in-flight work or (with `cancelInFlight`) cancels what the kernel
+    /// has not started; in both cases waits for every completion, so nothing is
+    /// left writing into memory after this returns. Idempotent.
+    public func shutdown(cancelInFlight: Bool = false) {
+        let all = lock.withLock { () -> [DMAChannel] in
+            guard !isShutDown else { return [] }
+            isShutDown = true
+            return channels
+        }
+        for channel in all {
+            _ = channel.close()
+            channel.backend.shutdown(cancelInFlight: cancelInFlight)
+        }
+        for id in regions.registeredIDs { regions.remove(id) }
+        lock.withLock { pools.removeAll() }
+    }
+
+    private func checkOpen() throws(DMAError) {
+        if lock.withLock({ isShutDown }) { throw .shutDown }
+    }
+}
+
+extension CopyBackendKind {
+    var usesIOURing: Bool {
+        switch self {
+        case .ioUring: return true
+        case .memcpy, .mappedWorkers, .custom: return false
+        case .faultInjecting(_, let inner): return inner.usesIOURing
+        }
+    }
+}

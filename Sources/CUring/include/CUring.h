@@ -11,6 +11,12 @@
 #include <sys/uio.h>
 #include <stddef.h>
 #include <stdint.h>
+// swift-system's CSystem module includes the kernel's <linux/io_uring.h>;
+// liburing ships an older copy under the same include guard. Including the
+// kernel's first makes both modules see one definition of struct io_uring_sqe
+// (otherwise: "'rw_flags' from module 'CSystem' is not present in definition
+// ... in module 'CUring'" in any file that imports both).
+#include <linux/io_uring.h>
 #include <liburing.h>
 
 /// memfd_create(2); Glibc's Swift overlay does not export it.

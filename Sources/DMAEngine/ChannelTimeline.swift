@@ -1,0 +1,89 @@
+import NIOConcurrencyHelpers
+
+/// A channel's fence timeline: signals fences strictly in seqno order.
+///
+/// Models the in-order `dma_fence` signalling of a GPU channel's fence context:
+/// a fence whose own work finished waits (unsignalled) behind any earlier fence
+/// still running. Signalling happens under the timeline lock so that no thread
+/// can observe fence N signalled while N-1 is not; callbacks run after the lock
+/// is dropped.
+///
+/// Threads: `append` from the submitter (under the channel's submit lock);
+/// `fenceWorkDone` from any completion thread.
+final class ChannelTimeline: @unchecked Sendable {
+    let pool: DescriptorPool
+    private let lock = NIOLock()
+    // Guarded by `lock`:
+    private var outstanding: [Fence?] = []
+    private var head = 0
+    private var completedTicket: UInt64? = nil
+
+    init(pool: DescriptorPool) { self.pool = pool }
+
+    func append(_ fence: Fence) {
+        lock.withLock {
+            outstanding.append(fence)
+        }
+    }
+
+    /// The most recently submitted fence that has not signalled, if any.
+    var latestUnsignaled: Fence? {
+        lock.withLock { head < outstanding.count ? outstanding[outstanding.count - 1] : nil }
+    }
+
+    /// Every ticket at or below this one has completed (DPDK `rte_dma_completed()`'s `last_idx`).
+    var lastCompletedTicket: DMATicket? {
+        lock.withLock { completedTicket.map(DMATicket.init(rawValue:)) }
+    }
+
+    func fenceWorkDone(_ fence: Fence) {
+        var toRun: [(Fence, [@Sendable (Fence) -> Void])] = []
+        lock.withLock {
+            fence.ownWorkDone = true
+            while head < outstanding.count, let f = outstanding[head], f.ownWorkDone {
+                outstanding[head] = nil
+                head += 1
+                if !f.tickets.isEmpty { completedTicket = f.tickets.upperBound - 1 }
+                let callbacks = f.markSignaled()
+                toRun.append((f, callbacks))
+            }
+            if head > 64, head * 2 > outstanding.count {
+                outstanding.removeFirst(head)
+                head = 0
+            }
+        }
+        for (f, callbacks) in toRun {
+            f.releaseBufferHold()
+            for cb in callbacks { cb(f) }
+        }
+    }
+}
+
+/// Recycled descriptor buffers, one per batch, so steady-state enqueue allocates nothing.
+///
+/// Threads: any (internally locked).
+final class DescriptorPool: @unchecked Sendable {
+    let capacity: Int
+    private let lock = NIOLock()
+    private var free: [UnsafeMutableBufferPointer<CopyDescriptor>] = []
+    private var closed = false
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    func take() -> UnsafeMutableBufferPointer<CopyDescriptor> {
+        lock.withLock { free.popLast() } ?? .allocate(capacity: capacity)
+    }
+
+    func put(_ buffer: UnsafeMutableBufferPointer<CopyDescriptor>) {
+        let keep = lock.withLock { () -> Bool in
+            guard !closed, free.count < 64 else { return false }
+            free.append(buffer)
+            return true
+        }
+        if !keep { buffer.deallocate() }
+    }
+
+    deinit {
+        for b in free { b.deallocate() }
+    }
+}

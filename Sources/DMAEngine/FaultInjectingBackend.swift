@@ -1,0 +1,81 @@
+import Dispatch
+import SystemPackage
+
+/// Wraps a backend and injects the faults of a `FaultPlan`: failed, short and
+/// delayed descriptors, the way a flaky copy engine or a slow link would.
+///
+/// Clean runs of descriptors go to the wrapped backend unchanged; a disturbed
+/// descriptor is handled here with the CPU (memcpy through the regions'
+/// mappings): a failure copies nothing, a short copy copies a prefix, a delay
+/// copies in full on a timer thread after the delay, so later descriptors and
+/// batches complete first — exactly what fence ordering must withstand.
+///
+/// Threads: see `CopyBackend`; delayed work runs on Dispatch's global queue.
+final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
+    let plan: FaultPlan
+    let inner: any CopyBackend
+    private var generator: SplitMix64  // used under the channel's submit lock only
+    private var count = 0  // idem
+    private let delayed = DispatchGroup()
+
+    var name: String { "faulty(\(inner.name))" }
+
+    init(plan: FaultPlan, wrapping inner: any CopyBackend, channelID: Int) {
+        self.plan = plan
+        self.inner = inner
+        self.generator = SplitMix64(seed: plan.seed ^ UInt64(channelID) &* 0x9E37_79B9)
+    }
+
+    func execute(_ batch: CopyBatch) -> Int {
+        var operations = 0
+        var runStart = batch.indices.lowerBound
+        for i in batch.indices {
+            guard let action = decide() else { continue }
+            if runStart < i { operations += inner.execute(batch.slice(runStart..<i)) }
+            runStart = i + 1
+            inject(action, batch, i)
+        }
+        if runStart < batch.indices.upperBound {
+            operations += inner.execute(batch.slice(runStart..<batch.indices.upperBound))
+        }
+        return operations
+    }
+
+    func shutdown(cancelInFlight: Bool) {
+        delayed.wait()
+        inner.shutdown(cancelInFlight: cancelInFlight)
+    }
+
+    private func decide() -> FaultPlan.Action? {
+        let n = count
+        count += 1
+        for rule in plan.rules {
+            switch rule.trigger {
+            case .nth(let k) where k == n: return rule.action
+            case .every(let k) where k > 0 && (n + 1) % k == 0: return rule.action
+            case .rate(let p) where Double(generator.next() >> 11) * 0x1p-53 < p: return rule.action
+            default: continue
+            }
+        }
+        return nil
+    }
+
+    private func inject(_ action: FaultPlan.Action, _ batch: CopyBatch, _ i: Int) {
+        switch action {
+        case .fail(let errno):
+            batch.fail(i, errno: errno, bytesCompleted: 0)
+        case .shortCopy(let bytes):
+            let d = batch[i]
+            let done = MemoryCopy.perform(d, limit: max(0, min(bytes, d.length - 1)))
+            batch.fail(i, errno: .ioError, bytesCompleted: done)
+        case .delay(let delay):
+            delayed.enter()
+            let nanos = max(0, Int(delay.components.seconds) * 1_000_000_000 + Int(delay.components.attoseconds / 1_000_000_000))
+            DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(nanos)) { [delayed] in
+                MemoryCopy.perform(batch[i])
+                batch.complete(i..<i + 1)
+                delayed.leave()
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+public import SystemPackage
+
+/// Which descriptors a `FaultInjectingBackend` disturbs, and how. Seeded: the
+/// same plan on the same sequence of descriptors injects the same faults.
+///
+/// Descriptors are counted per channel from 0, in execution order (enqueue
+/// order within a batch, batches in submit order). The first rule whose
+/// trigger matches a descriptor decides its fate.
+public struct FaultPlan: Sendable, Equatable {
+    public enum Trigger: Sendable, Equatable {
+        /// Exactly the descriptor with this 0-based channel-wide number.
+        case nth(Int)
+        /// Every descriptor whose number is a multiple of `n` minus one (the n-th, 2n-th, …).
+        case every(Int)
+        /// Each descriptor independently with this probability (0…1), from the seeded generator.
+        case rate(Double)
+    }
+
+    public enum Action: Sendable, Equatable {
+        /// Copy nothing; the descriptor fails with this errno and 0 bytes done.
+        case fail(Errno)
+        /// Copy only the first `bytes` bytes (at most length − 1); fails with EIO and that prefix.
+        case shortCopy(bytes: Int)
+        /// Copy correctly, but only after `delay`, so it completes after later descriptors.
+        case delay(Duration)
+    }
+
+    public struct Rule: Sendable, Equatable {
+        public var trigger: Trigger
+        public var action: Action
+        public init(_ trigger: Trigger, _ action: Action) {
+            self.trigger = trigger
+            self.action = action
+        }
+    }
+
+    public var seed: UInt64
+    public var rules: [Rule]
+
+    public init(seed: UInt64 = 0x5eed, rules: [Rule]) {
+        self.seed = seed
+        self.rules = rules
+    }
+}
+
+/// SplitMix64: a tiny, seedable generator for reproducible fault rates.
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

@@ -1,0 +1,144 @@
+import NIOConcurrencyHelpers
+import SystemPackage
+import Synchronization
+
+/// The completion of one `DMAChannel.submit()`, on the channel's timeline.
+///
+/// Models `struct dma_fence` as nouveau emits it after a batch of copies:
+/// `seqno` increases by one per submit on a channel, and a fence signals only
+/// when its own descriptors *and every earlier fence of the channel* have
+/// completed, even when the backend finishes them out of order. A fence whose
+/// descriptors failed still signals; its `failures` list them (like
+/// `dma_fence_set_error()`), and `wait()` rethrows them as `.copyFailed`.
+///
+/// Threads: any thread may query, wait on or add callbacks to a fence.
+/// Callbacks run on the thread that signals it (a reaper thread, or the
+/// submitter for synchronous backends), or at once if already signalled:
+/// keep them short; never wait on a later fence, nor submit to the same
+/// channel, from one (a reaper thread must stay free to reap).
+public final class Fence: @unchecked Sendable, CustomStringConvertible {
+    /// Position on the channel's timeline (1, 2, 3, … per channel).
+    public let seqno: UInt64
+    /// The channel that emitted the fence.
+    public let channelID: Int
+    /// The tickets of the fence's descriptors (empty for a fence with no descriptors).
+    public let tickets: Range<UInt64>
+
+    private let state = ConditionLock<Bool>(value: false)
+    // Guarded by `state`'s lock:
+    private var failureList: [DescriptorFailure] = []
+    private var callbacks: [@Sendable (Fence) -> Void] = []
+    private var signaled = false
+
+    /// Descriptors not yet reported by the backend.
+    private let remaining: Synchronization.Atomic<Int>
+    /// 2 → 0: the batch buffer goes back to the pool after both `execute` returned and the fence signalled.
+    private let bufferHolds = Synchronization.Atomic<Int>(2)
+    let descriptors: UnsafeMutableBufferPointer<CopyDescriptor>
+    let timeline: ChannelTimeline
+    /// Set under the timeline's lock when the fence's own descriptors are all reported.
+    var ownWorkDone = false
+
+    init(seqno: UInt64, channelID: Int, tickets: Range<UInt64>,
+         descriptors: UnsafeMutableBufferPointer<CopyDescriptor>, timeline: ChannelTimeline) {
+        self.seqno = seqno
+        self.channelID = channelID
+        self.tickets = tickets
+        self.descriptors = descriptors
+        self.timeline = timeline
+        self.remaining = Atomic(tickets.count)
+    }
+
+    /// Whether the fence (and so every earlier fence of its channel) has signalled.
+    public var isSignaled: Bool { state.value }
+
+    /// The descriptors that failed, in report order (empty while unsignalled or when all succeeded).
+    public var failures: [DescriptorFailure] {
+        state.lock()
+        defer { state.unlock() }
+        return signaled ? failureList : []
+    }
+
+    /// `.copyFailed` with every failure once signalled with errors; nil otherwise.
+    public var error: DMAError? {
+        let f = failures
+        return f.isEmpty ? nil : .copyFailed(f.sorted { $0.index < $1.index })
+    }
+
+    /// Blocks until the fence signals. Models `dma_fence_wait_timeout()`.
+    ///
+    /// Throws `.timedOut` if `timeout` expires first, and `.copyFailed` if
+    /// any of the fence's descriptors failed. A nil timeout waits forever.
+    public func wait(timeout: Duration? = nil) throws(DMAError) {
+        guard waitForSignal(timeout: timeout) else { throw .timedOut }
+        if let error { throw error }
+    }
+
+    /// Blocks until the fence signals or `timeout` expires; returns whether it signalled.
+    public func waitForSignal(timeout: Duration? = nil) -> Bool {
+        if let timeout {
+            let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) * 1e-18
+            guard state.lock(whenValue: true, timeoutSeconds: max(seconds, 0)) else { return false }
+        } else {
+            state.lock(whenValue: true)
+        }
+        state.unlock()
+        return true
+    }
+
+    /// Suspends until the fence signals; throws `.copyFailed` if descriptors failed.
+    public func wait() async throws(DMAError) {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            onSignal { _ in continuation.resume() }
+        }
+        if let error { throw error }
+    }
+
+    /// Runs `callback` once the fence signals (now, if it already has).
+    /// Models `dma_fence_add_callback()`.
+    public func onSignal(_ callback: @escaping @Sendable (Fence) -> Void) {
+        state.lock()
+        if signaled {
+            state.unlock()
+            callback(self)
+        } else {
+            callbacks.append(callback)
+            state.unlock()
+        }
+    }
+
+    public var description: String {
+        "Fence(channel \(channelID), seqno \(seqno), \(tickets.count) descriptors, \(isSignaled ? "signaled" : "pending"))"
+    }
+
+    // MARK: Backend and timeline side
+
+    func recordFailure(index: Int, errno: Errno, bytesCompleted: Int) {
+        let ticket = DMATicket(rawValue: tickets.lowerBound + UInt64(index))
+        state.lock()
+        failureList.append(DescriptorFailure(ticket: ticket, index: index, errno: errno, bytesCompleted: bytesCompleted))
+        state.unlock()
+    }
+
+    func descriptorsFinished(_ count: Int) {
+        let left = remaining.subtract(count, ordering: .acquiringAndReleasing).newValue
+        if left == 0 { timeline.fenceWorkDone(self) }
+    }
+
+    /// Marks the fence signalled and hands back the callbacks to run (outside any timeline lock).
+    func markSignaled() -> [@Sendable (Fence) -> Void] {
+        state.lock()
+        let run = callbacks
+        callbacks = []
+        signaled = true
+        state.unlock(withValue: true)
+        return run
+    }
+
+    /// Drops one hold on the descriptor buffer; the last one returns it to the pool.
+    func releaseBufferHold() {
+        if bufferHolds.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+            timeline.pool.put(descriptors)
+        }
+    }
+}

@@ -1,0 +1,133 @@
+import CUring
+import Glibc
+import SystemPackage
+
+/// The one place DMAEngine calls liburing: a ring and the few operations the engine needs.
+///
+/// Threads: the submission side (`nextSQE`, `prep…`, `submit`) must be used by
+/// one thread at a time; the completion side (`waitCQE`, `peekCQE`, `seen`) by
+/// one (other) thread at a time. Both sides may run concurrently.
+final class IOURing: @unchecked Sendable {
+    let ring: UnsafeMutablePointer<io_uring>
+
+    /// Models `io_uring_queue_init()`; the error explains the usual causes and the fallback.
+    init(entries: Int) throws(DMAError) {
+        // Set up in a local first: once `ring` is stored, a throw would run deinit.
+        let r = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
+        r.initialize(to: io_uring())
+        let rc = io_uring_queue_init(UInt32(entries), r, 0)
+        guard rc == 0 else {
+            r.deallocate()
+            throw Self.setupError(Errno(rawValue: -rc), entries: entries)
+        }
+        ring = r
+    }
+
+    deinit {
+        io_uring_queue_exit(ring)
+        ring.deallocate()
+    }
+
+    static func setupError(_ e: Errno, entries: Int) -> DMAError {
+        let why: String
+        switch e {
+        case .notPermitted:
+            why = "io_uring is disabled for this process (sysctl kernel.io_uring_disabled, or a container/seccomp policy)"
+        case .noFunction:
+            why = "the kernel has no io_uring (older than 5.1, or built without CONFIG_IO_URING), or seccomp blocks io_uring_setup"
+        case .noMemory:
+            why = "not enough locked memory for a ring of \(entries) entries (RLIMIT_MEMLOCK; try `ulimit -l unlimited` or a smaller --queue-depth)"
+        case .invalidArgument:
+            why = "the kernel rejected a ring of \(entries) entries"
+        default:
+            why = "io_uring_queue_init returned \(e)"
+        }
+        return .ringSetupFailed(e, reason: why + ". Run with `--backend memcpy` (CopyBackendKind.memcpy) to copy without io_uring.")
+    }
+
+    // MARK: Submission side
+
+    @inline(__always)
+    func nextSQE() -> UnsafeMutablePointer<io_uring_sqe>? { io_uring_get_sqe(ring) }
+
+    /// `pwritev`/`pwrite` of `count` iovecs to `fd` at `offset`.
+    @inline(__always)
+    func prepWrite(_ sqe: UnsafeMutablePointer<io_uring_sqe>, fd: Int32, iovecs: UnsafePointer<iovec>,
+                   count: Int, offset: Int, tag: UInt64, drain: Bool) {
+        if count == 1 {
+            io_uring_prep_write(sqe, fd, iovecs[0].iov_base, UInt32(iovecs[0].iov_len), UInt64(offset))
+        } else {
+            io_uring_prep_writev(sqe, fd, iovecs, UInt32(count), UInt64(offset))
+        }
+        finish(sqe, tag: tag, drain: drain)
+    }
+
+    /// `preadv`/`pread` of `count` iovecs from `fd` at `offset`, always on an io-wq
+    /// worker (`IOSQE_ASYNC`): reads of one memfd run in parallel there while the
+    /// submitter prepares the next batch (measured: d2h 0.77× → ~1.0× memcpy).
+    /// Writes stay inline: they serialise on the inode lock anyway and the punt only adds cost.
+    @inline(__always)
+    func prepRead(_ sqe: UnsafeMutablePointer<io_uring_sqe>, fd: Int32, iovecs: UnsafePointer<iovec>,
+                  count: Int, offset: Int, tag: UInt64, drain: Bool) {
+        if count == 1 {
+            io_uring_prep_read(sqe, fd, iovecs[0].iov_base, UInt32(iovecs[0].iov_len), UInt64(offset))
+        } else {
+            io_uring_prep_readv(sqe, fd, iovecs, UInt32(count), UInt64(offset))
+        }
+        finish(sqe, tag: tag, drain: drain, async: true)
+    }
+
+    func prepNop(_ sqe: UnsafeMutablePointer<io_uring_sqe>, tag: UInt64) {
+        io_uring_prep_nop(sqe)
+        io_uring_sqe_set_data64(sqe, tag)
+    }
+
+    /// Cancels every request in flight on the ring (`IORING_ASYNC_CANCEL_ANY`).
+    func prepCancelAll(_ sqe: UnsafeMutablePointer<io_uring_sqe>, tag: UInt64) {
+        io_uring_prep_cancel64(sqe, 0, Int32(IORING_ASYNC_CANCEL_ANY))
+        io_uring_sqe_set_data64(sqe, tag)
+    }
+
+    @inline(__always)
+    private func finish(_ sqe: UnsafeMutablePointer<io_uring_sqe>, tag: UInt64, drain: Bool, async: Bool = false) {
+        io_uring_sqe_set_data64(sqe, tag)
+        var flags: UInt32 = 0
+        if drain { flags |= UInt32(1 << IOSQE_IO_DRAIN_BIT) }
+        if async { flags |= UInt32(1 << IOSQE_ASYNC_BIT) }
+        if flags != 0 { io_uring_sqe_set_flags(sqe, flags) }
+    }
+
+    /// Hands every prepared SQE to the kernel, retrying transient failures.
+    func submitAll() {
+        while io_uring_sq_ready(ring) > 0 {
+            let rc = io_uring_submit(ring)
+            if rc >= 0 || rc == -EINTR || rc == -EAGAIN || rc == -EBUSY { continue }
+            fatalError("io_uring_submit failed: \(Errno(rawValue: -rc))")
+        }
+    }
+
+    // MARK: Completion side
+
+    /// Blocks for the next completion; returns (user_data, res).
+    func waitCQE() -> (tag: UInt64, result: Int32) {
+        var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
+        while true {
+            let rc = io_uring_wait_cqe(ring, &cqe)
+            if rc == 0, let c = cqe {
+                let out = (c.pointee.user_data, c.pointee.res)
+                io_uring_cqe_seen(ring, c)
+                return out
+            }
+            if rc != -EINTR && rc != -EAGAIN { fatalError("io_uring_wait_cqe failed: \(Errno(rawValue: -rc))") }
+        }
+    }
+
+    /// The next completion if one is ready.
+    func peekCQE() -> (tag: UInt64, result: Int32)? {
+        var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
+        guard io_uring_peek_cqe(ring, &cqe) == 0, let c = cqe else { return nil }
+        let out = (c.pointee.user_data, c.pointee.res)
+        io_uring_cqe_seen(ring, c)
+        return out
+    }
+}
