@@ -1,1 +1,0 @@
-// HostMM: the kernel memory-manager model.
