@@ -10,6 +10,6 @@ struct DmemBench: ParsableCommand {
             Every scenario verifies the bytes it moved and reports GB/s next to a plain memcpy \
             of the same pattern, measured in the same run, so the ratio is comparable across machines.
             """,
-        subcommands: []
+        subcommands: [MMCommand.self]
     )
 }

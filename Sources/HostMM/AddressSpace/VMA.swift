@@ -41,6 +41,8 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     public let file: PageCacheFile?
     /// False once unmapped.
     public internal(set) var isAttached = true
+    /// The owning mm's page table, held strongly so rmap walkers reach it without the mm.
+    let pageTable: PageTable
 
     init(mm: AddressSpace, start: UInt64, end: UInt64, pgoff: UInt64, flags: VMAFlags,
          anonRoot: MappingRoot?, file: PageCacheFile?) {
@@ -51,6 +53,7 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
         self.flags = flags
         self.anonRoot = anonRoot
         self.file = file
+        self.pageTable = mm.pageTable
     }
 
     /// `vma_is_anonymous()`: private anonymous memory (no `vm_ops`). Only such VMAs get

@@ -59,6 +59,7 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
         let (hit, seq): ([MMUIntervalNotifier], UInt64) = lock.withLock {
             activeInvalidations += 1
             invalidationCount += 1
+            guard !intervals.isEmpty else { return ([], invalidateSeq) }
             let hit = intervals.filter { $0.start < range.end && range.start < $0.end }
             if !hit.isEmpty { invalidateSeq |= 1 }
             return (hit, invalidateSeq)
