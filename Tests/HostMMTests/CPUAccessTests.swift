@@ -103,3 +103,27 @@ import Testing
         #expect(throws: HostMMError.segmentationFault(address: a, reason: .notMapped)) { try mm.read(at: a, count: 1) }
     }
 }
+
+@Suite struct RemapPFNRangeTests {
+    @Test func pfnMapIsReadableButNeverMigratedOrRefcounted() throws {
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let frame = memory.allocPage(zeroed: true)!
+        memory.bytes(frame)!.storeBytes(of: 0xC3, as: UInt8.self)
+        let a = try mm.mmap(.special([.io, .pfnMap]), length: pageSize)
+        try mm.remapPFNRange(a, pfn: frame, count: 1)
+        #expect(try mm.read(at: a, count: 1) == [0xC3])
+        #expect(memory.refcount(frame) == 1 && memory.mapcount(frame) == 0)
+        #expect(throws: HostMMError.busy) { try mm.remapPFNRange(a, pfn: frame, count: 1) }
+        try mm.mmapLock.withReadLock {
+            try withBuffers(1) { src, dst in
+                var args = MigrateVMA(vma: mm.findVMA(a), start: a, end: a + UInt64(pageSize), src: src, dst: dst, flags: .selectSystem)
+                #expect(throws: HostMMError.invalidArgument) { try migrateVMASetup(&args) }
+            }
+        }
+        try mm.munmap(a, length: pageSize)
+        #expect(memory.refcount(frame) == 1)
+        let anon = try mm.mmap(length: pageSize)
+        #expect(throws: HostMMError.invalidArgument) { try mm.remapPFNRange(anon, pfn: frame, count: 1) }
+    }
+}

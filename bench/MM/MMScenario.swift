@@ -15,7 +15,7 @@ enum MMScenario {
         guard pages > 0, batch > 0 else { throw HostMMError.invalidArgument }
         let samples = min(pages, faultSamples)
         let ramBytes = (64 << 20) + 4 * batch * 4096 + samples * 4096
-        let memory = try PhysicalMemory(ramBytes: ramBytes, maxDevicePages: pages + 1024)
+        let memory = try PhysicalMemory(ramBytes: ramBytes, maxDevicePages: pages + 1024, prefault: true)
         let device = try MMBenchDevice(memory: memory, pageCount: pages)
         let mm = AddressSpace(memory: memory)
         let base = try mm.mmap(length: pages * 4096)

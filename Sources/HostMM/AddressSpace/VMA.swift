@@ -25,7 +25,8 @@ public struct VMAFlags: OptionSet, Sendable, Hashable {
 /// mmap lock (read) or a root lock see them stable. A VMA removed by `munmap` is
 /// detached (`isAttached == false`) and is refused by the migration API.
 public final class VMA: @unchecked Sendable, CustomStringConvertible {
-    /// The address space the VMA belongs to (`vm_mm`).
+    /// The address space the VMA belongs to (`vm_mm`). Not retained: a VMA must not be
+    /// used after its address space is gone (the kernel's use-after-free traps here).
     public unowned let mm: AddressSpace
     /// First address (`vm_start`).
     public internal(set) var start: UInt64

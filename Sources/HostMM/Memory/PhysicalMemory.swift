@@ -37,15 +37,17 @@ public final class PhysicalMemory: @unchecked Sendable {
     public let diagnostics = Diagnostics()
 
     /// Creates emulated RAM of `ramBytes` (a multiple of 4 KiB) and room for
-    /// `maxDevicePages` device PFNs.
-    public init(ramBytes: Int = 4 << 30, maxDevicePages: Int = 1 << 24) throws(HostMMError) {
+    /// `maxDevicePages` device PFNs. RAM is reserved lazily, so a frame's first use costs a
+    /// host page fault; `prefault` backs it all up front (`MAP_POPULATE`), which benchmarks want.
+    public init(ramBytes: Int = 4 << 30, maxDevicePages: Int = 1 << 24, prefault: Bool = false) throws(HostMMError) {
         guard ramBytes >= 2 * pageSize, ramBytes % pageSize == 0, maxDevicePages >= 0,
               ramBytes / pageSize + maxDevicePages < Int(UInt32.max) else { throw .invalidArgument }
         ramPageCount = ramBytes / pageSize
         byteCount = ramBytes
         maxPFN = ramPageCount + maxDevicePages
+        let populate = prefault ? MAP_POPULATE : 0
         guard let ram = mmap(nil, ramBytes, PROT_READ | PROT_WRITE,
-                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | populate, -1, 0),
               ram != MAP_FAILED else { throw .outOfMemory }
         metaBytes = maxPFN * MemoryLayout<PageMetadata>.stride
         guard let table = mmap(nil, metaBytes, PROT_READ | PROT_WRITE,
