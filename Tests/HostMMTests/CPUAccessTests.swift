@@ -127,3 +127,41 @@ import Testing
         #expect(throws: HostMMError.invalidArgument) { try mm.remapPFNRange(anon, pfn: frame, count: 1) }
     }
 }
+
+@Suite struct BadInputTests {
+    @Test func pageCallsWithAnOutOfRangePFNAreIgnoredAndCounted() throws {
+        let memory = try makeMemory()
+        let bad = PFN(memory.maxPFN + 10)
+        #expect(memory.refcount(bad) == 0 && memory.flags(bad) == [] && !memory.trylockPage(bad))
+        memory.lockPage(bad)
+        memory.unlockPage(bad)
+        memory.putPage(bad)
+        #expect(memory.bytes(bad) == nil && !memory.isValid(bad))
+        #expect(memory.diagnostics.invalidPFNCount >= 5)
+        #expect(throws: HostMMError.invalidArgument) { try memory.zoneDevicePageInit(bad) }
+        #expect(throws: HostMMError.invalidArgument) { try memory.zoneDevicePageInit(PFN(1)) }
+    }
+
+    @Test func physicalMemoryRejectsBadSizes() {
+        #expect(throws: HostMMError.invalidArgument) { try PhysicalMemory(ramBytes: 4097) }
+        #expect(throws: HostMMError.invalidArgument) { try PhysicalMemory(ramBytes: 4096) }
+    }
+
+    @Test func pagemapRegistrationChecksItsArguments() throws {
+        let memory = try makeMemory()
+        let device = try TestDevice(memory: memory, pageCount: 4)
+        #expect(throws: HostMMError.invalidArgument) {
+            try memory.registerPagemap(type: .devicePrivate, pageCount: 0, owner: device.owner, ops: device)
+        }
+        #expect(throws: HostMMError.invalidArgument) {
+            try memory.registerPagemap(type: .deviceCoherent, pageCount: 4, owner: device.owner, ops: device)
+        }
+        let page = device.allocPage()!
+        #expect(throws: HostMMError.busy) { try memory.zoneDevicePageInit(page) }
+        #expect(throws: HostMMError.busy) { try memory.unregisterPagemap(device.pagemap) }
+        memory.unlockPage(page)
+        memory.putPage(page)
+        try memory.unregisterPagemap(device.pagemap)
+        #expect(memory.pagemap(of: page) == nil)
+    }
+}
