@@ -78,7 +78,11 @@ let package = Package(
         ),
         .testTarget(name: "DMAEngineTests", dependencies: ["DMAEngine", "CUring"], swiftSettings: strict),
         // Added with their first tests:
-        // .testTarget(name: "HostMMTests", dependencies: ["HostMM"], swiftSettings: strict),
+        .testTarget(
+            name: "HostMMTests",
+            dependencies: ["HostMM", .product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
+            swiftSettings: strict
+        ),
         // .testTarget(name: "DeviceEmuTests", dependencies: ["DeviceEmu", "HostMM", "DMAEngine"], swiftSettings: strict),
         .testTarget(name: "BenchTests", dependencies: ["dmem-bench"], swiftSettings: strict),
     ],

@@ -1,0 +1,34 @@
+/// Errors of the memory-manager model, named after the errno or signal the kernel
+/// would produce.
+///
+/// Bad input never traps or corrupts state: it throws one of these. Cases without
+/// a payload compare equal with `==`, so tests and drivers can switch on them.
+public enum HostMMError: Error, Equatable, Sendable {
+    /// `EINVAL`: an argument is malformed (unaligned, empty, outside the VMA, wrong kind).
+    case invalidArgument
+    /// `EBUSY`: the object is in use, or an MMU notifier invalidated the range (retry).
+    case busy
+    /// `EFAULT`: the address range is not (or cannot be made) accessible.
+    case fault
+    /// `EPERM`: a write was asked of a mapping that does not allow it (`hmm_range_fault`).
+    case permissionDenied
+    /// `ENOMEM`: no free frame, no address-space room, or range not mapped (`mprotect`).
+    case outOfMemory
+    /// `EOPNOTSUPP`: a feature this model refuses (huge pages: hugetlb, THP, DAX faults).
+    case notSupported
+    /// The mmap lock must be held (in read or write mode) by the caller of this API;
+    /// the kernel would report this through lockdep.
+    case mmapLockNotHeld
+    /// `SIGSEGV`: no VMA covers `address`, or the VMA forbids the access.
+    case segmentationFault(address: UInt64, reason: SegvReason)
+    /// `SIGBUS`: the fault handler (e.g. a driver's `migrateToRAM`) returned `VM_FAULT_SIGBUS`.
+    case busError(address: UInt64)
+
+    /// Why a `SIGSEGV` was raised (`SEGV_MAPERR` versus `SEGV_ACCERR`).
+    public enum SegvReason: Sendable, Equatable {
+        /// `SEGV_MAPERR`: no mapping at the address.
+        case notMapped
+        /// `SEGV_ACCERR`: the mapping's protection forbids the access.
+        case accessDenied
+    }
+}

@@ -1,0 +1,62 @@
+import Synchronization
+
+/// The page lock (`PG_locked`), with sleeping waiters on hashed wait queues
+/// (`folio_lock`, `folio_trylock`, `folio_unlock`, `folio_wait_locked`).
+///
+/// The fast paths are one atomic operation; contended lockers set `PG_waiters` and
+/// sleep on one of 128 queues chosen by PFN, and `unlockPage` wakes that queue only
+/// when `PG_waiters` was set — the kernel's scheme. Any thread may call these.
+extension PhysicalMemory {
+    private func queue(_ pfn: PFN) -> WaitQueue {
+        waitQueues[Int(truncatingIfNeeded: (pfn.rawValue &* 0x9E37_79B9_7F4A_7C15) >> 57)]
+    }
+
+    /// `folio_trylock()`: takes the lock if free; never sleeps.
+    public func trylockPage(_ pfn: PFN) -> Bool {
+        guard checked(pfn) else { return false }
+        let old = meta[Int(pfn.rawValue)].flags.bitwiseOr(PageFlags.locked.rawValue, ordering: .sequentiallyConsistent).oldValue
+        return old & PageFlags.locked.rawValue == 0
+    }
+
+    /// `folio_lock()`: takes the lock, sleeping until it is free.
+    public func lockPage(_ pfn: PFN) {
+        guard checked(pfn) else { return }
+        if trylockPage(pfn) { return }
+        let q = queue(pfn)
+        q.wait(prepare: { setWaiters(pfn) }, until: {
+            guard trylockPage(pfn) else { return false }
+            if q.sleepers == 0 { clearFlags(pfn, .waiters) }
+            return true
+        })
+    }
+
+    /// `folio_unlock()`: releases the lock and wakes sleepers if `PG_waiters` is set.
+    /// Unlocking a page that is not locked is counted in `diagnostics`.
+    public func unlockPage(_ pfn: PFN) {
+        guard checked(pfn) else { return }
+        let old = meta[Int(pfn.rawValue)].flags.bitwiseAnd(~PageFlags.locked.rawValue, ordering: .sequentiallyConsistent).oldValue
+        if old & PageFlags.locked.rawValue == 0 {
+            diagnostics.badUnlocks.wrappingAdd(1, ordering: .relaxed)
+        }
+        if old & PageFlags.waiters.rawValue != 0 { queue(pfn).wakeAll() }
+    }
+
+    /// True while the page lock is held (`folio_test_locked`).
+    public func isPageLocked(_ pfn: PFN) -> Bool { flags(pfn).contains(.locked) }
+
+    /// `folio_wait_locked()`: sleeps until the page is unlocked, without taking the lock
+    /// (what a CPU fault does on a migration entry, `migration_entry_wait_on_locked`).
+    public func waitOnPageUnlocked(_ pfn: PFN) {
+        guard checked(pfn), isPageLocked(pfn) else { return }
+        let q = queue(pfn)
+        q.wait(prepare: { setWaiters(pfn) }, until: {
+            let done = !isPageLocked(pfn)
+            if done && q.sleepers == 0 { clearFlags(pfn, .waiters) }
+            return done
+        })
+    }
+
+    private func setWaiters(_ pfn: PFN) {
+        meta[Int(pfn.rawValue)].flags.bitwiseOr(PageFlags.waiters.rawValue, ordering: .sequentiallyConsistent)
+    }
+}

@@ -1,0 +1,54 @@
+/// The 2017 callback form of device migration (`struct migrate_vma_ops`), kept for
+/// drivers and experiments written against it. Implemented on the three-step API,
+/// exactly as the 2019 "turn migrate_vma upside down" patch converted its callers.
+///
+/// Callbacks run on the calling thread with the mmap lock (read) held by the caller.
+public protocol MigrateVMAOps: AnyObject {
+    /// `alloc_and_copy`: for each `src[i]` with `.valid` and `.migrate`, allocate and lock a
+    /// destination page, copy, and set `dst[i]` (`.valid`, optionally `.locked`, which is
+    /// ignored). `dst[i] = .error` marks a device page that could not be brought back.
+    /// Must not change `src`.
+    func allocAndCopy(vma: VMA, src: UnsafeBufferPointer<MigratePFN>, dst: UnsafeMutableBufferPointer<MigratePFN>,
+                      start: UInt64, end: UInt64)
+    /// `finalize_and_map`: inspect which entries moved (`src[i]` kept `.migrate`) and
+    /// update device mappings; both pages are still locked. Must not change `src` or `dst`.
+    func finalizeAndMap(vma: VMA, src: UnsafeBufferPointer<MigratePFN>, dst: UnsafeBufferPointer<MigratePFN>,
+                        start: UInt64, end: UInt64)
+}
+
+/// Migrates `[start, end)` of `vma` through `ops` (`migrate_vma`, 2017).
+///
+/// Collects System-RAM pages and holes (and, when `pgmapOwner` is given, that owner's
+/// device-private pages — the 2017 code took every device-private page; the owner filter
+/// came later), then calls `allocAndCopy`, moves the page state, calls
+/// `finalizeAndMap`, and remaps. Succeeds even if nothing migrated; returns without
+/// calling `ops` when nothing could be collected. The caller holds the mmap lock (read).
+/// - Throws: `.invalidArgument` — no VMA, hugetlb/DAX/`VM_SPECIAL` VMA, start or end
+///   outside the VMA, no `ops`, missing arrays, `start >= end` (after page rounding);
+///   `.mmapLockNotHeld`.
+public func migrateVMA(ops: (any MigrateVMAOps)?, vma: VMA?, start: UInt64, end: UInt64,
+                       src: UnsafeMutableBufferPointer<MigratePFN>, dst: UnsafeMutableBufferPointer<MigratePFN>,
+                       pgmapOwner: PgmapOwner? = nil) throws(HostMMError) {
+    let start = start.pageAlignedDown
+    let end = end.pageAlignedDown
+    guard let vma, vma.flags.isDisjoint(with: VMAFlags.special.union([.hugetlb, .dax])) else { throw .invalidArgument }
+    guard start >= vma.start, start < vma.end else { throw .invalidArgument }
+    guard end > vma.start, end <= vma.end else { throw .invalidArgument }
+    guard let ops, src.baseAddress != nil, dst.baseAddress != nil, start < end else { throw .invalidArgument }
+
+    var flags: MigrateVMA.Flags = .selectSystem
+    if pgmapOwner != nil { flags.insert(.selectDevicePrivate) }
+    var args = MigrateVMA(vma: vma, start: start, end: end, src: src, dst: dst, pgmapOwner: pgmapOwner, flags: flags)
+    try migrateVMASetup(&args)
+    guard args.cpages > 0 else { return }
+    let n = args.npages
+    dst.update(repeating: [])
+    ops.allocAndCopy(vma: vma, src: UnsafeBufferPointer(rebasing: src[0..<n]),
+                     dst: UnsafeMutableBufferPointer(rebasing: dst[0..<n]), start: start, end: args.end)
+    // 2017 drivers flag unrecoverable entries with MIGRATE_PFN_ERROR (no VALID bit), and
+    // always set LOCKED: neither changes what the three-step core does with them.
+    try migrateVMAPages(&args)
+    ops.finalizeAndMap(vma: vma, src: UnsafeBufferPointer(rebasing: src[0..<n]),
+                       dst: UnsafeBufferPointer(rebasing: dst[0..<n]), start: start, end: args.end)
+    migrateVMAFinalize(&args)
+}

@@ -1,0 +1,144 @@
+/// The argument of the three-step device-migration API (`struct migrate_vma`).
+///
+/// Owned by one thread from `migrateVMASetup` to `migrateVMAFinalize`; that thread holds
+/// `vma.mm.mmapLock` in read mode for the whole sequence. `src` and `dst` are
+/// caller-owned buffers of at least `(end - start) / pageSize` entries.
+public struct MigrateVMA {
+    /// Which kinds of page `migrateVMASetup` collects (`MIGRATE_VMA_SELECT_*`).
+    public struct Flags: OptionSet, Sendable, Hashable {
+        public var rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
+        /// `MIGRATE_VMA_SELECT_SYSTEM`: System-RAM pages and the zero page.
+        public static let selectSystem = Flags(rawValue: 1 << 0)
+        /// `MIGRATE_VMA_SELECT_DEVICE_PRIVATE`: device-private pages of `pgmapOwner`.
+        public static let selectDevicePrivate = Flags(rawValue: 1 << 1)
+        /// `MIGRATE_VMA_SELECT_DEVICE_COHERENT`: device-coherent pages of `pgmapOwner`.
+        public static let selectDeviceCoherent = Flags(rawValue: 1 << 2)
+        static let all: Flags = [.selectSystem, .selectDevicePrivate, .selectDeviceCoherent]
+    }
+
+    /// The VMA holding the range (`vma`).
+    public var vma: VMA?
+    /// Per-page source entries, filled by setup (`src`).
+    public var src: UnsafeMutableBufferPointer<MigratePFN>
+    /// Per-page destination entries, filled by the driver (`dst`).
+    public var dst: UnsafeMutableBufferPointer<MigratePFN>
+    /// Pages collected and still migrating after setup (`cpages`).
+    public var cpages = 0
+    /// Entries written to `src`/`dst` (`npages`).
+    public var npages = 0
+    /// First address, rounded down to a page (`start`).
+    public var start: UInt64
+    /// End address, rounded down to a page (`end`); setup trims it to what it walked.
+    public var end: UInt64
+    /// Only device pages of this owner are collected; also passed to MMU notifiers so the
+    /// owner's driver can recognise its own migration (`pgmap_owner`).
+    public var pgmapOwner: PgmapOwner?
+    /// What to collect (`flags`).
+    public var flags: Flags
+    /// The device-private page a CPU fault is migrating (`fault_page`): it holds one extra
+    /// reference, which the pinned-page checks allow for.
+    public var faultPage: PFN?
+
+    public init(vma: VMA?, start: UInt64, end: UInt64,
+                src: UnsafeMutableBufferPointer<MigratePFN>, dst: UnsafeMutableBufferPointer<MigratePFN>,
+                pgmapOwner: PgmapOwner? = nil, flags: Flags = [], faultPage: PFN? = nil) {
+        self.vma = vma
+        self.start = start
+        self.end = end
+        self.src = src
+        self.dst = dst
+        self.pgmapOwner = pgmapOwner
+        self.flags = flags
+        self.faultPage = faultPage
+    }
+}
+
+/// Prepares to migrate `[args.start, args.end)` of `args.vma` (`migrate_vma_setup`).
+///
+/// Collects every page backing the range into `args.src`, locks and unmaps them
+/// (their CPU entries become migration entries, so CPU accesses wait), and checks
+/// that none is pinned. Entries that can migrate have `.migrate` set; pinned, busy or
+/// unselected pages are restored and left as 0. Holes of anonymous VMAs (and the zero
+/// page, with `.selectSystem`) get `.migrate` without `.valid`: the driver may provide a
+/// page for them.
+///
+/// Then the driver, for each `src[i]` with `.migrate`: allocates a destination page,
+/// locks it (`zoneDevicePageInit` does both for device pages; `allocPage` + `lockPage`
+/// for RAM), copies (or clears, for a hole), and sets `dst[i] = MigratePFN(pfn:)`.
+/// It may skip entries — except when migrating device memory back to RAM, where
+/// skipping means the CPU access fails (`VMFaultResult.sigbus`). It then calls
+/// `migrateVMAPages`, waits for its copies, optionally updates its own page table, and
+/// calls `migrateVMAFinalize`. Pages are locked and unmapped until then, so their
+/// contents are stable.
+///
+/// The caller holds `vma.mm.mmapLock` for read from setup through finalize.
+/// - Throws: `.invalidArgument` (no VMA; hugetlb, DAX or `VM_SPECIAL` VMA; empty
+///   range; start or end outside the VMA; missing `src`/`dst`; a `faultPage` that is
+///   not device-private — the kernel's cases — plus, here: detached VMA, unknown
+///   flag bits, buffers shorter than the range), `.mmapLockNotHeld`.
+public func migrateVMASetup(_ args: inout MigrateVMA) throws(HostMMError) {
+    let nrPages = Int64(bitPattern: args.end &- args.start) >> Int64(pageShift)
+    args.start = args.start.pageAlignedDown
+    args.end = args.end.pageAlignedDown
+    guard let vma = args.vma, vma.flags.isDisjoint(with: VMAFlags.special.union([.hugetlb, .dax])) else {
+        throw .invalidArgument
+    }
+    guard nrPages > 0 else { throw .invalidArgument }
+    guard args.start >= vma.start, args.start < vma.end else { throw .invalidArgument }
+    guard args.end > vma.start, args.end <= vma.end else { throw .invalidArgument }
+    guard args.src.baseAddress != nil, args.dst.baseAddress != nil else { throw .invalidArgument }
+    let mm = vma.mm
+    if let fault = args.faultPage, !mm.memory.isDevicePrivate(fault) { throw .invalidArgument }
+    let count = Int((args.end - args.start) >> pageShift)
+    guard vma.isAttached, MigrateVMA.Flags.all.isSuperset(of: args.flags),
+          args.src.count >= count, args.dst.count >= count else { throw .invalidArgument }
+    guard mm.mmapLock.isLocked else { throw .mmapLockNotHeld }
+
+    args.src.update(repeating: [])
+    args.cpages = 0
+    args.npages = 0
+    mm.migrateVMACollect(&args, vma)
+    if args.cpages > 0 {
+        args.cpages = mm.memory.migrateDeviceUnmap(args.src, args.npages, faultPage: args.faultPage)
+    }
+    // Pages are now locked and unmapped: their contents are stable and may be copied.
+}
+
+/// Moves `struct page` state from each source to its destination (`migrate_vma_pages`).
+///
+/// For each entry with `.migrate` and a valid `dst`: holes get the destination mapped
+/// (`insert_page`); pages whose only references are the migration's get their mapping
+/// and flags moved. Entries that fail lose `.migrate` in `src` — inspect `src` after
+/// this call to learn what moved. Device page tables may be updated afterwards: both
+/// pages stay locked and the mmap lock is held, so nothing can unmap the range.
+/// - Throws: `.invalidArgument`, before changing anything, when a `dst` entry names an
+///   unknown PFN or a page that is not locked (the contract requires locked destinations),
+///   or when `args` was not set up.
+public func migrateVMAPages(_ args: inout MigrateVMA) throws(HostMMError) {
+    guard let vma = args.vma else { throw .invalidArgument }
+    try vma.mm.memory.validateDestinations(args.src, args.dst, args.npages)
+    vma.mm.memory.migrateDevicePagesCore(args.src, args.dst, args.npages, args)
+}
+
+/// Completes the migration (`migrate_vma_finalize`): migration entries become entries for
+/// the new pages where `src[i]` still has `.migrate`, or for the original pages
+/// otherwise; all pages are unlocked; the migration's references are dropped, which
+/// frees migrated-away sources (device pages through the driver's `pageFree`) and unused
+/// destinations. The driver must have finished its copies (e.g. waited on its fence).
+public func migrateVMAFinalize(_ args: inout MigrateVMA) {
+    guard let vma = args.vma else { return }
+    vma.mm.memory.migrateDeviceFinalizeCore(args.src, args.dst, min(args.npages, args.src.count, args.dst.count))
+}
+
+extension PhysicalMemory {
+    /// Rejects destination arrays the pages step could not process safely.
+    func validateDestinations(_ src: UnsafeMutableBufferPointer<MigratePFN>,
+                              _ dst: UnsafeMutableBufferPointer<MigratePFN>, _ npages: Int) throws(HostMMError) {
+        guard npages >= 0, src.count >= npages, dst.count >= npages else { throw .invalidArgument }
+        for i in 0..<npages {
+            guard let page = dst[i].page else { continue }
+            guard isValid(page), isPageLocked(page), refcount(page) > 0 else { throw .invalidArgument }
+        }
+    }
+}

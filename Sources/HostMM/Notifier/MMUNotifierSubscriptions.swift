@@ -1,0 +1,92 @@
+import NIOConcurrencyHelpers
+
+/// The per-mm notifier state (`struct mmu_notifier_subscriptions`): the intervals, the
+/// mm-wide `invalidate_seq` (odd while an invalidation touching some interval runs), and
+/// the wait queue for `readBegin`.
+///
+/// Thread-safe; callbacks run without the internal lock held.
+public final class MMUNotifierSubscriptions: @unchecked Sendable {
+    unowned let mm: AddressSpace
+    private let lock = NIOLock()
+    private var intervals: [MMUIntervalNotifier] = []
+    private var invalidateSeq: UInt64 = 2
+    private var activeInvalidations = 0
+    private let waiters = WaitQueue()
+    private var invalidations = 0
+    /// Invalidations started so far, for tests and traces.
+    public var invalidationCount: Int { lock.withLock { invalidations } }
+
+    init(mm: AddressSpace) { self.mm = mm }
+
+    /// Subscribes `ops` to invalidations of `[start, start + length)`
+    /// (`mmu_interval_notifier_insert`).
+    /// - Throws: `.invalidArgument` for an empty or overflowing range.
+    public func insert(start: UInt64, length: UInt64, ops: any MMUIntervalNotifierOps) throws(HostMMError) -> MMUIntervalNotifier {
+        guard length > 0, start <= UInt64.max - length else { throw .invalidArgument }
+        return lock.withLock {
+            // Not under invalidation: an odd seq different from the mm's (never "busy").
+            // Under invalidation: equal to the mm's, so readBegin waits for the end.
+            let seq = invalidateSeq & 1 == 1 ? invalidateSeq : invalidateSeq - 1
+            let n = MMUIntervalNotifier(start: start, end: start + length, ops: ops, subscriptions: self, seq: seq)
+            intervals.append(n)
+            return n
+        }
+    }
+
+    func sequence(of n: MMUIntervalNotifier) -> UInt64 { lock.withLock { n.invalidateSeq } }
+    func setSequence(_ n: MMUIntervalNotifier, _ seq: UInt64) { lock.withLock { n.invalidateSeq = seq } }
+
+    func readBegin(_ n: MMUIntervalNotifier) -> UInt64 {
+        let (seq, busy) = lock.withLock { (n.invalidateSeq, n.invalidateSeq == invalidateSeq) }
+        if busy {
+            waiters.wait(until: { lock.withLock { invalidateSeq != seq } })
+        }
+        return seq
+    }
+
+    func remove(_ n: MMUIntervalNotifier) {
+        let waitFor: UInt64? = lock.withLock {
+            intervals.removeAll { $0 === n }
+            n.isInserted = false
+            return invalidateSeq & 1 == 1 ? invalidateSeq : nil
+        }
+        if let seq = waitFor {
+            waiters.wait(until: { lock.withLock { invalidateSeq != seq } })
+        }
+    }
+
+    /// `mmu_notifier_invalidate_range_start()` for interval subscribers.
+    func invalidateStart(_ range: MMUNotifierRange) {
+        let (hit, seq): ([MMUIntervalNotifier], UInt64) = lock.withLock {
+            activeInvalidations += 1
+            invalidations += 1
+            guard !intervals.isEmpty else { return ([], invalidateSeq) }
+            let hit = intervals.filter { $0.start < range.end && range.start < $0.end }
+            if !hit.isEmpty { invalidateSeq |= 1 }
+            return (hit, invalidateSeq)
+        }
+        for n in hit {
+            _ = n.ops.invalidate(n, range: range, currentSequence: seq)
+        }
+    }
+
+    /// `mmu_notifier_invalidate_range_end()`.
+    func invalidateEnd(_ range: MMUNotifierRange) {
+        let wake: Bool = lock.withLock {
+            activeInvalidations -= 1
+            guard activeInvalidations == 0, invalidateSeq & 1 == 1 else { return false }
+            invalidateSeq += 1
+            return true
+        }
+        if wake { waiters.wakeAll() }
+    }
+
+    /// Runs `body` between invalidate start and end for `[start, end)`.
+    func invalidating<T, E: Error>(_ start: UInt64, _ end: UInt64, _ event: MMUNotifyEvent,
+                                   owner: PgmapOwner? = nil, _ body: () throws(E) -> T) throws(E) -> T {
+        let range = MMUNotifierRange(start: start, end: end, event: event, owner: owner)
+        invalidateStart(range)
+        defer { invalidateEnd(range) }
+        return try body()
+    }
+}

@@ -1,0 +1,124 @@
+import Foundation
+import NIOConcurrencyHelpers
+import Synchronization
+import Testing
+@testable import HostMM
+
+/// Runs `body` on a new thread; `join()` waits for it.
+final class TestThread: @unchecked Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    init(_ body: @escaping @Sendable () -> Void) {
+        Thread.detachNewThread { [done] in
+            body()
+            done.signal()
+        }
+    }
+    /// Waits up to `seconds`; false on timeout.
+    @discardableResult func join(seconds: Double = 20) -> Bool { done.wait(timeout: .now() + seconds) == .success }
+}
+
+/// Polls `condition` for up to `seconds`.
+func eventually(seconds: Double = 10, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(1000)
+    }
+    return condition()
+}
+
+@Suite(.timeLimit(.minutes(1))) struct ConcurrencyTests {
+    @Test func cpuAccessBlocksOnMigrationEntryThenSeesNewData() throws {
+        let memory = try makeMemory()
+        let device = try TestDevice(memory: memory, pageCount: 16)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: pageSize)
+        try mm.write(at: a, bytes: pattern(1, count: pageSize))
+        let result = NIOLockedValueBox<[UInt8]?>(nil)
+        var reader: TestThread?
+        try mm.mmapLock.withReadLock {
+            try withBuffers(1) { src, dst in
+                var args = MigrateVMA(vma: mm.findVMA(a), start: a, end: a + UInt64(pageSize),
+                                      src: src, dst: dst, pgmapOwner: device.owner, flags: .selectSystem)
+                try migrateVMASetup(&args)
+                #expect(mm.pageTableEntry(a).kind == .migration)
+                reader = TestThread {
+                    let bytes = try? mm.read(at: a, count: pageSize)
+                    result.withLockedValue { $0 = bytes }
+                }
+                #expect(eventually { mm.faultCounters[.migrationWait] >= 1 })
+                #expect(result.withLockedValue { $0 } == nil)       // still blocked on the page lock
+                device.copyToDevice(src, dst, 1)
+                device.bytes(dst[0].page!).copyMemory(from: pattern(2, count: pageSize), byteCount: pageSize)
+                try migrateVMAPages(&args)
+                migrateVMAFinalize(&args)
+            }
+        }
+        #expect(reader!.join())
+        #expect(result.withLockedValue { $0 } == pattern(2, count: pageSize))
+        // The retried access hit the device entry; it may have refaulted while finalize still
+        // held the destination's lock (collect only trylocks), as the kernel does.
+        #expect(device.cpuFaults.load(ordering: .relaxed) >= 1)
+    }
+
+    @Test func twoCPUsFaultingTheSameDevicePageBothSeeItsData() throws {
+        let memory = try makeMemory()
+        let device = try TestDevice(memory: memory, pageCount: 16)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: pageSize)
+        try mm.write(at: a, bytes: pattern(5, count: pageSize))
+        try device.migrateToDevice(mm, a, a + UInt64(pageSize))
+        let ok = Atomic<Int>(0)
+        let threads = (0..<4).map { _ in
+            TestThread { if (try? mm.read(at: a, count: pageSize)) == pattern(5, count: pageSize) { ok.add(1, ordering: .relaxed) } }
+        }
+        for t in threads { #expect(t.join()) }
+        #expect(ok.load(ordering: .relaxed) == 4)
+        #expect(mm.pageTableEntry(a).kind == .present)
+        #expect(device.freePageCount == device.pageCount)
+    }
+
+    /// CPU threads keep writing and checking their own pages while another thread
+    /// migrates the whole range to the device and evicts it back, over and over.
+    @Test func cpuTrafficDuringRepeatedMigrationKeepsEveryByte() throws {
+        let memory = try makeMemory()
+        let device = try TestDevice(memory: memory, pageCount: 256)
+        let mm = AddressSpace(memory: memory)
+        let threads = 3, pagesPerThread = 16, rounds = 40
+        let n = threads * pagesPerThread
+        let a = try mm.mmap(length: n * pageSize)
+        try mm.touch(a, length: n * pageSize, write: true)
+        let mismatches = Atomic<Int>(0)
+        let stop = Atomic<Bool>(false)
+        let workers = (0..<threads).map { t in
+            TestThread {
+                var round = 0
+                while !stop.load(ordering: .relaxed) && round < 2000 {
+                    for p in 0..<pagesPerThread {
+                        let addr = a + UInt64((t * pagesPerThread + p) * pageSize)
+                        let data = pattern(round &* 7 &+ t &* 131 &+ p, count: 64)
+                        do {
+                            try mm.write(at: addr + 128, bytes: data)
+                            if try mm.read(at: addr + 128, count: 64) != data { mismatches.add(1, ordering: .relaxed) }
+                        } catch { mismatches.add(1, ordering: .relaxed) }
+                    }
+                    round += 1
+                }
+            }
+        }
+        var migrated = 0, evicted = 0
+        for r in 0..<rounds {
+            migrated += try device.migrateToDevice(mm, a, a + UInt64(n * pageSize), batch: 16)
+            if r % 2 == 1 { evicted += try device.evictAll() }
+        }
+        #expect(migrated > 0 && evicted > 0)
+        #expect(device.cpuFaults.load(ordering: .relaxed) > 0)
+        stop.store(true, ordering: .relaxed)
+        for w in workers { #expect(w.join()) }
+        #expect(mismatches.load(ordering: .relaxed) == 0)
+        _ = try device.evictAll()
+        try mm.munmap(a, length: n * pageSize)
+        #expect(device.freePageCount == device.pageCount)
+        #expect(memory.diagnostics.unlocksOfUnlockedPages == 0 && memory.diagnostics.refcountUnderflowCount == 0)
+    }
+}
