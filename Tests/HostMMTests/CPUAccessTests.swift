@@ -103,3 +103,65 @@ import Testing
         #expect(throws: HostMMError.segmentationFault(address: a, reason: .notMapped)) { try mm.read(at: a, count: 1) }
     }
 }
+
+@Suite struct RemapPFNRangeTests {
+    @Test func pfnMapIsReadableButNeverMigratedOrRefcounted() throws {
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let frame = memory.allocPage(zeroed: true)!
+        memory.bytes(frame)!.storeBytes(of: 0xC3, as: UInt8.self)
+        let a = try mm.mmap(.special([.io, .pfnMap]), length: pageSize)
+        try mm.remapPFNRange(a, pfn: frame, count: 1)
+        #expect(try mm.read(at: a, count: 1) == [0xC3])
+        #expect(memory.refcount(frame) == 1 && memory.mapcount(frame) == 0)
+        #expect(throws: HostMMError.busy) { try mm.remapPFNRange(a, pfn: frame, count: 1) }
+        try mm.mmapLock.withReadLock {
+            try withBuffers(1) { src, dst in
+                var args = MigrateVMA(vma: mm.findVMA(a), start: a, end: a + UInt64(pageSize), src: src, dst: dst, flags: .selectSystem)
+                #expect(throws: HostMMError.invalidArgument) { try migrateVMASetup(&args) }
+            }
+        }
+        try mm.munmap(a, length: pageSize)
+        #expect(memory.refcount(frame) == 1)
+        let anon = try mm.mmap(length: pageSize)
+        #expect(throws: HostMMError.invalidArgument) { try mm.remapPFNRange(anon, pfn: frame, count: 1) }
+    }
+}
+
+@Suite struct BadInputTests {
+    @Test func pageCallsWithAnOutOfRangePFNAreIgnoredAndCounted() throws {
+        let memory = try makeMemory()
+        let bad = PFN(memory.maxPFN + 10)
+        #expect(memory.refcount(bad) == 0 && memory.flags(bad) == [] && !memory.trylockPage(bad))
+        memory.lockPage(bad)
+        memory.unlockPage(bad)
+        memory.putPage(bad)
+        #expect(memory.bytes(bad) == nil && !memory.isValid(bad))
+        #expect(memory.diagnostics.invalidPFNCount >= 5)
+        #expect(throws: HostMMError.invalidArgument) { try memory.zoneDevicePageInit(bad) }
+        #expect(throws: HostMMError.invalidArgument) { try memory.zoneDevicePageInit(PFN(1)) }
+    }
+
+    @Test func physicalMemoryRejectsBadSizes() {
+        #expect(throws: HostMMError.invalidArgument) { try PhysicalMemory(ramBytes: 4097) }
+        #expect(throws: HostMMError.invalidArgument) { try PhysicalMemory(ramBytes: 4096) }
+    }
+
+    @Test func pagemapRegistrationChecksItsArguments() throws {
+        let memory = try makeMemory()
+        let device = try TestDevice(memory: memory, pageCount: 4)
+        #expect(throws: HostMMError.invalidArgument) {
+            try memory.registerPagemap(type: .devicePrivate, pageCount: 0, owner: device.owner, ops: device)
+        }
+        #expect(throws: HostMMError.invalidArgument) {
+            try memory.registerPagemap(type: .deviceCoherent, pageCount: 4, owner: device.owner, ops: device)
+        }
+        let page = device.allocPage()!
+        #expect(throws: HostMMError.busy) { try memory.zoneDevicePageInit(page) }
+        #expect(throws: HostMMError.busy) { try memory.unregisterPagemap(device.pagemap) }
+        memory.unlockPage(page)
+        memory.putPage(page)
+        try memory.unregisterPagemap(device.pagemap)
+        #expect(memory.pagemap(of: page) == nil)
+    }
+}

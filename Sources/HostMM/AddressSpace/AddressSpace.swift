@@ -28,15 +28,18 @@ public final class AddressSpace: @unchecked Sendable {
 
     deinit { exit() }
 
-    /// Tears the address space down (`exit_mmap`): notifiers see `.release`, every page
-    /// is unmapped (device pages go back through `pageFree`), every VMA is detached.
+    /// Tears the address space down (`exit_mmap`): notifiers see `.release` (whole space)
+    /// then `.unmap` while every page is unmapped (device pages go back through `pageFree`), every VMA is detached.
     /// Idempotent; also run by `deinit`.
     public func exit() {
         mmapLock.withWriteLock {
             guard !hasExited else { return }
             hasExited = true
+            // mn_itree_release: every interval sees RELEASE over the whole space, then
+            // unmap_vmas tears the mappings down under an UNMAP invalidation.
+            notifiers.invalidating(0, .max, .release) {}
             if let first = vmas.first, let last = vmas.last {
-                notifiers.invalidating(first.start, last.end, .release) {
+                notifiers.invalidating(first.start, last.end, .unmap) {
                     for vma in vmas { zapRange(vma, vma.start, vma.end) }
                 }
             }

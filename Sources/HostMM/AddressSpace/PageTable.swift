@@ -100,6 +100,22 @@ final class PageTable: @unchecked Sendable {
         return Unmanaged<PTETable>.fromOpaque(UnsafeRawPointer(bitPattern: bits)!).takeUnretainedValue()
     }
 
+    /// The leaf covering `address` without a retain (the table keeps leaves alive until
+    /// it is freed), for hot loops.
+    func existingLeaf(_ address: UInt64) -> Unmanaged<PTETable>? {
+        var node = root
+        var shift: UInt64 = 39
+        while shift > 21 {
+            let bits = node[Int((address >> shift) & 511)].load(ordering: .acquiring)
+            guard let next = UnsafeMutablePointer<Synchronization.Atomic<UInt>>(bitPattern: bits) else { return nil }
+            node = next
+            shift -= 9
+        }
+        let bits = node[Int((address >> 21) & 511)].load(ordering: .acquiring)
+        guard let p = UnsafeRawPointer(bitPattern: bits) else { return nil }
+        return Unmanaged<PTETable>.fromOpaque(p)
+    }
+
     /// Reads the entry at `address` without the lock (`ptep_get`); none if no leaf.
     func entry(_ address: UInt64) -> PageTableEntry {
         leaf(address, create: false)?[PTETable.index(address)] ?? .none

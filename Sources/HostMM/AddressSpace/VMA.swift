@@ -25,7 +25,8 @@ public struct VMAFlags: OptionSet, Sendable, Hashable {
 /// mmap lock (read) or a root lock see them stable. A VMA removed by `munmap` is
 /// detached (`isAttached == false`) and is refused by the migration API.
 public final class VMA: @unchecked Sendable, CustomStringConvertible {
-    /// The address space the VMA belongs to (`vm_mm`).
+    /// The address space the VMA belongs to (`vm_mm`). Not retained: a VMA must not be
+    /// used after its address space is gone (the kernel's use-after-free traps here).
     public unowned let mm: AddressSpace
     /// First address (`vm_start`).
     public internal(set) var start: UInt64
@@ -41,6 +42,8 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     public let file: PageCacheFile?
     /// False once unmapped.
     public internal(set) var isAttached = true
+    /// The owning mm's page table, held strongly so rmap walkers reach it without the mm.
+    let pageTable: PageTable
 
     init(mm: AddressSpace, start: UInt64, end: UInt64, pgoff: UInt64, flags: VMAFlags,
          anonRoot: MappingRoot?, file: PageCacheFile?) {
@@ -51,6 +54,7 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
         self.flags = flags
         self.anonRoot = anonRoot
         self.file = file
+        self.pageTable = mm.pageTable
     }
 
     /// `vma_is_anonymous()`: private anonymous memory (no `vm_ops`). Only such VMAs get

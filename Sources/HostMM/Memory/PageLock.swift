@@ -13,12 +13,14 @@ extension PhysicalMemory {
 
     /// `folio_trylock()`: takes the lock if free; never sleeps.
     public func trylockPage(_ pfn: PFN) -> Bool {
+        guard checked(pfn) else { return false }
         let old = meta[Int(pfn.rawValue)].flags.bitwiseOr(PageFlags.locked.rawValue, ordering: .sequentiallyConsistent).oldValue
         return old & PageFlags.locked.rawValue == 0
     }
 
     /// `folio_lock()`: takes the lock, sleeping until it is free.
     public func lockPage(_ pfn: PFN) {
+        guard checked(pfn) else { return }
         if trylockPage(pfn) { return }
         let q = queue(pfn)
         q.wait(prepare: { setWaiters(pfn) }, until: {
@@ -31,6 +33,7 @@ extension PhysicalMemory {
     /// `folio_unlock()`: releases the lock and wakes sleepers if `PG_waiters` is set.
     /// Unlocking a page that is not locked is counted in `diagnostics`.
     public func unlockPage(_ pfn: PFN) {
+        guard checked(pfn) else { return }
         let old = meta[Int(pfn.rawValue)].flags.bitwiseAnd(~PageFlags.locked.rawValue, ordering: .sequentiallyConsistent).oldValue
         if old & PageFlags.locked.rawValue == 0 {
             diagnostics.badUnlocks.wrappingAdd(1, ordering: .relaxed)
@@ -44,7 +47,7 @@ extension PhysicalMemory {
     /// `folio_wait_locked()`: sleeps until the page is unlocked, without taking the lock
     /// (what a CPU fault does on a migration entry, `migration_entry_wait_on_locked`).
     public func waitOnPageUnlocked(_ pfn: PFN) {
-        guard isPageLocked(pfn) else { return }
+        guard checked(pfn), isPageLocked(pfn) else { return }
         let q = queue(pfn)
         q.wait(prepare: { setWaiters(pfn) }, until: {
             let done = !isPageLocked(pfn)

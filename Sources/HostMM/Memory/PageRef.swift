@@ -43,11 +43,13 @@ extension PhysicalMemory {
 
     /// `get_page()`: takes one reference.
     public func getPage(_ pfn: PFN) {
+        guard checked(pfn) else { return }
         meta[Int(pfn.rawValue)].refcount.wrappingAdd(1, ordering: .relaxed)
     }
 
     /// `get_page_unless_zero()`: takes a reference unless the page is free.
     public func getPageUnlessZero(_ pfn: PFN) -> Bool {
+        guard checked(pfn) else { return false }
         let m = Int(pfn.rawValue)
         var old = meta[m].refcount.load(ordering: .relaxed)
         while old > 0 {
@@ -63,6 +65,7 @@ extension PhysicalMemory {
     /// frame allocator for RAM, to the driver's `pageFree` for device pages
     /// (`free_zone_device_folio`). Must not be called with a page-table lock held.
     public func putPage(_ pfn: PFN) {
+        guard checked(pfn) else { return }
         if dropReference(pfn, count: 1) { freePage(pfn) }
     }
 

@@ -37,15 +37,17 @@ public final class PhysicalMemory: @unchecked Sendable {
     public let diagnostics = Diagnostics()
 
     /// Creates emulated RAM of `ramBytes` (a multiple of 4 KiB) and room for
-    /// `maxDevicePages` device PFNs.
-    public init(ramBytes: Int = 4 << 30, maxDevicePages: Int = 1 << 24) throws(HostMMError) {
+    /// `maxDevicePages` device PFNs. RAM is reserved lazily, so a frame's first use costs a
+    /// host page fault; `prefault` backs it all up front (`MAP_POPULATE`), which benchmarks want.
+    public init(ramBytes: Int = 4 << 30, maxDevicePages: Int = 1 << 24, prefault: Bool = false) throws(HostMMError) {
         guard ramBytes >= 2 * pageSize, ramBytes % pageSize == 0, maxDevicePages >= 0,
               ramBytes / pageSize + maxDevicePages < Int(UInt32.max) else { throw .invalidArgument }
         ramPageCount = ramBytes / pageSize
         byteCount = ramBytes
         maxPFN = ramPageCount + maxDevicePages
+        let populate = prefault ? MAP_POPULATE : 0
         guard let ram = mmap(nil, ramBytes, PROT_READ | PROT_WRITE,
-                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | populate, -1, 0),
               ram != MAP_FAILED else { throw .outOfMemory }
         metaBytes = maxPFN * MemoryLayout<PageMetadata>.stride
         guard let table = mmap(nil, metaBytes, PROT_READ | PROT_WRITE,
@@ -72,6 +74,9 @@ public final class PhysicalMemory: @unchecked Sendable {
     public final class Diagnostics: Sendable {
         let badUnlocks = Atomic<Int>(0)
         let refcountUnderflows = Atomic<Int>(0)
+        let badPFNs = Atomic<Int>(0)
+        /// Public page calls that named a PFN outside the metadata table (ignored).
+        public var invalidPFNCount: Int { badPFNs.load(ordering: .relaxed) }
         /// `unlockPage` called on a page that was not locked.
         public var unlocksOfUnlockedPages: Int { badUnlocks.load(ordering: .relaxed) }
         /// `putPage` called on a page whose refcount was already 0.
@@ -123,22 +128,30 @@ public final class PhysicalMemory: @unchecked Sendable {
     /// Number of RAM frames still free.
     public var freeRAMPageCount: Int { frames.freeCount }
 
+    /// Bounds check for the public per-page calls: a PFN past the table is ignored and counted.
+    @inline(__always) func checked(_ pfn: PFN) -> Bool {
+        if Int(pfn.rawValue) < maxPFN { return true }
+        diagnostics.badPFNs.wrappingAdd(1, ordering: .relaxed)
+        return false
+    }
+
     // MARK: struct page fields
 
     /// `page_ref_count()`.
-    public func refcount(_ pfn: PFN) -> Int { Int(meta[Int(pfn.rawValue)].refcount.load(ordering: .acquiring)) }
+    public func refcount(_ pfn: PFN) -> Int { guard checked(pfn) else { return 0 }; return Int(meta[Int(pfn.rawValue)].refcount.load(ordering: .acquiring)) }
     /// `page_mapcount()` (0-based: number of page-table entries mapping the page).
-    public func mapcount(_ pfn: PFN) -> Int { Int(meta[Int(pfn.rawValue)].mapcount.load(ordering: .acquiring)) }
+    public func mapcount(_ pfn: PFN) -> Int { guard checked(pfn) else { return 0 }; return Int(meta[Int(pfn.rawValue)].mapcount.load(ordering: .acquiring)) }
     /// `page->flags`.
-    public func flags(_ pfn: PFN) -> PageFlags { PageFlags(rawValue: meta[Int(pfn.rawValue)].flags.load(ordering: .acquiring)) }
+    public func flags(_ pfn: PFN) -> PageFlags { guard checked(pfn) else { return [] }; return PageFlags(rawValue: meta[Int(pfn.rawValue)].flags.load(ordering: .acquiring)) }
     /// True when `page->mapping` names an anonymous VMA family (`PageAnon`).
-    public func isAnon(_ pfn: PFN) -> Bool { PageMapping.isAnon(mapping(pfn)) }
+    public func isAnon(_ pfn: PFN) -> Bool { checked(pfn) && PageMapping.isAnon(mapping(pfn)) }
     /// `page->index`.
-    public func index(_ pfn: PFN) -> UInt64 { meta[Int(pfn.rawValue)].index.load(ordering: .relaxed) }
+    public func index(_ pfn: PFN) -> UInt64 { guard checked(pfn) else { return 0 }; return meta[Int(pfn.rawValue)].index.load(ordering: .relaxed) }
     /// The driver's private word (`page->zone_device_data`).
-    public func zoneDeviceData(_ pfn: PFN) -> UInt64 { meta[Int(pfn.rawValue)].zoneDeviceData.load(ordering: .acquiring) }
+    public func zoneDeviceData(_ pfn: PFN) -> UInt64 { guard checked(pfn) else { return 0 }; return meta[Int(pfn.rawValue)].zoneDeviceData.load(ordering: .acquiring) }
     /// Sets the driver's private word (`page->zone_device_data = …`).
     public func setZoneDeviceData(_ pfn: PFN, _ value: UInt64) {
+        guard checked(pfn) else { return }
         meta[Int(pfn.rawValue)].zoneDeviceData.store(value, ordering: .releasing)
     }
 

@@ -2,14 +2,29 @@
 /// everything and drop the references the migration held (`migrate_device_finalize`).
 extension PhysicalMemory {
     /// The shared body of `migrateVMAFinalize` and `migrateDeviceFinalize`.
-    /// Destination entries naming invalid PFNs are ignored (counted as underflows are not).
+    /// Destination entries naming PFNs that are neither RAM nor device memory are ignored.
     func migrateDeviceFinalizeCore(_ src: UnsafeMutableBufferPointer<MigratePFN>,
                                    _ dst: UnsafeMutableBufferPointer<MigratePFN>, _ npages: Int) {
-        var cache = RootCache()
+        guard npages > 0 else { return }
+        withUnsafeTemporaryAllocation(of: PFN.self, capacity: 2 * npages) { pairs in
+            // Pass 1: decide each source's new page: the destination if it migrated, else itself.
+            var n = 0
+            for i in 0..<npages {
+                guard let page = src[i].page else { continue }
+                var target = page
+                if let newPage = dst[i].page, isKnownPFN(newPage), src[i].contains(.migrate) { target = newPage }
+                pairs[2 * n] = page
+                pairs[2 * n + 1] = target
+                n += 1
+            }
+            // Pass 2: every migration entry becomes a mapping of the chosen page.
+            removeMigrationPTEs(pairs: UnsafeBufferPointer(rebasing: pairs[0..<(2 * n)]))
+        }
+        // Pass 3: unlock and release (folio_putback_lru for RAM pages, folio_put for device pages).
         withUnsafeTemporaryAllocation(of: PFN.self, capacity: 2 * npages) { release in
             var n = 0
             for i in 0..<npages {
-                let newPage = dst[i].page.flatMap { isValid($0) ? $0 : nil }
+                let newPage = dst[i].page.flatMap { isKnownPFN($0) ? $0 : nil }
                 guard let page = src[i].page else {
                     if let newPage {
                         unlockPage(newPage)
@@ -17,26 +32,22 @@ extension PhysicalMemory {
                     }
                     continue
                 }
-                var target = page
-                if let newPage {
-                    if src[i].contains(.migrate) {
-                        target = newPage
-                    } else {
-                        unlockPage(newPage)
-                        release[n] = newPage; n += 1
-                    }
-                }
-                removeMigrationPTEs(page, target, cache: &cache)
                 unlockPage(page)
-                if !isZoneDevice(page) { setFlags(page, .lru) }   // folio_putback_lru
+                if isRAM(page) { setFlags(page, .lru) }
                 release[n] = page; n += 1
-                if target != page {
-                    unlockPage(target)
-                    if !isZoneDevice(target) { setFlags(target, .lru) }
-                    release[n] = target; n += 1
+                if let newPage {
+                    unlockPage(newPage)
+                    if src[i].contains(.migrate) && isRAM(newPage) { setFlags(newPage, .lru) }
+                    release[n] = newPage; n += 1
                 }
             }
             putPages(UnsafeBufferPointer(rebasing: release[0..<n]))
         }
+    }
+
+    /// True for RAM and registered device PFNs, without touching the pgmap object.
+    @inline(__always) func isKnownPFN(_ pfn: PFN) -> Bool {
+        Int(pfn.rawValue) < ramPageCount
+            || (Int(pfn.rawValue) < maxPFN && meta[Int(pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) != 0)
     }
 }

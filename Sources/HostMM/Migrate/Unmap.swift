@@ -112,7 +112,7 @@ extension PhysicalMemory {
             leaf.lock.withLock {
                 let old = leaf[i]
                 guard old.kind == .migration, old.pfn == src else { return }
-                leaf.set(i, entryAfterMigration(old, dst, vma))
+                leaf.set(i, entryAfterMigration(old, dst, writableVMA: vma.flags.contains(.write)))
                 if isAnon(dst) && (old.isWritable || old.isExclusive) { setFlags(dst, .anonExclusive) }
                 addMapcount(dst, 1)
                 getPage(dst)
@@ -123,11 +123,114 @@ extension PhysicalMemory {
 
     /// `remove_migration_pte`'s new entry: a device-private entry for device-private
     /// pages, else a present entry carrying the migration entry's write/young/dirty bits.
-    private func entryAfterMigration(_ old: PageTableEntry, _ dst: PFN, _ vma: VMA) -> PageTableEntry {
-        let write = old.isWritable && vma.flags.contains(.write)
+    func entryAfterMigration(_ old: PageTableEntry, _ dst: PFN, writableVMA: Bool) -> PageTableEntry {
+        let write = old.isWritable && writableVMA
         if isDevicePrivate(dst) { return .devicePrivate(dst, write: write) }
         return PageTableEntry(kind: .present, pfn: dst, write: write,
                               dirty: old.isDirty && flags(dst).contains(.dirty), young: old.isYoung,
                               devmap: isDeviceCoherent(dst))
+    }
+}
+
+extension PhysicalMemory {
+    /// `remove_migration_ptes` for a batch of `(src, dst)` pairs laid out flat. Consecutive
+    /// pages of one mapping root share one root-lock hold (VMA fields are read once per
+    /// hold: they cannot change while it is held), and consecutive entries of one
+    /// page-table leaf share one page-table-lock hold — the kernel's per-page walks, amortised.
+    func removeMigrationPTEs(pairs: UnsafeBufferPointer<PFN>) {
+        var cursor = LeafCursor()
+        var cache = RootCache()
+        var i = 0
+        let count = pairs.count / 2
+        while i < count {
+            let word = mapping(pairs[2 * i])
+            if word != cache.word {
+                cache.word = word
+                cache.root = roots.lookup(word)
+            }
+            guard let root = cache.root else { i += 1; continue }
+            root.lock.lock()
+            let vmas = root.vmas
+            withUnsafeTemporaryAllocation(of: VMASnapshot.self, capacity: vmas.count) { snaps in
+                for (k, vma) in vmas.enumerated() { snaps.initializeElement(at: k, to: VMASnapshot(vma)) }
+                while i < count, mapping(pairs[2 * i]) == word {
+                    remapMigrationEntries(pairs[2 * i], pairs[2 * i + 1], snaps, &cursor)
+                    i += 1
+                }
+                _ = snaps.deinitialize()
+            }
+            cursor.release()
+            root.lock.unlock()
+        }
+    }
+
+    private func remapMigrationEntries(_ src: PFN, _ dst: PFN, _ vmas: UnsafeMutableBufferPointer<VMASnapshot>,
+                                       _ cursor: inout LeafCursor) {
+        let index = self.index(src)
+        for k in 0..<vmas.count {
+            guard let address = vmas[k].address(ofIndex: index),
+                  let leaf = cursor.leaf(vmas[k].pageTable, address) else { continue }
+            leaf._withUnsafeGuaranteedRef { leaf in
+                let e = PTETable.index(address)
+                let old = leaf[e]
+                guard old.kind == .migration, old.pfn == src else { return }
+                leaf.set(e, entryAfterMigration(old, dst, writableVMA: vmas[k].writable))
+                if isAnon(dst) && (old.isWritable || old.isExclusive) { setFlags(dst, .anonExclusive) }
+                addMapcount(dst, 1)
+                getPage(dst)
+            }
+        }
+    }
+}
+
+/// The VMA fields an rmap walk needs, copied under the root lock.
+struct VMASnapshot {
+    let start: UInt64
+    let end: UInt64
+    let pgoff: UInt64
+    let writable: Bool
+    let pageTable: Unmanaged<PageTable>
+
+    init(_ vma: VMA) {
+        start = vma.start
+        end = vma.end
+        pgoff = vma.pgoff
+        writable = vma.flags.contains(.write)
+        pageTable = Unmanaged.passUnretained(vma.pageTable)
+    }
+
+    @inline(__always) func address(ofIndex index: UInt64) -> UInt64? {
+        guard index >= pgoff else { return nil }
+        let address = start &+ ((index - pgoff) << pageShift)
+        return address >= start && address < end ? address : nil
+    }
+}
+
+/// Keeps one page-table leaf locked while a loop visits consecutive entries in it.
+/// Holds no references: the VMAs (under their root lock) keep the tables alive.
+struct LeafCursor {
+    private var table: UnsafeMutableRawPointer?
+    private var base: UInt64 = .max
+    private var current: Unmanaged<PTETable>?
+
+    /// The locked leaf covering `address` (nil if none).
+    mutating func leaf(_ pageTable: Unmanaged<PageTable>, _ address: UInt64) -> Unmanaged<PTETable>? {
+        let key = pageTable.toOpaque()
+        if key == table && address >> 21 == base { return current }
+        release()
+        guard let leaf = pageTable._withUnsafeGuaranteedRef({ $0.existingLeaf(address) }) else { return nil }
+        leaf._withUnsafeGuaranteedRef { $0.lock.lock() }
+        table = key
+        base = address >> 21
+        current = leaf
+        return leaf
+    }
+
+    /// Unlocks the held leaf, if any.
+    mutating func release() {
+        current?._withUnsafeGuaranteedRef { $0.lock.unlock() }
+        current = nil
+        table = nil
+        base = .max
     }
 }

@@ -12,8 +12,9 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
     private var invalidateSeq: UInt64 = 2
     private var activeInvalidations = 0
     private let waiters = WaitQueue()
-    /// Invalidations started, for tests and traces.
-    public private(set) var invalidationCount = 0
+    private var invalidations = 0
+    /// Invalidations started so far, for tests and traces.
+    public var invalidationCount: Int { lock.withLock { invalidations } }
 
     init(mm: AddressSpace) { self.mm = mm }
 
@@ -58,7 +59,8 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
     func invalidateStart(_ range: MMUNotifierRange) {
         let (hit, seq): ([MMUIntervalNotifier], UInt64) = lock.withLock {
             activeInvalidations += 1
-            invalidationCount += 1
+            invalidations += 1
+            guard !intervals.isEmpty else { return ([], invalidateSeq) }
             let hit = intervals.filter { $0.start < range.end && range.start < $0.end }
             if !hit.isEmpty { invalidateSeq |= 1 }
             return (hit, invalidateSeq)

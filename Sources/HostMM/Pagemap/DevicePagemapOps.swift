@@ -5,7 +5,7 @@ public struct PgmapOwner: Hashable, Sendable {
     public let rawValue: UInt
     public init(rawValue: UInt) { self.rawValue = rawValue }
     /// The owner token of a driver object (its identity).
-    public init(_ object: AnyObject) { rawValue = UInt(bitPattern: ObjectIdentifier(object).hashValue) }
+    public init(_ object: AnyObject) { rawValue = UInt(bitPattern: ObjectIdentifier(object)) }
 }
 
 /// The callbacks a driver provides with a device pgmap (`struct dev_pagemap_ops`).

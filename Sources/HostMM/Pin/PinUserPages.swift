@@ -52,6 +52,6 @@ extension AddressSpace {
 extension PhysicalMemory {
     /// `unpin_user_pages`: drops the pins taken by `pinUserPages`.
     public func unpinUserPages(_ pages: [PFN]) {
-        for page in pages where dropReference(page, count: gupPinCountingBias) { freePage(page) }
+        for page in pages where checked(page) && dropReference(page, count: gupPinCountingBias) { freePage(page) }
     }
 }

@@ -1,0 +1,26 @@
+/// Driver mappings of raw frames into `VM_PFNMAP` VMAs (`remap_pfn_range`).
+extension AddressSpace {
+    /// Maps `count` frames from `pfn` at `address` as special entries (`pte_special`:
+    /// no refcount, no rmap, `vm_normal_page` = NULL), as a driver's `mmap` handler does
+    /// for MMIO or carve-outs. Takes the mmap lock for write.
+    /// - Throws: `.invalidArgument` unless `[address, address + count pages)` lies in one
+    ///   `.pfnMap` VMA, `address` is aligned, and every frame is RAM or device-coherent
+    ///   (CPU-reachable); `.busy` if an entry is already populated.
+    public func remapPFNRange(_ address: UInt64, pfn: PFN, count: Int) throws(HostMMError) {
+        guard address.isPageAligned, count > 0 else { throw .invalidArgument }
+        let end = address + UInt64(count) << pageShift
+        try mmapLock.withWriteLock { () throws(HostMMError) in
+            guard let vma = findVMA(address), vma.flags.contains(.pfnMap), end <= vma.end else { throw .invalidArgument }
+            for k in 0..<count where memory.bytes(pfn + k) == nil { throw .invalidArgument }
+            var busy = false
+            forEachLeaf(address, end, create: true) { leaf, i, _ in if !leaf[i].isNone { busy = true } }
+            guard !busy else { throw .busy }
+            var k = 0
+            forEachLeaf(address, end, create: true) { leaf, i, _ in
+                leaf.set(i, PageTableEntry(kind: .present, pfn: pfn + k, write: vma.flags.contains(.write),
+                                           young: true, special: true))
+                k += 1
+            }
+        }
+    }
+}
