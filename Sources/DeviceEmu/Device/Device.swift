@@ -222,7 +222,7 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     /// stamps the moment it signals; `reportSignal` emits it once the driver has waited.
     func observeSignal(_ fence: Fence) -> SignalStamp? {
         guard observer != nil else { return nil }
-        let stamp = SignalStamp()
+        let stamp = SignalStamp(submitted: MonotonicTime.now())
         fence.onSignal { _ in stamp.mark(MonotonicTime.now()) }
         return stamp
     }
@@ -232,7 +232,7 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     func reportSignal(_ stamp: SignalStamp?, _ fence: Fence, _ direction: MigrationEvent.Direction, batch: UInt64) {
         guard let stamp, let observer else { return }
         let time = stamp.mark(MonotonicTime.now())
-        observer.observe(MigrationEvent(kind: .fenceSignaled, direction: direction, time: time,
+        observer.observe(MigrationEvent(kind: .fenceSignaled, direction: direction, time: time, beginTime: stamp.submitted,
                                         batch: batch, seqno: fence.seqno, channel: fence.channelID))
     }
 
@@ -246,7 +246,12 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
 /// The time a fence signalled, set once by whichever comes first: the fence's callback
 /// or the driver after its wait.
 final class SignalStamp: Sendable {
+    /// When the batch was submitted.
+    let submitted: UInt64
     private let time = Synchronization.Atomic<UInt64>(0)
+
+    init(submitted: UInt64) { self.submitted = submitted }
+
     /// Records `now` unless a time is already set; returns the time kept.
     @discardableResult
     func mark(_ now: UInt64) -> UInt64 {
