@@ -136,4 +136,24 @@ import Testing
         _ = try mm.read(at: a + 4096, count: 1)
         #expect(gpu.counters[.residencyWaits] == 1 && gpu.counters[.cpuFaults] == 2)
     }
+
+    @Test func cpuFaultsCanUseTheirOwnCopyBackend() throws {
+        let memory = try makeMemory(mib: 64)
+        var c = Device.Configuration(vramSize: 8 << 20, backend: .ioUring)
+        c.faultBackend = .memcpy
+        let log = EventLog()
+        c.observer = log
+        let gpu = try Device(memory: memory, configuration: c)
+        defer { try? gpu.shutdown() }
+        #expect(gpu.channelCount == 2)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 64 * pageSize)
+        let pattern = PagePattern(seed: 72)
+        try pattern.fill(mm, a, pages: 64)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 64))
+        #expect(try pattern.cpuMismatches(mm, a, pages: 64).isEmpty)
+        let toDevice = Set(log.all.filter { $0.direction == .toDevice && $0.channel >= 0 }.map(\.channel))
+        let toRAM = Set(log.all.filter { $0.direction == .toRAM && $0.channel >= 0 }.map(\.channel))
+        #expect(toDevice.count == 1 && toRAM.count == 1 && toDevice != toRAM)
+    }
 }

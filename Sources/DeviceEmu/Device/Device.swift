@@ -43,6 +43,11 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         public var memoryType: MemoryType = .devicePrivate
         /// Backend of the device's copy channels (the engine's default when nil).
         public var backend: CopyBackendKind? = nil
+        /// Backend of the channels serving CPU faults (`migrateToRAM`); nil uses `backend`.
+        /// A fault moves one page (or a fault-around window) while the CPU waits: a driver
+        /// may prefer a CPU copy through the VRAM mapping (`.memcpy`) to a trip through
+        /// the bulk copy engine, as TTM falls back to memcpy for small moves.
+        public var faultBackend: CopyBackendKind? = nil
         /// The driver's policies; can be changed later through `Device.policy`.
         public var policy = MigrationPolicy()
         /// Which resident pages VRAM pressure evicts first.
@@ -74,6 +79,8 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     let observer: (any MigrationObserver)?
     let hostRegion: RegionID
     let channels: ChannelPool
+    /// Channels for CPU faults (the same pool as `channels` unless `faultBackend` is set).
+    let faultChannels: ChannelPool
     let gate = OperationGate()
     let ownsEngine: Bool
     let isCoherent: Bool
@@ -116,7 +123,9 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
                                 configuration: .init(size: c.vramSize, chunkSize: c.chunkSize, poolSize: c.poolSize,
                                                      type: c.memoryType, name: c.name),
                                 owner: owner, ops: forwarder)
-        channels = try ChannelPool(engine: made, backend: c.backend)
+        let bulk = try ChannelPool(engine: made, backend: c.backend, name: "dmem")
+        channels = bulk
+        faultChannels = try c.faultBackend.map { kind throws(DeviceError) in try ChannelPool(engine: made, backend: kind, name: "fault") } ?? bulk
         eviction = c.eviction.make(capacity: vram.pageCount)
         residentSince = UnsafeMutableRawPointer.allocate(byteCount: max(vram.pageCount, 1) * 8, alignment: 8)
             .initializeMemory(as: UInt64.self, repeating: 0, count: max(vram.pageCount, 1))
@@ -146,7 +155,7 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     }
 
     /// Copy channels created so far (one per concurrent batch at most).
-    public var channelCount: Int { channels.channelCount }
+    public var channelCount: Int { channels.channelCount + (faultChannels === channels ? 0 : faultChannels.channelCount) }
 
     // MARK: Address spaces
 

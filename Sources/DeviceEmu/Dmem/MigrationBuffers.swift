@@ -5,13 +5,15 @@ import HostMM
 /// page of a failed descriptor, and the pages allocated for a batch.
 ///
 /// Threads: owned by the operation's thread.
-struct MigrationBuffers: ~Copyable {
+final class MigrationBuffers {
     let capacity: Int
     let src: UnsafeMutableBufferPointer<MigratePFN>
     let dst: UnsafeMutableBufferPointer<MigratePFN>
     /// `slot[k]` = the entry whose copy is the batch's k-th descriptor.
     let slot: UnsafeMutableBufferPointer<Int32>
     let pages: UnsafeMutableBufferPointer<PFN>
+    /// Dense page indices of the batch's migrated pages (for the eviction policy).
+    let indices: UnsafeMutableBufferPointer<Int>
 
     init(capacity: Int) {
         self.capacity = capacity
@@ -19,6 +21,8 @@ struct MigrationBuffers: ~Copyable {
         dst = .allocate(capacity: capacity)
         slot = .allocate(capacity: capacity)
         pages = .allocate(capacity: capacity)
+        indices = .allocate(capacity: capacity)
+        indices.initialize(repeating: 0)
         src.initialize(repeating: [])
         dst.initialize(repeating: [])
         slot.initialize(repeating: 0)
@@ -30,6 +34,7 @@ struct MigrationBuffers: ~Copyable {
         dst.deallocate()
         slot.deallocate()
         pages.deallocate()
+        indices.deallocate()
     }
 }
 
