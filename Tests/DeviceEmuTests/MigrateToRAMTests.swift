@@ -66,6 +66,7 @@ import Testing
         let memory = try makeMemory(mib: 64)
         var policy = MigrationPolicy()
         policy.cpuFaultGranularity = .wholeAllocation
+        policy.batchPages = 256      // the fault's batch first, then the other three
         let gpu = try makeDevice(memory, vramMiB: 16, policy: policy)
         defer { try? gpu.shutdown() }
         let mm = AddressSpace(memory: memory)
@@ -74,7 +75,7 @@ import Testing
         try pattern.fill(mm, a, pages: 2048)
         try gpu.migrateToDevice(mm, range: range(a, pages: 1024))           // allocation 1
         try gpu.migrateToDevice(mm, range: a + 1024 * 4096 ..< a + 2048 * 4096)  // allocation 2
-        _ = try mm.read(at: a + 300 * 4096, count: 8)
+        _ = try mm.read(at: a + 700 * 4096, count: 8)
         #expect(gpu.counters[.cpuFaults] == 1)
         #expect(entryKinds(mm, a, pages: 1024) == [.present: 1024])
         #expect(entryKinds(mm, a + 1024 * 4096, pages: 1024) == [.devicePrivate: 1024])

@@ -91,6 +91,8 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     /// When each device page (dense index) last became resident, for the minimum-residency policy.
     let residentSince: UnsafeMutablePointer<Synchronization.Atomic<UInt64>>
     private let batchCounter = Synchronization.Atomic<UInt64>(0)
+    /// Scratch arrays reused by CPU faults.
+    let spareBuffers = BufferCache()
 
     /// Builds the device: creates (or joins) a copy engine, registers System RAM and the
     /// VRAM pools with it. No chunk is registered before the first allocation.

@@ -25,24 +25,26 @@ extension Device {
         let policy = self.policy
         waitForResidency(fault.page, policy)
         let window = faultWindow(fault, policy)
-        let buffers = MigrationBuffers(capacity: min(policy.batchPages, Int((window.upperBound - window.lowerBound) >> 12)))
+        let buffers = spareBuffers.take(min(policy.batchPages, Int((window.upperBound - window.lowerBound) >> 12)))
+        defer { spareBuffers.give(buffers) }
         let space = addressSpace(for: fault.mm)
         var result = VMFaultResult.done
         var moved = 0
-        // The batch holding the fault first: the faulting thread waits for it.
-        let batch = UInt64(buffers.capacity) << 12
-        let first = window.lowerBound + ((fault.address - window.lowerBound) / batch) * batch
-        var starts = [first]
-        starts += stride(from: window.lowerBound, to: window.upperBound, by: Int(batch)).filter { $0 != first }
-        for start in starts {
-            let end = min(window.upperBound, start + batch)
+        let span = UInt64(min(buffers.capacity, policy.batchPages)) << 12
+        let batches = Int((window.upperBound - window.lowerBound + span - 1) / span)
+        let faulting = Int((fault.address - window.lowerBound) / span)
+        for k in 0..<batches {
+            // The faulting batch, then the rest of the window in address order.
+            let index = k == 0 ? faulting : (k <= faulting ? k - 1 : k)
+            let start = window.lowerBound + UInt64(index) * span
+            let end = min(window.upperBound, start + span)
             do {
                 let r = try migrateBatchToRAM(buffers, fault.vma, start, end, faultPage: fault.page, space, policy, faultChannels)
                 moved += r.moved
-                if start == first, r.faultPageCopyFailed { result = .sigbus }
-                if start == first, r.faultPageWithoutRAM { result = .oom }
+                if k == 0, r.faultPageCopyFailed { result = .sigbus }
+                if k == 0, r.faultPageWithoutRAM { result = .oom }
             } catch {
-                if start == first { result = .sigbus }
+                if k == 0 { result = .sigbus }
             }
         }
         emit(.cpuFaultEnd, .toRAM, begin: t0, address: fault.address, pages: moved)

@@ -1,4 +1,5 @@
 import HostMM
+import NIOConcurrencyHelpers
 
 /// The scratch arrays of one driver operation, allocated once per call (never per page):
 /// the `src`/`dst` MIGRATE_PFN words, the batch-position → entry map used to find the
@@ -35,6 +36,27 @@ final class MigrationBuffers {
         slot.deallocate()
         pages.deallocate()
         indices.deallocate()
+    }
+}
+
+/// A few spare `MigrationBuffers` so CPU faults do not allocate their arrays each time.
+///
+/// Threads: any; one lock.
+final class BufferCache: @unchecked Sendable {
+    private let lock = NIOLock()
+    private var spare: [MigrationBuffers] = []   // guarded by lock
+
+    /// Buffers of at least `capacity` entries.
+    func take(_ capacity: Int) -> MigrationBuffers {
+        let cached = lock.withLock { () -> MigrationBuffers? in
+            guard let i = spare.lastIndex(where: { $0.capacity >= capacity }) else { return nil }
+            return spare.remove(at: i)
+        }
+        return cached ?? MigrationBuffers(capacity: max(capacity, 16))
+    }
+
+    func give(_ buffers: MigrationBuffers) {
+        lock.withLock { if spare.count < 8 { spare.append(buffers) } }
     }
 }
 
