@@ -164,4 +164,19 @@ import Testing
         try memory.unregisterPagemap(device.pagemap)
         #expect(memory.pagemap(of: page) == nil)
     }
+
+    @Test func readUnderProtReadMapsTheZeroPageAndMprotectWriteCopiesIt() throws {
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 2 * pageSize, protection: .read)
+        #expect(try mm.read(at: a + UInt64(pageSize), count: 8) == [UInt8](repeating: 0, count: 8))
+        let pte = mm.pageTableEntry(a + UInt64(pageSize))
+        #expect(pte.pfn == memory.zeroPFN && pte.isSpecial && !pte.isWritable)
+        #expect(mm.pageTableEntry(a).isNone)
+        #expect(mm.faultCounters[.zeroPage] == 1 && mm.faultCounters[.anonymousPage] == 0)
+        try mm.mprotect(a, length: 2 * pageSize, protection: .readWrite)
+        try mm.write(at: a + UInt64(pageSize), bytes: [1])
+        #expect(mm.faultCounters[.copyOnWrite] == 1)
+        #expect(mm.pageTableEntry(a + UInt64(pageSize)).pfn != memory.zeroPFN)
+    }
 }

@@ -36,8 +36,8 @@ public struct VMFault: @unchecked Sendable {
     public let page: PFN
     /// True for a write access (`FAULT_FLAG_WRITE`).
     public let isWrite: Bool
-    /// The faulting address space (`vmf->vma->vm_mm`).
-    public var mm: AddressSpace { vma.mm }
+    /// The faulting address space (`vmf->vma->vm_mm`); it exists while the fault runs.
+    public var mm: AddressSpace? { vma.mm }
 }
 
 /// What a fault handler returns (`vm_fault_t`).
