@@ -59,6 +59,7 @@ let package = Package(
             name: "DeviceEmu",
             dependencies: [
                 "HostMM", "DMAEngine",
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -83,7 +84,7 @@ let package = Package(
             dependencies: ["HostMM", .product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
             swiftSettings: strict
         ),
-        // .testTarget(name: "DeviceEmuTests", dependencies: ["DeviceEmu", "HostMM", "DMAEngine"], swiftSettings: strict),
+        .testTarget(name: "DeviceEmuTests", dependencies: ["DeviceEmu", "HostMM", "DMAEngine"], swiftSettings: strict),
         .testTarget(name: "BenchTests", dependencies: ["dmem-bench"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,37 @@
+import DMAEngine
+import NIOConcurrencyHelpers
+
+/// The device's copy channels, checked out by one batch from its first enqueue to its
+/// `submit()` (a channel's batch is "whatever was enqueued before submit", so two
+/// threads must not fill one at once). The fence outlives the checkout: a batch gives its
+/// channel back before waiting. New channels are made on demand, so concurrent
+/// migrations and CPU faults never wait for each other's enqueues.
+///
+/// Threads: any.
+final class ChannelPool: @unchecked Sendable {
+    private let engine: DMAEngine
+    private let backend: CopyBackendKind?
+    private let lock = NIOLock()
+    private var idle: [DMAChannel] = []   // guarded by lock
+    private var made = 0                  // guarded by lock
+
+    init(engine: DMAEngine, backend: CopyBackendKind?) throws(DeviceError) {
+        self.engine = engine
+        self.backend = backend
+        do { idle.append(try engine.makeChannel(name: "dmem0", backend: backend)) } catch { throw .dma(error) }
+        made = 1
+    }
+
+    /// Channels created so far.
+    var channelCount: Int { lock.withLock { made } }
+
+    func checkout() throws(DeviceError) -> DMAChannel {
+        if let ch = lock.withLock({ idle.popLast() }) { return ch }
+        let n = lock.withLock { () -> Int in made += 1; return made - 1 }
+        do { return try engine.makeChannel(name: "dmem\(n)", backend: backend) } catch { throw .dma(error) }
+    }
+
+    func checkin(_ channel: DMAChannel) {
+        lock.withLock { idle.append(channel) }
+    }
+}

@@ -1,0 +1,40 @@
+/// Suspend, resume and teardown (`nouveau_dmem_suspend` / `_resume` / `_fini`), with
+/// eviction through `migrateDevice*` as the issue specifies.
+extension Device {
+    /// Stops new migrations and GPU accesses, waits for those in flight, then evicts every
+    /// VRAM page to System RAM. CPU faults keep working. Must not be called from inside a
+    /// device operation (an observer, an eviction policy).
+    /// - Throws: `.shutDown` after teardown; `.busy` if some pages could not be evicted
+    ///   (pinned): the device is suspended anyway, with those pages still in VRAM.
+    public func suspend() throws(DeviceError) {
+        let old = gate.close(to: .suspended)
+        guard old != .shutDown else {
+            gate.close(to: .shutDown)
+            throw .shutDown
+        }
+        evictAll()
+        if vram.inUsePageCount > 0 { throw .busy }
+    }
+
+    /// Lets migrations and GPU accesses run again after `suspend()`.
+    /// - Throws: `.shutDown` after teardown.
+    public func resume() throws(DeviceError) {
+        guard gate.reopen() else { throw .shutDown }
+    }
+
+    /// True between `suspend()` and `resume()`.
+    public var isSuspended: Bool { gate.state == .suspended }
+
+    /// Tears the device down: refuses new work, waits for work in flight, evicts every
+    /// VRAM page to System RAM, unbinds every address space, unregisters the chunks'
+    /// pgmaps and, if the device created its engine, shuts the engine down. Idempotent.
+    /// - Throws: `.busy` if pages could not be evicted (pinned); the pgmaps then stay
+    ///   registered, CPU faults on those pages keep being served, and a later call retries.
+    public func shutdown() throws(DeviceError) {
+        gate.close(to: .shutDown)
+        evictAll()
+        unbindAll()
+        try vram.retire()
+        if ownsEngine { engine.shutdown() }
+    }
+}

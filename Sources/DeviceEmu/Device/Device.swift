@@ -1,0 +1,238 @@
+public import DMAEngine
+public import HostMM
+import NIOConcurrencyHelpers
+import Synchronization
+
+/// A fake GPU and its dmem driver: VRAM (memfd pools cut into 2 MiB device-pgmap chunks),
+/// a copy engine, device page tables for the address spaces it is bound to, and the
+/// nouveau migration flow between them.
+///
+/// Models `struct nouveau_dmem` + `nouveau_svm`: `migrateToDevice` is
+/// `nouveau_dmem_migrate_vma`, the pgmap's `migrateToRAM` is
+/// `nouveau_dmem_migrate_to_ram`, `suspend`/`shutdown` evict like
+/// `nouveau_dmem_evict_chunk`, and `bind(_:)` gives a device address space whose GPU
+/// reads, writes and atomics fault like nouveau's SVM.
+///
+/// ```swift
+/// let memory = try PhysicalMemory(ramBytes: 1 << 30)
+/// let gpu = try Device(memory: memory, configuration: .init(vramSize: 256 << 20))
+/// let mm = AddressSpace(memory: memory)
+/// let a = try mm.mmap(length: 64 << 20)
+/// let gpuView = try gpu.bind(mm)
+/// let moved = try gpu.migrateToDevice(mm, range: a ..< a + (64 << 20))  // CPU PTEs → device-private
+/// try gpuView.read(at: a, into: buffer)                                    // GPU reads VRAM
+/// _ = try mm.read(at: a, count: 4096)                                      // CPU fault → migrateToRAM
+/// try gpu.shutdown()                                                       // evicts what is left
+/// ```
+///
+/// Threads: every method may be called from any thread. Migrations hold the address
+/// space's mmap lock (read) for their duration; `pageFree` and `migrateToRAM(_:)` are
+/// HostMM's callbacks and run on whichever thread frees a page or faults.
+public final class Device: DevicePagemapOps, @unchecked Sendable {
+    /// What a device is made of and how its driver behaves.
+    public struct Configuration: Sendable {
+        /// A label for memfds and channels.
+        public var name: String = "gpu"
+        /// VRAM bytes (a multiple of `chunkSize`).
+        public var vramSize: Int = 256 << 20
+        /// Bytes per device pgmap chunk (nouveau: 2 MiB).
+        public var chunkSize: Int = 2 << 20
+        /// Bytes per memfd pool.
+        public var poolSize: Int = 1 << 30
+        /// `.devicePrivate` (the nouveau case) or `.deviceCoherent` (CPU-reachable VRAM).
+        public var memoryType: MemoryType = .devicePrivate
+        /// Backend of the device's copy channels (the engine's default when nil).
+        public var backend: CopyBackendKind? = nil
+        /// The driver's policies; can be changed later through `Device.policy`.
+        public var policy = MigrationPolicy()
+        /// Which resident pages VRAM pressure evicts first.
+        public var eviction: EvictionPolicyKind = .leastRecentlyUsed
+        /// Told about every step; nil costs one check per step.
+        public var observer: (any MigrationObserver)? = nil
+
+        public init(name: String = "gpu", vramSize: Int = 256 << 20, memoryType: MemoryType = .devicePrivate,
+                    backend: CopyBackendKind? = nil, policy: MigrationPolicy = MigrationPolicy()) {
+            self.name = name
+            self.vramSize = vramSize
+            self.memoryType = memoryType
+            self.backend = backend
+            self.policy = policy
+        }
+    }
+
+    public let memory: PhysicalMemory
+    public let engine: DMAEngine
+    /// The device's VRAM: chunks, free list, PFN ↔ VRAM translation.
+    public let vram: DeviceMemory
+    /// `dev_pagemap.owner` of its chunks and `pgmap_owner` of its migrations.
+    public let owner: PgmapOwner
+    public let name: String
+    public let counters = DeviceCounters()
+    /// The eviction policy built from `Configuration.eviction`.
+    public let eviction: any EvictionPolicy
+
+    let observer: (any MigrationObserver)?
+    let hostRegion: RegionID
+    let channels: ChannelPool
+    let gate = OperationGate()
+    let ownsEngine: Bool
+    let isCoherent: Bool
+    private let ownerToken = OwnerToken()
+    private let forwarder = PagemapOpsForwarder()
+    private let policyBox: NIOLockedValueBox<MigrationPolicy>
+    private let spaces = NIOLockedValueBox<[ObjectIdentifier: GPUAddressSpace]>([:])
+    /// When each device page (dense index) last became resident, for the minimum-residency policy.
+    let residentSince: UnsafeMutablePointer<Synchronization.Atomic<UInt64>>
+    private let batchCounter = Synchronization.Atomic<UInt64>(0)
+
+    /// Builds the device: creates (or joins) a copy engine, registers System RAM and the
+    /// VRAM pools with it. No chunk is registered before the first allocation.
+    /// - Parameter engine: share an engine between devices; nil creates one with
+    ///   `configuration.backend` (io_uring by default) that the device shuts down with itself.
+    /// - Throws: `.invalidArgument` for sizes that do not divide or a policy the channels
+    ///   cannot carry (batch above the engine's `maxBatch`); `.dma` when the engine fails.
+    public init(memory: PhysicalMemory, configuration: Configuration = Configuration(),
+                engine: DMAEngine? = nil) throws(DeviceError) {
+        let c = configuration
+        ownsEngine = engine == nil
+        let made: DMAEngine
+        if let given = engine { made = given } else { made = try Self.makeEngine(c) }
+        guard c.policy.isValid(maxBatch: made.configuration.maxBatch) else {
+            if ownsEngine { made.shutdown() }
+            throw .invalidArgument
+        }
+        self.memory = memory
+        self.engine = made
+        name = c.name
+        owner = PgmapOwner(ownerToken)
+        observer = c.observer
+        isCoherent = c.memoryType == .deviceCoherent
+        policyBox = NIOLockedValueBox(c.policy)
+        do {
+            hostRegion = try made.registerHostMemory(
+                UnsafeMutableRawBufferPointer(start: memory.baseAddress, count: memory.byteCount), name: "\(c.name)-ram")
+        } catch { throw .dma(error) }
+        vram = try DeviceMemory(memory: memory, engine: made,
+                                configuration: .init(size: c.vramSize, chunkSize: c.chunkSize, poolSize: c.poolSize,
+                                                     type: c.memoryType, name: c.name),
+                                owner: owner, ops: forwarder)
+        channels = try ChannelPool(engine: made, backend: c.backend)
+        eviction = c.eviction.make(capacity: vram.pageCount)
+        residentSince = UnsafeMutableRawPointer.allocate(byteCount: max(vram.pageCount, 1) * 8, alignment: 8)
+            .initializeMemory(as: UInt64.self, repeating: 0, count: max(vram.pageCount, 1))
+            .withMemoryRebound(to: Synchronization.Atomic<UInt64>.self, capacity: max(vram.pageCount, 1)) { $0 }
+        forwarder.target = self
+    }
+
+    deinit {
+        if gate.state != .shutDown { try? shutdown() }
+        residentSince.deallocate()
+    }
+
+    private static func makeEngine(_ c: Configuration) throws(DeviceError) -> DMAEngine {
+        var ec = DMAEngine.Configuration(maxBatch: max(4096, c.policy.batchPages))
+        if let backend = c.backend { ec.backend = backend }
+        do { return try DMAEngine(configuration: ec) } catch { throw .dma(error) }
+    }
+
+    /// The driver's policies; a change applies to operations that start afterwards.
+    /// Setting an invalid policy (see `MigrationPolicy`) is ignored.
+    public var policy: MigrationPolicy {
+        get { policyBox.withLockedValue { $0 } }
+        set {
+            guard newValue.isValid(maxBatch: engine.configuration.maxBatch) else { return }
+            policyBox.withLockedValue { $0 = newValue }
+        }
+    }
+
+    /// Copy channels created so far (one per concurrent batch at most).
+    public var channelCount: Int { channels.channelCount }
+
+    // MARK: Address spaces
+
+    /// The device's view of `mm` (GPU VA = CPU VA): a device page table kept coherent by an
+    /// MMU interval notifier over the whole address space. Binding the same `mm` again
+    /// returns the same view (`nouveau_svmm_init` / opening a dmirror).
+    /// - Throws: `.shutDown`, `.hostMM` if the notifier cannot be inserted.
+    public func bind(_ mm: AddressSpace) throws(DeviceError) -> GPUAddressSpace {
+        guard gate.state != .shutDown else { throw .shutDown }
+        let key = ObjectIdentifier(mm)
+        if let existing = spaces.withLockedValue({ $0[key] }) { return existing }
+        let space = try GPUAddressSpace(device: self, mm: mm)
+        let winner = spaces.withLockedValue { table -> GPUAddressSpace in
+            if let other = table[key] { return other }
+            table[key] = space
+            return space
+        }
+        if winner !== space { space.detach() }
+        return winner
+    }
+
+    /// Drops the view of `mm`: its device page table is emptied and the notifier removed.
+    public func unbind(_ mm: AddressSpace) {
+        let space = spaces.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(mm)) }
+        space?.detach()
+    }
+
+    /// The bound view of `mm`, if any.
+    public func addressSpace(for mm: AddressSpace) -> GPUAddressSpace? {
+        spaces.withLockedValue { $0[ObjectIdentifier(mm)] }
+    }
+
+    var boundSpaces: [GPUAddressSpace] { spaces.withLockedValue { Array($0.values) } }
+
+    func unbindAll() {
+        let all = spaces.withLockedValue { table -> [GPUAddressSpace] in
+            defer { table.removeAll() }
+            return Array(table.values)
+        }
+        for space in all { space.detach() }
+    }
+
+    // MARK: dev_pagemap_ops
+
+    /// `page_free`: the page's last reference is gone; back to the free list
+    /// (`nouveau_dmem_page_free`).
+    public func pageFree(_ pfn: PFN, pagemap: DevicePagemap) {
+        if let index = vram.pageIndex(of: pfn) {
+            eviction.pageFreed(index)
+            residentSince[index].store(0, ordering: .relaxed)
+        }
+        counters.add(.pagesFreed)
+        vram.freePage(pfn)
+    }
+
+    // MARK: Observer
+
+    @inline(__always)
+    func emit(_ kind: MigrationEvent.Kind, _ direction: MigrationEvent.Direction, begin: UInt64 = 0,
+              batch: UInt64 = 0, seqno: UInt64 = 0, channel: Int = -1, address: UInt64 = 0, pages: Int = 0) {
+        guard let observer else { return }
+        observer.observe(MigrationEvent(kind: kind, direction: direction, time: MonotonicTime.now(), beginTime: begin,
+                                        batch: batch, seqno: seqno, channel: channel, address: address, pages: pages))
+    }
+
+    /// A timestamp for a `…Begin` event, or 0 when nobody observes.
+    @inline(__always)
+    func stamp() -> UInt64 { observer == nil ? 0 : MonotonicTime.now() }
+
+    func nextBatch() -> UInt64 { batchCounter.wrappingAdd(1, ordering: .relaxed).newValue }
+
+    /// Reports the fence's signal from the completion thread (only when observed).
+    func observeSignal(_ fence: Fence, _ direction: MigrationEvent.Direction, batch: UInt64) {
+        guard let observer else { return }
+        fence.onSignal { f in
+            observer.observe(MigrationEvent(kind: .fenceSignaled, direction: direction, time: MonotonicTime.now(),
+                                            batch: batch, seqno: f.seqno, channel: f.channelID))
+        }
+    }
+
+    /// The engine address of a System-RAM frame.
+    @inline(__always)
+    func ramAddress(_ pfn: PFN) -> DMAAddress {
+        DMAAddress(region: hostRegion, offset: Int(pfn.rawValue) * pageSize)
+    }
+}
+
+/// The identity behind a device's `PgmapOwner` (it must exist before the device does).
+private final class OwnerToken: Sendable {}

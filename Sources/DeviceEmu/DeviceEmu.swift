@@ -1,1 +1,0 @@
-// DeviceEmu: the fake GPU and its dmem driver.

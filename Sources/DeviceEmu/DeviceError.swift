@@ -1,0 +1,73 @@
+public import DMAEngine
+public import HostMM
+public import SystemPackage
+
+/// Errors of the device model, named after the errno a GPU driver would return.
+///
+/// Bad input never traps or corrupts state: it throws one of these before anything
+/// changes. Cases without a payload compare equal with `==`.
+public enum DeviceError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// `EINVAL`: a malformed argument (unaligned or empty range, bad configuration, a
+    /// batch larger than the copy channel accepts, an address space bound twice).
+    case invalidArgument
+    /// `ENOMEM`: VRAM and the pages eviction could free are exhausted, or RAM is.
+    case outOfMemory
+    /// `EBUSY`: device pages are still in use (teardown could not evict them all).
+    case busy
+    /// `EAGAIN`-like: the device is suspended; `resume()` it first.
+    case suspended
+    /// `ESHUTDOWN`: the device was torn down.
+    case shutDown
+    /// `EFAULT`: a GPU access to an address with no (readable) mapping.
+    case fault(address: UInt64)
+    /// `EPERM`: a GPU write to a mapping that does not allow writes.
+    case permissionDenied(address: UInt64)
+    /// The memory-manager model refused an operation.
+    case hostMM(HostMMError)
+    /// The copy engine refused an operation or a copy failed.
+    case dma(DMAError)
+
+    /// The errno a kernel driver would return for this error.
+    public var errno: Errno {
+        switch self {
+        case .invalidArgument: return .invalidArgument
+        case .outOfMemory: return .noMemory
+        case .busy: return .resourceBusy
+        case .suspended: return .resourceTemporarilyUnavailable
+        case .shutDown: return .socketShutdown
+        case .fault: return .badAddress
+        case .permissionDenied: return .notPermitted
+        case .hostMM(let e): return e.errno
+        case .dma(let e): return e.errno
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .invalidArgument: return "invalid argument"
+        case .outOfMemory: return "out of device or system memory"
+        case .busy: return "device pages still in use"
+        case .suspended: return "device is suspended"
+        case .shutDown: return "device was torn down"
+        case .fault(let a): return "GPU fault at 0x\(String(a, radix: 16)): no readable mapping"
+        case .permissionDenied(let a): return "GPU write to read-only mapping at 0x\(String(a, radix: 16))"
+        case .hostMM(let e): return "memory manager: \(e)"
+        case .dma(let e): return "copy engine: \(e)"
+        }
+    }
+}
+
+extension HostMMError {
+    /// The errno the kernel would return for this error (signals map to EFAULT).
+    var errno: Errno {
+        switch self {
+        case .invalidArgument: return .invalidArgument
+        case .busy: return .resourceBusy
+        case .fault, .segmentationFault, .busError: return .badAddress
+        case .permissionDenied: return .notPermitted
+        case .outOfMemory: return .noMemory
+        case .notSupported: return .notSupported
+        case .mmapLockNotHeld: return .invalidArgument
+        }
+    }
+}

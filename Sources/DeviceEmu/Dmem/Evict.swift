@@ -1,0 +1,143 @@
+import HostMM
+import DMAEngine
+
+/// Eviction of VRAM pages by PFN, wherever they are mapped (`nouveau_dmem_evict_chunk`):
+/// `migrateDeviceRange` → a locked RAM page and a D2H copy per collected page →
+/// `submit()` → `migrateDevicePages` → wait → `migrateDeviceFinalize`. No mmap lock is
+/// needed; rmap finds every mapping, and the invalidation it raises (not marked as this
+/// device's migration) zaps the device page tables.
+extension Device {
+    /// Evicts every in-use page of VRAM (teardown and suspend). Pages that stay locked or
+    /// pinned through a few passes are left in VRAM. Returns pages evicted.
+    @discardableResult
+    public func evictAll() -> Int {
+        let batch = policy.batchPages
+        let buffers = MigrationBuffers(capacity: batch)
+        var evicted = 0
+        var pass = 0
+        while vram.inUsePageCount > 0 && pass < 20 {
+            pass += 1
+            var progress = 0
+            for chunk in vram.chunks {
+                var first = chunk.pfns.lowerBound
+                while first < chunk.pfns.upperBound {
+                    let count = min(batch, chunk.pfns.upperBound - first)
+                    progress += evictRuns(buffers, [(first, count)]).evicted
+                    first = first + count
+                }
+            }
+            evicted += progress
+            // Pages collected by a concurrent migration are locked for a moment: retry later.
+            if progress == 0 { MonotonicTime.sleep(nanoseconds: 1_000_000) }
+        }
+        return evicted
+    }
+
+    /// Makes room for `pages` more device pages by evicting cold ones (VRAM pressure).
+    func reserveVRAM(pages: Int, policy: MigrationPolicy) {
+        let short = min(pages, vram.pageCount) - vram.availablePageCount
+        guard short > 0 else { return }
+        counters.add(.pressureEvictions)
+        _ = evictColdPages(short, policy)
+    }
+
+    /// Evicts up to `count` pages chosen by the eviction policy; returns pages evicted.
+    @discardableResult
+    func evictColdPages(_ count: Int, _ policy: MigrationPolicy) -> Int {
+        let victims = UnsafeMutableBufferPointer<Int>.allocate(capacity: count)
+        defer { victims.deallocate() }
+        let n = eviction.selectVictims(into: victims)
+        var pfns: [PFN] = []
+        pfns.reserveCapacity(n)
+        for k in 0..<n { if let pfn = vram.pfn(atIndex: victims[k]) { pfns.append(pfn) } }
+        pfns.sort()
+        // Contiguous runs, packed into batches of at most `batchPages` entries.
+        var groups: [[(PFN, Int)]] = [[]]
+        var filled = 0
+        var k = 0
+        while k < pfns.count {
+            var len = 1
+            while k + len < pfns.count, pfns[k + len] == pfns[k] + len, filled + len < policy.batchPages { len += 1 }
+            if filled + len > policy.batchPages {
+                groups.append([])
+                filled = 0
+            }
+            groups[groups.count - 1].append((pfns[k], len))
+            filled += len
+            k += len
+        }
+        let buffers = MigrationBuffers(capacity: policy.batchPages)
+        return groups.reduce(0) { $0 + ($1.isEmpty ? 0 : evictRuns(buffers, $1).evicted) }
+    }
+
+    /// Evicts the in-use pages of the given PFN runs (at most `b.capacity` pages in all)
+    /// in one batch with one fence.
+    func evictRuns(_ b: borrowing MigrationBuffers, _ runs: [(PFN, Int)]) -> (collected: Int, evicted: Int) {
+        let batch = nextBatch()
+        let t0 = stamp()
+        emit(.setupBegin, .evict, batch: batch)
+        var npages = 0
+        for (first, count) in runs {
+            let slice = UnsafeMutableBufferPointer(rebasing: b.src[npages ..< npages + count])
+            do { try memory.migrateDeviceRange(slice, start: first, npages: count) } catch {
+                slice.update(repeating: [])
+            }
+            npages += count
+        }
+        for i in 0..<npages { b.dst[i] = [] }
+        let collected = (0..<npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) ? 1 : 0) }
+        emit(.setupEnd, .evict, begin: t0, batch: batch, pages: collected)
+        guard collected > 0 else { return (0, 0) }
+
+        let got = memory.allocPages(into: UnsafeMutableBufferPointer(rebasing: b.pages[0..<collected]))
+        var descriptors = 0
+        var fence: Fence?
+        if let channel = try? channels.checkout() {
+            var next = 0
+            for i in 0..<npages where b.src[i].contains(.migrate) {
+                guard next < got, let source = b.src[i].page, let from = vram.dmaAddress(of: source) else { continue }
+                let ram = b.pages[next]
+                next += 1
+                memory.lockPage(ram)
+                do { try channel.enqueueCopy(from: from, to: ramAddress(ram), length: pageSize) } catch {
+                    releaseUnused(ram)
+                    continue
+                }
+                b.slot[descriptors] = Int32(i)
+                descriptors += 1
+                b.dst[i] = MigratePFN(pfn: ram)
+            }
+            for k in next..<got { memory.putPage(b.pages[k]) }
+            fence = try? channel.submit()
+            channels.checkin(channel)
+        } else {
+            for k in 0..<got { memory.putPage(b.pages[k]) }
+        }
+        if fence == nil {
+            for i in 0..<npages { if let ram = b.dst[i].page { releaseUnused(ram); b.dst[i] = [] } }
+        }
+        if let fence {
+            observeSignal(fence, .evict, batch: batch)
+            emit(.copiesSubmitted, .evict, batch: batch, seqno: fence.seqno, channel: fence.channelID, pages: descriptors)
+        }
+        let seqno = fence?.seqno ?? 0
+        let tp = stamp()
+        emit(.migratePagesBegin, .evict, batch: batch, seqno: seqno)
+        do { try memory.migrateDevicePages(src: b.src, dst: b.dst, npages: npages) } catch {
+            for i in 0..<npages { b.src[i].remove(.migrate) }
+        }
+        emit(.migratePagesEnd, .evict, begin: tp, batch: batch, seqno: seqno, pages: committedCount(b, npages))
+        if let fence {
+            let failures = waitFence(fence, .evict, batch)
+            for f in failures { b.src[Int(b.slot[f.index])].remove(.migrate) }
+            counters.add(.pagesLeftAfterCopyFailure, failures.count)
+        }
+        let evicted = committedCount(b, npages)
+        let tf = stamp()
+        emit(.finalizeBegin, .evict, batch: batch, seqno: seqno)
+        memory.migrateDeviceFinalize(src: b.src, dst: b.dst, npages: npages)
+        emit(.finalizeEnd, .evict, begin: tf, batch: batch, seqno: seqno, pages: evicted)
+        counters.add(.pagesEvicted, evicted)
+        return (collected, evicted)
+    }
+}

@@ -1,0 +1,153 @@
+import HostMM
+import DMAEngine
+
+/// The 2017 generation (seed 000): the same driver through `migrateVMA(ops:)`, as
+/// nouveau first used it — `allocAndCopy` allocates, enqueues the copies and emits the
+/// fence (`nouveau_dmem_migrate_alloc_and_copy`); `finalizeAndMap` waits on it and maps
+/// (`nouveau_dmem_migrate_finalize_and_map`).
+///
+/// The callback contract forbids `finalizeAndMap` to change `src` or `dst`, so a copy
+/// failure seen there cannot un-migrate the page (one reason the API was turned upside
+/// down): the copy is redone while the page is still locked (`redoCommitted`).
+final class LegacyDmemMigrateOps: MigrateVMAOps {
+    unowned let device: Device
+    let policy: MigrationPolicy
+    let space: GPUAddressSpace?
+    let tag: UInt64
+    let batch: UInt64
+    let slot: UnsafeMutableBufferPointer<Int32>
+    let pages: UnsafeMutableBufferPointer<PFN>
+    let writable: Bool
+    var fence: Fence?
+    var result = MigrationResult()
+    var error: DeviceError?
+    var setupBegin: UInt64 = 0
+    var pagesBegin: UInt64 = 0
+
+    init(device: Device, policy: MigrationPolicy, space: GPUAddressSpace?, tag: UInt64, batch: UInt64,
+         slot: UnsafeMutableBufferPointer<Int32>, pages: UnsafeMutableBufferPointer<PFN>, writable: Bool) {
+        self.device = device
+        self.policy = policy
+        self.space = space
+        self.tag = tag
+        self.batch = batch
+        self.slot = slot
+        self.pages = pages
+        self.writable = writable
+    }
+
+    func allocAndCopy(vma: VMA, src: UnsafeBufferPointer<MigratePFN>, dst: UnsafeMutableBufferPointer<MigratePFN>,
+                      start: UInt64, end: UInt64) {
+        let d = device
+        let n = src.count
+        // System pages and holes only: this device's own pages (selected by owner) stay.
+        let movable = { (i: Int) -> Bool in
+            src[i].contains(.migrate) && (src[i].page.map { d.memory.isRAM($0) } ?? true)
+        }
+        let want = (0..<n).reduce(0) { $0 + (movable($1) ? 1 : 0) }
+        result.pages = n
+        result.collected = want
+        d.emit(.setupEnd, .toDevice, begin: setupBegin, batch: batch, address: start, pages: want)
+        guard want > 0 else { return }
+        result.batches = 1
+        d.counters.add(.batchesToDevice)
+        if policy.rangeMigration == .allOrNothing && want < n {
+            d.counters.add(.batchesRefused)
+            result.refusedBatches = 1
+            return
+        }
+        space?.zapCollected(start, src, n)
+        let got = d.vram.allocPages(into: UnsafeMutableBufferPointer(rebasing: pages[0..<want]))
+        do {
+            let channel = try d.channels.checkout()
+            var next = 0, descriptors = 0
+            for i in 0..<n where movable(i) && next < got {
+                let page = pages[next]
+                next += 1
+                guard let to = d.vram.dmaAddress(of: page) else { d.releaseUnused(page); continue }
+                d.memory.setZoneDeviceData(page, tag)
+                do {
+                    if let source = src[i].page {
+                        try channel.enqueueCopy(from: d.ramAddress(source), to: to, length: pageSize)
+                    } else {
+                        try channel.enqueueFill(to, length: pageSize, value: 0)
+                    }
+                } catch {
+                    d.releaseUnused(page)
+                    continue
+                }
+                slot[descriptors] = Int32(i)
+                descriptors += 1
+                dst[i] = MigratePFN(pfn: page).union(.locked)   // 2017 drivers set LOCKED
+            }
+            for k in next..<got { d.releaseUnused(pages[k]) }
+            defer { d.channels.checkin(channel) }
+            let fence = try channel.submit()
+            self.fence = fence
+            d.observeSignal(fence, .toDevice, batch: batch)
+            d.emit(.copiesSubmitted, .toDevice, batch: batch, seqno: fence.seqno, channel: fence.channelID,
+                   address: start, pages: descriptors)
+        } catch {
+            for i in 0..<n { if let page = dst[i].page { d.releaseUnused(page); dst[i] = [] } }
+            self.error = (error as? DeviceError) ?? .dma(error as? DMAError ?? .shutDown)
+        }
+        pagesBegin = d.stamp()
+        d.emit(.migratePagesBegin, .toDevice, batch: batch, seqno: fence?.seqno ?? 0, address: start)
+    }
+
+    func finalizeAndMap(vma: VMA, src: UnsafeBufferPointer<MigratePFN>, dst: UnsafeBufferPointer<MigratePFN>,
+                        start: UInt64, end: UInt64) {
+        let d = device
+        let n = src.count
+        var committed = 0
+        for i in 0..<n where src[i].contains(.migrate) && dst[i].page != nil { committed += 1 }
+        d.emit(.migratePagesEnd, .toDevice, begin: pagesBegin, batch: batch, seqno: fence?.seqno ?? 0,
+               address: start, pages: committed)
+        guard let fence else { return }
+        let failures = d.waitFence(fence, .toDevice, batch)
+        var redo: [(source: PFN?, page: PFN)] = []
+        for f in failures {
+            let i = Int(slot[f.index])
+            if src[i].contains(.migrate), let page = dst[i].page { redo.append((src[i].page, page)) }
+        }
+        do { try d.redoCommitted(redo, policy) } catch { self.error = error }
+        if let space {
+            let mapped = space.mapMigrated(start, src, dst, n, holesWritable: writable)
+            d.counters.add(.deviceMappings, mapped)
+            d.emit(.deviceMap, .toDevice, batch: batch, seqno: fence.seqno, address: start, pages: mapped)
+        }
+        let now = MonotonicTime.now()
+        for i in 0..<n where src[i].contains(.migrate) {
+            guard let page = dst[i].page else { continue }
+            result.migrated += 1
+            if src[i].page == nil { result.holes += 1 }
+            if let index = d.vram.pageIndex(of: page) {
+                d.residentSince[index].store(now, ordering: .relaxed)
+                d.eviction.pageBecameResident(index)
+            }
+        }
+        d.emit(.finalizeBegin, .toDevice, batch: batch, seqno: fence.seqno, address: start)
+    }
+}
+
+extension Device {
+    /// One batch through the 2017 callback API. The caller holds the mmap lock.
+    func legacyMigrateBatch(_ b: borrowing MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64,
+                            _ policy: MigrationPolicy, _ space: GPUAddressSpace?, _ tag: UInt64) throws(DeviceError) -> MigrationResult {
+        let batch = nextBatch()
+        let ops = LegacyDmemMigrateOps(device: self, policy: policy, space: space, tag: tag, batch: batch,
+                                       slot: b.slot, pages: b.pages, writable: vma.flags.contains(.write))
+        ops.setupBegin = stamp()
+        emit(.setupBegin, .toDevice, batch: batch, address: start)
+        do {
+            try migrateVMA(ops: ops, vma: vma, start: start, end: end, src: b.src, dst: b.dst, pgmapOwner: owner)
+        } catch { throw .hostMM(error) }
+        if ops.fence != nil {
+            emit(.finalizeEnd, .toDevice, batch: batch, seqno: ops.fence?.seqno ?? 0, address: start, pages: ops.result.migrated)
+        }
+        counters.add(.pagesToDevice, ops.result.migrated)
+        counters.add(.holesPopulated, ops.result.holes)
+        if let error = ops.error { throw error }
+        return ops.result
+    }
+}

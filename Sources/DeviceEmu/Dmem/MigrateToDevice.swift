@@ -1,0 +1,246 @@
+public import HostMM
+import DMAEngine
+
+/// Migration of a virtual range to VRAM: `nouveau_dmem_migrate_vma` and
+/// `nouveau_dmem_migrate_chunk` on the three-step API.
+///
+/// Per batch: `migrateVMASetup` (SELECT_SYSTEM, owner = this device) → for each entry
+/// with MIGRATE, a device page (allocated locked) receives a copy of the source, or a
+/// clear for a hole → `submit()` emits the fence → `migrateVMAPages` → wait for the
+/// fence → map the migrated pages in the device page table → `migrateVMAFinalize`.
+/// The fence gates finalize: the CPU entries point at the new pages only after every
+/// copy into them completed, and the GPU maps them only then too.
+extension Device {
+    /// Migrates the pages of `[range)` in `mm` to VRAM, in batches of `policy.batchPages`
+    /// (best effort or all-or-nothing per batch, by policy). Pages already in this
+    /// device's VRAM, pinned, locked, file-backed or otherwise unmovable stay where they
+    /// are; holes of anonymous VMAs are populated with cleared device pages. When VRAM
+    /// is exhausted, cold pages are evicted first (`Configuration.eviction`).
+    ///
+    /// Takes `mm`'s mmap lock for read. Pages migrated by batches before an error stay migrated.
+    /// - Throws: `.invalidArgument` for an empty or unaligned range; `.suspended`,
+    ///   `.shutDown`; `.hostMM` when setup refuses a VMA (special, hugetlb, DAX mappings);
+    ///   `.dma` when the copy engine is gone.
+    @discardableResult
+    public func migrateToDevice(_ mm: AddressSpace, range: Range<UInt64>) throws(DeviceError) -> MigrationResult {
+        guard !range.isEmpty, range.lowerBound & 4095 == 0, range.upperBound & 4095 == 0 else { throw .invalidArgument }
+        try gate.enter()
+        defer { gate.exit() }
+        let policy = self.policy
+        let buffers = MigrationBuffers(capacity: policy.batchPages)
+        let space = addressSpace(for: mm)
+        let tag = Self.allocationTag(range)
+        var total = MigrationResult()
+        mm.mmapLock.readLock()
+        defer { mm.mmapLock.readUnlock() }
+        try forEachBatch(mm, range, batch: policy.batchPages) { (vma, start, end) throws(DeviceError) in
+            reserveVRAM(pages: Int((end - start) >> 12), policy: policy)
+            let outcome: MigrationResult
+            switch policy.apiGeneration {
+            case .threeStep:
+                outcome = try migrateBatchToDevice(buffers, vma, start, end, policy, space, tag)
+            case .callbacks2017:
+                outcome = try legacyMigrateBatch(buffers, vma, start, end, policy, space, tag)
+            }
+            total.add(outcome)
+        }
+        return total
+    }
+
+    /// One batch (`nouveau_dmem_migrate_chunk`). The caller holds the mmap lock.
+    func migrateBatchToDevice(_ b: borrowing MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64,
+                              _ policy: MigrationPolicy, _ space: GPUAddressSpace?, _ tag: UInt64) throws(DeviceError) -> MigrationResult {
+        let batch = nextBatch()
+        let t0 = stamp()
+        emit(.setupBegin, .toDevice, batch: batch, address: start)
+        var args = MigrateVMA(vma: vma, start: start, end: end, src: b.src, dst: b.dst,
+                              pgmapOwner: owner, flags: .selectSystem)
+        do { try migrateVMASetup(&args) } catch { throw .hostMM(error) }
+        emit(.setupEnd, .toDevice, begin: t0, batch: batch, address: start, pages: args.cpages)
+        var out = MigrationResult()
+        out.pages = args.npages
+        out.collected = args.cpages
+        guard args.cpages > 0 else { return out }
+        out.batches = 1
+        counters.add(.batchesToDevice)
+        if policy.rangeMigration == .allOrNothing && args.cpages < args.npages {
+            return refuse(&args, &out)
+        }
+        space?.zapCollected(start, UnsafeBufferPointer(b.src), args.npages)
+
+        // alloc_and_copy: a locked device page per MIGRATE entry, a copy or a clear into it.
+        let want = (0..<args.npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) ? 1 : 0) }
+        let got = vram.allocPages(into: UnsafeMutableBufferPointer(rebasing: b.pages[0..<want]))
+        if got < want && policy.rangeMigration == .allOrNothing {
+            for k in 0..<got { releaseUnused(b.pages[k]) }
+            return refuse(&args, &out)
+        }
+        let (fence, descriptors) = try enqueueToDevice(b, &args, got: got, tag: tag)
+        observeSignal(fence, .toDevice, batch: batch)
+        emit(.copiesSubmitted, .toDevice, batch: batch, seqno: fence.seqno, channel: fence.channelID,
+             address: start, pages: descriptors)
+
+        if isCoherent {
+            // Coherent VRAM is CPU-visible: a hole gets a present CPU entry in
+            // migrateVMAPages already, so the copies must be done before it (amdgpu's order).
+            let failures = waitFence(fence, .toDevice, batch)
+            dropFailedBeforePages(failures, b, &args, &out, policy)
+        }
+        let tp = stamp()
+        emit(.migratePagesBegin, .toDevice, batch: batch, seqno: fence.seqno, address: start)
+        do { try migrateVMAPages(&args) } catch {
+            // Cannot happen with destinations from allocPages; never finalize under a running copy.
+            _ = fence.waitForSignal()
+            migrateVMAFinalize(&args)
+            throw .hostMM(error)
+        }
+        emit(.migratePagesEnd, .toDevice, begin: tp, batch: batch, seqno: fence.seqno, address: start,
+             pages: committedCount(b, args.npages))
+        if !isCoherent {
+            let failures = waitFence(fence, .toDevice, batch)
+            try handleFailuresAfterPages(failures, b, &args, &out, policy)
+        }
+        return finishToDevice(b, &args, &out, space, batch: batch, seqno: fence.seqno, holesWritable: vma.flags.contains(.write))
+    }
+
+    /// Allocation done; enqueue the copies and clears and submit them. Fills `dst`.
+    private func enqueueToDevice(_ b: borrowing MigrationBuffers, _ args: inout MigrateVMA,
+                                 got: Int, tag: UInt64) throws(DeviceError) -> (Fence, Int) {
+        let channel = try channels.checkout()
+        var next = 0, descriptors = 0
+        for i in 0..<args.npages where b.src[i].contains(.migrate) {
+            guard next < got else { break }  // VRAM exhausted: the rest stays (best effort)
+            let page = b.pages[next]
+            next += 1
+            guard let to = vram.dmaAddress(of: page) else { releaseUnused(page); continue }
+            memory.setZoneDeviceData(page, tag)
+            do {
+                if let source = b.src[i].page {
+                    try channel.enqueueCopy(from: ramAddress(source), to: to, length: pageSize)
+                } else {
+                    try channel.enqueueFill(to, length: pageSize, value: 0)
+                }
+            } catch {
+                releaseUnused(page)
+                continue
+            }
+            b.slot[descriptors] = Int32(i)
+            descriptors += 1
+            b.dst[i] = MigratePFN(pfn: page)
+        }
+        let fence: Fence
+        do { fence = try channel.submit() } catch {
+            channels.checkin(channel)
+            for i in 0..<args.npages { if let page = b.dst[i].page { releaseUnused(page); b.dst[i] = [] } }
+            migrateVMAFinalize(&args)
+            throw .dma(error)
+        }
+        channels.checkin(channel)
+        return (fence, descriptors)
+    }
+
+    /// Restores the whole batch (all-or-nothing refused it).
+    private func refuse(_ args: inout MigrateVMA, _ out: inout MigrationResult) -> MigrationResult {
+        for i in 0..<args.npages { args.dst[i] = [] }
+        migrateVMAFinalize(&args)
+        counters.add(.batchesRefused)
+        out.refusedBatches = 1
+        return out
+    }
+
+    /// Entries whose `struct page` state moved (or whose hole was filled).
+    func committedCount(_ b: borrowing MigrationBuffers, _ npages: Int) -> Int {
+        (0..<npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) && b.dst[$1].page != nil ? 1 : 0) }
+    }
+
+    /// Waits for a batch's fence (`nouveau_fence_wait`); returns the failed descriptors.
+    func waitFence(_ fence: Fence, _ direction: MigrationEvent.Direction, _ batch: UInt64) -> [DescriptorFailure] {
+        let t = stamp()
+        emit(.fenceWaitBegin, direction, batch: batch, seqno: fence.seqno, channel: fence.channelID)
+        var failures: [DescriptorFailure] = []
+        do { try fence.wait() } catch .copyFailed(let list) { failures = list } catch {}
+        emit(.fenceWaitEnd, direction, begin: t, batch: batch, seqno: fence.seqno, channel: fence.channelID,
+             pages: failures.count)
+        if !failures.isEmpty { counters.add(.copyFailures, failures.count) }
+        return failures
+    }
+
+    /// Failures seen before `migrateVMAPages` (coherent VRAM): nothing is committed yet,
+    /// so each failed entry simply gets no destination.
+    private func dropFailedBeforePages(_ failures: [DescriptorFailure], _ b: borrowing MigrationBuffers,
+                                       _ args: inout MigrateVMA, _ out: inout MigrationResult, _ policy: MigrationPolicy) {
+        guard !failures.isEmpty else { return }
+        for f in failures {
+            let i = Int(b.slot[f.index])
+            if let page = b.dst[i].page { releaseUnused(page); b.dst[i] = [] }
+        }
+        out.copyFailures += failures.count
+        counters.add(.pagesLeftAfterCopyFailure, failures.count)
+        if policy.rangeMigration == .allOrNothing {
+            for i in 0..<args.npages { if let page = b.dst[i].page { releaseUnused(page); b.dst[i] = [] } }
+            counters.add(.batchesRefused)
+            out.refusedBatches = 1
+        }
+    }
+
+    /// Failures seen after `migrateVMAPages`: a page that had a source loses MIGRATE, so
+    /// finalize puts the source back and frees the device page — its data never left. A
+    /// hole is already committed (mapped to the device page, which stays locked until
+    /// finalize, so nobody can read it yet): its clear is issued again.
+    private func handleFailuresAfterPages(_ failures: [DescriptorFailure], _ b: borrowing MigrationBuffers,
+                                          _ args: inout MigrateVMA, _ out: inout MigrationResult,
+                                          _ policy: MigrationPolicy) throws(DeviceError) {
+        guard !failures.isEmpty else { return }
+        var redo: [(source: PFN?, page: PFN)] = []
+        var left = 0
+        for f in failures {
+            let i = Int(b.slot[f.index])
+            guard b.src[i].contains(.migrate), let page = b.dst[i].page else { continue }
+            if b.src[i].page != nil {
+                b.src[i].remove(.migrate)
+                left += 1
+            } else {
+                redo.append((nil, page))
+            }
+        }
+        if policy.rangeMigration == .allOrNothing && left > 0 {
+            for i in 0..<args.npages where b.src[i].page != nil { b.src[i].remove(.migrate) }
+            counters.add(.batchesRefused)
+            out.refusedBatches = 1
+        }
+        out.copyFailures += left
+        counters.add(.pagesLeftAfterCopyFailure, left)
+        try redoCommitted(redo, policy)
+    }
+
+    /// Maps, records residency, finalizes; fills the batch's counts.
+    private func finishToDevice(_ b: borrowing MigrationBuffers, _ args: inout MigrateVMA, _ out: inout MigrationResult,
+                                _ space: GPUAddressSpace?, batch: UInt64, seqno: UInt64, holesWritable: Bool) -> MigrationResult {
+        if let space {
+            let mapped = space.mapMigrated(args.start, UnsafeBufferPointer(b.src), UnsafeBufferPointer(b.dst), args.npages,
+                                          holesWritable: holesWritable)
+            counters.add(.deviceMappings, mapped)
+            emit(.deviceMap, .toDevice, batch: batch, seqno: seqno, address: args.start, pages: mapped)
+        }
+        let now = MonotonicTime.now()
+        var migrated = 0, holes = 0
+        for i in 0..<args.npages where b.src[i].contains(.migrate) {
+            guard let page = b.dst[i].page else { continue }
+            migrated += 1
+            if b.src[i].page == nil { holes += 1 }
+            if let index = vram.pageIndex(of: page) {
+                residentSince[index].store(now, ordering: .relaxed)
+                eviction.pageBecameResident(index)
+            }
+        }
+        let tf = stamp()
+        emit(.finalizeBegin, .toDevice, batch: batch, seqno: seqno, address: args.start)
+        migrateVMAFinalize(&args)
+        emit(.finalizeEnd, .toDevice, begin: tf, batch: batch, seqno: seqno, address: args.start, pages: migrated)
+        out.migrated = migrated
+        out.holes = holes
+        counters.add(.pagesToDevice, migrated)
+        counters.add(.holesPopulated, holes)
+        return out
+    }
+}

@@ -1,0 +1,191 @@
+public import HostMM
+import DMAEngine
+
+/// Migration of device pages back to System RAM by virtual address:
+/// `nouveau_dmem_migrate_to_ram` (the pgmap's CPU-fault handler) and dmirror's
+/// "migrate to system" command.
+///
+/// Per batch: `migrateVMASetup` with SELECT_DEVICE_PRIVATE, owner = this device (and
+/// `faultPage` on a fault) → a locked RAM page per collected device page, a D2H copy
+/// into it → `submit()` → `migrateVMAPages` → wait for the fence → `migrateVMAFinalize`.
+/// The device page-table entries of collected pages are zapped before the copy is
+/// enqueued (the notifier skips the device's own migrations).
+extension Device {
+    /// `dev_pagemap_ops.migrate_to_ram`: a CPU access hit a device-private entry of this
+    /// device. Brings back the faulting page — or, by `policy.cpuFaultGranularity`, a
+    /// fault-around window or the whole range it was migrated with — after the minimum
+    /// residency, if any. Returns `.sigbus` when the faulting page's copy fails (as
+    /// nouveau does), `.oom` when no RAM page is left for it.
+    public func migrateToRAM(_ fault: VMFault) -> VMFaultResult {
+        counters.add(.cpuFaults)
+        let t0 = stamp()
+        emit(.cpuFaultBegin, .toRAM, address: fault.address)
+        let policy = self.policy
+        waitForResidency(fault.page, policy)
+        let window = faultWindow(fault, policy)
+        let buffers = MigrationBuffers(capacity: min(policy.batchPages, Int((window.upperBound - window.lowerBound) >> 12)))
+        let space = addressSpace(for: fault.mm)
+        var result = VMFaultResult.done
+        var moved = 0
+        // The batch holding the fault first: the faulting thread waits for it.
+        let batch = UInt64(buffers.capacity) << 12
+        let first = window.lowerBound + ((fault.address - window.lowerBound) / batch) * batch
+        var starts = [first]
+        starts += stride(from: window.lowerBound, to: window.upperBound, by: Int(batch)).filter { $0 != first }
+        for start in starts {
+            let end = min(window.upperBound, start + batch)
+            do {
+                let r = try migrateBatchToRAM(buffers, fault.vma, start, end, faultPage: fault.page, space, policy)
+                moved += r.moved
+                if start == first, r.faultPageFailed { result = r.outOfMemory ? .oom : .sigbus }
+            } catch {
+                if start == first { result = .sigbus }
+            }
+        }
+        emit(.cpuFaultEnd, .toRAM, begin: t0, address: fault.address, pages: moved)
+        return result
+    }
+
+    /// Migrates this device's pages in `[range)` of `mm` back to RAM (dmirror's
+    /// `HMM_DMIRROR_MIGRATE_TO_SYS`). Takes the mmap lock for read.
+    /// - Throws: `.invalidArgument` for an empty or unaligned range, `.hostMM` when setup refuses a VMA.
+    @discardableResult
+    public func migrateRangeToRAM(_ mm: AddressSpace, range: Range<UInt64>) throws(DeviceError) -> MigrationResult {
+        guard !range.isEmpty, range.lowerBound & 4095 == 0, range.upperBound & 4095 == 0 else { throw .invalidArgument }
+        let policy = self.policy
+        let buffers = MigrationBuffers(capacity: policy.batchPages)
+        let space = addressSpace(for: mm)
+        var total = MigrationResult()
+        mm.mmapLock.readLock()
+        defer { mm.mmapLock.readUnlock() }
+        try forEachBatch(mm, range, batch: policy.batchPages) { (vma, start, end) throws(DeviceError) in
+            let r = try migrateBatchToRAM(buffers, vma, start, end, faultPage: nil, space, policy)
+            total.pages += Int((end - start) >> 12)
+            total.collected += r.collected
+            total.migrated += r.moved
+            total.copyFailures += r.failed
+            total.batches += r.collected > 0 ? 1 : 0
+        }
+        return total
+    }
+
+    struct ToRAMOutcome {
+        var collected = 0
+        var moved = 0
+        var failed = 0
+        var faultPageFailed = false
+        var outOfMemory = false
+    }
+
+    /// One batch back to RAM. The caller holds the mmap lock (the fault path: the
+    /// faulting thread's). Holes in the window are left alone.
+    func migrateBatchToRAM(_ b: borrowing MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64, faultPage: PFN?,
+                           _ space: GPUAddressSpace?, _ policy: MigrationPolicy) throws(DeviceError) -> ToRAMOutcome {
+        let batch = nextBatch()
+        let t0 = stamp()
+        emit(.setupBegin, .toRAM, batch: batch, address: start)
+        var args = MigrateVMA(vma: vma, start: start, end: end, src: b.src, dst: b.dst, pgmapOwner: owner,
+                              flags: .selectDevicePrivate, faultPage: faultPage)
+        do { try migrateVMASetup(&args) } catch { throw .hostMM(error) }
+        emit(.setupEnd, .toRAM, begin: t0, batch: batch, address: start, pages: args.cpages)
+        var out = ToRAMOutcome(collected: args.cpages)
+        guard args.cpages > 0 else { return out }
+        space?.zapCollected(start, UnsafeBufferPointer(b.src), args.npages)
+        let faultIndex = faultPage.flatMap { fp in (0..<args.npages).first { b.src[$0].page == fp } }
+
+        let (fence, descriptors, ramShort) = try enqueueToRAM(b, &args)
+        out.outOfMemory = ramShort
+        observeSignal(fence, .toRAM, batch: batch)
+        emit(.copiesSubmitted, .toRAM, batch: batch, seqno: fence.seqno, channel: fence.channelID,
+             address: start, pages: descriptors)
+        let tp = stamp()
+        emit(.migratePagesBegin, .toRAM, batch: batch, seqno: fence.seqno, address: start)
+        do { try migrateVMAPages(&args) } catch {
+            _ = fence.waitForSignal()
+            migrateVMAFinalize(&args)
+            throw .hostMM(error)
+        }
+        emit(.migratePagesEnd, .toRAM, begin: tp, batch: batch, seqno: fence.seqno, address: start,
+             pages: committedCount(b, args.npages))
+        let failures = waitFence(fence, .toRAM, batch)
+        for f in failures {
+            // The device page keeps the data: finalize restores its entry and frees the RAM page.
+            b.src[Int(b.slot[f.index])].remove(.migrate)
+        }
+        out.failed = failures.count
+        counters.add(.pagesLeftAfterCopyFailure, failures.count)
+        for i in 0..<args.npages where b.src[i].contains(.migrate) && b.dst[i].page != nil { out.moved += 1 }
+        if let fi = faultIndex {
+            out.faultPageFailed = !(b.src[fi].contains(.migrate) && b.dst[fi].page != nil)
+        }
+        let tf = stamp()
+        emit(.finalizeBegin, .toRAM, batch: batch, seqno: fence.seqno, address: start)
+        migrateVMAFinalize(&args)
+        emit(.finalizeEnd, .toRAM, begin: tf, batch: batch, seqno: fence.seqno, address: start, pages: out.moved)
+        counters.add(.pagesToRAM, out.moved)
+        return out
+    }
+
+    /// A locked RAM page and a D2H copy per collected device page; returns the fence,
+    /// the descriptor count and whether RAM ran out.
+    private func enqueueToRAM(_ b: borrowing MigrationBuffers, _ args: inout MigrateVMA) throws(DeviceError) -> (Fence, Int, Bool) {
+        let want = (0..<args.npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) && b.src[$1].page != nil ? 1 : 0) }
+        let got = memory.allocPages(into: UnsafeMutableBufferPointer(rebasing: b.pages[0..<want]))
+        for k in 0..<got { memory.lockPage(b.pages[k]) }
+        let channel = try channels.checkout()
+        var next = 0, descriptors = 0
+        for i in 0..<args.npages where b.src[i].contains(.migrate) {
+            guard let source = b.src[i].page, next < got else { continue }
+            let ram = b.pages[next]
+            next += 1
+            do {
+                guard let from = vram.dmaAddress(of: source) else { throw DMAError.zeroLength }
+                try channel.enqueueCopy(from: from, to: ramAddress(ram), length: pageSize)
+            } catch {
+                memory.unlockPage(ram)
+                memory.putPage(ram)
+                continue
+            }
+            b.slot[descriptors] = Int32(i)
+            descriptors += 1
+            b.dst[i] = MigratePFN(pfn: ram)
+        }
+        for k in next..<got { memory.unlockPage(b.pages[k]); memory.putPage(b.pages[k]) }
+        let fence: Fence
+        do { fence = try channel.submit() } catch {
+            channels.checkin(channel)
+            for i in 0..<args.npages { if let page = b.dst[i].page { releaseUnused(page); b.dst[i] = [] } }
+            migrateVMAFinalize(&args)
+            throw .dma(error)
+        }
+        channels.checkin(channel)
+        return (fence, descriptors, got < want)
+    }
+
+    /// The range a CPU fault brings back, by policy, clamped to the VMA.
+    func faultWindow(_ fault: VMFault, _ policy: MigrationPolicy) -> Range<UInt64> {
+        let page = fault.address ..< fault.address + 4096
+        switch policy.cpuFaultGranularity {
+        case .page:
+            return page
+        case .faultAround(let n):
+            return GPUAddressSpace.window(fault.address, pages: n, fault.vma.start, fault.vma.end)
+        case .wholeAllocation:
+            guard let r = Self.allocationRange(memory.zoneDeviceData(fault.page)), r.contains(fault.address) else { return page }
+            return max(r.lowerBound, fault.vma.start) ..< min(r.upperBound, fault.vma.end)
+        }
+    }
+
+    /// Xe's timeslice: a CPU fault on a page that became resident less than
+    /// `minimumResidency` ago waits until it has been resident that long.
+    private func waitForResidency(_ page: PFN, _ policy: MigrationPolicy) {
+        guard policy.minimumResidency > .zero, let index = vram.pageIndex(of: page) else { return }
+        let since = residentSince[index].load(ordering: .relaxed)
+        guard since != 0 else { return }
+        let until = since &+ MonotonicTime.nanoseconds(policy.minimumResidency)
+        let now = MonotonicTime.now()
+        guard now < until else { return }
+        counters.add(.residencyWaits)
+        MonotonicTime.sleep(nanoseconds: until - now)
+    }
+}

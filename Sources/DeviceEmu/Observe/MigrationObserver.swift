@@ -1,0 +1,95 @@
+/// Watches the driver step by step: each stage of a migration batch, CPU faults, GPU
+/// faults and evictions, with the fence seqno that ties copies to `finalize`.
+///
+/// The hook a trace recorder, a protocol checker or a test attaches to
+/// (`Device.Configuration.observer`). When no observer is set the driver pays one
+/// nil check per step.
+///
+/// Threads: `observe` is called on the thread doing the step (a migrating thread, a
+/// faulting CPU thread, a GPU access) and, for `.fenceSignaled`, on the copy engine's
+/// completion thread. Keep it short and never call back into the device from it.
+public protocol MigrationObserver: AnyObject, Sendable {
+    func observe(_ event: MigrationEvent)
+}
+
+/// One step of the driver, as reported to a `MigrationObserver`.
+///
+/// A value of plain fields: reporting allocates nothing.
+public struct MigrationEvent: Sendable, Equatable {
+    /// The steps, in the order a batch goes through them.
+    public enum Kind: UInt8, Sendable, CaseIterable {
+        /// Before `migrateVMASetup` (or `migrateDeviceRange` for an eviction).
+        case setupBegin
+        /// After setup; `pages` = pages collected (`cpages`).
+        case setupEnd
+        /// The batch's copies and clears were submitted; `pages` = descriptors, `seqno` = the fence.
+        case copiesSubmitted
+        /// Before `migrateVMAPages` / `migrateDevicePages`.
+        case migratePagesBegin
+        /// After it; `pages` = pages whose `struct page` state moved.
+        case migratePagesEnd
+        /// Before waiting on the batch's fence.
+        case fenceWaitBegin
+        /// The fence signalled (reported from the copy engine's completion thread).
+        case fenceSignaled
+        /// The wait returned; `pages` = failed descriptors.
+        case fenceWaitEnd
+        /// Migrated pages were mapped in a device page table; `pages` = entries written.
+        case deviceMap
+        /// Before `migrateVMAFinalize` / `migrateDeviceFinalize`.
+        case finalizeBegin
+        /// After it; `pages` = pages that ended up migrated.
+        case finalizeEnd
+        /// A CPU fault reached the driver's `migrateToRAM`; `address` = the faulting page.
+        case cpuFaultBegin
+        /// `migrateToRAM` returned; `pages` = pages brought back.
+        case cpuFaultEnd
+        /// A GPU access found no usable device mapping; `address` = the faulting page.
+        case gpuFault
+        /// The fault was resolved; `pages` = device page-table entries written.
+        case gpuFaultResolved
+    }
+
+    /// What a batch moves.
+    public enum Direction: UInt8, Sendable {
+        /// System memory → VRAM (`nouveau_dmem_migrate_vma`).
+        case toDevice
+        /// VRAM → system memory on a CPU fault or request (`nouveau_dmem_migrate_to_ram`).
+        case toRAM
+        /// VRAM → system memory by PFN (`nouveau_dmem_evict_chunk`: teardown, suspend, pressure).
+        case evict
+        /// No migration (GPU fault events).
+        case none
+    }
+
+    public var kind: Kind
+    public var direction: Direction
+    /// `CLOCK_MONOTONIC` nanoseconds of the step.
+    public var time: UInt64
+    /// For `…End` events, the time of the matching `…Begin` (0 otherwise), so a
+    /// stateless consumer can draw spans.
+    public var beginTime: UInt64
+    /// Device-wide batch number (1, 2, …): ties a batch's events together.
+    public var batch: UInt64
+    /// The batch's fence seqno on its channel, once submitted (0 before).
+    public var seqno: UInt64
+    /// The copy channel of the batch (-1 before submission).
+    public var channel: Int
+    /// First address of the batch or fault (0 for evictions).
+    public var address: UInt64
+    /// A count whose meaning depends on `kind` (see each case).
+    public var pages: Int
+
+    public init(kind: Kind, direction: Direction, time: UInt64, beginTime: UInt64 = 0, batch: UInt64 = 0,
+                seqno: UInt64 = 0, channel: Int = -1, address: UInt64 = 0, pages: Int = 0) {
+        self.kind = kind
+        self.direction = direction
+        self.time = time
+        self.beginTime = beginTime
+        self.batch = batch
+        self.seqno = seqno
+        self.channel = channel
+        self.address = address
+        self.pages = pages
+    }
+}

@@ -1,0 +1,39 @@
+/// Chooses which resident device pages to evict when VRAM runs out: the seam where
+/// eviction strategies vary (LRU by default).
+///
+/// Pages are named by their dense index in the device's memory (`DeviceMemory.pageIndex`),
+/// `0 ..< capacity`. The device reports every page that starts holding migrated data,
+/// each GPU access to one, and each page freed; it asks for victims when a migration
+/// needs room. A victim that cannot be evicted right now (locked, pinned) stays resident
+/// and may be offered again.
+///
+/// Threads: called from any thread, concurrently; implementations lock internally and
+/// never call back into the device.
+public protocol EvictionPolicy: AnyObject, Sendable {
+    /// The page now holds data migrated to VRAM.
+    func pageBecameResident(_ page: Int)
+    /// The GPU accessed the page.
+    func pageAccessed(_ page: Int)
+    /// The page was freed (migrated away, unmapped, evicted). May name a page never reported resident.
+    func pageFreed(_ page: Int)
+    /// Writes up to `out.count` pages to evict, coldest first; returns how many.
+    func selectVictims(into out: UnsafeMutableBufferPointer<Int>) -> Int
+}
+
+/// Which eviction policy a device builds for its VRAM.
+public enum EvictionPolicyKind: Sendable {
+    /// Least recently migrated or GPU-accessed first (`LRUEvictionPolicy`).
+    case leastRecentlyUsed
+    /// Oldest migration first; GPU accesses do not count (`LRUEvictionPolicy` ignoring accesses).
+    case firstInFirstOut
+    /// Your own; called with the number of device pages.
+    case custom(@Sendable (Int) -> any EvictionPolicy)
+
+    func make(capacity: Int) -> any EvictionPolicy {
+        switch self {
+        case .leastRecentlyUsed: return LRUEvictionPolicy(capacity: capacity)
+        case .firstInFirstOut: return LRUEvictionPolicy(capacity: capacity, countsAccesses: false)
+        case .custom(let make): return make(capacity)
+        }
+    }
+}

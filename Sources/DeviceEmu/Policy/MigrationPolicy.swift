@@ -1,0 +1,72 @@
+/// The migration policies a driver author compares, each a setting (none hard-wired).
+///
+/// Read once at the start of each driver operation; change it with `Device.policy`.
+/// A value type: any thread.
+public struct MigrationPolicy: Sendable, Equatable {
+    /// How much a CPU fault on a device page brings back to RAM.
+    public enum CPUFaultGranularity: Sendable, Equatable {
+        /// Only the faulting page (nouveau, test_hmm).
+        case page
+        /// An aligned window of `pages` around the fault, clamped to the VMA: the
+        /// improvement seed 001's FIXME asks for (sequential CPU scans fault once per window).
+        case faultAround(pages: Int)
+        /// The whole range the page was migrated with (Intel Xe's drm_pagemap migrates
+        /// the whole device allocation back), clamped to the VMA.
+        case wholeAllocation
+    }
+
+    /// How a range migration treats pages that cannot move.
+    public enum RangeMigration: Sendable, Equatable {
+        /// Move what can move, leave the rest (nouveau, test_hmm).
+        case bestEffort
+        /// Per batch, move everything or nothing (Xe): a batch with a page that cannot be
+        /// collected, allocated or copied is restored whole.
+        case allOrNothing
+    }
+
+    /// How a GPU access to an address with no device mapping is resolved.
+    public enum GPUFaultResolution: Sendable, Equatable {
+        /// Migrate an aligned window of `pages` to VRAM (Xe's SVM); pages that cannot
+        /// move are mapped from system memory instead.
+        case migrateToVRAM(pages: Int)
+        /// Map the system pages of an aligned window of `pages` through `hmmRangeFault`
+        /// (nouveau's SVM, test_hmm's dmirror); the data stays where it is.
+        case mapSystemMemory(pages: Int)
+    }
+
+    /// Which generation of the kernel API migrations to VRAM go through.
+    public enum APIGeneration: Sendable, Equatable {
+        /// `migrateVMASetup` / `migrateVMAPages` / `migrateVMAFinalize` (2019 onwards).
+        case threeStep
+        /// The 2017 `migrateVMA(ops:)` with `allocAndCopy` / `finalizeAndMap` (seed 000).
+        case callbacks2017
+    }
+
+    /// Pages per `migrate_vma` batch (nouveau: 128 — one scatterlist page — before its
+    /// 2025 rework, 512 after). At most the copy channel's `maxBatch`.
+    public var batchPages: Int = 512
+    public var cpuFaultGranularity: CPUFaultGranularity = .page
+    /// Xe's anti-thrash "timeslice": a page migrated to VRAM is not pulled back by a CPU
+    /// fault before it has been resident this long (the fault waits). Zero disables it.
+    public var minimumResidency: Duration = .zero
+    public var rangeMigration: RangeMigration = .bestEffort
+    public var gpuFault: GPUFaultResolution = .migrateToVRAM(pages: 16)
+    public var apiGeneration: APIGeneration = .threeStep
+    /// Extra attempts for a hole clear (or a 2017-API copy) that failed after
+    /// `migrateVMAPages` had already committed the page, before the CPU clears or copies
+    /// it through the VRAM mapping as a last resort. Failed copies of pages that still
+    /// have a source are never retried: the page just stays where it was.
+    public var committedCopyRetries: Int = 2
+
+    public init() {}
+
+    /// True when every setting is usable with channels of `maxBatch` descriptors.
+    func isValid(maxBatch: Int) -> Bool {
+        guard batchPages >= 1, batchPages <= maxBatch, committedCopyRetries >= 0,
+              minimumResidency >= .zero else { return false }
+        if case .faultAround(let n) = cpuFaultGranularity, n < 1 { return false }
+        switch gpuFault {
+        case .migrateToVRAM(let n), .mapSystemMemory(let n): return n >= 1
+        }
+    }
+}

@@ -1,0 +1,129 @@
+public import HostMM
+
+/// One entry of a device page table, as a GPU MMU would hold it.
+///
+/// Layout: flags in the low bits, PFN from bit 12. Zero is "not mapped".
+@frozen
+public struct DevicePageTableEntry: Equatable, Sendable, CustomStringConvertible {
+    public var rawValue: UInt64
+    @inlinable public init(rawValue: UInt64) { self.rawValue = rawValue }
+
+    /// Where a mapped page lives.
+    public enum Kind: Sendable, Equatable {
+        case none
+        /// A System-RAM page (or another device's coherent page) reached over the bus.
+        case system
+        /// A page of this device's VRAM.
+        case vram
+        /// A System-RAM page this device holds exclusively for atomics (`make_device_exclusive`).
+        case exclusive
+    }
+
+    static let validBit: UInt64 = 1
+    static let writeBit: UInt64 = 2
+    static let vramBit: UInt64 = 4
+    static let exclusiveBit: UInt64 = 8
+
+    public static let none = DevicePageTableEntry(rawValue: 0)
+
+    init(pfn: PFN, kind: Kind, write: Bool) {
+        var v = pfn.rawValue << 12 | Self.validBit
+        if write { v |= Self.writeBit }
+        if kind == .vram { v |= Self.vramBit }
+        if kind == .exclusive { v |= Self.exclusiveBit }
+        rawValue = v
+    }
+
+    @inlinable public var isValid: Bool { rawValue & 1 != 0 }
+    @inlinable public var isWritable: Bool { rawValue & 2 != 0 }
+    @inlinable public var pfn: PFN { PFN(rawValue: rawValue >> 12) }
+    public var kind: Kind {
+        guard isValid else { return .none }
+        if rawValue & Self.vramBit != 0 { return .vram }
+        if rawValue & Self.exclusiveBit != 0 { return .exclusive }
+        return .system
+    }
+
+    public var description: String {
+        switch kind {
+        case .none: return "none"
+        case .system: return "system(\(pfn)\(isWritable ? ",w" : ""))"
+        case .vram: return "vram(\(pfn)\(isWritable ? ",w" : ""))"
+        case .exclusive: return "exclusive(\(pfn))"
+        }
+    }
+}
+
+/// The GPU's page table for one address space: 2 MiB leaves of 512 entries, created on
+/// first use and found through a dictionary (the sparse shape of dmirror's xarray, with
+/// the leaf granularity of a GPU page table).
+///
+/// Threads: none of its own; every call is made with the owning `GPUAddressSpace`'s lock held.
+struct DevicePageTable: ~Copyable {
+    private var leaves: [UInt64: UnsafeMutablePointer<UInt64>] = [:]
+    /// Valid entries.
+    private(set) var count = 0
+
+    deinit {
+        for leaf in leaves.values { leaf.deallocate() }
+    }
+
+    @inline(__always)
+    func entry(_ address: UInt64) -> DevicePageTableEntry {
+        guard let leaf = leaves[address >> 21] else { return .none }
+        return DevicePageTableEntry(rawValue: leaf[Int((address >> 12) & 511)])
+    }
+
+    mutating func set(_ address: UInt64, _ entry: DevicePageTableEntry) {
+        let key = address >> 21
+        let leaf: UnsafeMutablePointer<UInt64>
+        if let existing = leaves[key] {
+            leaf = existing
+        } else {
+            guard entry.isValid else { return }
+            leaf = .allocate(capacity: 512)
+            leaf.initialize(repeating: 0, count: 512)
+            leaves[key] = leaf
+        }
+        let i = Int((address >> 12) & 511)
+        let wasValid = leaf[i] & 1 != 0
+        leaf[i] = entry.rawValue
+        count += (entry.isValid ? 1 : 0) - (wasValid ? 1 : 0)
+    }
+
+    /// Clears `[start, end)`; returns how many valid entries were removed.
+    mutating func zap(_ start: UInt64, _ end: UInt64) -> Int {
+        guard start < end, count > 0 else { return 0 }
+        let firstKey = start >> 21, lastKey = (end - 1) >> 21
+        var removed = 0
+        if lastKey - firstKey >= UInt64(leaves.count) {
+            for (key, leaf) in leaves where key >= firstKey && key <= lastKey {
+                removed += zapLeaf(leaf, key, start, end)
+            }
+        } else {
+            for key in firstKey...lastKey {
+                if let leaf = leaves[key] { removed += zapLeaf(leaf, key, start, end) }
+            }
+        }
+        count -= removed
+        return removed
+    }
+
+    private func zapLeaf(_ leaf: UnsafeMutablePointer<UInt64>, _ key: UInt64, _ start: UInt64, _ end: UInt64) -> Int {
+        let base = key << 21
+        let from = start > base ? Int((start - base) >> 12) : 0
+        let to = end < base + (1 << 21) ? Int((end - base + 4095) >> 12) : 512
+        var removed = 0
+        for i in from..<to where leaf[i] != 0 {
+            if leaf[i] & 1 != 0 { removed += 1 }
+            leaf[i] = 0
+        }
+        return removed
+    }
+
+    mutating func removeAll() {
+        for leaf in leaves.values { leaf.deallocate() }
+        leaves.removeAll()
+        count = 0
+    }
+}

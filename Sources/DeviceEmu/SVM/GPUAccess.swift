@@ -1,0 +1,146 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import HostMM
+
+/// GPU loads, stores and atomics through the device page table, faulting like a GPU
+/// with replayable faults (nouveau's SVM, dmirror's read/write commands): a missing or
+/// insufficient entry raises a GPU fault the driver resolves by policy, then the access
+/// is replayed.
+extension GPUAddressSpace {
+    /// What an access needs from an entry.
+    enum Access: Equatable {
+        case read, write
+        /// Read-modify-write: needs write permission, and the page in VRAM or held
+        /// device-exclusive (no system-wide atomics over the bus in this model).
+        case atomic
+
+        func allows(_ e: DevicePageTableEntry) -> Bool {
+            switch self {
+            case .read: return e.isValid
+            case .write: return e.isValid && e.isWritable
+            case .atomic: return e.isWritable && (e.kind == .vram || e.kind == .exclusive)
+            }
+        }
+    }
+
+    /// Reads `buffer.count` bytes at `address` with the GPU.
+    /// - Throws: `.fault` (no readable mapping), `.suspended`, `.shutDown`, `.outOfMemory`,
+    ///   `.busy` if the page kept being invalidated under the access.
+    public func read(at address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(DeviceError) {
+        try access(address, buffer.count, .read) { page, done, n in
+            memcpy(buffer.baseAddress! + done, page, n)
+        }
+    }
+
+    /// Writes `buffer` at `address` with the GPU. Throws like `read`, plus `.permissionDenied`.
+    public func write(at address: UInt64, from buffer: UnsafeRawBufferPointer) throws(DeviceError) {
+        try access(address, buffer.count, .write) { page, done, n in
+            memcpy(page, buffer.baseAddress! + done, n)
+        }
+    }
+
+    /// Reads `count` bytes at `address` with the GPU.
+    public func read(at address: UInt64, count: Int) throws(DeviceError) -> [UInt8] {
+        guard count >= 0 else { throw .invalidArgument }
+        var out = [UInt8](repeating: 0, count: count)
+        var failure: DeviceError?
+        out.withUnsafeMutableBytes { b in
+            do throws(DeviceError) { try read(at: address, into: b) } catch { failure = error }
+        }
+        if let failure { throw failure }
+        return out
+    }
+
+    /// Writes `bytes` at `address` with the GPU.
+    public func write(at address: UInt64, bytes: [UInt8]) throws(DeviceError) {
+        var failure: DeviceError?
+        bytes.withUnsafeBytes { b in
+            do throws(DeviceError) { try write(at: address, from: b) } catch { failure = error }
+        }
+        if let failure { throw failure }
+    }
+
+    /// Atomically adds `value` to the 8-byte word at `address` (8-byte aligned); returns
+    /// the previous value. The page is made VRAM-resident or device-exclusive first.
+    public func atomicAdd(at address: UInt64, _ value: UInt64) throws(DeviceError) -> UInt64 {
+        guard address & 7 == 0 else { throw .invalidArgument }
+        var old: UInt64 = 0
+        try access(address, 8, .atomic) { page, _, _ in
+            let word = page.assumingMemoryBound(to: UInt64.self)
+            old = word.pointee
+            word.pointee = old &+ value
+        }
+        return old
+    }
+
+    /// Atomically replaces the 8-byte word at `address` with `desired` if it equals
+    /// `expected`; returns whether it did and the value found.
+    public func atomicCompareExchange(at address: UInt64, expected: UInt64,
+                                      desired: UInt64) throws(DeviceError) -> (exchanged: Bool, original: UInt64) {
+        guard address & 7 == 0 else { throw .invalidArgument }
+        var result = (exchanged: false, original: UInt64(0))
+        try access(address, 8, .atomic) { page, _, _ in
+            let word = page.assumingMemoryBound(to: UInt64.self)
+            result.original = word.pointee
+            if word.pointee == expected {
+                word.pointee = desired
+                result.exchanged = true
+            }
+        }
+        return result
+    }
+
+    /// Walks `[address, address + length)` page by page; `body(bytes, done, n)` runs with
+    /// the mirror lock held on a usable entry. The device gate is held throughout.
+    func access(_ address: UInt64, _ length: Int, _ kind: Access,
+                _ body: (UnsafeMutableRawPointer, Int, Int) -> Void) throws(DeviceError) {
+        guard length >= 0, address <= Self.addressLimit, UInt64(length) <= Self.addressLimit - address else {
+            throw .invalidArgument
+        }
+        guard length > 0 else { return }
+        try device.gate.enter()
+        defer { device.gate.exit() }
+        var done = 0
+        while done < length {
+            let addr = address + UInt64(done)
+            let offset = Int(addr & 4095)
+            let n = min(pageSize - offset, length - done)
+            try accessPage(addr & ~4095, kind) { page in body(page + offset, done, n) }
+            done += n
+        }
+    }
+
+    private enum Probe { case done, fault, detached }
+
+    private func accessPage(_ page: UInt64, _ kind: Access, _ body: (UnsafeMutableRawPointer) -> Void) throws(DeviceError) {
+        var attempts = 0
+        while true {
+            let probe: Probe = lock.withLock {
+                guard !isDetached else { return .detached }
+                let e = table.entry(page)
+                guard kind.allows(e), let bytes = bytes(of: e) else { return .fault }
+                body(bytes)
+                if e.kind == .vram, let index = device.vram.pageIndex(of: e.pfn) { device.eviction.pageAccessed(index) }
+                return .done
+            }
+            switch probe {
+            case .done: return
+            case .detached: throw .shutDown
+            case .fault: break
+            }
+            attempts += 1
+            // A fault is resolved, then the entry may be invalidated again before the
+            // replay; give up only if that keeps happening.
+            guard attempts <= 10_000 else { throw .busy }
+            if attempts > 4 { sched_yield() }
+            try handleGPUFault(page, kind)
+        }
+    }
+
+    /// The bytes behind a valid entry.
+    private func bytes(of e: DevicePageTableEntry) -> UnsafeMutableRawPointer? {
+        if e.kind == .vram { return device.vram.bytes(of: e.pfn) }
+        return device.memory.bytes(e.pfn)
+    }
+}

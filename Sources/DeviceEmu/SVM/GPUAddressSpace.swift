@@ -1,0 +1,114 @@
+public import HostMM
+import NIOConcurrencyHelpers
+
+/// A device's view of one address space (shared virtual addressing: GPU VA = CPU VA):
+/// its device page table and the MMU interval notifier that keeps it coherent.
+///
+/// Models nouveau's `struct nouveau_svmm` and test_hmm's `struct dmirror`. The notifier
+/// covers the whole address space; every invalidation zaps the overlapping device
+/// entries under `lock` — except this device's own migrations (`.migrate` and
+/// `.exclusive` events whose owner is the device), whose entries the driver updates
+/// itself as part of the migration, as `dmirror_interval_invalidate` does.
+///
+/// GPU accesses copy bytes with `lock` held, so an invalidation (which takes it) cannot
+/// complete, and the page cannot be freed or moved, while the GPU touches it.
+///
+/// Threads: any. Lock order: HostMM locks (mmap, page, page-table) → `lock` → the
+/// eviction policy's lock. Nothing calls into HostMM with `lock` held.
+public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable {
+    /// The address space mirrored.
+    public let mm: AddressSpace
+    /// The device whose page table this is.
+    public let device: Device
+    /// The mirror lock (`dmirror->mutex`, `svmm->mutex`).
+    let lock = NIOLock()
+    // Guarded by `lock`:
+    var table = DevicePageTable()
+    /// Bumped whenever the driver changes entries for its own migrations (which the
+    /// notifier's sequence does not see): a GPU fault's snapshot is stale if it moved.
+    var ownSequence: UInt64 = 0
+    var isDetached = false
+    private(set) var notifier: MMUIntervalNotifier!
+
+    /// One past the highest user address the notifier covers (x86-64 4-level `TASK_SIZE`).
+    static let addressLimit: UInt64 = 1 << 47
+
+    init(device: Device, mm: AddressSpace) throws(DeviceError) {
+        self.device = device
+        self.mm = mm
+        do {
+            notifier = try mm.notifiers.insert(start: 0, length: Self.addressLimit, ops: self)
+        } catch { throw .hostMM(error) }
+    }
+
+    /// Removes the notifier and empties the table (idempotent).
+    func detach() {
+        let already = lock.withLock { () -> Bool in
+            defer { isDetached = true }
+            return isDetached
+        }
+        guard !already else { return }
+        notifier.remove()
+        lock.withLock { table.removeAll() }
+    }
+
+    // MARK: Inspection
+
+    /// The device page-table entry at `address` (for tests and tools).
+    public func entry(at address: UInt64) -> DevicePageTableEntry {
+        lock.withLock { table.entry(address) }
+    }
+
+    /// Valid entries in the device page table.
+    public var mappedPageCount: Int { lock.withLock { table.count } }
+
+    // MARK: mmu_interval_notifier_ops
+
+    /// `invalidate`: zap the overlapping device entries, unless it is this device's own
+    /// migration or exclusive-access request (the driver updates those entries itself).
+    public func invalidate(_ notifier: MMUIntervalNotifier, range: MMUNotifierRange, currentSequence: UInt64) -> Bool {
+        if (range.event == .migrate || range.event == .exclusive) && range.owner == device.owner {
+            device.counters.add(.ownInvalidationsSkipped)
+            return true
+        }
+        lock.withLock {
+            notifier.setSequence(currentSequence)
+            _ = table.zap(range.start, range.end)
+        }
+        device.counters.add(.invalidations)
+        return true
+    }
+
+    // MARK: The driver's own updates
+
+    /// Zaps the entries a migration collected (`src[i]` has `.migrate`) before the copy is
+    /// enqueued, so the GPU cannot write a page whose data is being copied away.
+    func zapCollected(_ start: UInt64, _ src: UnsafeBufferPointer<MigratePFN>, _ npages: Int) {
+        lock.withLock {
+            guard !isDetached, table.count > 0 else { ownSequence &+= 1; return }
+            for i in 0..<npages where src[i].contains(.migrate) {
+                let a = start + UInt64(i) << 12
+                if table.entry(a).isValid { table.set(a, .none) }
+            }
+            ownSequence &+= 1
+        }
+    }
+
+    /// Maps the pages that migrated to VRAM (`src[i]` kept `.migrate`, `dst[i]` valid);
+    /// returns the entries written. Holes get write permission when the VMA allows it.
+    func mapMigrated(_ start: UInt64, _ src: UnsafeBufferPointer<MigratePFN>,
+                     _ dst: UnsafeBufferPointer<MigratePFN>, _ npages: Int, holesWritable: Bool) -> Int {
+        lock.withLock {
+            guard !isDetached else { return 0 }
+            var n = 0
+            for i in 0..<npages where src[i].contains(.migrate) {
+                guard let page = dst[i].page else { continue }
+                let write = src[i].page == nil ? holesWritable : src[i].contains(.write)
+                table.set(start + UInt64(i) << 12, DevicePageTableEntry(pfn: page, kind: .vram, write: write))
+                n += 1
+            }
+            ownSequence &+= 1
+            return n
+        }
+    }
+}

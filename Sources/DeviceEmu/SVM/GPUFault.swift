@@ -1,0 +1,134 @@
+import HostMM
+
+/// GPU fault resolution (`nouveau_svm_fault`, `dmirror_fault`): by policy, migrate a
+/// window around the fault to VRAM, or map the system pages through `hmmRangeFault`
+/// under the notifier's sequence protocol; atomics on pages that stay in system memory
+/// take them device-exclusive (`nouveau_atomic_range_fault`).
+extension GPUAddressSpace {
+    /// Resolves one GPU fault at page `address` so that a replayed `kind` access may succeed.
+    func handleGPUFault(_ address: UInt64, _ kind: Access) throws(DeviceError) {
+        device.counters.add(.gpuFaults)
+        let begin = device.stamp()
+        device.emit(.gpuFault, .none, address: address)
+        guard let vma = mm.mmapLock.withReadLock({ mm.findVMA(address).map { (start: $0.start, end: $0.end, flags: $0.flags) } }),
+              vma.flags.contains(.read) else { throw .fault(address: address) }
+        if kind != .read && !vma.flags.contains(.write) { throw .permissionDenied(address: address) }
+        let policy = device.policy
+        var written = 0
+        if case .migrateToVRAM(let pages) = policy.gpuFault {
+            let window = Self.window(address, pages: pages, vma.start, vma.end)
+            do {
+                written = try device.migrateToDevice(mm, range: window).migrated
+            } catch {
+                // Memory migration refuses (special VMAs, VRAM exhausted…): map instead.
+                if error == .suspended || error == .shutDown { throw error }
+            }
+            if kind.allows(entry(at: address)) {
+                device.emit(.gpuFaultResolved, .none, begin: begin, address: address, pages: written)
+                return
+            }
+        }
+        if kind == .atomic {
+            try makeExclusive(address)
+            written += 1
+        } else {
+            let pages: Int
+            switch policy.gpuFault {
+            case .mapSystemMemory(let n): pages = n
+            case .migrateToVRAM: pages = 1
+            }
+            written += try mapSystem(Self.window(address, pages: pages, vma.start, vma.end), faulting: address,
+                                     write: kind == .write, reportOwnPages: true)
+            if !kind.allows(entry(at: address)) {
+                // A read-only entry of one of this device's own pages (shared after fork):
+                // fault it back to RAM through the CPU path so the write can break COW.
+                written += try mapSystem(address ..< address + 4096, faulting: address,
+                                         write: kind == .write, reportOwnPages: false)
+            }
+        }
+        device.counters.add(.deviceMappings, written)
+        device.emit(.gpuFaultResolved, .none, begin: begin, address: address, pages: written)
+    }
+
+    /// The aligned window of `pages` pages containing `address`, clamped to `[lower, upper)`.
+    static func window(_ address: UInt64, pages: Int, _ lower: UInt64, _ upper: UInt64) -> Range<UInt64> {
+        let span = UInt64(max(pages, 1)) << 12
+        let start = max(lower, address - (((address >> 12) % UInt64(max(pages, 1))) << 12))
+        let end = min(upper, start + span)
+        return start ..< max(end, address + 4096)
+    }
+
+    /// `hmm_range_fault` + install under the mirror lock, retried while the notifier (or
+    /// the driver's own migrations) invalidated the snapshot. Only the faulting page is
+    /// faulted in; the rest of the window is mapped if already present. Returns entries written.
+    func mapSystem(_ window: Range<UInt64>, faulting: UInt64, write: Bool, reportOwnPages: Bool) throws(DeviceError) -> Int {
+        let n = Int((window.upperBound - window.lowerBound) >> 12)
+        let fi = Int((faulting - window.lowerBound) >> 12)
+        let pfns = UnsafeMutableBufferPointer<HMMPFN>.allocate(capacity: n)
+        defer { pfns.deallocate() }
+        var attempts = 0
+        while true {
+            attempts += 1
+            guard attempts <= 10_000 else { throw .busy }
+            pfns.initialize(repeating: [])
+            pfns[fi] = write ? [.requestFault, .requestWrite] : .requestFault
+            let seq = notifier.readBegin()
+            let own = lock.withLock { ownSequence }
+            var range = HMMRange(notifier: notifier, notifierSeq: seq, start: window.lowerBound, end: window.upperBound,
+                                 hmmPFNs: pfns, pfnFlagsMask: [.requestFault, .requestWrite],
+                                 devicePrivateOwner: reportOwnPages ? device.owner : nil)
+            do {
+                try mm.mmapLock.withReadLock { () throws(HostMMError) in try hmmRangeFault(&range) }
+            } catch .busy {
+                continue
+            } catch .fault, .segmentationFault, .busError {
+                throw .fault(address: faulting)
+            } catch .permissionDenied {
+                throw .permissionDenied(address: faulting)
+            } catch {
+                throw .hostMM(error)
+            }
+            let installed: Int? = lock.withLock {
+                guard !isDetached else { return 0 }
+                guard !notifier.readRetry(seq), ownSequence == own else { return nil }
+                var count = 0
+                for i in 0..<n {
+                    let p = pfns[i]
+                    guard p.contains(.valid), !p.contains(.error) else { continue }
+                    let kind: DevicePageTableEntry.Kind = device.vram.contains(p.pfn) ? .vram : .system
+                    table.set(window.lowerBound + UInt64(i) << 12,
+                              DevicePageTableEntry(pfn: p.pfn, kind: kind, write: p.contains(.write)))
+                    count += 1
+                }
+                return count
+            }
+            if let installed { return installed }
+        }
+    }
+
+    /// Takes the System-RAM page at `address` device-exclusive and maps it for atomics.
+    func makeExclusive(_ address: UInt64) throws(DeviceError) {
+        let page: PFN
+        do {
+            page = try mm.mmapLock.withReadLock { () throws(HostMMError) -> PFN in
+                try mm.makeDeviceExclusive(address, owner: device.owner)
+            }
+        } catch .fault, .segmentationFault, .busError {
+            throw .fault(address: address)
+        } catch .busy {
+            return  // the entry changed underneath: the replay faults again
+        } catch {
+            throw .hostMM(error)
+        }
+        // Installed before the page is unlocked: a CPU access restoring the entry takes the
+        // page lock first, then invalidates, so it cannot slip between.
+        lock.withLock {
+            if !isDetached {
+                table.set(address, DevicePageTableEntry(pfn: page, kind: .exclusive, write: true))
+                ownSequence &+= 1
+            }
+        }
+        device.memory.unlockPage(page)
+        device.memory.putPage(page)
+    }
+}
