@@ -30,7 +30,7 @@ extension Mirror {
         let count = Int((end - start) >> 12)
         let request: HMMPFN = write ? [.requestFault, .requestWrite] : .requestFault
         while true {
-            guard MonotonicTime.now() <= deadline else { throw .busy }
+            guard MonotonicTime.now() < deadline else { throw .busy }
             let seq = notifier.readBegin()
             var range = HMMRange(notifier: notifier, notifierSeq: seq, start: start, end: end,
                                  hmmPFNs: UnsafeMutableBufferPointer(rebasing: pfns[0..<count]),

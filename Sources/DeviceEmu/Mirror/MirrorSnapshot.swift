@@ -57,7 +57,7 @@ extension Mirror {
         defer { watcher.remove() }
         let deadline = MonotonicTime.now() &+ device.rangeTimeoutNanoseconds
         while true {
-            guard MonotonicTime.now() <= deadline else { throw .busy }
+            guard MonotonicTime.now() < deadline else { throw .busy }
             let seq = watcher.readBegin()
             pfns.update(repeating: [])
             var range = HMMRange(notifier: watcher, notifierSeq: seq, start: start, end: end, hmmPFNs: pfns,
