@@ -124,4 +124,34 @@ import Testing
             try MirrorDevice(memory: memory, configuration: .init(vramSize: 0, chunkSize: 4 << 20))
         }
     }
+
+    /// Bounded: 3 threads × 40 rounds over 64 pages, then every byte is checked.
+    @Test("concurrent migrations, CPU faults and device reads keep the data", arguments: MirrorKind.allCases)
+    func concurrentTraffic(_ kind: MirrorKind) throws {
+        let f = try HMMFixture(kind)
+        let npages = 64
+        let b = try HMMBuffer(f.mm, size: npages * pageSize)
+        try f.mm.fillInts(b.ptr, bytes: b.size, .index)
+        let rounds = 40
+        let (mm, fd0, fd1, ptr, size) = (f.mm, f.fd0, f.fd1, b.ptr, b.size)
+        let migrator = MirrorTestThread {
+            for _ in 0..<rounds {
+                _ = try? fd0.migrateToDevice(ptr, npages: npages)
+                _ = try? fd0.migrateToSystem(ptr, npages: npages)
+            }
+        }
+        let cpu = MirrorTestThread {
+            for _ in 0..<rounds { _ = try? mm.ints(ptr, bytes: size) }
+        }
+        let reader = HMMBuffer(mm, at: ptr, size: size)
+        var readsOK = true
+        for _ in 0..<rounds {
+            if hmmDmirrorCmd(fd1, .read, reader, npages) == 0 { readsOK = readsOK && reader.mirrorMatches(.index) }
+        }
+        migrator.join()
+        cpu.join()
+        #expect(readsOK)
+        #expect(try f.mm.intsMatch(b.ptr, bytes: b.size, .index))
+        f.teardown()
+    }
 }

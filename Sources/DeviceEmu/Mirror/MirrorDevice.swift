@@ -152,7 +152,8 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// (CPU-reachable) or a private page of this device (its VRAM bytes).
     @inline(__always)
     func dataPointer(_ pfn: PFN) -> UnsafeMutableRawPointer? {
-        memory.bytes(pfn) ?? vram.bytes(of: pfn)
+        if memory.isRAM(pfn) { return memory.baseAddress + Int(pfn.rawValue) * pageSize }
+        return vram.bytes(of: pfn) ?? memory.bytes(pfn)   // lock-free for this device's pages
     }
 
     // MARK: dev_pagemap_ops

@@ -22,7 +22,9 @@ extension Mirror {
             while addr < end {
                 let page: PFN
                 do throws(HostMMError) { page = try mm.makeDeviceExclusive(addr) } catch { throw MirrorError(error) }
-                lock.withLock { table.set(addr, DevicePageTableEntry(pfn: page, kind: .exclusive, write: false)) }
+                lock.withLock {
+                    if !isClosed { table.set(addr, DevicePageTableEntry(pfn: page, kind: .exclusive, write: false)) }
+                }
                 memory.unlockPage(page)
                 memory.putPage(page)
                 addr += UInt64(pageSize)
@@ -31,7 +33,9 @@ extension Mirror {
         let bounce = try makeBounce(npages)
         defer { bounce.deallocate() }
         var cpages = 0
-        guard doRead(address, end, base: address, bounce.baseAddress!, &cpages) else { throw .noEntry }
+        guard doRead(address, end, base: address, bounce.baseAddress!, &cpages) else {
+            throw isOpen ? .noEntry : .invalidArgument
+        }
         try copyOut(bounce, to: buffer)
         return MirrorResult(cpages: cpages, faults: 0)
     }

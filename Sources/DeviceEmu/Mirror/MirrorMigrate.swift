@@ -36,7 +36,9 @@ extension Mirror {
         let bounce = try makeBounce(npages)
         defer { bounce.deallocate() }
         var cpages = 0
-        guard doRead(address, end, base: address, bounce.baseAddress!, &cpages) else { throw .noEntry }
+        guard doRead(address, end, base: address, bounce.baseAddress!, &cpages) else {
+            throw isOpen ? .noEntry : .invalidArgument
+        }
         try copyOut(bounce, to: buffer)
         return MirrorResult(cpages: cpages, faults: 0)
     }
@@ -114,6 +116,7 @@ extension Mirror {
     /// device's own migration did not invalidate it).
     private func finalizeAndMap(_ args: MigrateVMA) {
         lock.withLock {
+            guard !isClosed else { return }
             for i in 0..<args.npages where args.src[i].contains(.migrate) {
                 guard let page = args.dst[i].page else { continue }
                 table.set(args.start + UInt64(i) << 12,

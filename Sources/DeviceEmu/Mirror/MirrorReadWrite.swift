@@ -46,6 +46,7 @@ extension Mirror {
         var cpages = 0, faults = 0
         var start = address
         while !doRead(start, end, base: address, bounce.baseAddress!, &cpages) {
+            guard isOpen else { throw .invalidArgument }
             start = address + UInt64(cpages) << 12
             try fault(start, end, write: false)
             faults += 1
@@ -70,6 +71,7 @@ extension Mirror {
         var cpages = 0, faults = 0
         var start = address
         while !doWrite(start, end, base: address, UnsafeRawPointer(bounce.baseAddress!), &cpages) {
+            guard isOpen else { throw .invalidArgument }
             start = address + UInt64(cpages) << 12
             try fault(start, end, write: true)
             faults += 1
