@@ -63,7 +63,8 @@ import Testing
         #expect(throws: ParameterValueError("unknown parameter 'bogus' for scenario 'memcpy' (known: page-size, total, span, batch, seed)")) {
             try bad.jobs()
         }
-        #expect(throws: ParameterValueError("unknown scenario 'nope' (known: memcpy)")) {
+        let known = ScenarioRegistry.standard.names.joined(separator: ", ")
+        #expect(throws: ParameterValueError("unknown scenario 'nope' (known: \(known))")) {
             try BenchSuite(name: "t", entries: [.init("nope")]).jobs()
         }
     }
@@ -71,11 +72,16 @@ import Testing
     /// The main command's path, CI-sized: every suite point runs, verifies and lands in the table.
     @Test func quickStandardSuiteRunsEndToEnd() throws {
         let results = try BenchRunner(quick: true).run(try BenchSuite.standard.jobs())
-        #expect(results.count == 2 * (try BenchSuite.standard.jobs().count))
-        #expect(results.allSatisfy { $0.record["verified"] == .bool(true) })
+        // Every point yields at least one record; every record that checked its bytes says so.
+        #expect(results.count >= (try BenchSuite.standard.jobs().count))
+        #expect(results.allSatisfy { $0.record["verified"].map { $0 == .bool(true) } ?? true })
+        #expect(results.contains { $0.record["verified"] == .bool(true) })
         let table = SummaryTable(results: results).text
         #expect(table.contains("page-size=4K h2d"))
-        #expect(table.split(separator: "\n").count == 2 + results.count)
+        // One row per result below the header's dashed rule (lines above it name fixed parameters).
+        let lines = table.split(separator: "\n")
+        let rule = try #require(lines.firstIndex { $0.hasPrefix("---") })
+        #expect(lines.count - rule - 1 == results.count)
     }
 
     @Test func summaryComparesWithTheSameRunMemcpyOfTheSamePageSize() throws {

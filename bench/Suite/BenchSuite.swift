@@ -24,6 +24,7 @@ struct BenchSuite: Sendable {
     /// migrate entries are added here as those scenarios land.
     static let standard = BenchSuite(name: "standard", entries: [
         Entry("memcpy", "page-size=4K,64K,2M"),
+        Entry("mm", "pages=64K"),
     ])
 
     /// The jobs of every entry, checked against `registry` (unknown scenarios or keys, bad values).
