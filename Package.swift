@@ -84,7 +84,15 @@ let package = Package(
             dependencies: ["HostMM", .product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
             swiftSettings: strict
         ),
-        .testTarget(name: "DeviceEmuTests", dependencies: ["DeviceEmu", "HostMM", "DMAEngine"], swiftSettings: strict),
+        .testTarget(
+            name: "DeviceEmuTests",
+            dependencies: [
+                "DeviceEmu", "HostMM", "DMAEngine",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(name: "BenchTests", dependencies: ["dmem-bench"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

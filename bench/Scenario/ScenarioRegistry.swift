@@ -14,6 +14,7 @@ struct ScenarioRegistry: Sendable {
     static let standard = ScenarioRegistry([
         MemcpyScenario(),
         MMBenchScenario(),
+        MigrateScenario(),
     ])
 
     var names: [String] { scenarios.map(\.name) }

@@ -25,6 +25,7 @@ struct BenchSuite: Sendable {
     static let standard = BenchSuite(name: "standard", entries: [
         Entry("memcpy", "page-size=4K,64K,2M"),
         Entry("mm", "pages=64K"),
+        Entry("migrate", "batch=128,512"),
     ])
 
     /// The jobs of every entry, checked against `registry` (unknown scenarios or keys, bad values).

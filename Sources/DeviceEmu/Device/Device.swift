@@ -218,19 +218,45 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
 
     func nextBatch() -> UInt64 { batchCounter.wrappingAdd(1, ordering: .relaxed).newValue }
 
-    /// Reports the fence's signal from the completion thread (only when observed).
-    func observeSignal(_ fence: Fence, _ direction: MigrationEvent.Direction, batch: UInt64) {
-        guard let observer else { return }
-        fence.onSignal { f in
-            observer.observe(MigrationEvent(kind: .fenceSignaled, direction: direction, time: MonotonicTime.now(),
-                                            batch: batch, seqno: f.seqno, channel: f.channelID))
-        }
+    /// Starts timing a batch's fence signal (only when observed): the completion thread
+    /// stamps the moment it signals; `reportSignal` emits it once the driver has waited.
+    func observeSignal(_ fence: Fence) -> SignalStamp? {
+        guard observer != nil else { return nil }
+        let stamp = SignalStamp(submitted: MonotonicTime.now())
+        fence.onSignal { _ in stamp.mark(MonotonicTime.now()) }
+        return stamp
+    }
+
+    /// Emits `.fenceSignaled` with the signal time (the wait's end if the completion
+    /// thread has not run its callback yet), so it never appears after what it gates.
+    func reportSignal(_ stamp: SignalStamp?, _ fence: Fence, _ direction: MigrationEvent.Direction, batch: UInt64) {
+        guard let stamp, let observer else { return }
+        let time = stamp.mark(MonotonicTime.now())
+        observer.observe(MigrationEvent(kind: .fenceSignaled, direction: direction, time: time, beginTime: stamp.submitted,
+                                        batch: batch, seqno: fence.seqno, channel: fence.channelID))
     }
 
     /// The engine address of a System-RAM frame.
     @inline(__always)
     func ramAddress(_ pfn: PFN) -> DMAAddress {
         DMAAddress(region: hostRegion, offset: Int(pfn.rawValue) * pageSize)
+    }
+}
+
+/// The time a fence signalled, set once by whichever comes first: the fence's callback
+/// or the driver after its wait.
+final class SignalStamp: Sendable {
+    /// When the batch was submitted.
+    let submitted: UInt64
+    private let time = Synchronization.Atomic<UInt64>(0)
+
+    init(submitted: UInt64) { self.submitted = submitted }
+
+    /// Records `now` unless a time is already set; returns the time kept.
+    @discardableResult
+    func mark(_ now: UInt64) -> UInt64 {
+        let (won, current) = time.compareExchange(expected: 0, desired: now, ordering: .acquiringAndReleasing)
+        return won ? now : current
     }
 }
 

@@ -116,8 +116,8 @@ extension Device {
         if fence == nil {
             for i in 0..<npages { if let ram = b.dst[i].page { releaseUnused(ram); b.dst[i] = [] } }
         }
+        let signal = fence.flatMap { observeSignal($0) }
         if let fence {
-            observeSignal(fence, .evict, batch: batch)
             emit(.copiesSubmitted, .evict, batch: batch, seqno: fence.seqno, channel: fence.channelID, pages: descriptors)
         }
         let seqno = fence?.seqno ?? 0
@@ -128,7 +128,7 @@ extension Device {
         }
         emit(.migratePagesEnd, .evict, begin: tp, batch: batch, seqno: seqno, pages: committedCount(b, npages))
         if let fence {
-            let failures = waitFence(fence, .evict, batch)
+            let failures = waitFence(fence, signal, .evict, batch)
             for f in failures { b.src[Int(b.slot[f.index])].remove(.migrate) }
             counters.add(.pagesLeftAfterCopyFailure, failures.count)
         }

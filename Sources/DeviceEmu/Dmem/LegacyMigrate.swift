@@ -19,6 +19,7 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
     let pages: UnsafeMutableBufferPointer<PFN>
     let writable: Bool
     var fence: Fence?
+    var signal: SignalStamp?
     var result = MigrationResult()
     var error: DeviceError?
     var setupBegin: UInt64 = 0
@@ -84,7 +85,7 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
             defer { d.channels.checkin(channel) }
             let fence = try channel.submit()
             self.fence = fence
-            d.observeSignal(fence, .toDevice, batch: batch)
+            signal = d.observeSignal(fence)
             d.emit(.copiesSubmitted, .toDevice, batch: batch, seqno: fence.seqno, channel: fence.channelID,
                    address: start, pages: descriptors)
         } catch {
@@ -104,7 +105,7 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
         d.emit(.migratePagesEnd, .toDevice, begin: pagesBegin, batch: batch, seqno: fence?.seqno ?? 0,
                address: start, pages: committed)
         guard let fence else { return }
-        let failures = d.waitFence(fence, .toDevice, batch)
+        let failures = d.waitFence(fence, signal, .toDevice, batch)
         var redo: [(source: PFN?, page: PFN)] = []
         for f in failures {
             let i = Int(slot[f.index])

@@ -76,14 +76,14 @@ extension Device {
             return refuse(&args, &out)
         }
         let (fence, descriptors) = try enqueueToDevice(b, &args, got: got, tag: tag)
-        observeSignal(fence, .toDevice, batch: batch)
+        let signal = observeSignal(fence)
         emit(.copiesSubmitted, .toDevice, batch: batch, seqno: fence.seqno, channel: fence.channelID,
              address: start, pages: descriptors)
 
         if isCoherent {
             // Coherent VRAM is CPU-visible: a hole gets a present CPU entry in
             // migrateVMAPages already, so the copies must be done before it (amdgpu's order).
-            let failures = waitFence(fence, .toDevice, batch)
+            let failures = waitFence(fence, signal, .toDevice, batch)
             dropFailedBeforePages(failures, b, &args, &out, policy)
         }
         let tp = stamp()
@@ -97,7 +97,7 @@ extension Device {
         emit(.migratePagesEnd, .toDevice, begin: tp, batch: batch, seqno: fence.seqno, address: start,
              pages: committedCount(b, args.npages))
         if !isCoherent {
-            let failures = waitFence(fence, .toDevice, batch)
+            let failures = waitFence(fence, signal, .toDevice, batch)
             try handleFailuresAfterPages(failures, b, &args, &out, policy)
         }
         return finishToDevice(b, &args, &out, space, batch: batch, seqno: fence.seqno, holesWritable: vma.flags.contains(.write))
@@ -154,11 +154,13 @@ extension Device {
     }
 
     /// Waits for a batch's fence (`nouveau_fence_wait`); returns the failed descriptors.
-    func waitFence(_ fence: Fence, _ direction: MigrationEvent.Direction, _ batch: UInt64) -> [DescriptorFailure] {
+    func waitFence(_ fence: Fence, _ signal: SignalStamp?, _ direction: MigrationEvent.Direction,
+                   _ batch: UInt64) -> [DescriptorFailure] {
         let t = stamp()
         emit(.fenceWaitBegin, direction, batch: batch, seqno: fence.seqno, channel: fence.channelID)
         var failures: [DescriptorFailure] = []
         do { try fence.wait() } catch .copyFailed(let list) { failures = list } catch {}
+        reportSignal(signal, fence, direction, batch: batch)
         emit(.fenceWaitEnd, direction, begin: t, batch: batch, seqno: fence.seqno, channel: fence.channelID,
              pages: failures.count)
         if !failures.isEmpty { counters.add(.copyFailures, failures.count) }

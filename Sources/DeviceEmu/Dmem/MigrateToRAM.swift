@@ -15,7 +15,9 @@ extension Device {
     /// device. Brings back the faulting page — or, by `policy.cpuFaultGranularity`, a
     /// fault-around window or the whole range it was migrated with — after the minimum
     /// residency, if any. Returns `.sigbus` when the faulting page's copy fails (as
-    /// nouveau does), `.oom` when no RAM page is left for it.
+    /// nouveau does), `.oom` when no RAM page is left for it, and `.done` otherwise —
+    /// also when the page could not move because another thread holds it (a concurrent
+    /// fault on the same page): the access is retried, as the kernel retries it.
     public func migrateToRAM(_ fault: VMFault) -> VMFaultResult {
         counters.add(.cpuFaults)
         let t0 = stamp()
@@ -37,7 +39,8 @@ extension Device {
             do {
                 let r = try migrateBatchToRAM(buffers, fault.vma, start, end, faultPage: fault.page, space, policy)
                 moved += r.moved
-                if start == first, r.faultPageFailed { result = r.outOfMemory ? .oom : .sigbus }
+                if start == first, r.faultPageCopyFailed { result = .sigbus }
+                if start == first, r.faultPageWithoutRAM { result = .oom }
             } catch {
                 if start == first { result = .sigbus }
             }
@@ -73,8 +76,10 @@ extension Device {
         var collected = 0
         var moved = 0
         var failed = 0
-        var faultPageFailed = false
-        var outOfMemory = false
+        /// The faulting page's copy failed (SIGBUS).
+        var faultPageCopyFailed = false
+        /// No RAM page could be allocated for the faulting page (OOM).
+        var faultPageWithoutRAM = false
     }
 
     /// One batch back to RAM. The caller holds the mmap lock (the fault path: the
@@ -93,9 +98,9 @@ extension Device {
         space?.zapCollected(start, UnsafeBufferPointer(b.src), args.npages)
         let faultIndex = faultPage.flatMap { fp in (0..<args.npages).first { b.src[$0].page == fp } }
 
-        let (fence, descriptors, ramShort) = try enqueueToRAM(b, &args)
-        out.outOfMemory = ramShort
-        observeSignal(fence, .toRAM, batch: batch)
+        let (fence, descriptors) = try enqueueToRAM(b, &args)
+        if let fi = faultIndex, b.dst[fi].page == nil { out.faultPageWithoutRAM = true }
+        let signal = observeSignal(fence)
         emit(.copiesSubmitted, .toRAM, batch: batch, seqno: fence.seqno, channel: fence.channelID,
              address: start, pages: descriptors)
         let tp = stamp()
@@ -107,17 +112,16 @@ extension Device {
         }
         emit(.migratePagesEnd, .toRAM, begin: tp, batch: batch, seqno: fence.seqno, address: start,
              pages: committedCount(b, args.npages))
-        let failures = waitFence(fence, .toRAM, batch)
+        let failures = waitFence(fence, signal, .toRAM, batch)
         for f in failures {
             // The device page keeps the data: finalize restores its entry and frees the RAM page.
-            b.src[Int(b.slot[f.index])].remove(.migrate)
+            let i = Int(b.slot[f.index])
+            b.src[i].remove(.migrate)
+            if i == faultIndex { out.faultPageCopyFailed = true }
         }
         out.failed = failures.count
         counters.add(.pagesLeftAfterCopyFailure, failures.count)
         for i in 0..<args.npages where b.src[i].contains(.migrate) && b.dst[i].page != nil { out.moved += 1 }
-        if let fi = faultIndex {
-            out.faultPageFailed = !(b.src[fi].contains(.migrate) && b.dst[fi].page != nil)
-        }
         let tf = stamp()
         emit(.finalizeBegin, .toRAM, batch: batch, seqno: fence.seqno, address: start)
         migrateVMAFinalize(&args)
@@ -126,9 +130,9 @@ extension Device {
         return out
     }
 
-    /// A locked RAM page and a D2H copy per collected device page; returns the fence,
-    /// the descriptor count and whether RAM ran out.
-    private func enqueueToRAM(_ b: borrowing MigrationBuffers, _ args: inout MigrateVMA) throws(DeviceError) -> (Fence, Int, Bool) {
+    /// A locked RAM page and a D2H copy per collected device page; returns the fence and
+    /// the descriptor count.
+    private func enqueueToRAM(_ b: borrowing MigrationBuffers, _ args: inout MigrateVMA) throws(DeviceError) -> (Fence, Int) {
         let want = (0..<args.npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) && b.src[$1].page != nil ? 1 : 0) }
         let got = memory.allocPages(into: UnsafeMutableBufferPointer(rebasing: b.pages[0..<want]))
         for k in 0..<got { memory.lockPage(b.pages[k]) }
@@ -159,7 +163,7 @@ extension Device {
             throw .dma(error)
         }
         channels.checkin(channel)
-        return (fence, descriptors, got < want)
+        return (fence, descriptors)
     }
 
     /// The range a CPU fault brings back, by policy, clamped to the VMA.

@@ -6,8 +6,8 @@
 /// nil check per step.
 ///
 /// Threads: `observe` is called on the thread doing the step (a migrating thread, a
-/// faulting CPU thread, a GPU access) and, for `.fenceSignaled`, on the copy engine's
-/// completion thread. Keep it short and never call back into the device from it.
+/// faulting CPU thread, a GPU access). Keep it short and never call back into the
+/// device from it.
 public protocol MigrationObserver: AnyObject, Sendable {
     func observe(_ event: MigrationEvent)
 }
@@ -30,7 +30,9 @@ public struct MigrationEvent: Sendable, Equatable {
         case migratePagesEnd
         /// Before waiting on the batch's fence.
         case fenceWaitBegin
-        /// The fence signalled (reported from the copy engine's completion thread).
+        /// The fence signalled: `time` is when the copy engine signalled it (or, if its
+        /// completion callback had not run yet, when the wait returned), `beginTime` when the
+        /// batch was submitted. Reported by the waiting thread, after `fenceWaitBegin`.
         case fenceSignaled
         /// The wait returned; `pages` = failed descriptors.
         case fenceWaitEnd

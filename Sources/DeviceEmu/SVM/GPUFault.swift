@@ -39,7 +39,8 @@ extension GPUAddressSpace {
             }
             written += try mapSystem(Self.window(address, pages: pages, vma.start, vma.end), faulting: address,
                                      write: kind == .write, reportOwnPages: true)
-            if !kind.allows(entry(at: address)) {
+            let e = entry(at: address)
+            if kind == .write && e.kind == .vram && !e.isWritable {
                 // A read-only entry of one of this device's own pages (shared after fork):
                 // fault it back to RAM through the CPU path so the write can break COW.
                 written += try mapSystem(address ..< address + 4096, faulting: address,

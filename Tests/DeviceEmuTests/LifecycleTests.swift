@@ -1,0 +1,76 @@
+import DMAEngine
+import DeviceEmu
+import HostMM
+import Testing
+
+/// Teardown and suspend/resume evict VRAM through `migrateDevice*` and keep the data.
+@Suite struct LifecycleTests {
+    @Test func suspendEvictsEverythingAndResumeWorksAgain() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try makeDevice(memory, vramMiB: 16, backend: .ioUring)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let pages = 2000
+        let a = try mm.mmap(length: pages * pageSize)
+        let pattern = PagePattern(seed: 61)
+        try pattern.fill(mm, a, pages: pages)
+        let space = try gpu.bind(mm)
+        try gpu.migrateToDevice(mm, range: range(a, pages: pages))
+        try gpu.suspend()
+        #expect(gpu.isSuspended)
+        #expect(gpu.vram.inUsePageCount == 0 && gpu.counters[.pagesEvicted] == pages)
+        #expect(entryKinds(mm, a, pages: pages) == [.present: pages])
+        #expect(space.mappedPageCount == 0)
+        #expect(throws: DeviceError.suspended) { try gpu.migrateToDevice(mm, range: range(a, pages: 1)) }
+        #expect(throws: DeviceError.suspended) { try space.read(at: a, count: 1) }
+        #expect(try pattern.cpuMismatches(mm, a, pages: pages).isEmpty)   // no CPU fault needed
+        #expect(gpu.counters[.cpuFaults] == 0)
+
+        try gpu.resume()
+        #expect(!gpu.isSuspended)
+        #expect(try gpu.migrateToDevice(mm, range: range(a, pages: pages)).migrated == pages)
+        #expect(try pattern.gpuMismatches(space, a, pages: pages).isEmpty)
+        #expect(try pattern.cpuMismatches(mm, a, pages: pages).isEmpty)
+    }
+
+    @Test func teardownEvictsAndUnregistersAndRefusesFurtherWork() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try makeDevice(memory, vramMiB: 16)
+        let mm = AddressSpace(memory: memory)
+        let pages = 1500
+        let a = try mm.mmap(length: pages * pageSize)
+        let pattern = PagePattern(seed: 62)
+        try pattern.fill(mm, a, pages: pages / 2)
+        let space = try gpu.bind(mm)
+        try gpu.migrateToDevice(mm, range: range(a, pages: pages))
+        let chunk = try #require(gpu.vram.chunks.first).pfns.lowerBound
+        try gpu.shutdown()
+        #expect(memory.pagemap(of: chunk) == nil)
+        #expect(entryKinds(mm, a, pages: pages) == [.present: pages])
+        #expect(try pattern.cpuMismatches(mm, a, pages: pages / 2).isEmpty)
+        #expect(try mm.read(at: a + UInt64(pages / 2 * 4096), count: (pages / 2) * pageSize).allSatisfy { $0 == 0 })
+        #expect(throws: DeviceError.shutDown) { try gpu.migrateToDevice(mm, range: range(a, pages: 1)) }
+        #expect(throws: DeviceError.shutDown) { try gpu.bind(mm) }
+        #expect(throws: DeviceError.shutDown) { try space.read(at: a, count: 1) }
+        #expect(throws: DeviceError.shutDown) { try gpu.resume() }
+        try gpu.shutdown()    // idempotent
+    }
+
+    @Test func teardownWithAPinnedDevicePageIsBusyUntilUnpinned() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try makeDevice(memory, vramMiB: 4)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 4 * pageSize)
+        try PagePattern(seed: 63).fill(mm, a, pages: 4)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 4))
+        // Another user holds a reference on one device page (get_user_pages on the entry).
+        let pfn = mm.pageTableEntry(a).pfn
+        memory.getPage(pfn)
+        #expect(throws: DeviceError.busy) { try gpu.shutdown() }
+        #expect(gpu.vram.inUsePageCount == 1 && mm.pageTableEntry(a).kind == .devicePrivate)
+        memory.putPage(pfn)
+        try gpu.shutdown()
+        #expect(gpu.vram.inUsePageCount == 0 && mm.pageTableEntry(a).kind == .present)
+        #expect(try PagePattern(seed: 63).cpuMismatches(mm, a, pages: 4).isEmpty)
+    }
+}

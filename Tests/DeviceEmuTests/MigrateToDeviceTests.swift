@@ -1,0 +1,139 @@
+import DMAEngine
+import DeviceEmu
+import HostMM
+import Testing
+
+@Suite struct MigrateToDeviceTests {
+    /// The headline test: 64 MiB of a known pattern to VRAM (io_uring), checked
+    /// by GPU reads; the CPU page table then holds only device-private entries.
+    @Test func sixtyFourMiBMigratesAndTheGPUReadsItBack() throws {
+        let memory = try makeMemory(mib: 256)
+        let gpu = try makeDevice(memory, vramMiB: 128, backend: .ioUring)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let pages = 16384
+        let a = try mm.mmap(length: pages * pageSize)
+        let pattern = PagePattern(seed: 64)
+        try pattern.fill(mm, a, pages: pages)
+        let space = try gpu.bind(mm)
+        let ramFree = memory.freeRAMPageCount
+
+        let r = try gpu.migrateToDevice(mm, range: range(a, pages: pages))
+        #expect(r.pages == pages && r.collected == pages && r.migrated == pages && r.holes == 0)
+        #expect(r.batches == pages / 512 && r.copyFailures == 0)
+        #expect(entryKinds(mm, a, pages: pages) == [.devicePrivate: pages])
+        #expect(gpu.vram.inUsePageCount == pages)
+        #expect(memory.freeRAMPageCount == ramFree + pages)        // the sources were freed
+        #expect(space.mappedPageCount == pages)                      // mapped in the device page table
+        #expect(try pattern.gpuMismatches(space, a, pages: pages).isEmpty)
+        #expect(gpu.counters[.gpuFaults] == 0 && gpu.counters[.cpuFaults] == 0)
+        #expect(gpu.counters[.pagesToDevice] == pages)
+        #expect(memory.diagnostics.unlocksOfUnlockedPages == 0 && memory.diagnostics.refcountUnderflowCount == 0)
+    }
+
+    @Test func holesAndZeroPagesArePopulatedWithClearedPages() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try makeDevice(memory, vramMiB: 8)
+        defer { try? gpu.shutdown() }
+        // Poison VRAM so an uncleared page would show.
+        gpu.vram.pools[0].mapping.initializeMemory(as: UInt8.self, repeating: 0xEE)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 256 * pageSize)
+        _ = try mm.read(at: a, count: 64 * pageSize)             // pages 0..<64 map the zero page
+        let space = try gpu.bind(mm)
+        let r = try gpu.migrateToDevice(mm, range: range(a, pages: 256))
+        #expect(r.migrated == 256 && r.holes == 256)
+        #expect(gpu.counters[.holesPopulated] == 256)
+        #expect(try space.read(at: a, count: 256 * pageSize).allSatisfy { $0 == 0 })
+        #expect(try mm.read(at: a + 100 * 4096, count: pageSize).allSatisfy { $0 == 0 })
+        #expect(space.entry(at: a).kind == .vram && space.entry(at: a).isWritable)
+    }
+
+    @Test func batchSizeIsAPolicy() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.batchPages = 128
+        let log = EventLog()
+        let gpu = try makeDevice(memory, vramMiB: 8, policy: policy, observer: log)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 1000 * pageSize)
+        try PagePattern(seed: 3).fill(mm, a, pages: 1000)
+        let r = try gpu.migrateToDevice(mm, range: range(a, pages: 1000))
+        #expect(r.batches == 8 && r.migrated == 1000)
+        #expect(log.count(.setupBegin, .toDevice) == 8 && log.count(.copiesSubmitted, .toDevice) == 8)
+        #expect(log.all.filter { $0.kind == .copiesSubmitted }.map(\.pages) == [128, 128, 128, 128, 128, 128, 128, 104])
+        #expect(try PagePattern(seed: 3).cpuMismatches(mm, a, pages: 1000).isEmpty)
+    }
+
+    @Test func pagesAlreadyInVRAMAreNotCollectedAgain() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try makeDevice(memory, vramMiB: 8)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 32 * pageSize)
+        try PagePattern(seed: 4).fill(mm, a, pages: 32)
+        #expect(try gpu.migrateToDevice(mm, range: range(a, pages: 32)).migrated == 32)
+        let again = try gpu.migrateToDevice(mm, range: range(a, pages: 32))
+        #expect(again.collected == 0 && again.migrated == 0 && again.pages == 32)
+        #expect(gpu.vram.inUsePageCount == 32)
+    }
+
+    @Test func gapsBetweenVMAsAreSkippedAndBadRangesRejected() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try makeDevice(memory, vramMiB: 8)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 16 * pageSize)
+        try mm.munmap(a + 4 * 4096, length: 4 * pageSize)          // a gap in the middle
+        try PagePattern(seed: 5).fill(mm, a, pages: 4)
+        let r = try gpu.migrateToDevice(mm, range: range(a, pages: 16))
+        #expect(r.pages == 12 && r.migrated == 12)
+        #expect(throws: DeviceError.invalidArgument) { try gpu.migrateToDevice(mm, range: a + 1 ..< a + 4096) }
+        #expect(throws: DeviceError.invalidArgument) { try gpu.migrateToDevice(mm, range: a ..< a) }
+        let special = try mm.mmap(.special([.pfnMap]), length: 4 * pageSize)
+        #expect(throws: DeviceError.hostMM(.invalidArgument)) {
+            try gpu.migrateToDevice(mm, range: range(special, pages: 4))
+        }
+        // A file-backed shared mapping has no holes to populate and cannot move to device memory.
+        let shared = try mm.mmap(.anonymousShared, length: 4 * pageSize)
+        try mm.touch(shared, length: 4 * pageSize, write: true)
+        #expect(try gpu.migrateToDevice(mm, range: range(shared, pages: 4)).migrated == 0)
+        #expect(entryKinds(mm, shared, pages: 4) == [.present: 4])
+    }
+
+    @Test func pinnedPagesStayInRAM() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try makeDevice(memory, vramMiB: 8)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 8 * pageSize)
+        try PagePattern(seed: 6).fill(mm, a, pages: 8)
+        let pinned = try mm.pinUserPages(a + 2 * 4096, count: 2, write: true)
+        let r = try gpu.migrateToDevice(mm, range: range(a, pages: 8))
+        #expect(r.migrated == 6 && r.collected == 6)
+        #expect(mm.pageTableEntry(a + 2 * 4096).kind == .present && mm.pageTableEntry(a + 3 * 4096).kind == .present)
+        memory.unpinUserPages(pinned)
+        #expect(try PagePattern(seed: 6).cpuMismatches(mm, a, pages: 8).isEmpty)
+    }
+
+    @Test func allOrNothingRestoresABatchThatCannotMoveWhole() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.rangeMigration = .allOrNothing
+        policy.batchPages = 8
+        let gpu = try makeDevice(memory, vramMiB: 8, policy: policy)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 16 * pageSize)
+        try PagePattern(seed: 7).fill(mm, a, pages: 16)
+        let pinned = try mm.pinUserPages(a + 3 * 4096, count: 1, write: false)
+        let r = try gpu.migrateToDevice(mm, range: range(a, pages: 16))
+        #expect(r.refusedBatches == 1 && r.migrated == 8)
+        #expect(entryKinds(mm, a, pages: 8) == [.present: 8])
+        #expect(entryKinds(mm, a + 8 * 4096, pages: 8) == [.devicePrivate: 8])
+        #expect(gpu.counters[.batchesRefused] == 1)
+        memory.unpinUserPages(pinned)
+        #expect(try PagePattern(seed: 7).cpuMismatches(mm, a, pages: 16).isEmpty)
+    }
+}

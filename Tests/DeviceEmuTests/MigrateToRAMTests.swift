@@ -1,0 +1,139 @@
+import DMAEngine
+import DeviceEmu
+import HostMM
+import Testing
+
+@Suite struct MigrateToRAMTests {
+    /// 64 MiB to VRAM, then read back on the CPU page by page: one fault per page.
+    @Test func cpuReadBackFaultsOncePerPage() throws {
+        let memory = try makeMemory(mib: 256)
+        let gpu = try makeDevice(memory, vramMiB: 64, backend: .ioUring)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let pages = 16384
+        let a = try mm.mmap(length: pages * pageSize)
+        let pattern = PagePattern(seed: 65)
+        try pattern.fill(mm, a, pages: pages)
+        try gpu.migrateToDevice(mm, range: range(a, pages: pages))
+
+        #expect(try pattern.cpuMismatches(mm, a, pages: pages).isEmpty)
+        #expect(gpu.counters[.cpuFaults] == pages && mm.faultCounters[.devicePrivate] == pages)
+        #expect(gpu.counters[.pagesToRAM] == pages)
+        #expect(entryKinds(mm, a, pages: pages) == [.present: pages])
+        #expect(gpu.vram.inUsePageCount == 0 && gpu.counters[.pagesFreed] == pages)
+    }
+
+    @Test func faultAroundBringsBackWindowsAndFaultsLess() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.cpuFaultGranularity = .faultAround(pages: 16)
+        let gpu = try makeDevice(memory, vramMiB: 16, policy: policy)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let pages = 1024
+        let a = try mm.mmap(length: pages * pageSize)
+        let pattern = PagePattern(seed: 66)
+        try pattern.fill(mm, a, pages: pages)
+        try gpu.migrateToDevice(mm, range: range(a, pages: pages))
+        #expect(try pattern.cpuMismatches(mm, a, pages: pages).isEmpty)
+        #expect(gpu.counters[.cpuFaults] == pages / 16)
+        #expect(gpu.counters[.pagesToRAM] == pages)
+        #expect(gpu.vram.inUsePageCount == 0)
+    }
+
+    @Test func faultAroundWindowIsAlignedAndClampedToTheVMA() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.cpuFaultGranularity = .faultAround(pages: 16)
+        let gpu = try makeDevice(memory, vramMiB: 16, policy: policy)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 40 * pageSize)
+        try PagePattern(seed: 67).fill(mm, a, pages: 40)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 40))
+        _ = try mm.read(at: a + 37 * 4096 + 5, count: 1)
+        // The 16-page window holding page 37 of an aligned layout, cut at the VMA's end.
+        let firstPage = Int(a >> 12)
+        let windowStart = (firstPage + 37) / 16 * 16 - firstPage
+        for p in 0..<40 {
+            let back = p >= max(windowStart, 0)
+            #expect(mm.pageTableEntry(a + UInt64(p * 4096)).kind == (back ? .present : .devicePrivate))
+        }
+        #expect(gpu.counters[.cpuFaults] == 1)
+    }
+
+    @Test func wholeAllocationBringsBackWhatWasMigratedTogether() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.cpuFaultGranularity = .wholeAllocation
+        let gpu = try makeDevice(memory, vramMiB: 16, policy: policy)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 2048 * pageSize)
+        let pattern = PagePattern(seed: 68)
+        try pattern.fill(mm, a, pages: 2048)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 1024))           // allocation 1
+        try gpu.migrateToDevice(mm, range: a + 1024 * 4096 ..< a + 2048 * 4096)  // allocation 2
+        _ = try mm.read(at: a + 300 * 4096, count: 8)
+        #expect(gpu.counters[.cpuFaults] == 1)
+        #expect(entryKinds(mm, a, pages: 1024) == [.present: 1024])
+        #expect(entryKinds(mm, a + 1024 * 4096, pages: 1024) == [.devicePrivate: 1024])
+        #expect(try pattern.cpuMismatches(mm, a, pages: 2048).isEmpty)
+        #expect(gpu.counters[.cpuFaults] == 2)
+    }
+
+    @Test func cpuWritesToADevicePageLandAfterItsMigration() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try makeDevice(memory, vramMiB: 8)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 4 * pageSize)
+        let pattern = PagePattern(seed: 69)
+        try pattern.fill(mm, a, pages: 4)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 4))
+        try mm.write(at: a + 4096 + 10, bytes: [1, 2, 3])
+        var expected = pattern.page(1)
+        expected[10] = 1; expected[11] = 2; expected[12] = 3
+        #expect(try mm.read(at: a + 4096, count: pageSize) == expected)
+        #expect(gpu.counters[.cpuFaults] == 1 && mm.pageTableEntry(a).kind == .devicePrivate)
+    }
+
+    @Test func explicitMigrationToRAMCausesNoCPUFaults() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try makeDevice(memory, vramMiB: 8)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 600 * pageSize)
+        let pattern = PagePattern(seed: 70)
+        try pattern.fill(mm, a, pages: 600)
+        let space = try gpu.bind(mm)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 600))
+        #expect(space.mappedPageCount == 600)
+        let r = try gpu.migrateRangeToRAM(mm, range: range(a, pages: 600))
+        #expect(r.migrated == 600 && r.batches == 2)
+        #expect(space.mappedPageCount == 0)   // the driver zapped its own entries
+        #expect(entryKinds(mm, a, pages: 600) == [.present: 600])
+        #expect(try pattern.cpuMismatches(mm, a, pages: 600).isEmpty)
+        #expect(gpu.counters[.cpuFaults] == 0 && gpu.vram.inUsePageCount == 0)
+    }
+
+    @Test func minimumResidencyMakesAnEarlyCPUFaultWait() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.minimumResidency = .milliseconds(30)
+        let gpu = try makeDevice(memory, vramMiB: 8, policy: policy)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 2 * pageSize)
+        let pattern = PagePattern(seed: 71)
+        try pattern.fill(mm, a, pages: 2)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 2))
+        #expect(try pattern.cpuMismatches(mm, a, pages: 1).isEmpty)
+        #expect(gpu.counters[.residencyWaits] == 1)
+        var relaxed = policy
+        relaxed.minimumResidency = .zero
+        gpu.policy = relaxed
+        _ = try mm.read(at: a + 4096, count: 1)
+        #expect(gpu.counters[.residencyWaits] == 1 && gpu.counters[.cpuFaults] == 2)
+    }
+}

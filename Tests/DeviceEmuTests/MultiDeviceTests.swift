@@ -1,0 +1,56 @@
+import DMAEngine
+import DeviceEmu
+import HostMM
+import Testing
+
+/// Two devices with different owners never collect each other's pages.
+@Suite struct MultiDeviceTests {
+    @Test func devicesDoNotMigrateEachOthersPages() throws {
+        let memory = try makeMemory(mib: 64)
+        let a = try makeDevice(memory, vramMiB: 8, name: "a")
+        let b = try makeDevice(memory, vramMiB: 8, name: "b")
+        defer { try? a.shutdown(); try? b.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let pages = 256
+        let base = try mm.mmap(length: pages * pageSize)
+        let pattern = PagePattern(seed: 81)
+        try pattern.fill(mm, base, pages: pages)
+        let half = range(base, pages: pages / 2)
+        #expect(try a.migrateToDevice(mm, range: half).migrated == pages / 2)
+
+        // B asks for the whole range: only the pages still in RAM move to B.
+        let r = try b.migrateToDevice(mm, range: range(base, pages: pages))
+        #expect(r.migrated == pages / 2 && r.collected == pages / 2)
+        #expect(a.residentPages(mm, base, pages: pages / 2) == pages / 2)
+        #expect(b.residentPages(mm, base + UInt64(pages / 2 * 4096), pages: pages / 2) == pages / 2)
+
+        // B's range migration to RAM and its eviction leave A's pages alone.
+        #expect(try b.migrateRangeToRAM(mm, range: half).collected == 0)
+        #expect(a.vram.inUsePageCount == pages / 2)
+
+        // A CPU fault goes to the owning driver.
+        _ = try mm.read(at: base, count: 1)
+        #expect(a.counters[.cpuFaults] == 1 && b.counters[.cpuFaults] == 0)
+        b.evictAll()
+        #expect(a.vram.inUsePageCount == pages / 2 - 1 && b.vram.inUsePageCount == 0)
+        #expect(try pattern.cpuMismatches(mm, base, pages: pages).isEmpty)
+    }
+
+    @Test func gpuOfOneDeviceReadsPagesInAnothersVRAMThroughRAM() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.gpuFault = .mapSystemMemory(pages: 4)
+        let a = try makeDevice(memory, vramMiB: 8, name: "a")
+        let b = try makeDevice(memory, vramMiB: 8, policy: policy, name: "b")
+        defer { try? a.shutdown(); try? b.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let base = try mm.mmap(length: 8 * pageSize)
+        let pattern = PagePattern(seed: 82)
+        try pattern.fill(mm, base, pages: 8)
+        try a.migrateToDevice(mm, range: range(base, pages: 8))
+        let bSpace = try b.bind(mm)
+        // B's hmm_range_fault faults A's device-private page back to RAM (A's migrateToRAM).
+        #expect(try pattern.gpuMismatches(bSpace, base, pages: 8).isEmpty)
+        #expect(a.counters[.cpuFaults] == 8 && a.vram.inUsePageCount == 0)
+    }
+}

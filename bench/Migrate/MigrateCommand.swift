@@ -1,0 +1,57 @@
+import ArgumentParser
+import DeviceEmu
+
+/// `dmem-bench migrate`: the dmem flow end to end on one range, as a table or one JSON object.
+struct MigrateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migrate",
+        abstract: "Migrates an anonymous range to VRAM, faults it back on the CPU, evicts a second one by teardown.",
+        discussion: """
+            Every byte is verified after each phase; memcpy_gbps is a plain memcpy of the same pages into \
+            VRAM's mapping in the same run, and ratio_to_device = to_device_gbps / memcpy_gbps. \
+            fault_p50_us/fault_p99_us are CPU reads that faulted (one page each unless --fault-around). \
+            The same run is `dmem-bench run migrate` (sweeps, repeats, --trace).
+            """
+    )
+
+    @Option(help: "Bytes migrated (a multiple of 2M).") var total = ByteCount(256 << 20)
+    @Option(help: "Pages per migrate_vma batch.") var batch = 512
+    @Option(help: "Pages brought back per CPU fault (1 = nouveau's single page).") var faultAround = 1
+    @Option(help: "iouring, memcpy or mapped (2 worker threads through the VRAM mapping).") var backend = "iouring"
+    @Option(help: "3step (migrate_vma_setup/pages/finalize) or 2017 (migrate_vma callbacks).") var api = "3step"
+    @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
+
+    var options: MigrateOptions {
+        get throws {
+            var o = MigrateOptions()
+            o.totalBytes = total.bytes
+            o.batchPages = batch
+            o.faultAround = faultAround
+            guard let b = MigrateOptions.Backend(rawValue: backend) else {
+                throw ValidationError("--backend must be one of: \(MigrateOptions.Backend.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            o.backend = b
+            guard let generation = MigrationPolicy.APIGeneration(name: api) else { throw ValidationError("--api must be 3step or 2017") }
+            o.api = generation
+            if let problem = o.problem { throw ValidationError(problem) }
+            return o
+        }
+    }
+
+    func validate() throws { _ = try options }
+
+    func run() throws {
+        let record: RunRecord
+        do {
+            record = try MigrateRun.measure(try options, trace: nil, progress: { _ in })
+        } catch let error as ScenarioError {
+            throw ValidationError(error.description)
+        }
+        var report = ScenarioReport(scenario: "migrate")
+        report.runs = [record]
+        print(json ? report.json : report.table(columns: [
+            "bytes", "batch_pages", "fault_around", "backend", "to_device_gbps", "memcpy_gbps", "ratio_to_device",
+            "to_ram_fault_gbps", "evict_gbps", "faults", "fault_p50_us", "fault_p99_us", "verified",
+        ]))
+    }
+}

@@ -1,0 +1,61 @@
+import DMAEngine
+import DeviceEmu
+
+/// The settings of one `migrate` run (`dmem-bench migrate` flags or scenario parameters).
+///
+/// Threads: immutable value; any thread.
+struct MigrateOptions: Sendable {
+    /// The copy backends a run can use, by their command-line names.
+    enum Backend: String, CaseIterable, Sendable {
+        case iouring, memcpy, mapped
+        var kind: CopyBackendKind {
+            switch self {
+            case .iouring: return .ioUring
+            case .memcpy: return .memcpy
+            case .mapped: return .mappedWorkers(threads: 2)
+            }
+        }
+    }
+
+    /// Bytes migrated to VRAM and read back (and, again, evicted by teardown).
+    var totalBytes = 256 << 20
+    /// Pages per migrate_vma batch.
+    var batchPages = 512
+    /// Pages brought back per CPU fault (1: nouveau's single page).
+    var faultAround = 1
+    var backend = Backend.iouring
+    var api = MigrationPolicy.APIGeneration.threeStep
+    var seed: UInt64 = 1
+
+    var pages: Int { totalBytes / 4096 }
+
+    /// The driver policy these options describe.
+    var policy: MigrationPolicy {
+        var p = MigrationPolicy()
+        p.batchPages = batchPages
+        p.cpuFaultGranularity = faultAround > 1 ? .faultAround(pages: faultAround) : .page
+        p.apiGeneration = api
+        return p
+    }
+
+    /// Why these options cannot run, or nil.
+    var problem: String? {
+        if totalBytes < 4096 * 16 || totalBytes % (2 << 20) != 0 { return "total must be a positive multiple of 2M" }
+        if !(1...4096).contains(batchPages) { return "batch must be in 1...4096" }
+        if !(1...512).contains(faultAround) { return "fault-around must be in 1...512" }
+        return nil
+    }
+}
+
+extension MigrationPolicy.APIGeneration {
+    /// `3step` or `2017`, as on the command line.
+    init?(name: String) {
+        switch name {
+        case "3step": self = .threeStep
+        case "2017": self = .callbacks2017
+        default: return nil
+        }
+    }
+
+    var name: String { self == .threeStep ? "3step" : "2017" }
+}

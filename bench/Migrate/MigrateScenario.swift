@@ -1,0 +1,33 @@
+import DeviceEmu
+
+/// The `migrate` scenario in the bench framework: `dmem-bench run migrate --sweep batch=…`
+/// and the default suite's end-to-end entry. The measuring lives in `MigrateRun`.
+///
+/// Threads: `run` uses the calling thread (and the device's copy-engine threads).
+struct MigrateScenario: BenchScenario {
+    let name = "migrate"
+    let abstract = "The nouveau dmem flow end to end: migrate to VRAM, CPU faults back, eviction by teardown."
+    let parameters: [ScenarioParameter] = [
+        .init("total", .size((2 << 20)...(1 << 36)), default: "256M", help: "bytes migrated (a multiple of 2M)"),
+        .init("batch", .integer(1...4096), default: "512", help: "pages per migrate_vma batch (nouveau: 128, then 512)"),
+        .init("fault-around", .integer(1...512), default: "1", help: "pages brought back per CPU fault"),
+        .init("backend", .choice(MigrateOptions.Backend.allCases.map(\.rawValue)), default: "iouring",
+              help: "copy engine backend"),
+        .init("api", .choice(["3step", "2017"]), default: "3step", help: "migrate_vma_setup/pages/finalize or 2017 callbacks"),
+        .init("seed", .integer(0...Int.max), default: "1", help: "seed of the data pattern"),
+    ]
+    let quickParameters = ["total": "16M"]
+    let summaryFields = ["faults", "backend", "setup_us_per_batch", "fence_wait_us_per_batch"]
+    let caseFields: [String] = []
+
+    func run(_ parameters: ScenarioParameters, context: ScenarioContext) throws -> [RunRecord] {
+        var o = MigrateOptions()
+        o.totalBytes = try parameters.size("total")
+        o.batchPages = try parameters.int("batch")
+        o.faultAround = try parameters.int("fault-around")
+        o.backend = MigrateOptions.Backend(rawValue: try parameters.string("backend")) ?? .iouring
+        o.api = MigrationPolicy.APIGeneration(name: try parameters.string("api")) ?? .threeStep
+        o.seed = UInt64(try parameters.int("seed"))
+        return [try MigrateRun.measure(o, trace: context.trace, progress: context.progress)]
+    }
+}
