@@ -154,4 +154,22 @@ import Testing
         #expect(try f.mm.intsMatch(b.ptr, bytes: b.size, .index))
         f.teardown()
     }
+
+    @Test("a mirror dropped without close is closed", arguments: MirrorKind.allCases)
+    func droppedMirrorCloses(_ kind: MirrorKind) throws {
+        let f = try HMMFixture(kind)
+        let b = try HMMBuffer(f.mm, size: 4 * pageSize)
+        try f.mm.fillInts(b.ptr, bytes: b.size, .index)
+        weak var dropped: Mirror?
+        do {
+            let fd = try f.device1.open(f.mm)
+            dropped = fd
+            #expect(hmmMigrateSysToDev(fd, b, 4) == 0)
+            #expect(f.device1.inUsePageCount == 4)
+        }
+        #expect(dropped == nil)
+        #expect(f.device1.inUsePageCount == 0)                        // its close evicted
+        try f.mm.munmap(b.ptr, length: b.size)                        // no invalidation reaches it
+        f.teardown()
+    }
 }

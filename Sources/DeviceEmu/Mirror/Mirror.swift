@@ -12,11 +12,12 @@ import Synchronization
 /// then, like the kernel, writes nothing to the caller's buffer.
 ///
 /// The mirror is bound to the address space that opened it: a forked child must open its
-/// own (as hmm-tests does). It lives until `close()` or until its address space is gone.
+/// own (as hmm-tests does). Dropping the last reference closes it, as closing the last
+/// descriptor of an open file does; neither the device nor the address space keeps it alive.
 ///
 /// Threads: any; commands of one mirror may run concurrently. Lock order: HostMM locks
 /// (mmap, page) → `lock`; nothing calls into HostMM with `lock` held.
-public final class Mirror: MMUIntervalNotifierOps, @unchecked Sendable {
+public final class Mirror: @unchecked Sendable {
     public let device: MirrorDevice
     /// The mirrored address space; nil once deallocated (commands then fail as the
     /// kernel's `mmget_not_zero` would).
@@ -38,9 +39,11 @@ public final class Mirror: MMUIntervalNotifierOps, @unchecked Sendable {
         self.device = device
         self.mm = mm
         self.id = id
+        let ops = MirrorInvalidator()
         do {
-            notifier = try mm.notifiers.insert(start: 0, length: Self.addressLimit, ops: self)
+            notifier = try mm.notifiers.insert(start: 0, length: Self.addressLimit, ops: ops)
         } catch { throw MirrorError(error) }
+        ops.mirror = self
     }
 
     deinit { close() }
@@ -92,7 +95,7 @@ public final class Mirror: MMUIntervalNotifierOps, @unchecked Sendable {
     /// `dmirror_interval_invalidate`: drop the entries of the range — through the page
     /// after its end, as the kernel's inclusive xarray walk does — unless this is a
     /// migration started by this device (its own mirrors update themselves).
-    public func invalidate(_ notifier: MMUIntervalNotifier, range: MMUNotifierRange, currentSequence: UInt64) -> Bool {
+    func invalidate(_ notifier: MMUIntervalNotifier, range: MMUNotifierRange, currentSequence: UInt64) -> Bool {
         if range.event == .migrate && range.owner == device.owner { return true }
         let lastPage = range.end >> 12
         let end = lastPage < Self.addressLimit >> 12 ? (lastPage + 1) << 12 : Self.addressLimit
@@ -141,6 +144,21 @@ public final class Mirror: MMUIntervalNotifierOps, @unchecked Sendable {
             }
             return true
         }
+    }
+}
+
+/// The notifier callback object of a mirror: holds it weakly, so the address space's
+/// notifier list does not keep a mirror alive (nor a closed one in a reference cycle).
+/// Threads: any; `mirror` is set once, before any invalidation can reach it.
+final class MirrorInvalidator: MMUIntervalNotifierOps, @unchecked Sendable {
+    weak var mirror: Mirror?
+
+    func invalidate(_ notifier: MMUIntervalNotifier, range: MMUNotifierRange, currentSequence: UInt64) -> Bool {
+        guard let mirror else {
+            notifier.setSequence(currentSequence)
+            return true
+        }
+        return mirror.invalidate(notifier, range: range, currentSequence: currentSequence)
     }
 }
 
