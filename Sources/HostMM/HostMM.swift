@@ -29,6 +29,12 @@
 //   // DevicePagemapOps.pageFree(pfn) gets every device page whose last reference goes.
 //   // memory.migrateDeviceRange/Pages/Finalize evict by PFN without knowing the mappings.
 //
+// Address-space calls a device mirror meets (lib/test_hmm.c and hmm-tests): mmap / munmap /
+// mprotect / mremap / madvise / fork / exit on `AddressSpace`; `makeDeviceExclusive` for
+// atomics; `insertPage` for a driver's own mmap; `hmmRangeFault` under an
+// `MMUIntervalNotifier`. VMAs and notifiers do not keep their address space alive: once it
+// is gone, calls taking them throw instead of touching freed state.
+//
 // Lock order (outermost first): mmap lock → page lock → mapping-root (rmap) lock →
 // page-table lock. Page locks are only trylocked while a page-table lock is held.
 // Notifier callbacks and pgmap callbacks run with no page-table lock held.

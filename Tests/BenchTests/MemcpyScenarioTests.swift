@@ -78,10 +78,16 @@ import Testing
         #expect(results.contains { $0.record["verified"] == .bool(true) })
         let table = SummaryTable(results: results).text
         #expect(table.contains("page-size=4K h2d"))
-        // One row per result below the header's dashed rule (lines above it name fixed parameters).
+        // Below the header's dashed rule (lines above it name fixed parameters), a record has
+        // one row per throughput or latency figure, and at least one.
         let lines = table.split(separator: "\n")
         let rule = try #require(lines.firstIndex { $0.hasPrefix("---") })
-        #expect(lines.count - rule - 1 == results.count)
+        let expectedRows = results.reduce(0) { total, result in
+            let gbps = SummaryTable.throughputFields(of: result.record).count
+            let latency = LatencyHistogram.prefixes(in: result.record).count
+            return total + max(1, gbps, latency)
+        }
+        #expect(lines.count - rule - 1 == expectedRows)
     }
 
     @Test func summaryComparesWithTheSameRunMemcpyOfTheSamePageSize() throws {

@@ -154,4 +154,20 @@ import Testing
         #expect(try child.read(at: a, count: 1) == [6])
         memory.unpinUserPages(pins)
     }
+
+    @Test func forkSharesSharedAnonymousMemoryWithoutCopyOnWrite() throws {
+        let memory = try makeMemory()
+        let parent = AddressSpace(memory: memory)
+        let a = try parent.mmap(.anonymousShared, length: 2 * pageSize)
+        try parent.write(at: a, bytes: [1])
+        let child = try parent.fork()
+        #expect(child.pageTableEntry(a).isNone)            // shared mappings are not copied: faulted from shmem
+        #expect(try child.read(at: a, count: 1) == [1])
+        try child.write(at: a, bytes: [2])
+        try child.write(at: a + UInt64(pageSize), bytes: [3])
+        #expect(try parent.read(at: a, count: 1) == [2])
+        #expect(try parent.read(at: a + UInt64(pageSize), count: 1) == [3])
+        #expect(child.faultCounters[.copyOnWrite] == 0 && parent.faultCounters[.copyOnWrite] == 0)
+        child.exit()
+    }
 }

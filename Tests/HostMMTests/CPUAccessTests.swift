@@ -164,4 +164,42 @@ import Testing
         try memory.unregisterPagemap(device.pagemap)
         #expect(memory.pagemap(of: page) == nil)
     }
+
+    @Test func readUnderProtReadMapsTheZeroPageAndMprotectWriteCopiesIt() throws {
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 2 * pageSize, protection: .read)
+        #expect(try mm.read(at: a + UInt64(pageSize), count: 8) == [UInt8](repeating: 0, count: 8))
+        let pte = mm.pageTableEntry(a + UInt64(pageSize))
+        #expect(pte.pfn == memory.zeroPFN && pte.isSpecial && !pte.isWritable)
+        #expect(mm.pageTableEntry(a).isNone)
+        #expect(mm.faultCounters[.zeroPage] == 1 && mm.faultCounters[.anonymousPage] == 0)
+        try mm.mprotect(a, length: 2 * pageSize, protection: .readWrite)
+        try mm.write(at: a + UInt64(pageSize), bytes: [1])
+        #expect(mm.faultCounters[.copyOnWrite] == 1)
+        #expect(mm.pageTableEntry(a + UInt64(pageSize)).pfn != memory.zeroPFN)
+    }
+}
+
+@Suite struct PinUserPagesTests {
+    @Test func longtermPinMovesADeviceCoherentPageToRAMFirst() throws {
+        let memory = try makeMemory()
+        let device = try TestDevice(memory: memory, pageCount: 16, type: .deviceCoherent)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 2 * pageSize)
+        try mm.write(at: a, bytes: pattern(4, count: 2 * pageSize))
+        try device.migrateToDevice(mm, a, a + UInt64(2 * pageSize))
+        #expect(memory.isDeviceCoherent(mm.pageTableEntry(a).pfn))
+        let plain = try mm.pinUserPages(a, count: 1, write: true)
+        #expect(memory.isDeviceCoherent(plain[0]))                       // a short-term pin stays
+        memory.unpinUserPages(plain)
+        let long = try mm.pinUserPages(a + UInt64(pageSize), count: 1, write: true, longterm: true)
+        #expect(memory.isRAM(long[0]) && mm.pageTableEntry(a + UInt64(pageSize)).pfn == long[0])
+        #expect(mm.pageTableEntry(a + UInt64(pageSize)).isWritable)
+        #expect(device.freePageCount == 15)                              // the coherent page went back
+        memory.unpinUserPages(long)
+        #expect(try mm.read(at: a, count: 2 * pageSize) == pattern(4, count: 2 * pageSize))
+        mm.exit()
+        #expect(device.freePageCount == 16)
+    }
 }

@@ -126,4 +126,16 @@ func hmmRetrying(_ mm: AddressSpace, _ notifier: MMUIntervalNotifier, _ a: UInt6
         #expect(try hmm(mm, n, a, pages: 1) == [.error])
         #expect(throws: HostMMError.fault) { try hmm(mm, n, a, pages: 1, request: .requestFault) }
     }
+
+    @Test func readFaultUnderProtReadMapsTheZeroPageReadOnly() throws {
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 2 * pageSize, protection: .read)
+        let n = try mm.notifiers.insert(start: a, length: UInt64(2 * pageSize), ops: NullMirror())
+        let (result, _) = try hmmRetrying(mm, n, a, pages: 2, request: .requestFault)
+        #expect(result == [HMMPFN(pfn: memory.zeroPFN, flags: .valid), HMMPFN(pfn: memory.zeroPFN, flags: .valid)])
+        #expect(throws: HostMMError.permissionDenied) {
+            try hmm(mm, n, a, pages: 1, request: [.requestFault, .requestWrite])
+        }
+    }
 }

@@ -220,4 +220,24 @@ func collect(_ mm: AddressSpace, _ a: UInt64, pages n: Int, owner: PgmapOwner?, 
         }
         #expect(mm.pageTableEntry(a).kind == .devicePrivate)
     }
+
+    @Test func copyOnWritePagesOfAPrivateFileMappingMigrateButCachePagesDoNot() throws {
+        let memory = try makeMemory()
+        let device = try TestDevice(memory: memory, pageCount: 16)
+        let file = PageCacheFile(memory: memory, pageCount: 4)
+        try file.write(offset: 0, pattern(9, count: 4 * pageSize))
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(.file(file, shared: false), length: 4 * pageSize)
+        try mm.write(at: a, bytes: pattern(10, count: 2 * pageSize))   // pages 0-1: anonymous COW copies
+        _ = try mm.read(at: a + UInt64(2 * pageSize), count: 1)        // page 2: page cache, read-only; page 3: hole
+        #expect(try device.migrateToDevice(mm, a, a + UInt64(4 * pageSize)) == 2)
+        #expect(mm.pageTableEntry(a).kind == .devicePrivate && mm.pageTableEntry(a + UInt64(pageSize)).kind == .devicePrivate)
+        #expect(mm.pageTableEntry(a + UInt64(2 * pageSize)).pfn == file.cachedPage(2))
+        #expect(mm.pageTableEntry(a + UInt64(3 * pageSize)).isNone)
+        #expect(try mm.read(at: a, count: 2 * pageSize) == pattern(10, count: 2 * pageSize))
+        try device.migrateToDevice(mm, a, a + UInt64(2 * pageSize))
+        try mm.munmap(a, length: 4 * pageSize)                          // zap device-private entries in a file VMA
+        #expect(device.freePageCount == 16)
+        #expect(try file.read(offset: 0, count: 2 * pageSize) == Array(pattern(9, count: 4 * pageSize)[0..<(2 * pageSize)]))
+    }
 }

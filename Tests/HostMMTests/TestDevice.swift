@@ -3,7 +3,8 @@ import NIOConcurrencyHelpers
 import Synchronization
 @testable import HostMM
 
-/// A memcpy-backed device-private pgmap, like the kernel's lib/test_hmm.c "dmirror":
+/// A memcpy-backed device pgmap (private by default, or coherent with its heap buffer as
+/// the CPU-visible bytes), like the kernel's lib/test_hmm.c "dmirror":
 /// device memory is a plain heap buffer, copies are memcpy, and the dmem flow is the
 /// textbook setup → copy → pages → finalize.
 final class TestDevice: DevicePagemapOps, @unchecked Sendable {
@@ -22,11 +23,12 @@ final class TestDevice: DevicePagemapOps, @unchecked Sendable {
 
     var owner: PgmapOwner { PgmapOwner(self) }
 
-    init(memory: PhysicalMemory, pageCount: Int = 1024) throws {
+    init(memory: PhysicalMemory, pageCount: Int = 1024, type: MemoryType = .devicePrivate) throws {
         self.memory = memory
         self.pageCount = pageCount
         vram = UnsafeMutableRawPointer.allocate(byteCount: pageCount * pageSize, alignment: pageSize)
-        pagemap = try memory.registerPagemap(type: .devicePrivate, pageCount: pageCount, owner: PgmapOwner(self), ops: self)
+        pagemap = try memory.registerPagemap(type: type, pageCount: pageCount, owner: PgmapOwner(self), ops: self,
+                                             coherentBytes: type == .deviceCoherent ? vram : nil)
         freeList = Array(pagemap.pfns.reversed())
     }
 

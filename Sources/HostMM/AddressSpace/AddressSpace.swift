@@ -18,7 +18,9 @@ public final class AddressSpace: @unchecked Sendable {
     var vmas: [VMA] = []
     /// Where the next non-fixed `mmap` goes (grows upward); guarded by `mmapLock`.
     var mmapBase: UInt64 = 0x7f00_0000_0000 >> 4
-    private(set) var hasExited = false
+    /// True once `exit` ran (`mm_users` reached zero): no VMA is left and new mappings
+    /// are refused. Drivers check it where the kernel's `mmget_not_zero` would fail.
+    public private(set) var hasExited = false
 
     /// Creates an empty address space over `memory`.
     public init(memory: PhysicalMemory) {

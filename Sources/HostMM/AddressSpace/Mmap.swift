@@ -64,7 +64,7 @@ extension AddressSpace {
         }
     }
 
-    private func findFreeRange(_ size: UInt64) throws(HostMMError) -> UInt64 {
+    func findFreeRange(_ size: UInt64) throws(HostMMError) -> UInt64 {
         var candidate = mmapBase
         for v in vmas where v.end > candidate && v.start < candidate + size { candidate = v.end }
         guard candidate + size <= PageTable.addressLimit else { throw .outOfMemory }

@@ -25,9 +25,14 @@ public struct VMAFlags: OptionSet, Sendable, Hashable {
 /// mmap lock (read) or a root lock see them stable. A VMA removed by `munmap` is
 /// detached (`isAttached == false`) and is refused by the migration API.
 public final class VMA: @unchecked Sendable, CustomStringConvertible {
-    /// The address space the VMA belongs to (`vm_mm`). Not retained: a VMA must not be
-    /// used after its address space is gone (the kernel's use-after-free traps here).
-    public unowned let mm: AddressSpace
+    /// The address space the VMA belongs to (`vm_mm`). Not retained (the address space
+    /// owns its VMAs); nil once it is deallocated. A VMA kept past that point is detached,
+    /// and the APIs taking one refuse it with a typed error (the kernel would have a
+    /// use-after-free here).
+    public weak let mm: AddressSpace?
+    /// The physical memory the VMA's pages live in (`vm_mm`'s, kept for rmap walkers and
+    /// for finishing a migration whose address space went away).
+    let memory: PhysicalMemory
     /// First address (`vm_start`).
     public internal(set) var start: UInt64
     /// One past the last address (`vm_end`).
@@ -48,6 +53,7 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     init(mm: AddressSpace, start: UInt64, end: UInt64, pgoff: UInt64, flags: VMAFlags,
          anonRoot: MappingRoot?, file: PageCacheFile?) {
         self.mm = mm
+        self.memory = mm.memory
         self.start = start
         self.end = end
         self.pgoff = pgoff

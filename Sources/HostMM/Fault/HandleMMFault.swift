@@ -120,7 +120,7 @@ extension AddressSpace {
         defer { memory.putPage(page) }
         guard let pgmap = memory.pagemap(of: page) else { throw .busError(address: addr) }
         faultCounters.count(.devicePrivate)
-        switch pgmap.ops.migrateToRAM(VMFault(vma: vma, address: addr, page: page, isWrite: write)) {
+        switch pgmap.ops.migrateToRAM(VMFault(mm: self, vma: vma, address: addr, page: page, isWrite: write)) {
         case .done: return
         case .oom: throw .outOfMemory
         case .sigbus:

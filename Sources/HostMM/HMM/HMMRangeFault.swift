@@ -12,11 +12,11 @@
 ///   new sequence and retry); `.fault` for a requested page with no VMA, a special or
 ///   unreadable VMA, or a fault that failed; `.permissionDenied` for a write request in a
 ///   read-only VMA; `.invalidArgument` for an unaligned/empty range or a short buffer;
-///   `.mmapLockNotHeld`.
+///   `.mmapLockNotHeld`; `.fault` when the notifier's address space no longer exists.
 public func hmmRangeFault(_ range: inout HMMRange) throws(HostMMError) {
     guard range.start.isPageAligned, range.end.isPageAligned, range.start < range.end,
           range.hmmPFNs.count >= Int((range.end - range.start) >> pageShift) else { throw .invalidArgument }
-    let mm = range.notifier.mm
+    guard let mm = range.notifier.mm else { throw .fault }
     guard mm.mmapLock.isLocked else { throw .mmapLockNotHeld }
     var walker = HMMWalker(mm: mm, last: range.start)
     while true {
@@ -72,7 +72,9 @@ struct HMMWalker {
                 continue
             }
             let vmaEnd = min(range.end, vma.end)
-            if !vma.flags.isDisjoint(with: [.io, .pfnMap, .mixedMap]) || !vma.flags.contains(.read) {
+            // hmm_vma_walk_test: VM_IO / VM_PFNMAP or unreadable VMAs are errors;
+            // VM_MIXEDMAP is walked (its entries may be normal pages).
+            if !vma.flags.isDisjoint(with: [.io, .pfnMap]) || !vma.flags.contains(.read) {
                 if needFault(range, addr, vmaEnd) != .none { throw .fault }
                 fill(&range, addr, vmaEnd, .error)
                 addr = vmaEnd
@@ -103,6 +105,10 @@ struct HMMWalker {
                 let need = needFault(range, i, cpu: [])
                 if need != .none { return try fault(vma, a, end, need) }
                 range.hmmPFNs[i] = []
+            case .present where pte.isSpecial && pte.pfn != mm.memory.zeroPFN:
+                // A special entry without a struct page (vm_insert_pfn) is not mirrorable.
+                if needFault(range, i, cpu: []) != .none { throw .fault }
+                range.hmmPFNs[i] = .error
             case .present:
                 let cpu: HMMPFN = pte.isWritable ? [.valid, .write] : .valid
                 let need = needFault(range, i, cpu: cpu)

@@ -1,32 +1,71 @@
 /// Device-exclusive access: a device takes a page away from the CPU for atomics; the
 /// CPU entry becomes a device-exclusive entry until the next CPU access restores it
-/// (`make_device_exclusive`, `remove_device_exclusive_entry`).
+/// (`make_device_exclusive`, `remove_device_exclusive_entry`). `fork` restores such
+/// entries in the parent before sharing the page copy-on-write (`copy_nonpresent_pte`).
 extension AddressSpace {
-    /// Makes the page at `address` exclusive to the device of `owner` and returns its PFN
-    /// with an extra reference and the page lock held, as `make_device_exclusive` does;
-    /// the driver maps it, then calls `unlockPage` and `putPage`. Notifiers see
-    /// `.exclusive` with `owner`. The caller holds the mmap lock (read).
-    /// - Throws: `.invalidArgument` for an unaligned address or a non-anonymous VMA;
-    ///   fault errors from making the page present and writable; `.busy` if the entry
-    ///   changed underneath; `.mmapLockNotHeld`.
-    public func makeDeviceExclusive(_ address: UInt64, owner: PgmapOwner) throws(HostMMError) -> PFN {
+    /// Makes the page at `address` exclusive to a device and returns its PFN with an
+    /// extra reference and the page lock held, as `make_device_exclusive` does; the
+    /// driver maps it, then calls `unlockPage` and `putPage`.
+    ///
+    /// The page is first faulted in for write (GUP with `FOLL_WRITE`: a hole gets a new
+    /// page, a shared or zero page is copied, a device-private page comes back through
+    /// `migrateToRAM`, an older device-exclusive entry is restored). Notifiers then see
+    /// `.exclusive` with `owner` over the page — the kernel passes no owner since 6.15,
+    /// so every mirror, the caller's included, drops its entry. The caller holds the mmap
+    /// lock (read).
+    /// - Throws: `.invalidArgument` for an unaligned address; `.fault` where GUP fails —
+    ///   no VMA, no write permission (including `PROT_NONE`), a `VM_IO`/`VM_PFNMAP`
+    ///   mapping, or a fault that cannot be resolved; `.notSupported` (`EOPNOTSUPP`) when
+    ///   the page is not anonymous (shmem, page cache) or the VMA is hugetlb;
+    ///   `.outOfMemory`; `.busy` if the entry kept changing underneath; `.mmapLockNotHeld`.
+    public func makeDeviceExclusive(_ address: UInt64, owner: PgmapOwner? = nil) throws(HostMMError) -> PFN {
         guard address.isPageAligned else { throw .invalidArgument }
         guard mmapLock.isLocked else { throw .mmapLockNotHeld }
-        guard let vma = findVMA(address) else { throw .fault }
-        guard vma.isAnonymous, vma.flags.contains(.write) else { throw .invalidArgument }
-        // GUP with FOLL_WRITE: a present, writable, exclusive page.
+        // check_vma_flags for a write GUP.
+        guard let vma = findVMA(address), vma.flags.contains(.write),
+              vma.flags.isDisjoint(with: [.io, .pfnMap]) else { throw .fault }
+        if vma.flags.contains(.hugetlb) { throw .notSupported }
+        for _ in 0..<16 {
+            let page = try faultInWritable(vma, address)
+            guard memory.getPageUnlessZero(page) else { continue }
+            memory.lockPage(page)
+            guard memory.isAnon(page) else {
+                memory.unlockPage(page)
+                memory.putPage(page)
+                throw .notSupported
+            }
+            if installExclusiveEntry(address, page, owner) { return page }
+            // The entry changed between the GUP and the lock: start over, as the kernel does.
+            memory.unlockPage(page)
+            memory.putPage(page)
+        }
+        throw .busy
+    }
+
+    /// GUP's fault loop: resolves faults until `address` maps a present, writable page.
+    private func faultInWritable(_ vma: VMA, _ address: UInt64) throws(HostMMError) -> PFN {
         var pte = pageTable.entry(address)
         var attempts = 0
         while !(pte.isPresent && pte.isWritable && !pte.isSpecial) {
-            try handleMMFault(vma, address, write: true)
+            do throws(HostMMError) {
+                try handleMMFault(vma, address, write: true)
+            } catch {
+                switch error {
+                case .outOfMemory, .notSupported: throw error
+                default: throw .fault
+                }
+            }
             pte = pageTable.entry(address)
             attempts += 1
             if attempts > 16 { throw .busy }
         }
-        let page = pte.pfn
-        guard memory.getPageUnlessZero(page) else { throw .busy }
-        memory.lockPage(page)
-        let installed: Bool = notifiers.invalidating(address, address + UInt64(pageSize), .exclusive, owner: owner) {
+        return pte.pfn
+    }
+
+    /// Replaces the writable mapping of `page` by a device-exclusive entry under an
+    /// `.exclusive` invalidation; false if the entry no longer maps it writable.
+    private func installExclusiveEntry(_ address: UInt64, _ page: PFN, _ owner: PgmapOwner?) -> Bool {
+        notifiers.invalidating(address, address + UInt64(pageSize), .exclusive, owner: owner) {
             guard let leaf = pageTable.leaf(address, create: false) else { return false }
             let i = PTETable.index(address)
             return leaf.lock.withLock {
@@ -37,11 +76,5 @@ extension AddressSpace {
                 return true
             }
         }
-        guard installed else {
-            memory.unlockPage(page)
-            memory.putPage(page)
-            throw .busy
-        }
-        return page
     }
 }

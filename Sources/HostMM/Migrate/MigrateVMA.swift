@@ -75,8 +75,9 @@ public struct MigrateVMA {
 /// The caller holds `vma.mm.mmapLock` for read from setup through finalize.
 /// - Throws: `.invalidArgument` (no VMA; hugetlb, DAX or `VM_SPECIAL` VMA; empty
 ///   range; start or end outside the VMA; missing `src`/`dst`; a `faultPage` that is
-///   not device-private — the kernel's cases — plus, here: detached VMA, unknown
-///   flag bits, buffers shorter than the range), `.mmapLockNotHeld`.
+///   not device-private — the kernel's cases — plus, here: detached VMA or one whose
+///   address space is gone, unknown flag bits, buffers shorter than the range),
+///   `.mmapLockNotHeld`.
 public func migrateVMASetup(_ args: inout MigrateVMA) throws(HostMMError) {
     let nrPages = Int64(bitPattern: args.end &- args.start) >> Int64(pageShift)
     args.start = args.start.pageAlignedDown
@@ -88,7 +89,7 @@ public func migrateVMASetup(_ args: inout MigrateVMA) throws(HostMMError) {
     guard args.start >= vma.start, args.start < vma.end else { throw .invalidArgument }
     guard args.end > vma.start, args.end <= vma.end else { throw .invalidArgument }
     guard args.src.baseAddress != nil, args.dst.baseAddress != nil else { throw .invalidArgument }
-    let mm = vma.mm
+    guard let mm = vma.mm else { throw .invalidArgument }
     if let fault = args.faultPage, !mm.memory.isDevicePrivate(fault) { throw .invalidArgument }
     let count = Int((args.end - args.start) >> pageShift)
     guard vma.isAttached, MigrateVMA.Flags.all.isSuperset(of: args.flags),
@@ -117,8 +118,8 @@ public func migrateVMASetup(_ args: inout MigrateVMA) throws(HostMMError) {
 ///   or when `args` was not set up.
 public func migrateVMAPages(_ args: inout MigrateVMA) throws(HostMMError) {
     guard let vma = args.vma else { throw .invalidArgument }
-    try vma.mm.memory.validateDestinations(args.src, args.dst, args.npages)
-    vma.mm.memory.migrateDevicePagesCore(args.src, args.dst, args.npages, args)
+    try vma.memory.validateDestinations(args.src, args.dst, args.npages)
+    vma.memory.migrateDevicePagesCore(args.src, args.dst, args.npages, args)
 }
 
 /// Completes the migration (`migrate_vma_finalize`): migration entries become entries for
@@ -128,7 +129,7 @@ public func migrateVMAPages(_ args: inout MigrateVMA) throws(HostMMError) {
 /// destinations. The driver must have finished its copies (e.g. waited on its fence).
 public func migrateVMAFinalize(_ args: inout MigrateVMA) {
     guard let vma = args.vma else { return }
-    vma.mm.memory.migrateDeviceFinalizeCore(args.src, args.dst, min(args.npages, args.src.count, args.dst.count))
+    vma.memory.migrateDeviceFinalizeCore(args.src, args.dst, min(args.npages, args.src.count, args.dst.count))
 }
 
 extension PhysicalMemory {

@@ -15,24 +15,24 @@ extension PhysicalMemory {
             }
             guard let page = src[i].page else {
                 guard src[i].contains(.migrate) else { continue }
-                guard let migrate, let vma = migrate.vma else {
+                guard let migrate, let vma = migrate.vma, let mm = vma.mm else {
                     src[i].remove(.migrate)
                     continue
                 }
                 let addr = migrate.start + UInt64(i) << pageShift
                 if notified == nil {
                     let range = MMUNotifierRange(start: addr, end: migrate.end, event: .migrate, owner: migrate.pgmapOwner)
-                    vma.mm.notifiers.invalidateStart(range)
+                    mm.notifiers.invalidateStart(range)
                     notified = range
                 }
-                vma.mm.migrateVMAInsertPage(vma, addr, newPage, &src[i])
+                mm.migrateVMAInsertPage(vma, addr, newPage, &src[i])
                 continue
             }
             if !migrateOnePage(page, to: newPage, src: src[i], faultPage: migrate?.faultPage) {
                 src[i].remove(.migrate)
             }
         }
-        if let range = notified, let vma = migrate?.vma { vma.mm.notifiers.invalidateEnd(range) }
+        if let range = notified, let mm = migrate?.vma?.mm { mm.notifiers.invalidateEnd(range) }
     }
 
     /// Checks the destination kind and moves mapping + flags; false when this page stays.

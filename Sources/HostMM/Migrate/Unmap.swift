@@ -75,15 +75,19 @@ extension PhysicalMemory {
     func tryToMigrate(_ page: PFN) {
         var cache = RootCache()
         rmapWalk(page, cache: &cache) { vma, address in
-            vma.mm.notifiers.invalidating(address, address + UInt64(pageSize), .clear) {
-                tryToMigrateOne(page, vma, address)
+            if let mm = vma.mm {
+                mm.notifiers.invalidating(address, address + UInt64(pageSize), .clear) {
+                    tryToMigrateOne(page, vma, address)
+                }
+            } else {
+                tryToMigrateOne(page, vma, address)   // the address space is being torn down
             }
             return isMapped(page)
         }
     }
 
     private func tryToMigrateOne(_ page: PFN, _ vma: VMA, _ address: UInt64) {
-        guard let leaf = vma.mm.pageTable.leaf(address, create: false) else { return }
+        guard let leaf = vma.pageTable.leaf(address, create: false) else { return }
         let i = PTETable.index(address)
         leaf.lock.withLock {
             let pte = leaf[i]
@@ -107,7 +111,7 @@ extension PhysicalMemory {
     /// mapping of `dst` (equal to `src` when restoring), taking a reference and rmap on `dst`.
     func removeMigrationPTEs(_ src: PFN, _ dst: PFN, cache: inout RootCache) {
         rmapWalk(src, cache: &cache) { vma, address in
-            guard let leaf = vma.mm.pageTable.leaf(address, create: false) else { return true }
+            guard let leaf = vma.pageTable.leaf(address, create: false) else { return true }
             let i = PTETable.index(address)
             leaf.lock.withLock {
                 let old = leaf[i]

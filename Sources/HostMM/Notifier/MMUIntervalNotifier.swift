@@ -22,9 +22,13 @@ public final class MMUIntervalNotifier: @unchecked Sendable {
     public let start: UInt64
     public let end: UInt64
     let ops: any MMUIntervalNotifierOps
-    unowned let subscriptions: MMUNotifierSubscriptions
+    /// Not retained: a notifier does not keep its address space alive. Once the address
+    /// space is gone (after its `exit`, which every notifier sees as `.release`), the
+    /// notifier is inert: nothing can invalidate it any more.
+    weak let subscriptions: MMUNotifierSubscriptions?
     /// Guarded by `subscriptions.lock` for writes from the mm side; `setSequence` writes
-    /// it from inside `invalidate`, as `WRITE_ONCE` in the kernel.
+    /// it from inside `invalidate`, as `WRITE_ONCE` in the kernel. Unguarded once the
+    /// subscriptions are gone (no writer is left then).
     var invalidateSeq: UInt64
     var isInserted = true
 
@@ -37,25 +41,30 @@ public final class MMUIntervalNotifier: @unchecked Sendable {
         self.invalidateSeq = seq
     }
 
-    /// The address space watched.
-    public var mm: AddressSpace { subscriptions.mm }
+    /// The address space watched; nil once it has been deallocated (a driver that kept
+    /// the notifier past the process's end must not walk it: `hmmRangeFault` then fails
+    /// with `.fault`).
+    public var mm: AddressSpace? { subscriptions?.mm }
 
     /// `mmu_interval_read_begin()`: a sequence number for a new snapshot; waits first if
     /// an invalidation of this interval is in progress.
-    public func readBegin() -> UInt64 { subscriptions.readBegin(self) }
+    public func readBegin() -> UInt64 { subscriptions?.readBegin(self) ?? invalidateSeq }
 
     /// `mmu_interval_read_retry()`: true when an invalidation ran since `readBegin`
     /// returned `sequence` (call under the driver lock that `invalidate` also takes).
-    public func readRetry(_ sequence: UInt64) -> Bool { subscriptions.sequence(of: self) != sequence }
+    public func readRetry(_ sequence: UInt64) -> Bool { (subscriptions?.sequence(of: self) ?? invalidateSeq) != sequence }
 
     /// `mmu_interval_check_retry()`: the same test, usable without the driver lock as an
     /// early-out (`hmm_range_fault` calls it).
     public func checkRetry(_ sequence: UInt64) -> Bool { readRetry(sequence) }
 
     /// `mmu_interval_set_seq()`: called by `invalidate` with `currentSequence`.
-    public func setSequence(_ sequence: UInt64) { subscriptions.setSequence(self, sequence) }
+    public func setSequence(_ sequence: UInt64) {
+        if let subscriptions { subscriptions.setSequence(self, sequence) } else { invalidateSeq = sequence }
+    }
 
     /// `mmu_interval_notifier_remove()`: after it returns, `invalidate` is not running
-    /// and will not be called again. Must not be called from `invalidate`.
-    public func remove() { subscriptions.remove(self) }
+    /// and will not be called again. Must not be called from `invalidate`. A no-op once
+    /// the address space is gone.
+    public func remove() { subscriptions?.remove(self) }
 }

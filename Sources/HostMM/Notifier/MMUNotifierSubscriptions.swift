@@ -6,7 +6,9 @@ import NIOConcurrencyHelpers
 ///
 /// Thread-safe; callbacks run without the internal lock held.
 public final class MMUNotifierSubscriptions: @unchecked Sendable {
-    unowned let mm: AddressSpace
+    /// The owning address space; not retained (it owns these subscriptions), nil once
+    /// it is deallocated.
+    weak let mm: AddressSpace?
     private let lock = NIOLock()
     private var intervals: [MMUIntervalNotifier] = []
     private var invalidateSeq: UInt64 = 2

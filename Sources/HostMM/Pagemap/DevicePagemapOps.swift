@@ -36,8 +36,17 @@ public struct VMFault: @unchecked Sendable {
     public let page: PFN
     /// True for a write access (`FAULT_FLAG_WRITE`).
     public let isWrite: Bool
-    /// The faulting address space (`vmf->vma->vm_mm`).
-    public var mm: AddressSpace { vma.mm }
+    /// The faulting address space (`vmf->vma->vm_mm`), held for as long as the fault
+    /// description is.
+    public let mm: AddressSpace
+
+    init(mm: AddressSpace, vma: VMA, address: UInt64, page: PFN, isWrite: Bool) {
+        self.mm = mm
+        self.vma = vma
+        self.address = address
+        self.page = page
+        self.isWrite = isWrite
+    }
 }
 
 /// What a fault handler returns (`vm_fault_t`).

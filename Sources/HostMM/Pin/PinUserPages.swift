@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// GUP: take references on the pages behind user addresses so a "device" can DMA to
 /// them (`pin_user_pages` with `FOLL_PIN`, `get_user_pages` with `FOLL_GET`).
 ///
@@ -9,8 +13,12 @@ extension AddressSpace {
     /// Takes the mmap lock for read.
     /// - Throws: what a CPU access would (`.segmentationFault`, `.busError`, …), or
     ///   `.invalidArgument` for an unaligned address or non-positive count.
-    public func pinUserPages(_ address: UInt64, count: Int, write: Bool) throws(HostMMError) -> [PFN] {
-        try grabPages(address, count, write: write, references: gupPinCountingBias)
+    ///
+    /// With `longterm` (`FOLL_LONGTERM`), a device-coherent page is first migrated to
+    /// System RAM (`check_and_migrate_movable_pages` → `migrate_device_coherent_folio`):
+    /// device memory must not stay pinned indefinitely.
+    public func pinUserPages(_ address: UInt64, count: Int, write: Bool, longterm: Bool = false) throws(HostMMError) -> [PFN] {
+        try grabPages(address, count, write: write, references: gupPinCountingBias, longterm: longterm)
     }
 
     /// `get_user_pages`: like `pinUserPages` but takes one plain reference per page
@@ -19,7 +27,8 @@ extension AddressSpace {
         try grabPages(address, count, write: write, references: 1)
     }
 
-    private func grabPages(_ address: UInt64, _ count: Int, write: Bool, references: Int32) throws(HostMMError) -> [PFN] {
+    private func grabPages(_ address: UInt64, _ count: Int, write: Bool, references: Int32,
+                           longterm: Bool = false) throws(HostMMError) -> [PFN] {
         guard address.isPageAligned, count > 0 else { throw .invalidArgument }
         var pages: [PFN] = []
         do throws(HostMMError) {
@@ -34,6 +43,17 @@ extension AddressSpace {
                     let pte = self.pageTable.entry(addr)
                     self.memory.addReferences(pte.pfn, references)
                     pinned = pte.pfn
+                }
+                if let page = pinned, longterm, memory.isDeviceCoherent(page) {
+                    // Unpin, move the page to RAM, and pin whatever is mapped there now.
+                    if memory.dropReference(page, count: references) { memory.freePage(page) }
+                    guard memory.migrateDeviceCoherentPage(page) else { throw .busy }
+                    pinned = nil
+                    try access(addr, 1, write: write || vmaWritable) { _, _, _, _ in
+                        let pte = self.pageTable.entry(addr)
+                        self.memory.addReferences(pte.pfn, references)
+                        pinned = pte.pfn
+                    }
                 }
                 if let pinned { pages.append(pinned) }
             }
@@ -50,6 +70,30 @@ extension AddressSpace {
 }
 
 extension PhysicalMemory {
+    /// `migrate_device_coherent_folio`: moves one device-coherent page to a new RAM page,
+    /// wherever it is mapped (the `migrateDevice*` path, with a CPU copy: coherent memory
+    /// is CPU-reachable). False when the page could not be collected or moved.
+    func migrateDeviceCoherentPage(_ page: PFN) -> Bool {
+        var src = MigratePFN()
+        var dst = MigratePFN()
+        return withUnsafeMutablePointer(to: &src) { s in
+            withUnsafeMutablePointer(to: &dst) { d in
+                let sb = UnsafeMutableBufferPointer(start: s, count: 1)
+                let db = UnsafeMutableBufferPointer(start: d, count: 1)
+                do { try migrateDeviceRange(sb, start: page, npages: 1) } catch { return false }
+                if sb[0].contains(.migrate), let from = bytes(page), let ram = allocPage() {
+                    lockPage(ram)
+                    memcpy(bytes(ram)!, from, pageSize)
+                    db[0] = MigratePFN(pfn: ram)
+                }
+                do { try migrateDevicePages(src: sb, dst: db, npages: 1) } catch { sb[0].remove(.migrate) }
+                let moved = sb[0].contains(.migrate)
+                migrateDeviceFinalize(src: sb, dst: db, npages: 1)
+                return moved
+            }
+        }
+    }
+
     /// `unpin_user_pages`: drops the pins taken by `pinUserPages`.
     public func unpinUserPages(_ pages: [PFN]) {
         for page in pages where checked(page) && dropReference(page, count: gupPinCountingBias) { freePage(page) }

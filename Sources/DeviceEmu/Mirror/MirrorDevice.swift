@@ -1,0 +1,178 @@
+public import DMAEngine
+public import HostMM
+import NIOConcurrencyHelpers
+import Synchronization
+
+/// The kernel's HMM test device (lib/test_hmm.c, `struct dmirror_device`, "dmirror"):
+/// device memory of one kind, an owner token, and the `dev_pagemap_ops` its pages fault
+/// through. Each `open(_:)` gives a `Mirror` of one address space that takes the
+/// hmm-tests commands (read, write, migrate, snapshot, exclusive, release, flags).
+///
+/// ```swift
+/// let memory = try PhysicalMemory(ramBytes: 256 << 20)
+/// let dev0 = try MirrorDevice(memory: memory, kind: .devicePrivate)   // /dev/hmm_dmirror0
+/// let mm = AddressSpace(memory: memory)
+/// let a = try mm.mmap(length: 1024 * 4096)
+/// let fd = try dev0.open(mm)
+/// let r = try fd.migrateToDevice(a, npages: 1024)      // r.cpages == 1024
+/// let bytes = try fd.snapshot(a, npages: 1024)          // [.devicePrivateLocal | .write, …]
+/// fd.close()                                            // evicts the device's pages
+/// ```
+///
+/// Memory comes from DeviceEmu's `DeviceMemory` (memfd pools cut into chunks, each a
+/// pgmap, and a free list), shared with `Device`. Differences from the kernel that no
+/// command can observe: chunks are registered on first use up to `vramSize` instead of
+/// one at probe and more without limit; a private page's data lives in its VRAM bytes
+/// rather than in a separately allocated system page; `release` evicts every chunk but
+/// keeps it registered.
+///
+/// Threads: any. `pageFree` and `migrateToRAM` are HostMM callbacks and run on whichever
+/// thread frees a page or faults.
+public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
+    /// Sizes and timeouts.
+    public struct Configuration: Sendable {
+        /// A label for the memfds.
+        public var name: String
+        /// Device memory in bytes (a multiple of `chunkSize`).
+        public var vramSize: Int
+        /// Bytes per chunk (`DEVMEM_CHUNK_SIZE`, 256 MiB in the kernel).
+        public var chunkSize: Int
+        /// How long the fault and snapshot loops retry invalidated walks before `EBUSY`
+        /// (`HMM_RANGE_DEFAULT_TIMEOUT`, 1000 ms).
+        public var rangeTimeout: Duration
+
+        public init(name: String = "dmirror", vramSize: Int = 1 << 30, chunkSize: Int = 256 << 20,
+                    rangeTimeout: Duration = .milliseconds(1000)) {
+            self.name = name
+            self.vramSize = vramSize
+            self.chunkSize = chunkSize
+            self.rangeTimeout = rangeTimeout
+        }
+    }
+
+    public let memory: PhysicalMemory
+    /// `.devicePrivate` (the kernel's devices 0 and 1) or `.deviceCoherent` (2 and 3).
+    public let kind: MemoryType
+    /// `pagemap.owner` of the chunks, `pgmap_owner` of the migrations, `dev_private_owner`
+    /// of the HMM walks: the device itself, shared by all its mirrors.
+    public let owner: PgmapOwner
+    /// The device memory: chunks, free list, PFN → bytes.
+    public let vram: DeviceMemory
+    public let configuration: Configuration
+
+    /// `MIGRATE_VMA_SELECT_*` for memory of this device (`dmirror_select_device`).
+    var selectDevice: MigrateVMA.Flags { kind == .devicePrivate ? .selectDevicePrivate : .selectDeviceCoherent }
+    let rangeTimeoutNanoseconds: UInt64
+
+    private let engine: DMAEngine
+    private let ownsEngine: Bool
+    private let forwarder = PagemapOpsForwarder()
+    private let ownerToken = MirrorOwnerToken()
+    /// Open mirrors by id: `zone_device_data` of a device page names the mirror that
+    /// migrated it (the kernel keeps a pointer in the backing page).
+    private let mirrors = NIOLockedValueBox<[UInt64: WeakMirror]>([:])
+    private let nextMirrorID = Atomic<UInt64>(1)
+    private let isShutDown = Atomic<Bool>(false)
+
+    /// Creates the device. Its memory pools are registered with `engine` (a memcpy-backed
+    /// engine of its own when nil); page copies are CPU copies, as test_hmm's are.
+    /// - Throws: `.invalidArgument` for sizes that do not divide or a kind mismatch;
+    ///   `.outOfMemory` if the pools cannot be created.
+    public init(memory: PhysicalMemory, kind: MemoryType = .devicePrivate,
+                configuration: Configuration = Configuration(), engine: DMAEngine? = nil) throws(MirrorError) {
+        let c = configuration
+        guard c.vramSize > 0, c.chunkSize > 0 else { throw .invalidArgument }
+        if let engine {
+            self.engine = engine
+            ownsEngine = false
+        } else {
+            do { self.engine = try DMAEngine(configuration: .init(backend: .memcpy)) } catch { throw .outOfMemory }
+            ownsEngine = true
+        }
+        self.memory = memory
+        self.kind = kind
+        self.configuration = c
+        owner = PgmapOwner(ownerToken)
+        rangeTimeoutNanoseconds = MonotonicTime.nanoseconds(c.rangeTimeout)
+        do {
+            vram = try DeviceMemory(memory: memory, engine: self.engine,
+                                    configuration: .init(size: c.vramSize, chunkSize: c.chunkSize,
+                                                         poolSize: max(c.chunkSize, min(c.vramSize, 1 << 30) / c.chunkSize * c.chunkSize),
+                                                         type: kind, name: c.name),
+                                    owner: owner, ops: forwarder)
+        } catch {
+            if ownsEngine { self.engine.shutdown() }
+            throw error == .invalidArgument ? .invalidArgument : .outOfMemory
+        }
+        forwarder.target = self
+    }
+
+    deinit { shutdown() }
+
+    /// Opens a mirror of `mm` (`dmirror_fops_open`): an empty device page table and an
+    /// interval notifier over the whole address space.
+    /// - Throws: `.invalidArgument` after `shutdown` or when `mm` has exited.
+    public func open(_ mm: AddressSpace) throws(MirrorError) -> Mirror {
+        guard !isShutDown.load(ordering: .acquiring), !mm.hasExited else { throw .invalidArgument }
+        let id = nextMirrorID.wrappingAdd(1, ordering: .relaxed).oldValue
+        let mirror = try Mirror(device: self, mm: mm, id: id)
+        mirrors.withLockedValue { $0[id] = WeakMirror(mirror) }
+        return mirror
+    }
+
+    /// Evicts every device page, closes nothing, unregisters the chunks and, if the device
+    /// made its engine, shuts the engine down. Pages that cannot be evicted (pinned) keep
+    /// their chunk registered. Idempotent; also run by `deinit`.
+    public func shutdown() {
+        guard !isShutDown.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        evictAll()
+        try? vram.retire()
+        if ownsEngine { engine.shutdown() }
+    }
+
+    /// Device pages in use (allocated and not yet freed).
+    public var inUsePageCount: Int { vram.inUsePageCount }
+
+    // MARK: Mirrors by id
+
+    func mirror(id: UInt64) -> Mirror? { mirrors.withLockedValue { $0[id]?.mirror } }
+
+    func forget(_ id: UInt64) { _ = mirrors.withLockedValue { $0.removeValue(forKey: id) } }
+
+    // MARK: Page allocation (dmirror_devmem_alloc_page)
+
+    /// A free device page, locked with refcount 1, whose data the caller fills; nil when
+    /// device memory is exhausted.
+    func allocPage() -> PFN? {
+        guard !isShutDown.load(ordering: .relaxed) else { return nil }
+        return vram.allocPage()
+    }
+
+    /// The bytes behind a page the mirror may map: RAM, the zero page, coherent memory
+    /// (CPU-reachable) or a private page of this device (its VRAM bytes).
+    @inline(__always)
+    func dataPointer(_ pfn: PFN) -> UnsafeMutableRawPointer? {
+        if memory.isRAM(pfn) { return memory.baseAddress + Int(pfn.rawValue) * pageSize }
+        return vram.bytes(of: pfn) ?? memory.bytes(pfn)   // lock-free for this device's pages
+    }
+
+    // MARK: dev_pagemap_ops
+
+    /// `dmirror_devmem_free`: back on the free list.
+    public func pageFree(_ pfn: PFN, pagemap: DevicePagemap) {
+        memory.setZoneDeviceData(pfn, 0)
+        vram.freePage(pfn)
+    }
+
+    /// `dmirror_devmem_fault`: see `MirrorMigrateToRAM.swift`.
+    public func migrateToRAM(_ fault: VMFault) -> VMFaultResult { devmemFault(fault) }
+}
+
+/// The identity behind a device's owner token.
+private final class MirrorOwnerToken: Sendable {}
+
+/// A registry slot that does not keep a mirror alive.
+struct WeakMirror {
+    weak var mirror: Mirror?
+    init(_ mirror: Mirror) { self.mirror = mirror }
+}

@@ -1,0 +1,61 @@
+import HostMM
+
+/// `HMM_DMIRROR_EXCLUSIVE` and `HMM_DMIRROR_CHECK_EXCLUSIVE` (`dmirror_exclusive`,
+/// `dmirror_atomic_map`, `dmirror_check_atomic`).
+extension Mirror {
+    /// Takes `npages` pages at `address` for device atomics, one page at a time: each is
+    /// faulted in writable, its CPU entry becomes a device-exclusive entry (an
+    /// `.exclusive` invalidation with no owner, which every mirror obeys), and the mirror
+    /// maps it tagged atomic. The first failure stops the walk; pages already taken stay
+    /// exclusive. Then the range is read back through the mirror into `buffer`.
+    /// - Returns: `cpages` = pages read back (`npages`), `faults` 0.
+    /// - Throws: `.fault` (no VMA, no write permission), `.notSupported` (shared memory,
+    ///   page cache), `.outOfMemory`, `.busy`; `.invalidArgument` when the address space is
+    ///   gone; `.noEntry` if an entry vanished before the read-back.
+    public func makeExclusive(_ address: UInt64, npages: Int,
+                              into buffer: UnsafeMutableRawBufferPointer? = nil) throws(MirrorError) -> MirrorResult {
+        let end = try checkRange(address, npages)
+        let mm = try liveMM(orElse: .invalidArgument)
+        let memory = device.memory
+        try mm.mmapLock.withReadLock { () throws(MirrorError) in
+            var addr = address
+            while addr < end {
+                let page: PFN
+                do throws(HostMMError) { page = try mm.makeDeviceExclusive(addr) } catch { throw MirrorError(error) }
+                lock.withLock {
+                    if !isClosed { table.set(addr, DevicePageTableEntry(pfn: page, kind: .exclusive, write: false)) }
+                }
+                memory.unlockPage(page)
+                memory.putPage(page)
+                addr += UInt64(pageSize)
+            }
+        }
+        let bounce = try makeBounce(npages)
+        defer { bounce.deallocate() }
+        var cpages = 0
+        guard doRead(address, end, base: address, bounce.baseAddress!, &cpages) else {
+            throw isOpen ? .noEntry : .invalidArgument
+        }
+        try copyOut(bounce, to: buffer)
+        return MirrorResult(cpages: cpages, faults: 0)
+    }
+
+    /// Checks that no page of the range is still mapped for atomics (a missing entry is
+    /// not). Faults nothing.
+    /// - Returns: cpages 0, faults 0.
+    /// - Throws: `.permissionDenied` (`EPERM`) while some entry is tagged atomic.
+    @discardableResult
+    public func checkExclusive(_ address: UInt64, npages: Int) throws(MirrorError) -> MirrorResult {
+        let end = try checkRange(address, npages)
+        let atomic: Bool = lock.withLock {
+            var a = address
+            while a < end {
+                if table.entry(a).kind == .exclusive { return true }
+                a += UInt64(pageSize)
+            }
+            return false
+        }
+        if atomic { throw .permissionDenied }
+        return MirrorResult(cpages: 0, faults: 0)
+    }
+}

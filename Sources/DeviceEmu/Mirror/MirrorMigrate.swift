@@ -1,0 +1,160 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import HostMM
+
+/// `HMM_DMIRROR_MIGRATE_TO_DEV` and `HMM_DMIRROR_MIGRATE_TO_SYS`
+/// (`dmirror_migrate_to_device`, `dmirror_migrate_alloc_and_copy`,
+/// `dmirror_migrate_finalize_and_map`, `dmirror_migrate_to_system`).
+extension Mirror {
+    /// Pages per `migrate_vma` (`PTRS_PER_PTE`).
+    static let migrateBatch = 512
+
+    /// Migrates `npages` pages at `address` to device memory, VMA by VMA in batches of
+    /// 512: system pages, the zero page and holes of anonymous memory move (holes and the
+    /// zero page as cleared pages); shared memory, page-cache pages and every device's
+    /// pages stay. Then reads the range back through the mirror, without faulting, into
+    /// `buffer` (when given).
+    /// - Returns: `cpages` = pages the mirror can read back (pages already on this device
+    ///   count), `faults` 0.
+    /// - Throws: `.invalidArgument` for a page not in a readable VMA (batches already done
+    ///   stay migrated) or an address space that is gone; `.noEntry` when any page of the
+    ///   range is not in the mirror afterwards (shared memory, another device's page, an
+    ///   allocation failure); `.fault` for a short buffer.
+    public func migrateToDevice(_ address: UInt64, npages: Int,
+                                into buffer: UnsafeMutableRawBufferPointer? = nil) throws(MirrorError) -> MirrorResult {
+        let end = try checkRange(address, npages)
+        let mm = try liveMM(orElse: .invalidArgument)
+        try forEachMigrateBatch(mm, address, end) { (args: inout MigrateVMA) throws(MirrorError) in
+            args.flags = .selectSystem
+            try migrateVMASetupChecked(&args)
+            allocAndCopyToDevice(&args)
+            defer { migrateVMAFinalize(&args) }
+            do throws(HostMMError) { try migrateVMAPages(&args) } catch { throw MirrorError(error) }
+            finalizeAndMap(args)
+        }
+        let bounce = try makeBounce(npages)
+        defer { bounce.deallocate() }
+        var cpages = 0
+        guard doRead(address, end, base: address, bounce.baseAddress!, &cpages) else {
+            throw isOpen ? .noEntry : .invalidArgument
+        }
+        try copyOut(bounce, to: buffer)
+        return MirrorResult(cpages: cpages, faults: 0)
+    }
+
+    /// Migrates this device's pages in `npages` pages at `address` back to system memory;
+    /// other pages are left alone.
+    /// - Returns: `cpages` = pages that moved, `faults` 0.
+    /// - Throws: `.invalidArgument` for a page not in a readable VMA or an address space
+    ///   that is gone; `.outOfMemory` when a system page cannot be had (or the one-shot
+    ///   allocation failure is armed): that batch stays on the device.
+    public func migrateToSystem(_ address: UInt64, npages: Int) throws(MirrorError) -> MirrorResult {
+        let end = try checkRange(address, npages)
+        let mm = try liveMM(orElse: .invalidArgument)
+        var cpages = 0
+        try forEachMigrateBatch(mm, address, end) { (args: inout MigrateVMA) throws(MirrorError) in
+            args.flags = device.selectDevice
+            try migrateVMASetupChecked(&args)
+            defer { migrateVMAFinalize(&args) }
+            try device.allocAndCopyToSystem(&args, clearing: self)
+            do throws(HostMMError) { try migrateVMAPages(&args) } catch { throw MirrorError(error) }
+            for i in 0..<args.npages where args.src[i].page != nil && args.src[i].contains(.migrate) { cpages += 1 }
+        }
+        return MirrorResult(cpages: cpages, faults: 0)
+    }
+
+    /// The VMA walk both migrations share: under the mmap read lock, each readable VMA
+    /// piece of `[start, end)` in batches of at most 512 pages; `EINVAL` at the first
+    /// address without a readable VMA.
+    private func forEachMigrateBatch(_ mm: AddressSpace, _ start: UInt64, _ end: UInt64,
+                                     _ body: (inout MigrateVMA) throws(MirrorError) -> Void) throws(MirrorError) {
+        let src = UnsafeMutableBufferPointer<MigratePFN>.allocate(capacity: Self.migrateBatch)
+        let dst = UnsafeMutableBufferPointer<MigratePFN>.allocate(capacity: Self.migrateBatch)
+        defer { src.deallocate(); dst.deallocate() }
+        try mm.mmapLock.withReadLock { () throws(MirrorError) in
+            var addr = start
+            while addr < end {
+                guard let vma = mm.findVMA(addr), vma.flags.contains(.read) else { throw .invalidArgument }
+                let next = min(end, vma.end, addr + UInt64(Self.migrateBatch * pageSize))
+                src.update(repeating: [])
+                dst.update(repeating: [])
+                var args = MigrateVMA(vma: vma, start: addr, end: next, src: src, dst: dst, pgmapOwner: device.owner)
+                try body(&args)
+                addr = next
+            }
+        }
+    }
+
+    private func migrateVMASetupChecked(_ args: inout MigrateVMA) throws(MirrorError) {
+        do { try migrateVMASetup(&args) } catch { throw MirrorError(error) }
+    }
+
+    /// `dmirror_migrate_alloc_and_copy`: a device page per collected entry, filled from the
+    /// source (or cleared for a hole), owned by this mirror; writable when the source was,
+    /// or for a hole in a writable VMA. An allocation failure leaves the page where it is.
+    private func allocAndCopyToDevice(_ args: inout MigrateVMA) {
+        let writableVMA = args.vma?.flags.contains(.write) ?? false
+        for i in 0..<args.npages where args.src[i].contains(.migrate) {
+            let source = args.src[i].page
+            if let source, !device.memory.isRAM(source) { continue }   // a device page: never with selectSystem
+            if takeAllocationFailure() { continue }
+            guard let page = device.allocPage(), let to = device.vram.bytes(of: page) else { continue }
+            if let source, let from = device.memory.bytes(source) {
+                memcpy(to, from, pageSize)
+            } else {
+                memset(to, 0, pageSize)
+            }
+            device.memory.setZoneDeviceData(page, id)
+            var d = MigratePFN(pfn: page)
+            if args.src[i].contains(.write) || (source == nil && writableVMA) { d.insert(.write) }
+            args.dst[i] = d
+        }
+    }
+
+    /// `dmirror_migrate_finalize_and_map`: the pages that moved enter the table (the
+    /// device's own migration did not invalidate it).
+    private func finalizeAndMap(_ args: MigrateVMA) {
+        lock.withLock {
+            guard !isClosed else { return }
+            for i in 0..<args.npages where args.src[i].contains(.migrate) {
+                guard let page = args.dst[i].page else { continue }
+                table.set(args.start + UInt64(i) << 12,
+                          DevicePageTableEntry(pfn: page, kind: .vram, write: args.dst[i].contains(.write)))
+            }
+        }
+    }
+
+    /// Drops the entry for `address` (`xa_erase` of a page leaving the device).
+    func erase(_ address: UInt64) {
+        lock.withLock { table.set(address, .none) }
+    }
+}
+
+extension MirrorDevice {
+    /// `dmirror_devmem_fault_alloc_and_copy`: a locked system page per collected device
+    /// page, the data copied into it, the entry dropped from `mirror`'s table. When a page
+    /// cannot be had (or `mirror`'s one-shot failure is armed) the whole batch is left on
+    /// the device and `.outOfMemory` is thrown; the caller still finalizes.
+    func allocAndCopyToSystem(_ args: inout MigrateVMA, clearing mirror: Mirror?) throws(MirrorError) {
+        for i in 0..<args.npages where args.src[i].contains(.migrate) {
+            guard let page = args.src[i].page, let from = dataPointer(page) else { continue }
+            let ram: PFN? = (mirror?.takeAllocationFailure() ?? false) ? nil : memory.allocPage()
+            guard let ram else {
+                for k in 0..<i {
+                    guard let unused = args.dst[k].page else { continue }
+                    memory.unlockPage(unused)
+                    memory.putPage(unused)
+                    args.dst[k] = []
+                }
+                throw .outOfMemory
+            }
+            memory.lockPage(ram)
+            mirror?.erase(args.start + UInt64(i) << 12)
+            memcpy(memory.bytes(ram)!, from, pageSize)
+            var d = MigratePFN(pfn: ram)
+            if args.src[i].contains(.write) { d.insert(.write) }
+            args.dst[i] = d
+        }
+    }
+}

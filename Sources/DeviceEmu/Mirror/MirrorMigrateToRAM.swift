@@ -1,0 +1,25 @@
+import HostMM
+
+/// The CPU fault on one of the device's private pages (`dmirror_devmem_fault`): exactly
+/// one page comes back to system memory — no fault-around, unlike DeviceEmu's `Device`.
+extension MirrorDevice {
+    func devmemFault(_ fault: VMFault) -> VMFaultResult {
+        // The mirror that migrated the page: its table loses the entry (this device's own
+        // migration does not invalidate its mirrors). Gone only if it closed meanwhile.
+        let owning = mirror(id: memory.zoneDeviceData(fault.page))
+        let src = UnsafeMutableBufferPointer<MigratePFN>.allocate(capacity: 1)
+        let dst = UnsafeMutableBufferPointer<MigratePFN>.allocate(capacity: 1)
+        defer { src.deallocate(); dst.deallocate() }
+        src[0] = []
+        dst[0] = []
+        let start = fault.address & ~UInt64(pageSize - 1)
+        var args = MigrateVMA(vma: fault.vma, start: start, end: start + UInt64(pageSize), src: src, dst: dst,
+                              pgmapOwner: owner, flags: selectDevice, faultPage: fault.page)
+        do { try migrateVMASetup(&args) } catch { return .sigbus }
+        defer { migrateVMAFinalize(&args) }
+        do { try allocAndCopyToSystem(&args, clearing: owning) } catch { return .oom }
+        do { try migrateVMAPages(&args) } catch { return .sigbus }
+        // Not collected (its lock was busy): nothing moved, the CPU retries the access.
+        return .done
+    }
+}

@@ -1,0 +1,97 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import HostMM
+
+/// The ioctl entry checks, and the READ, WRITE and FLAGS commands (`dmirror_read`,
+/// `dmirror_write`, `dmirror_fops_unlocked_ioctl`).
+extension Mirror {
+    /// The checks every command passes first: an open mirror, a page-aligned `address`,
+    /// and `address < address + (npages << 12)` in wrapping 64-bit arithmetic (so
+    /// `npages == 0`, negative counts and wrap-around are refused). Returns the end.
+    func checkRange(_ address: UInt64, _ npages: Int) throws(MirrorError) -> UInt64 {
+        guard isOpen else { throw .invalidArgument }
+        guard address & 4095 == 0 else { throw .invalidArgument }
+        let end = address &+ (UInt64(bitPattern: Int64(npages)) &<< 12)
+        guard address < end else { throw .invalidArgument }
+        return end
+    }
+
+    /// `dmirror_bounce_init`: a zeroed kernel buffer of `npages` pages; `ENOMEM` when it
+    /// could not be had (larger than the machine's RAM).
+    func makeBounce(_ npages: Int) throws(MirrorError) -> UnsafeMutableRawBufferPointer {
+        guard npages <= device.memory.ramPageCount else { throw .outOfMemory }
+        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: npages * pageSize, alignment: pageSize)
+        b.initializeMemory(as: UInt8.self, repeating: 0)
+        return b
+    }
+
+    /// `copy_to_user` of a whole bounce buffer: `EFAULT` when the destination is shorter.
+    func copyOut(_ bounce: UnsafeMutableRawBufferPointer, to buffer: UnsafeMutableRawBufferPointer?) throws(MirrorError) {
+        guard let buffer else { return }
+        guard buffer.count >= bounce.count, let to = buffer.baseAddress else { throw .fault }
+        memcpy(to, bounce.baseAddress!, bounce.count)
+    }
+
+    /// `HMM_DMIRROR_READ`: reads `npages` pages at `address` through the mirror into
+    /// `buffer`. Missing entries are faulted in (one `hmmRangeFault` pass per miss, counted
+    /// in `faults`); any entry, read-only, writable or atomic, can be read.
+    /// - Returns: `cpages` = pages read (`npages`); `faults` = fault passes (1 when cold).
+    /// - Throws: `.fault` for `PROT_NONE`, holes or a short buffer; `.busy`; `.outOfMemory`;
+    ///   `.invalidArgument` from the entry checks. `buffer` is untouched on error.
+    public func read(_ address: UInt64, npages: Int, into buffer: UnsafeMutableRawBufferPointer) throws(MirrorError) -> MirrorResult {
+        let end = try checkRange(address, npages)
+        let bounce = try makeBounce(npages)
+        defer { bounce.deallocate() }
+        var cpages = 0, faults = 0
+        var start = address
+        while !doRead(start, end, base: address, bounce.baseAddress!, &cpages) {
+            guard isOpen else { throw .invalidArgument }
+            start = address + UInt64(cpages) << 12
+            try fault(start, end, write: false)
+            faults += 1
+        }
+        try copyOut(bounce, to: buffer)
+        return MirrorResult(cpages: cpages, faults: faults)
+    }
+
+    /// `HMM_DMIRROR_WRITE`: writes `npages` pages of `buffer` at `address` through the
+    /// mirror. Only writable entries are used; missing, read-only and atomic ones are
+    /// faulted for write (which breaks copy-on-write, and revokes the device's own
+    /// exclusive access).
+    /// - Returns: `cpages` = pages written; `faults` = fault passes.
+    /// - Throws: `.permissionDenied` for a read-only VMA; `.fault` for `PROT_NONE`, holes or
+    ///   a short buffer (checked before anything is done); `.busy`; `.outOfMemory`.
+    public func write(_ address: UInt64, npages: Int, from buffer: UnsafeRawBufferPointer) throws(MirrorError) -> MirrorResult {
+        let end = try checkRange(address, npages)
+        let bounce = try makeBounce(npages)
+        defer { bounce.deallocate() }
+        guard buffer.count >= bounce.count, let from = buffer.baseAddress else { throw .fault }
+        memcpy(bounce.baseAddress!, from, bounce.count)
+        var cpages = 0, faults = 0
+        var start = address
+        while !doWrite(start, end, base: address, UnsafeRawPointer(bounce.baseAddress!), &cpages) {
+            guard isOpen else { throw .invalidArgument }
+            start = address + UInt64(cpages) << 12
+            try fault(start, end, write: true)
+            faults += 1
+        }
+        return MirrorResult(cpages: cpages, faults: faults)
+    }
+
+    /// `HMM_DMIRROR_FLAGS`: replaces the mirror's flags with `npages` (an assignment, so
+    /// `0` — like any `npages == 0` — is `EINVAL`: flags cannot be cleared this way).
+    /// - Returns: cpages 0, faults 0.
+    @discardableResult
+    public func setFlags(_ address: UInt64 = 0, npages: Int) throws(MirrorError) -> MirrorResult {
+        _ = try checkRange(address, npages)
+        storeFlags(MirrorFlags(rawValue: UInt64(bitPattern: Int64(npages))))
+        return MirrorResult(cpages: 0, faults: 0)
+    }
+
+    /// `HMM_DMIRROR_FLAGS` with a flag set (its raw value is the `npages` sent).
+    @discardableResult
+    public func setFlags(_ flags: MirrorFlags) throws(MirrorError) -> MirrorResult {
+        try setFlags(0, npages: Int(truncatingIfNeeded: flags.rawValue))
+    }
+}

@@ -1,0 +1,69 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import HostMM
+
+/// `HMM_DMIRROR_RELEASE` and the eviction `close()` also runs
+/// (`dmirror_device_remove_chunks`, `dmirror_device_evict_chunk`): every in-use page of
+/// the device goes back to system memory through `migrateDeviceRange` / `Pages` /
+/// `Finalize`, wherever it is mapped.
+extension Mirror {
+    /// Evicts all of the device's memory — pages of every mirror and process — and
+    /// returns; `address` and `npages` only pass the entry checks. The device keeps
+    /// working: later migrations allocate again.
+    /// - Returns: cpages 0, faults 0.
+    @discardableResult
+    public func release(_ address: UInt64, npages: Int) throws(MirrorError) -> MirrorResult {
+        _ = try checkRange(address, npages)
+        device.evictAll()
+        return MirrorResult(cpages: 0, faults: 0)
+    }
+}
+
+extension MirrorDevice {
+    /// PFNs per eviction batch (the kernel does a whole chunk at once; batching is not
+    /// observable and bounds the scratch arrays).
+    static let evictBatch = 512
+
+    /// Evicts every in-use page of every chunk; returns pages moved. Free pages and pages
+    /// whose lock is held elsewhere are skipped, as `migrate_device_range` does. The
+    /// unmapping invalidates with no owner, so every mirror drops its entries; copies never
+    /// carry the write bit (`migrate_device_range` sets none).
+    @discardableResult
+    public func evictAll() -> Int {
+        let src = UnsafeMutableBufferPointer<MigratePFN>.allocate(capacity: Self.evictBatch)
+        let dst = UnsafeMutableBufferPointer<MigratePFN>.allocate(capacity: Self.evictBatch)
+        defer { src.deallocate(); dst.deallocate() }
+        var moved = 0
+        for chunk in vram.chunks {
+            var first = chunk.pfns.lowerBound
+            while first < chunk.pfns.upperBound {
+                let count = min(Self.evictBatch, chunk.pfns.upperBound - first)
+                moved += evict(first, count, src, dst)
+                first = first + count
+            }
+        }
+        return moved
+    }
+
+    /// `dmirror_device_evict_chunk` for `count` PFNs from `first`.
+    private func evict(_ first: PFN, _ count: Int, _ src: UnsafeMutableBufferPointer<MigratePFN>,
+                       _ dst: UnsafeMutableBufferPointer<MigratePFN>) -> Int {
+        src.update(repeating: [])
+        dst.update(repeating: [])
+        do { try memory.migrateDeviceRange(src, start: first, npages: count) } catch { return 0 }
+        for i in 0..<count where src[i].contains(.migrate) {
+            // __GFP_NOFAIL in the kernel: a page that cannot get RAM stays on the device.
+            guard let page = src[i].page, let from = dataPointer(page), let ram = memory.allocPage() else { continue }
+            memory.lockPage(ram)
+            memcpy(memory.bytes(ram)!, from, pageSize)
+            dst[i] = MigratePFN(pfn: ram)
+        }
+        do { try memory.migrateDevicePages(src: src, dst: dst, npages: count) } catch {
+            for i in 0..<count { src[i].remove(.migrate) }
+        }
+        let moved = (0..<count).reduce(0) { $0 + (src[$1].contains(.migrate) ? 1 : 0) }
+        memory.migrateDeviceFinalize(src: src, dst: dst, npages: count)
+        return moved
+    }
+}
