@@ -132,11 +132,15 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         residentSince = UnsafeMutableRawPointer.allocate(byteCount: max(vram.pageCount, 1) * 8, alignment: 8)
             .initializeMemory(as: UInt64.self, repeating: 0, count: max(vram.pageCount, 1))
             .withMemoryRebound(to: Synchronization.Atomic<UInt64>.self, capacity: max(vram.pageCount, 1)) { $0 }
+        forwarder.memory = vram
         forwarder.target = self
     }
 
+    /// A device dropped without `shutdown()` tears itself down (best effort: pages that
+    /// cannot be evicted keep their chunks registered). A bound address space keeps its
+    /// device alive until `unbind` or `shutdown`.
     deinit {
-        if gate.state != .shutDown { try? shutdown() }
+        try? shutdown()
         residentSince.deallocate()
     }
 
