@@ -33,10 +33,10 @@ public struct CopyBatch: @unchecked Sendable {
         base[index]
     }
 
-    /// A sub-range of this batch, e.g. to hand part of it to a wrapped backend.
+    /// A sub-range of this batch, e.g. to hand part of it to a wrapped backend
+    /// (clamped to `indices`: a slice never reaches outside its batch).
     public func slice(_ range: Range<Int>) -> CopyBatch {
-        precondition(range.lowerBound >= indices.lowerBound && range.upperBound <= indices.upperBound)
-        return CopyBatch(fence: fence, base: base, indices: range)
+        CopyBatch(fence: fence, base: base, indices: range.clamped(to: indices))
     }
 
     /// Reports `range` as copied in full.

@@ -114,7 +114,7 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
     // MARK: Backend and timeline side
 
     func recordFailure(index: Int, errno: Errno, bytesCompleted: Int) {
-        let ticket = DMATicket(rawValue: tickets.lowerBound + UInt64(index))
+        let ticket = DMATicket(rawValue: tickets.lowerBound &+ UInt64(truncatingIfNeeded: index))
         state.lock()
         failureList.append(DescriptorFailure(ticket: ticket, index: index, errno: errno, bytesCompleted: bytesCompleted))
         state.unlock()

@@ -43,6 +43,7 @@ struct CopyCommand: ParsableCommand {
     @Option(help: "Batches in flight per channel before waiting on the oldest fence.") var inflight = 8
     @Option(help: "Passes per run (the median is reported).") var repeats = 3
     @Option(help: "Host memory the frames are scattered over (default 4 × total).") var hostMemory: ByteCount?
+    @Option(help: "memfds each VRAM pool is striped over (1: one memfd).") var vramFiles = VRAMPool.Layout.default.files
     @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
 
     var options: CopyOptions {
@@ -58,6 +59,7 @@ struct CopyCommand: ParsableCommand {
         o.inflightBatches = inflight
         o.repeats = repeats
         o.hostBytes = hostMemory?.bytes
+        o.vramLayout.files = vramFiles
         return o
     }
 

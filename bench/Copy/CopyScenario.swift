@@ -19,6 +19,8 @@ struct CopyOptions: Sendable {
     var repeats = 3
     /// Host memory the source/destination frames are scattered over (default 4 × total).
     var hostBytes: Int? = nil
+    /// How each VRAM pool is spread over memfds.
+    var vramLayout: VRAMPool.Layout = .default
     var seed: UInt64 = 0xD11A
 }
 

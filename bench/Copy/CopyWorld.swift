@@ -22,8 +22,8 @@ final class CopyWorld {
         engine = try DMAEngine(configuration: .init(backend: o.backend, queueDepth: o.queueDepth,
                                                     maxBatch: max(o.batchPages, 1)))
         ramID = try engine.registerHostMemory(ram, name: "ram")
-        vramA = try engine.createVRAMPool(size: o.totalBytes, name: "vram-a")
-        vramB = try engine.createVRAMPool(size: o.totalBytes, name: "vram-b")
+        vramA = try engine.createVRAMPool(size: o.totalBytes, name: "vram-a", layout: o.vramLayout)
+        vramB = try engine.createVRAMPool(size: o.totalBytes, name: "vram-b", layout: o.vramLayout)
         Self.stamp(ram, pageSize: o.pageSize, salt: 1)
         Self.stamp(vramA.mapping, pageSize: o.pageSize, salt: 2)
         Self.stamp(vramB.mapping, pageSize: o.pageSize, salt: 3)
