@@ -50,6 +50,9 @@ public indirect enum CopyBackendKind: Sendable, CustomStringConvertible {
     case mappedWorkers(threads: Int)
     /// Wraps another backend and injects the faults of `plan` (seeded, reproducible).
     case faultInjecting(FaultPlan, wrapping: CopyBackendKind)
+    /// Wraps another backend and makes host↔device batches complete no earlier than
+    /// the `LinkModel` (bandwidth, latency) says: PCIe or NVLink on top of the emulation.
+    case linkModel(LinkModel, wrapping: CopyBackendKind)
     /// A backend of your own.
     case custom(name: String, make: @Sendable (ChannelSettings) throws(DMAError) -> any CopyBackend)
 
@@ -59,6 +62,7 @@ public indirect enum CopyBackendKind: Sendable, CustomStringConvertible {
         case .memcpy: return "memcpy"
         case .mappedWorkers: return "mapped"
         case .faultInjecting(_, let inner): return "faulty(\(inner))"
+        case .linkModel(_, let inner): return "link(\(inner))"
         case .custom(let name, _): return name
         }
     }
@@ -72,6 +76,8 @@ public indirect enum CopyBackendKind: Sendable, CustomStringConvertible {
             return MappedWorkersBackend(threads: threads, queueDepth: settings.queueDepth)
         case .faultInjecting(let plan, let inner):
             return FaultInjectingBackend(plan: plan, wrapping: try inner.make(settings), channelID: settings.channelID)
+        case .linkModel(let model, let inner):
+            return LinkModelBackend(model: try model.validated(), wrapping: try inner.make(settings), channelID: settings.channelID)
         case .custom(_, let make): return try make(settings)
         }
     }

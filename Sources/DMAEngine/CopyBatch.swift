@@ -39,6 +39,14 @@ public struct CopyBatch: @unchecked Sendable {
         CopyBatch(fence: fence, base: base, indices: range.clamped(to: indices))
     }
 
+    /// Delays the batch's fence past its descriptors' completion until `releaseHold()`
+    /// (for wrappers that model time, like the link model). Call before handing the
+    /// batch's descriptors on, so that at least one of them is still unreported.
+    func hold() { fence.takeUnretainedValue().addHold() }
+
+    /// Ends one `hold()`.
+    func releaseHold() { fence.takeUnretainedValue().descriptorsFinished(1) }
+
     /// Reports `range` as copied in full.
     public func complete(_ range: Range<Int>) {
         guard !range.isEmpty else { return }

@@ -209,7 +209,7 @@ extension CopyBackendKind {
         switch self {
         case .ioUring: return true
         case .memcpy, .mappedWorkers, .custom: return false
-        case .faultInjecting(_, let inner): return inner.usesIOURing
+        case .faultInjecting(_, let inner), .linkModel(_, let inner): return inner.usesIOURing
         }
     }
 }

@@ -120,6 +120,13 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
         state.unlock()
     }
 
+    /// Keeps the fence from signalling until a matching `descriptorsFinished(1)`, even
+    /// once its descriptors are done (a wrapper backend delaying completion). Call it
+    /// only while some of the fence's descriptors are still unreported.
+    func addHold() {
+        remaining.add(1, ordering: .acquiringAndReleasing)
+    }
+
     func descriptorsFinished(_ count: Int) {
         let left = remaining.subtract(count, ordering: .acquiringAndReleasing).newValue
         if left == 0 { timeline.fenceWorkDone(self) }
