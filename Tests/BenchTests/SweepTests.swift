@@ -105,7 +105,7 @@ import ArgumentParser
         #expect(message(["run", "memcpy", "--sweep", "bogus=1"])?.hasPrefix("unknown parameter 'bogus' for scenario 'memcpy'") == true)
         #expect(message(["run", "memcpy", "--sweep", "batch=1", "--sweep", "batch=2"])?.contains("given twice") == true)
         #expect(message(["run", "memcpy", "--set", "batch=1,2"]) == "--set batch=1,2 gives several values; use --sweep to run each")
-        #expect(message(["run", "nosuch"]) == "unknown scenario 'nosuch' (known: memcpy)")
+        #expect(message(["run", "nosuch"]) == "unknown scenario 'nosuch' (known: \(ScenarioRegistry.standard.names.joined(separator: ", ")))")
         #expect(message(["run", "memcpy", "--repeat", "0"]) == "--repeat must be between 1 and 1000 (got 0)")
     }
 
