@@ -24,6 +24,8 @@ struct BenchSuite: Sendable {
     /// migrate entries are added here as those scenarios land.
     static let standard = BenchSuite(name: "standard", entries: [
         Entry("memcpy", "page-size=4K,64K,2M"),
+        // h2d, d2h and d2d per point (128M, median of 3 passes): ~11 s in release on the 2-core reference machine.
+        Entry("copy", "page-size=4K,64K coalesce=on,off"),
         Entry("mm", "pages=64K"),
         Entry("migrate", "batch=128,512"),
     ])
