@@ -221,10 +221,11 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
 
     @inline(__always)
     func emit(_ kind: MigrationEvent.Kind, _ direction: MigrationEvent.Direction, begin: UInt64 = 0,
-              batch: UInt64 = 0, seqno: UInt64 = 0, channel: Int = -1, address: UInt64 = 0, pages: Int = 0) {
+              batch: UInt64 = 0, seqno: UInt64 = 0, channel: Int = -1, address: UInt64 = 0,
+              pages: @autoclosure () -> Int = 0) {
         guard let observer else { return }
         observer.observe(MigrationEvent(kind: kind, direction: direction, time: MonotonicTime.now(), beginTime: begin,
-                                        batch: batch, seqno: seqno, channel: channel, address: address, pages: pages))
+                                        batch: batch, seqno: seqno, channel: channel, address: address, pages: pages()))
     }
 
     /// A timestamp for a `…Begin` event, or 0 when nobody observes.
