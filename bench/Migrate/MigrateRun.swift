@@ -48,9 +48,9 @@ final class MigrateRun {
             memory = try PhysicalMemory(ramBytes: 2 * o.totalBytes + (64 << 20), maxDevicePages: o.pages + 4096)
         } catch { throw Self.failure("cannot create \(ByteCount(2 * o.totalBytes)) of emulated RAM: \(error)") }
         observer = MigrateObserver(trace: trace)
-        var config = Device.Configuration(name: "bench", vramSize: o.totalBytes, backend: o.backend.kind, policy: o.policy)
+        var config = Device.Configuration(name: "bench", vramSize: o.totalBytes, backend: o.backend.kind(workers: o.workers), policy: o.policy)
         config.observer = observer
-        config.faultBackend = o.faultBackend?.kind
+        config.faultBackend = o.faultBackend?.kind(workers: o.workers)
         do { gpu = try Device(memory: memory, configuration: config) } catch {
             throw Self.failure("cannot create the device: \(error)\(o.backend == .iouring ? " (try backend memcpy)" : "")")
         }
@@ -84,6 +84,7 @@ final class MigrateRun {
         r.set("fault_around", o.faultAround)
         r.set("backend", o.backend.rawValue)
         r.set("fault_backend", (o.faultBackend ?? o.backend).rawValue)
+        if o.backend == .mapped || o.faultBackend == .mapped { r.set("workers", o.workers) }
         r.set("api", o.api.name)
         r.set("to_device_gbps", gb / toDeviceSeconds)
         r.set("to_ram_fault_gbps", gb / readSeconds)
