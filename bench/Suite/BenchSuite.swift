@@ -25,7 +25,7 @@ struct BenchSuite: Sendable {
     static let standard = BenchSuite(name: "standard", entries: [
         Entry("memcpy", "page-size=4K,64K,2M"),
         Entry("mm", "pages=64K"),
-        Entry("migrate", "backend=iouring,mapped pipeline=2 fault-backend=same,memcpy"),
+        Entry("migrate", "backend=iouring,mapped batch=2048 pipeline=2 fault-backend=same,memcpy"),
     ])
 
     /// The jobs of every entry, checked against `registry` (unknown scenarios or keys, bad values).
