@@ -54,7 +54,7 @@ import Testing
         #expect(gpu.counters[.copyFailures] >= 16 && gpu.counters[.copyRetries] >= 16)
         var relaxed = gpu.policy
         relaxed.gpuFault = .mapSystemMemory(pages: 1)
-        gpu.policy = relaxed
+        try gpu.setPolicy(relaxed)
         let space = try gpu.bind(mm)
         #expect(try pattern.gpuMismatches(space, a, pages: 64).isEmpty)
     }
@@ -68,7 +68,9 @@ import Testing
         try PagePattern(seed: 93).fill(mm, a, pages: 16)
         try gpu.migrateToDevice(mm, range: range(a, pages: 8))
         let again = try gpu.migrateToDevice(mm, range: range(a, pages: 16))
-        #expect(again.migrated == 8 && again.collected == 8)
+        #expect(again.migrated == 8 && again.collected == 8 && again.pages == 16)
+        let nothing = try gpu.migrateToDevice(mm, range: range(a, pages: 16))
+        #expect(nothing.pages == 16 && nothing.collected == 0 && nothing.batches == 0)
         #expect(gpu.vram.inUsePageCount == 16)
         #expect(try PagePattern(seed: 93).cpuMismatches(mm, a, pages: 16).isEmpty)
     }
