@@ -90,8 +90,8 @@ extension Device {
                            _ space: GPUAddressSpace?, _ policy: MigrationPolicy,
                            _ pool: ChannelPool) throws(DeviceError) -> ToRAMOutcome {
         let batch = nextBatch()
-        let t0 = stamp()
         emit(.setupBegin, .toRAM, batch: batch, address: start)
+        let t0 = stamp()   // after the batch's begin: setup nests inside the batch
         var args = MigrateVMA(vma: vma, start: start, end: end, src: b.src, dst: b.dst, pgmapOwner: owner,
                               flags: .selectDevicePrivate, faultPage: faultPage)
         do { try migrateVMASetup(&args) } catch { throw .hostMM(error) }
