@@ -152,7 +152,9 @@ extension Device {
             let ram = b.pages[next]
             next += 1
             do {
-                guard let from = vram.dmaAddress(of: source) else { throw DMAError.zeroLength }
+                // Setup selected this device's pages, so each has a VRAM address; one without
+                // is not this device's page (EINVAL) and stays where it is, like a failed enqueue.
+                guard let from = vram.dmaAddress(of: source) else { throw DeviceError.invalidArgument }
                 try channel.enqueueCopy(from: from, to: ramAddress(ram), length: pageSize)
             } catch {
                 memory.unlockPage(ram)
