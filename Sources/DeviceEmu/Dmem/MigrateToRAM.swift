@@ -28,6 +28,8 @@ extension Device {
         let buffers = spareBuffers.take(min(policy.batchPages, Int((window.upperBound - window.lowerBound) >> 12)))
         defer { spareBuffers.give(buffers) }
         let space = addressSpace(for: fault.mm)
+        let windowPages = Int((window.upperBound - window.lowerBound) >> 12)
+        let pool = windowPages <= policy.cpuCopyFaultPages ? cpuCopyChannels ?? faultChannels : faultChannels
         var result = VMFaultResult.done
         var moved = 0
         let span = UInt64(min(buffers.capacity, policy.batchPages)) << 12
@@ -39,7 +41,7 @@ extension Device {
             let start = window.lowerBound + UInt64(index) * span
             let end = min(window.upperBound, start + span)
             do {
-                let r = try migrateBatchToRAM(buffers, fault.vma, start, end, faultPage: fault.page, space, policy, faultChannels)
+                let r = try migrateBatchToRAM(buffers, fault.vma, start, end, faultPage: fault.page, space, policy, pool)
                 moved += r.moved
                 if k == 0, r.faultPageCopyFailed { result = .sigbus }
                 if k == 0, r.faultPageWithoutRAM { result = .oom }
