@@ -17,8 +17,13 @@ final class ChannelTimeline: @unchecked Sendable {
     private var outstanding: [Fence?] = []
     private var head = 0
     private var completedTicket: UInt64? = nil
+    private var history: FailureHistory
 
-    init(pool: DescriptorPool) { self.pool = pool }
+    init(pool: DescriptorPool, statusHistory: Int = DMAEngine.Configuration().statusHistory) {
+        self.pool = pool
+        self.history = FailureHistory(window: statusHistory)
+        self.statusWindow = history.window
+    }
 
     func append(_ fence: Fence) {
         lock.withLock {
@@ -36,6 +41,14 @@ final class ChannelTimeline: @unchecked Sendable {
         lock.withLock { completedTicket.map(DMATicket.init(rawValue:)) }
     }
 
+    /// How many of the latest completed tickets keep their status (immutable).
+    let statusWindow: UInt64
+
+    /// The status of each ticket in `tickets` (all of them issued by the channel).
+    func status(_ tickets: Range<UInt64>) -> [DescriptorStatus] {
+        lock.withLock { tickets.map { history.status($0, completed: completedTicket) } }
+    }
+
     func fenceWorkDone(_ fence: Fence) {
         var toRun: [(Fence, [@Sendable (Fence) -> Void])] = []
         lock.withLock {
@@ -43,8 +56,11 @@ final class ChannelTimeline: @unchecked Sendable {
             while head < outstanding.count, let f = outstanding[head], f.ownWorkDone {
                 outstanding[head] = nil
                 head += 1
-                if !f.tickets.isEmpty { completedTicket = f.tickets.upperBound - 1 }
                 let callbacks = f.markSignaled()
+                if !f.tickets.isEmpty {
+                    completedTicket = f.tickets.upperBound - 1
+                    history.append(f.failures, completedThrough: f.tickets.upperBound - 1)
+                }
                 toRun.append((f, callbacks))
             }
             if head > 64, head * 2 > outstanding.count {

@@ -30,15 +30,18 @@ public struct ChannelSettings: Sendable {
     /// Whether runs contiguous on the file side become one vectored operation.
     public var coalescing: Bool
     public var logger: Logger
+    /// Where the backend records a failure that makes the channel unusable (shared with the channel).
+    public var health: ChannelHealth
 }
 
 /// Which `CopyBackend` a channel uses.
 public indirect enum CopyBackendKind: Sendable, CustomStringConvertible {
     /// One io_uring per channel and one reaper thread blocked in `io_uring_wait_cqe`;
-    /// `preadv` from / `pwritev` to the VRAM memfd, coalesced. The default.
-    /// Reads (D2H, D2D) run on io-wq workers in parallel; writes (H2D) serialise on
-    /// the memfd's inode lock and the kernel's per-page shmem work: ~0.65–0.75× a
-    /// scattered memcpy on the reference machine, where `.mappedWorkers` goes faster.
+    /// `preadv` from / `pwritev` to the VRAM memfds, coalesced. The default.
+    /// Reads (D2H, D2D) run on io-wq workers in parallel. A write holds its memfd's
+    /// inode lock, so writes (H2D, D2D) run in parallel only across the files of a
+    /// striped pool (`VRAMPool.Layout`); each one costs the kernel's per-page shmem
+    /// work, about 1.4× a scattered memcpy on the reference machine.
     case ioUring
     /// Synchronous memcpy through the VRAM mapping on the submitting thread: the reference, and the fallback when io_uring is unavailable.
     case memcpy
@@ -47,6 +50,9 @@ public indirect enum CopyBackendKind: Sendable, CustomStringConvertible {
     case mappedWorkers(threads: Int)
     /// Wraps another backend and injects the faults of `plan` (seeded, reproducible).
     case faultInjecting(FaultPlan, wrapping: CopyBackendKind)
+    /// Wraps another backend and makes host↔device batches complete no earlier than
+    /// the `LinkModel` (bandwidth, latency) says: PCIe or NVLink on top of the emulation.
+    case linkModel(LinkModel, wrapping: CopyBackendKind)
     /// A backend of your own.
     case custom(name: String, make: @Sendable (ChannelSettings) throws(DMAError) -> any CopyBackend)
 
@@ -56,6 +62,7 @@ public indirect enum CopyBackendKind: Sendable, CustomStringConvertible {
         case .memcpy: return "memcpy"
         case .mappedWorkers: return "mapped"
         case .faultInjecting(_, let inner): return "faulty(\(inner))"
+        case .linkModel(_, let inner): return "link(\(inner))"
         case .custom(let name, _): return name
         }
     }
@@ -64,9 +71,13 @@ public indirect enum CopyBackendKind: Sendable, CustomStringConvertible {
         switch self {
         case .ioUring: return try IOURingBackend(settings)
         case .memcpy: return MemcpyBackend()
-        case .mappedWorkers(let threads): return MappedWorkersBackend(threads: threads, queueDepth: settings.queueDepth)
+        case .mappedWorkers(let threads):
+            guard (1...64).contains(threads) else { throw .invalidArgument("mappedWorkers threads \(threads) outside 1…64") }
+            return MappedWorkersBackend(threads: threads, queueDepth: settings.queueDepth)
         case .faultInjecting(let plan, let inner):
             return FaultInjectingBackend(plan: plan, wrapping: try inner.make(settings), channelID: settings.channelID)
+        case .linkModel(let model, let inner):
+            return LinkModelBackend(model: try model.validated(), wrapping: try inner.make(settings), channelID: settings.channelID)
         case .custom(_, let make): return try make(settings)
         }
     }

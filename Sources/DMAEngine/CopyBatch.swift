@@ -33,11 +33,19 @@ public struct CopyBatch: @unchecked Sendable {
         base[index]
     }
 
-    /// A sub-range of this batch, e.g. to hand part of it to a wrapped backend.
+    /// A sub-range of this batch, e.g. to hand part of it to a wrapped backend
+    /// (clamped to `indices`: a slice never reaches outside its batch).
     public func slice(_ range: Range<Int>) -> CopyBatch {
-        precondition(range.lowerBound >= indices.lowerBound && range.upperBound <= indices.upperBound)
-        return CopyBatch(fence: fence, base: base, indices: range)
+        CopyBatch(fence: fence, base: base, indices: range.clamped(to: indices))
     }
+
+    /// Delays the batch's fence past its descriptors' completion until `releaseHold()`
+    /// (for wrappers that model time, like the link model). Call before handing the
+    /// batch's descriptors on, so that at least one of them is still unreported.
+    func hold() { fence.takeUnretainedValue().addHold() }
+
+    /// Ends one `hold()`.
+    func releaseHold() { fence.takeUnretainedValue().descriptorsFinished(1) }
 
     /// Reports `range` as copied in full.
     public func complete(_ range: Range<Int>) {

@@ -15,22 +15,42 @@ public struct DescriptorFlags: OptionSet, Sendable, Hashable {
 public struct CopyEndpoint: @unchecked Sendable {
     /// The bytes as the CPU sees them (host memory, or the VRAM pool's shared mapping).
     public var pointer: UnsafeMutableRawPointer
-    /// The file holding the bytes (a VRAM memfd), or -1 when the region is memory only.
+    /// The file holding the first byte (a VRAM memfd), or -1 when the region is memory only.
     public var fd: Int32
-    /// The offset in `fd` (equal to the region offset for VRAM pools).
+    /// The offset of the first byte in `fd` (the region offset for an unstriped pool).
     public var fileOffset: Int
     public var region: RegionID
+    /// The offset in the region.
+    public var offset: Int
+    /// The region's files (to find later bytes of a descriptor that crosses a stripe unit).
+    @usableFromInline var layout: FileLayout
 
-    @inlinable
+    /// An endpoint in an unstriped file `fd` (or memory, with `fd == -1`) at `fileOffset`.
     public init(pointer: UnsafeMutableRawPointer, fd: Int32, fileOffset: Int, region: RegionID) {
+        self.init(pointer: pointer, region: region, offset: fileOffset, layout: .single(fd))
+    }
+
+    init(pointer: UnsafeMutableRawPointer, region: RegionID, offset: Int, layout: FileLayout) {
+        let place = layout.locate(offset)
         self.pointer = pointer
-        self.fd = fd
-        self.fileOffset = fileOffset
+        self.fd = place.fd
+        self.fileOffset = place.offset
         self.region = region
+        self.offset = offset
+        self.layout = layout
     }
 
     /// Whether the kernel can reach this side through a file (`preadv`/`pwritev`).
     @inlinable public var isFileBacked: Bool { fd >= 0 }
+
+    /// Bytes from the first one that stay in `fd` at consecutive offsets (a stripe unit's rest; unbounded when unstriped).
+    public var fileExtent: Int { layout.locate(offset).extent }
+
+    /// Whether the region is striped over several files (writes to it may run in parallel).
+    var isStriped: Bool { layout.isStriped }
+
+    /// The file, file offset and extent of the byte `delta` bytes in.
+    func locate(_ delta: Int) -> (fd: Int32, offset: Int, extent: Int) { layout.locate(offset + delta) }
 }
 
 /// A validated descriptor as a backend receives it: bounds checked, regions resolved.
@@ -83,8 +103,31 @@ enum FileAccess: Equatable {
         return .write(fd: d.destination.fd, offset: d.destination.fileOffset)
     }
 
+    /// The access for `d` on its own: the preferred one, unless only the other side
+    /// keeps all of `d` in one file (D2D across a stripe boundary on one side).
+    static func best(_ d: CopyDescriptor) -> FileAccess {
+        let preferred = FileAccess(d)
+        if !preferred.fits(d), let other = alternative(d), other.fits(d) { return other }
+        return preferred
+    }
+
     /// Whether `d` can be reached through exactly this access.
     func admits(_ d: CopyDescriptor) -> Bool {
         FileAccess(d) == self || FileAccess.alternative(d) == self
+    }
+
+    /// Whether all of `d`'s bytes on this access's file side lie in one file (no stripe boundary inside).
+    func fits(_ d: CopyDescriptor) -> Bool {
+        switch self {
+        case .read: return d.source.fileExtent >= d.length
+        case .write: return d.destination.fileExtent >= d.length
+        case .memory: return true
+        }
+    }
+
+    /// The endpoint this access reaches through a file, and the one that is memory to it.
+    func sides(_ d: CopyDescriptor) -> (file: CopyEndpoint, memory: CopyEndpoint) {
+        if case .read = self { return (d.source, d.destination) }
+        return (d.destination, d.source)
     }
 }

@@ -35,6 +35,8 @@ public final class DMAChannel: @unchecked Sendable {
 
     let backend: any CopyBackend
     let timeline: ChannelTimeline
+    /// Set by the backend when its queue fails for good (see `ChannelHealth`).
+    public let health: ChannelHealth
     private let regions: RegionTable
     private let pool: DescriptorPool
     private let submitLock = NIOLock()
@@ -47,14 +49,16 @@ public final class DMAChannel: @unchecked Sendable {
     private var closed = false
     private var stats = ChannelStatistics()
 
-    init(id: Int, name: String, maxBatch: Int, regions: RegionTable, backend: any CopyBackend) {
+    init(id: Int, name: String, maxBatch: Int, statusHistory: Int, regions: RegionTable, backend: any CopyBackend,
+         health: ChannelHealth) {
         self.id = id
+        self.health = health
         self.name = name
         self.maxBatch = maxBatch
         self.regions = regions
         self.backend = backend
         self.pool = DescriptorPool(capacity: maxBatch)
-        self.timeline = ChannelTimeline(pool: pool)
+        self.timeline = ChannelTimeline(pool: pool, statusHistory: statusHistory)
         self.pending = pool.take()
     }
 
@@ -62,13 +66,41 @@ public final class DMAChannel: @unchecked Sendable {
         pending.deallocate()
     }
 
-    /// Descriptors that can still be enqueued before `submit()` (dmadev `rte_dma_burst_capacity()`).
+    /// Descriptors that can still be enqueued before `submit()`: size a burst with it
+    /// instead of meeting `.batchFull` half-way. Models dmadev's `rte_dma_burst_capacity()`.
+    /// 0 once the channel is shut down or failed.
     public var capacity: Int {
-        submitLock.withLock { closed ? 0 : maxBatch - pendingCount }
+        submitLock.withLock { closed || health.failure != nil ? 0 : maxBatch - pendingCount }
     }
 
     /// Every descriptor with a ticket at or below this one has completed and its fence signalled.
+    /// The cheap completion query (dmadev `rte_dma_completed()`'s `last_idx`); whether any
+    /// of them failed is on their fences, or per ticket with `status(of:)`.
     public var lastCompletedTicket: DMATicket? { timeline.lastCompletedTicket }
+
+    /// The status of every ticket in `tickets`, in order: the slower per-operation query
+    /// (dmadev `rte_dma_completed_status()`), answerable after the fences are gone for the
+    /// last `statusHistory` completed tickets. Takes the timeline lock once; allocates the result.
+    ///
+    /// Throws `.invalidArgument` for tickets this channel has not issued yet, or a range
+    /// longer than `statusHistory`.
+    public func status(of tickets: Range<DMATicket>) throws(DMAError) -> [DescriptorStatus] {
+        let issued = submitLock.withLock { nextTicket }
+        let raw = tickets.lowerBound.rawValue..<tickets.upperBound.rawValue
+        guard raw.upperBound <= issued else {
+            throw .invalidArgument("tickets up to \(raw.upperBound - 1) asked, but the channel issued only \(issued)")
+        }
+        guard raw.count <= Int(timeline.statusWindow) else {
+            throw .invalidArgument("\(raw.count) tickets asked; at most statusHistory (\(timeline.statusWindow)) at a time")
+        }
+        return timeline.status(raw)
+    }
+
+    /// The status of one ticket (see `status(of:)` for a range).
+    public func status(of ticket: DMATicket) throws(DMAError) -> DescriptorStatus {
+        guard ticket.rawValue < UInt64.max else { throw .invalidArgument("ticket \(ticket.rawValue) was never issued") }
+        return try status(of: ticket..<DMATicket(rawValue: ticket.rawValue + 1))[0]
+    }
 
     /// Counters since the channel was created.
     public var statistics: ChannelStatistics { submitLock.withLock { stats } }
@@ -76,7 +108,8 @@ public final class DMAChannel: @unchecked Sendable {
     /// Enqueues a copy of `length` bytes; the direction (H2D, D2H, D2D, H2H) follows from the regions.
     ///
     /// Throws `.zeroLength`, `.unknownRegion`, `.outOfRange`, `.overlappingRange`,
-    /// `.invalidArgument` (longer than `maxDescriptorLength`), `.batchFull`, `.shutDown`.
+    /// `.invalidArgument` (longer than `maxDescriptorLength`), `.batchFull`, `.shutDown`,
+    /// `.channelFailed`.
     @discardableResult
     public func enqueueCopy(from source: DMAAddress, to destination: DMAAddress, length: Int,
                             flags: DescriptorFlags = []) throws(DMAError) -> DMATicket {
@@ -108,11 +141,14 @@ public final class DMAChannel: @unchecked Sendable {
     /// Hands every pending descriptor to the backend and returns their fence.
     ///
     /// With nothing pending the fence carries no work and signals once every
-    /// earlier fence has: a pure ordering point. Throws `.shutDown` after shutdown.
+    /// earlier fence has: a pure ordering point. Throws `.shutDown` after shutdown
+    /// and `.channelFailed` once the backend's queue failed (pending descriptors
+    /// stay pending: `discardPending()` them).
     public func submit() throws(DMAError) -> Fence {
         submitLock.lock()
         defer { submitLock.unlock() }
         guard !closed else { throw .shutDown }
+        if let failure = health.failure { throw .channelFailed(channel: id, failure) }
         let count = pendingCount
         let first = nextTicket - UInt64(count)
         let fence = Fence(seqno: nextSeqno, channelID: id, tickets: first..<nextTicket,
@@ -168,6 +204,7 @@ public final class DMAChannel: @unchecked Sendable {
     @inline(__always)
     private func checkCanEnqueue(_ length: Int) throws(DMAError) {
         guard !closed else { throw .shutDown }
+        if let failure = health.failure { throw .channelFailed(channel: id, failure) }
         guard length > 0 else { throw length == 0 ? .zeroLength : .invalidArgument("negative length \(length)") }
         guard length <= Self.maxDescriptorLength else {
             throw .invalidArgument("length \(length) exceeds the per-descriptor limit of \(Self.maxDescriptorLength) bytes")
@@ -187,8 +224,9 @@ public final class DMAChannel: @unchecked Sendable {
         guard address.offset >= 0, !overflow, end <= entry.length else {
             throw .outOfRange(address, length: length, regionLength: entry.length)
         }
-        return CopyEndpoint(pointer: entry.base! + address.offset, fd: entry.fd,
-                            fileOffset: address.offset, region: address.region)
+        guard let base = entry.base else { throw .unknownRegion(address.region) }
+        return CopyEndpoint(pointer: base + address.offset, region: address.region, offset: address.offset,
+                            layout: entry.layout)
     }
 
     @inline(__always)

@@ -21,16 +21,22 @@ public final class DMAEngine: @unchecked Sendable {
         public var coalescing: Bool = true
         /// Pending descriptors allowed per channel before `submit()`.
         public var maxBatch: Int = 4096
+        /// How many of a channel's latest completed tickets `DMAChannel.status(of:)` can still report on.
+        public var statusHistory: Int = 1 << 16
         public var logger = Logger(label: "dmem.dma")
 
         public init(backend: CopyBackendKind = .ioUring, queueDepth: Int = 64, coalescing: Bool = true,
-                    maxBatch: Int = 4096) {
+                    maxBatch: Int = 4096, statusHistory: Int = 1 << 16) {
             self.backend = backend
             self.queueDepth = queueDepth
             self.coalescing = coalescing
             self.maxBatch = maxBatch
+            self.statusHistory = statusHistory
         }
     }
+
+    /// The largest `Configuration.maxBatch` (descriptor buffers are allocated at that size).
+    public static let maxBatchLimit = 1 << 20
 
     public let configuration: Configuration
     let regions = RegionTable()
@@ -46,7 +52,12 @@ public final class DMAEngine: @unchecked Sendable {
         guard configuration.queueDepth >= 1, configuration.queueDepth <= 4096 else {
             throw .invalidArgument("queueDepth \(configuration.queueDepth) outside 1…4096")
         }
-        guard configuration.maxBatch >= 1 else { throw .invalidArgument("maxBatch must be at least 1") }
+        guard (1...DMAEngine.maxBatchLimit).contains(configuration.maxBatch) else {
+            throw .invalidArgument("maxBatch \(configuration.maxBatch) outside 1…\(DMAEngine.maxBatchLimit)")
+        }
+        guard (1...(1 << 30)).contains(configuration.statusHistory) else {
+            throw .invalidArgument("statusHistory \(configuration.statusHistory) outside 1…\(1 << 30)")
+        }
         if configuration.backend.usesIOURing { _ = try IOURing(entries: 2) }
         self.configuration = configuration
     }
@@ -64,19 +75,26 @@ public final class DMAEngine: @unchecked Sendable {
             throw .invalidArgument("host memory region is empty")
         }
         try checkOpen()
-        return regions.add(RegionEntry(base: base, length: memory.count, fd: -1, kind: .host, active: true), name: name)
+        guard let id = regions.reserveID() else { throw .invalidArgument("no region ids left in this engine") }
+        regions.fill(id, RegionEntry(base: base, length: memory.count, layout: .memory, kind: .host, active: true), name: name)
+        return id
     }
 
-    /// Creates a VRAM pool of `size` bytes (a fresh memfd, mapped shared) and registers it.
-    public func createVRAMPool(size: Int, name: String = "vram") throws(DMAError) -> VRAMPool {
+    /// Creates a VRAM pool of `size` bytes (fresh memfds, mapped shared as one range) and registers it.
+    ///
+    /// `layout` spreads the pool over several memfds so that writes into it run in
+    /// parallel (see `VRAMPool.Layout`); by default every page is allocated now.
+    /// Throws `.invalidArgument` for a non-positive size or a bad layout, and
+    /// `.system` when the kernel refuses the memory (memfd_create, fallocate, mmap).
+    public func createVRAMPool(size: Int, name: String = "vram", layout: VRAMPool.Layout = .default) throws(DMAError) -> VRAMPool {
         guard size > 0 else { throw .invalidArgument("VRAM pool size must be positive") }
         try checkOpen()
-        let fd = try VRAMPool.makeMemfd(name: name, size: size)
-        return try adopt(fd, size: size, name: name)
+        return try adopt(VRAMPool.create(name: name, size: size, layout: layout), size: size, name: name)
     }
 
     /// Registers an existing memfd (or other mappable file) of at least `size` bytes as a VRAM pool.
-    /// The engine duplicates `fd`; the caller keeps its own descriptor.
+    /// The engine duplicates `fd`; the caller keeps its own descriptor. The pool is that one
+    /// file (`VRAMPool.Layout.singleFile`), not populated.
     public func registerVRAMPool(fd: FileDescriptor, size: Int, name: String = "vram") throws(DMAError) -> VRAMPool {
         guard size > 0 else { throw .invalidArgument("VRAM pool size must be positive") }
         try checkOpen()
@@ -85,16 +103,24 @@ public final class DMAEngine: @unchecked Sendable {
         guard Int(st.st_size) >= size else {
             throw .invalidArgument("file of \(st.st_size) bytes is smaller than the pool size \(size)")
         }
-        let own = dup(fd.rawValue)
-        guard own >= 0 else { throw .system(Errno(rawValue: Glibc.errno), operation: "dup") }
-        return try adopt(FileDescriptor(rawValue: own), size: size, name: name)
+        let own = FileDescriptor(rawValue: dup(fd.rawValue))
+        guard own.rawValue >= 0 else { throw .system(Errno(rawValue: Glibc.errno), operation: "dup") }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let mapped = (size + page - 1) & ~(page - 1)  // size ≤ st_size: no overflow
+        let base: UnsafeMutableRawPointer
+        do { base = try VRAMPool.mapShared(own, length: mapped) } catch { try? own.close(); throw error }
+        var layout = VRAMPool.Layout.singleFile
+        layout.populate = false
+        return try adopt(VRAMPool.Storage(files: [own], base: base, mappedLength: mapped, layout: layout), size: size, name: name)
     }
 
-    private func adopt(_ fd: FileDescriptor, size: Int, name: String) throws(DMAError) -> VRAMPool {
-        let base: UnsafeMutableRawPointer
-        do { base = try VRAMPool.mapShared(fd, size: size) } catch { try? fd.close(); throw error }
-        let id = regions.add(RegionEntry(base: base, length: size, fd: fd.rawValue, kind: .vram, active: true), name: name)
-        let pool = VRAMPool(region: id, name: name, size: size, fd: fd, base: base)
+    private func adopt(_ storage: VRAMPool.Storage, size: Int, name: String) throws(DMAError) -> VRAMPool {
+        guard let id = regions.reserveID() else {
+            storage.release()
+            throw .invalidArgument("no region ids left in this engine")
+        }
+        let pool = VRAMPool(region: id, name: name, size: size, storage: storage)
+        regions.fill(id, RegionEntry(base: pool.base, length: size, layout: pool.fileLayout, kind: .vram, active: true), name: name)
         lock.withLock { pools[id] = pool }
         return pool
     }
@@ -137,10 +163,12 @@ public final class DMAEngine: @unchecked Sendable {
         let depth = queueDepth ?? configuration.queueDepth
         guard depth >= 1, depth <= 4096 else { throw .invalidArgument("queueDepth \(depth) outside 1…4096") }
         let settings = ChannelSettings(channelID: id, queueDepth: depth,
-                                       coalescing: coalescing ?? configuration.coalescing, logger: configuration.logger)
+                                       coalescing: coalescing ?? configuration.coalescing, logger: configuration.logger,
+                                       health: ChannelHealth())
         let made = try (backend ?? configuration.backend).make(settings)
         let channel = DMAChannel(id: id, name: name ?? "ch\(id)", maxBatch: configuration.maxBatch,
-                                 regions: regions, backend: made)
+                                 statusHistory: configuration.statusHistory, regions: regions, backend: made,
+                                 health: settings.health)
         let accepted = lock.withLock { () -> Bool in
             guard !isShutDown else { return false }
             channels.append(channel)
@@ -181,7 +209,7 @@ extension CopyBackendKind {
         switch self {
         case .ioUring: return true
         case .memcpy, .mappedWorkers, .custom: return false
-        case .faultInjecting(_, let inner): return inner.usesIOURing
+        case .faultInjecting(_, let inner), .linkModel(_, let inner): return inner.usesIOURing
         }
     }
 }

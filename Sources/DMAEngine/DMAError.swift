@@ -25,6 +25,8 @@ public enum DMAError: Error, Equatable, Sendable, CustomStringConvertible {
     case timedOut
     /// The engine or channel was shut down (ESHUTDOWN).
     case shutDown
+    /// The channel's queue failed with this errno and takes no more work (see `ChannelHealth`); make a new channel.
+    case channelFailed(channel: Int, Errno)
     /// io_uring could not be set up; `reason` says why and names the `memcpy` fallback.
     case ringSetupFailed(Errno, reason: String)
     /// A system call failed while setting something up (mmap, memfd_create, …).
@@ -42,7 +44,7 @@ public enum DMAError: Error, Equatable, Sendable, CustomStringConvertible {
         case .busy: return .resourceBusy
         case .timedOut: return .timedOut
         case .shutDown: return .socketShutdown
-        case .ringSetupFailed(let e, _), .system(let e, _): return e
+        case .ringSetupFailed(let e, _), .system(let e, _), .channelFailed(_, let e): return e
         case .copyFailed: return .ioError
         }
     }
@@ -60,6 +62,8 @@ public enum DMAError: Error, Equatable, Sendable, CustomStringConvertible {
         case .busy(let why): return "busy: \(why)"
         case .timedOut: return "timed out"
         case .shutDown: return "the DMA engine is shut down"
+        case .channelFailed(let id, let e):
+            return "channel \(id) failed (\(e)): its queue takes no more work; make a new channel"
         case .ringSetupFailed(let e, let why): return "io_uring setup failed (\(e)): \(why)"
         case .system(let e, let op): return "\(op) failed: \(e)"
         case .copyFailed(let failures):

@@ -70,12 +70,22 @@ final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
             batch.fail(i, errno: .ioError, bytesCompleted: done)
         case .delay(let delay):
             delayed.enter()
-            let nanos = max(0, Int(delay.components.seconds) * 1_000_000_000 + Int(delay.components.attoseconds / 1_000_000_000))
+            let nanos = delay.clampedNanoseconds
             DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(nanos)) { [delayed] in
                 MemoryCopy.perform(batch[i])
                 batch.complete(i..<i + 1)
                 delayed.leave()
             }
         }
+    }
+}
+
+extension Duration {
+    /// Nanoseconds, clamped to 0…1 day (fault delays and link latencies beyond that are input errors, not traps).
+    var clampedNanoseconds: Int {
+        let (s, a) = components
+        guard s >= 0 else { return 0 }
+        guard s < 86_400 else { return 86_400 * 1_000_000_000 }
+        return Int(s) * 1_000_000_000 + Int(max(a, 0) / 1_000_000_000)
     }
 }

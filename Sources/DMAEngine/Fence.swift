@@ -114,10 +114,17 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
     // MARK: Backend and timeline side
 
     func recordFailure(index: Int, errno: Errno, bytesCompleted: Int) {
-        let ticket = DMATicket(rawValue: tickets.lowerBound + UInt64(index))
+        let ticket = DMATicket(rawValue: tickets.lowerBound &+ UInt64(truncatingIfNeeded: index))
         state.lock()
         failureList.append(DescriptorFailure(ticket: ticket, index: index, errno: errno, bytesCompleted: bytesCompleted))
         state.unlock()
+    }
+
+    /// Keeps the fence from signalling until a matching `descriptorsFinished(1)`, even
+    /// once its descriptors are done (a wrapper backend delaying completion). Call it
+    /// only while some of the fence's descriptors are still unreported.
+    func addHold() {
+        remaining.add(1, ordering: .acquiringAndReleasing)
     }
 
     func descriptorsFinished(_ count: Int) {

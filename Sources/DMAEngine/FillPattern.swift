@@ -15,11 +15,12 @@ enum FillPattern {
 
     private static let table = NIOLockedValueBox<[Int: UInt]>([:])
 
-    static func buffer(for value: UInt8) -> UnsafeRawPointer {
+    /// The pattern buffer for `value`, or nil if it could not be mapped (the caller then fills with the CPU).
+    static func buffer(for value: UInt8) -> UnsafeRawPointer? {
         table.withLockedValue { buffers in
-            if let b = buffers[Int(value)] { return UnsafeRawPointer(bitPattern: b)! }
+            if let b = buffers[Int(value)] { return UnsafeRawPointer(bitPattern: b) }
             guard let p = mmap(nil, chunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
-                fatalError("mmap of a \(chunk)-byte fill pattern failed: errno \(errno)")
+                return nil
             }
             if value != 0 { memset(p, Int32(value), chunk) }
             buffers[Int(value)] = UInt(bitPattern: p)

@@ -1,6 +1,7 @@
 import CUring
 import Glibc
 import SystemPackage
+import Synchronization
 
 /// The one place DMAEngine calls liburing: a ring and the few operations the engine needs.
 ///
@@ -50,31 +51,28 @@ final class IOURing: @unchecked Sendable {
     @inline(__always)
     func nextSQE() -> UnsafeMutablePointer<io_uring_sqe>? { io_uring_get_sqe(ring) }
 
-    /// `pwritev`/`pwrite` of `count` iovecs to `fd` at `offset`.
+    /// `pwritev`/`pwrite` of `count` iovecs to `fd` at `offset`; with `async`, always on an io-wq worker.
     @inline(__always)
     func prepWrite(_ sqe: UnsafeMutablePointer<io_uring_sqe>, fd: Int32, iovecs: UnsafePointer<iovec>,
-                   count: Int, offset: Int, tag: UInt64, drain: Bool) {
+                   count: Int, offset: Int, tag: UInt64, drain: Bool, async: Bool) {
         if count == 1 {
             io_uring_prep_write(sqe, fd, iovecs[0].iov_base, UInt32(iovecs[0].iov_len), UInt64(offset))
         } else {
             io_uring_prep_writev(sqe, fd, iovecs, UInt32(count), UInt64(offset))
         }
-        finish(sqe, tag: tag, drain: drain)
+        finish(sqe, tag: tag, drain: drain, async: async)
     }
 
-    /// `preadv`/`pread` of `count` iovecs from `fd` at `offset`, always on an io-wq
-    /// worker (`IOSQE_ASYNC`): reads of one memfd run in parallel there while the
-    /// submitter prepares the next batch (measured: d2h 0.77× → ~1.0× memcpy).
-    /// Writes stay inline: they serialise on the inode lock anyway and the punt only adds cost.
+    /// `preadv`/`pread` of `count` iovecs from `fd` at `offset`; with `async`, always on an io-wq worker.
     @inline(__always)
     func prepRead(_ sqe: UnsafeMutablePointer<io_uring_sqe>, fd: Int32, iovecs: UnsafePointer<iovec>,
-                  count: Int, offset: Int, tag: UInt64, drain: Bool) {
+                  count: Int, offset: Int, tag: UInt64, drain: Bool, async: Bool) {
         if count == 1 {
             io_uring_prep_read(sqe, fd, iovecs[0].iov_base, UInt32(iovecs[0].iov_len), UInt64(offset))
         } else {
             io_uring_prep_readv(sqe, fd, iovecs, UInt32(count), UInt64(offset))
         }
-        finish(sqe, tag: tag, drain: drain, async: true)
+        finish(sqe, tag: tag, drain: drain, async: async)
     }
 
     func prepNop(_ sqe: UnsafeMutablePointer<io_uring_sqe>, tag: UInt64) {
@@ -89,7 +87,7 @@ final class IOURing: @unchecked Sendable {
     }
 
     @inline(__always)
-    private func finish(_ sqe: UnsafeMutablePointer<io_uring_sqe>, tag: UInt64, drain: Bool, async: Bool = false) {
+    private func finish(_ sqe: UnsafeMutablePointer<io_uring_sqe>, tag: UInt64, drain: Bool, async: Bool) {
         io_uring_sqe_set_data64(sqe, tag)
         var flags: UInt32 = 0
         if drain { flags |= UInt32(1 << IOSQE_IO_DRAIN_BIT) }
@@ -97,28 +95,62 @@ final class IOURing: @unchecked Sendable {
         if flags != 0 { io_uring_sqe_set_flags(sqe, flags) }
     }
 
-    /// Hands every prepared SQE to the kernel, retrying transient failures.
-    func submitAll() {
+    /// Hands every prepared SQE to the kernel. Models the doorbell (`io_uring_enter`).
+    ///
+    /// EINTR is retried at once; EAGAIN and EBUSY (the kernel short of request
+    /// memory, or completions backed up) are retried with short sleeps for up to
+    /// about two seconds. Any other failure, or one that persists, is returned:
+    /// the SQEs the kernel did not take stay in the SQ (`unsubmittedCount`).
+    func submitAll() -> Errno? {
+        var transient = 0
         while io_uring_sq_ready(ring) > 0 {
-            let rc = io_uring_submit(ring)
-            if rc >= 0 || rc == -EINTR || rc == -EAGAIN || rc == -EBUSY { continue }
-            fatalError("io_uring_submit failed: \(Errno(rawValue: -rc))")
+            let injected = injectedSubmitFailure.exchange(0, ordering: .relaxed)
+            let rc = injected != 0 ? -injected : io_uring_submit(ring)
+            if rc >= 0 || rc == -EINTR { continue }
+            if (rc == -EAGAIN || rc == -EBUSY) && transient < 2000 {
+                transient += 1
+                usleep(1000)
+                continue
+            }
+            return Errno(rawValue: -rc)
         }
+        return nil
     }
+
+    /// Prepared SQEs the kernel has not taken yet (the last ones prepared).
+    var unsubmittedCount: Int { Int(io_uring_sq_ready(ring)) }
 
     // MARK: Completion side
 
-    /// Blocks for the next completion; returns (user_data, res).
-    func waitCQE() -> (tag: UInt64, result: Int32) {
+    enum Wait {
+        case completion(tag: UInt64, result: Int32)
+        case timedOut
+        case failed(Errno)
+    }
+
+    /// Blocks for the next completion, at most `timeout` when the kernel supports a
+    /// timed wait without an SQE (`IORING_FEAT_EXT_ARG`, 5.11+; otherwise untimed,
+    /// so that this side never touches the SQ).
+    func waitCQE(timeoutNanoseconds: Int) -> Wait {
         var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
         while true {
-            let rc = io_uring_wait_cqe(ring, &cqe)
+            let injected = injectedWaitFailure.exchange(0, ordering: .relaxed)
+            if injected != 0 { return .failed(Errno(rawValue: injected)) }
+            var rc: Int32
+            if ring.pointee.features & UInt32(IORING_FEAT_EXT_ARG) != 0 {
+                var ts = __kernel_timespec(tv_sec: Int64(timeoutNanoseconds / 1_000_000_000),
+                                           tv_nsec: Int64(timeoutNanoseconds % 1_000_000_000))
+                rc = io_uring_wait_cqe_timeout(ring, &cqe, &ts)
+            } else {
+                rc = io_uring_wait_cqe(ring, &cqe)
+            }
             if rc == 0, let c = cqe {
-                let out = (c.pointee.user_data, c.pointee.res)
+                let out = Wait.completion(tag: c.pointee.user_data, result: c.pointee.res)
                 io_uring_cqe_seen(ring, c)
                 return out
             }
-            if rc != -EINTR && rc != -EAGAIN { fatalError("io_uring_wait_cqe failed: \(Errno(rawValue: -rc))") }
+            if rc == -ETIME { return .timedOut }
+            if rc != -EINTR && rc != -EAGAIN { return .failed(Errno(rawValue: -rc)) }
         }
     }
 
@@ -130,4 +162,11 @@ final class IOURing: @unchecked Sendable {
         io_uring_cqe_seen(ring, c)
         return out
     }
+
+    // MARK: Test hooks
+
+    /// The next `submitAll` fails with this errno (0: none). Tests only.
+    let injectedSubmitFailure = Synchronization.Atomic<Int32>(0)
+    /// The next `waitCQE` fails with this errno (0: none). Tests only.
+    let injectedWaitFailure = Synchronization.Atomic<Int32>(0)
 }

@@ -7,13 +7,19 @@ import Synchronization
 import SystemPackage
 
 /// Copies with one io_uring per channel: `pwritev` into / `preadv` out of the VRAM
-/// memfd, with host memory (or the other pool's mapping) as the iovecs.
+/// memfds, with host memory (or the other pool's mapping) as the iovecs.
 ///
 /// Each submitted batch is cut into operations by the `Coalescer`; each
 /// operation takes one of `queueDepth` slots (its iovecs live in the slot until
 /// completion), so the ring never holds more than `queueDepth` operations and
 /// its completion queue (2 × depth) cannot overflow. `execute` blocks only when
-/// every slot is taken.
+/// every slot is taken. A descriptor crossing a stripe unit of a striped pool is
+/// issued as one operation per unit (`SplitTable`).
+///
+/// Reads, and writes into striped pools, go to io-wq workers (`IOSQE_ASYNC`),
+/// where they run in parallel (io-wq serialises buffered writes per inode, hence
+/// the stripes); writes into an unstriped pool run inline in `io_uring_enter`,
+/// which is cheaper when they would serialise anyway.
 ///
 /// Completions are reaped by one thread per channel that blocks in
 /// `io_uring_wait_cqe` (no spinning). A short completion is finished on that
@@ -21,39 +27,53 @@ import SystemPackage
 /// with the kernel's errno. Host-to-host copies have no file side and are done
 /// with memcpy on the submitting thread.
 ///
+/// If the ring itself fails (see `ChannelHealth`), SQEs the kernel never took
+/// fail their descriptors with its errno, later batches fail at once, and the
+/// channel refuses work; nothing traps and no fence is left waiting forever.
+///
 /// Threads: see `CopyBackend`. The reaper thread owns the completion side.
 final class IOURingBackend: CopyBackend, @unchecked Sendable {
     /// One operation in flight; written by the submitter before its SQE, read by the reaper after its CQE.
-    private struct Slot {
+    struct Slot {
         var batch: CopyBatch?
         var op: PlannedOperation
     }
 
-    private static let stopTag = UInt64.max
-    private static let cancelTag = UInt64.max - 1
+    static let stopTag = UInt64.max
+    static let cancelTag = UInt64.max - 1
+    /// How long the reaper blocks before looking at `exitRequested` (only matters if the stop NOP cannot be submitted).
+    static let reaperTimeoutNanoseconds = 500_000_000
 
     var name: String { "iouring" }
 
-    private let ring: IOURing
-    private let depth: Int
-    private let coalescer: Coalescer
-    private let slots: UnsafeMutableBufferPointer<Slot>
-    private let iovecs: UnsafeMutablePointer<iovec>
+    let ring: IOURing
+    let depth: Int
+    let coalescer: Coalescer
+    let slots: UnsafeMutableBufferPointer<Slot>
+    let iovecs: UnsafeMutablePointer<iovec>
+    let splits: SplitTable
+    let health: ChannelHealth
     private let freeLock = NIOLock()
     private var freeList: [Int]  // guarded by freeLock
     private let freeSlots: DispatchSemaphore
-    private let reaperExited = DispatchSemaphore(value: 0)
-    private let stopped = Synchronization.Atomic<Bool>(false)
+    /// Slots prepared since the last successful submit, in SQ order (submitter only).
+    private var unsubmitted: [Int]
+    let reaperExited = DispatchSemaphore(value: 0)
+    let stopped = Synchronization.Atomic<Bool>(false)
+    let exitRequested = Synchronization.Atomic<Bool>(false)
 
     init(_ settings: ChannelSettings) throws(DMAError) {
         depth = settings.queueDepth
         ring = try IOURing(entries: depth)
         coalescer = Coalescer(enabled: settings.coalescing)
+        health = settings.health
         slots = .allocate(capacity: depth)
-        slots.initialize(repeating: Slot(batch: nil, op: PlannedOperation(access: .memory, descriptors: 0..<0,
-                                                                           iovecCount: 0, bytes: 0, drain: false)))
+        slots.initialize(repeating: Slot(batch: nil, op: .empty))
         iovecs = .allocate(capacity: depth * coalescer.maxIovecs)
+        splits = SplitTable(capacity: depth + 1)
         freeList = Array((0..<depth).reversed())
+        unsubmitted = []
+        unsubmitted.reserveCapacity(depth)
         freeSlots = DispatchSemaphore(value: depth)
         let thread = Thread { [self] in reapUntilStopped() }
         thread.name = "dma-reaper-\(settings.channelID)"
@@ -72,144 +92,153 @@ final class IOURingBackend: CopyBackend, @unchecked Sendable {
         var i = batch.indices.lowerBound
         var operations = 0
         while i < batch.indices.upperBound {
-            if FileAccess(batch[i]) == .memory {
-                if batch[i].flags.contains(.fence) { waitUntilIdle() }
-                MemoryCopy.perform(batch[i])
-                batch.complete(i..<i + 1)
+            if let failure = health.failure {
+                batch.finishRun(i..<batch.indices.upperBound, bytesDone: 0, errno: failure)
+                break
+            }
+            let access = FileAccess.best(batch[i])
+            if access == .memory {
+                copyInline(batch, i..<i + 1)
                 i += 1
+            } else if !access.fits(batch[i]) {
+                operations += queueSplit(batch, i, access: access)
+                i += 1
+            } else {
+                let slot = acquireSlot()
+                let iov = iovecs + slot * coalescer.maxIovecs
+                let op = coalescer.plan(batch, from: i, into: iov)
+                if op.access == .memory {
+                    releaseSlot(slot)
+                    copyInline(batch, op.descriptors)
+                } else {
+                    slots[slot] = Slot(batch: batch, op: op)
+                    if queue(op, slot: slot, iovecs: iov) { operations += 1 }
+                }
+                i = op.descriptors.upperBound
+            }
+        }
+        flush()
+        return operations
+    }
+
+    /// A descriptor the CPU copies (host-to-host, or a fill without a pattern buffer).
+    private func copyInline(_ batch: CopyBatch, _ range: Range<Int>) {
+        if batch[range.lowerBound].flags.contains(.fence) { waitUntilIdle() }
+        for k in range { MemoryCopy.perform(batch[k]) }
+        batch.complete(range)
+    }
+
+    /// Issues descriptor `index` as one operation per stripe unit its file side crosses.
+    private func queueSplit(_ batch: CopyBatch, _ index: Int, access: FileAccess) -> Int {
+        let d = batch[index]
+        let file = access.sides(d).file
+        var pieces = 0, at = 0
+        while at < d.length {
+            at += min(d.length - at, file.locate(at).extent)
+            pieces += 1
+        }
+        let split = splits.open(pieces: pieces)
+        var operations = 0
+        at = 0
+        while at < d.length {
+            if let failure = health.failure {
+                let bytes = min(d.length - at, file.locate(at).extent)
+                var failed = PlannedOperation.empty
+                (failed.descriptors, failed.bytes, failed.split, failed.pieceOffset) = (index..<index + 1, bytes, split, at)
+                report(batch, failed, done: 0, errno: failure)
+                at += bytes
                 continue
             }
             let slot = acquireSlot()
             let iov = iovecs + slot * coalescer.maxIovecs
-            let op = coalescer.plan(batch, from: i, into: iov)
-            slots[slot] = Slot(batch: batch, op: op)
-            queue(op, slot: slot, iovecs: iov)
-            operations += 1
-            i = op.descriptors.upperBound
+            var op = coalescer.planPiece(batch, index, access: access, at: at, into: iov)
+            op.split = split
+            if op.access == .memory {
+                releaseSlot(slot)
+                if op.drain { waitUntilIdle() }
+                MemoryCopy.perform(d, from: at, bytes: op.bytes)
+                report(batch, op, done: op.bytes, errno: .ioError)
+            } else {
+                slots[slot] = Slot(batch: batch, op: op)
+                if queue(op, slot: slot, iovecs: iov) { operations += 1 }
+            }
+            at += op.bytes
         }
-        ring.submitAll()
         return operations
     }
 
-    private func queue(_ op: PlannedOperation, slot: Int, iovecs iov: UnsafeMutablePointer<iovec>) {
+    /// Prepares the SQE of `op` in `slot`; false (and `op` failed) if the ring has no SQE to give.
+    private func queue(_ op: PlannedOperation, slot: Int, iovecs iov: UnsafeMutablePointer<iovec>) -> Bool {
         var sqe = ring.nextSQE()
         if sqe == nil {
-            ring.submitAll()
-            sqe = ring.nextSQE()
+            flush()
+            sqe = health.failure == nil ? ring.nextSQE() : nil
         }
-        guard let sqe else { fatalError("io_uring SQ full with a free slot: depth accounting is broken") }
+        guard let sqe else {
+            // Cannot happen with a healthy ring (slots ≤ SQ entries); fail the op rather than trap.
+            fail(slot, errno: health.failure ?? .noBufferSpace)
+            return false
+        }
         switch op.access {
         case .write(let fd, let offset):
-            ring.prepWrite(sqe, fd: fd, iovecs: iov, count: op.iovecCount, offset: offset, tag: UInt64(slot), drain: op.drain)
+            ring.prepWrite(sqe, fd: fd, iovecs: iov, count: op.iovecCount, offset: offset, tag: UInt64(slot),
+                           drain: op.drain, async: op.async)
         case .read(let fd, let offset):
-            ring.prepRead(sqe, fd: fd, iovecs: iov, count: op.iovecCount, offset: offset, tag: UInt64(slot), drain: op.drain)
+            ring.prepRead(sqe, fd: fd, iovecs: iov, count: op.iovecCount, offset: offset, tag: UInt64(slot),
+                          drain: op.drain, async: op.async)
         case .memory:
-            preconditionFailure("memory-only descriptors are copied inline")
+            ring.prepNop(sqe, tag: UInt64(slot))  // never planned into a slot; harmless if it were
         }
+        unsubmitted.append(slot)
+        return true
+    }
+
+    /// Rings the doorbell for every prepared SQE. If the ring fails, marks the
+    /// channel failed and fails the operations the kernel did not take.
+    func flush() {
+        guard !unsubmitted.isEmpty || ring.unsubmittedCount > 0 else { return }
+        guard health.failure == nil else {
+            failUnsubmitted(count: unsubmitted.count, errno: health.failure ?? .ioError)
+            return
+        }
+        if let error = ring.submitAll() {
+            health.markFailed(error)
+            failUnsubmitted(count: min(ring.unsubmittedCount, unsubmitted.count), errno: error)
+        }
+        unsubmitted.removeAll(keepingCapacity: true)
+    }
+
+    /// Fails the last `count` prepared operations (their SQEs never reached the kernel).
+    private func failUnsubmitted(count: Int, errno: Errno) {
+        for slot in unsubmitted.suffix(count) { fail(slot, errno: errno) }
+        unsubmitted.removeAll(keepingCapacity: true)
+    }
+
+    /// Fails the operation in `slot` with nothing done and frees the slot.
+    private func fail(_ slot: Int, errno: Errno) {
+        let s = slots[slot]
+        slots[slot].batch = nil
+        releaseSlot(slot)
+        if let batch = s.batch { report(batch, s.op, done: 0, errno: errno) }
     }
 
     private func acquireSlot() -> Int {
         if freeSlots.wait(timeout: .now()) == .timedOut {
-            ring.submitAll()  // the reaper can only free slots whose SQEs the kernel has
+            flush()  // the reaper can only free slots whose SQEs the kernel has
             freeSlots.wait()
         }
         return freeLock.withLock { freeList.removeLast() }
     }
 
-    private func releaseSlot(_ slot: Int) {
+    func releaseSlot(_ slot: Int) {
         freeLock.withLock { freeList.append(slot) }
         freeSlots.signal()
     }
 
-    /// Blocks until no operation is in flight (for a `.fence` descriptor done inline).
-    private func waitUntilIdle() {
-        ring.submitAll()
+    /// Blocks until no operation is in flight (for a `.fence` descriptor done inline, and shutdown).
+    func waitUntilIdle() {
+        flush()
         for _ in 0..<depth { freeSlots.wait() }
         for _ in 0..<depth { freeSlots.signal() }
-    }
-
-    // MARK: Completion (reaper thread)
-
-    private func reapUntilStopped() {
-        while true {
-            var next: (tag: UInt64, result: Int32)? = ring.waitCQE()
-            while let (tag, result) = next {
-                if tag == Self.stopTag {
-                    reaperExited.signal()
-                    return
-                }
-                if tag != Self.cancelTag { complete(slot: Int(tag), result: Int(result)) }
-                next = ring.peekCQE()
-            }
-        }
-    }
-
-    private func complete(slot: Int, result: Int) {
-        let s = slots[slot]
-        guard let batch = s.batch else { return }
-        let op = s.op
-        if result == op.bytes {
-            releaseSlot(slot)
-            batch.complete(op.descriptors)
-            return
-        }
-        var done = max(result, 0)
-        var error = result < 0 ? Errno(rawValue: Int32(-result)) : Errno.ioError
-        if result >= 0 {
-            (done, error) = finishShort(op, done: done, iovecs: iovecs + slot * coalescer.maxIovecs)
-        }
-        releaseSlot(slot)
-        if done == op.bytes {
-            batch.complete(op.descriptors)
-        } else {
-            batch.finishRun(op.descriptors, bytesDone: done, errno: error)
-        }
-    }
-
-    /// Finishes a short read/write synchronously; returns the bytes done and the error that stopped it.
-    private func finishShort(_ op: PlannedOperation, done start: Int,
-                             iovecs iov: UnsafeMutablePointer<iovec>) -> (Int, Errno) {
-        var done = start
-        var index = 0
-        var skip = done
-        while index < op.iovecCount, skip >= iov[index].iov_len {
-            skip -= iov[index].iov_len
-            index += 1
-        }
-        while done < op.bytes {
-            iov[index].iov_base! += skip
-            iov[index].iov_len -= skip
-            let n: Int
-            switch op.access {
-            case .write(let fd, let off): n = pwritev(fd, iov + index, Int32(op.iovecCount - index), off_t(off + done))
-            case .read(let fd, let off): n = preadv(fd, iov + index, Int32(op.iovecCount - index), off_t(off + done))
-            case .memory: n = 0
-            }
-            if n < 0 && errno == EINTR { skip = 0; continue }
-            if n <= 0 { return (done, n == 0 ? .ioError : Errno(rawValue: errno)) }
-            done += n
-            skip = n
-            while index < op.iovecCount, skip >= iov[index].iov_len {
-                skip -= iov[index].iov_len
-                index += 1
-            }
-        }
-        return (done, .ioError)
-    }
-
-    // MARK: Shutdown
-
-    func shutdown(cancelInFlight: Bool) {
-        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        if cancelInFlight, let sqe = ring.nextSQE() {
-            ring.prepCancelAll(sqe, tag: Self.cancelTag)
-            ring.submitAll()
-        }
-        waitUntilIdle()
-        if let sqe = ring.nextSQE() {
-            ring.prepNop(sqe, tag: Self.stopTag)
-            ring.submitAll()
-            reaperExited.wait()
-        }
     }
 }

@@ -13,6 +13,17 @@ enum MemoryCopy {
         }
         return n
     }
+
+    /// Performs bytes `start ..< start + bytes` of `d` (a piece of it).
+    @inline(__always)
+    static func perform(_ d: CopyDescriptor, from start: Int, bytes: Int) {
+        let n = min(bytes, d.length - start)
+        guard start >= 0, n > 0 else { return }
+        switch d.operation {
+        case .copy: memcpy(d.destination.pointer + start, d.source.pointer + start, n)
+        case .fill: memset(d.destination.pointer + start, Int32(d.fillValue), n)
+        }
+    }
 }
 
 /// Copies with `memcpy` on the submitting thread; every fence is signalled when `submit()` returns.

@@ -19,13 +19,13 @@ public struct RegionInfo: Sendable, Equatable {
 struct RegionEntry: @unchecked Sendable {
     var base: UnsafeMutableRawPointer?
     var length: Int
-    /// The file the engine reaches the bytes through (VRAM memfd), or -1 for memory only.
-    var fd: Int32
+    /// The files the engine reaches the bytes through (VRAM memfds), or `.memory`.
+    var layout: FileLayout
     var kind: RegionKind
     /// False once unregistration began: new descriptors naming it are refused.
     var active: Bool
 
-    static let empty = RegionEntry(base: nil, length: 0, fd: -1, kind: .host, active: false)
+    static let empty = RegionEntry(base: nil, length: 0, layout: .memory, kind: .host, active: false)
 }
 
 /// The engine's table of regions, indexed by `RegionID.rawValue`.
@@ -54,17 +54,23 @@ final class RegionTable: @unchecked Sendable {
         }
     }
 
-    func add(_ entry: RegionEntry, name: String) -> RegionID {
+    /// A fresh id (never reused) whose entry stays empty until `fill`; nil when ids are exhausted.
+    func reserveID() -> RegionID? {
         lock.withLock {
-            names.append(name)
-            return append(entry)
+            guard entries.count <= Int(UInt32.max) else { return nil }
+            entries.append(.empty)
+            names.append("")
+            return RegionID(rawValue: UInt32(entries.count - 1))
         }
     }
 
-    private func append(_ entry: RegionEntry) -> RegionID {
-        entries.append(entry)
-        generation.add(1, ordering: .releasing)
-        return RegionID(rawValue: UInt32(entries.count - 1))
+    /// Publishes the entry of a reserved id.
+    func fill(_ id: RegionID, _ entry: RegionEntry, name: String) {
+        lock.withLock {
+            entries[Int(id.rawValue)] = entry
+            names[Int(id.rawValue)] = name
+            generation.add(1, ordering: .releasing)
+        }
     }
 
     /// Marks a region (in)active; returns false if it is not registered.

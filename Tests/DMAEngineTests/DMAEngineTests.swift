@@ -32,7 +32,7 @@ import Testing
         }
         #expect(ftruncate(raw, 1 << 16) == 0)
         let pool = try engine.registerVRAMPool(fd: FileDescriptor(rawValue: raw), size: 1 << 16, name: "given")
-        #expect(pool.fileDescriptor.rawValue != raw)
+        #expect(pool.files.count == 1 && pool.files[0].rawValue != raw && pool.layout == VRAMPool.Layout(files: 1, populate: false))
         let ch = try engine.makeChannel()
         try ch.enqueueFill(pool.address(10), length: 20, value: 0x5A)
         try ch.submit().wait(timeout: .seconds(10))

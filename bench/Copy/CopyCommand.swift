@@ -2,19 +2,24 @@ import ArgumentParser
 import DMAEngine
 
 /// `dmem-bench copy`: the copy engine alone, scattered host frames ↔ contiguous VRAM pages.
+///
+/// The same measurement as the `copy` scenario (`dmem-bench run copy`), with its own
+/// flags and a sweep of the three directions × coalescing on/off when they are not given.
 struct CopyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "copy",
         abstract: "Batched page copies through the DMA engine vs a same-run memcpy of the same scatter pattern.",
         discussion: """
             Without --direction, sweeps h2d, d2h and d2d; without --coalesce, measures coalescing on and off. \
-            Seconds are the median of --repeats passes; every pass is verified byte for byte.
+            Seconds are the median of --repeats passes; every pass is verified byte for byte. \
+            With --json, stdout is exactly one JSON object {"scenario":"copy","runs":[…]}. \
+            For sweeps, repeats with spread, CSV, plots and traces use `dmem-bench run copy`.
             """
     )
 
     enum Direction: String, ExpressibleByArgument, CaseIterable {
         case h2d, d2h, d2d
-        var copyDirection: CopyDirection { CopyDirection(rawValue: rawValue)! }
+        var copyDirection: CopyDirection { CopyDirection(rawValue: rawValue) ?? .hostToDevice }
     }
 
     enum Backend: String, ExpressibleByArgument, CaseIterable {
@@ -43,9 +48,12 @@ struct CopyCommand: ParsableCommand {
     @Option(help: "Batches in flight per channel before waiting on the oldest fence.") var inflight = 8
     @Option(help: "Passes per run (the median is reported).") var repeats = 3
     @Option(help: "Host memory the frames are scattered over (default 4 × total).") var hostMemory: ByteCount?
+    @Option(help: "memfds each VRAM pool is striped over (1: one memfd).") var vramFiles = VRAMPool.Layout.default.files
+    @Option(help: ArgumentHelp("Model a host↔device link on top of the backend: \(LinkSpec.help).", valueName: "link"))
+    var link = "none"
     @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
 
-    var options: CopyOptions {
+    func options() throws(ParameterValueError) -> CopyOptions {
         var o = CopyOptions()
         if let direction { o.directions = [direction.copyDirection] }
         if let coalesce { o.coalesce = [coalesce == .on] }
@@ -53,32 +61,42 @@ struct CopyCommand: ParsableCommand {
         o.batchPages = batch
         o.totalBytes = total.bytes
         o.backend = backend.kind
+        o.backendName = backend.rawValue
         o.queueDepth = queueDepth
         o.channels = channels
         o.inflightBatches = inflight
         o.repeats = repeats
         o.hostBytes = hostMemory?.bytes
+        o.vramLayout.files = vramFiles
+        o.link = try LinkSpec(parsing: link)
         return o
+    }
+
+    /// What `run` prints: exactly one JSON object `{"scenario":"copy","runs":[…]}` with `--json`, else a table.
+    func output(_ records: [RunRecord]) -> String {
+        var report = ScenarioReport(scenario: "copy")
+        report.runs = records
+        if json { return report.json }
+        var columns = ["direction", "coalesce", "backend", "page_size", "batch_pages", "queue_depth", "channels", "bytes",
+                       "gbps", "memcpy_gbps", "ratio", "descriptors_per_s", "sqes", "batch_p50_us", "batch_p99_us", "verified"]
+        if link != "none" { columns.insert("link", at: 3) }
+        return report.table(columns: columns)
+    }
+
+    func validate() throws {
+        do { _ = try options() } catch { throw error.validationError }
     }
 
     func run() throws {
         let records: [RunRecord]
         do {
-            records = try CopyScenario.run(options)
+            records = try CopyScenario.run(try options())
         } catch let error as DMAError {
             throw ValidationError(error.description)
-        } catch let error as CopyScenario.Failure {
-            throw ValidationError(error.description)
+        } catch let error as ScenarioError {
+            throw ValidationError(error.message)
         }
-        var report = ScenarioReport(scenario: "copy")
-        report.runs = records
-        if json {
-            print(report.json)
-        } else {
-            print(report.table(columns: ["direction", "coalesce", "backend", "page_size", "batch_pages", "queue_depth",
-                                         "channels", "bytes", "gbps", "memcpy_gbps", "ratio", "descriptors_per_s",
-                                         "sqes", "verified"]))
-        }
+        print(output(records))
         if records.contains(where: { $0["verified"] == .bool(false) }) {
             throw ExitCode(2)
         }

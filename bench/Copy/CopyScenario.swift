@@ -3,80 +3,75 @@ import Dispatch
 import Foundation
 import Glibc
 
-/// Settings of the `copy` scenario (one value per run; lists are swept).
-struct CopyOptions: Sendable {
-    var directions: [CopyDirection] = [.hostToDevice, .deviceToHost, .deviceToDevice]
-    var coalesce: [Bool] = [true, false]
-    var pageSize = 4096
-    var batchPages = 512
-    var totalBytes = 256 << 20
-    var backend: CopyBackendKind = .ioUring
-    var queueDepth = 64
-    var channels = 1
-    /// Batches each channel keeps in flight before waiting for its oldest fence.
-    var inflightBatches = 8
-    /// Repetitions per run; seconds are the median of the repetitions.
-    var repeats = 3
-    /// Host memory the source/destination frames are scattered over (default 4 × total).
-    var hostBytes: Int? = nil
-    var seed: UInt64 = 0xD11A
-}
-
-/// `dmem-bench copy`: batches of scattered page copies through the DMA engine,
-/// against a plain memcpy of the same scatter pattern in the same run.
+/// Batches of scattered page copies through the DMA engine, against a plain memcpy
+/// of the same scatter pattern in the same run: what `dmem-bench copy` and the
+/// `copy` scenario of `dmem-bench run` / the suite both measure.
 ///
 /// Models what a migration asks of the copy engine: `alloc_and_copy` for N
 /// pages whose system frames are scattered over RAM while the freshly allocated
 /// device pages are contiguous in a VRAM chunk (h2d), the reverse on eviction
 /// (d2h), and VRAM-to-VRAM moves (d2d: scattered pages of one pool into
-/// contiguous pages of another). Every byte is verified after every repetition.
+/// contiguous pages of another). Every byte is verified after every pass.
+///
+/// Each record carries `gbps`, the same-run `memcpy_gbps` and their `ratio`, and
+/// the latency from `submit()` to the fence signalling per batch (`batch_*_us`).
+///
+/// Threads: `run` uses the calling thread plus one thread per channel, joined before it returns.
 enum CopyScenario {
-    enum Failure: Error, CustomStringConvertible {
-        case invalid(String)
-        var description: String { if case .invalid(let s) = self { return s }; return "" }
-    }
-
     /// Runs every (direction × coalesce) combination of `options`; one record per combination.
-    static func run(_ options: CopyOptions) throws -> [RunRecord] {
+    static func run(_ options: CopyOptions, context: ScenarioContext = ScenarioContext()) throws -> [RunRecord] {
         try validate(options)
-        let world = try CopyWorld(options)
+        let track = context.trace?.track("copy")
+        context.progress("preparing \(ByteCount(options.totalBytes)) of scattered pages")
+        let world = try track.span("setup") { try CopyWorld(options) }
         defer { world.engine.shutdown() }
         var records: [RunRecord] = []
         for direction in options.directions {
             let pattern = world.pattern(direction)
             for coalesce in options.coalesce {
-                records.append(try measure(world, pattern, direction: direction, coalesce: coalesce))
+                context.progress("\(direction.rawValue), coalescing \(coalesce ? "on" : "off")")
+                records.append(try measure(world, pattern, direction: direction, coalesce: coalesce, context: context))
             }
         }
         return records
     }
 
-    static func validate(_ o: CopyOptions) throws {
+    static func validate(_ o: CopyOptions) throws(ScenarioError) {
         guard o.pageSize > 0, o.totalBytes >= o.pageSize, o.totalBytes % o.pageSize == 0 else {
-            throw Failure.invalid("--total must be a positive multiple of --page-size")
+            throw error("total \(ByteCount(o.totalBytes)) must be a positive multiple of page-size \(ByteCount(o.pageSize))")
         }
         guard o.batchPages >= 1, o.queueDepth >= 1, o.channels >= 1, o.repeats >= 1, o.inflightBatches >= 1 else {
-            throw Failure.invalid("--batch, --queue-depth, --channels, --repeats must be at least 1")
+            throw error("batch, queue-depth, channels, inflight and passes must be at least 1")
         }
-        guard !o.directions.contains(.hostToHost) else { throw Failure.invalid("the copy scenario measures h2d, d2h and d2d") }
+        guard !o.directions.isEmpty, !o.directions.contains(.hostToHost) else {
+            throw error("the copy scenario measures h2d, d2h and d2d")
+        }
+        guard !o.coalesce.isEmpty else { throw error("coalesce needs on, off or both") }
     }
 
+    static func error(_ message: String) -> ScenarioError { ScenarioError(scenario: "copy", message: message) }
+
     private static func measure(_ world: CopyWorld, _ pattern: ScatterPattern, direction: CopyDirection,
-                                coalesce: Bool) throws -> RunRecord {
+                                coalesce: Bool, context: ScenarioContext) throws -> RunRecord {
         let o = world.options
         let channels = try (0..<o.channels).map { _ in
             try world.engine.makeChannel(coalescing: coalesce, queueDepth: o.queueDepth)
         }
+        let track = context.trace?.track("copy")
+        let lanes = channels.map { context.trace?.track("\(direction.rawValue) coalesce \(coalesce ? "on" : "off") \($0.name)") }
         var engineSeconds: [Double] = [], memcpySeconds: [Double] = []
+        var latency = LatencyHistogram()
         var verified = true
         let opsBefore = channels.reduce(0) { $0 + $1.statistics.operations }
         for _ in 0..<o.repeats {
             pattern.poisonDestinations(0xA5)
-            memcpySeconds.append(pattern.memcpyAll())
-            verified = verified && pattern.verify()
+            memcpySeconds.append(track.span("memcpy pass") { pattern.memcpyAll() })
+            verified = track.span("verify") { pattern.verify() } && verified
             pattern.poisonDestinations(0x5A)
-            engineSeconds.append(try runEngine(pattern, channels: channels, options: o))
-            verified = verified && pattern.verify()
+            let pass = try track.span("engine pass") { try runEngine(pattern, channels: channels, lanes: lanes, options: o) }
+            engineSeconds.append(pass.seconds)
+            latency.merge(pass.latency)
+            verified = track.span("verify") { pattern.verify() } && verified
         }
         let sqes = (channels.reduce(0) { $0 + $1.statistics.operations } - opsBefore) / o.repeats
         let seconds = median(engineSeconds), baseline = median(memcpySeconds)
@@ -89,6 +84,9 @@ enum CopyScenario {
         r.set("backend", channels[0].backendName)
         r.set("queue_depth", o.queueDepth)
         r.set("channels", o.channels)
+        r.set("inflight", o.inflightBatches)
+        r.set("vram_files", world.vramA.layout.files)
+        r.set("link", o.link.text)
         r.set("bytes", bytes)
         r.set("seconds", seconds)
         r.set("gbps", Double(bytes) / seconds / 1e9)
@@ -97,15 +95,18 @@ enum CopyScenario {
         r.set("descriptors_per_s", Double(pattern.count) / seconds)
         r.set("sqes", sqes)
         r.set("repeats", o.repeats)
+        latency.write(to: &r, prefix: "batch")
         r.set("verified", verified)
         return r
     }
 
     /// One timed pass: each channel (on its own thread) takes every n-th batch.
-    private static func runEngine(_ pattern: ScatterPattern, channels: [DMAChannel], options o: CopyOptions) throws -> Double {
+    private static func runEngine(_ pattern: ScatterPattern, channels: [DMAChannel], lanes: [TraceTrack?],
+                                  options o: CopyOptions) throws -> (seconds: Double, latency: LatencyHistogram) {
         let batches = (pattern.count + o.batchPages - 1) / o.batchPages
+        let times = BatchTimes(count: batches)
         let errors = ErrorBox()
-        let start = DispatchTime.now().uptimeNanoseconds
+        let start = MonotonicClock.now()
         DispatchQueue.concurrentPerform(iterations: channels.count) { c in
             do {
                 var inflight: [Fence] = []
@@ -116,21 +117,65 @@ enum CopyScenario {
                     for i in first..<min(first + o.batchPages, pattern.count) {
                         try channels[c].enqueueCopy(from: pattern.source(i), to: pattern.destination(i), length: o.pageSize)
                     }
-                    inflight.append(try channels[c].submit())
+                    times.submitted(b)
+                    let fence = try channels[c].submit()
+                    times.callbacks.enter()
+                    let lane = lanes[c]
+                    fence.onSignal { _ in times.signalled(b, lane: lane) }
+                    inflight.append(fence)
                 }
                 for f in inflight { try f.wait() }
             } catch {
                 errors.record(error)
             }
         }
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        let seconds = MonotonicClock.seconds(since: start)
         if let e = errors.first { throw e }
-        return seconds
+        times.callbacks.wait()  // a waiter may wake before its fence's callbacks ran
+        return (seconds, times.histogram())
     }
 
     static func median(_ xs: [Double]) -> Double {
         let s = xs.sorted()
         return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+    }
+}
+
+/// Submit and signal times of every batch of a pass (monotonic ns).
+///
+/// Threads: slot b is written by the thread submitting batch b, then by the thread
+/// signalling its fence (after the submit, through the fence's lock); read after
+/// `callbacks` (entered per batch, left by its fence callback) was waited for.
+final class BatchTimes: @unchecked Sendable {
+    private let submit: UnsafeMutableBufferPointer<UInt64>
+    private let signal: UnsafeMutableBufferPointer<UInt64>
+    let callbacks = DispatchGroup()
+
+    init(count: Int) {
+        submit = .allocate(capacity: count)
+        signal = .allocate(capacity: count)
+        submit.initialize(repeating: 0)
+        signal.initialize(repeating: 0)
+    }
+
+    deinit {
+        submit.deallocate()
+        signal.deallocate()
+    }
+
+    func submitted(_ b: Int) { submit[b] = MonotonicClock.now() }
+
+    func signalled(_ b: Int, lane: TraceTrack?) {
+        let now = MonotonicClock.now()
+        signal[b] = now
+        lane?.complete("batch", start: submit[b], end: now, category: "dma")
+        callbacks.leave()
+    }
+
+    func histogram() -> LatencyHistogram {
+        var h = LatencyHistogram()
+        for b in submit.indices where signal[b] >= submit[b] { h.record(nanoseconds: signal[b] - submit[b]) }
+        return h
     }
 }
 

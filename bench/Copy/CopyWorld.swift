@@ -5,6 +5,8 @@ import Glibc
 
 /// The memory of a copy run: emulated RAM (anonymous, pre-faulted, stamped),
 /// two VRAM pools, all registered with one engine.
+///
+/// Threads: built and used by the scenario's thread; its channels' threads read the memory.
 final class CopyWorld {
     let options: CopyOptions
     let engine: DMAEngine
@@ -13,23 +15,22 @@ final class CopyWorld {
     let vramA: VRAMPool
     let vramB: VRAMPool
 
+    /// Owns `ram`'s mapping (unmapped when the world goes, or when `init` throws).
+    private let ramMapping: AnonymousMapping
+
     init(_ o: CopyOptions) throws {
         options = o
-        let ramBytes = max(o.hostBytes ?? 4 * o.totalBytes, o.totalBytes)
-        guard let p = mmap(nil, ramBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-              p != MAP_FAILED else { throw CopyScenario.Failure.invalid("cannot map \(ramBytes) bytes of host memory") }
-        ram = UnsafeMutableRawBufferPointer(start: p, count: ramBytes)
-        engine = try DMAEngine(configuration: .init(backend: o.backend, queueDepth: o.queueDepth,
+        ramMapping = try AnonymousMapping(length: max(o.hostBytes ?? 4 * o.totalBytes, o.totalBytes))
+        ram = UnsafeMutableRawBufferPointer(start: ramMapping.base, count: ramMapping.length)
+        engine = try DMAEngine(configuration: .init(backend: o.engineBackend, queueDepth: o.queueDepth,
                                                     maxBatch: max(o.batchPages, 1)))
         ramID = try engine.registerHostMemory(ram, name: "ram")
-        vramA = try engine.createVRAMPool(size: o.totalBytes, name: "vram-a")
-        vramB = try engine.createVRAMPool(size: o.totalBytes, name: "vram-b")
+        vramA = try engine.createVRAMPool(size: o.totalBytes, name: "vram-a", layout: o.vramLayout)
+        vramB = try engine.createVRAMPool(size: o.totalBytes, name: "vram-b", layout: o.vramLayout)
         Self.stamp(ram, pageSize: o.pageSize, salt: 1)
         Self.stamp(vramA.mapping, pageSize: o.pageSize, salt: 2)
         Self.stamp(vramB.mapping, pageSize: o.pageSize, salt: 3)
     }
-
-    deinit { munmap(ram.baseAddress, ram.count) }
 
     /// Fills every page with words unique to (salt, page, word): misplaced pages cannot verify.
     static func stamp(_ m: UnsafeMutableRawBufferPointer, pageSize: Int, salt: UInt64) {

@@ -15,6 +15,7 @@ struct ScenarioRegistry: Sendable {
         MemcpyScenario(),
         MMBenchScenario(),
         MigrateScenario(),
+        CopyBenchScenario(),
     ])
 
     var names: [String] { scenarios.map(\.name) }

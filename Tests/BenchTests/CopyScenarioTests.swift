@@ -1,0 +1,121 @@
+import Foundation
+import Testing
+@testable import dmem_bench
+
+/// The `copy` scenario (DMA engine vs same-run memcpy) in the framework and as `dmem-bench copy`.
+@Suite struct CopyScenarioTests {
+    let scenario = CopyBenchScenario()
+
+    func run(_ overrides: [(key: String, value: String)], trace: TraceProcess? = nil) throws -> [RunRecord] {
+        let parameters = try ScenarioParameters(for: scenario, overrides: overrides)
+        return try scenario.run(parameters, context: ScenarioContext(trace: trace))
+    }
+
+    static let tiny: [(key: String, value: String)] = [("total", "256K"), ("span", "1M"), ("batch", "16"), ("passes", "1")]
+
+    @Test func measuresEveryDirectionVerifiedWithTheFrameworksFields() throws {
+        let records = try run(Self.tiny)
+        #expect(records.map { $0["direction"] } == [.string("h2d"), .string("d2h"), .string("d2d")])
+        for r in records {
+            #expect(r["verified"] == .bool(true))
+            #expect(r["bytes"] == .int(256 << 10) && r["page_size"] == .int(4096) && r["batch_pages"] == .int(16))
+            #expect(r["coalesce"] == .bool(true) && r["backend"] == .string("iouring") && r["link"] == .string("none"))
+            for field in ["gbps", "memcpy_gbps", "ratio", "descriptors_per_s", "batch_p50_us", "batch_max_us"] {
+                #expect((r[field]?.numeric ?? 0) > 0, "\(field)")
+            }
+            #expect(r["batch_samples"] == .int(4), "one latency sample per batch")
+            #expect(r["sqes"] == .int(4), "one vectored operation per 16-page batch")
+        }
+        #expect(SummaryTable.throughputFields(of: records[0]) == ["gbps"])
+    }
+
+    @Test func onePointIsOneDirectionAndOneCoalescingSetting() throws {
+        let records = try run(Self.tiny + [("direction", "d2h"), ("coalesce", "off"), ("backend", "memcpy"), ("vram-files", "1")])
+        #expect(records.count == 1)
+        #expect(records[0]["direction"] == .string("d2h") && records[0]["coalesce"] == .bool(false))
+        #expect(records[0]["backend"] == .string("memcpy") && records[0]["vram_files"] == .int(1))
+        #expect(records[0]["verified"] == .bool(true))
+    }
+
+    @Test func linkModelIsParsedAndRecorded() throws {
+        let records = try run(Self.tiny + [("direction", "h2d"), ("link", "pcie4")])
+        #expect(records[0]["link"] == .string("pcie4") && records[0]["backend"] == .string("link(iouring)"))
+        #expect(records[0]["verified"] == .bool(true))
+        #expect(try LinkSpec(parsing: "16,5us").model == .init(gigabytesPerSecond: 16, latency: .microseconds(5)))
+        #expect(try LinkSpec(parsing: "0.5,800ns").model == .init(gigabytesPerSecond: 0.5, latency: .nanoseconds(800)))
+        #expect(try LinkSpec(parsing: "8,2").model?.latency == .microseconds(2))
+        #expect(try LinkSpec(parsing: "NVLink").model == .nvlink)
+        #expect(try LinkSpec(parsing: "none").model == nil)
+        for bad in ["pcie9", "0,5", "-1,5", "16", "16,5s", "x,1"] {
+            #expect(throws: ParameterValueError("'\(bad)' is not a valid link (expected \(LinkSpec.help))")) { try LinkSpec(parsing: bad) }
+        }
+        #expect(throws: ScenarioError(scenario: "copy", message: "'fast' is not a valid link (expected \(LinkSpec.help))")) {
+            try run(Self.tiny + [("link", "fast")])
+        }
+    }
+
+    @Test func refusesATotalThatIsNotAMultipleOfThePage() {
+        #expect(throws: ScenarioError(scenario: "copy", message: "total 256K must be a positive multiple of page-size 96K")) {
+            try run(Self.tiny + [("page-size", "96K")])
+        }
+    }
+
+    @Test func tracesSetupPassesAndBatchesPerChannel() throws {
+        let recorder = TraceRecorder(capacity: 4096)
+        _ = try run(Self.tiny + [("direction", "h2d")], trace: recorder.process("copy"))
+        let names = recorder.sortedEvents().map(\.name.description)
+        #expect(names.first == "setup")
+        #expect(names.filter { $0 == "batch" }.count == 4)
+        #expect(names.filter { $0 == "engine pass" }.count == 1 && names.filter { $0 == "memcpy pass" }.count == 1)
+    }
+
+    @Test func sweepsRepeatsAndWritesJSONThroughTheRunCommand() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dmem-copy-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let json = dir.appendingPathComponent("r.json").path
+        let csv = dir.appendingPathComponent("r.csv").path
+        var command = try DmemBench.parseAsRoot([
+            "run", "copy", "--set", "total=128K", "span=512K", "passes=1", "direction=h2d", "--sweep", "batch=1,8",
+            "page-size=4K,64K", "--repeat", "2", "--quiet", "--json", json, "--csv", csv,
+        ])
+        try command.run()
+        let document = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: json))) as? [String: Any])
+        let runs = try #require(document["runs"] as? [[String: Any]])
+        #expect(runs.map { $0["batch_pages"] as? Int } == [1, 1, 8, 8])
+        #expect(runs.map { $0["page_size"] as? Int } == [4096, 65536, 4096, 65536])
+        #expect(runs.allSatisfy { $0["verified"] as? Bool == true && $0["scenario"] as? String == "copy" })
+        #expect(runs.allSatisfy { $0["gbps_min"] != nil && $0["memcpy_gbps"] != nil && $0["ratio"] != nil })
+        let lines = try String(contentsOfFile: csv, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 5 && lines[0].contains("memcpy_gbps"))
+    }
+
+    @Test func copyCommandParsesItsFlagsIntoTheSharedOptions() throws {
+        let command = try #require(try DmemBench.parseAsRoot([
+            "copy", "--direction", "d2d", "--total", "1M", "--coalesce", "off", "--link", "pcie5", "--vram-files", "2",
+        ]) as? CopyCommand)
+        let o = try command.options()
+        #expect(o.directions == [.deviceToDevice] && o.coalesce == [false] && o.totalBytes == 1 << 20)
+        #expect(o.link.model == .pcie5 && o.vramLayout.files == 2 && o.repeats == 3)
+        #expect(throws: (any Error).self) { try DmemBench.parseAsRoot(["copy", "--link", "warp"]) }
+    }
+
+    /// `dmem-bench copy --json`: stdout is exactly one JSON object with every field issue 3 promised.
+    @Test func copyCommandJSONIsOneObjectWithEveryRunField() throws {
+        let command = try #require(try DmemBench.parseAsRoot([
+            "copy", "--total", "256K", "--host-memory", "1M", "--batch", "16", "--repeats", "1", "--json",
+        ]) as? CopyCommand)
+        let records = try CopyScenario.run(try command.options())
+        let text = command.output(records)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+        #expect(object.keys.sorted() == ["runs", "scenario"] && object["scenario"] as? String == "copy")
+        let runs = try #require(object["runs"] as? [[String: Any]])
+        #expect(runs.count == 6, "three directions, coalescing on and off")
+        let fields = ["direction", "page_size", "batch_pages", "coalesce", "backend", "queue_depth", "channels", "bytes", "seconds",
+                      "gbps", "memcpy_gbps", "ratio", "descriptors_per_s", "sqes", "verified"]
+        for run in runs {
+            #expect(fields.allSatisfy { run[$0] != nil }, "\(run.keys.sorted())")
+            #expect(run["verified"] as? Bool == true)
+        }
+        #expect(!text.contains("\n"), "one line, nothing else")
+    }
+}

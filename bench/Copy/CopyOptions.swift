@@ -1,0 +1,85 @@
+import DMAEngine
+import Foundation
+
+/// Settings of the `copy` scenario. `directions` × `coalesce` are the runs of one
+/// call (one record each); everything else is one value per call.
+///
+/// Threads: a value; any thread.
+struct CopyOptions: Sendable {
+    var directions: [CopyDirection] = [.hostToDevice, .deviceToHost, .deviceToDevice]
+    var coalesce: [Bool] = [true, false]
+    var pageSize = 4096
+    var batchPages = 512
+    var totalBytes = 256 << 20
+    var backend: CopyBackendKind = .ioUring
+    /// The `--backend` word as given (`iouring`, `memcpy`, `mapped`), for records.
+    var backendName = "iouring"
+    var queueDepth = 64
+    var channels = 1
+    /// Batches each channel keeps in flight before waiting for its oldest fence.
+    var inflightBatches = 8
+    /// Engine passes per run; seconds are their median. Each pass is verified.
+    var repeats = 3
+    /// Host memory the source/destination frames are scattered over (default 4 × total).
+    var hostBytes: Int? = nil
+    /// How each VRAM pool is spread over memfds.
+    var vramLayout: VRAMPool.Layout = .default
+    /// A modelled host↔device link on top of the backend, and how it was asked for.
+    var link: LinkSpec = .none
+    var seed: UInt64 = 0xD11A
+
+    /// The backend the engine's channels get: `backend`, behind the link model if there is one.
+    var engineBackend: CopyBackendKind {
+        guard let model = link.model else { return backend }
+        return .linkModel(model, wrapping: backend)
+    }
+}
+
+/// A link model as the command line names it: `none`, a preset (`pcie4`, `pcie5`,
+/// `nvlink`), or `GBPS,LATENCY` (e.g. `16,5us`: 16 GB/s each way, 5 µs per batch;
+/// the latency unit is ns, us/µs or ms, µs when omitted).
+///
+/// Threads: a value; any thread.
+struct LinkSpec: Sendable, Equatable, CustomStringConvertible {
+    var text: String
+    var model: LinkModel?
+
+    static let none = LinkSpec(text: "none", model: nil)
+
+    static let help = "none, pcie4 (26 GB/s, 2 µs), pcie5 (52 GB/s, 2 µs), nvlink (450 GB/s, 1 µs), or GBPS,LATENCY (e.g. 16,5us)"
+
+    init(text: String, model: LinkModel?) {
+        self.text = text
+        self.model = model
+    }
+
+    init(parsing raw: String) throws(ParameterValueError) {
+        let text = raw.trimmingCharacters(in: .whitespaces).lowercased()
+        if text == "none" || text == "off" {
+            self = .none
+            return
+        }
+        if let preset = LinkModel.presets.first(where: { $0.name == text }) {
+            self.init(text: preset.name, model: preset.model)
+            return
+        }
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 2, let gbps = Double(parts[0]), gbps.isFinite, gbps > 0,
+              let latency = Self.latency(parts[1]) else {
+            throw ParameterValueError("'\(raw)' is not a valid link (expected \(Self.help))")
+        }
+        self.init(text: text, model: LinkModel(gigabytesPerSecond: gbps, latency: latency))
+    }
+
+    /// `5`, `5us`, `5µs`, `800ns`, `2ms` → a duration (µs without a unit).
+    private static func latency(_ text: String) -> Duration? {
+        let units: [(suffix: String, nanoseconds: Double)] = [("ns", 1), ("us", 1e3), ("µs", 1e3), ("ms", 1e6)]
+        let unit = units.first { text.hasSuffix($0.suffix) }
+        guard let value = Double(text.dropLast(unit?.suffix.count ?? 0)), value.isFinite, value >= 0 else { return nil }
+        let nanoseconds = value * (unit?.nanoseconds ?? 1e3)
+        guard nanoseconds <= 1e12 else { return nil }
+        return .nanoseconds(Int64(nanoseconds))
+    }
+
+    var description: String { text }
+}
