@@ -35,11 +35,17 @@ public final class PhysicalMemory: @unchecked Sendable {
     let roots = MappingRootRegistry()
     /// Counters of protocol violations seen (unlock of an unlocked page, refcount underflow).
     public let diagnostics = Diagnostics()
+    /// Checked mode's state (violations, oracles), or nil when checked mode is off: every
+    /// check is behind one test of this immutable reference.
+    public let checker: ProtocolChecker?
 
     /// Creates emulated RAM of `ramBytes` (a multiple of 4 KiB) and room for
     /// `maxDevicePages` device PFNs. RAM is reserved lazily, so a frame's first use costs a
     /// host page fault; `prefault` backs it all up front (`MAP_POPULATE`), which benchmarks want.
-    public init(ramBytes: Int = 4 << 30, maxDevicePages: Int = 1 << 24, prefault: Bool = false) throws(HostMMError) {
+    /// `checked` turns on checked mode (the protocol sanitizer, see `ProtocolChecker`); by
+    /// default it follows the `DMEM_CHECKED` environment variable.
+    public init(ramBytes: Int = 4 << 30, maxDevicePages: Int = 1 << 24, prefault: Bool = false,
+                checked: CheckedMode = .fromEnvironment) throws(HostMMError) {
         guard ramBytes >= 2 * pageSize, ramBytes % pageSize == 0, maxDevicePages >= 0,
               ramBytes / pageSize + maxDevicePages < Int(UInt32.max) else { throw .invalidArgument }
         ramPageCount = ramBytes / pageSize
@@ -61,6 +67,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         frames = try FrameAllocator(firstPFN: 1, endPFN: UInt32(ramPageCount))
         waitQueues = (0..<128).map { _ in WaitQueue() }
         pagemaps = PagemapRegistry(firstPFN: ramPageCount, maxPFN: maxPFN)
+        checker = checked.isEnabled ? ProtocolChecker(mode: checked, diagnostics: diagnostics) : nil
         meta[0].refcount.store(1, ordering: .relaxed)
         meta[0].flags.store(PageFlags([.reserved, .uptodate]).rawValue, ordering: .relaxed)
     }
@@ -70,17 +77,21 @@ public final class PhysicalMemory: @unchecked Sendable {
         munmap(UnsafeMutableRawPointer(meta), metaBytes)
     }
 
-    /// Counters of broken driver-protocol rules; all zero in a correct run.
+    /// Counters of broken driver-protocol rules; all zero in a correct run. They count
+    /// whether or not checked mode is on; checked mode adds the page and call site.
     public final class Diagnostics: Sendable {
         let badUnlocks = Atomic<Int>(0)
         let refcountUnderflows = Atomic<Int>(0)
         let badPFNs = Atomic<Int>(0)
+        let violations = Atomic<Int>(0)
         /// Public page calls that named a PFN outside the metadata table (ignored).
         public var invalidPFNCount: Int { badPFNs.load(ordering: .relaxed) }
         /// `unlockPage` called on a page that was not locked.
         public var unlocksOfUnlockedPages: Int { badUnlocks.load(ordering: .relaxed) }
         /// `putPage` called on a page whose refcount was already 0.
         public var refcountUnderflowCount: Int { refcountUnderflows.load(ordering: .relaxed) }
+        /// Protocol violations checked mode found (`checker.violationCount`; 0 when it is off).
+        public var protocolViolationCount: Int { violations.load(ordering: .relaxed) }
     }
 
     // MARK: PFN classification
