@@ -13,10 +13,13 @@ import Testing
         FaultPlan(rules: [.init(.every(3), .delay(.milliseconds(2))), .init(.every(7), .delay(.microseconds(300)))]),
         wrapping: .ioUring)
 
-    @Test func finalizeAndDeviceMapWaitForTheFenceSignal() throws {
+    @Test(arguments: [1, 2, 3])
+    func finalizeAndDeviceMapWaitForTheFenceSignal(pipelineDepth: Int) throws {
         let memory = try makeMemory(mib: 64)
         let log = EventLog()
-        let gpu = try makeDevice(memory, vramMiB: 16, backend: Self.delayed, observer: log)
+        var policy = MigrationPolicy()
+        policy.pipelineDepth = pipelineDepth
+        let gpu = try makeDevice(memory, vramMiB: 16, backend: Self.delayed, policy: policy, observer: log)
         defer { try? gpu.shutdown() }
         gpu.vram.pools[0].mapping.initializeMemory(as: UInt8.self, repeating: 0xEE)
         let mm = AddressSpace(memory: memory)
@@ -44,6 +47,14 @@ import Testing
             #expect(signaled <= finalize)           // …and finalize starts only after it
             #expect(mine.first { $0.kind == .finalizeBegin }?.seqno == mine.first { $0.kind == .fenceSignaled }?.seqno)
         }
+        // With a pipeline, the next batch is submitted before the previous one finalizes.
+        let ordered = batches.sorted()
+        let overlapped = zip(ordered, ordered.dropFirst()).contains { previous, next in
+            let submitted = events.first { $0.batch == next && $0.kind == .copiesSubmitted }!.time
+            let finalized = events.first { $0.batch == previous && $0.kind == .finalizeBegin }!.time
+            return submitted < finalized
+        }
+        #expect(overlapped == (pipelineDepth > 1))
         #expect(try pattern.gpuMismatches(space, a, pages: pages).isEmpty)
         #expect(try pattern.cpuMismatches(mm, a, pages: pages).isEmpty)
     }
@@ -54,6 +65,7 @@ import Testing
         let memory = try makeMemory(mib: 64)
         var policy = MigrationPolicy()
         policy.batchPages = 64
+        policy.pipelineDepth = 2
         policy.gpuFault = .mapSystemMemory(pages: 1)
         let gpu = try makeDevice(memory, vramMiB: 16, backend: Self.delayed, policy: policy)
         defer { try? gpu.shutdown() }
@@ -92,7 +104,9 @@ import Testing
         let threads = [reader(1, gpuSide: false), reader(2, gpuSide: false), reader(3, gpuSide: true)]
         for _ in 0..<12 { try gpu.migrateToDevice(mm, range: range(a, pages: pages)) }
         stop.store(true, ordering: .relaxed)
-        for t in threads { #expect(t.join()) }
+        let joined = threads.map { $0.join(seconds: 30) }
+        #expect(joined.allSatisfy { $0 }, "a reader is stuck")
+        guard joined.allSatisfy({ $0 }) else { return }
         let failures = bad.withLockedValue { $0 }
         #expect(failures.isEmpty, "\(failures.count) bad reads, first: \(failures.prefix(3))")
         #expect(reads.load(ordering: .relaxed) > 0)

@@ -74,3 +74,22 @@ import Testing
         #expect(try PagePattern(seed: 63).cpuMismatches(mm, a, pages: 4).isEmpty)
     }
 }
+
+@Suite struct DroppedDeviceTests {
+    @Test func aDeviceDroppedWithoutShutdownEvictsItsPages() throws {
+        let memory = try makeMemory(mib: 64)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 64 * pageSize)
+        let pattern = PagePattern(seed: 64)
+        try pattern.fill(mm, a, pages: 64)
+        var chunk = PFN(0)
+        do {
+            let gpu = try makeDevice(memory, vramMiB: 4)
+            try gpu.migrateToDevice(mm, range: range(a, pages: 64))
+            chunk = try #require(gpu.vram.chunks.first).pfns.lowerBound
+        }
+        #expect(memory.pagemap(of: chunk) == nil)     // evicted, chunks unregistered
+        #expect(entryKinds(mm, a, pages: 64) == [.present: 64])
+        #expect(try pattern.cpuMismatches(mm, a, pages: 64).isEmpty)
+    }
+}

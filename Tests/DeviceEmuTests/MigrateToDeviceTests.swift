@@ -136,4 +136,27 @@ import Testing
         memory.unpinUserPages(pinned)
         #expect(try PagePattern(seed: 7).cpuMismatches(mm, a, pages: 16).isEmpty)
     }
+
+    /// A pipelined migration whose middle batches have nothing to move: every batch keeps
+    /// its own buffers until it completes (a reused buffer would leave pages locked).
+    @Test(arguments: [2, 3])
+    func pipelinedMigrationWithEmptyBatches(depth: Int) throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.batchPages = 64
+        policy.pipelineDepth = depth
+        let gpu = try makeDevice(memory, vramMiB: 8, policy: policy)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let pages = 64 * 8
+        let a = try mm.mmap(length: pages * pageSize)
+        let pattern = PagePattern(seed: 8)
+        try pattern.fill(mm, a, pages: pages)
+        for batch in [1, 2, 5] { try gpu.migrateToDevice(mm, range: range(a + UInt64(batch * 64 * pageSize), pages: 64)) }
+        let r = try gpu.migrateToDevice(mm, range: range(a, pages: pages))
+        #expect(r.migrated == pages - 3 * 64 && r.batches == 5)
+        #expect(entryKinds(mm, a, pages: pages) == [.devicePrivate: pages])   // no migration entry left behind
+        #expect(gpu.vram.inUsePageCount == pages)
+        #expect(try pattern.cpuMismatches(mm, a, pages: pages).isEmpty)
+    }
 }

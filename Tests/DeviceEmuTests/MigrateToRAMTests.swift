@@ -66,6 +66,7 @@ import Testing
         let memory = try makeMemory(mib: 64)
         var policy = MigrationPolicy()
         policy.cpuFaultGranularity = .wholeAllocation
+        policy.batchPages = 256      // the fault's batch first, then the other three
         let gpu = try makeDevice(memory, vramMiB: 16, policy: policy)
         defer { try? gpu.shutdown() }
         let mm = AddressSpace(memory: memory)
@@ -74,7 +75,7 @@ import Testing
         try pattern.fill(mm, a, pages: 2048)
         try gpu.migrateToDevice(mm, range: range(a, pages: 1024))           // allocation 1
         try gpu.migrateToDevice(mm, range: a + 1024 * 4096 ..< a + 2048 * 4096)  // allocation 2
-        _ = try mm.read(at: a + 300 * 4096, count: 8)
+        _ = try mm.read(at: a + 700 * 4096, count: 8)
         #expect(gpu.counters[.cpuFaults] == 1)
         #expect(entryKinds(mm, a, pages: 1024) == [.present: 1024])
         #expect(entryKinds(mm, a + 1024 * 4096, pages: 1024) == [.devicePrivate: 1024])
@@ -135,5 +136,25 @@ import Testing
         gpu.policy = relaxed
         _ = try mm.read(at: a + 4096, count: 1)
         #expect(gpu.counters[.residencyWaits] == 1 && gpu.counters[.cpuFaults] == 2)
+    }
+
+    @Test func cpuFaultsCanUseTheirOwnCopyBackend() throws {
+        let memory = try makeMemory(mib: 64)
+        var c = Device.Configuration(vramSize: 8 << 20, backend: .ioUring)
+        c.faultBackend = .memcpy
+        let log = EventLog()
+        c.observer = log
+        let gpu = try Device(memory: memory, configuration: c)
+        defer { try? gpu.shutdown() }
+        #expect(gpu.channelCount == 2)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 64 * pageSize)
+        let pattern = PagePattern(seed: 72)
+        try pattern.fill(mm, a, pages: 64)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 64))
+        #expect(try pattern.cpuMismatches(mm, a, pages: 64).isEmpty)
+        let toDevice = Set(log.all.filter { $0.direction == .toDevice && $0.channel >= 0 }.map(\.channel))
+        let toRAM = Set(log.all.filter { $0.direction == .toRAM && $0.channel >= 0 }.map(\.channel))
+        #expect(toDevice.count == 1 && toRAM.count == 1 && toDevice != toRAM)
     }
 }

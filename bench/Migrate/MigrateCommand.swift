@@ -18,6 +18,8 @@ struct MigrateCommand: ParsableCommand {
     @Option(help: "Pages per migrate_vma batch.") var batch = 512
     @Option(help: "Pages brought back per CPU fault (1 = nouveau's single page).") var faultAround = 1
     @Option(help: "iouring, memcpy or mapped (2 worker threads through the VRAM mapping).") var backend = "iouring"
+    @Option(help: "Copy backend of CPU faults: same (as --backend), iouring, memcpy or mapped.") var faultBackend = "same"
+    @Option(help: "Batches in flight while migrating to VRAM (1 = nouveau's strict sequence).") var pipeline = 1
     @Option(help: "3step (migrate_vma_setup/pages/finalize) or 2017 (migrate_vma callbacks).") var api = "3step"
     @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
 
@@ -31,6 +33,13 @@ struct MigrateCommand: ParsableCommand {
                 throw ValidationError("--backend must be one of: \(MigrateOptions.Backend.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             o.backend = b
+            if faultBackend != "same" {
+                guard let fb = MigrateOptions.Backend(rawValue: faultBackend) else {
+                    throw ValidationError("--fault-backend must be same, iouring, memcpy or mapped")
+                }
+                o.faultBackend = fb
+            }
+            o.pipeline = pipeline
             guard let generation = MigrationPolicy.APIGeneration(name: api) else { throw ValidationError("--api must be 3step or 2017") }
             o.api = generation
             if let problem = o.problem { throw ValidationError(problem) }
@@ -50,7 +59,7 @@ struct MigrateCommand: ParsableCommand {
         var report = ScenarioReport(scenario: "migrate")
         report.runs = [record]
         print(json ? report.json : report.table(columns: [
-            "bytes", "batch_pages", "fault_around", "backend", "to_device_gbps", "memcpy_gbps", "ratio_to_device",
+            "bytes", "batch_pages", "pipeline", "fault_around", "backend", "fault_backend", "to_device_gbps", "memcpy_gbps", "ratio_to_device",
             "to_ram_fault_gbps", "evict_gbps", "faults", "fault_p50_us", "fault_p99_us", "verified",
         ]))
     }

@@ -24,6 +24,10 @@ struct MigrateOptions: Sendable {
     /// Pages brought back per CPU fault (1: nouveau's single page).
     var faultAround = 1
     var backend = Backend.iouring
+    /// Backend of the CPU-fault channels (nil: the same as `backend`).
+    var faultBackend: Backend? = nil
+    /// Batches in flight during the migration to VRAM (1: nouveau's strict sequence).
+    var pipeline = 1
     var api = MigrationPolicy.APIGeneration.threeStep
     var seed: UInt64 = 1
 
@@ -35,6 +39,7 @@ struct MigrateOptions: Sendable {
         p.batchPages = batchPages
         p.cpuFaultGranularity = faultAround > 1 ? .faultAround(pages: faultAround) : .page
         p.apiGeneration = api
+        p.pipelineDepth = pipeline
         return p
     }
 
@@ -43,6 +48,7 @@ struct MigrateOptions: Sendable {
         if totalBytes < 4096 * 16 || totalBytes % (2 << 20) != 0 { return "total must be a positive multiple of 2M" }
         if !(1...4096).contains(batchPages) { return "batch must be in 1...4096" }
         if !(1...512).contains(faultAround) { return "fault-around must be in 1...512" }
+        if !(1...8).contains(pipeline) { return "pipeline must be in 1...8" }
         return nil
     }
 }

@@ -31,6 +31,7 @@ enum MigrateRun {
         let observer = MigrateObserver(trace: trace)
         var config = Device.Configuration(name: "bench", vramSize: o.totalBytes, backend: o.backend.kind, policy: o.policy)
         config.observer = observer
+        config.faultBackend = o.faultBackend?.kind
         let gpu: Device
         do { gpu = try Device(memory: memory, configuration: config) } catch {
             throw failure("cannot create the device: \(error)\(o.backend == .iouring ? " (try backend memcpy)" : "")")
@@ -100,7 +101,9 @@ enum MigrateRun {
         r.set("pages", pages)
         r.set("batch_pages", o.batchPages)
         r.set("fault_around", o.faultAround)
+        r.set("pipeline", o.pipeline)
         r.set("backend", o.backend.rawValue)
+        r.set("fault_backend", (o.faultBackend ?? o.backend).rawValue)
         r.set("api", o.api.name)
         r.set("to_device_gbps", gb / toDeviceSeconds)
         r.set("to_ram_fault_gbps", gb / (Double(readNanos) / 1e9))

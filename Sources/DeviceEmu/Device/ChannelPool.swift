@@ -11,14 +11,16 @@ import NIOConcurrencyHelpers
 final class ChannelPool: @unchecked Sendable {
     private let engine: DMAEngine
     private let backend: CopyBackendKind?
+    private let name: String
     private let lock = NIOLock()
     private var idle: [DMAChannel] = []   // guarded by lock
     private var made = 0                  // guarded by lock
 
-    init(engine: DMAEngine, backend: CopyBackendKind?) throws(DeviceError) {
+    init(engine: DMAEngine, backend: CopyBackendKind?, name: String) throws(DeviceError) {
         self.engine = engine
         self.backend = backend
-        do { idle.append(try engine.makeChannel(name: "dmem0", backend: backend)) } catch { throw .dma(error) }
+        self.name = name
+        do { idle.append(try engine.makeChannel(name: "\(name)0", backend: backend)) } catch { throw .dma(error) }
         made = 1
     }
 
@@ -28,7 +30,7 @@ final class ChannelPool: @unchecked Sendable {
     func checkout() throws(DeviceError) -> DMAChannel {
         if let ch = lock.withLock({ idle.popLast() }) { return ch }
         let n = lock.withLock { () -> Int in made += 1; return made - 1 }
-        do { return try engine.makeChannel(name: "dmem\(n)", backend: backend) } catch { throw .dma(error) }
+        do { return try engine.makeChannel(name: "\(name)\(n)", backend: backend) } catch { throw .dma(error) }
     }
 
     func checkin(_ channel: DMAChannel) {

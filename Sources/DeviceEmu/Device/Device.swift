@@ -43,6 +43,11 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         public var memoryType: MemoryType = .devicePrivate
         /// Backend of the device's copy channels (the engine's default when nil).
         public var backend: CopyBackendKind? = nil
+        /// Backend of the channels serving CPU faults (`migrateToRAM`); nil uses `backend`.
+        /// A fault moves one page (or a fault-around window) while the CPU waits: a driver
+        /// may prefer a CPU copy through the VRAM mapping (`.memcpy`) to a trip through
+        /// the bulk copy engine, as TTM falls back to memcpy for small moves.
+        public var faultBackend: CopyBackendKind? = nil
         /// The driver's policies; can be changed later through `Device.policy`.
         public var policy = MigrationPolicy()
         /// Which resident pages VRAM pressure evicts first.
@@ -74,6 +79,8 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     let observer: (any MigrationObserver)?
     let hostRegion: RegionID
     let channels: ChannelPool
+    /// Channels for CPU faults (the same pool as `channels` unless `faultBackend` is set).
+    let faultChannels: ChannelPool
     let gate = OperationGate()
     let ownsEngine: Bool
     let isCoherent: Bool
@@ -84,6 +91,8 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     /// When each device page (dense index) last became resident, for the minimum-residency policy.
     let residentSince: UnsafeMutablePointer<Synchronization.Atomic<UInt64>>
     private let batchCounter = Synchronization.Atomic<UInt64>(0)
+    /// Scratch arrays reused by CPU faults.
+    let spareBuffers = BufferCache()
 
     /// Builds the device: creates (or joins) a copy engine, registers System RAM and the
     /// VRAM pools with it. No chunk is registered before the first allocation.
@@ -116,16 +125,22 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
                                 configuration: .init(size: c.vramSize, chunkSize: c.chunkSize, poolSize: c.poolSize,
                                                      type: c.memoryType, name: c.name),
                                 owner: owner, ops: forwarder)
-        channels = try ChannelPool(engine: made, backend: c.backend)
+        let bulk = try ChannelPool(engine: made, backend: c.backend, name: "dmem")
+        channels = bulk
+        faultChannels = try c.faultBackend.map { kind throws(DeviceError) in try ChannelPool(engine: made, backend: kind, name: "fault") } ?? bulk
         eviction = c.eviction.make(capacity: vram.pageCount)
         residentSince = UnsafeMutableRawPointer.allocate(byteCount: max(vram.pageCount, 1) * 8, alignment: 8)
             .initializeMemory(as: UInt64.self, repeating: 0, count: max(vram.pageCount, 1))
             .withMemoryRebound(to: Synchronization.Atomic<UInt64>.self, capacity: max(vram.pageCount, 1)) { $0 }
+        forwarder.memory = vram
         forwarder.target = self
     }
 
+    /// A device dropped without `shutdown()` tears itself down (best effort: pages that
+    /// cannot be evicted keep their chunks registered). A bound address space keeps its
+    /// device alive until `unbind` or `shutdown`.
     deinit {
-        if gate.state != .shutDown { try? shutdown() }
+        try? shutdown()
         residentSince.deallocate()
     }
 
@@ -146,7 +161,7 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     }
 
     /// Copy channels created so far (one per concurrent batch at most).
-    public var channelCount: Int { channels.channelCount }
+    public var channelCount: Int { channels.channelCount + (faultChannels === channels ? 0 : faultChannels.channelCount) }
 
     // MARK: Address spaces
 

@@ -10,16 +10,16 @@ import DMAEngine
 /// (no CPU or GPU access can reach it before finalize), so the driver issues the copy
 /// again, `policy.committedCopyRetries` times, and then copies with the CPU through the
 /// VRAM mapping as a last resort (on hardware: another engine). Counted in
-/// `copyRetries` and `cpuCopyFallbacks`.
+/// `copyRetries` and `cpuCopyFallbacks`. Never fails: the page ends up with its data.
 extension Device {
     /// Redoes `items` (a `source` RAM page to copy, or nil to clear, into device `page`).
-    func redoCommitted(_ items: [(source: PFN?, page: PFN)], _ policy: MigrationPolicy) throws(DeviceError) {
+    func redoCommitted(_ items: [(source: PFN?, page: PFN)], _ policy: MigrationPolicy) {
         var pending = items
         var attempt = 0
         while !pending.isEmpty && attempt < policy.committedCopyRetries {
             attempt += 1
             counters.add(.copyRetries, pending.count)
-            let channel = try channels.checkout()
+            guard let channel = try? channels.checkout() else { break }
             var enqueued: [(source: PFN?, page: PFN)] = []
             var failed: [(source: PFN?, page: PFN)] = []
             for item in pending {

@@ -72,7 +72,7 @@ extension Device {
 
     /// Evicts the in-use pages of the given PFN runs (at most `b.capacity` pages in all)
     /// in one batch with one fence.
-    func evictRuns(_ b: borrowing MigrationBuffers, _ runs: [(PFN, Int)]) -> (collected: Int, evicted: Int) {
+    func evictRuns(_ b: MigrationBuffers, _ runs: [(PFN, Int)]) -> (collected: Int, evicted: Int) {
         let batch = nextBatch()
         let t0 = stamp()
         emit(.setupBegin, .evict, batch: batch)

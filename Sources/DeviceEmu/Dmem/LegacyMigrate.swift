@@ -17,6 +17,7 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
     let batch: UInt64
     let slot: UnsafeMutableBufferPointer<Int32>
     let pages: UnsafeMutableBufferPointer<PFN>
+    let indices: UnsafeMutableBufferPointer<Int>
     let writable: Bool
     var fence: Fence?
     var signal: SignalStamp?
@@ -26,14 +27,15 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
     var pagesBegin: UInt64 = 0
 
     init(device: Device, policy: MigrationPolicy, space: GPUAddressSpace?, tag: UInt64, batch: UInt64,
-         slot: UnsafeMutableBufferPointer<Int32>, pages: UnsafeMutableBufferPointer<PFN>, writable: Bool) {
+         buffers: MigrationBuffers, writable: Bool) {
         self.device = device
         self.policy = policy
         self.space = space
         self.tag = tag
         self.batch = batch
-        self.slot = slot
-        self.pages = pages
+        self.slot = buffers.slot
+        self.pages = buffers.pages
+        self.indices = buffers.indices
         self.writable = writable
     }
 
@@ -59,8 +61,13 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
         }
         space?.zapCollected(start, src, n)
         let got = d.vram.allocPages(into: UnsafeMutableBufferPointer(rebasing: pages[0..<want]))
+        let channel: DMAChannel
+        do { channel = try d.channels.checkout() } catch {
+            for k in 0..<got { d.releaseUnused(pages[k]) }
+            self.error = error
+            return
+        }
         do {
-            let channel = try d.channels.checkout()
             var next = 0, descriptors = 0
             for i in 0..<n where movable(i) && next < got {
                 let page = pages[next]
@@ -90,7 +97,7 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
                    address: start, pages: descriptors)
         } catch {
             for i in 0..<n { if let page = dst[i].page { d.releaseUnused(page); dst[i] = [] } }
-            self.error = (error as? DeviceError) ?? .dma(error as? DMAError ?? .shutDown)
+            self.error = .dma(error)
         }
         pagesBegin = d.stamp()
         d.emit(.migratePagesBegin, .toDevice, batch: batch, seqno: fence?.seqno ?? 0, address: start)
@@ -111,33 +118,34 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
             let i = Int(slot[f.index])
             if src[i].contains(.migrate), let page = dst[i].page { redo.append((src[i].page, page)) }
         }
-        do { try d.redoCommitted(redo, policy) } catch { self.error = error }
+        d.redoCommitted(redo, policy)
         if let space {
             let mapped = space.mapMigrated(start, src, dst, n, holesWritable: writable)
             d.counters.add(.deviceMappings, mapped)
             d.emit(.deviceMap, .toDevice, batch: batch, seqno: fence.seqno, address: start, pages: mapped)
         }
-        let now = MonotonicTime.now()
+        var resident = 0
         for i in 0..<n where src[i].contains(.migrate) {
             guard let page = dst[i].page else { continue }
             result.migrated += 1
             if src[i].page == nil { result.holes += 1 }
             if let index = d.vram.pageIndex(of: page) {
-                d.residentSince[index].store(now, ordering: .relaxed)
-                d.eviction.pageBecameResident(index)
+                indices[resident] = index
+                resident += 1
             }
         }
+        d.markResident(UnsafeBufferPointer(rebasing: indices[0..<resident]))
         d.emit(.finalizeBegin, .toDevice, batch: batch, seqno: fence.seqno, address: start)
     }
 }
 
 extension Device {
     /// One batch through the 2017 callback API. The caller holds the mmap lock.
-    func legacyMigrateBatch(_ b: borrowing MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64,
+    func legacyMigrateBatch(_ b: MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64,
                             _ policy: MigrationPolicy, _ space: GPUAddressSpace?, _ tag: UInt64) throws(DeviceError) -> MigrationResult {
         let batch = nextBatch()
         let ops = LegacyDmemMigrateOps(device: self, policy: policy, space: space, tag: tag, batch: batch,
-                                       slot: b.slot, pages: b.pages, writable: vma.flags.contains(.write))
+                                       buffers: b, writable: vma.flags.contains(.write))
         ops.setupBegin = stamp()
         emit(.setupBegin, .toDevice, batch: batch, address: start)
         do {

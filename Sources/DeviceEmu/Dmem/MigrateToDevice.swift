@@ -10,6 +10,10 @@ import DMAEngine
 /// fence → map the migrated pages in the device page table → `migrateVMAFinalize`.
 /// The fence gates finalize: the CPU entries point at the new pages only after every
 /// copy into them completed, and the GPU maps them only then too.
+///
+/// With `policy.pipelineDepth` > 1 the next batches are set up, copied and committed
+/// (up to `migrateVMAPages`) while earlier batches' copies are in flight; each batch
+/// still waits for its own fence before it is mapped and finalized.
 extension Device {
     /// Migrates the pages of `[range)` in `mm` to VRAM, in batches of `policy.batchPages`
     /// (best effort or all-or-nothing per batch, by policy). Pages already in this
@@ -27,29 +31,68 @@ extension Device {
         try gate.enter()
         defer { gate.exit() }
         let policy = self.policy
-        let buffers = MigrationBuffers(capacity: policy.batchPages)
         let space = addressSpace(for: mm)
         let tag = Self.allocationTag(range)
+        let depth = policy.apiGeneration == .threeStep ? policy.pipelineDepth : 1
+        // Each batch owns its buffers from setup until it completes.
+        var idle = (0..<depth).map { _ in MigrationBuffers(capacity: policy.batchPages) }
+        var inFlight: [BatchToDevice] = []
         var total = MigrationResult()
+        func completeOldest() {
+            let batch = inFlight.removeFirst()
+            total.add(completeBatchToDevice(batch))
+            idle.append(batch.buffers)
+        }
         mm.mmapLock.readLock()
         defer { mm.mmapLock.readUnlock() }
-        try forEachBatch(mm, range, batch: policy.batchPages) { (vma, start, end) throws(DeviceError) in
-            reserveVRAM(pages: Int((end - start) >> 12), policy: policy)
-            let outcome: MigrationResult
-            switch policy.apiGeneration {
-            case .threeStep:
-                outcome = try migrateBatchToDevice(buffers, vma, start, end, policy, space, tag)
-            case .callbacks2017:
-                outcome = try legacyMigrateBatch(buffers, vma, start, end, policy, space, tag)
+        do {
+            try forEachBatch(mm, range, batch: policy.batchPages) { (vma, start, end) throws(DeviceError) in
+                if idle.isEmpty { completeOldest() }
+                reserveVRAM(pages: Int((end - start) >> 12), policy: policy)
+                let b = idle.removeLast()
+                defer { if !inFlight.contains(where: { $0.buffers === b }) { idle.append(b) } }
+                switch policy.apiGeneration {
+                case .threeStep:
+                    switch try startBatchToDevice(b, vma, start, end, policy, space, tag) {
+                    case .done(let outcome): total.add(outcome)
+                    case .inFlight(let batch): inFlight.append(batch)
+                    }
+                case .callbacks2017:
+                    total.add(try legacyMigrateBatch(b, vma, start, end, policy, space, tag))
+                }
             }
-            total.add(outcome)
+        } catch {
+            // Never leave a batch locked: finish what is in flight, then report.
+            while !inFlight.isEmpty { completeOldest() }
+            throw error
         }
+        while !inFlight.isEmpty { completeOldest() }
         return total
     }
 
-    /// One batch (`nouveau_dmem_migrate_chunk`). The caller holds the mmap lock.
-    func migrateBatchToDevice(_ b: borrowing MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64,
-                              _ policy: MigrationPolicy, _ space: GPUAddressSpace?, _ tag: UInt64) throws(DeviceError) -> MigrationResult {
+    /// A batch between `migrateVMAPages` and its fence: what completing it needs.
+    struct BatchToDevice {
+        var args: MigrateVMA
+        var out: MigrationResult
+        let buffers: MigrationBuffers
+        let fence: Fence
+        let signal: SignalStamp?
+        let batch: UInt64
+        let policy: MigrationPolicy
+        let space: GPUAddressSpace?
+        let holesWritable: Bool
+    }
+
+    enum BatchStart {
+        /// Nothing (left) to wait for: the batch was empty, refused, or finished.
+        case done(MigrationResult)
+        case inFlight(BatchToDevice)
+    }
+
+    /// Setup, allocation, copies, submit and `migrateVMAPages` of one batch
+    /// (`nouveau_dmem_migrate_chunk` up to the fence wait). The caller holds the mmap lock.
+    func startBatchToDevice(_ b: MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64,
+                            _ policy: MigrationPolicy, _ space: GPUAddressSpace?, _ tag: UInt64) throws(DeviceError) -> BatchStart {
         let batch = nextBatch()
         let t0 = stamp()
         emit(.setupBegin, .toDevice, batch: batch, address: start)
@@ -60,11 +103,11 @@ extension Device {
         var out = MigrationResult()
         out.pages = args.npages
         out.collected = args.cpages
-        guard args.cpages > 0 else { return out }
+        guard args.cpages > 0 else { return .done(out) }
         out.batches = 1
         counters.add(.batchesToDevice)
         if policy.rangeMigration == .allOrNothing && args.cpages < args.npages {
-            return refuse(&args, &out)
+            return .done(refuse(&args, &out))
         }
         space?.zapCollected(start, UnsafeBufferPointer(b.src), args.npages)
 
@@ -73,7 +116,7 @@ extension Device {
         let got = vram.allocPages(into: UnsafeMutableBufferPointer(rebasing: b.pages[0..<want]))
         if got < want && policy.rangeMigration == .allOrNothing {
             for k in 0..<got { releaseUnused(b.pages[k]) }
-            return refuse(&args, &out)
+            return .done(refuse(&args, &out))
         }
         let (fence, descriptors) = try enqueueToDevice(b, &args, got: got, tag: tag)
         let signal = observeSignal(fence)
@@ -96,17 +139,64 @@ extension Device {
         }
         emit(.migratePagesEnd, .toDevice, begin: tp, batch: batch, seqno: fence.seqno, address: start,
              pages: committedCount(b, args.npages))
+        return .inFlight(BatchToDevice(args: args, out: out, buffers: b, fence: fence, signal: isCoherent ? nil : signal,
+                                       batch: batch, policy: policy, space: space,
+                                       holesWritable: vma.flags.contains(.write)))
+    }
+
+    /// Fence wait, failure handling, device map and `migrateVMAFinalize` of one batch.
+    func completeBatchToDevice(_ inFlight: BatchToDevice) -> MigrationResult {
+        var f = inFlight
+        let b = f.buffers
         if !isCoherent {
-            let failures = waitFence(fence, signal, .toDevice, batch)
-            try handleFailuresAfterPages(failures, b, &args, &out, policy)
+            let failures = waitFence(f.fence, f.signal, .toDevice, f.batch)
+            handleFailuresAfterPages(failures, b, &f.args, &f.out, f.policy)
         }
-        return finishToDevice(b, &args, &out, space, batch: batch, seqno: fence.seqno, holesWritable: vma.flags.contains(.write))
+        if let space = f.space {
+            let mapped = space.mapMigrated(f.args.start, UnsafeBufferPointer(b.src), UnsafeBufferPointer(b.dst),
+                                           f.args.npages, holesWritable: f.holesWritable)
+            counters.add(.deviceMappings, mapped)
+            emit(.deviceMap, .toDevice, batch: f.batch, seqno: f.fence.seqno, address: f.args.start, pages: mapped)
+        }
+        var migrated = 0, holes = 0
+        for i in 0..<f.args.npages where b.src[i].contains(.migrate) {
+            guard let page = b.dst[i].page else { continue }
+            if b.src[i].page == nil { holes += 1 }
+            if let index = vram.pageIndex(of: page) {
+                b.indices[migrated] = index
+                migrated += 1
+            }
+        }
+        markResident(UnsafeBufferPointer(rebasing: b.indices[0..<migrated]))
+        let tf = stamp()
+        emit(.finalizeBegin, .toDevice, batch: f.batch, seqno: f.fence.seqno, address: f.args.start)
+        migrateVMAFinalize(&f.args)
+        emit(.finalizeEnd, .toDevice, begin: tf, batch: f.batch, seqno: f.fence.seqno, address: f.args.start, pages: migrated)
+        f.out.migrated = migrated
+        f.out.holes = holes
+        counters.add(.pagesToDevice, migrated)
+        counters.add(.holesPopulated, holes)
+        return f.out
+    }
+
+    /// Pages (dense indices) that now hold migrated data: residency clock and eviction policy.
+    /// Called before finalize, while the pages are locked, so a page cannot be freed first.
+    func markResident(_ indices: UnsafeBufferPointer<Int>) {
+        guard !indices.isEmpty else { return }
+        let now = MonotonicTime.now()
+        for index in indices { residentSince[index].store(now, ordering: .relaxed) }
+        eviction.pagesBecameResident(indices)
     }
 
     /// Allocation done; enqueue the copies and clears and submit them. Fills `dst`.
-    private func enqueueToDevice(_ b: borrowing MigrationBuffers, _ args: inout MigrateVMA,
+    private func enqueueToDevice(_ b: MigrationBuffers, _ args: inout MigrateVMA,
                                  got: Int, tag: UInt64) throws(DeviceError) -> (Fence, Int) {
-        let channel = try channels.checkout()
+        let channel: DMAChannel
+        do { channel = try channels.checkout() } catch {
+            for k in 0..<got { releaseUnused(b.pages[k]) }
+            migrateVMAFinalize(&args)   // restores every collected page
+            throw error
+        }
         var next = 0, descriptors = 0
         for i in 0..<args.npages where b.src[i].contains(.migrate) {
             guard next < got else { break }  // VRAM exhausted: the rest stays (best effort)
@@ -149,7 +239,7 @@ extension Device {
     }
 
     /// Entries whose `struct page` state moved (or whose hole was filled).
-    func committedCount(_ b: borrowing MigrationBuffers, _ npages: Int) -> Int {
+    func committedCount(_ b: MigrationBuffers, _ npages: Int) -> Int {
         (0..<npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) && b.dst[$1].page != nil ? 1 : 0) }
     }
 
@@ -169,7 +259,7 @@ extension Device {
 
     /// Failures seen before `migrateVMAPages` (coherent VRAM): nothing is committed yet,
     /// so each failed entry simply gets no destination.
-    private func dropFailedBeforePages(_ failures: [DescriptorFailure], _ b: borrowing MigrationBuffers,
+    private func dropFailedBeforePages(_ failures: [DescriptorFailure], _ b: MigrationBuffers,
                                        _ args: inout MigrateVMA, _ out: inout MigrationResult, _ policy: MigrationPolicy) {
         guard !failures.isEmpty else { return }
         for f in failures {
@@ -189,9 +279,9 @@ extension Device {
     /// finalize puts the source back and frees the device page — its data never left. A
     /// hole is already committed (mapped to the device page, which stays locked until
     /// finalize, so nobody can read it yet): its clear is issued again.
-    private func handleFailuresAfterPages(_ failures: [DescriptorFailure], _ b: borrowing MigrationBuffers,
+    private func handleFailuresAfterPages(_ failures: [DescriptorFailure], _ b: MigrationBuffers,
                                           _ args: inout MigrateVMA, _ out: inout MigrationResult,
-                                          _ policy: MigrationPolicy) throws(DeviceError) {
+                                          _ policy: MigrationPolicy) {
         guard !failures.isEmpty else { return }
         var redo: [(source: PFN?, page: PFN)] = []
         var left = 0
@@ -212,37 +302,6 @@ extension Device {
         }
         out.copyFailures += left
         counters.add(.pagesLeftAfterCopyFailure, left)
-        try redoCommitted(redo, policy)
-    }
-
-    /// Maps, records residency, finalizes; fills the batch's counts.
-    private func finishToDevice(_ b: borrowing MigrationBuffers, _ args: inout MigrateVMA, _ out: inout MigrationResult,
-                                _ space: GPUAddressSpace?, batch: UInt64, seqno: UInt64, holesWritable: Bool) -> MigrationResult {
-        if let space {
-            let mapped = space.mapMigrated(args.start, UnsafeBufferPointer(b.src), UnsafeBufferPointer(b.dst), args.npages,
-                                          holesWritable: holesWritable)
-            counters.add(.deviceMappings, mapped)
-            emit(.deviceMap, .toDevice, batch: batch, seqno: seqno, address: args.start, pages: mapped)
-        }
-        let now = MonotonicTime.now()
-        var migrated = 0, holes = 0
-        for i in 0..<args.npages where b.src[i].contains(.migrate) {
-            guard let page = b.dst[i].page else { continue }
-            migrated += 1
-            if b.src[i].page == nil { holes += 1 }
-            if let index = vram.pageIndex(of: page) {
-                residentSince[index].store(now, ordering: .relaxed)
-                eviction.pageBecameResident(index)
-            }
-        }
-        let tf = stamp()
-        emit(.finalizeBegin, .toDevice, batch: batch, seqno: seqno, address: args.start)
-        migrateVMAFinalize(&args)
-        emit(.finalizeEnd, .toDevice, begin: tf, batch: batch, seqno: seqno, address: args.start, pages: migrated)
-        out.migrated = migrated
-        out.holes = holes
-        counters.add(.pagesToDevice, migrated)
-        counters.add(.holesPopulated, holes)
-        return out
+        redoCommitted(redo, policy)
     }
 }

@@ -25,24 +25,26 @@ extension Device {
         let policy = self.policy
         waitForResidency(fault.page, policy)
         let window = faultWindow(fault, policy)
-        let buffers = MigrationBuffers(capacity: min(policy.batchPages, Int((window.upperBound - window.lowerBound) >> 12)))
+        let buffers = spareBuffers.take(min(policy.batchPages, Int((window.upperBound - window.lowerBound) >> 12)))
+        defer { spareBuffers.give(buffers) }
         let space = addressSpace(for: fault.mm)
         var result = VMFaultResult.done
         var moved = 0
-        // The batch holding the fault first: the faulting thread waits for it.
-        let batch = UInt64(buffers.capacity) << 12
-        let first = window.lowerBound + ((fault.address - window.lowerBound) / batch) * batch
-        var starts = [first]
-        starts += stride(from: window.lowerBound, to: window.upperBound, by: Int(batch)).filter { $0 != first }
-        for start in starts {
-            let end = min(window.upperBound, start + batch)
+        let span = UInt64(min(buffers.capacity, policy.batchPages)) << 12
+        let batches = Int((window.upperBound - window.lowerBound + span - 1) / span)
+        let faulting = Int((fault.address - window.lowerBound) / span)
+        for k in 0..<batches {
+            // The faulting batch, then the rest of the window in address order.
+            let index = k == 0 ? faulting : (k <= faulting ? k - 1 : k)
+            let start = window.lowerBound + UInt64(index) * span
+            let end = min(window.upperBound, start + span)
             do {
-                let r = try migrateBatchToRAM(buffers, fault.vma, start, end, faultPage: fault.page, space, policy)
+                let r = try migrateBatchToRAM(buffers, fault.vma, start, end, faultPage: fault.page, space, policy, faultChannels)
                 moved += r.moved
-                if start == first, r.faultPageCopyFailed { result = .sigbus }
-                if start == first, r.faultPageWithoutRAM { result = .oom }
+                if k == 0, r.faultPageCopyFailed { result = .sigbus }
+                if k == 0, r.faultPageWithoutRAM { result = .oom }
             } catch {
-                if start == first { result = .sigbus }
+                if k == 0 { result = .sigbus }
             }
         }
         emit(.cpuFaultEnd, .toRAM, begin: t0, address: fault.address, pages: moved)
@@ -62,7 +64,7 @@ extension Device {
         mm.mmapLock.readLock()
         defer { mm.mmapLock.readUnlock() }
         try forEachBatch(mm, range, batch: policy.batchPages) { (vma, start, end) throws(DeviceError) in
-            let r = try migrateBatchToRAM(buffers, vma, start, end, faultPage: nil, space, policy)
+            let r = try migrateBatchToRAM(buffers, vma, start, end, faultPage: nil, space, policy, channels)
             total.pages += Int((end - start) >> 12)
             total.collected += r.collected
             total.migrated += r.moved
@@ -84,8 +86,9 @@ extension Device {
 
     /// One batch back to RAM. The caller holds the mmap lock (the fault path: the
     /// faulting thread's). Holes in the window are left alone.
-    func migrateBatchToRAM(_ b: borrowing MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64, faultPage: PFN?,
-                           _ space: GPUAddressSpace?, _ policy: MigrationPolicy) throws(DeviceError) -> ToRAMOutcome {
+    func migrateBatchToRAM(_ b: MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64, faultPage: PFN?,
+                           _ space: GPUAddressSpace?, _ policy: MigrationPolicy,
+                           _ pool: ChannelPool) throws(DeviceError) -> ToRAMOutcome {
         let batch = nextBatch()
         let t0 = stamp()
         emit(.setupBegin, .toRAM, batch: batch, address: start)
@@ -98,7 +101,7 @@ extension Device {
         space?.zapCollected(start, UnsafeBufferPointer(b.src), args.npages)
         let faultIndex = faultPage.flatMap { fp in (0..<args.npages).first { b.src[$0].page == fp } }
 
-        let (fence, descriptors) = try enqueueToRAM(b, &args)
+        let (fence, descriptors) = try enqueueToRAM(b, &args, pool)
         if let fi = faultIndex, b.dst[fi].page == nil { out.faultPageWithoutRAM = true }
         let signal = observeSignal(fence)
         emit(.copiesSubmitted, .toRAM, batch: batch, seqno: fence.seqno, channel: fence.channelID,
@@ -132,11 +135,17 @@ extension Device {
 
     /// A locked RAM page and a D2H copy per collected device page; returns the fence and
     /// the descriptor count.
-    private func enqueueToRAM(_ b: borrowing MigrationBuffers, _ args: inout MigrateVMA) throws(DeviceError) -> (Fence, Int) {
+    private func enqueueToRAM(_ b: MigrationBuffers, _ args: inout MigrateVMA,
+                              _ pool: ChannelPool) throws(DeviceError) -> (Fence, Int) {
         let want = (0..<args.npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) && b.src[$1].page != nil ? 1 : 0) }
         let got = memory.allocPages(into: UnsafeMutableBufferPointer(rebasing: b.pages[0..<want]))
+        let channel: DMAChannel
+        do { channel = try pool.checkout() } catch {
+            for k in 0..<got { memory.putPage(b.pages[k]) }
+            migrateVMAFinalize(&args)   // restores every collected page
+            throw error
+        }
         for k in 0..<got { memory.lockPage(b.pages[k]) }
-        let channel = try channels.checkout()
         var next = 0, descriptors = 0
         for i in 0..<args.npages where b.src[i].contains(.migrate) {
             guard let source = b.src[i].page, next < got else { continue }
@@ -157,12 +166,12 @@ extension Device {
         for k in next..<got { memory.unlockPage(b.pages[k]); memory.putPage(b.pages[k]) }
         let fence: Fence
         do { fence = try channel.submit() } catch {
-            channels.checkin(channel)
+            pool.checkin(channel)
             for i in 0..<args.npages { if let page = b.dst[i].page { releaseUnused(page); b.dst[i] = [] } }
             migrateVMAFinalize(&args)
             throw .dma(error)
         }
-        channels.checkin(channel)
+        pool.checkin(channel)
         return (fence, descriptors)
     }
 

@@ -1,17 +1,20 @@
 import HostMM
+import NIOConcurrencyHelpers
 
 /// The scratch arrays of one driver operation, allocated once per call (never per page):
 /// the `src`/`dst` MIGRATE_PFN words, the batch-position → entry map used to find the
 /// page of a failed descriptor, and the pages allocated for a batch.
 ///
 /// Threads: owned by the operation's thread.
-struct MigrationBuffers: ~Copyable {
+final class MigrationBuffers {
     let capacity: Int
     let src: UnsafeMutableBufferPointer<MigratePFN>
     let dst: UnsafeMutableBufferPointer<MigratePFN>
     /// `slot[k]` = the entry whose copy is the batch's k-th descriptor.
     let slot: UnsafeMutableBufferPointer<Int32>
     let pages: UnsafeMutableBufferPointer<PFN>
+    /// Dense page indices of the batch's migrated pages (for the eviction policy).
+    let indices: UnsafeMutableBufferPointer<Int>
 
     init(capacity: Int) {
         self.capacity = capacity
@@ -19,6 +22,8 @@ struct MigrationBuffers: ~Copyable {
         dst = .allocate(capacity: capacity)
         slot = .allocate(capacity: capacity)
         pages = .allocate(capacity: capacity)
+        indices = .allocate(capacity: capacity)
+        indices.initialize(repeating: 0)
         src.initialize(repeating: [])
         dst.initialize(repeating: [])
         slot.initialize(repeating: 0)
@@ -30,6 +35,28 @@ struct MigrationBuffers: ~Copyable {
         dst.deallocate()
         slot.deallocate()
         pages.deallocate()
+        indices.deallocate()
+    }
+}
+
+/// A few spare `MigrationBuffers` so CPU faults do not allocate their arrays each time.
+///
+/// Threads: any; one lock.
+final class BufferCache: @unchecked Sendable {
+    private let lock = NIOLock()
+    private var spare: [MigrationBuffers] = []   // guarded by lock
+
+    /// Buffers of at least `capacity` entries.
+    func take(_ capacity: Int) -> MigrationBuffers {
+        let cached = lock.withLock { () -> MigrationBuffers? in
+            guard let i = spare.lastIndex(where: { $0.capacity >= capacity }) else { return nil }
+            return spare.remove(at: i)
+        }
+        return cached ?? MigrationBuffers(capacity: max(capacity, 16))
+    }
+
+    func give(_ buffers: MigrationBuffers) {
+        lock.withLock { if spare.count < 8 { spare.append(buffers) } }
     }
 }
 

@@ -12,12 +12,20 @@
 public protocol EvictionPolicy: AnyObject, Sendable {
     /// The page now holds data migrated to VRAM.
     func pageBecameResident(_ page: Int)
+    /// A batch of pages now holds migrated data (one call per migration batch).
+    func pagesBecameResident(_ pages: UnsafeBufferPointer<Int>)
     /// The GPU accessed the page.
     func pageAccessed(_ page: Int)
     /// The page was freed (migrated away, unmapped, evicted). May name a page never reported resident.
     func pageFreed(_ page: Int)
     /// Writes up to `out.count` pages to evict, coldest first; returns how many.
     func selectVictims(into out: UnsafeMutableBufferPointer<Int>) -> Int
+}
+
+extension EvictionPolicy {
+    public func pagesBecameResident(_ pages: UnsafeBufferPointer<Int>) {
+        for page in pages { pageBecameResident(page) }
+    }
 }
 
 /// Which eviction policy a device builds for its VRAM.

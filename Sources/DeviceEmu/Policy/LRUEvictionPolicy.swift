@@ -43,6 +43,12 @@ public final class LRUEvictionPolicy: EvictionPolicy, @unchecked Sendable {
         lock.withLock { moveToHot(Int32(page)) }
     }
 
+    public func pagesBecameResident(_ pages: UnsafeBufferPointer<Int>) {
+        lock.withLock {
+            for page in pages where page >= 0 && page < capacity { moveToHot(Int32(page)) }
+        }
+    }
+
     public func pageAccessed(_ page: Int) {
         guard countsAccesses, page >= 0, page < capacity else { return }
         lock.withLock { if prev[page] != -2 { moveToHot(Int32(page)) } }

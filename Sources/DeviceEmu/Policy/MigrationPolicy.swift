@@ -45,6 +45,10 @@ public struct MigrationPolicy: Sendable, Equatable {
     /// Pages per `migrate_vma` batch (nouveau: 128 — one scatterlist page — before its
     /// 2025 rework, 512 after). At most the copy channel's `maxBatch`.
     public var batchPages: Int = 512
+    /// Batches of a range migration in flight at once (three-step API only): 1 is
+    /// nouveau's strict sequence; 2 sets up and commits the next batch while the previous
+    /// batch's copies run, overlapping HostMM's work with the copy engine's.
+    public var pipelineDepth: Int = 1
     public var cpuFaultGranularity: CPUFaultGranularity = .page
     /// Xe's anti-thrash "timeslice": a page migrated to VRAM is not pulled back by a CPU
     /// fault before it has been resident this long (the fault waits). Zero disables it.
@@ -62,7 +66,7 @@ public struct MigrationPolicy: Sendable, Equatable {
 
     /// True when every setting is usable with channels of `maxBatch` descriptors.
     func isValid(maxBatch: Int) -> Bool {
-        guard batchPages >= 1, batchPages <= maxBatch, committedCopyRetries >= 0,
+        guard batchPages >= 1, batchPages <= maxBatch, (1...8).contains(pipelineDepth), committedCopyRetries >= 0,
               minimumResidency >= .zero else { return false }
         if case .faultAround(let n) = cpuFaultGranularity, n < 1 { return false }
         switch gpuFault {

@@ -56,11 +56,14 @@ public struct DevicePageTableEntry: Equatable, Sendable, CustomStringConvertible
 
 /// The GPU's page table for one address space: 2 MiB leaves of 512 entries, created on
 /// first use and found through a dictionary (the sparse shape of dmirror's xarray, with
-/// the leaf granularity of a GPU page table).
+/// the leaf granularity of a GPU page table). The last leaf used is cached, so a batch
+/// walking one 2 MiB region hashes once.
 ///
 /// Threads: none of its own; every call is made with the owning `GPUAddressSpace`'s lock held.
 struct DevicePageTable: ~Copyable {
     private var leaves: [UInt64: UnsafeMutablePointer<UInt64>] = [:]
+    private var cachedKey: UInt64 = .max
+    private var cachedLeaf: UnsafeMutablePointer<UInt64>?
     /// Valid entries.
     private(set) var count = 0
 
@@ -69,22 +72,29 @@ struct DevicePageTable: ~Copyable {
     }
 
     @inline(__always)
-    func entry(_ address: UInt64) -> DevicePageTableEntry {
-        guard let leaf = leaves[address >> 21] else { return .none }
+    private mutating func leaf(_ key: UInt64, create: Bool) -> UnsafeMutablePointer<UInt64>? {
+        if key == cachedKey, let cachedLeaf { return cachedLeaf }
+        var leaf = leaves[key]
+        if leaf == nil {
+            guard create else { return nil }
+            let fresh = UnsafeMutablePointer<UInt64>.allocate(capacity: 512)
+            fresh.initialize(repeating: 0, count: 512)
+            leaves[key] = fresh
+            leaf = fresh
+        }
+        cachedKey = key
+        cachedLeaf = leaf
+        return leaf
+    }
+
+    @inline(__always)
+    mutating func entry(_ address: UInt64) -> DevicePageTableEntry {
+        guard let leaf = leaf(address >> 21, create: false) else { return .none }
         return DevicePageTableEntry(rawValue: leaf[Int((address >> 12) & 511)])
     }
 
     mutating func set(_ address: UInt64, _ entry: DevicePageTableEntry) {
-        let key = address >> 21
-        let leaf: UnsafeMutablePointer<UInt64>
-        if let existing = leaves[key] {
-            leaf = existing
-        } else {
-            guard entry.isValid else { return }
-            leaf = .allocate(capacity: 512)
-            leaf.initialize(repeating: 0, count: 512)
-            leaves[key] = leaf
-        }
+        guard let leaf = leaf(address >> 21, create: entry.isValid) else { return }
         let i = Int((address >> 12) & 511)
         let wasValid = leaf[i] & 1 != 0
         leaf[i] = entry.rawValue
@@ -98,18 +108,18 @@ struct DevicePageTable: ~Copyable {
         var removed = 0
         if lastKey - firstKey >= UInt64(leaves.count) {
             for (key, leaf) in leaves where key >= firstKey && key <= lastKey {
-                removed += zapLeaf(leaf, key, start, end)
+                removed += Self.zapLeaf(leaf, key, start, end)
             }
         } else {
             for key in firstKey...lastKey {
-                if let leaf = leaves[key] { removed += zapLeaf(leaf, key, start, end) }
+                if let leaf = leaves[key] { removed += Self.zapLeaf(leaf, key, start, end) }
             }
         }
         count -= removed
         return removed
     }
 
-    private func zapLeaf(_ leaf: UnsafeMutablePointer<UInt64>, _ key: UInt64, _ start: UInt64, _ end: UInt64) -> Int {
+    private static func zapLeaf(_ leaf: UnsafeMutablePointer<UInt64>, _ key: UInt64, _ start: UInt64, _ end: UInt64) -> Int {
         let base = key << 21
         let from = start > base ? Int((start - base) >> 12) : 0
         let to = end < base + (1 << 21) ? Int((end - base + 4095) >> 12) : 512
@@ -124,6 +134,8 @@ struct DevicePageTable: ~Copyable {
     mutating func removeAll() {
         for leaf in leaves.values { leaf.deallocate() }
         leaves.removeAll()
+        cachedKey = .max
+        cachedLeaf = nil
         count = 0
     }
 }
