@@ -79,6 +79,9 @@ public final class DeviceMemory: @unchecked Sendable {
     private var isRetired = false
     /// Pages handed back that were not ours, or taken while still in use (protocol errors).
     private let strayFrees = Synchronization.Atomic<Int>(0)
+    /// Checked mode only (nil otherwise): which pages (dense index) are on the free list,
+    /// to catch a page handed back twice. Guarded by `lock`.
+    var freeBits: FreeBitmap?
 
     /// Creates the pools and registers them with `engine`; no chunk is registered yet.
     /// - Throws: `.invalidArgument` for sizes that do not divide as documented,
@@ -110,6 +113,7 @@ public final class DeviceMemory: @unchecked Sendable {
         self.pools = pools
         table = ChunkTable(memory: memory, capacity: maxChunks, chunkPages: chunkPageCount)
         freeStack = .allocate(capacity: pageCount)
+        if memory.checker != nil { freeBits = FreeBitmap(pages: pageCount) }
     }
 
     deinit {
@@ -131,6 +135,7 @@ public final class DeviceMemory: @unchecked Sendable {
                 for _ in 0..<take {
                     freeCount -= 1
                     out[n] = freeStack[freeCount]
+                    if freeBits != nil { checkedTake(out[n]) }
                     n += 1
                 }
             }
@@ -166,11 +171,14 @@ public final class DeviceMemory: @unchecked Sendable {
             strayFrees.add(1, ordering: .relaxed)
             return
         }
-        lock.withLock {
-            guard !isRetired, freeCount < pageCount else { return }
+        let twice = lock.withLock { () -> Bool in
+            guard !isRetired, freeCount < pageCount else { return false }
+            if freeBits != nil, !checkedGiveBack(pfn) { return true }
             freeStack[freeCount] = pfn
             freeCount += 1
+            return false
         }
+        if twice { reportFreedTwice(pfn) }
     }
 
     /// Registers the next chunk (the lock is held). False when VRAM is fully registered
@@ -197,6 +205,7 @@ public final class DeviceMemory: @unchecked Sendable {
             freeStack[freeCount] = pagemap.firstPFN + k
             freeCount += 1
         }
+        freeBits?.setRange(index * chunkPageCount ..< (index + 1) * chunkPageCount)
         return true
     }
 
@@ -218,18 +227,32 @@ public final class DeviceMemory: @unchecked Sendable {
     /// Unregisters every chunk (`memunmap_pages`) once all pages are free; afterwards the
     /// memory hands out nothing. Idempotent.
     /// - Throws: `.busy` (nothing unregistered) while any device page is still in use.
-    public func retire() throws(DeviceError) {
+    ///   In checked mode each page still in use (or lost by the driver) is reported as a
+    ///   `devicePageLeaked` violation.
+    public func retire(fileID: StaticString = #fileID, line: UInt = #line) throws(DeviceError) {
+        var leakCheck: (chunks: [Chunk], free: FreeBitmap)?
         lock.lock()
-        defer { lock.unlock() }
-        guard !isRetired else { return }
-        guard freeCount == chunkList.count * chunkPageCount else { throw .busy }
+        let outcome = retireLocked(&leakCheck)
+        lock.unlock()
+        if let leakCheck { reportLeaks(leakCheck.chunks, leakCheck.free, fileID: fileID, line: line) }
+        try outcome.get()
+    }
+
+    /// The body of `retire` (the lock is held); hands back what a leak report needs.
+    private func retireLocked(_ leakCheck: inout (chunks: [Chunk], free: FreeBitmap)?) -> Result<Void, DeviceError> {
+        guard !isRetired else { return .success(()) }
+        guard freeCount == chunkList.count * chunkPageCount else {
+            if let freeBits { leakCheck = (chunkList, freeBits) }
+            return .failure(.busy)
+        }
         while let chunk = chunkList.last {
-            do { try memory.unregisterPagemap(chunk.pagemap) } catch { throw .busy }
+            do { try memory.unregisterPagemap(chunk.pagemap) } catch { return .failure(.busy) }
             chunkList.removeLast()
         }
         table.clear()
         freeCount = 0
         isRetired = true
+        return .success(())
     }
 
     // MARK: Translation (lock-free)

@@ -66,9 +66,14 @@ struct DevicePageTable: ~Copyable {
     private var cachedLeaf: UnsafeMutablePointer<UInt64>?
     /// Valid entries.
     private(set) var count = 0
+    /// Checked mode only: the device's reverse map, kept up to date by every change.
+    private var reverse: ReverseMappings?
 
     deinit {
-        for leaf in leaves.values { leaf.deallocate() }
+        for (key, leaf) in leaves {
+            reverse?.forget(leaf, key)
+            leaf.deallocate()
+        }
     }
 
     @inline(__always)
@@ -97,6 +102,7 @@ struct DevicePageTable: ~Copyable {
         guard let leaf = leaf(address >> 21, create: entry.isValid) else { return }
         let i = Int((address >> 12) & 511)
         let wasValid = leaf[i] & 1 != 0
+        if let reverse { reverse.replace(DevicePageTableEntry(rawValue: leaf[i]), with: entry, at: address) }
         leaf[i] = entry.rawValue
         count += (entry.isValid ? 1 : 0) - (wasValid ? 1 : 0)
     }
@@ -108,11 +114,14 @@ struct DevicePageTable: ~Copyable {
         var removed = 0
         if lastKey - firstKey >= UInt64(leaves.count) {
             for (key, leaf) in leaves where key >= firstKey && key <= lastKey {
+                if let reverse { reverse.forget(leaf, key, start, end) }
                 removed += Self.zapLeaf(leaf, key, start, end)
             }
         } else {
             for key in firstKey...lastKey {
-                if let leaf = leaves[key] { removed += Self.zapLeaf(leaf, key, start, end) }
+                guard let leaf = leaves[key] else { continue }
+                if let reverse { reverse.forget(leaf, key, start, end) }
+                removed += Self.zapLeaf(leaf, key, start, end)
             }
         }
         count -= removed
@@ -132,10 +141,16 @@ struct DevicePageTable: ~Copyable {
     }
 
     mutating func removeAll() {
-        for leaf in leaves.values { leaf.deallocate() }
+        for (key, leaf) in leaves {
+            reverse?.forget(leaf, key)
+            leaf.deallocate()
+        }
         leaves.removeAll()
         cachedKey = .max
         cachedLeaf = nil
         count = 0
     }
+
+    /// Checked mode: report every change to `shared` from now on; call on an empty table.
+    mutating func trackReverseMappings(in shared: ReverseMappings) { reverse = shared }
 }

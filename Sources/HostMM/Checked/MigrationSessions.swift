@@ -69,10 +69,23 @@ final class MigrationSessions: @unchecked Sendable {
             historyNext = min(historyNext, history.count)
             if live.count >= Self.liveLimit {
                 // Setups that collected nothing need no finalize; drivers often skip it.
-                for (key, s) in live where s.collected == 0 { live[key] = nil }
+                for (key, s) in live where s.collected == 0 {
+                    live[key] = nil
+                    remember(s)
+                }
             }
             live[session.base] = session
             return replaced
+        }
+    }
+
+    /// Appends to the bounded history (the lock is held).
+    private func remember(_ s: Session) {
+        if history.count < Self.historyCapacity {
+            history.append(s)
+        } else {
+            history[historyNext] = s
+            historyNext = (historyNext + 1) % Self.historyCapacity
         }
     }
 
@@ -83,12 +96,7 @@ final class MigrationSessions: @unchecked Sendable {
                 s.phase = .finalized
                 guard live[s.base] === s else { continue }
                 live[s.base] = nil
-                if history.count < Self.historyCapacity {
-                    history.append(s)
-                } else {
-                    history[historyNext] = s
-                    historyNext = (historyNext + 1) % Self.historyCapacity
-                }
+                remember(s)
             }
         }
     }

@@ -23,6 +23,13 @@ extension ProtocolChecker {
         }
     }
 
+    /// Reports `pfn` as a leaked device page unless it was already reported (a teardown
+    /// that is retried names each page once). For drivers' own leak checks.
+    public func reportLeak(_ pfn: PFN, site: CallSite?, _ detail: String) {
+        guard firstLeakReport(pfn) else { return }
+        report(.devicePageLeaked, pfn: pfn, address: nil, site: site, detail)
+    }
+
     /// Migrations that were set up (and collected pages) but never finalized.
     public var unfinishedMigrations: Int { sessions.unfinished.count }
 }

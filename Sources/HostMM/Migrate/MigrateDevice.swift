@@ -47,7 +47,10 @@ extension PhysicalMemory {
         if let checker {
             let plan = try checker.willRunPages(self, src, dst, npages: npages, exact: false,
                                                 site: CallSite(fileID: fileID, line: line))
-            guard plan.run else { return }
+            guard plan.run else {
+                try validateDestinations(src, dst, npages)   // bad input still gets its errno
+                return
+            }
             n = plan.npages
         }
         try validateDestinations(src, dst, n)

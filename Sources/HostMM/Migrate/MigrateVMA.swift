@@ -133,7 +133,10 @@ public func migrateVMAPages(_ args: inout MigrateVMA, fileID: StaticString = #fi
     if let checker = vma.memory.checker {
         let plan = try checker.willRunPages(vma.memory, args.src, args.dst, npages: n, exact: true,
                                             site: CallSite(fileID: fileID, line: line))
-        guard plan.run else { return }
+        guard plan.run else {
+            try vma.memory.validateDestinations(args.src, args.dst, n)   // bad input still gets its errno
+            return
+        }
         n = plan.npages
     }
     try vma.memory.validateDestinations(args.src, args.dst, n)
