@@ -202,7 +202,11 @@ private final class CheckedRig {
     @Test func pagesWithoutSetupIsReportedAndSkipped() throws {
         let rig = try CheckedRig()
         var args = rig.args()
+        args.npages = rig.pages
         try rig.locked { try migrateVMAPages(&args) }                           // the bug: no setup
+        #expect(rig.rules == [.pagesWithoutSetup: 1])
+        args.npages = 0
+        try rig.locked { try migrateVMAPages(&args) }                           // a no-op after a failed setup
         #expect(rig.rules == [.pagesWithoutSetup: 1])
         // The PFN path too: arrays full of entries nobody collected are not touched.
         rig.src[0] = MigratePFN(pfn: rig.device.pagemap.firstPFN).union(.migrate)

@@ -172,8 +172,9 @@ public final class DeviceMemory: @unchecked Sendable {
             return
         }
         let twice = lock.withLock { () -> Bool in
-            guard !isRetired, freeCount < pageCount else { return false }
+            guard !isRetired else { return false }
             if freeBits != nil, !checkedGiveBack(pfn) { return true }
+            guard freeCount < pageCount else { return false }
             freeStack[freeCount] = pfn
             freeCount += 1
             return false

@@ -85,8 +85,9 @@ extension ProtocolChecker {
                                     "the migration set up at \(old.site) was already finalized; skipped"))
                 return StepPlan(run: false, npages: 0, sessions: [])
             }
-            // Arrays whose setup collected nothing: nothing to check or to do wrong.
-            if !finished.isEmpty { return StepPlan(run: true, npages: npages, sessions: []) }
+            // No entries (a step after a setup that failed: a no-op, as in the kernel), or
+            // arrays whose setup collected nothing: nothing to check or to do wrong.
+            if npages == 0 || !finished.isEmpty { return StepPlan(run: true, npages: npages, sessions: []) }
             found.append(report(without, pfn: nil, address: nil, site: site,
                                 "no setup prepared these arrays (\(npages) entries); skipped"))
             return StepPlan(run: false, npages: 0, sessions: [])

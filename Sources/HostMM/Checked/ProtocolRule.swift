@@ -35,12 +35,12 @@ public enum ProtocolRule: String, CaseIterable, Sendable, CustomStringConvertibl
 
     // MARK: Order of the three steps
 
-    /// The pages step ran on arrays no setup (`migrate_vma_setup` /
-    /// `migrate_device_range`) prepared.
+    /// The pages step ran on arrays (with entries) that no setup (`migrate_vma_setup` /
+    /// `migrate_device_range`) prepared. With `npages == 0` it is a no-op and not reported.
     case pagesWithoutSetup = "pages-without-setup"
     /// The pages step ran twice on one migration (or after its finalize).
     case pagesTwice = "pages-twice"
-    /// Finalize ran on arrays no setup prepared.
+    /// Finalize ran on arrays (with entries) that no setup prepared.
     case finalizeWithoutSetup = "finalize-without-setup"
     /// Finalize ran with destinations set but without the pages step, which moves the
     /// `struct page` state: the new pages would be mapped with no mapping of their own.
