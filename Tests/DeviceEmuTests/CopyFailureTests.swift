@@ -36,7 +36,7 @@ import Testing
         // The GPU sees the failed pages' data too (it maps them from RAM).
         var relaxed = gpu.policy
         relaxed.gpuFault = .mapSystemMemory(pages: 1)
-        gpu.policy = relaxed
+        try gpu.setPolicy(relaxed)
         #expect(try pattern.gpuMismatches(space, a, pages: pages).isEmpty)
         try mm.munmap(a, length: pages * pageSize)
         #expect(gpu.vram.inUsePageCount == 0)

@@ -116,7 +116,7 @@ import Testing
 
         var policy = gpu.policy
         policy.gpuFault = .mapSystemMemory(pages: 1)
-        gpu.policy = policy
+        try gpu.setPolicy(policy)
         let b = a + 4096
         try mm.write(at: b, bytes: [1, 0, 0, 0, 0, 0, 0, 0])
         #expect(try space.atomicAdd(at: b, 2) == 1)

@@ -54,7 +54,7 @@ import Testing
         #expect(gpu.counters[.copyFailures] >= 16 && gpu.counters[.copyRetries] >= 16)
         var relaxed = gpu.policy
         relaxed.gpuFault = .mapSystemMemory(pages: 1)
-        gpu.policy = relaxed
+        try gpu.setPolicy(relaxed)
         let space = try gpu.bind(mm)
         #expect(try pattern.gpuMismatches(space, a, pages: 64).isEmpty)
     }

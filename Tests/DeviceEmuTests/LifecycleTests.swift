@@ -33,6 +33,32 @@ import Testing
         #expect(try pattern.cpuMismatches(mm, a, pages: pages).isEmpty)
     }
 
+    @Test func evictionBatchesAreGatedByTheirFence() throws {
+        let memory = try makeMemory(mib: 64)
+        let log = EventLog()
+        let slow = CopyBackendKind.faultInjecting(FaultPlan(rules: [.init(.every(5), .delay(.milliseconds(1)))]),
+                                                  wrapping: .ioUring)
+        let gpu = try makeDevice(memory, vramMiB: 8, backend: slow, observer: log)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 1024 * pageSize)
+        let pattern = PagePattern(seed: 65)
+        try pattern.fill(mm, a, pages: 1024)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 1024))
+        try gpu.suspend()
+        let evict = log.all.filter { $0.direction == .evict }
+        let batches = Set(evict.map(\.batch))
+        #expect(evict.filter { $0.kind == .finalizeEnd }.map(\.pages).reduce(0, +) == 1024)
+        for batch in batches {
+            let mine = evict.filter { $0.batch == batch }
+            guard let finalize = mine.first(where: { $0.kind == .finalizeBegin })?.time else { continue }
+            let signaled = try #require(mine.first { $0.kind == .fenceSignaled }?.time)
+            #expect(signaled <= finalize)
+        }
+        #expect(try pattern.cpuMismatches(mm, a, pages: 1024).isEmpty)
+        #expect(gpu.counters[.cpuFaults] == 0)
+    }
+
     @Test func teardownEvictsAndUnregistersAndRefusesFurtherWork() throws {
         let memory = try makeMemory(mib: 64)
         let gpu = try makeDevice(memory, vramMiB: 16)

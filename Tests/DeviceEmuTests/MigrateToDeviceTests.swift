@@ -160,3 +160,29 @@ import Testing
         #expect(try pattern.cpuMismatches(mm, a, pages: pages).isEmpty)
     }
 }
+
+@Suite struct PolicyValidationTests {
+    @Test func invalidPoliciesAreRefused() throws {
+        let memory = try makeMemory(mib: 16)
+        var bad = MigrationPolicy()
+        bad.batchPages = 0
+        #expect(throws: DeviceError.invalidArgument) { try makeDevice(memory, vramMiB: 2, policy: bad) }
+        let gpu = try makeDevice(memory, vramMiB: 2)
+        defer { try? gpu.shutdown() }
+        for change in [{ (p: inout MigrationPolicy) in p.batchPages = 1 << 20 },
+                       { $0.pipelineDepth = 0 },
+                       { $0.cpuFaultGranularity = .faultAround(pages: 0) },
+                       { $0.gpuFault = .mapSystemMemory(pages: 0) },
+                       { $0.minimumResidency = .seconds(-1) },
+                       { $0.committedCopyRetries = -1 }] {
+            var p = MigrationPolicy()
+            change(&p)
+            #expect(throws: DeviceError.invalidArgument) { try gpu.setPolicy(p) }
+        }
+        #expect(gpu.policy == MigrationPolicy())
+        var good = MigrationPolicy()
+        good.batchPages = 128
+        try gpu.setPolicy(good)
+        #expect(gpu.policy.batchPages == 128)
+    }
+}

@@ -133,7 +133,7 @@ import Testing
         #expect(gpu.counters[.residencyWaits] == 1)
         var relaxed = policy
         relaxed.minimumResidency = .zero
-        gpu.policy = relaxed
+        try gpu.setPolicy(relaxed)
         _ = try mm.read(at: a + 4096, count: 1)
         #expect(gpu.counters[.residencyWaits] == 1 && gpu.counters[.cpuFaults] == 2)
     }

@@ -53,4 +53,25 @@ import Testing
         #expect(try pattern.gpuMismatches(bSpace, base, pages: 8).isEmpty)
         #expect(a.counters[.cpuFaults] == 8 && a.vram.inUsePageCount == 0)
     }
+
+    @Test func devicesCanShareOneEngine() throws {
+        let memory = try makeMemory(mib: 64)
+        let engine = try DMAEngine(configuration: .init(backend: .memcpy))
+        let a = try Device(memory: memory, configuration: .init(name: "a", vramSize: 4 << 20), engine: engine)
+        let b = try Device(memory: memory, configuration: .init(name: "b", vramSize: 4 << 20), engine: engine)
+        let mm = AddressSpace(memory: memory)
+        let base = try mm.mmap(length: 32 * pageSize)
+        let pattern = PagePattern(seed: 83)
+        try pattern.fill(mm, base, pages: 32)
+        try a.migrateToDevice(mm, range: range(base, pages: 16))
+        try b.migrateToDevice(mm, range: range(base + 16 * 4096, pages: 16))
+        let aPool = a.vram.pools[0].region
+        try a.shutdown()
+        #expect(engine.region(aPool) == nil)                       // a's regions left the engine…
+        #expect(engine.region(b.vram.pools[0].region) != nil)      // …b's stay, and b keeps working
+        #expect(try pattern.cpuMismatches(mm, base, pages: 32).isEmpty)
+        #expect(b.counters[.cpuFaults] == 16 && a.counters[.pagesEvicted] == 16)
+        try b.shutdown()
+        engine.shutdown()
+    }
 }

@@ -20,6 +20,7 @@ struct MigrateCommand: ParsableCommand {
     @Option(help: "iouring, memcpy or mapped (2 worker threads through the VRAM mapping).") var backend = "iouring"
     @Option(help: "Copy backend of CPU faults: same (as --backend), iouring, memcpy or mapped.") var faultBackend = "same"
     @Option(help: "Batches in flight while migrating to VRAM (1 = nouveau's strict sequence).") var pipeline = 1
+    @Option(help: "Worker threads of the mapped backend.") var workers = 2
     @Option(help: "3step (migrate_vma_setup/pages/finalize) or 2017 (migrate_vma callbacks).") var api = "3step"
     @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
 
@@ -40,6 +41,7 @@ struct MigrateCommand: ParsableCommand {
                 o.faultBackend = fb
             }
             o.pipeline = pipeline
+            o.workers = workers
             guard let generation = MigrationPolicy.APIGeneration(name: api) else { throw ValidationError("--api must be 3step or 2017") }
             o.api = generation
             if let problem = o.problem { throw ValidationError(problem) }

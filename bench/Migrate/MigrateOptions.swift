@@ -8,11 +8,12 @@ struct MigrateOptions: Sendable {
     /// The copy backends a run can use, by their command-line names.
     enum Backend: String, CaseIterable, Sendable {
         case iouring, memcpy, mapped
-        var kind: CopyBackendKind {
+        /// The engine backend; `workers` threads for `mapped`.
+        func kind(workers: Int) -> CopyBackendKind {
             switch self {
             case .iouring: return .ioUring
             case .memcpy: return .memcpy
-            case .mapped: return .mappedWorkers(threads: 2)
+            case .mapped: return .mappedWorkers(threads: workers)
             }
         }
     }
@@ -28,6 +29,8 @@ struct MigrateOptions: Sendable {
     var faultBackend: Backend? = nil
     /// Batches in flight during the migration to VRAM (1: nouveau's strict sequence).
     var pipeline = 1
+    /// Worker threads of the `mapped` backend.
+    var workers = 2
     var api = MigrationPolicy.APIGeneration.threeStep
     var seed: UInt64 = 1
 
@@ -49,6 +52,7 @@ struct MigrateOptions: Sendable {
         if !(1...4096).contains(batchPages) { return "batch must be in 1...4096" }
         if !(1...512).contains(faultAround) { return "fault-around must be in 1...512" }
         if !(1...8).contains(pipeline) { return "pipeline must be in 1...8" }
+        if !(1...8).contains(workers) { return "workers must be in 1...8" }
         return nil
     }
 }

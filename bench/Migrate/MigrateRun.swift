@@ -14,110 +14,90 @@ import HostMM
 ///    (`to_ram_fault_gbps`; each faulting read is a latency sample: `fault_p50_us` …);
 /// 4. range B is stamped, migrated, and evicted by device teardown (`evict_gbps`).
 ///
-/// Every byte is verified after each phase. RAM is prefaulted and VRAM touched before
-/// timing: a real machine's memory is there already, so host page faults of the
-/// emulation are kept out of the figures.
+/// Every byte is verified after each phase. VRAM is touched before timing and the RAM
+/// frames timed phases use were touched by the stamping: a real machine's memory is there
+/// already, so host page faults of the emulation are kept out of the figures.
 ///
 /// Threads: the calling thread (plus the copy engine's own threads).
-enum MigrateRun {
-    static func measure(_ o: MigrateOptions, trace: TraceProcess?, progress: (String) -> Void) throws -> RunRecord {
+final class MigrateRun {
+    let o: MigrateOptions
+    let gpu: Device
+    let mm: AddressSpace
+    let observer: MigrateObserver
+    let pattern: Pattern
+    let track: TraceTrack?
+    let progress: (String) -> Void
+    let a: UInt64
+    let b: UInt64
+
+    /// Runs every phase; returns the record.
+    static func measure(_ o: MigrateOptions, trace: TraceProcess?, progress: @escaping (String) -> Void) throws -> RunRecord {
         if let problem = o.problem { throw failure(problem) }
-        let pages = o.pages
+        let run = try MigrateRun(o, trace: trace, progress: progress)
+        defer { try? run.gpu.shutdown() }
+        return try run.record()
+    }
+
+    private init(_ o: MigrateOptions, trace: TraceProcess?, progress: @escaping (String) -> Void) throws {
+        self.o = o
+        self.progress = progress
         let memory: PhysicalMemory
         do {
-            memory = try PhysicalMemory(ramBytes: 2 * o.totalBytes + (64 << 20),
-                                        maxDevicePages: pages + 4096, prefault: true)
-        } catch { throw failure("cannot create \(ByteCount(2 * o.totalBytes)) of emulated RAM: \(error)") }
-        let observer = MigrateObserver(trace: trace)
-        var config = Device.Configuration(name: "bench", vramSize: o.totalBytes, backend: o.backend.kind, policy: o.policy)
+            // Not prefaulted: every frame a timed phase uses was touched by the stamping
+            // (freed frames are reused first), so no host page fault lands in a timing.
+            memory = try PhysicalMemory(ramBytes: 2 * o.totalBytes + (64 << 20), maxDevicePages: o.pages + 4096)
+        } catch { throw Self.failure("cannot create \(ByteCount(2 * o.totalBytes)) of emulated RAM: \(error)") }
+        observer = MigrateObserver(trace: trace)
+        var config = Device.Configuration(name: "bench", vramSize: o.totalBytes, backend: o.backend.kind(workers: o.workers), policy: o.policy)
         config.observer = observer
-        config.faultBackend = o.faultBackend?.kind
-        let gpu: Device
+        config.faultBackend = o.faultBackend?.kind(workers: o.workers)
         do { gpu = try Device(memory: memory, configuration: config) } catch {
-            throw failure("cannot create the device: \(error)\(o.backend == .iouring ? " (try backend memcpy)" : "")")
+            throw Self.failure("cannot create the device: \(error)\(o.backend == .iouring ? " (try backend memcpy)" : "")")
         }
-        defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let bytes = UInt64(o.totalBytes)
-        let a: UInt64, b: UInt64
+        mm = AddressSpace(memory: memory)
         do {
             a = try mm.mmap(length: o.totalBytes)
             b = try mm.mmap(length: o.totalBytes)
-        } catch { throw failure("mmap: \(error)") }
-        let pattern = Pattern(seed: o.seed)
-        let track = trace?.track("bench")
+        } catch { throw Self.failure("mmap: \(error)") }
+        pattern = Pattern(seed: o.seed)
+        track = trace?.track("bench")
+    }
 
+    private var bytes: UInt64 { UInt64(o.totalBytes) }
+
+    private func record() throws -> RunRecord {
         progress("stamping \(ByteCount(o.totalBytes))")
-        try track.span("stamp A") { () throws in try pattern.fill(mm, a, pages: pages, first: 0) }
+        try track.span("stamp A") { try pattern.fill(mm, a, pages: o.pages, first: 0) }
         progress("memcpy baseline")
-        let memcpySeconds = track.span("memcpy baseline") { baseline(mm, a, pages: pages, into: gpu.vram.pools) }
-
-        progress("migrating \(ByteCount(o.totalBytes)) to VRAM")
-        let space: GPUAddressSpace
-        do { space = try gpu.bind(mm) } catch { throw failure("bind: \(error)") }
-        let t0 = MonotonicClock.now()
-        let moved: MigrationResult
-        do {
-            moved = try track.span("migrate to VRAM") { () throws in
-                try gpu.migrateToDevice(mm, range: a ..< a + bytes)
-            }
-        } catch { throw failure("migrateToDevice: \(error)") }
-        let toDeviceSeconds = MonotonicClock.seconds(since: t0)
-        guard moved.migrated == pages else { throw failure("only \(moved.migrated) of \(pages) pages migrated") }
-        progress("verifying through GPU reads")
-        try track.span("verify (GPU)") { () throws in
-            try pattern.verify(pages: pages, first: 0, what: "GPU read after migration") { p, buffer throws in
-                do { try space.read(at: a + UInt64(p * 4096), into: buffer) } catch { throw failure("GPU read: \(error)") }
-            }
-        }
-
-        progress("CPU read-back through faults")
+        let memcpySeconds = track.span("memcpy baseline") { baseline() }
+        let (toDeviceSeconds, batches) = try toDevice()
         var faults = LatencyHistogram()
-        let faultsBefore = gpu.counters[.cpuFaults]
-        let readNanos = try track.span("CPU read-back") { () throws -> UInt64 in
-            try readBack(mm, a, pages: pages, pattern: pattern, gpu: gpu, latency: &faults)
-        }
-        let faultCount = gpu.counters[.cpuFaults] - faultsBefore
-        guard gpu.vram.inUsePageCount == 0 else { throw failure("\(gpu.vram.inUsePageCount) pages still in VRAM after read-back") }
-
-        progress("evicting \(ByteCount(o.totalBytes)) by teardown")
-        try track.span("stamp B") { () throws in try pattern.fill(mm, b, pages: pages, first: pages) }
-        do { try gpu.migrateToDevice(mm, range: b ..< b + bytes) } catch { throw failure("migrateToDevice (B): \(error)") }
-        let resident = gpu.vram.inUsePageCount
-        let t1 = MonotonicClock.now()
-        do { try track.span("teardown") { () throws in try gpu.shutdown() } } catch {
-            throw failure("teardown: \(error)")
-        }
-        let evictSeconds = MonotonicClock.seconds(since: t1)
-        try track.span("verify B") { () throws in
-            try pattern.verify(pages: pages, first: pages, what: "CPU read after teardown") { p, buffer throws in
-                do { try mm.read(at: b + UInt64(p * 4096), into: buffer) } catch { throw failure("CPU read: \(error)") }
-            }
-        }
+        let (readSeconds, faultCount) = try readBack(&faults)
+        let (evictSeconds, evictedBytes) = try evict()
 
         var r = RunRecord()
         let gb = Double(o.totalBytes) / 1e9
         r.set("bytes", o.totalBytes)
-        r.set("pages", pages)
+        r.set("pages", o.pages)
         r.set("batch_pages", o.batchPages)
-        r.set("fault_around", o.faultAround)
         r.set("pipeline", o.pipeline)
+        r.set("fault_around", o.faultAround)
         r.set("backend", o.backend.rawValue)
         r.set("fault_backend", (o.faultBackend ?? o.backend).rawValue)
+        if o.backend == .mapped || o.faultBackend == .mapped { r.set("workers", o.workers) }
         r.set("api", o.api.name)
         r.set("to_device_gbps", gb / toDeviceSeconds)
-        r.set("to_ram_fault_gbps", gb / (Double(readNanos) / 1e9))
-        r.set("evict_gbps", Double(resident) * 4096 / 1e9 / evictSeconds)
+        r.set("to_ram_fault_gbps", gb / readSeconds)
+        r.set("evict_gbps", Double(evictedBytes) / 1e9 / evictSeconds)
         r.set("memcpy_gbps", gb / memcpySeconds)
         r.set("ratio_to_device", memcpySeconds / toDeviceSeconds)
-        r.set("ratio_to_ram_fault", memcpySeconds / (Double(readNanos) / 1e9))
-        r.set("ratio_evict", (Double(resident) * 4096 / 1e9 / evictSeconds) / (gb / memcpySeconds))
+        r.set("ratio_to_ram_fault", memcpySeconds / readSeconds)
+        r.set("ratio_evict", (Double(evictedBytes) / 1e9 / evictSeconds) / (gb / memcpySeconds))
         r.set("faults", faultCount)
         faults.write(to: &r, prefix: "fault")
-        let batches = max(moved.batches, 1)
         for (name, kind) in [("setup", MigrationEvent.Kind.setupEnd), ("pages", .migratePagesEnd),
                              ("fence_wait", .fenceWaitEnd), ("finalize", .finalizeEnd)] {
-            r.set("\(name)_us_per_batch", Double(observer.total(kind, .toDevice)) / 1e3 / Double(batches))
+            r.set("\(name)_us_per_batch", Double(observer.total(kind, .toDevice)) / 1e3 / Double(max(batches, 1)))
         }
         r.set("channels", gpu.channelCount)
         r.set("verified", true)
@@ -125,42 +105,85 @@ enum MigrateRun {
     }
 
     /// memcpy of A's frames, in page order, into VRAM's CPU mapping; returns seconds.
-    private static func baseline(_ mm: AddressSpace, _ a: UInt64, pages: Int, into pools: [VRAMPool]) -> Double {
-        let memory = mm.memory
+    private func baseline() -> Double {
         var sources: [UnsafeMutableRawPointer] = []
-        sources.reserveCapacity(pages)
-        for p in 0..<pages {
-            sources.append(memory.bytes(mm.pageTableEntry(a + UInt64(p * 4096)).pfn)!)
+        sources.reserveCapacity(o.pages)
+        for p in 0..<o.pages {
+            sources.append(mm.memory.bytes(mm.pageTableEntry(a + UInt64(p * 4096)).pfn)!)
         }
+        let pools = gpu.vram.pools
         let poolSize = pools[0].size
         for pool in pools { memset(pool.mapping.baseAddress!, 0, pool.size) }   // VRAM is there already
         let t = MonotonicClock.now()
-        for p in 0..<pages {
+        for p in 0..<o.pages {
             let offset = p * 4096
             memcpy(pools[offset / poolSize].mapping.baseAddress! + offset % poolSize, sources[p], 4096)
         }
         return MonotonicClock.seconds(since: t)
     }
 
+    /// Migrates A to VRAM (timed) and checks it through GPU reads; returns seconds and batches.
+    private func toDevice() throws -> (Double, Int) {
+        progress("migrating \(ByteCount(o.totalBytes)) to VRAM")
+        let space: GPUAddressSpace
+        do { space = try gpu.bind(mm) } catch { throw Self.failure("bind: \(error)") }
+        let t = MonotonicClock.now()
+        let moved: MigrationResult
+        do {
+            moved = try track.span("migrate to VRAM") { try gpu.migrateToDevice(mm, range: a ..< a + bytes) }
+        } catch { throw Self.failure("migrateToDevice: \(error)") }
+        let seconds = MonotonicClock.seconds(since: t)
+        guard moved.migrated == o.pages else { throw Self.failure("only \(moved.migrated) of \(o.pages) pages migrated") }
+        progress("verifying through GPU reads")
+        try track.span("verify (GPU)") {
+            try pattern.verify(pages: o.pages, first: 0, what: "GPU read after migration") { p, buffer in
+                do { try space.read(at: a + UInt64(p * 4096), into: buffer) } catch { throw Self.failure("GPU read: \(error)") }
+            }
+        }
+        return (seconds, moved.batches)
+    }
+
     /// Reads A page by page with the CPU; a read that faulted is a latency sample.
-    /// Returns the nanoseconds spent in reads (verification excluded).
-    private static func readBack(_ mm: AddressSpace, _ a: UInt64, pages: Int, pattern: Pattern, gpu: Device,
-                                 latency: inout LatencyHistogram) throws -> UInt64 {
+    /// Returns the seconds spent in reads (verification excluded) and the faults taken.
+    private func readBack(_ latency: inout LatencyHistogram) throws -> (Double, Int) {
+        progress("CPU read-back through faults")
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
         defer { buffer.deallocate() }
+        let faultsBefore = gpu.counters[.cpuFaults]
+        let start = MonotonicClock.now()
         var nanos: UInt64 = 0
-        for p in 0..<pages {
+        for p in 0..<o.pages {
             let before = gpu.counters[.cpuFaults]
             let t = MonotonicClock.now()
-            do { try mm.read(at: a + UInt64(p * 4096), into: buffer) } catch { throw failure("CPU read of page \(p): \(error)") }
+            do { try mm.read(at: a + UInt64(p * 4096), into: buffer) } catch { throw Self.failure("CPU read of page \(p): \(error)") }
             let d = MonotonicClock.now() &- t
             nanos &+= d
             if gpu.counters[.cpuFaults] != before { latency.record(nanoseconds: d) }
             if let w = ScatterLayout.firstMismatch(buffer.baseAddress!, pageIndex: p, pageSize: 4096, seed: pattern.seed) {
-                throw failure("CPU read-back: page \(p) differs at byte \(w * 8)")
+                throw Self.failure("CPU read-back: page \(p) differs at byte \(w * 8)")
             }
         }
-        return nanos
+        track?.complete("CPU read-back", start: start)
+        guard gpu.vram.inUsePageCount == 0 else { throw Self.failure("\(gpu.vram.inUsePageCount) pages still in VRAM after read-back") }
+        return (Double(nanos) / 1e9, gpu.counters[.cpuFaults] - faultsBefore)
+    }
+
+    /// Stamps and migrates B, then times the device's teardown, which evicts it; returns
+    /// seconds and the bytes that were resident.
+    private func evict() throws -> (Double, Int) {
+        progress("evicting \(ByteCount(o.totalBytes)) by teardown")
+        try track.span("stamp B") { try pattern.fill(mm, b, pages: o.pages, first: o.pages) }
+        do { try gpu.migrateToDevice(mm, range: b ..< b + bytes) } catch { throw Self.failure("migrateToDevice (B): \(error)") }
+        let resident = gpu.vram.inUsePageCount * 4096
+        let t = MonotonicClock.now()
+        do { try track.span("teardown") { try gpu.shutdown() } } catch { throw Self.failure("teardown: \(error)") }
+        let seconds = MonotonicClock.seconds(since: t)
+        try track.span("verify B") {
+            try pattern.verify(pages: o.pages, first: o.pages, what: "CPU read after teardown") { p, buffer in
+                do { try mm.read(at: b + UInt64(p * 4096), into: buffer) } catch { throw Self.failure("CPU read: \(error)") }
+            }
+        }
+        return (seconds, resident)
     }
 
     static func failure(_ message: String) -> ScenarioError { ScenarioError(scenario: "migrate", message: message) }

@@ -16,6 +16,7 @@ struct MigrateScenario: BenchScenario {
         .init("fault-backend", .choice(["same"] + MigrateOptions.Backend.allCases.map(\.rawValue)), default: "same",
               help: "copy backend of CPU faults (same: as backend)"),
         .init("pipeline", .integer(1...8), default: "1", help: "batches in flight while migrating to VRAM"),
+        .init("workers", .integer(1...8), default: "2", help: "worker threads of the mapped backend"),
         .init("api", .choice(["3step", "2017"]), default: "3step", help: "migrate_vma_setup/pages/finalize or 2017 callbacks"),
         .init("seed", .integer(0...Int.max), default: "1", help: "seed of the data pattern"),
     ]
@@ -31,6 +32,7 @@ struct MigrateScenario: BenchScenario {
         o.backend = MigrateOptions.Backend(rawValue: try parameters.string("backend")) ?? .iouring
         o.faultBackend = MigrateOptions.Backend(rawValue: try parameters.string("fault-backend"))
         o.pipeline = try parameters.int("pipeline")
+        o.workers = try parameters.int("workers")
         o.api = MigrationPolicy.APIGeneration(name: try parameters.string("api")) ?? .threeStep
         o.seed = UInt64(try parameters.int("seed"))
         return [try MigrateRun.measure(o, trace: context.trace, progress: context.progress)]

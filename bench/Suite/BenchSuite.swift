@@ -25,7 +25,7 @@ struct BenchSuite: Sendable {
     static let standard = BenchSuite(name: "standard", entries: [
         Entry("memcpy", "page-size=4K,64K,2M"),
         Entry("mm", "pages=64K"),
-        Entry("migrate", "batch=128,512"),
+        Entry("migrate", "backend=iouring,mapped pipeline=2 fault-backend=same,memcpy"),
         // h2d, d2h and d2d per point (128M, median of 3 passes): ~11 s in release on the 2-core reference machine.
         Entry("copy", "page-size=4K,64K coalesce=on,off"),
     ])

@@ -27,7 +27,8 @@ extension Device {
 
     /// Tears the device down: refuses new work, waits for work in flight, evicts every
     /// VRAM page to System RAM, unbinds every address space, unregisters the chunks'
-    /// pgmaps and, if the device created its engine, shuts the engine down. Idempotent.
+    /// pgmaps and the device's memory regions, and, if the device created its engine,
+    /// shuts the engine down. Idempotent.
     /// - Throws: `.busy` if pages could not be evicted (pinned); the pgmaps then stay
     ///   registered, CPU faults on those pages keep being served, and a later call retries.
     public func shutdown() throws(DeviceError) {
@@ -35,6 +36,6 @@ extension Device {
         evictAll()
         unbindAll()
         try vram.retire()
-        if ownsEngine { engine.shutdown() }
+        if ownsEngine { engine.shutdown() } else { try? engine.unregister(hostRegion) }
     }
 }

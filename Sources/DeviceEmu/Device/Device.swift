@@ -48,7 +48,7 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         /// may prefer a CPU copy through the VRAM mapping (`.memcpy`) to a trip through
         /// the bulk copy engine, as TTM falls back to memcpy for small moves.
         public var faultBackend: CopyBackendKind? = nil
-        /// The driver's policies; can be changed later through `Device.policy`.
+        /// The driver's policies; can be changed later with `Device.setPolicy`.
         public var policy = MigrationPolicy()
         /// Which resident pages VRAM pressure evicts first.
         public var eviction: EvictionPolicyKind = .leastRecentlyUsed
@@ -159,14 +159,16 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         do { return try DMAEngine(configuration: ec) } catch { throw .dma(error) }
     }
 
-    /// The driver's policies; a change applies to operations that start afterwards.
-    /// Setting an invalid policy (see `MigrationPolicy`) is ignored.
-    public var policy: MigrationPolicy {
-        get { policyBox.withLockedValue { $0 } }
-        set {
-            guard newValue.isValid(maxBatch: engine.configuration.maxBatch) else { return }
-            policyBox.withLockedValue { $0 = newValue }
-        }
+    /// The driver's policies (`setPolicy` changes them).
+    public var policy: MigrationPolicy { policyBox.withLockedValue { $0 } }
+
+    /// Replaces the driver's policies; operations that start afterwards use them.
+    /// - Throws: `.invalidArgument` for a batch of 0 or above the engine's `maxBatch`, a
+    ///   pipeline depth outside 1…8, a fault-around or GPU-fault window of 0 pages, or a
+    ///   negative residency or retry count.
+    public func setPolicy(_ policy: MigrationPolicy) throws(DeviceError) {
+        guard policy.isValid(maxBatch: engine.configuration.maxBatch) else { throw .invalidArgument }
+        policyBox.withLockedValue { $0 = policy }
     }
 
     /// Copy channels created so far (one per concurrent batch at most).
@@ -230,10 +232,11 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
 
     @inline(__always)
     func emit(_ kind: MigrationEvent.Kind, _ direction: MigrationEvent.Direction, begin: UInt64 = 0,
-              batch: UInt64 = 0, seqno: UInt64 = 0, channel: Int = -1, address: UInt64 = 0, pages: Int = 0) {
+              batch: UInt64 = 0, seqno: UInt64 = 0, channel: Int = -1, address: UInt64 = 0,
+              pages: @autoclosure () -> Int = 0) {
         guard let observer else { return }
         observer.observe(MigrationEvent(kind: kind, direction: direction, time: MonotonicTime.now(), beginTime: begin,
-                                        batch: batch, seqno: seqno, channel: channel, address: address, pages: pages))
+                                        batch: batch, seqno: seqno, channel: channel, address: address, pages: pages()))
     }
 
     /// A timestamp for a `…Begin` event, or 0 when nobody observes.

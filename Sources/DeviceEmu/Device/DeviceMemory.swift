@@ -71,6 +71,7 @@ public final class DeviceMemory: @unchecked Sendable {
 
     let ops: any DevicePagemapOps
     let table: ChunkTable
+    private let engine: DMAEngine
     private let lock = NIOLock()
     // Guarded by `lock`:
     private let freeStack: UnsafeMutablePointer<PFN>
@@ -95,6 +96,7 @@ public final class DeviceMemory: @unchecked Sendable {
         self.configuration = c
         self.owner = owner
         self.ops = ops
+        self.engine = engine
         pageCount = c.size / pageSize
         chunkPageCount = c.chunkSize / pageSize
         maxChunks = c.size / c.chunkSize
@@ -225,8 +227,9 @@ public final class DeviceMemory: @unchecked Sendable {
     /// `freePage` calls for foreign PFNs and pages found in use when allocated: 0 in a correct driver.
     public var strayFreeCount: Int { strayFrees.load(ordering: .relaxed) }
 
-    /// Unregisters every chunk (`memunmap_pages`) once all pages are free; afterwards the
-    /// memory hands out nothing. Idempotent.
+    /// Unregisters every chunk (`memunmap_pages`) once all pages are free, and the pools
+    /// from the copy engine; afterwards the memory hands out nothing (the pools' mappings
+    /// stay valid while this object lives). Idempotent.
     /// - Throws: `.busy` (nothing unregistered) while any device page is still in use.
     ///   In checked mode each page still in use (or lost by the driver) is reported as a
     ///   `devicePageLeaked` violation.
@@ -253,6 +256,7 @@ public final class DeviceMemory: @unchecked Sendable {
         table.clear()
         freeCount = 0
         isRetired = true
+        for pool in pools { try? engine.unregister(pool.region) }
         return .success(())
     }
 

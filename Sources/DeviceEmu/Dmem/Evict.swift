@@ -89,45 +89,21 @@ extension Device {
         emit(.setupEnd, .evict, begin: t0, batch: batch, pages: collected)
         guard collected > 0 else { return (0, 0) }
 
-        let got = memory.allocPages(into: UnsafeMutableBufferPointer(rebasing: b.pages[0..<collected]))
-        var descriptors = 0
-        var fence: Fence?
-        if let channel = try? channels.checkout() {
-            var next = 0
-            for i in 0..<npages where b.src[i].contains(.migrate) {
-                guard next < got, let source = b.src[i].page, let from = vram.dmaAddress(of: source) else { continue }
-                let ram = b.pages[next]
-                next += 1
-                memory.lockPage(ram)
-                do { try channel.enqueueCopy(from: from, to: ramAddress(ram), length: pageSize) } catch {
-                    releaseUnused(ram)
-                    continue
-                }
-                b.slot[descriptors] = Int32(i)
-                descriptors += 1
-                b.dst[i] = MigratePFN(pfn: ram)
-            }
-            for k in next..<got { memory.putPage(b.pages[k]) }
-            fence = try? channel.submit()
-            channels.checkin(channel)
-        } else {
-            for k in 0..<got { memory.putPage(b.pages[k]) }
-        }
-        if fence == nil {
-            for i in 0..<npages { if let ram = b.dst[i].page { releaseUnused(ram); b.dst[i] = [] } }
-        }
+        let fence = enqueueEviction(b, npages, collected: collected)
         let signal = fence.flatMap { observeSignal($0) }
-        if let fence {
-            emit(.copiesSubmitted, .evict, batch: batch, seqno: fence.seqno, channel: fence.channelID, pages: descriptors)
-        }
         let seqno = fence?.seqno ?? 0
+        if let fence {
+            emit(.copiesSubmitted, .evict, batch: batch, seqno: seqno, channel: fence.channelID,
+                 pages: committedCount(b, npages))
+        }
         let tp = stamp()
         emit(.migratePagesBegin, .evict, batch: batch, seqno: seqno)
         do { try memory.migrateDevicePages(src: b.src, dst: b.dst, npages: npages) } catch {
-            for i in 0..<npages { b.src[i].remove(.migrate) }
+            for i in 0..<npages { b.src[i].remove(.migrate) }   // finalize restores them all
         }
         emit(.migratePagesEnd, .evict, begin: tp, batch: batch, seqno: seqno, pages: committedCount(b, npages))
         if let fence {
+            // Even a batch that could not move must not be finalized under a running copy.
             let failures = waitFence(fence, signal, .evict, batch)
             for f in failures { b.src[Int(b.slot[f.index])].remove(.migrate) }
             counters.add(.pagesLeftAfterCopyFailure, failures.count)
@@ -139,5 +115,36 @@ extension Device {
         emit(.finalizeEnd, .evict, begin: tf, batch: batch, seqno: seqno, pages: evicted)
         counters.add(.pagesEvicted, evicted)
         return (collected, evicted)
+    }
+
+    /// A locked RAM page and a D2H copy per collected page, submitted; nil (and no
+    /// destinations) when no channel could take them.
+    private func enqueueEviction(_ b: MigrationBuffers, _ npages: Int, collected: Int) -> Fence? {
+        let got = memory.allocPages(into: UnsafeMutableBufferPointer(rebasing: b.pages[0..<collected]))
+        guard let channel = try? channels.checkout() else {
+            for k in 0..<got { memory.putPage(b.pages[k]) }
+            return nil
+        }
+        var next = 0, descriptors = 0
+        for i in 0..<npages where b.src[i].contains(.migrate) {
+            guard next < got, let source = b.src[i].page, let from = vram.dmaAddress(of: source) else { continue }
+            let ram = b.pages[next]
+            next += 1
+            memory.lockPage(ram)
+            do { try channel.enqueueCopy(from: from, to: ramAddress(ram), length: pageSize) } catch {
+                releaseUnused(ram)
+                continue
+            }
+            b.slot[descriptors] = Int32(i)
+            descriptors += 1
+            b.dst[i] = MigratePFN(pfn: ram)
+        }
+        for k in next..<got { memory.putPage(b.pages[k]) }
+        let fence = try? channel.submit()
+        channels.checkin(channel)
+        if fence == nil {
+            for i in 0..<npages { if let ram = b.dst[i].page { releaseUnused(ram); b.dst[i] = [] } }
+        }
+        return fence
     }
 }

@@ -1,6 +1,6 @@
 /// The migration policies a driver author compares, each a setting (none hard-wired).
 ///
-/// Read once at the start of each driver operation; change it with `Device.policy`.
+/// Read once at the start of each driver operation; change it with `Device.setPolicy`.
 /// A value type: any thread.
 public struct MigrationPolicy: Sendable, Equatable {
     /// How much a CPU fault on a device page brings back to RAM.

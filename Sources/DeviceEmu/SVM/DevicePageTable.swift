@@ -140,6 +140,51 @@ struct DevicePageTable: ~Copyable {
         return removed
     }
 
+    /// Calls `body(leaf, firstIndex, k0, n)` for each 2 MiB leaf overlapping the `npages`
+    /// pages from `start`: entries `firstIndex ..< firstIndex + n` of `leaf` are pages
+    /// `k0 ..< k0 + n` of the run. Leaves are created only with `create`.
+    private mutating func forEachLeaf(_ start: UInt64, _ npages: Int, create: Bool,
+                                      _ body: (UnsafeMutablePointer<UInt64>, Int, Int, Int) -> Void) {
+        var k = 0
+        while k < npages {
+            let address = start + UInt64(k) << 12
+            let first = Int((address >> 12) & 511)
+            let n = min(512 - first, npages - k)
+            if let leaf = leaf(address >> 21, create: create) { body(leaf, first, k, n) }
+            k += n
+        }
+    }
+
+    /// Clears the entries of the run's pages `k` for which `include(k)`; returns how many
+    /// valid entries were removed.
+    mutating func zap(_ start: UInt64, _ npages: Int, where include: (Int) -> Bool) -> Int {
+        guard count > 0 else { return 0 }
+        var removed = 0
+        forEachLeaf(start, npages, create: false) { leaf, first, k0, n in
+            for j in 0..<n where leaf[first + j] != 0 && include(k0 + j) {
+                if leaf[first + j] & 1 != 0 { removed += 1 }
+                leaf[first + j] = 0
+            }
+        }
+        count -= removed
+        return removed
+    }
+
+    /// Writes `entry(k)` for each page `k` of the run where it is not nil; returns how many.
+    mutating func map(_ start: UInt64, _ npages: Int, _ entry: (Int) -> DevicePageTableEntry?) -> Int {
+        var written = 0, added = 0
+        forEachLeaf(start, npages, create: true) { leaf, first, k0, n in
+            for j in 0..<n {
+                guard let e = entry(k0 + j) else { continue }
+                added += (e.isValid ? 1 : 0) - (leaf[first + j] & 1 != 0 ? 1 : 0)
+                leaf[first + j] = e.rawValue
+                written += 1
+            }
+        }
+        count += added
+        return written
+    }
+
     mutating func removeAll() {
         for (key, leaf) in leaves {
             reverse?.forget(leaf, key)

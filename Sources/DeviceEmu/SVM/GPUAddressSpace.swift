@@ -86,11 +86,7 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
     /// enqueued, so the GPU cannot write a page whose data is being copied away.
     func zapCollected(_ start: UInt64, _ src: UnsafeBufferPointer<MigratePFN>, _ npages: Int) {
         lock.withLock {
-            guard !isDetached, table.count > 0 else { ownSequence &+= 1; return }
-            for i in 0..<npages where src[i].contains(.migrate) {
-                let a = start + UInt64(i) << 12
-                if table.entry(a).isValid { table.set(a, .none) }
-            }
+            if !isDetached { _ = table.zap(start, npages) { src[$0].contains(.migrate) } }
             ownSequence &+= 1
         }
     }
@@ -101,15 +97,12 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
                      _ dst: UnsafeBufferPointer<MigratePFN>, _ npages: Int, holesWritable: Bool) -> Int {
         lock.withLock {
             guard !isDetached else { return 0 }
-            var n = 0
-            for i in 0..<npages where src[i].contains(.migrate) {
-                guard let page = dst[i].page else { continue }
-                let write = src[i].page == nil ? holesWritable : src[i].contains(.write)
-                table.set(start + UInt64(i) << 12, DevicePageTableEntry(pfn: page, kind: .vram, write: write))
-                n += 1
-            }
             ownSequence &+= 1
-            return n
+            return table.map(start, npages) { i in
+                guard src[i].contains(.migrate), let page = dst[i].page else { return nil }
+                let write = src[i].page == nil ? holesWritable : src[i].contains(.write)
+                return DevicePageTableEntry(pfn: page, kind: .vram, write: write)
+            }
         }
     }
 }
