@@ -46,6 +46,7 @@ extension IOURingBackend {
     }
 
     private func complete(slot: Int, result: Int) {
+        _ = published.load(ordering: .acquiring)  // pairs with the release before the doorbell
         let s = slots[slot]
         guard let batch = s.batch else { return }
         let op = s.op
