@@ -160,9 +160,11 @@ struct DevicePageTable: ~Copyable {
     mutating func zap(_ start: UInt64, _ npages: Int, where include: (Int) -> Bool) -> Int {
         guard count > 0 else { return 0 }
         var removed = 0
+        let reverse = self.reverse
         forEachLeaf(start, npages, create: false) { leaf, first, k0, n in
             for j in 0..<n where leaf[first + j] != 0 && include(k0 + j) {
                 if leaf[first + j] & 1 != 0 { removed += 1 }
+                if let reverse { reverse.replace(DevicePageTableEntry(rawValue: leaf[first + j]), with: .none, at: 0) }
                 leaf[first + j] = 0
             }
         }
@@ -173,10 +175,15 @@ struct DevicePageTable: ~Copyable {
     /// Writes `entry(k)` for each page `k` of the run where it is not nil; returns how many.
     mutating func map(_ start: UInt64, _ npages: Int, _ entry: (Int) -> DevicePageTableEntry?) -> Int {
         var written = 0, added = 0
+        let reverse = self.reverse
         forEachLeaf(start, npages, create: true) { leaf, first, k0, n in
             for j in 0..<n {
                 guard let e = entry(k0 + j) else { continue }
                 added += (e.isValid ? 1 : 0) - (leaf[first + j] & 1 != 0 ? 1 : 0)
+                if let reverse {
+                    reverse.replace(DevicePageTableEntry(rawValue: leaf[first + j]), with: e,
+                                    at: start + UInt64(k0 + j) << 12)
+                }
                 leaf[first + j] = e.rawValue
                 written += 1
             }
