@@ -16,6 +16,7 @@ struct ScenarioRegistry: Sendable {
         MMBenchScenario(),
         MigrateScenario(),
         CopyBenchScenario(),
+        TortureScenario(),
     ])
 
     var names: [String] { scenarios.map(\.name) }

@@ -222,6 +222,8 @@ public final class DeviceMemory: @unchecked Sendable {
     public var availablePageCount: Int {
         lock.withLock { isRetired ? 0 : freeCount + (maxChunks - chunkList.count) * chunkPageCount }
     }
+    /// The pages on the free list (for invariant checks; takes the lock).
+    var freeListSnapshot: [PFN] { lock.withLock { (0..<freeCount).map { freeStack[$0] } } }
     /// The chunks registered so far, in registration order.
     public var chunks: [Chunk] { lock.withLock { chunkList } }
     /// `freePage` calls for foreign PFNs and pages found in use when allocated: 0 in a correct driver.

@@ -15,6 +15,9 @@ final class ReverseMappings: @unchecked Sendable {
     private let lock = NIOLock()
     private var entries: [UInt64: (count: Int32, address: UInt64)] = [:]  // guarded by `lock`
 
+    /// Entries per PFN, as recorded (invariant checks compare it with the tables).
+    var counts: [UInt64: Int32] { lock.withLock { entries.mapValues(\.count) } }
+
     /// An address whose entry maps `pfn`, or nil.
     func address(of pfn: PFN) -> UInt64? { lock.withLock { entries[pfn.rawValue]?.address } }
 

@@ -203,6 +203,15 @@ struct DevicePageTable: ~Copyable {
         count = 0
     }
 
+    /// Calls `body(address, entry)` for every valid entry (invariant checks).
+    func forEachValid(_ body: (UInt64, DevicePageTableEntry) -> Void) {
+        for (key, leaf) in leaves {
+            for i in 0..<512 where leaf[i] & 1 != 0 {
+                body(key << 21 | UInt64(i) << 12, DevicePageTableEntry(rawValue: leaf[i]))
+            }
+        }
+    }
+
     /// Checked mode: report every change to `shared` from now on; call on an empty table.
     mutating func trackReverseMappings(in shared: ReverseMappings) { reverse = shared }
 }
