@@ -98,7 +98,7 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     /// True when `pfn` is RAM or belongs to a registered pgmap.
     public func isValid(_ pfn: PFN) -> Bool {
-        Int(pfn.rawValue) < ramPageCount || pagemap(of: pfn) != nil
+        pfn.rawValue < UInt64(ramPageCount) || pagemap(of: pfn) != nil
     }
 
     /// True for System-RAM frames (including the zero page).
@@ -106,13 +106,13 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     /// The zone of a frame (`page_zonenum` / `is_device_private_page` …).
     public func zone(_ pfn: PFN) -> Zone {
-        guard Int(pfn.rawValue) < maxPFN else { return .normal }
+        guard pfn.rawValue < UInt64(maxPFN) else { return .normal }
         return Zone(rawValue: UInt8(meta[Int(pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) & 0xff)) ?? .normal
     }
 
     /// `is_zone_device_page()`.
     func isZoneDevice(_ pfn: PFN) -> Bool {
-        Int(pfn.rawValue) < maxPFN && meta[Int(pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) & 0xff != 0
+        pfn.rawValue < UInt64(maxPFN) && meta[Int(pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) & 0xff != 0
     }
 
     /// `is_device_private_page()`.
@@ -123,7 +123,7 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     /// The pgmap owning a device frame (`page_pgmap`), or nil for RAM.
     public func pagemap(of pfn: PFN) -> DevicePagemap? {
-        guard Int(pfn.rawValue) < maxPFN else { return nil }
+        guard pfn.rawValue < UInt64(maxPFN) else { return nil }
         let slot = meta[Int(pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) >> 8
         return slot == 0 ? nil : pagemaps.pagemap(slot: Int(slot) - 1)
     }
@@ -141,7 +141,7 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     /// Bounds check for the public per-page calls: a PFN past the table is ignored and counted.
     @inline(__always) func checked(_ pfn: PFN) -> Bool {
-        if Int(pfn.rawValue) < maxPFN { return true }
+        if pfn.rawValue < UInt64(maxPFN) { return true }
         diagnostics.badPFNs.wrappingAdd(1, ordering: .relaxed)
         return false
     }

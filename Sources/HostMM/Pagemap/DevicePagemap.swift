@@ -141,7 +141,7 @@ extension PhysicalMemory {
     /// migration destination (`zone_device_page_init`).
     /// - Throws: `.invalidArgument` for a non-device PFN, `.busy` if the page is in use.
     public func zoneDevicePageInit(_ pfn: PFN) throws(HostMMError) {
-        guard Int(pfn.rawValue) < maxPFN, isZoneDevice(pfn) else { throw .invalidArgument }
+        guard pfn.rawValue < UInt64(maxPFN), isZoneDevice(pfn) else { throw .invalidArgument }
         let (exchanged, _) = meta[Int(pfn.rawValue)].refcount.compareExchange(
             expected: 0, desired: 1, ordering: .acquiringAndReleasing)
         guard exchanged else { throw .busy }

@@ -1,0 +1,27 @@
+import Testing
+@testable import HostMM
+
+/// Regressions the bad-input fuzzer (`BadInputFuzzTests`) found: each call here trapped
+/// before its fix; now it throws a typed error or is ignored and counted.
+@Suite struct BadInputRegressionTests {
+    /// PFN `==` came from `Strideable` (`distance(to:) == 0`), whose `Int(rawValue)`
+    /// trapped for raw values ≥ 2^63, and the per-page bounds checks converted to `Int`
+    /// the same way: a bad PFN crashed the calls documented to ignore and count it.
+    @Test func pfnsPast2To63CompareAndAreIgnoredWithoutTrapping() throws {
+        let memory = try PhysicalMemory(ramBytes: 1 << 20, maxDevicePages: 16, checked: .off)
+        let huge = PFN(rawValue: UInt64.max), big = PFN(rawValue: 1 << 63)
+        #expect(huge != big && huge == PFN(rawValue: UInt64.max) && big < huge)
+        #expect(huge - big == Int(truncatingIfNeeded: UInt64.max &- (1 << 63)))
+        #expect(PFN(5).advanced(by: -2) == PFN(3) && PFN(5) + (-5) == PFN(0))
+        memory.putPage(huge)
+        memory.getPage(huge)
+        memory.unlockPage(big)
+        #expect(!memory.trylockPage(huge) && !memory.isValid(huge) && memory.refcount(huge) == 0)
+        #expect(memory.zone(huge) == .normal && memory.pagemap(of: huge) == nil && memory.bytes(huge) == nil)
+        #expect(throws: HostMMError.invalidArgument) { try memory.zoneDevicePageInit(huge) }
+        #expect(memory.diagnostics.invalidPFNCount >= 4)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(.special(.mixedMap), length: pageSize)
+        #expect(throws: HostMMError.invalidArgument) { try mm.insertPage(a, page: huge) }
+    }
+}
