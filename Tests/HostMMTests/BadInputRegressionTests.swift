@@ -24,4 +24,16 @@ import Testing
         let a = try mm.mmap(.special(.mixedMap), length: pageSize)
         #expect(throws: HostMMError.invalidArgument) { try mm.insertPage(a, page: huge) }
     }
+
+    /// `PhysicalMemory.init` added the device-page count to the RAM page count unchecked:
+    /// `maxDevicePages: Int.max` trapped instead of throwing EINVAL.
+    @Test func constructorsRefuseBadSizesWithoutTrapping() {
+        for (ram, dev) in [(0, 0), (-4096, 16), (4095, 16), (1 << 20, -1), (Int.max, 16), (1 << 20, Int.max), (8192, 0)] {
+            do {
+                let m = try PhysicalMemory(ramBytes: ram, maxDevicePages: dev, checked: .off)
+                #expect(m.ramPageCount * pageSize == ram)
+            } catch {
+                #expect(error == .invalidArgument || error == .outOfMemory)
+            }
+        }
 }

@@ -47,7 +47,7 @@ public final class PhysicalMemory: @unchecked Sendable {
     public init(ramBytes: Int = 4 << 30, maxDevicePages: Int = 1 << 24, prefault: Bool = false,
                 checked: CheckedMode = .fromEnvironment) throws(HostMMError) {
         guard ramBytes >= 2 * pageSize, ramBytes % pageSize == 0, maxDevicePages >= 0,
-              ramBytes / pageSize + maxDevicePages < Int(UInt32.max) else { throw .invalidArgument }
+              maxDevicePages < Int(UInt32.max) - ramBytes / pageSize else { throw .invalidArgument }
         ramPageCount = ramBytes / pageSize
         byteCount = ramBytes
         maxPFN = ramPageCount + maxDevicePages
