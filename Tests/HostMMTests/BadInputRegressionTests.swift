@@ -36,4 +36,22 @@ import Testing
                 #expect(error == .invalidArgument || error == .outOfMemory)
             }
         }
+    }
+    /// `PageCacheFile.write/read` computed `offset + count` unchecked: an offset near
+    /// `Int.max` trapped on overflow instead of throwing EINVAL; a huge page count made
+    /// `pageCount * pageSize` overflow the same way.
+    @Test func pageCacheFileRangesPastIntMaxThrowInsteadOfTrapping() throws {
+        let memory = try PhysicalMemory(ramBytes: 1 << 20, maxDevicePages: 0, checked: .off)
+        let file = PageCacheFile(memory: memory, pageCount: 2)
+        #expect(throws: HostMMError.invalidArgument) { try file.write(offset: Int.max, [1, 2, 3]) }
+        #expect(throws: HostMMError.invalidArgument) { try file.write(offset: Int.max - 1, [1, 2, 3]) }
+        #expect(throws: HostMMError.invalidArgument) { _ = try file.read(offset: Int.max - 1, count: 3) }
+        #expect(throws: HostMMError.invalidArgument) { _ = try file.read(offset: 4096, count: Int.max) }
+        try file.write(offset: 8189, [1, 2, 3])
+        #expect(try file.read(offset: 8189, count: 3) == [1, 2, 3])
+        let huge = PageCacheFile(memory: memory, pageCount: Int.max)
+        #expect(throws: HostMMError.invalidArgument) { _ = try huge.read(offset: Int.max, count: 1) }
+        #expect(PageCacheFile(memory: memory, pageCount: -5).pageCount == 0)
+    }
+
 }
