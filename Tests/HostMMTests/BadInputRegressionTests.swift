@@ -54,4 +54,16 @@ import Testing
         #expect(PageCacheFile(memory: memory, pageCount: -5).pageCount == 0)
     }
 
+    /// `remapPFNRange` computed `address + count << 12` unchecked: a count reaching past
+    /// the address space trapped instead of throwing EINVAL.
+    @Test func remapPFNRangeWithACountPastTheAddressSpaceThrows() throws {
+        let memory = try PhysicalMemory(ramBytes: 1 << 20, maxDevicePages: 16, checked: .off)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(.special(.pfnMap), length: 4 * pageSize)
+        for count in [Int.max, 1 << 52, 1 << 35] {
+            #expect(throws: HostMMError.invalidArgument) { try mm.remapPFNRange(a, pfn: PFN(1), count: count) }
+        }
+        #expect(throws: HostMMError.invalidArgument) { try mm.remapPFNRange(UInt64.max & ~4095, pfn: PFN(1), count: 1) }
+        try mm.remapPFNRange(a, pfn: PFN(1), count: 4)
+    }
 }
