@@ -203,11 +203,14 @@ private final class CheckedRig {
         let rig = try CheckedRig()
         var args = rig.args()
         args.npages = rig.pages
+        let page = rig.mm.pageTableEntry(rig.a).pfn
+        rig.src[0] = MigratePFN(pfn: page).union(.migrate)                      // never collected
         try rig.locked { try migrateVMAPages(&args) }                           // the bug: no setup
         #expect(rig.rules == [.pagesWithoutSetup: 1])
         args.npages = 0
         try rig.locked { try migrateVMAPages(&args) }                           // a no-op after a failed setup
         #expect(rig.rules == [.pagesWithoutSetup: 1])
+        #expect(!rig.memory.isPageLocked(page) && rig.mm.pageTableEntry(rig.a).kind == .present)
         // The PFN path too: arrays full of entries nobody collected are not touched.
         rig.src[0] = MigratePFN(pfn: rig.device.pagemap.firstPFN).union(.migrate)
         try rig.memory.migrateDevicePages(src: rig.src, dst: rig.dst, npages: 1)
@@ -232,7 +235,10 @@ private final class CheckedRig {
         let rig = try CheckedRig()
         var args = rig.args()
         args.npages = 2
+        let page = rig.mm.pageTableEntry(rig.a).pfn
+        rig.src[0] = MigratePFN(pfn: page).union(.migrate)                      // never collected
         rig.locked { migrateVMAFinalize(&args) }                                // the bug
+        #expect(rig.memory.refcount(page) == 1)                                 // not released
         #expect(rig.rules == [.finalizeWithoutSetup: 1])
         #expect(rig.memory.diagnostics.unlocksOfUnlockedPages == 0)
     }

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Consistency checks of the whole model at a quiescent moment (no migration, fault or
 /// unmap in progress): what must hold between the `struct page` table, the frame
 /// allocator and the page tables, whatever calls came before. The bad-input suite runs
@@ -33,31 +35,36 @@ extension PhysicalMemory {
     }
 
     private func checkEntries(_ mm: AddressSpace, _ vma: VMA, _ tally: inout [PFN: Int32], _ problems: inout [String]) {
-        var address = vma.start
-        while address < vma.end {
-            let pte = mm.pageTable.entry(address)
-            defer { address += UInt64(pageSize) }
-            guard !pte.isNone, !(pte.isPresent && pte.isSpecial) else { continue }
-            let where_ = "va:0x\(String(address, radix: 16))"
-            guard isKnownPFN(pte.pfn) else {
-                problems.append("\(where_): entry names \(pte.pfn), which is not memory")
-                continue
+        mm.pageTable.forEachExistingLeaf(vma.start, vma.end) { base, leaf in
+            for i in 0..<512 {
+                let address = base + UInt64(i) << pageShift
+                guard address >= vma.start, address < vma.end else { continue }
+                checkEntry(leaf[i], address, &tally, &problems)
             }
-            switch pte.kind {
-            case .none: continue
-            case .migration:
-                problems.append("\(where_): migration entry for \(pte.pfn) left behind")
-                continue
-            case .present:
-                if isDevicePrivate(pte.pfn) { problems.append("\(where_): present entry for device-private \(pte.pfn)") }
-            case .devicePrivate:
-                if !isDevicePrivate(pte.pfn) { problems.append("\(where_): device-private entry for \(pte.pfn) of zone \(zone(pte.pfn))") }
-            case .deviceExclusive:
-                break
-            }
-            if refcount(pte.pfn) < 1 { problems.append("\(where_): maps \(pte.pfn), which is free") }
-            tally[pte.pfn, default: 0] += 1
         }
+    }
+
+    private func checkEntry(_ pte: PageTableEntry, _ address: UInt64, _ tally: inout [PFN: Int32], _ problems: inout [String]) {
+        guard !pte.isNone, !(pte.isPresent && pte.isSpecial) else { return }
+        let at = "va:0x\(String(address, radix: 16))"
+        guard isKnownPFN(pte.pfn) else {
+            problems.append("\(at): entry names \(pte.pfn), which is not memory")
+            return
+        }
+        switch pte.kind {
+        case .none: return
+        case .migration:
+            problems.append("\(at): migration entry for \(pte.pfn) left behind")
+            return
+        case .present:
+            if isDevicePrivate(pte.pfn) { problems.append("\(at): present entry for device-private \(pte.pfn)") }
+        case .devicePrivate:
+            if !isDevicePrivate(pte.pfn) { problems.append("\(at): device-private entry for \(pte.pfn) of zone \(zone(pte.pfn))") }
+        case .deviceExclusive:
+            break
+        }
+        if refcount(pte.pfn) < 1 { problems.append("\(at): maps \(pte.pfn), which is free") }
+        tally[pte.pfn, default: 0] += 1
     }
 
     /// RAM frames: free ones are clean and number exactly the allocator's free count.
@@ -84,6 +91,29 @@ extension PhysicalMemory {
         if isPageLocked(pfn) { problems.append("\(pfn): locked at a quiescent moment") }
         if r == 0 && (m != 0 || mapping(pfn) != 0) { problems.append("\(pfn): free but mapcount \(m), mapping \(mapping(pfn))") }
         if m > 0 && tally[pfn] == nil { problems.append("\(pfn): mapcount \(m) but no entry maps it") }
+    }
+}
+
+extension PageTable {
+    /// Calls `body(leafBase, leaf)` for every existing leaf overlapping `[start, end)`,
+    /// skipping empty subtrees (a huge, sparse VMA costs what is populated).
+    func forEachExistingLeaf(_ start: UInt64, _ end: UInt64, _ body: (UInt64, PTETable) -> Void) {
+        walk(root, shift: 39, base: 0, start, end, body)
+    }
+
+    private func walk(_ node: UnsafeMutablePointer<Synchronization.Atomic<UInt>>, shift: UInt64, base: UInt64,
+                      _ start: UInt64, _ end: UInt64, _ body: (UInt64, PTETable) -> Void) {
+        for i in 0..<512 {
+            let lo = base + UInt64(i) << shift
+            guard lo < end, lo + (1 << shift) > start else { continue }
+            let bits = node[i].load(ordering: .acquiring)
+            guard bits != 0 else { continue }
+            if shift == 21 {
+                body(lo, Unmanaged<PTETable>.fromOpaque(UnsafeRawPointer(bitPattern: bits)!).takeUnretainedValue())
+            } else {
+                walk(UnsafeMutablePointer(bitPattern: bits)!, shift: shift - 9, base: lo, start, end, body)
+            }
+        }
     }
 }
 

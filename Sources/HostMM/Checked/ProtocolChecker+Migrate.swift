@@ -19,6 +19,9 @@ extension ProtocolChecker {
         var npages: Int
         /// The sessions the arrays cover.
         var sessions: [Session]
+
+        /// `npages` bounded by the arrays: what the checks may index.
+        func count(_ src: Entries, _ dst: Entries) -> Int { max(0, min(npages, src.count, dst.count)) }
     }
 
     private static let stride = MemoryLayout<MigratePFN>.stride
@@ -78,18 +81,22 @@ extension ProtocolChecker {
                         without: ProtocolRule, _ site: CallSite, _ found: inout [ProtocolViolation]) -> StepPlan {
         guard let p = src.baseAddress, npages >= 0 else { return StepPlan(run: true, npages: npages, sessions: []) }
         let base = UInt(bitPattern: p)
-        let (live, finished) = sessions.find(base, base + UInt(max(npages, 1) * Self.stride))
+        let extent = max(min(npages, src.count), 1)   // never past the buffer, whatever npages says
+        let (live, finished) = sessions.find(base, base + UInt(extent * Self.stride))
         guard let first = live.first else {
+            // Without a migration in progress, entries still marked MIGRATE are either left
+            // over from a finalized one or never came from a setup: the step must not touch
+            // them. Arrays with none (a step after a setup that failed or collected nothing)
+            // are a no-op, as in the kernel.
+            let armed = (0..<min(npages, src.count)).contains { src[$0].contains(.migrate) }
+            guard armed else { return StepPlan(run: true, npages: npages, sessions: []) }
             if let old = finished.first(where: { $0.collected > 0 }) {
                 found.append(report(twice, pfn: nil, address: old.start, site: site,
                                     "the migration set up at \(old.site) was already finalized; skipped"))
-                return StepPlan(run: false, npages: 0, sessions: [])
+            } else {
+                found.append(report(without, pfn: nil, address: nil, site: site,
+                                    "no setup prepared these arrays (\(npages) entries); skipped"))
             }
-            // No entries (a step after a setup that failed: a no-op, as in the kernel), or
-            // arrays whose setup collected nothing: nothing to check or to do wrong.
-            if npages == 0 || !finished.isEmpty { return StepPlan(run: true, npages: npages, sessions: []) }
-            found.append(report(without, pfn: nil, address: nil, site: site,
-                                "no setup prepared these arrays (\(npages) entries); skipped"))
             return StepPlan(run: false, npages: 0, sessions: [])
         }
         var n = npages
@@ -123,7 +130,7 @@ extension ProtocolChecker {
             let off = s.offset(in: base)
             s.checksums.removeAll { c in
                 let i = off + Int(c.index)
-                guard i >= 0, i < plan.npages, src[i].contains(.migrate), src[i].page == c.pfn,
+                guard i >= 0, i < min(plan.npages, src.count), src[i].contains(.migrate), src[i].page == c.pfn,
                       let bytes = memory.bytes(c.pfn) else { return true }
                 if pageChecksum(bytes) == c.sum { return false }
                 let va = s.start.map { $0 + UInt64(c.index) << pageShift } ?? memory.virtualAddress(of: c.pfn)
@@ -140,7 +147,7 @@ extension ProtocolChecker {
                                    _ site: CallSite, _ found: inout [ProtocolViolation]) -> Bool {
         var fatal = false
         var seen = Set<PFN>()
-        for i in 0..<plan.npages {
+        for i in 0..<plan.count(src, dst) {
             guard let page = dst[i].page else { continue }
             let va = address(plan, src, i, memory)
             guard memory.isValid(page), memory.refcount(page) > 0 else {
@@ -202,7 +209,7 @@ extension ProtocolChecker {
         let base = UInt(bitPattern: src.baseAddress!)
         for s in plan.sessions where s.phase == .setUp {
             let off = s.offset(in: base)
-            let lo = max(off, 0), hi = min(off + s.count, plan.npages)
+            let lo = max(off, 0), hi = min(off + s.count, plan.count(src, dst))
             var restored = 0
             for i in lo ..< max(lo, hi) where dst[i].page != nil && src[i].contains(.migrate) {
                 src[i].remove(.migrate)
@@ -219,7 +226,7 @@ extension ProtocolChecker {
                                         _ site: CallSite) {
         let set = currentOracles
         guard !set.isEmpty else { return }
-        for i in 0..<plan.npages {
+        for i in 0..<plan.count(src, dst) {
             let target = dst[i].page.flatMap { memory.isKnownPFN($0) ? $0 : nil }
             if let d = target {
                 let dir = copiesInFlight(d, set)

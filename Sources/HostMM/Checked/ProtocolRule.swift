@@ -35,12 +35,13 @@ public enum ProtocolRule: String, CaseIterable, Sendable, CustomStringConvertibl
 
     // MARK: Order of the three steps
 
-    /// The pages step ran on arrays (with entries) that no setup (`migrate_vma_setup` /
-    /// `migrate_device_range`) prepared. With `npages == 0` it is a no-op and not reported.
+    /// The pages step ran on arrays with entries marked MIGRATE that no setup
+    /// (`migrate_vma_setup` / `migrate_device_range`) prepared; the step is skipped. Arrays
+    /// without such entries (after a setup that failed) make it a no-op, not reported.
     case pagesWithoutSetup = "pages-without-setup"
     /// The pages step ran twice on one migration (or after its finalize).
     case pagesTwice = "pages-twice"
-    /// Finalize ran on arrays (with entries) that no setup prepared.
+    /// Finalize ran on arrays with entries marked MIGRATE that no setup prepared; skipped.
     case finalizeWithoutSetup = "finalize-without-setup"
     /// Finalize ran with destinations set but without the pages step, which moves the
     /// `struct page` state: the new pages would be mapped with no mapping of their own.
