@@ -16,7 +16,8 @@ import SystemPackage
 /// Batch size: at most `maxBatch` descriptors may be pending; one more throws
 /// `.batchFull` (nothing is split behind your back: size bursts with
 /// `capacity`). The backend does split a batch into as many ring operations as
-/// IOV_MAX and the 1 GiB per-operation limit need.
+/// IOV_MAX, the 1 GiB per-operation limit and the stripe units of the VRAM pools
+/// need; each descriptor is still reported once, on its ticket.
 ///
 /// Threads: every method may be called from any thread; enqueue and submit
 /// serialise on the channel's submit lock. A batch is whatever was enqueued,

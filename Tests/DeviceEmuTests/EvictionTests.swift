@@ -1,6 +1,7 @@
 import DMAEngine
 import DeviceEmu
 import HostMM
+import Synchronization
 import Testing
 
 @Suite struct EvictionTests {
@@ -93,5 +94,62 @@ import Testing
         #expect(lru.coldToHot == [1, 3, 5])   // offered victims go to the hot end
         lru.pageFreed(99)
         #expect(lru.residentCount == 3)
+    }
+}
+
+@Suite(.timeLimit(.minutes(1))) struct EvictionStressTests {
+    /// A migrating thread keeps pulling quarters of a range four times VRAM's size into
+    /// VRAM (evicting the others) while a CPU thread reads and writes random pages.
+    @Test func evictionUnderPressureRacesCPUTrafficWithoutLosingAByte() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.batchPages = 64
+        let gpu = try makeDevice(memory, vramMiB: 2, backend: .ioUring, policy: policy)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let pages = 2048
+        let a = try mm.mmap(length: pages * pageSize)
+        try PagePattern(seed: 55).fill(mm, a, pages: pages)
+        let bad = Atomic<Int>(0)
+        let stop = Atomic<Bool>(false)
+        // The CPU stamps a counter into the first word of random pages and checks it back.
+        let writer = TestThread {
+            var rng = SystemRandomNumberGenerator()
+            var expected = [UInt64](repeating: 0, count: pages)
+            var n: UInt64 = 0
+            while !stop.load(ordering: .relaxed) && n < 20_000 {
+                n += 1
+                let p = Int.random(in: 0..<pages, using: &rng)
+                let addr = a + UInt64(p * pageSize)
+                do {
+                    if expected[p] != 0, try mm.read(at: addr, count: 8) != withUnsafeBytes(of: expected[p], Array.init) {
+                        bad.add(1, ordering: .relaxed)
+                    }
+                    try mm.write(at: addr, bytes: withUnsafeBytes(of: n, Array.init))
+                    expected[p] = n
+                } catch { bad.add(1, ordering: .relaxed) }
+            }
+        }
+        for round in 0..<12 {
+            let quarter = round % 4
+            try gpu.migrateToDevice(mm, range: range(a + UInt64(quarter * 512 * pageSize), pages: 512))
+        }
+        stop.store(true, ordering: .relaxed)
+        let joined = writer.join(seconds: 30)
+        #expect(joined, "the CPU thread is stuck")
+        guard joined else { return }
+        #expect(bad.load(ordering: .relaxed) == 0)
+        #expect(gpu.counters[.pagesEvicted] > 0 && gpu.counters[.cpuFaults] > 0)
+        // Everything past the first word still holds the original pattern.
+        let pattern = PagePattern(seed: 55)
+        var intact = 0
+        for p in 0..<pages {
+            var page = try mm.read(at: a + UInt64(p * pageSize), count: pageSize)
+            let original = pattern.page(p)
+            page.replaceSubrange(0..<8, with: original[0..<8])
+            if page == original { intact += 1 }
+        }
+        #expect(intact == pages)
+        #expect(memory.diagnostics.unlocksOfUnlockedPages == 0 && memory.diagnostics.refcountUnderflowCount == 0)
     }
 }

@@ -68,7 +68,9 @@ import Testing
         try PagePattern(seed: 93).fill(mm, a, pages: 16)
         try gpu.migrateToDevice(mm, range: range(a, pages: 8))
         let again = try gpu.migrateToDevice(mm, range: range(a, pages: 16))
-        #expect(again.migrated == 8 && again.collected == 8)
+        #expect(again.migrated == 8 && again.collected == 8 && again.pages == 16)
+        let nothing = try gpu.migrateToDevice(mm, range: range(a, pages: 16))
+        #expect(nothing.pages == 16 && nothing.collected == 0 && nothing.batches == 0)
         #expect(gpu.vram.inUsePageCount == 16)
         #expect(try PagePattern(seed: 93).cpuMismatches(mm, a, pages: 16).isEmpty)
     }

@@ -186,3 +186,38 @@ import Testing
         #expect(gpu.policy.batchPages == 128)
     }
 }
+
+@Suite struct BackendRoundTripTests {
+    enum Backend: String, CaseIterable, Sendable {
+        case iouring, memcpy, mapped
+        var kind: CopyBackendKind {
+            switch self {
+            case .iouring: return .ioUring
+            case .memcpy: return .memcpy
+            case .mapped: return .mappedWorkers(threads: 2)
+            }
+        }
+    }
+
+    /// The whole round trip on each copy backend, pipelined: to VRAM, GPU check, back by faults.
+    @Test(arguments: Backend.allCases)
+    func roundTrip(backend: Backend) throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.pipelineDepth = 2
+        policy.batchPages = 128
+        policy.cpuFaultGranularity = .faultAround(pages: 8)
+        let gpu = try makeDevice(memory, vramMiB: 8, backend: backend.kind, policy: policy)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let pages = 1536
+        let a = try mm.mmap(length: pages * pageSize)
+        let pattern = PagePattern(seed: 9)
+        try pattern.fill(mm, a, pages: pages)
+        let space = try gpu.bind(mm)
+        #expect(try gpu.migrateToDevice(mm, range: range(a, pages: pages)).migrated == pages)
+        #expect(try pattern.gpuMismatches(space, a, pages: pages).isEmpty)
+        #expect(try pattern.cpuMismatches(mm, a, pages: pages).isEmpty)
+        #expect(gpu.counters[.cpuFaults] == pages / 8 && gpu.vram.inUsePageCount == 0)
+    }
+}

@@ -13,9 +13,9 @@ struct ScenarioRegistry: Sendable {
     /// Every scenario of the tool. The copy, mm and migrate scenarios are added here as they land.
     static let standard = ScenarioRegistry([
         MemcpyScenario(),
+        CopyBenchScenario(),
         MMBenchScenario(),
         MigrateScenario(),
-        CopyBenchScenario(),
         TortureScenario(),
     ])
 

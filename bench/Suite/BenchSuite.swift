@@ -24,10 +24,10 @@ struct BenchSuite: Sendable {
     /// migrate entries are added here as those scenarios land.
     static let standard = BenchSuite(name: "standard", entries: [
         Entry("memcpy", "page-size=4K,64K,2M"),
-        Entry("mm", "pages=64K"),
-        Entry("migrate", "backend=iouring,mapped pipeline=2 fault-backend=same,memcpy"),
         // h2d, d2h and d2d per point (128M, median of 3 passes): ~11 s in release on the 2-core reference machine.
         Entry("copy", "page-size=4K,64K coalesce=on,off"),
+        Entry("mm", "pages=64K"),
+        Entry("migrate", "backend=iouring,mapped batch=2048 pipeline=2 fault-backend=same,memcpy"),
     ])
 
     /// The jobs of every entry, checked against `registry` (unknown scenarios or keys, bad values).

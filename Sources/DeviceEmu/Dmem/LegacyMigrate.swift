@@ -154,6 +154,8 @@ extension Device {
         if ops.fence != nil {
             emit(.finalizeEnd, .toDevice, batch: batch, seqno: ops.fence?.seqno ?? 0, address: start, pages: ops.result.migrated)
         }
+        // migrateVMA calls no callback when setup collected nothing: the range was walked anyway.
+        if ops.result.pages == 0 { ops.result.pages = Int((end - start) >> 12) }
         counters.add(.pagesToDevice, ops.result.migrated)
         counters.add(.holesPopulated, ops.result.holes)
         if let error = ops.error { throw error }
