@@ -86,12 +86,16 @@ public final class DeviceMemory: @unchecked Sendable {
 
     /// Creates the pools and registers them with `engine`; no chunk is registered yet.
     /// - Throws: `.invalidArgument` for sizes that do not divide as documented,
+    ///   `.outOfMemory` for more pages than `memory` has device PFNs for (`maxDevicePages`),
     ///   `.dma` if a pool cannot be created.
     public init(memory: PhysicalMemory, engine: DMAEngine, configuration: Configuration,
                 owner: PgmapOwner, ops: any DevicePagemapOps) throws(DeviceError) {
         let c = configuration
         guard c.size > 0, c.chunkSize > 0, c.chunkSize % pageSize == 0, c.size % c.chunkSize == 0,
               c.poolSize >= c.chunkSize, c.poolSize % c.chunkSize == 0 else { throw .invalidArgument }
+        // More VRAM than HostMM has device PFNs for could never be registered: refuse it
+        // before creating (and populating) pools for it.
+        guard c.size / pageSize <= memory.maxPFN - memory.ramPageCount else { throw .outOfMemory }
         self.memory = memory
         self.configuration = c
         self.owner = owner
