@@ -22,4 +22,22 @@ import Testing
         #expect(ContinuousClock.now - t0 < .seconds(30))   // a bound on a hang, not a speed target
         _ = try Device(memory: memory, configuration: .init(vramSize: 8 << 20, backend: .memcpy))
     }
+
+    /// dmirror commands with a negative page count passed the wrap check at low addresses
+    /// (`address < address + npages << 12` in wrapping arithmetic) and trapped later,
+    /// building an Array of negative count; `checkExclusive` walked every page of any range.
+    @Test func mirrorCommandsRefuseNegativeCountsAndHugeRangesStayCheap() throws {
+        let memory = try PhysicalMemory(ramBytes: 16 << 20, maxDevicePages: 1 << 12, checked: .off)
+        let device = try MirrorDevice(memory: memory, configuration: .init(vramSize: 2 << 20, chunkSize: 2 << 20))
+        let mm = AddressSpace(memory: memory)
+        let mirror = try device.open(mm)
+        for n in [-1, -2, Int.min] {
+            #expect(throws: MirrorError.invalidArgument) { try mirror.snapshot(0, npages: n) }
+            #expect(throws: MirrorError.invalidArgument) { try mirror.checkExclusive(0, npages: n) }
+            #expect(throws: MirrorError.invalidArgument) { try mirror.migrateToSystem(4096, npages: n) }
+        }
+        #expect(try mirror.checkExclusive(0, npages: 1 << 40) == MirrorResult(cpages: 0, faults: 0))
+        mirror.close()
+        device.shutdown()
+    }
 }
