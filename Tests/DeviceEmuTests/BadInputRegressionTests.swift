@@ -40,4 +40,23 @@ import Testing
         mirror.close()
         device.shutdown()
     }
+
+    /// `DeviceMemory.freePage` (and so `Device.pageFree`, public as a pgmap callback) put a
+    /// page that still had references on the free list: two later allocations could get
+    /// it while its owner still used it. Such a page is now counted and ignored.
+    @Test func freeingAPageStillInUseIsIgnoredAndCounted() throws {
+        let memory = try PhysicalMemory(ramBytes: 16 << 20, maxDevicePages: 1 << 12, checked: .off)
+        let gpu = try Device(memory: memory, configuration: .init(vramSize: 2 << 20, backend: .memcpy))
+        let page = try #require(gpu.vram.allocPage())
+        let free = gpu.vram.freePageCount
+        gpu.vram.freePage(page)                                                  // still referenced
+        gpu.pageFree(page, pagemap: try #require(memory.pagemap(of: page)))
+        #expect(gpu.vram.freePageCount == free && gpu.vram.strayFreeCount == 2)
+        #expect(gpu.checkInvariants().isEmpty)
+        var others: [PFN] = []
+        while let p = gpu.vram.allocPage() { others.append(p) }
+        #expect(!others.contains(page))
+        for p in others + [page] { memory.unlockPage(p); memory.putPage(p) }
+        try gpu.shutdown()
+    }
 }

@@ -171,9 +171,10 @@ public final class DeviceMemory: @unchecked Sendable {
     }
 
     /// Returns a page to the free list; call it from the pgmap's `pageFree`
-    /// (the page's refcount is 0 then). PFNs of other memory are counted and ignored.
+    /// (the page's refcount is 0 then). PFNs of other memory, and pages that still have
+    /// references (a later allocation would hand out a page in use), are counted and ignored.
     public func freePage(_ pfn: PFN) {
-        guard table.chunkIndex(of: pfn) != nil else {
+        guard table.chunkIndex(of: pfn) != nil, memory.refcount(pfn) == 0 else {
             strayFrees.add(1, ordering: .relaxed)
             return
         }
