@@ -61,7 +61,9 @@ final class InFlightTracker: @unchecked Sendable {
 
     /// How copies whose fences have not signalled touch `[offset, offset + length)` of `region`.
     func access(_ region: RegionID, offset: Int, length: Int) -> InFlightAccess {
-        let probe = Span(region: region.rawValue, start: offset, end: offset + max(length, 1))
+        guard offset >= 0, length >= 0 else { return [] }
+        let (end, overflow) = offset.addingReportingOverflow(max(length, 1))
+        let probe = Span(region: region.rawValue, start: offset, end: overflow ? Int.max : end)
         return lock.withLock {
             records.removeAll { $0.fence.isSignaled }
             var out: InFlightAccess = []
