@@ -18,7 +18,8 @@ struct DmemBench: ParsableCommand {
               dmem-bench run memcpy --sweep batch=1,64,512 page-size=4K,2M
               dmem-bench run memcpy --trace t.json   timeline for Perfetto UI
             """,
-        subcommands: [SuiteCommand.self, RunCommand.self, ListCommand.self, CopyCommand.self, MMCommand.self, MigrateCommand.self],
+        subcommands: [SuiteCommand.self, RunCommand.self, ListCommand.self, CopyCommand.self, MMCommand.self, MigrateCommand.self,
+                      TortureCommand.self],
         defaultSubcommand: SuiteCommand.self
     )
 }

@@ -38,6 +38,8 @@ public final class DMAChannel: @unchecked Sendable {
     let timeline: ChannelTimeline
     /// Set by the backend when its queue fails for good (see `ChannelHealth`).
     public let health: ChannelHealth
+    /// The engine's in-flight record (nil unless the engine tracks in-flight copies).
+    private let inFlight: InFlightTracker?
     private let regions: RegionTable
     private let pool: DescriptorPool
     private let submitLock = NIOLock()
@@ -51,8 +53,9 @@ public final class DMAChannel: @unchecked Sendable {
     private var stats = ChannelStatistics()
 
     init(id: Int, name: String, maxBatch: Int, statusHistory: Int, regions: RegionTable, backend: any CopyBackend,
-         health: ChannelHealth) {
+         health: ChannelHealth, inFlight: InFlightTracker? = nil) {
         self.id = id
+        self.inFlight = inFlight
         self.health = health
         self.name = name
         self.maxBatch = maxBatch
@@ -161,6 +164,7 @@ public final class DMAChannel: @unchecked Sendable {
         if count == 0 {
             timeline.fenceWorkDone(fence)
         } else {
+            if let inFlight { inFlight.track(fence, UnsafeBufferPointer(rebasing: fence.descriptors[0..<count])) }
             let ops = backend.execute(CopyBatch(fence: fence, base: UnsafePointer(fence.descriptors.baseAddress!),
                                                 indices: 0..<count))
             stats.batches += 1

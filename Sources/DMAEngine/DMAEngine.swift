@@ -23,6 +23,9 @@ public final class DMAEngine: @unchecked Sendable {
         public var maxBatch: Int = 4096
         /// How many of a channel's latest completed tickets `DMAChannel.status(of:)` can still report on.
         public var statusHistory: Int = 1 << 16
+        /// Record what submitted work reads and writes until its fence signals, for
+        /// `DMAEngine.copiesInFlight(at:length:)` (checked mode). Off: one branch per submit.
+        public var tracksInFlightCopies = false
         public var logger = Logger(label: "dmem.dma")
 
         public init(backend: CopyBackendKind = .ioUring, queueDepth: Int = 64, coalescing: Bool = true,
@@ -40,6 +43,8 @@ public final class DMAEngine: @unchecked Sendable {
 
     public let configuration: Configuration
     let regions = RegionTable()
+    /// Submitted work by region until its fence signals (nil unless `tracksInFlightCopies`).
+    let inFlight: InFlightTracker?
     private let lock = NIOLock()
     // Guarded by `lock`:
     private var channels: [DMAChannel] = []
@@ -60,6 +65,7 @@ public final class DMAEngine: @unchecked Sendable {
         }
         if configuration.backend.usesIOURing { _ = try IOURing(entries: 2) }
         self.configuration = configuration
+        inFlight = configuration.tracksInFlightCopies ? InFlightTracker() : nil
     }
 
     deinit { shutdown() }
@@ -168,7 +174,7 @@ public final class DMAEngine: @unchecked Sendable {
         let made = try (backend ?? configuration.backend).make(settings)
         let channel = DMAChannel(id: id, name: name ?? "ch\(id)", maxBatch: configuration.maxBatch,
                                  statusHistory: configuration.statusHistory, regions: regions, backend: made,
-                                 health: settings.health)
+                                 health: settings.health, inFlight: inFlight)
         let accepted = lock.withLock { () -> Bool in
             guard !isShutDown else { return false }
             channels.append(channel)

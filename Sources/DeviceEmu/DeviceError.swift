@@ -65,6 +65,7 @@ extension HostMMError {
         case .outOfMemory: return .noMemory
         case .notSupported: return .notSupported
         case .mmapLockNotHeld: return .invalidArgument
+        case .protocolViolation: return .invalidArgument
         }
     }
 }

@@ -23,6 +23,9 @@ public enum HostMMError: Error, Equatable, Sendable {
     case segmentationFault(address: UInt64, reason: SegvReason)
     /// `SIGBUS`: the fault handler (e.g. a driver's `migrateToRAM`) returned `VM_FAULT_SIGBUS`.
     case busError(address: UInt64)
+    /// Checked mode (with `CheckedMode.throwsViolations`): the call broke a protocol rule
+    /// and changed nothing. The kernel has no errno for it (it would corrupt or leak).
+    case protocolViolation(ProtocolViolation)
 
     /// Why a `SIGSEGV` was raised (`SEGV_MAPERR` versus `SEGV_ACCERR`).
     public enum SegvReason: Sendable, Equatable {

@@ -60,7 +60,10 @@ final class TestDevice: DevicePagemapOps, @unchecked Sendable {
             guard args.cpages > 0 else { return .done }
             afterFaultSetup?()
             if let page = src[0].page, src[0].contains(.migrate) {
-                guard let ram = memory.allocPage() else { return .oom }
+                guard let ram = memory.allocPage() else {
+                    migrateVMAFinalize(&args)   // restore before failing: never leave the page locked
+                    return .oom
+                }
                 memory.lockPage(ram)
                 memcpy(memory.bytes(ram)!, bytes(page), pageSize)
                 dst[0] = MigratePFN(pfn: ram)

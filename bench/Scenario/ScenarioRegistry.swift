@@ -16,6 +16,7 @@ struct ScenarioRegistry: Sendable {
         CopyBenchScenario(),
         MMBenchScenario(),
         MigrateScenario(),
+        TortureScenario(),
     ])
 
     var names: [String] { scenarios.map(\.name) }

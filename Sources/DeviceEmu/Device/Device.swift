@@ -77,6 +77,10 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     public let eviction: any EvictionPolicy
 
     let observer: (any MigrationObserver)?
+    /// Checked mode only: what the device page tables of every bound space map.
+    let reverseMappings: ReverseMappings?
+    /// Checked mode only: the engine's in-flight copies, by PFN (registered with the checker).
+    let copyOracle: EngineCopyOracle?
     let hostRegion: RegionID
     let channels: ChannelPool
     /// Channels for CPU faults (the same pool as `channels` unless `faultBackend` is set).
@@ -108,7 +112,7 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         let c = configuration
         ownsEngine = engine == nil
         let made: DMAEngine
-        if let given = engine { made = given } else { made = try Self.makeEngine(c) }
+        if let given = engine { made = given } else { made = try Self.makeEngine(c, tracking: memory.checker != nil) }
         guard c.policy.isValid(maxBatch: made.configuration.maxBatch) else {
             if ownsEngine { made.shutdown() }
             throw .invalidArgument
@@ -119,6 +123,7 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         owner = PgmapOwner(ownerToken)
         observer = c.observer
         isCoherent = c.memoryType == .deviceCoherent
+        reverseMappings = memory.checker != nil ? ReverseMappings() : nil
         policyBox = NIOLockedValueBox(c.policy)
         do {
             hostRegion = try made.registerHostMemory(
@@ -128,6 +133,8 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
                                 configuration: .init(size: c.vramSize, chunkSize: c.chunkSize, poolSize: c.poolSize,
                                                      type: c.memoryType, name: c.name),
                                 owner: owner, ops: forwarder)
+        copyOracle = memory.checker == nil ? nil
+            : EngineCopyOracle(memory: memory, engine: made, hostRegion: hostRegion, deviceMemories: [vram])
         let bulk = try ChannelPool(engine: made, backend: c.backend, name: "dmem")
         channels = bulk
         faultChannels = try c.faultBackend.map { kind throws(DeviceError) in try ChannelPool(engine: made, backend: kind, name: "fault") } ?? bulk
@@ -139,6 +146,7 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
             .withMemoryRebound(to: Synchronization.Atomic<UInt64>.self, capacity: max(vram.pageCount, 1)) { $0 }
         forwarder.memory = vram
         forwarder.target = self
+        registerWithChecker()
     }
 
     /// A device dropped without `shutdown()` tears itself down (best effort: pages that
@@ -149,8 +157,9 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         residentSince.deallocate()
     }
 
-    private static func makeEngine(_ c: Configuration) throws(DeviceError) -> DMAEngine {
+    private static func makeEngine(_ c: Configuration, tracking: Bool) throws(DeviceError) -> DMAEngine {
         var ec = DMAEngine.Configuration(maxBatch: max(4096, c.policy.batchPages))
+        ec.tracksInFlightCopies = tracking  // checked mode asks which copies are in flight
         if let backend = c.backend { ec.backend = backend }
         do { return try DMAEngine(configuration: ec) } catch { throw .dma(error) }
     }

@@ -80,15 +80,22 @@ public final class DeviceMemory: @unchecked Sendable {
     private var isRetired = false
     /// Pages handed back that were not ours, or taken while still in use (protocol errors).
     private let strayFrees = Synchronization.Atomic<Int>(0)
+    /// Checked mode only (nil otherwise): which pages (dense index) are on the free list,
+    /// to catch a page handed back twice. Guarded by `lock`.
+    var freeBits: FreeBitmap?
 
     /// Creates the pools and registers them with `engine`; no chunk is registered yet.
     /// - Throws: `.invalidArgument` for sizes that do not divide as documented,
+    ///   `.outOfMemory` for more pages than `memory` has device PFNs for (`maxDevicePages`),
     ///   `.dma` if a pool cannot be created.
     public init(memory: PhysicalMemory, engine: DMAEngine, configuration: Configuration,
                 owner: PgmapOwner, ops: any DevicePagemapOps) throws(DeviceError) {
         let c = configuration
         guard c.size > 0, c.chunkSize > 0, c.chunkSize % pageSize == 0, c.size % c.chunkSize == 0,
               c.poolSize >= c.chunkSize, c.poolSize % c.chunkSize == 0 else { throw .invalidArgument }
+        // More VRAM than HostMM has device PFNs for could never be registered: refuse it
+        // before creating (and populating) pools for it.
+        guard c.size / pageSize <= memory.maxPFN - memory.ramPageCount else { throw .outOfMemory }
         self.memory = memory
         self.configuration = c
         self.owner = owner
@@ -112,6 +119,7 @@ public final class DeviceMemory: @unchecked Sendable {
         self.pools = pools
         table = ChunkTable(memory: memory, capacity: maxChunks, chunkPages: chunkPageCount)
         freeStack = .allocate(capacity: pageCount)
+        if memory.checker != nil { freeBits = FreeBitmap(pages: pageCount) }
     }
 
     deinit {
@@ -133,6 +141,7 @@ public final class DeviceMemory: @unchecked Sendable {
                 for _ in 0..<take {
                     freeCount -= 1
                     out[n] = freeStack[freeCount]
+                    if freeBits != nil { checkedTake(out[n]) }
                     n += 1
                 }
             }
@@ -162,17 +171,22 @@ public final class DeviceMemory: @unchecked Sendable {
     }
 
     /// Returns a page to the free list; call it from the pgmap's `pageFree`
-    /// (the page's refcount is 0 then). PFNs of other memory are counted and ignored.
+    /// (the page's refcount is 0 then). PFNs of other memory, and pages that still have
+    /// references (a later allocation would hand out a page in use), are counted and ignored.
     public func freePage(_ pfn: PFN) {
-        guard table.chunkIndex(of: pfn) != nil else {
+        guard table.chunkIndex(of: pfn) != nil, memory.refcount(pfn) == 0 else {
             strayFrees.add(1, ordering: .relaxed)
             return
         }
-        lock.withLock {
-            guard !isRetired, freeCount < pageCount else { return }
+        let twice = lock.withLock { () -> Bool in
+            guard !isRetired else { return false }
+            if freeBits != nil, !checkedGiveBack(pfn) { return true }
+            guard freeCount < pageCount else { return false }
             freeStack[freeCount] = pfn
             freeCount += 1
+            return false
         }
+        if twice { reportFreedTwice(pfn) }
     }
 
     /// Registers the next chunk (the lock is held). False when VRAM is fully registered
@@ -199,6 +213,7 @@ public final class DeviceMemory: @unchecked Sendable {
             freeStack[freeCount] = pagemap.firstPFN + k
             freeCount += 1
         }
+        freeBits?.setRange(index * chunkPageCount ..< (index + 1) * chunkPageCount)
         return true
     }
 
@@ -212,6 +227,8 @@ public final class DeviceMemory: @unchecked Sendable {
     public var availablePageCount: Int {
         lock.withLock { isRetired ? 0 : freeCount + (maxChunks - chunkList.count) * chunkPageCount }
     }
+    /// The pages on the free list (for invariant checks; takes the lock).
+    var freeListSnapshot: [PFN] { lock.withLock { (0..<freeCount).map { freeStack[$0] } } }
     /// The chunks registered so far, in registration order.
     public var chunks: [Chunk] { lock.withLock { chunkList } }
     /// `freePage` calls for foreign PFNs and pages found in use when allocated: 0 in a correct driver.
@@ -221,19 +238,33 @@ public final class DeviceMemory: @unchecked Sendable {
     /// from the copy engine; afterwards the memory hands out nothing (the pools' mappings
     /// stay valid while this object lives). Idempotent.
     /// - Throws: `.busy` (nothing unregistered) while any device page is still in use.
-    public func retire() throws(DeviceError) {
+    ///   In checked mode each page still in use (or lost by the driver) is reported as a
+    ///   `devicePageLeaked` violation.
+    public func retire(fileID: StaticString = #fileID, line: UInt = #line) throws(DeviceError) {
+        var leakCheck: (chunks: [Chunk], free: FreeBitmap)?
         lock.lock()
-        defer { lock.unlock() }
-        guard !isRetired else { return }
-        guard freeCount == chunkList.count * chunkPageCount else { throw .busy }
+        let outcome = retireLocked(&leakCheck)
+        lock.unlock()
+        if let leakCheck { reportLeaks(leakCheck.chunks, leakCheck.free, fileID: fileID, line: line) }
+        try outcome.get()
+    }
+
+    /// The body of `retire` (the lock is held); hands back what a leak report needs.
+    private func retireLocked(_ leakCheck: inout (chunks: [Chunk], free: FreeBitmap)?) -> Result<Void, DeviceError> {
+        guard !isRetired else { return .success(()) }
+        guard freeCount == chunkList.count * chunkPageCount else {
+            if let freeBits { leakCheck = (chunkList, freeBits) }
+            return .failure(.busy)
+        }
         while let chunk = chunkList.last {
-            do { try memory.unregisterPagemap(chunk.pagemap) } catch { throw .busy }
+            do { try memory.unregisterPagemap(chunk.pagemap) } catch { return .failure(.busy) }
             chunkList.removeLast()
         }
         table.clear()
         freeCount = 0
         isRetired = true
         for pool in pools { try? engine.unregister(pool.region) }
+        return .success(())
     }
 
     // MARK: Translation (lock-free)

@@ -39,6 +39,7 @@ public final class Mirror: @unchecked Sendable {
         self.device = device
         self.mm = mm
         self.id = id
+        if let shared = device.reverseMappings { table.trackReverseMappings(in: shared) }
         let ops = MirrorInvalidator()
         do {
             notifier = try mm.notifiers.insert(start: 0, length: Self.addressLimit, ops: ops)
@@ -58,8 +59,10 @@ public final class Mirror: @unchecked Sendable {
         }
         guard !already else { return }
         notifier.remove()
-        device.evictAll()
+        // Emptied before the eviction (as the kernel's xa_destroy follows the notifier's
+        // removal): without its notifier the table would keep entries of evicted pages.
         lock.withLock { table.removeAll() }
+        device.evictAll()
         device.forget(id)
     }
 

@@ -73,6 +73,8 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
     private let mirrors = NIOLockedValueBox<[UInt64: WeakMirror]>([:])
     private let nextMirrorID = Atomic<UInt64>(1)
     private let isShutDown = Atomic<Bool>(false)
+    /// Checked mode only: what every mirror's page table maps (see `DeviceMappingOracle`).
+    let reverseMappings: ReverseMappings?
 
     /// Creates the device. Its memory pools are registered with `engine` (a memcpy-backed
     /// engine of its own when nil); page copies are CPU copies, as test_hmm's are.
@@ -94,6 +96,7 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
         self.configuration = c
         owner = PgmapOwner(ownerToken)
         rangeTimeoutNanoseconds = MonotonicTime.nanoseconds(c.rangeTimeout)
+        reverseMappings = memory.checker != nil ? ReverseMappings() : nil
         do {
             vram = try DeviceMemory(memory: memory, engine: self.engine,
                                     configuration: .init(size: c.vramSize, chunkSize: c.chunkSize,
@@ -105,6 +108,7 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
             throw error == .invalidArgument ? .invalidArgument : .outOfMemory
         }
         forwarder.target = self
+        memory.checker?.register(self as any DeviceMappingOracle)
     }
 
     deinit { shutdown() }

@@ -44,7 +44,7 @@ public enum MirrorError: Error, Equatable, Sendable, CustomStringConvertible {
     /// of a failed fault become `EFAULT`.
     init(_ e: HostMMError) {
         switch e {
-        case .invalidArgument, .mmapLockNotHeld: self = .invalidArgument
+        case .invalidArgument, .mmapLockNotHeld, .protocolViolation: self = .invalidArgument
         case .busy: self = .busy
         case .fault, .segmentationFault, .busError: self = .fault
         case .permissionDenied: self = .permissionDenied

@@ -47,13 +47,12 @@ extension Mirror {
     @discardableResult
     public func checkExclusive(_ address: UInt64, npages: Int) throws(MirrorError) -> MirrorResult {
         let end = try checkRange(address, npages)
+        // Walk the populated entries, not every address of the range: the range may be
+        // far larger than anything mapped (dmirror_check_atomic's per-page loop, bounded).
         let atomic: Bool = lock.withLock {
-            var a = address
-            while a < end {
-                if table.entry(a).kind == .exclusive { return true }
-                a += UInt64(pageSize)
-            }
-            return false
+            var found = false
+            table.forEachValid { a, e in if a >= address && a < end && e.kind == .exclusive { found = true } }
+            return found
         }
         if atomic { throw .permissionDenied }
         return MirrorResult(cpages: 0, faults: 0)

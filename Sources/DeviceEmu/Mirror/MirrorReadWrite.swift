@@ -7,11 +7,12 @@ import HostMM
 /// `dmirror_write`, `dmirror_fops_unlocked_ioctl`).
 extension Mirror {
     /// The checks every command passes first: an open mirror, a page-aligned `address`,
-    /// and `address < address + (npages << 12)` in wrapping 64-bit arithmetic (so
-    /// `npages == 0`, negative counts and wrap-around are refused). Returns the end.
+    /// a positive `npages`, and `address < address + (npages << 12)` in wrapping 64-bit
+    /// arithmetic (so `npages == 0`, negative counts and wrap-around are refused; a
+    /// negative count used to pass the wrap check at low addresses). Returns the end.
     func checkRange(_ address: UInt64, _ npages: Int) throws(MirrorError) -> UInt64 {
         guard isOpen else { throw .invalidArgument }
-        guard address & 4095 == 0 else { throw .invalidArgument }
+        guard address & 4095 == 0, npages > 0 else { throw .invalidArgument }
         let end = address &+ (UInt64(bitPattern: Int64(npages)) &<< 12)
         guard address < end else { throw .invalidArgument }
         return end

@@ -66,9 +66,14 @@ struct DevicePageTable: ~Copyable {
     private var cachedLeaf: UnsafeMutablePointer<UInt64>?
     /// Valid entries.
     private(set) var count = 0
+    /// Checked mode only: the device's reverse map, kept up to date by every change.
+    private var reverse: ReverseMappings?
 
     deinit {
-        for leaf in leaves.values { leaf.deallocate() }
+        for (key, leaf) in leaves {
+            reverse?.forget(leaf, key)
+            leaf.deallocate()
+        }
     }
 
     @inline(__always)
@@ -97,6 +102,7 @@ struct DevicePageTable: ~Copyable {
         guard let leaf = leaf(address >> 21, create: entry.isValid) else { return }
         let i = Int((address >> 12) & 511)
         let wasValid = leaf[i] & 1 != 0
+        if let reverse { reverse.replace(DevicePageTableEntry(rawValue: leaf[i]), with: entry, at: address) }
         leaf[i] = entry.rawValue
         count += (entry.isValid ? 1 : 0) - (wasValid ? 1 : 0)
     }
@@ -108,11 +114,14 @@ struct DevicePageTable: ~Copyable {
         var removed = 0
         if lastKey - firstKey >= UInt64(leaves.count) {
             for (key, leaf) in leaves where key >= firstKey && key <= lastKey {
+                if let reverse { reverse.forget(leaf, key, start, end) }
                 removed += Self.zapLeaf(leaf, key, start, end)
             }
         } else {
             for key in firstKey...lastKey {
-                if let leaf = leaves[key] { removed += Self.zapLeaf(leaf, key, start, end) }
+                guard let leaf = leaves[key] else { continue }
+                if let reverse { reverse.forget(leaf, key, start, end) }
+                removed += Self.zapLeaf(leaf, key, start, end)
             }
         }
         count -= removed
@@ -151,9 +160,11 @@ struct DevicePageTable: ~Copyable {
     mutating func zap(_ start: UInt64, _ npages: Int, where include: (Int) -> Bool) -> Int {
         guard count > 0 else { return 0 }
         var removed = 0
+        let reverse = self.reverse
         forEachLeaf(start, npages, create: false) { leaf, first, k0, n in
             for j in 0..<n where leaf[first + j] != 0 && include(k0 + j) {
                 if leaf[first + j] & 1 != 0 { removed += 1 }
+                if let reverse { reverse.replace(DevicePageTableEntry(rawValue: leaf[first + j]), with: .none, at: 0) }
                 leaf[first + j] = 0
             }
         }
@@ -164,10 +175,15 @@ struct DevicePageTable: ~Copyable {
     /// Writes `entry(k)` for each page `k` of the run where it is not nil; returns how many.
     mutating func map(_ start: UInt64, _ npages: Int, _ entry: (Int) -> DevicePageTableEntry?) -> Int {
         var written = 0, added = 0
+        let reverse = self.reverse
         forEachLeaf(start, npages, create: true) { leaf, first, k0, n in
             for j in 0..<n {
                 guard let e = entry(k0 + j) else { continue }
                 added += (e.isValid ? 1 : 0) - (leaf[first + j] & 1 != 0 ? 1 : 0)
+                if let reverse {
+                    reverse.replace(DevicePageTableEntry(rawValue: leaf[first + j]), with: e,
+                                    at: start + UInt64(k0 + j) << 12)
+                }
                 leaf[first + j] = e.rawValue
                 written += 1
             }
@@ -177,10 +193,25 @@ struct DevicePageTable: ~Copyable {
     }
 
     mutating func removeAll() {
-        for leaf in leaves.values { leaf.deallocate() }
+        for (key, leaf) in leaves {
+            reverse?.forget(leaf, key)
+            leaf.deallocate()
+        }
         leaves.removeAll()
         cachedKey = .max
         cachedLeaf = nil
         count = 0
     }
+
+    /// Calls `body(address, entry)` for every valid entry (invariant checks).
+    func forEachValid(_ body: (UInt64, DevicePageTableEntry) -> Void) {
+        for (key, leaf) in leaves {
+            for i in 0..<512 where leaf[i] & 1 != 0 {
+                body(key << 21 | UInt64(i) << 12, DevicePageTableEntry(rawValue: leaf[i]))
+            }
+        }
+    }
+
+    /// Checked mode: report every change to `shared` from now on; call on an empty table.
+    mutating func trackReverseMappings(in shared: ReverseMappings) { reverse = shared }
 }

@@ -36,6 +36,7 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
     init(device: Device, mm: AddressSpace) throws(DeviceError) {
         self.device = device
         self.mm = mm
+        if let shared = device.reverseMappings { table.trackReverseMappings(in: shared) }
         do {
             notifier = try mm.notifiers.insert(start: 0, length: Self.addressLimit, ops: self)
         } catch { throw .hostMM(error) }

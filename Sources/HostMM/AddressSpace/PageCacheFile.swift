@@ -17,14 +17,15 @@ public final class PageCacheFile: @unchecked Sendable {
     private let lock = NIOLock()
     private var cache: [Int: PFN] = [:]
 
-    /// Creates an empty (all-zero) file of `pageCount` pages.
+    /// Creates an empty (all-zero) file of `pageCount` pages (a negative count makes an
+    /// empty file; one whose bytes would not fit an `Int` is cut to the largest that does).
     public convenience init(memory: PhysicalMemory, pageCount: Int) {
         self.init(memory: memory, pageCount: pageCount, shmem: false)
     }
 
     init(memory: PhysicalMemory, pageCount: Int, shmem: Bool) {
         self.memory = memory
-        self.pageCount = pageCount
+        self.pageCount = min(max(pageCount, 0), Int.max / pageSize)
         self.isShmem = shmem
         root = memory.roots.create(anon: false)
         root.file = self
@@ -72,8 +73,11 @@ public final class PageCacheFile: @unchecked Sendable {
     }
 
     /// Writes into the file through its page cache (`write(2)`).
+    /// - Throws: `.invalidArgument` for a range outside the file (or past `Int.max`).
     public func write(offset: Int, _ bytes: [UInt8]) throws(HostMMError) {
-        guard offset >= 0, offset + bytes.count <= pageCount * pageSize else { throw .invalidArgument }
+        guard offset >= 0, offset <= pageCount * pageSize, bytes.count <= pageCount * pageSize - offset else {
+            throw .invalidArgument
+        }
         var done = 0
         while done < bytes.count {
             let at = offset + done
@@ -87,8 +91,11 @@ public final class PageCacheFile: @unchecked Sendable {
     }
 
     /// Reads from the file through its page cache (`read(2)`); holes read as zeros.
+    /// - Throws: `.invalidArgument` for a range outside the file (or past `Int.max`).
     public func read(offset: Int, count: Int) throws(HostMMError) -> [UInt8] {
-        guard offset >= 0, count >= 0, offset + count <= pageCount * pageSize else { throw .invalidArgument }
+        guard offset >= 0, count >= 0, offset <= pageCount * pageSize, count <= pageCount * pageSize - offset else {
+            throw .invalidArgument
+        }
         var out = [UInt8](repeating: 0, count: count)
         var done = 0
         while done < count {

@@ -39,7 +39,7 @@ final class PTETable: @unchecked Sendable {
 final class PageTable: @unchecked Sendable {
     /// One past the highest user address (`TASK_SIZE` of a 4-level x86-64 mm).
     static let addressLimit: UInt64 = 1 << 47
-    private let root: UnsafeMutablePointer<Synchronization.Atomic<UInt>>
+    let root: UnsafeMutablePointer<Synchronization.Atomic<UInt>>
 
     init() { root = Self.allocateNode() }
 

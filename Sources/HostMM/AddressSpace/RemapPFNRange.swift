@@ -7,7 +7,8 @@ extension AddressSpace {
     ///   `.pfnMap` VMA, `address` is aligned, and every frame is RAM or device-coherent
     ///   (CPU-reachable); `.busy` if an entry is already populated.
     public func remapPFNRange(_ address: UInt64, pfn: PFN, count: Int) throws(HostMMError) {
-        guard address.isPageAligned, count > 0 else { throw .invalidArgument }
+        guard address.isPageAligned, count > 0, address < PageTable.addressLimit,
+              UInt64(count) <= (PageTable.addressLimit - address) >> pageShift else { throw .invalidArgument }
         let end = address + UInt64(count) << pageShift
         try mmapLock.withWriteLock { () throws(HostMMError) in
             guard let vma = findVMA(address), vma.flags.contains(.pfnMap), end <= vma.end else { throw .invalidArgument }

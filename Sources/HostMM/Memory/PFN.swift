@@ -18,11 +18,15 @@ public struct PFN: RawRepresentable, Hashable, Strideable, Sendable, CustomStrin
     @inlinable public init(_ value: UInt64) { self.rawValue = value }
     @inlinable public init(_ value: Int) { self.rawValue = UInt64(value) }
 
+    // Equality and arithmetic on the raw value, wrapping: a PFN is any 64-bit value a
+    // caller passes (bad input included), and comparing or offsetting one must not trap.
+    // (Strideable's default `==` goes through `distance(to:)`.)
+    @inlinable public static func == (a: PFN, b: PFN) -> Bool { a.rawValue == b.rawValue }
     @inlinable public static func < (a: PFN, b: PFN) -> Bool { a.rawValue < b.rawValue }
-    @inlinable public func distance(to other: PFN) -> Int { Int(other.rawValue) - Int(rawValue) }
-    @inlinable public func advanced(by n: Int) -> PFN { PFN(rawValue: UInt64(Int(rawValue) + n)) }
-    @inlinable public static func + (a: PFN, n: Int) -> PFN { PFN(rawValue: a.rawValue &+ UInt64(n)) }
-    @inlinable public static func - (a: PFN, b: PFN) -> Int { Int(a.rawValue) - Int(b.rawValue) }
+    @inlinable public func distance(to other: PFN) -> Int { Int(truncatingIfNeeded: other.rawValue &- rawValue) }
+    @inlinable public func advanced(by n: Int) -> PFN { PFN(rawValue: rawValue &+ UInt64(bitPattern: Int64(n))) }
+    @inlinable public static func + (a: PFN, n: Int) -> PFN { PFN(rawValue: a.rawValue &+ UInt64(bitPattern: Int64(n))) }
+    @inlinable public static func - (a: PFN, b: PFN) -> Int { Int(truncatingIfNeeded: a.rawValue &- b.rawValue) }
 
     /// The physical address of the frame's first byte.
     @inlinable public var physicalAddress: UInt64 { rawValue << pageShift }

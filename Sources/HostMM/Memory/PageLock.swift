@@ -31,12 +31,15 @@ extension PhysicalMemory {
     }
 
     /// `folio_unlock()`: releases the lock and wakes sleepers if `PG_waiters` is set.
-    /// Unlocking a page that is not locked is counted in `diagnostics`.
-    public func unlockPage(_ pfn: PFN) {
+    /// Unlocking a page that is not locked is counted in `diagnostics` (and reported with
+    /// `fileID`/`line` in checked mode).
+    public func unlockPage(_ pfn: PFN, fileID: StaticString = #fileID, line: UInt = #line) {
         guard checked(pfn) else { return }
         let old = meta[Int(pfn.rawValue)].flags.bitwiseAnd(~PageFlags.locked.rawValue, ordering: .sequentiallyConsistent).oldValue
         if old & PageFlags.locked.rawValue == 0 {
             diagnostics.badUnlocks.wrappingAdd(1, ordering: .relaxed)
+            checker?.report(.unlockOfUnlockedPage, pfn: pfn, site: CallSite(fileID: fileID, line: line),
+                            "unlock_page on a page that is not locked")
         }
         if old & PageFlags.waiters.rawValue != 0 { queue(pfn).wakeAll() }
     }

@@ -64,9 +64,10 @@ extension PhysicalMemory {
     /// `put_page()`: drops one reference; the last one frees the page — back to the
     /// frame allocator for RAM, to the driver's `pageFree` for device pages
     /// (`free_zone_device_folio`). Must not be called with a page-table lock held.
-    public func putPage(_ pfn: PFN) {
+    /// `fileID`/`line` name the caller in checked mode's reports.
+    public func putPage(_ pfn: PFN, fileID: StaticString = #fileID, line: UInt = #line) {
         guard checked(pfn) else { return }
-        if dropReference(pfn, count: 1) { freePage(pfn) }
+        if dropReference(pfn, count: 1, site: CallSite(fileID: fileID, line: line)) { freePage(pfn) }
     }
 
     func addReferences(_ pfn: PFN, _ count: Int32) {
@@ -74,12 +75,14 @@ extension PhysicalMemory {
     }
 
     /// Drops `count` references; returns true when the page reached zero and must be freed.
-    func dropReference(_ pfn: PFN, count: Int32) -> Bool {
+    func dropReference(_ pfn: PFN, count: Int32, site: CallSite? = nil) -> Bool {
         let old = meta[Int(pfn.rawValue)].refcount.wrappingSubtract(count, ordering: .acquiringAndReleasing).oldValue
         if old == count { return true }
         if old < count {
             meta[Int(pfn.rawValue)].refcount.wrappingAdd(count, ordering: .relaxed)
             diagnostics.refcountUnderflows.wrappingAdd(1, ordering: .relaxed)
+            checker?.report(.refcountUnderflow, pfn: pfn, site: site,
+                            "dropping \(count) reference(s) from a page with refcount \(old) (ignored)")
         }
         return false
     }
@@ -93,6 +96,7 @@ extension PhysicalMemory {
     func freePage(_ pfn: PFN) {
         let m = Int(pfn.rawValue)
         if meta[m].flags.load(ordering: .relaxed) & PageFlags.reserved.rawValue != 0 { return }
+        if let checker { checker.pageFreed(pfn) }
         meta[m].mapping.store(0, ordering: .relaxed)
         meta[m].index.store(0, ordering: .relaxed)
         meta[m].mapcount.store(0, ordering: .relaxed)
@@ -112,6 +116,7 @@ extension PhysicalMemory {
             var n = 0
             for pfn in pfns where dropReference(pfn, count: 1) {
                 if isRAM(pfn) && flags(pfn).isDisjoint(with: .reserved) {
+                    if let checker { checker.pageFreed(pfn) }
                     let m = Int(pfn.rawValue)
                     meta[m].mapping.store(0, ordering: .relaxed)
                     meta[m].index.store(0, ordering: .relaxed)

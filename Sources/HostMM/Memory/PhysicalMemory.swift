@@ -35,13 +35,19 @@ public final class PhysicalMemory: @unchecked Sendable {
     let roots = MappingRootRegistry()
     /// Counters of protocol violations seen (unlock of an unlocked page, refcount underflow).
     public let diagnostics = Diagnostics()
+    /// Checked mode's state (violations, oracles), or nil when checked mode is off: every
+    /// check is behind one test of this immutable reference.
+    public let checker: ProtocolChecker?
 
     /// Creates emulated RAM of `ramBytes` (a multiple of 4 KiB) and room for
     /// `maxDevicePages` device PFNs. RAM is reserved lazily, so a frame's first use costs a
     /// host page fault; `prefault` backs it all up front (`MAP_POPULATE`), which benchmarks want.
-    public init(ramBytes: Int = 4 << 30, maxDevicePages: Int = 1 << 24, prefault: Bool = false) throws(HostMMError) {
+    /// `checked` turns on checked mode (the protocol sanitizer, see `ProtocolChecker`); by
+    /// default it follows the `DMEM_CHECKED` environment variable.
+    public init(ramBytes: Int = 4 << 30, maxDevicePages: Int = 1 << 24, prefault: Bool = false,
+                checked: CheckedMode = .fromEnvironment) throws(HostMMError) {
         guard ramBytes >= 2 * pageSize, ramBytes % pageSize == 0, maxDevicePages >= 0,
-              ramBytes / pageSize + maxDevicePages < Int(UInt32.max) else { throw .invalidArgument }
+              maxDevicePages < Int(UInt32.max) - ramBytes / pageSize else { throw .invalidArgument }
         ramPageCount = ramBytes / pageSize
         byteCount = ramBytes
         maxPFN = ramPageCount + maxDevicePages
@@ -61,6 +67,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         frames = try FrameAllocator(firstPFN: 1, endPFN: UInt32(ramPageCount))
         waitQueues = (0..<128).map { _ in WaitQueue() }
         pagemaps = PagemapRegistry(firstPFN: ramPageCount, maxPFN: maxPFN)
+        checker = checked.isEnabled ? ProtocolChecker(mode: checked, diagnostics: diagnostics) : nil
         meta[0].refcount.store(1, ordering: .relaxed)
         meta[0].flags.store(PageFlags([.reserved, .uptodate]).rawValue, ordering: .relaxed)
     }
@@ -70,24 +77,28 @@ public final class PhysicalMemory: @unchecked Sendable {
         munmap(UnsafeMutableRawPointer(meta), metaBytes)
     }
 
-    /// Counters of broken driver-protocol rules; all zero in a correct run.
+    /// Counters of broken driver-protocol rules; all zero in a correct run. They count
+    /// whether or not checked mode is on; checked mode adds the page and call site.
     public final class Diagnostics: Sendable {
         let badUnlocks = Atomic<Int>(0)
         let refcountUnderflows = Atomic<Int>(0)
         let badPFNs = Atomic<Int>(0)
+        let violations = Atomic<Int>(0)
         /// Public page calls that named a PFN outside the metadata table (ignored).
         public var invalidPFNCount: Int { badPFNs.load(ordering: .relaxed) }
         /// `unlockPage` called on a page that was not locked.
         public var unlocksOfUnlockedPages: Int { badUnlocks.load(ordering: .relaxed) }
         /// `putPage` called on a page whose refcount was already 0.
         public var refcountUnderflowCount: Int { refcountUnderflows.load(ordering: .relaxed) }
+        /// Protocol violations checked mode found (`checker.violationCount`; 0 when it is off).
+        public var protocolViolationCount: Int { violations.load(ordering: .relaxed) }
     }
 
     // MARK: PFN classification
 
     /// True when `pfn` is RAM or belongs to a registered pgmap.
     public func isValid(_ pfn: PFN) -> Bool {
-        Int(pfn.rawValue) < ramPageCount || pagemap(of: pfn) != nil
+        pfn.rawValue < UInt64(ramPageCount) || pagemap(of: pfn) != nil
     }
 
     /// True for System-RAM frames (including the zero page).
@@ -95,13 +106,13 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     /// The zone of a frame (`page_zonenum` / `is_device_private_page` …).
     public func zone(_ pfn: PFN) -> Zone {
-        guard Int(pfn.rawValue) < maxPFN else { return .normal }
+        guard pfn.rawValue < UInt64(maxPFN) else { return .normal }
         return Zone(rawValue: UInt8(meta[Int(pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) & 0xff)) ?? .normal
     }
 
     /// `is_zone_device_page()`.
     func isZoneDevice(_ pfn: PFN) -> Bool {
-        Int(pfn.rawValue) < maxPFN && meta[Int(pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) & 0xff != 0
+        pfn.rawValue < UInt64(maxPFN) && meta[Int(pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) & 0xff != 0
     }
 
     /// `is_device_private_page()`.
@@ -112,7 +123,7 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     /// The pgmap owning a device frame (`page_pgmap`), or nil for RAM.
     public func pagemap(of pfn: PFN) -> DevicePagemap? {
-        guard Int(pfn.rawValue) < maxPFN else { return nil }
+        guard pfn.rawValue < UInt64(maxPFN) else { return nil }
         let slot = meta[Int(pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) >> 8
         return slot == 0 ? nil : pagemaps.pagemap(slot: Int(slot) - 1)
     }
@@ -130,7 +141,7 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     /// Bounds check for the public per-page calls: a PFN past the table is ignored and counted.
     @inline(__always) func checked(_ pfn: PFN) -> Bool {
-        if Int(pfn.rawValue) < maxPFN { return true }
+        if pfn.rawValue < UInt64(maxPFN) { return true }
         diagnostics.badPFNs.wrappingAdd(1, ordering: .relaxed)
         return false
     }

@@ -29,7 +29,8 @@ public protocol MigrateVMAOps: AnyObject {
 ///   `.mmapLockNotHeld`.
 public func migrateVMA(ops: (any MigrateVMAOps)?, vma: VMA?, start: UInt64, end: UInt64,
                        src: UnsafeMutableBufferPointer<MigratePFN>, dst: UnsafeMutableBufferPointer<MigratePFN>,
-                       pgmapOwner: PgmapOwner? = nil) throws(HostMMError) {
+                       pgmapOwner: PgmapOwner? = nil,
+                       fileID: StaticString = #fileID, line: UInt = #line) throws(HostMMError) {
     let start = start.pageAlignedDown
     let end = end.pageAlignedDown
     guard let vma, vma.flags.isDisjoint(with: VMAFlags.special.union([.hugetlb, .dax])) else { throw .invalidArgument }
@@ -40,7 +41,7 @@ public func migrateVMA(ops: (any MigrateVMAOps)?, vma: VMA?, start: UInt64, end:
     var flags: MigrateVMA.Flags = .selectSystem
     if pgmapOwner != nil { flags.insert(.selectDevicePrivate) }
     var args = MigrateVMA(vma: vma, start: start, end: end, src: src, dst: dst, pgmapOwner: pgmapOwner, flags: flags)
-    try migrateVMASetup(&args)
+    try migrateVMASetup(&args, fileID: fileID, line: line)
     guard args.cpages > 0 else { return }
     let n = args.npages
     dst.update(repeating: [])
@@ -48,8 +49,8 @@ public func migrateVMA(ops: (any MigrateVMAOps)?, vma: VMA?, start: UInt64, end:
                      dst: UnsafeMutableBufferPointer(rebasing: dst[0..<n]), start: start, end: args.end)
     // 2017 drivers flag unrecoverable entries with MIGRATE_PFN_ERROR (no VALID bit), and
     // always set LOCKED: neither changes what the three-step core does with them.
-    try migrateVMAPages(&args)
+    try migrateVMAPages(&args, fileID: fileID, line: line)
     ops.finalizeAndMap(vma: vma, src: UnsafeBufferPointer(rebasing: src[0..<n]),
                        dst: UnsafeBufferPointer(rebasing: dst[0..<n]), start: start, end: args.end)
-    migrateVMAFinalize(&args)
+    migrateVMAFinalize(&args, fileID: fileID, line: line)
 }

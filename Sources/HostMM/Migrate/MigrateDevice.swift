@@ -9,11 +9,14 @@ extension PhysicalMemory {
     /// the others get `MigratePFN(pfn:) | .migrate` unless unmapping or the pin check
     /// fails. Then allocate RAM destinations, copy, `migrateDevicePages`, `migrateDeviceFinalize`.
     /// - Throws: `.invalidArgument` for an empty range, a short `src`, or PFNs that are
-    ///   neither RAM nor a registered pgmap.
-    public func migrateDeviceRange(_ src: UnsafeMutableBufferPointer<MigratePFN>, start: PFN, npages: Int) throws(HostMMError) {
+    ///   neither RAM nor a registered pgmap; in checked mode with `throwsViolations`,
+    ///   `.protocolViolation` when `src` still holds a migration never finalized.
+    public func migrateDeviceRange(_ src: UnsafeMutableBufferPointer<MigratePFN>, start: PFN, npages: Int,
+                                   fileID: StaticString = #fileID, line: UInt = #line) throws(HostMMError) {
         guard npages > 0, src.count >= npages, isValid(start), isValid(start + (npages - 1)) else {
             throw .invalidArgument
         }
+        if let checker { try checker.willSetup(src, count: npages, site: CallSite(fileID: fileID, line: line)) }
         for i in 0..<npages {
             let pfn = start + i
             guard isValid(pfn), pfn != zeroPFN, getPageUnlessZero(pfn) else {
@@ -27,20 +30,44 @@ extension PhysicalMemory {
             }
             src[i] = MigratePFN(pfn: pfn).union(.migrate)
         }
-        _ = migrateDeviceUnmap(src, npages, faultPage: nil)
+        let collected = migrateDeviceUnmap(src, npages, faultPage: nil)
+        if let checker {
+            checker.didSetup(self, src, npages: npages, collected: collected, start: nil,
+                             site: CallSite(fileID: fileID, line: line))
+        }
     }
 
     /// `migrate_device_pages`: the PFN-path equivalent of `migrateVMAPages`.
-    /// - Throws: `.invalidArgument` like `migrateVMAPages`, before changing anything.
+    /// - Throws: `.invalidArgument` like `migrateVMAPages`, before changing anything (and
+    ///   `.protocolViolation` in throwing checked mode).
     public func migrateDevicePages(src: UnsafeMutableBufferPointer<MigratePFN>,
-                                   dst: UnsafeMutableBufferPointer<MigratePFN>, npages: Int) throws(HostMMError) {
-        try validateDestinations(src, dst, npages)
-        migrateDevicePagesCore(src, dst, npages, nil)
+                                   dst: UnsafeMutableBufferPointer<MigratePFN>, npages: Int,
+                                   fileID: StaticString = #fileID, line: UInt = #line) throws(HostMMError) {
+        var n = npages
+        if let checker {
+            let plan = try checker.willRunPages(self, src, dst, npages: npages, exact: false,
+                                                site: CallSite(fileID: fileID, line: line))
+            guard plan.run else {
+                try validateDestinations(src, dst, npages)   // bad input still gets its errno
+                return
+            }
+            n = plan.npages
+        }
+        try validateDestinations(src, dst, n)
+        migrateDevicePagesCore(src, dst, n, nil)
     }
 
     /// `migrate_device_finalize`: the PFN-path equivalent of `migrateVMAFinalize`.
     public func migrateDeviceFinalize(src: UnsafeMutableBufferPointer<MigratePFN>,
-                                      dst: UnsafeMutableBufferPointer<MigratePFN>, npages: Int) {
-        migrateDeviceFinalizeCore(src, dst, max(0, min(npages, src.count, dst.count)))
+                                      dst: UnsafeMutableBufferPointer<MigratePFN>, npages: Int,
+                                      fileID: StaticString = #fileID, line: UInt = #line) {
+        var n = npages
+        if let checker {
+            let plan = checker.willFinalize(self, src, dst, npages: npages, exact: false,
+                                            site: CallSite(fileID: fileID, line: line))
+            guard plan.run else { return }
+            n = plan.npages
+        }
+        migrateDeviceFinalizeCore(src, dst, max(0, min(n, src.count, dst.count)))
     }
 }

@@ -77,8 +77,11 @@ public struct MigrateVMA {
 ///   range; start or end outside the VMA; missing `src`/`dst`; a `faultPage` that is
 ///   not device-private — the kernel's cases — plus, here: detached VMA or one whose
 ///   address space is gone, unknown flag bits, buffers shorter than the range),
-///   `.mmapLockNotHeld`.
-public func migrateVMASetup(_ args: inout MigrateVMA) throws(HostMMError) {
+///   `.mmapLockNotHeld`; in checked mode with `throwsViolations`, `.protocolViolation`
+///   when the arrays still hold a migration that was never finalized.
+///
+/// `fileID`/`line` name the driver's call in checked mode's reports.
+public func migrateVMASetup(_ args: inout MigrateVMA, fileID: StaticString = #fileID, line: UInt = #line) throws(HostMMError) {
     let nrPages = Int64(bitPattern: args.end &- args.start) >> Int64(pageShift)
     args.start = args.start.pageAlignedDown
     args.end = args.end.pageAlignedDown
@@ -95,6 +98,9 @@ public func migrateVMASetup(_ args: inout MigrateVMA) throws(HostMMError) {
     guard vma.isAttached, MigrateVMA.Flags.all.isSuperset(of: args.flags),
           args.src.count >= count, args.dst.count >= count else { throw .invalidArgument }
     guard mm.mmapLock.isLocked else { throw .mmapLockNotHeld }
+    if let checker = mm.memory.checker {
+        try checker.willSetup(args.src, count: count, site: CallSite(fileID: fileID, line: line))
+    }
 
     args.src.update(repeating: [])
     args.cpages = 0
@@ -102,6 +108,10 @@ public func migrateVMASetup(_ args: inout MigrateVMA) throws(HostMMError) {
     mm.migrateVMACollect(&args, vma)
     if args.cpages > 0 {
         args.cpages = mm.memory.migrateDeviceUnmap(args.src, args.npages, faultPage: args.faultPage)
+    }
+    if let checker = mm.memory.checker {
+        checker.didSetup(mm.memory, args.src, npages: args.npages, collected: args.cpages, start: args.start,
+                         site: CallSite(fileID: fileID, line: line))
     }
     // Pages are now locked and unmapped: their contents are stable and may be copied.
 }
@@ -115,21 +125,41 @@ public func migrateVMASetup(_ args: inout MigrateVMA) throws(HostMMError) {
 /// pages stay locked and the mmap lock is held, so nothing can unmap the range.
 /// - Throws: `.invalidArgument`, before changing anything, when a `dst` entry names an
 ///   unknown PFN or a page that is not locked (the contract requires locked destinations),
-///   or when `args` was not set up.
-public func migrateVMAPages(_ args: inout MigrateVMA) throws(HostMMError) {
+///   or when `args` was not set up. In checked mode with `throwsViolations`,
+///   `.protocolViolation` for any rule the step would break (see `ProtocolRule`).
+public func migrateVMAPages(_ args: inout MigrateVMA, fileID: StaticString = #fileID, line: UInt = #line) throws(HostMMError) {
     guard let vma = args.vma else { throw .invalidArgument }
-    try vma.memory.validateDestinations(args.src, args.dst, args.npages)
-    vma.memory.migrateDevicePagesCore(args.src, args.dst, args.npages, args)
+    var n = args.npages
+    if let checker = vma.memory.checker {
+        let plan = try checker.willRunPages(vma.memory, args.src, args.dst, npages: n, exact: true,
+                                            site: CallSite(fileID: fileID, line: line))
+        guard plan.run else {
+            try vma.memory.validateDestinations(args.src, args.dst, n)   // bad input still gets its errno
+            return
+        }
+        n = plan.npages
+    }
+    try vma.memory.validateDestinations(args.src, args.dst, n)
+    vma.memory.migrateDevicePagesCore(args.src, args.dst, n, args)
 }
 
 /// Completes the migration (`migrate_vma_finalize`): migration entries become entries for
 /// the new pages where `src[i]` still has `.migrate`, or for the original pages
 /// otherwise; all pages are unlocked; the migration's references are dropped, which
 /// frees migrated-away sources (device pages through the driver's `pageFree`) and unused
-/// destinations. The driver must have finished its copies (e.g. waited on its fence).
-public func migrateVMAFinalize(_ args: inout MigrateVMA) {
+/// destinations. The driver must have finished its copies (e.g. waited on its fence):
+/// checked mode reports a finalize under a running copy, and every other rule of this
+/// step (see `ProtocolRule`), with `fileID`/`line` as the call site.
+public func migrateVMAFinalize(_ args: inout MigrateVMA, fileID: StaticString = #fileID, line: UInt = #line) {
     guard let vma = args.vma else { return }
-    vma.memory.migrateDeviceFinalizeCore(args.src, args.dst, min(args.npages, args.src.count, args.dst.count))
+    var n = min(args.npages, args.src.count, args.dst.count)
+    if let checker = vma.memory.checker {
+        let plan = checker.willFinalize(vma.memory, args.src, args.dst, npages: args.npages, exact: true,
+                                        site: CallSite(fileID: fileID, line: line))
+        guard plan.run else { return }
+        n = max(0, min(plan.npages, args.src.count, args.dst.count))
+    }
+    vma.memory.migrateDeviceFinalizeCore(args.src, args.dst, n)
 }
 
 extension PhysicalMemory {

@@ -125,10 +125,14 @@ extension PhysicalMemory {
     }
 
     /// Removes a pgmap (`memunmap_pages`). Its pages must all be free.
-    /// - Throws: `.busy` if any page still has a reference.
-    public func unregisterPagemap(_ pgmap: DevicePagemap) throws(HostMMError) {
+    /// - Throws: `.busy` if any page still has a reference (in checked mode, each such page
+    ///   is reported as `devicePageLeaked`).
+    public func unregisterPagemap(_ pgmap: DevicePagemap, fileID: StaticString = #fileID, line: UInt = #line) throws(HostMMError) {
         guard pagemap(of: pgmap.firstPFN) === pgmap else { throw .invalidArgument }
-        if pgmap.pfns.contains(where: { refcount($0) != 0 }) { throw .busy }
+        if pgmap.pfns.contains(where: { refcount($0) != 0 }) {
+            checker?.reportLeaks(self, pgmap, site: CallSite(fileID: fileID, line: line))
+            throw .busy
+        }
         for pfn in pgmap.pfns { meta[Int(pfn.rawValue)].zoneAndPgmap.store(0, ordering: .relaxed) }
         pagemaps.unregister(pgmap)
     }
@@ -137,7 +141,7 @@ extension PhysicalMemory {
     /// migration destination (`zone_device_page_init`).
     /// - Throws: `.invalidArgument` for a non-device PFN, `.busy` if the page is in use.
     public func zoneDevicePageInit(_ pfn: PFN) throws(HostMMError) {
-        guard Int(pfn.rawValue) < maxPFN, isZoneDevice(pfn) else { throw .invalidArgument }
+        guard pfn.rawValue < UInt64(maxPFN), isZoneDevice(pfn) else { throw .invalidArgument }
         let (exchanged, _) = meta[Int(pfn.rawValue)].refcount.compareExchange(
             expected: 0, desired: 1, ordering: .acquiringAndReleasing)
         guard exchanged else { throw .busy }

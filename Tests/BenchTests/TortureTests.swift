@@ -1,0 +1,67 @@
+import Testing
+@testable import dmem_bench
+
+/// A short, bounded torture run is a test: it must pass the same bar as the long run
+/// (0 mismatches, leaks, protocol and invariant violations) while faults are injected.
+@Suite(.timeLimit(.minutes(2))) struct TortureTests {
+    @Test func shortRunWithInjectionLosesAndLeaksNothing() throws {
+        var o = TortureOptions()
+        o.seconds = 3
+        o.threads = 3
+        o.seed = 42
+        o.injectRate = 0.05
+        o.pagesPerThread = 512
+        o.vramBytes = 2 << 20                       // 512 pages for 1536: exhaustion and eviction
+        let r = try TortureRun.run(o)
+        let findings: String
+        if case .string(let s)? = r["findings"] { findings = s } else { findings = "" }
+        #expect(r["passed"] == .bool(true), "\(findings)")
+        #expect(r["mismatches"] == .int(0) && r["leaks"] == .int(0))
+        #expect(r["protocol_violations"] == .int(0) && r["invariant_violations"] == .int(0))
+        // It did work, and the engine did disturb it.
+        guard case .int(let ops)? = r["operations"], case .int(let bytes)? = r["bytes_verified"],
+              case .int(let migrated)? = r["pages_migrated"], case .int(let injected)? = r["injected_failures"] else {
+            Issue.record("missing fields in \(r.json)")
+            return
+        }
+        #expect(ops > 50 && bytes > ops * 4096 && migrated > 0 && injected > 0)
+        #expect(r.json.hasPrefix("{\"seconds\":"))
+    }
+
+    @Test func theShadowPatternTellsVersionsPagesAndOwnersApart() {
+        let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+        defer { page.deallocate() }
+        let k = TorturePattern.key(worker: 1, generation: 2, page: 3, version: 4)
+        TorturePattern.fill(page, key: k)
+        #expect(TorturePattern.matches(page, key: k))
+        for other in [TorturePattern.key(worker: 1, generation: 2, page: 3, version: 3),
+                      TorturePattern.key(worker: 1, generation: 2, page: 4, version: 4),
+                      TorturePattern.key(worker: 0, generation: 2, page: 3, version: 4),
+                      TorturePattern.key(worker: 1, generation: 3, page: 3, version: 4), 0] {
+            #expect(!TorturePattern.matches(page, key: other))
+        }
+        page.storeBytes(of: 0, toByteOffset: 2048, as: UInt8.self)   // one torn byte
+        #expect(!TorturePattern.matches(page, key: k))
+        page.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
+        #expect(TorturePattern.matches(page, key: TorturePattern.key(worker: 1, generation: 2, page: 3, version: 0)))
+    }
+
+    @Test func badOptionsAreRefusedBeforeAnythingRuns() {
+        var o = TortureOptions()
+        o.threads = 0
+        #expect(throws: TortureFailure.self) { try TortureRun.run(o) }
+        o = TortureOptions()
+        o.injectRate = 1.5
+        #expect(o.problem != nil)
+        o = TortureOptions()
+        o.vramBytes = 3 << 20
+        #expect(o.problem != nil)
+        #expect(TortureOptions().problem == nil)
+    }
+
+    @Test func theScenarioIsRegisteredWithACISizedQuickRun() throws {
+        let scenario = try ScenarioRegistry.standard.scenario(named: "torture")
+        #expect(scenario.quickParameters["seconds"] == "3")
+        #expect(!BenchSuite.standard.entries.contains { $0.scenario == "torture" })
+    }
+}

@@ -1,0 +1,54 @@
+import DMAEngine
+import DeviceEmu
+
+/// The settings of one torture run (`dmem-bench torture` flags, or the `torture`
+/// scenario's parameters).
+///
+/// Threads: immutable value; any thread.
+struct TortureOptions: Sendable {
+    /// Wall-clock length of the random phase; the final check and teardown come after.
+    var seconds: Double = 30
+    /// Worker threads, each a process (address space) of its own.
+    var threads = 4
+    /// Seeds the workers' operation sequences and the copy engine's fault injection.
+    var seed: UInt64 = 1
+    /// Probability, per copy descriptor, that the engine disturbs it; split evenly
+    /// between a failure (EIO), a short copy and a delay.
+    var injectRate = 0.01
+    /// Pages each worker owns (in `regionsPerThread` mappings).
+    var pagesPerThread = 1024
+    var regionsPerThread = 4
+    /// VRAM: smaller than every worker's pages together, so migrations meet exhaustion
+    /// and evict each other's pages.
+    var vramBytes = 4 << 20
+    /// How long an injected delay holds a descriptor.
+    var delay: Duration = .microseconds(500)
+
+    /// Why these options cannot run, or nil.
+    var problem: String? {
+        if !(seconds > 0 && seconds <= 86_400) { return "seconds must be in (0, 86400]" }
+        if !(1...64).contains(threads) { return "threads must be in 1...64" }
+        if !(0...1).contains(injectRate) { return "inject-rate must be in 0...1" }
+        if !(1...16).contains(regionsPerThread) { return "regions per thread must be in 1...16" }
+        if pagesPerThread < regionsPerThread * 16 || pagesPerThread > 1 << 18 {
+            return "pages per thread must be in \(regionsPerThread * 16)...\(1 << 18)"
+        }
+        if vramBytes < 2 << 20 || vramBytes % (2 << 20) != 0 { return "vram must be a positive multiple of 2M" }
+        return nil
+    }
+
+    /// The faults the copy engine injects (seeded: the same descriptor sequence gets the same faults).
+    var faultPlan: FaultPlan {
+        let each = injectRate / 3
+        return FaultPlan(seed: seed, rules: [
+            .init(.rate(each), .fail(.ioError)),
+            .init(.rate(each), .shortCopy(bytes: 1000)),
+            .init(.rate(each), .delay(delay)),
+        ])
+    }
+
+    /// io_uring, wrapped by the fault injector when anything is injected.
+    var backend: CopyBackendKind { injectRate > 0 ? .faultInjecting(faultPlan, wrapping: .ioUring) : .ioUring }
+
+    var pagesPerRegion: Int { pagesPerThread / regionsPerThread }
+}
