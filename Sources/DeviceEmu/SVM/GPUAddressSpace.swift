@@ -44,13 +44,15 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
 
     /// Removes the notifier and empties the table (idempotent).
     func detach() {
+        // Emptied and closed to new entries before the notifier goes: once it is removed,
+        // invalidations no longer reach this table, so nothing may be left in it then.
         let already = lock.withLock { () -> Bool in
             defer { isDetached = true }
+            if !isDetached { table.removeAll() }
             return isDetached
         }
         guard !already else { return }
         notifier.remove()
-        lock.withLock { table.removeAll() }
     }
 
     // MARK: Inspection

@@ -138,16 +138,18 @@ extension PhysicalMemory {
     }
 
     /// Hands a free device page to its driver: refcount 1 and locked, ready to be a
-    /// migration destination (`zone_device_page_init`).
+    /// migration destination (`zone_device_page_init`: `set_page_count(1)`, `lock_page`).
+    ///
+    /// Once the count is 1, an evictor sweeping PFNs (`migrateDeviceRange`'s
+    /// `get_page_unless_zero` + trylock) may take a reference and the lock before this
+    /// does; like the kernel's `lock_page`, this then sleeps until the evictor finds the
+    /// page has nothing to move and lets go (it must not undo the evictor's reference).
     /// - Throws: `.invalidArgument` for a non-device PFN, `.busy` if the page is in use.
     public func zoneDevicePageInit(_ pfn: PFN) throws(HostMMError) {
         guard pfn.rawValue < UInt64(maxPFN), isZoneDevice(pfn) else { throw .invalidArgument }
         let (exchanged, _) = meta[Int(pfn.rawValue)].refcount.compareExchange(
             expected: 0, desired: 1, ordering: .acquiringAndReleasing)
         guard exchanged else { throw .busy }
-        guard trylockPage(pfn) else {
-            meta[Int(pfn.rawValue)].refcount.store(0, ordering: .releasing)
-            throw .busy
-        }
+        lockPage(pfn)
     }
 }
