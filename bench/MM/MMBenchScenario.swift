@@ -8,6 +8,7 @@ struct MMBenchScenario: BenchScenario {
     let parameters: [ScenarioParameter] = [
         .init("pages", .size(1...(1 << 24)), default: "64K", help: "pages to migrate (a count; K/M suffixes allowed)"),
         .init("batch", .integer(1...65536), default: "512", help: "pages per migrate_vma batch"),
+        .init("checked", .choice(["off", "on"]), default: "off", help: "checked mode (protocol sanitizer) on the run's memory"),
     ]
     let quickParameters = ["pages": "16K"]
     let summaryFields = ["setup_ns_per_page", "pages_ns_per_page", "finalize_ns_per_page", "control_ns_per_page", "cpu_fault_ns"]
@@ -18,6 +19,7 @@ struct MMBenchScenario: BenchScenario {
         let batch = try parameters.int("batch")
         context.progress("migrating \(pages) pages in batches of \(batch)")
         let track = context.trace?.track("mm")
-        return [try track.span("mm control path") { try MMScenario.run(pages: pages, batch: batch) }]
+        let checked = try parameters.string("checked") == "on"
+        return [try track.span("mm control path") { try MMScenario.run(pages: pages, batch: batch, checked: checked) }]
     }
 }

@@ -16,6 +16,7 @@ struct MMCommand: ParsableCommand {
     @Option(help: "Pages to migrate.") var pages = 65536
     @Option(help: "Pages per migrate_vma batch.") var batch = 512
     @Flag(help: "Run 1Ki, 16Ki, 256Ki and 4Mi pages (flatness check).") var sweep = false
+    @Flag(help: "Run in checked mode (protocol sanitizer): reports its cost and protocol_violations.") var checked = false
     @Flag(help: "Print one JSON object instead of a table.") var json = false
 
     func validate() throws {
@@ -26,11 +27,11 @@ struct MMCommand: ParsableCommand {
     func run() throws {
         var report = ScenarioReport(scenario: "mm")
         for n in sweep ? [1 << 10, 1 << 14, 1 << 18, 1 << 22] : [pages] {
-            report.runs.append(try MMScenario.run(pages: n, batch: batch))
+            report.runs.append(try MMScenario.run(pages: n, batch: batch, checked: checked))
         }
         print(json ? report.json : report.table(columns: [
             "pages", "batch", "setup_ns_per_page", "pages_ns_per_page", "finalize_ns_per_page",
-            "control_ns_per_page", "driver_alloc_ns_per_page", "cpu_fault_ns", "memcpy_4k_ns",
+            "control_ns_per_page", "driver_alloc_ns_per_page", "cpu_fault_ns", "memcpy_4k_ns", "checked",
         ]))
     }
 }

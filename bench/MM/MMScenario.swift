@@ -11,11 +11,12 @@ import HostMM
 /// 4 Mi pages. A 4 KiB memcpy measured in the same run is reported for scale.
 enum MMScenario {
     /// Runs the scenario; throws if any page failed to migrate or fault back.
-    static func run(pages: Int, batch: Int, faultSamples: Int = 4096) throws -> RunRecord {
+    static func run(pages: Int, batch: Int, faultSamples: Int = 4096, checked: Bool = false) throws -> RunRecord {
         guard pages > 0, batch > 0 else { throw HostMMError.invalidArgument }
         let samples = min(pages, faultSamples)
         let ramBytes = (64 << 20) + 4 * batch * 4096 + samples * 4096
-        let memory = try PhysicalMemory(ramBytes: ramBytes, maxDevicePages: pages + 1024, prefault: true)
+        let memory = try PhysicalMemory(ramBytes: ramBytes, maxDevicePages: pages + 1024, prefault: true,
+                                        checked: checked ? .on : .off)
         let device = try MMBenchDevice(memory: memory, pageCount: pages)
         let mm = AddressSpace(memory: memory)
         let base = try mm.mmap(length: pages * 4096)
@@ -69,6 +70,8 @@ enum MMScenario {
         r.set("cpu_fault_ns", Double(faultNs) / Double(samples))
         r.set("cpu_fault_samples", samples)
         r.set("memcpy_4k_ns", memcpyPageNs())
+        r.set("checked", checked)
+        if let checker = memory.checker { r.set("protocol_violations", checker.violationCount) }
         mm.exit()
         return r
     }

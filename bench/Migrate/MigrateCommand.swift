@@ -22,6 +22,7 @@ struct MigrateCommand: ParsableCommand {
     @Option(help: "Batches in flight while migrating to VRAM (1 = nouveau's strict sequence).") var pipeline = 1
     @Option(help: "Worker threads of the mapped backend.") var workers = 2
     @Option(help: "3step (migrate_vma_setup/pages/finalize) or 2017 (migrate_vma callbacks).") var api = "3step"
+    @Flag(help: "Run in checked mode (protocol sanitizer): reports its cost and protocol_violations.") var checked = false
     @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
 
     var options: MigrateOptions {
@@ -39,6 +40,7 @@ struct MigrateCommand: ParsableCommand {
             }
             o.pipeline = pipeline
             o.workers = workers
+            o.checked = checked
             guard let generation = MigrationPolicy.APIGeneration(name: api) else { throw ValidationError("--api must be 3step or 2017") }
             o.api = generation
             if let problem = o.problem { throw ValidationError(problem) }

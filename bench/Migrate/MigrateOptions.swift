@@ -38,6 +38,9 @@ struct MigrateOptions: Sendable {
     var workers = 2
     var api = MigrationPolicy.APIGeneration.threeStep
     var seed: UInt64 = 1
+    /// Checked mode (the protocol sanitizer) on the run's memory: what it costs, and that
+    /// the driver breaks no rule (`protocol_violations`).
+    var checked = false
 
     var pages: Int { totalBytes / 4096 }
 

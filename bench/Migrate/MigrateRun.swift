@@ -46,7 +46,8 @@ final class MigrateRun {
         do {
             // Not prefaulted: every frame a timed phase uses was touched by the stamping
             // (freed frames are reused first), so no host page fault lands in a timing.
-            memory = try PhysicalMemory(ramBytes: 2 * o.totalBytes + (64 << 20), maxDevicePages: o.pages + 4096)
+            memory = try PhysicalMemory(ramBytes: 2 * o.totalBytes + (64 << 20), maxDevicePages: o.pages + 4096,
+                                        checked: o.checked ? .on : .off)
         } catch { throw Self.failure("cannot create \(ByteCount(2 * o.totalBytes)) of emulated RAM: \(error)") }
         observer = MigrateObserver(trace: trace)
         var config = Device.Configuration(name: "bench", vramSize: o.totalBytes, backend: o.backend.kind(workers: o.workers), policy: o.policy)
@@ -87,6 +88,8 @@ final class MigrateRun {
         r.set("fault_backend", o.faultBackendName)
         if o.backend == .mapped || o.faultBackend == .mapped { r.set("workers", o.workers) }
         r.set("api", o.api.name)
+        r.set("checked", o.checked)
+        if let checker = gpu.memory.checker { r.set("protocol_violations", checker.violationCount) }
         r.set("to_device_gbps", gb / toDeviceSeconds)
         r.set("to_ram_fault_gbps", gb / readSeconds)
         r.set("evict_gbps", Double(evictedBytes) / 1e9 / evictSeconds)

@@ -19,6 +19,7 @@ struct MigrateScenario: BenchScenario {
         .init("workers", .integer(1...8), default: "2", help: "worker threads of the mapped backend"),
         .init("api", .choice(["3step", "2017"]), default: "3step", help: "migrate_vma_setup/pages/finalize or 2017 callbacks"),
         .init("seed", .integer(0...Int.max), default: "1", help: "seed of the data pattern"),
+        .init("checked", .choice(["off", "on"]), default: "off", help: "checked mode (protocol sanitizer) on the run's memory"),
     ]
     let quickParameters = ["total": "16M"]
     let summaryFields = ["faults", "backend", "setup_us_per_batch", "fence_wait_us_per_batch"]
@@ -35,6 +36,7 @@ struct MigrateScenario: BenchScenario {
         o.workers = try parameters.int("workers")
         o.api = MigrationPolicy.APIGeneration(name: try parameters.string("api")) ?? .threeStep
         o.seed = UInt64(try parameters.int("seed"))
+        o.checked = try parameters.string("checked") == "on"
         return [try MigrateRun.measure(o, trace: context.trace, progress: context.progress)]
     }
 }

@@ -45,48 +45,58 @@ final class MigrationSessions: @unchecked Sendable {
     }
 
     private static let historyCapacity = 1024
-    private static let liveLimit = 4096
     private let lock = NIOLock()
+    /// Migrations in progress that collected pages (a handful: one per migrating thread
+    /// and pipeline slot), by `base`.
     private var live: [UInt: Session] = [:]
-    private var history: [Session] = []
+    /// Finished sessions (finalized, or setups that collected nothing), by `base`; the
+    /// oldest are forgotten past `historyCapacity`.
+    private var history: [UInt: Session] = [:]
+    private var historyOrder: [Session] = []
     private var historyNext = 0
 
-    /// Sessions overlapping `[base, end)`: those in progress and finalized ones still remembered.
-    func find(_ base: UInt, _ end: UInt) -> (live: [Session], finished: [Session]) {
+    /// Sessions overlapping `[base, end)`: those in progress (sorted by base) and — only
+    /// when none is, the error path — finished ones still remembered.
+    func find(_ base: UInt, _ end: UInt, finished wanted: Bool = true) -> (live: [Session], finished: [Session]) {
         lock.withLock {
-            let l = live.values.filter { $0.base < end && base < $0.end }.sorted { $0.base < $1.base }
-            let f = history.filter { $0.base < end && base < $0.end }
-            return (l, f)
+            var l: [Session] = []
+            if let s = live[base] {
+                l.append(s)
+                if s.end >= end { return (l, []) }   // the address path: one exact session
+            }
+            for s in live.values where s !== l.first && s.base < end && base < s.end { l.append(s) }
+            guard l.isEmpty, wanted else { return (l.sorted { $0.base < $1.base }, []) }
+            return ([], history.values.filter { $0.base < end && base < $0.end })
         }
     }
 
-    /// Opens `session`; returns the sessions in progress it replaces (their arrays are reused).
+    /// Opens `session`; returns the sessions in progress it replaces (their arrays are
+    /// reused). A setup that collected nothing is finished at once: nothing is locked.
     func open(_ session: Session) -> [Session] {
         lock.withLock {
             let replaced = live.values.filter { $0.base < session.end && session.base < $0.end }
             for s in replaced { live[s.base] = nil }
-            history.removeAll { $0.base < session.end && session.base < $0.end }
-            historyNext = min(historyNext, history.count)
-            if live.count >= Self.liveLimit {
-                // Setups that collected nothing need no finalize; drivers often skip it.
-                for (key, s) in live where s.collected == 0 {
-                    live[key] = nil
-                    remember(s)
-                }
+            history[session.base] = nil
+            if session.collected > 0 {
+                live[session.base] = session
+            } else {
+                remember(session)
             }
-            live[session.base] = session
             return replaced
         }
     }
 
     /// Appends to the bounded history (the lock is held).
     private func remember(_ s: Session) {
-        if history.count < Self.historyCapacity {
-            history.append(s)
-        } else {
-            history[historyNext] = s
-            historyNext = (historyNext + 1) % Self.historyCapacity
+        history[s.base] = s
+        if historyOrder.count < Self.historyCapacity {
+            historyOrder.append(s)
+            return
         }
+        let old = historyOrder[historyNext]
+        if history[old.base] === old { history[old.base] = nil }
+        historyOrder[historyNext] = s
+        historyNext = (historyNext + 1) % Self.historyCapacity
     }
 
     /// Moves `sessions` from in progress to the history.
@@ -108,18 +118,25 @@ final class MigrationSessions: @unchecked Sendable {
 
     /// Migrations set up and not finalized (that collected pages): leaks if the driver is done.
     var unfinished: [Session] {
-        lock.withLock { live.values.filter { $0.collected > 0 && $0.phase != .finalized } }
+        lock.withLock { live.values.filter { $0.phase != .finalized } }
     }
 }
 
-/// A checksum of a page's 4 KiB (FNV-style over 64-bit words): equal contents give
-/// equal sums; any changed word almost surely changes it.
+/// A checksum of a page's 4 KiB: four independent lanes of `(h ^ word) * odd`, each
+/// step a bijection of the lane state, so a change to any one word always changes the
+/// sum; the lanes let the CPU overlap the multiplies (checked mode hashes every source
+/// page up to three times).
 @inline(__always)
 func pageChecksum(_ bytes: UnsafeRawPointer) -> UInt64 {
-    var h: UInt64 = 0xCBF2_9CE4_8422_2325
-    for i in 0..<(pageSize / 8) {
-        h = (h ^ bytes.load(fromByteOffset: i &* 8, as: UInt64.self)) &* 0x0000_0100_0000_01B3
-        h ^= h >> 29
+    var a: UInt64 = 0xCBF2_9CE4_8422_2325, b: UInt64 = 0x8422_2325_CBF2_9CE4
+    var c: UInt64 = 0x9E37_79B9_7F4A_7C15, d: UInt64 = 0x7F4A_7C15_9E37_79B9
+    var i = 0
+    while i < pageSize {
+        a = (a ^ bytes.load(fromByteOffset: i, as: UInt64.self)) &* 0x0000_0100_0000_01B3
+        b = (b ^ bytes.load(fromByteOffset: i &+ 8, as: UInt64.self)) &* 0xBF58_476D_1CE4_E5B9
+        c = (c ^ bytes.load(fromByteOffset: i &+ 16, as: UInt64.self)) &* 0x94D0_49BB_1331_11EB
+        d = (d ^ bytes.load(fromByteOffset: i &+ 24, as: UInt64.self)) &* 0x9E37_79B9_7F4A_7C15
+        i &+= 32
     }
-    return h
+    return a ^ (b << 17 | b >> 47) ^ (c << 31 | c >> 33) ^ (d << 47 | d >> 17)
 }

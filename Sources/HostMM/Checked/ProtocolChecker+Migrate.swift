@@ -82,13 +82,13 @@ extension ProtocolChecker {
         guard let p = src.baseAddress, npages >= 0 else { return StepPlan(run: true, npages: npages, sessions: []) }
         let base = UInt(bitPattern: p)
         let extent = max(min(npages, src.count), 1)   // never past the buffer, whatever npages says
-        let (live, finished) = sessions.find(base, base + UInt(extent * Self.stride))
+        // Without a migration in progress, entries still marked MIGRATE are either left
+        // over from a finalized one or never came from a setup: the step must not touch
+        // them. Arrays with none (a step after a setup that failed or collected nothing)
+        // are a no-op, as in the kernel; only the error path looks at finished sessions.
+        let armed = (0..<min(npages, src.count)).contains { src[$0].contains(.migrate) }
+        let (live, finished) = sessions.find(base, base + UInt(extent * Self.stride), finished: armed)
         guard let first = live.first else {
-            // Without a migration in progress, entries still marked MIGRATE are either left
-            // over from a finalized one or never came from a setup: the step must not touch
-            // them. Arrays with none (a step after a setup that failed or collected nothing)
-            // are a no-op, as in the kernel.
-            let armed = (0..<min(npages, src.count)).contains { src[$0].contains(.migrate) }
             guard armed else { return StepPlan(run: true, npages: npages, sessions: []) }
             if let old = finished.first(where: { $0.collected > 0 }) {
                 found.append(report(twice, pfn: nil, address: old.start, site: site,

@@ -36,11 +36,7 @@ extension PhysicalMemory {
     public func unlockPage(_ pfn: PFN, fileID: StaticString = #fileID, line: UInt = #line) {
         guard checked(pfn) else { return }
         let old = meta[Int(pfn.rawValue)].flags.bitwiseAnd(~PageFlags.locked.rawValue, ordering: .sequentiallyConsistent).oldValue
-        if old & PageFlags.locked.rawValue == 0 {
-            diagnostics.badUnlocks.wrappingAdd(1, ordering: .relaxed)
-            checker?.report(.unlockOfUnlockedPage, pfn: pfn, site: CallSite(fileID: fileID, line: line),
-                            "unlock_page on a page that is not locked")
-        }
+        if old & PageFlags.locked.rawValue == 0 { unlockedUnlocked(pfn, CallSite(fileID: fileID, line: line)) }
         if old & PageFlags.waiters.rawValue != 0 { queue(pfn).wakeAll() }
     }
 
@@ -57,6 +53,13 @@ extension PhysicalMemory {
             if done && q.sleepers == 0 { clearFlags(pfn, .waiters) }
             return done
         })
+    }
+
+    /// The cold path of unlocking a page that was not locked: count and report it.
+    @inline(never)
+    private func unlockedUnlocked(_ pfn: PFN, _ site: CallSite) {
+        diagnostics.badUnlocks.wrappingAdd(1, ordering: .relaxed)
+        checker?.report(.unlockOfUnlockedPage, pfn: pfn, site: site, "unlock_page on a page that is not locked")
     }
 
     private func setWaiters(_ pfn: PFN) {

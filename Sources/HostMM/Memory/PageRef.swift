@@ -67,7 +67,12 @@ extension PhysicalMemory {
     /// `fileID`/`line` name the caller in checked mode's reports.
     public func putPage(_ pfn: PFN, fileID: StaticString = #fileID, line: UInt = #line) {
         guard checked(pfn) else { return }
-        if dropReference(pfn, count: 1, site: CallSite(fileID: fileID, line: line)) { freePage(pfn) }
+        let old = meta[Int(pfn.rawValue)].refcount.wrappingSubtract(1, ordering: .acquiringAndReleasing).oldValue
+        if old == 1 {
+            freePage(pfn)
+        } else if old < 1 {
+            refcountUnderflowed(pfn, 1, old, CallSite(fileID: fileID, line: line))
+        }
     }
 
     func addReferences(_ pfn: PFN, _ count: Int32) {
@@ -75,16 +80,20 @@ extension PhysicalMemory {
     }
 
     /// Drops `count` references; returns true when the page reached zero and must be freed.
-    func dropReference(_ pfn: PFN, count: Int32, site: CallSite? = nil) -> Bool {
+    func dropReference(_ pfn: PFN, count: Int32) -> Bool {
         let old = meta[Int(pfn.rawValue)].refcount.wrappingSubtract(count, ordering: .acquiringAndReleasing).oldValue
         if old == count { return true }
-        if old < count {
-            meta[Int(pfn.rawValue)].refcount.wrappingAdd(count, ordering: .relaxed)
-            diagnostics.refcountUnderflows.wrappingAdd(1, ordering: .relaxed)
-            checker?.report(.refcountUnderflow, pfn: pfn, site: site,
-                            "dropping \(count) reference(s) from a page with refcount \(old) (ignored)")
-        }
+        if old < count { refcountUnderflowed(pfn, count, old, nil) }
         return false
+    }
+
+    /// The cold path of a drop below zero: undo it, count it, report it (checked mode).
+    @inline(never)
+    func refcountUnderflowed(_ pfn: PFN, _ count: Int32, _ old: Int32, _ site: CallSite?) {
+        meta[Int(pfn.rawValue)].refcount.wrappingAdd(count, ordering: .relaxed)
+        diagnostics.refcountUnderflows.wrappingAdd(1, ordering: .relaxed)
+        checker?.report(.refcountUnderflow, pfn: pfn, site: site,
+                        "dropping \(count) reference(s) from a page with refcount \(old) (ignored)")
     }
 
     /// `folio_maybe_dma_pinned()`: refcount at or above the pin bias.
@@ -112,6 +121,7 @@ extension PhysicalMemory {
     /// Drops one reference on each page in a batch, freeing RAM frames with one
     /// allocator lock (`release_pages` / `folio_batch`).
     func putPages(_ pfns: UnsafeBufferPointer<PFN>) {
+        let checker = self.checker   // read once: one predictable branch per freed page
         withUnsafeTemporaryAllocation(of: UInt32.self, capacity: pfns.count) { ram in
             var n = 0
             for pfn in pfns where dropReference(pfn, count: 1) {
