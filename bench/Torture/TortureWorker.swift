@@ -83,7 +83,7 @@ final class TortureWorker: @unchecked Sendable {
     /// Reads the page at `address` into `page`; false (counted) if it could not.
     func read(_ address: UInt64, via: Via, in other: AddressSpace? = nil) -> Bool {
         let buffer = UnsafeMutableRawBufferPointer(start: page, count: pageSize)
-        for attempt in 0..<400 {
+        for attempt in 0..<10_000 {  // ~2 s of 200 µs naps: slow builds (TSan) keep pages busy longer
             do {
                 if via == .gpu && other == nil {
                     try space.read(at: address, into: buffer)
