@@ -8,10 +8,9 @@ public import SystemPackage
 /// changes. Cases without a payload compare equal with `==`.
 public enum DeviceError: Error, Equatable, Sendable, CustomStringConvertible {
     /// `EINVAL`: a malformed argument (unaligned or empty range, bad configuration, a
-    /// batch larger than the copy channel accepts, an address space bound twice).
+    /// batch larger than the copy channel accepts, an invalid policy). Binding an address
+    /// space twice is not an error: `Device.bind` returns the existing view.
     case invalidArgument
-    /// `ENOMEM`: VRAM and the pages eviction could free are exhausted, or RAM is.
-    case outOfMemory
     /// `EBUSY`: device pages are still in use (teardown could not evict them all).
     case busy
     /// `EAGAIN`-like: the device is suspended; `resume()` it first.
@@ -31,7 +30,6 @@ public enum DeviceError: Error, Equatable, Sendable, CustomStringConvertible {
     public var errno: Errno {
         switch self {
         case .invalidArgument: return .invalidArgument
-        case .outOfMemory: return .noMemory
         case .busy: return .resourceBusy
         case .suspended: return .resourceTemporarilyUnavailable
         case .shutDown: return .socketShutdown
@@ -45,7 +43,6 @@ public enum DeviceError: Error, Equatable, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .invalidArgument: return "invalid argument"
-        case .outOfMemory: return "out of device or system memory"
         case .busy: return "device pages still in use"
         case .suspended: return "device is suspended"
         case .shutDown: return "device was torn down"

@@ -10,10 +10,10 @@ import Testing
     @Test func vramLargerThanTheDevicePFNSpaceIsRefusedAtOnce() throws {
         let memory = try PhysicalMemory(ramBytes: 16 << 20, maxDevicePages: 1 << 12, checked: .off)
         let t0 = ContinuousClock.now
-        #expect(throws: DeviceError.outOfMemory) {
+        #expect(throws: DeviceError.hostMM(.outOfMemory)) {
             try Device(memory: memory, configuration: .init(vramSize: 1 << 40, backend: .memcpy))
         }
-        #expect(throws: DeviceError.outOfMemory) {
+        #expect(throws: DeviceError.hostMM(.outOfMemory)) {
             try Device(memory: memory, configuration: .init(vramSize: (1 << 12) * 4096 + (2 << 20), backend: .memcpy))
         }
         #expect(throws: MirrorError.self) {

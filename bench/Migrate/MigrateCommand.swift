@@ -18,7 +18,7 @@ struct MigrateCommand: ParsableCommand {
     @Option(help: "Pages per migrate_vma batch.") var batch = 512
     @Option(help: "Pages brought back per CPU fault (1 = nouveau's single page).") var faultAround = 1
     @Option(help: "iouring, memcpy or mapped (2 worker threads through the VRAM mapping).") var backend = "iouring"
-    @Option(help: "Copy backend of CPU faults: same (as --backend), iouring, memcpy or mapped.") var faultBackend = "same"
+    @Option(help: "Copy path of CPU faults: auto (faults of up to 16 pages copied on the CPU, larger ones through --backend), same (all through --backend), iouring, memcpy or mapped.") var faultBackend = "auto"
     @Option(help: "Batches in flight while migrating to VRAM (1 = nouveau's strict sequence).") var pipeline = 1
     @Option(help: "Worker threads of the mapped backend.") var workers = 2
     @Option(help: "3step (migrate_vma_setup/pages/finalize) or 2017 (migrate_vma callbacks).") var api = "3step"
@@ -35,11 +35,8 @@ struct MigrateCommand: ParsableCommand {
                 throw ValidationError("--backend must be one of: \(MigrateOptions.Backend.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             o.backend = b
-            if faultBackend != "same" {
-                guard let fb = MigrateOptions.Backend(rawValue: faultBackend) else {
-                    throw ValidationError("--fault-backend must be same, iouring, memcpy or mapped")
-                }
-                o.faultBackend = fb
+            guard o.setFaultBackend(faultBackend) else {
+                throw ValidationError("--fault-backend must be one of: \(MigrateOptions.faultBackendNames.joined(separator: ", "))")
             }
             o.pipeline = pipeline
             o.workers = workers

@@ -3,32 +3,27 @@ import NIOConcurrencyHelpers
 import Synchronization
 
 /// The `migrate` run's observer: sums the time of each driver step (reported as
-/// per-batch costs) and, with `--trace`, draws the dmem flow on the timeline — a track
-/// per direction with `setup`, `migrate_vma_pages`, `fence wait`, `device map` and
-/// `finalize` spans inside a `batch` span, a copy-engine track with one `copy` span per
-/// fence (submit → signal) and an arrow from each submit to its `finalize`. Reading the
-/// trace shows finalize starting only after the copy span ends.
+/// per-batch costs) and, with `--trace`, draws the dmem flow on the timeline. Each
+/// direction has tracks of its own ("migrate → VRAM", "CPU faults → RAM", "evict
+/// (teardown)"), one per batch in flight ("… slot 0", "… slot 1" with `pipeline` 2), so
+/// spans on a track nest as on a real thread: a `batch` span holds `setup`,
+/// `migrate_vma_pages`, `fence wait` and `finalize` spans and `submit` and `device map`
+/// instants. The copy engine's track of the same slot has a `copy` span per fence (submit
+/// → signal), a `fence signaled` instant and an arrow from the submit to its `finalize`:
+/// finalize visibly starts only after the copy span ends. CPU and GPU fault spans are on
+/// slot 0 of their tracks and enclose the batches they cause.
 ///
 /// Threads: any (the driver reports from migrating and faulting threads); totals are
-/// atomics, the batch-start table takes a lock only when tracing.
+/// atomics, the slot table takes a lock only when tracing.
 final class MigrateObserver: MigrationObserver, @unchecked Sendable {
     private let totals: UnsafeMutablePointer<Synchronization.Atomic<UInt64>>
     private let kinds = MigrationEvent.Kind.allCases.count
-    private let tracks: [MigrationEvent.Direction: TraceTrack]
-    private let copyTrack: TraceTrack?
-    private let batchStarts = NIOLockedValueBox<[UInt64: UInt64]>([:])
+    private let slots: NIOLockedValueBox<TraceSlots>?
 
     init(trace: TraceProcess?) {
         totals = .allocate(capacity: 3 * MigrationEvent.Kind.allCases.count)
         for i in 0..<3 * MigrationEvent.Kind.allCases.count { (totals + i).initialize(to: Synchronization.Atomic(0)) }
-        if let trace {
-            tracks = [.toDevice: trace.track("migrate → VRAM"), .toRAM: trace.track("CPU faults → RAM"),
-                      .evict: trace.track("evict (teardown)"), .none: trace.track("GPU faults")]
-            copyTrack = trace.track("copy engine")
-        } else {
-            tracks = [:]
-            copyTrack = nil
-        }
+        slots = trace.map { NIOLockedValueBox(TraceSlots(trace: $0)) }
     }
 
     deinit { totals.deallocate() }
@@ -47,21 +42,21 @@ final class MigrateObserver: MigrationObserver, @unchecked Sendable {
         if e.beginTime != 0 && e.time > e.beginTime {
             totals[slot(e.kind, e.direction)].wrappingAdd(e.time - e.beginTime, ordering: .relaxed)
         }
-        guard let track = tracks[e.direction] else { return }
+        guard let slots else { return }
+        let (track, copyTrack, batchStart) = slots.withLockedValue { $0.tracks(for: e) }
         switch e.kind {
         case .setupBegin:
-            batchStarts.withLockedValue { $0[e.batch] = e.time }
+            break
         case .setupEnd:
-            if e.pages == 0 { _ = batchStarts.withLockedValue { $0.removeValue(forKey: e.batch) } }
             track.complete("setup", start: e.beginTime, end: e.time, args: TraceArgs("collected", Int64(e.pages)))
         case .copiesSubmitted:
             track.instant("submit", at: e.time, args: TraceArgs("seqno", Int64(e.seqno), "descriptors", Int64(e.pages)))
         case .migratePagesEnd:
             track.complete("migrate_vma_pages", start: e.beginTime, end: e.time, args: TraceArgs("pages", Int64(e.pages)))
         case .fenceSignaled:
-            copyTrack?.complete("copy", start: e.beginTime, end: e.time, args: TraceArgs("seqno", Int64(e.seqno)))
-            copyTrack?.flowStart("fence", id: e.batch, at: e.beginTime)
-            copyTrack?.instant("fence signaled", at: e.time, args: TraceArgs("seqno", Int64(e.seqno)))
+            copyTrack.complete("copy", start: e.beginTime, end: e.time, args: TraceArgs("seqno", Int64(e.seqno)))
+            copyTrack.flowStart("fence", id: e.batch, at: e.beginTime)
+            copyTrack.instant("fence signaled", at: e.time, args: TraceArgs("seqno", Int64(e.seqno)))
         case .fenceWaitEnd:
             track.complete("fence wait", start: e.beginTime, end: e.time, args: TraceArgs("failed", Int64(e.pages)))
         case .deviceMap:
@@ -69,7 +64,7 @@ final class MigrateObserver: MigrationObserver, @unchecked Sendable {
         case .finalizeEnd:
             track.complete("finalize", start: e.beginTime, end: e.time, args: TraceArgs("migrated", Int64(e.pages)))
             if e.beginTime != 0 { track.flowEnd("fence", id: e.batch, at: e.beginTime) }
-            if let start = batchStarts.withLockedValue({ $0.removeValue(forKey: e.batch) }) {
+            if let start = batchStart {
                 track.complete("batch", start: start, end: e.time, args: TraceArgs("batch", Int64(e.batch), "seqno", Int64(e.seqno)))
             }
         case .cpuFaultEnd:
@@ -79,5 +74,66 @@ final class MigrateObserver: MigrationObserver, @unchecked Sendable {
         case .migratePagesBegin, .fenceWaitBegin, .finalizeBegin, .cpuFaultBegin, .gpuFault:
             break
         }
+    }
+}
+
+/// Which trace tracks a batch's events go to: a batch takes the lowest free slot of its
+/// direction at `setupBegin` and gives it back when it ends (`finalizeEnd`, or a
+/// `setupEnd` that collected nothing), so batches in flight at once never share a track.
+///
+/// Threads: guarded by `MigrateObserver`'s lock.
+private struct TraceSlots {
+    let trace: TraceProcess
+    /// Per direction, per slot: the batch holding it (nil: free).
+    var busy: [MigrationEvent.Direction: [UInt64?]] = [:]
+    var lanes: [MigrationEvent.Direction: [(track: TraceTrack, copies: TraceTrack)]] = [:]
+    /// Batch → (slot, `setupBegin` time).
+    var open: [UInt64: (slot: Int, start: UInt64)] = [:]
+
+    init(trace: TraceProcess) { self.trace = trace }
+
+    static func name(_ d: MigrationEvent.Direction) -> String {
+        switch d {
+        case .toDevice: return "migrate → VRAM"
+        case .toRAM: return "CPU faults → RAM"
+        case .evict: return "evict (teardown)"
+        case .none: return "GPU faults"
+        }
+    }
+
+    mutating func lane(_ d: MigrationEvent.Direction, _ slot: Int) -> (track: TraceTrack, copies: TraceTrack) {
+        var all = lanes[d] ?? []
+        while all.count <= slot {
+            let n = all.count
+            all.append((trace.track("\(Self.name(d)) slot \(n)"), trace.track("copy engine (\(Self.name(d)) slot \(n))")))
+        }
+        lanes[d] = all
+        return all[slot]
+    }
+
+    /// The tracks of `e` (and, at the end of its batch, when the batch began); claims and frees slots.
+    mutating func tracks(for e: MigrationEvent) -> (TraceTrack, TraceTrack, UInt64?) {
+        if e.batch == 0 {
+            let l = lane(e.direction, 0)
+            return (l.track, l.copies, nil)
+        }
+        if e.kind == .setupBegin {
+            var b = busy[e.direction] ?? []
+            let slot = b.firstIndex(where: { $0 == nil }) ?? b.count
+            if slot == b.count { b.append(nil) }
+            b[slot] = e.batch
+            busy[e.direction] = b
+            open[e.batch] = (slot, e.time)
+        }
+        guard let (slot, start) = open[e.batch] else {
+            let l = lane(e.direction, 0)
+            return (l.track, l.copies, nil)
+        }
+        let l = lane(e.direction, slot)
+        let ends = e.kind == .finalizeEnd || (e.kind == .setupEnd && e.pages == 0)
+        guard ends else { return (l.track, l.copies, nil) }
+        open[e.batch] = nil
+        busy[e.direction]?[slot] = nil
+        return (l.track, l.copies, e.kind == .finalizeEnd ? start : nil)
     }
 }

@@ -27,6 +27,11 @@ struct MigrateOptions: Sendable {
     var backend = Backend.iouring
     /// Backend of the CPU-fault channels (nil: the same as `backend`).
     var faultBackend: Backend? = nil
+    /// With `faultBackend` nil: small faults copy on the CPU (`auto`, the driver's default,
+    /// `MigrationPolicy.cpuCopyFaultPages`), or every fault goes through `backend` (`same`).
+    var faultCPUCopy = true
+    /// `auto`, `same` or a backend name, as on the command line.
+    var faultBackendName: String { faultBackend?.rawValue ?? (faultCPUCopy ? "auto" : "same") }
     /// Batches in flight during the migration to VRAM (1: nouveau's strict sequence).
     var pipeline = 1
     /// Worker threads of the `mapped` backend.
@@ -46,6 +51,7 @@ struct MigrateOptions: Sendable {
         p.cpuFaultGranularity = faultAround > 1 ? .faultAround(pages: faultAround) : .page
         p.apiGeneration = api
         p.pipelineDepth = pipeline
+        if !faultCPUCopy { p.cpuCopyFaultPages = 0 }
         return p
     }
 
@@ -72,3 +78,20 @@ extension MigrationPolicy.APIGeneration {
 
     var name: String { self == .threeStep ? "3step" : "2017" }
 }
+
+extension MigrateOptions {
+    /// Sets the fault path from `auto`, `same`, `iouring`, `memcpy` or `mapped`; false for another name.
+    mutating func setFaultBackend(_ name: String) -> Bool {
+        switch name {
+        case "auto": faultBackend = nil; faultCPUCopy = true
+        case "same": faultBackend = nil; faultCPUCopy = false
+        default:
+            guard let b = Backend(rawValue: name) else { return false }
+            faultBackend = b
+        }
+        return true
+    }
+
+    static let faultBackendNames = ["auto", "same"] + Backend.allCases.map(\.rawValue)
+}
+

@@ -85,7 +85,7 @@ final class MigrateRun {
         r.set("pipeline", o.pipeline)
         r.set("fault_around", o.faultAround)
         r.set("backend", o.backend.rawValue)
-        r.set("fault_backend", (o.faultBackend ?? o.backend).rawValue)
+        r.set("fault_backend", o.faultBackendName)
         if o.backend == .mapped || o.faultBackend == .mapped { r.set("workers", o.workers) }
         r.set("api", o.api.name)
         r.set("checked", o.checked)

@@ -13,8 +13,8 @@ struct MigrateScenario: BenchScenario {
         .init("fault-around", .integer(1...512), default: "1", help: "pages brought back per CPU fault"),
         .init("backend", .choice(MigrateOptions.Backend.allCases.map(\.rawValue)), default: "iouring",
               help: "copy engine backend"),
-        .init("fault-backend", .choice(["same"] + MigrateOptions.Backend.allCases.map(\.rawValue)), default: "same",
-              help: "copy backend of CPU faults (same: as backend)"),
+        .init("fault-backend", .choice(MigrateOptions.faultBackendNames), default: "auto",
+              help: "copy path of CPU faults (auto: small faults by CPU copy; same: all through backend)"),
         .init("pipeline", .integer(1...8), default: "1", help: "batches in flight while migrating to VRAM"),
         .init("workers", .integer(1...8), default: "2", help: "worker threads of the mapped backend"),
         .init("api", .choice(["3step", "2017"]), default: "3step", help: "migrate_vma_setup/pages/finalize or 2017 callbacks"),
@@ -31,7 +31,7 @@ struct MigrateScenario: BenchScenario {
         o.batchPages = try parameters.int("batch")
         o.faultAround = try parameters.int("fault-around")
         o.backend = MigrateOptions.Backend(rawValue: try parameters.string("backend")) ?? .iouring
-        o.faultBackend = MigrateOptions.Backend(rawValue: try parameters.string("fault-backend"))
+        _ = o.setFaultBackend(try parameters.string("fault-backend"))
         o.pipeline = try parameters.int("pipeline")
         o.workers = try parameters.int("workers")
         o.api = MigrationPolicy.APIGeneration(name: try parameters.string("api")) ?? .threeStep

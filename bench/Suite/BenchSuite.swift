@@ -27,7 +27,7 @@ struct BenchSuite: Sendable {
         // h2d, d2h and d2d per point (128M, median of 3 passes): ~11 s in release on the 2-core reference machine.
         Entry("copy", "page-size=4K,64K coalesce=on,off"),
         Entry("mm", "pages=64K"),
-        Entry("migrate", "backend=iouring,mapped batch=2048 pipeline=2 fault-backend=same,memcpy"),
+        Entry("migrate", "backend=iouring,mapped batch=2048 pipeline=2"),
     ])
 
     /// The jobs of every entry, checked against `registry` (unknown scenarios or keys, bad values).

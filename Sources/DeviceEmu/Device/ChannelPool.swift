@@ -37,3 +37,20 @@ final class ChannelPool: @unchecked Sendable {
         lock.withLock { idle.append(channel) }
     }
 }
+
+extension ChannelPool {
+    /// The backend of the small-CPU-fault path for a device whose channels use `kind`:
+    /// the same backend with its copier replaced by a synchronous memcpy through the
+    /// mappings (fault-injection and link-model wrappers kept, so injected failures and
+    /// the modelled bus still apply); nil when `kind` already copies on the CPU or is a
+    /// custom backend the device cannot see into.
+    static func cpuCopyKind(_ kind: CopyBackendKind) -> CopyBackendKind? {
+        switch kind {
+        case .ioUring, .mappedWorkers: return .memcpy
+        case .memcpy, .custom: return nil
+        case .faultInjecting(let plan, let inner): return cpuCopyKind(inner).map { .faultInjecting(plan, wrapping: $0) }
+        case .linkModel(let link, let inner): return cpuCopyKind(inner).map { .linkModel(link, wrapping: $0) }
+        }
+    }
+}
+

@@ -85,6 +85,9 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     let channels: ChannelPool
     /// Channels for CPU faults (the same pool as `channels` unless `faultBackend` is set).
     let faultChannels: ChannelPool
+    /// Synchronous CPU-copy channels for small CPU faults (`MigrationPolicy.cpuCopyFaultPages`);
+    /// nil when `faultBackend` is set or the backend already copies on the CPU.
+    let cpuCopyChannels: ChannelPool?
     let gate = OperationGate()
     let ownsEngine: Bool
     let isCoherent: Bool
@@ -135,6 +138,8 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         let bulk = try ChannelPool(engine: made, backend: c.backend, name: "dmem")
         channels = bulk
         faultChannels = try c.faultBackend.map { kind throws(DeviceError) in try ChannelPool(engine: made, backend: kind, name: "fault") } ?? bulk
+        cpuCopyChannels = try ChannelPool.cpuCopyKind(c.faultBackend == nil ? (c.backend ?? made.configuration.backend) : .memcpy)
+            .map { kind throws(DeviceError) in try ChannelPool(engine: made, backend: kind, name: "cpucopy") }
         eviction = c.eviction.make(capacity: vram.pageCount)
         residentSince = UnsafeMutableRawPointer.allocate(byteCount: max(vram.pageCount, 1) * 8, alignment: 8)
             .initializeMemory(as: UInt64.self, repeating: 0, count: max(vram.pageCount, 1))
@@ -172,7 +177,9 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     }
 
     /// Copy channels created so far (one per concurrent batch at most).
-    public var channelCount: Int { channels.channelCount + (faultChannels === channels ? 0 : faultChannels.channelCount) }
+    public var channelCount: Int {
+        channels.channelCount + (faultChannels === channels ? 0 : faultChannels.channelCount) + (cpuCopyChannels?.channelCount ?? 0)
+    }
 
     // MARK: Address spaces
 

@@ -95,7 +95,7 @@ public final class DeviceMemory: @unchecked Sendable {
               c.poolSize >= c.chunkSize, c.poolSize % c.chunkSize == 0 else { throw .invalidArgument }
         // More VRAM than HostMM has device PFNs for could never be registered: refuse it
         // before creating (and populating) pools for it.
-        guard c.size / pageSize <= memory.maxPFN - memory.ramPageCount else { throw .outOfMemory }
+        guard c.size / pageSize <= memory.maxPFN - memory.ramPageCount else { throw .hostMM(.outOfMemory) }
         self.memory = memory
         self.configuration = c
         self.owner = owner

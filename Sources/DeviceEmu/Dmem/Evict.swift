@@ -74,8 +74,8 @@ extension Device {
     /// in one batch with one fence.
     func evictRuns(_ b: MigrationBuffers, _ runs: [(PFN, Int)]) -> (collected: Int, evicted: Int) {
         let batch = nextBatch()
-        let t0 = stamp()
         emit(.setupBegin, .evict, batch: batch)
+        let t0 = stamp()   // after the batch's begin: setup nests inside the batch
         var npages = 0
         for (first, count) in runs {
             let slice = UnsafeMutableBufferPointer(rebasing: b.src[npages ..< npages + count])

@@ -25,6 +25,9 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
     var error: DeviceError?
     var setupBegin: UInt64 = 0
     var pagesBegin: UInt64 = 0
+    var finalizeBegin: UInt64 = 0
+    /// `.finalizeBegin` was reported: the caller reports `.finalizeEnd` after `migrateVMA` returns.
+    var finalizing = false
 
     init(device: Device, policy: MigrationPolicy, space: GPUAddressSpace?, tag: UInt64, batch: UInt64,
          buffers: MigrationBuffers, writable: Bool) {
@@ -111,7 +114,10 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
         for i in 0..<n where src[i].contains(.migrate) && dst[i].page != nil { committed += 1 }
         d.emit(.migratePagesEnd, .toDevice, begin: pagesBegin, batch: batch, seqno: fence?.seqno ?? 0,
                address: start, pages: committed)
-        guard let fence else { return }
+        guard let fence else {
+            if result.collected > 0 { beginFinalize(start) }
+            return
+        }
         let failures = d.waitFence(fence, signal, .toDevice, batch)
         var redo: [(source: PFN?, page: PFN)] = []
         for f in failures {
@@ -135,7 +141,15 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
             }
         }
         d.markResident(UnsafeBufferPointer(rebasing: indices[0..<resident]))
-        d.emit(.finalizeBegin, .toDevice, batch: batch, seqno: fence.seqno, address: start)
+        beginFinalize(start)
+    }
+
+    /// `migrateVMA` calls `migrateVMAFinalize` next: reports its start, once.
+    private func beginFinalize(_ start: UInt64) {
+        guard !finalizing else { return }
+        finalizing = true
+        finalizeBegin = device.stamp()
+        device.emit(.finalizeBegin, .toDevice, batch: batch, seqno: fence?.seqno ?? 0, address: start)
     }
 }
 
@@ -146,16 +160,21 @@ extension Device {
         let batch = nextBatch()
         let ops = LegacyDmemMigrateOps(device: self, policy: policy, space: space, tag: tag, batch: batch,
                                        buffers: b, writable: vma.flags.contains(.write))
-        ops.setupBegin = stamp()
+        // The batch begins with `.setupBegin`; its setup span starts after it (nests inside).
         emit(.setupBegin, .toDevice, batch: batch, address: start)
+        ops.setupBegin = stamp()
         do {
             try migrateVMA(ops: ops, vma: vma, start: start, end: end, src: b.src, dst: b.dst, pgmapOwner: owner)
         } catch { throw .hostMM(error) }
-        if ops.fence != nil {
-            emit(.finalizeEnd, .toDevice, batch: batch, seqno: ops.fence?.seqno ?? 0, address: start, pages: ops.result.migrated)
+        if ops.finalizing {
+            emit(.finalizeEnd, .toDevice, begin: ops.finalizeBegin, batch: batch, seqno: ops.fence?.seqno ?? 0,
+                 address: start, pages: ops.result.migrated)
         }
         // migrateVMA calls no callback when setup collected nothing: the range was walked anyway.
-        if ops.result.pages == 0 { ops.result.pages = Int((end - start) >> 12) }
+        if ops.result.pages == 0 {
+            ops.result.pages = Int((end - start) >> 12)
+            emit(.setupEnd, .toDevice, begin: ops.setupBegin, batch: batch, address: start, pages: 0)
+        }
         counters.add(.pagesToDevice, ops.result.migrated)
         counters.add(.holesPopulated, ops.result.holes)
         if let error = ops.error { throw error }

@@ -94,8 +94,8 @@ extension Device {
     func startBatchToDevice(_ b: MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64,
                             _ policy: MigrationPolicy, _ space: GPUAddressSpace?, _ tag: UInt64) throws(DeviceError) -> BatchStart {
         let batch = nextBatch()
-        let t0 = stamp()
         emit(.setupBegin, .toDevice, batch: batch, address: start)
+        let t0 = stamp()   // after the batch's begin: setup nests inside the batch
         var args = MigrateVMA(vma: vma, start: start, end: end, src: b.src, dst: b.dst,
                               pgmapOwner: owner, flags: .selectSystem)
         do { try migrateVMASetup(&args) } catch { throw .hostMM(error) }
@@ -107,7 +107,7 @@ extension Device {
         out.batches = 1
         counters.add(.batchesToDevice)
         if policy.rangeMigration == .allOrNothing && args.cpages < args.npages {
-            return .done(refuse(&args, &out))
+            return .done(refuse(&args, &out, batch))
         }
         space?.zapCollected(start, UnsafeBufferPointer(b.src), args.npages)
 
@@ -116,7 +116,7 @@ extension Device {
         let got = vram.allocPages(into: UnsafeMutableBufferPointer(rebasing: b.pages[0..<want]))
         if got < want && policy.rangeMigration == .allOrNothing {
             for k in 0..<got { releaseUnused(b.pages[k]) }
-            return .done(refuse(&args, &out))
+            return .done(refuse(&args, &out, batch))
         }
         let (fence, descriptors) = try enqueueToDevice(b, &args, got: got, tag: tag)
         let signal = observeSignal(fence)
@@ -230,9 +230,12 @@ extension Device {
     }
 
     /// Restores the whole batch (all-or-nothing refused it).
-    private func refuse(_ args: inout MigrateVMA, _ out: inout MigrationResult) -> MigrationResult {
+    private func refuse(_ args: inout MigrateVMA, _ out: inout MigrationResult, _ batch: UInt64) -> MigrationResult {
         for i in 0..<args.npages { args.dst[i] = [] }
+        let tf = stamp()
+        emit(.finalizeBegin, .toDevice, batch: batch, address: args.start)
         migrateVMAFinalize(&args)
+        emit(.finalizeEnd, .toDevice, begin: tf, batch: batch, address: args.start, pages: 0)
         counters.add(.batchesRefused)
         out.refusedBatches = 1
         return out

@@ -28,6 +28,8 @@ extension Device {
         let buffers = spareBuffers.take(min(policy.batchPages, Int((window.upperBound - window.lowerBound) >> 12)))
         defer { spareBuffers.give(buffers) }
         let space = addressSpace(for: fault.mm)
+        let windowPages = Int((window.upperBound - window.lowerBound) >> 12)
+        let pool = windowPages <= policy.cpuCopyFaultPages ? cpuCopyChannels ?? faultChannels : faultChannels
         var result = VMFaultResult.done
         var moved = 0
         let span = UInt64(min(buffers.capacity, policy.batchPages)) << 12
@@ -39,7 +41,7 @@ extension Device {
             let start = window.lowerBound + UInt64(index) * span
             let end = min(window.upperBound, start + span)
             do {
-                let r = try migrateBatchToRAM(buffers, fault.vma, start, end, faultPage: fault.page, space, policy, faultChannels)
+                let r = try migrateBatchToRAM(buffers, fault.vma, start, end, faultPage: fault.page, space, policy, pool)
                 moved += r.moved
                 if k == 0, r.faultPageCopyFailed { result = .sigbus }
                 if k == 0, r.faultPageWithoutRAM { result = .oom }
@@ -90,8 +92,8 @@ extension Device {
                            _ space: GPUAddressSpace?, _ policy: MigrationPolicy,
                            _ pool: ChannelPool) throws(DeviceError) -> ToRAMOutcome {
         let batch = nextBatch()
-        let t0 = stamp()
         emit(.setupBegin, .toRAM, batch: batch, address: start)
+        let t0 = stamp()   // after the batch's begin: setup nests inside the batch
         var args = MigrateVMA(vma: vma, start: start, end: end, src: b.src, dst: b.dst, pgmapOwner: owner,
                               flags: .selectDevicePrivate, faultPage: faultPage)
         do { try migrateVMASetup(&args) } catch { throw .hostMM(error) }
@@ -152,7 +154,9 @@ extension Device {
             let ram = b.pages[next]
             next += 1
             do {
-                guard let from = vram.dmaAddress(of: source) else { throw DMAError.zeroLength }
+                // Setup selected this device's pages, so each has a VRAM address; one without
+                // is not this device's page (EINVAL) and stays where it is, like a failed enqueue.
+                guard let from = vram.dmaAddress(of: source) else { throw DeviceError.invalidArgument }
                 try channel.enqueueCopy(from: from, to: ramAddress(ram), length: pageSize)
             } catch {
                 memory.unlockPage(ram)

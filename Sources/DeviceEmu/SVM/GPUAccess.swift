@@ -25,8 +25,9 @@ extension GPUAddressSpace {
     }
 
     /// Reads `buffer.count` bytes at `address` with the GPU.
-    /// - Throws: `.fault` (no readable mapping), `.suspended`, `.shutDown`, `.outOfMemory`,
-    ///   `.busy` if the page kept being invalidated under the access.
+    /// - Throws: `.fault` (no readable mapping — also when RAM runs out faulting a page in,
+    ///   as `hmm_range_fault` returns -EFAULT on `VM_FAULT_OOM`), `.suspended`, `.shutDown`,
+    ///   `.busy` if the page kept being invalidated under the access, `.hostMM` otherwise.
     public func read(at address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(DeviceError) {
         try access(address, buffer.count, .read) { page, done, n in
             memcpy(buffer.baseAddress! + done, page, n)

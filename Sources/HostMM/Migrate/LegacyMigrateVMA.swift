@@ -19,7 +19,8 @@ public protocol MigrateVMAOps: AnyObject {
 /// Migrates `[start, end)` of `vma` through `ops` (`migrate_vma`, 2017).
 ///
 /// Collects System-RAM pages and holes (and, when `pgmapOwner` is given, that owner's
-/// device-private pages — the 2017 code took every device-private page; the owner filter
+/// device-private pages — the 2017 code (seed 000) skipped non-present entries, so it
+/// collected none; v5.0 (seed 002) took every device-private page; the owner filter
 /// came later), then calls `allocAndCopy`, moves the page state, calls
 /// `finalizeAndMap`, and remaps. Succeeds even if nothing migrated; returns without
 /// calling `ops` when nothing could be collected. The caller holds the mmap lock (read).

@@ -1,0 +1,63 @@
+import DMAEngine
+import DeviceEmu
+import HostMM
+import Testing
+
+/// `MigrationPolicy.cpuCopyFaultPages`: small CPU faults are copied on the faulting
+/// thread (a memcpy channel of their own), larger windows and migrations use the engine.
+@Suite struct CPUCopyFaultTests {
+    /// Migrates 64 pattern pages, reads them back with `policy`; returns the channels
+    /// the to-RAM batches used and the device's channel count.
+    func readBack(_ policy: MigrationPolicy, backend: CopyBackendKind = .ioUring,
+                  faultBackend: CopyBackendKind? = nil) throws -> (toDevice: Set<Int>, toRAM: Set<Int>, channels: Int) {
+        let memory = try makeMemory(mib: 64)
+        var c = Device.Configuration(vramSize: 8 << 20, backend: backend, policy: policy)
+        c.faultBackend = faultBackend
+        let log = EventLog()
+        c.observer = log
+        let gpu = try Device(memory: memory, configuration: c)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 64 * pageSize)
+        let pattern = PagePattern(seed: 91)
+        try pattern.fill(mm, a, pages: 64)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 64))
+        #expect(try pattern.cpuMismatches(mm, a, pages: 64).isEmpty)
+        #expect(gpu.vram.inUsePageCount == 0)
+        let channels = { (d: MigrationEvent.Direction) in
+            Set(log.all.filter { $0.direction == d && $0.kind == .copiesSubmitted }.map(\.channel))
+        }
+        return (channels(.toDevice), channels(.toRAM), gpu.channelCount)
+    }
+
+    @Test func singlePageFaultsTakeTheCPUCopyChannelByDefault() throws {
+        let r = try readBack(MigrationPolicy())
+        #expect(r.channels == 2)
+        #expect(r.toDevice.count == 1 && r.toRAM.count == 1 && r.toDevice != r.toRAM)
+    }
+
+    @Test func windowsAboveTheLimitAndALimitOfZeroUseTheEngine() throws {
+        var p = MigrationPolicy()
+        p.cpuFaultGranularity = .faultAround(pages: 32)
+        let large = try readBack(p)
+        #expect(large.toRAM == large.toDevice)
+        p.cpuFaultGranularity = .page
+        p.cpuCopyFaultPages = 0
+        let none = try readBack(p)
+        #expect(none.toRAM == none.toDevice)
+    }
+
+    @Test func anExplicitFaultBackendOrACPUBackendNeedsNoExtraChannels() throws {
+        #expect(try readBack(MigrationPolicy(), backend: .memcpy).channels == 1)
+        #expect(try readBack(MigrationPolicy(), faultBackend: .ioUring).channels == 2)
+    }
+
+    @Test func aNegativeLimitIsRejected() throws {
+        let memory = try makeMemory(mib: 16)
+        let gpu = try makeDevice(memory, vramMiB: 4)
+        defer { try? gpu.shutdown() }
+        var p = MigrationPolicy()
+        p.cpuCopyFaultPages = -1
+        #expect(throws: DeviceError.invalidArgument) { try gpu.setPolicy(p) }
+    }
+}
