@@ -15,7 +15,7 @@ import Testing
         let r = try TortureRun.run(o)
         let findings: String
         if case .string(let s)? = r["findings"] { findings = s } else { findings = "" }
-        #expect(r["passed"] == .bool(true), "\(findings)")
+        #expect(r["passed"] == .bool(true), "\(r.json)\n\(findings)")
         #expect(r["mismatches"] == .int(0) && r["leaks"] == .int(0))
         #expect(r["protocol_violations"] == .int(0) && r["invariant_violations"] == .int(0))
         // It did work, and the engine did disturb it.

@@ -83,6 +83,8 @@ enum TortureRun {
             && s.unexpectedErrors == 0 && s.unverified == 0
         r.set("passed", clean)
         var notes = world.mismatchLog + world.errorLog + invariants.prefix(TortureWorld.logLimit)
+        if leaks > 0 { notes.append("\(leaks) leaked: VRAM pages in use \(world.gpu.vram.inUsePageCount), RAM frames missing \(max(0, world.freeRAMAtStart - world.memory.freeRAMPageCount)), unfinished migrations \(checker.unfinishedMigrations)") }
+        if s.unverified > 0 { notes.append("\(s.unverified) page checks gave up after every retry (the last error is counted in refused or sigbus)") }
         notes += checker.violations.prefix(TortureWorld.logLimit).map(\.description)
         if !notes.isEmpty { r.set("findings", notes.joined(separator: "\n")) }
         return r

@@ -80,10 +80,16 @@ final class TortureWorker: @unchecked Sendable {
         world.logMismatch("worker \(index) region \(r) gen \(regions[r].generation) page \(p) va:0x\(String(address(r, p), radix: 16)) via \(via): expected version \(current), found \(found.map { "version \($0)" } ?? "foreign bytes")")
     }
 
-    /// Reads the page at `address` into `page`; false (counted) if it could not.
+    /// Reads the page at `address` into `page`; false (counted) if it could not. Transient
+    /// failures (a suspended device, an injected fault-copy failure) are retried for up to
+    /// ten seconds — a bound in time, not in tries, so a slow machine (a sanitizer build)
+    /// is not mistaken for a broken one.
     func read(_ address: UInt64, via: Via, in other: AddressSpace? = nil) -> Bool {
         let buffer = UnsafeMutableRawBufferPointer(start: page, count: pageSize)
-        for attempt in 0..<10_000 {  // ~2 s of 200 µs naps: slow builds (TSan) keep pages busy longer
+        let giveUp = MonotonicClock.now() + 10_000_000_000
+        var attempt = 0
+        while MonotonicClock.now() < giveUp {
+            attempt += 1
             do {
                 if via == .gpu && other == nil {
                     try space.read(at: address, into: buffer)

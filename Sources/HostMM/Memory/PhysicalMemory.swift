@@ -26,6 +26,10 @@ public final class PhysicalMemory: @unchecked Sendable {
     public let zeroPFN = PFN(0)
     /// One past the highest PFN the metadata table covers.
     public let maxPFN: Int
+    /// `ramPageCount` and `maxPFN` as raw PFN values: bounds checks compare a caller's PFN
+    /// without a conversion (any 64-bit value is a PFN a caller may pass).
+    @usableFromInline let ramPFNLimit: UInt64
+    @usableFromInline let pfnLimit: UInt64
 
     @usableFromInline let meta: UnsafeMutablePointer<PageMetadata>
     private let metaBytes: Int
@@ -51,6 +55,8 @@ public final class PhysicalMemory: @unchecked Sendable {
         ramPageCount = ramBytes / pageSize
         byteCount = ramBytes
         maxPFN = ramPageCount + maxDevicePages
+        ramPFNLimit = UInt64(ramPageCount)
+        pfnLimit = UInt64(maxPFN)
         let populate = prefault ? MAP_POPULATE : 0
         guard let ram = mmap(nil, ramBytes, PROT_READ | PROT_WRITE,
                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | populate, -1, 0),
@@ -98,21 +104,21 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     /// True when `pfn` is RAM or belongs to a registered pgmap.
     public func isValid(_ pfn: PFN) -> Bool {
-        pfn.rawValue < UInt64(ramPageCount) || pagemap(of: pfn) != nil
+        pfn.rawValue < ramPFNLimit || pagemap(of: pfn) != nil
     }
 
     /// True for System-RAM frames (including the zero page).
-    @inlinable public func isRAM(_ pfn: PFN) -> Bool { pfn.rawValue < UInt64(ramPageCount) }
+    @inlinable public func isRAM(_ pfn: PFN) -> Bool { pfn.rawValue < ramPFNLimit }
 
     /// The zone of a frame (`page_zonenum` / `is_device_private_page` …).
     public func zone(_ pfn: PFN) -> Zone {
-        guard pfn.rawValue < UInt64(maxPFN) else { return .normal }
-        return Zone(rawValue: UInt8(meta[Int(pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) & 0xff)) ?? .normal
+        guard pfn.rawValue < pfnLimit else { return .normal }
+        return Zone(rawValue: UInt8(meta[Int(truncatingIfNeeded: pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) & 0xff)) ?? .normal
     }
 
     /// `is_zone_device_page()`.
     func isZoneDevice(_ pfn: PFN) -> Bool {
-        pfn.rawValue < UInt64(maxPFN) && meta[Int(pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) & 0xff != 0
+        pfn.rawValue < pfnLimit && meta[Int(truncatingIfNeeded: pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) & 0xff != 0
     }
 
     /// `is_device_private_page()`.
@@ -123,8 +129,8 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     /// The pgmap owning a device frame (`page_pgmap`), or nil for RAM.
     public func pagemap(of pfn: PFN) -> DevicePagemap? {
-        guard pfn.rawValue < UInt64(maxPFN) else { return nil }
-        let slot = meta[Int(pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) >> 8
+        guard pfn.rawValue < pfnLimit else { return nil }
+        let slot = meta[Int(truncatingIfNeeded: pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) >> 8
         return slot == 0 ? nil : pagemaps.pagemap(slot: Int(slot) - 1)
     }
 
@@ -141,7 +147,7 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     /// Bounds check for the public per-page calls: a PFN past the table is ignored and counted.
     @inline(__always) func checked(_ pfn: PFN) -> Bool {
-        if pfn.rawValue < UInt64(maxPFN) { return true }
+        if pfn.rawValue < pfnLimit { return true }
         diagnostics.badPFNs.wrappingAdd(1, ordering: .relaxed)
         return false
     }
@@ -149,35 +155,35 @@ public final class PhysicalMemory: @unchecked Sendable {
     // MARK: struct page fields
 
     /// `page_ref_count()`.
-    public func refcount(_ pfn: PFN) -> Int { guard checked(pfn) else { return 0 }; return Int(meta[Int(pfn.rawValue)].refcount.load(ordering: .acquiring)) }
+    public func refcount(_ pfn: PFN) -> Int { guard checked(pfn) else { return 0 }; return Int(meta[Int(truncatingIfNeeded: pfn.rawValue)].refcount.load(ordering: .acquiring)) }
     /// `page_mapcount()` (0-based: number of page-table entries mapping the page).
-    public func mapcount(_ pfn: PFN) -> Int { guard checked(pfn) else { return 0 }; return Int(meta[Int(pfn.rawValue)].mapcount.load(ordering: .acquiring)) }
+    public func mapcount(_ pfn: PFN) -> Int { guard checked(pfn) else { return 0 }; return Int(meta[Int(truncatingIfNeeded: pfn.rawValue)].mapcount.load(ordering: .acquiring)) }
     /// `page->flags`.
-    public func flags(_ pfn: PFN) -> PageFlags { guard checked(pfn) else { return [] }; return PageFlags(rawValue: meta[Int(pfn.rawValue)].flags.load(ordering: .acquiring)) }
+    public func flags(_ pfn: PFN) -> PageFlags { guard checked(pfn) else { return [] }; return PageFlags(rawValue: meta[Int(truncatingIfNeeded: pfn.rawValue)].flags.load(ordering: .acquiring)) }
     /// True when `page->mapping` names an anonymous VMA family (`PageAnon`).
     public func isAnon(_ pfn: PFN) -> Bool { checked(pfn) && PageMapping.isAnon(mapping(pfn)) }
     /// `page->index`.
-    public func index(_ pfn: PFN) -> UInt64 { guard checked(pfn) else { return 0 }; return meta[Int(pfn.rawValue)].index.load(ordering: .relaxed) }
+    public func index(_ pfn: PFN) -> UInt64 { guard checked(pfn) else { return 0 }; return meta[Int(truncatingIfNeeded: pfn.rawValue)].index.load(ordering: .relaxed) }
     /// The driver's private word (`page->zone_device_data`).
-    public func zoneDeviceData(_ pfn: PFN) -> UInt64 { guard checked(pfn) else { return 0 }; return meta[Int(pfn.rawValue)].zoneDeviceData.load(ordering: .acquiring) }
+    public func zoneDeviceData(_ pfn: PFN) -> UInt64 { guard checked(pfn) else { return 0 }; return meta[Int(truncatingIfNeeded: pfn.rawValue)].zoneDeviceData.load(ordering: .acquiring) }
     /// Sets the driver's private word (`page->zone_device_data = …`).
     public func setZoneDeviceData(_ pfn: PFN, _ value: UInt64) {
         guard checked(pfn) else { return }
-        meta[Int(pfn.rawValue)].zoneDeviceData.store(value, ordering: .releasing)
+        meta[Int(truncatingIfNeeded: pfn.rawValue)].zoneDeviceData.store(value, ordering: .releasing)
     }
 
-    func mapping(_ pfn: PFN) -> UInt64 { meta[Int(pfn.rawValue)].mapping.load(ordering: .acquiring) }
+    func mapping(_ pfn: PFN) -> UInt64 { meta[Int(truncatingIfNeeded: pfn.rawValue)].mapping.load(ordering: .acquiring) }
     func setMapping(_ pfn: PFN, _ word: UInt64, index: UInt64) {
-        meta[Int(pfn.rawValue)].index.store(index, ordering: .relaxed)
-        meta[Int(pfn.rawValue)].mapping.store(word, ordering: .releasing)
+        meta[Int(truncatingIfNeeded: pfn.rawValue)].index.store(index, ordering: .relaxed)
+        meta[Int(truncatingIfNeeded: pfn.rawValue)].mapping.store(word, ordering: .releasing)
     }
-    func setFlags(_ pfn: PFN, _ f: PageFlags) { meta[Int(pfn.rawValue)].flags.bitwiseOr(f.rawValue, ordering: .acquiringAndReleasing) }
-    func clearFlags(_ pfn: PFN, _ f: PageFlags) { meta[Int(pfn.rawValue)].flags.bitwiseAnd(~f.rawValue, ordering: .acquiringAndReleasing) }
+    func setFlags(_ pfn: PFN, _ f: PageFlags) { meta[Int(truncatingIfNeeded: pfn.rawValue)].flags.bitwiseOr(f.rawValue, ordering: .acquiringAndReleasing) }
+    func clearFlags(_ pfn: PFN, _ f: PageFlags) { meta[Int(truncatingIfNeeded: pfn.rawValue)].flags.bitwiseAnd(~f.rawValue, ordering: .acquiringAndReleasing) }
     /// Atomically clears `f`, returning whether it was set (`TestClearPage…`).
     func testAndClearFlags(_ pfn: PFN, _ f: PageFlags) -> Bool {
-        meta[Int(pfn.rawValue)].flags.bitwiseAnd(~f.rawValue, ordering: .acquiringAndReleasing).oldValue & f.rawValue != 0
+        meta[Int(truncatingIfNeeded: pfn.rawValue)].flags.bitwiseAnd(~f.rawValue, ordering: .acquiringAndReleasing).oldValue & f.rawValue != 0
     }
     func addMapcount(_ pfn: PFN, _ delta: Int32) {
-        meta[Int(pfn.rawValue)].mapcount.wrappingAdd(delta, ordering: .acquiringAndReleasing)
+        meta[Int(truncatingIfNeeded: pfn.rawValue)].mapcount.wrappingAdd(delta, ordering: .acquiringAndReleasing)
     }
 }

@@ -47,7 +47,7 @@ extension PhysicalMemory {
 
     /// True for RAM and registered device PFNs, without touching the pgmap object.
     @inline(__always) func isKnownPFN(_ pfn: PFN) -> Bool {
-        pfn.rawValue < UInt64(ramPageCount)
-            || (pfn.rawValue < UInt64(maxPFN) && meta[Int(pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) != 0)
+        pfn.rawValue < ramPFNLimit
+            || (pfn.rawValue < pfnLimit && meta[Int(pfn.rawValue)].zoneAndPgmap.load(ordering: .relaxed) != 0)
     }
 }

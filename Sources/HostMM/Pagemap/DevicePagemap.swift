@@ -146,7 +146,7 @@ extension PhysicalMemory {
     /// page has nothing to move and lets go (it must not undo the evictor's reference).
     /// - Throws: `.invalidArgument` for a non-device PFN, `.busy` if the page is in use.
     public func zoneDevicePageInit(_ pfn: PFN) throws(HostMMError) {
-        guard pfn.rawValue < UInt64(maxPFN), isZoneDevice(pfn) else { throw .invalidArgument }
+        guard pfn.rawValue < pfnLimit, isZoneDevice(pfn) else { throw .invalidArgument }
         let (exchanged, _) = meta[Int(pfn.rawValue)].refcount.compareExchange(
             expected: 0, desired: 1, ordering: .acquiringAndReleasing)
         guard exchanged else { throw .busy }
