@@ -24,11 +24,26 @@ extension VRAMPool {
         /// exists before the first copy; otherwise pages are allocated (and zeroed)
         /// inside the first write that reaches them, which then costs about twice as much.
         public var populate: Bool
+        /// Where the pool's files live: nil for memfds; otherwise a directory in which
+        /// they are created as unnamed files (`O_TMPFILE`), typically a tmpfs mounted
+        /// with `huge=always` (`mount -t tmpfs -o huge=always,size=4G none DIR`): its
+        /// 2 MiB pages take the kernel's per-4 KiB-page work out of every `pwritev`
+        /// into VRAM, which then runs at memcpy speed (see README "Performance").
+        public var directory: String?
+        /// Ask for transparent huge pages (`MADV_HUGEPAGE` on the mapping, which is
+        /// aligned to 2 MiB). When populating where the kernel honours that advice
+        /// (shmem THP set to `advise`, or a `directory`), pages are allocated through
+        /// the advised mapping (`MADV_POPULATE_WRITE`) so they come as 2 MiB folios;
+        /// elsewhere it changes nothing.
+        public var hugePages: Bool
 
-        public init(files: Int = 16, granule: Int = 2 << 20, populate: Bool = true) {
+        public init(files: Int = 16, granule: Int = 2 << 20, populate: Bool = true,
+                    directory: String? = nil, hugePages: Bool = true) {
             self.files = files
             self.granule = granule
             self.populate = populate
+            self.directory = directory
+            self.hugePages = hugePages
         }
 
         /// 16 memfds, 2 MiB units (the size of a device chunk), populated.
@@ -42,13 +57,17 @@ extension VRAMPool {
         public static let maxFiles = 256
 
         public var description: String {
-            files == 1 ? "1 file" : "\(files) files × \(granule >> 10) KiB units"
+            let shape = files == 1 ? "1 file" : "\(files) files × \(granule >> 10) KiB units"
+            return directory.map { "\(shape) in \($0)" } ?? shape
         }
 
         /// The layout used for a pool of `size` bytes; throws `.invalidArgument` for a bad request.
         func effective(size: Int, pageSize: Int) throws(DMAError) -> Layout {
             guard (1...Self.maxFiles).contains(files) else {
                 throw .invalidArgument("VRAM layout files \(files) outside 1…\(Self.maxFiles)")
+            }
+            if let directory, directory.isEmpty || directory.utf8.contains(0) {
+                throw .invalidArgument("VRAM layout directory \(directory.debugDescription) is not a usable path")
             }
             guard granule >= pageSize, granule & (granule - 1) == 0 else {
                 throw .invalidArgument("VRAM layout granule \(granule) is not a power of two of at least one page (\(pageSize))")

@@ -82,74 +82,105 @@ public final class VRAMPool: @unchecked Sendable {
         }
     }
 
-    /// Creates the memfds of `layout` and maps them as one pool. Models a driver
+    /// Creates the files of `layout` and maps them as one pool. Models a driver
     /// carving its VRAM aperture. Nothing is left behind when it throws.
+    ///
+    /// The pool is mapped at a 2 MiB-aligned address: unit u of the pool is file
+    /// u % n at offset (u / n) × granule, mapped over a reservation with `MAP_FIXED`
+    /// (an unstriped pool is one file mapped whole). The alignment lets the kernel
+    /// back an advised mapping with huge pages (see `Layout.hugePages`).
     static func create(name: String, size: Int, layout requested: Layout) throws(DMAError) -> Storage {
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let (rounded, overflow) = size.addingReportingOverflow(page - 1)
         guard size > 0, !overflow else { throw .invalidArgument("VRAM pool size \(size) is not a positive mappable size") }
         let mapped = rounded & ~(page - 1)
         let layout = try requested.effective(size: size, pageSize: page)
-        if layout.files == 1 {
-            let fd = try makeMemfd(name: name, size: size, populate: layout.populate)
-            do {
-                return Storage(files: [fd], base: try mapShared(fd, length: mapped), mappedLength: mapped, layout: layout)
-            } catch {
-                try? fd.close()
-                throw error
-            }
-        }
-        return try createStriped(name: name, size: size, mapped: mapped, layout: layout)
-    }
-
-    /// Reserves `mapped` bytes of address space, then maps unit u of the pool from
-    /// file u % n at offset (u / n) × granule over it (`MAP_FIXED`).
-    private static func createStriped(name: String, size: Int, mapped: Int, layout: Layout) throws(DMAError) -> Storage {
         let n = layout.files, g = layout.granule
-        let units = (size - 1) / g + 1
-        guard let reserved = mmap(nil, mapped, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-              reserved != MAP_FAILED else {
-            throw .system(Errno(rawValue: Glibc.errno), operation: "mmap(reserve \(mapped) bytes)")
-        }
+        let units = n == 1 ? 1 : (size - 1) / g + 1
+        let base = try reserve(mapped, alignment: hugePageSize)
         var files: [FileDescriptor] = []
         do throws(DMAError) {
+            var sizes: [Int] = []
             for k in 0..<n {
-                let unitsOfFile = (units - k + n - 1) / n
-                files.append(try makeMemfd(name: "\(name).\(k)", size: unitsOfFile * g, populate: layout.populate))
+                let bytes = n == 1 ? size : (units - k + n - 1) / n * g
+                files.append(try makeFile(name: n == 1 ? name : "\(name).\(k)", size: bytes, directory: layout.directory))
+                sizes.append(bytes)
             }
             for u in 0..<units {
-                let length = min(g, mapped - u * g)
-                let p = mmap(reserved + u * g, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+                let length = n == 1 ? mapped : min(g, mapped - u * g)
+                let p = mmap(base + u * g, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
                              files[u % n].rawValue, off_t((u / n) * g))
                 guard p != MAP_FAILED else {
                     throw .system(Errno(rawValue: Glibc.errno), operation: "mmap(MAP_SHARED | MAP_FIXED, unit \(u))")
                 }
             }
+            if layout.hugePages { _ = madvise(base, mapped, cu_madv_hugepage()) }  // EINVAL without THP: nothing to ask for
+            if layout.populate { try populate(base: base, mapped: mapped, files: files, sizes: sizes, layout: layout) }
         } catch {
-            munmap(reserved, mapped)
+            munmap(base, mapped)
             for f in files { try? f.close() }
             throw error
         }
-        return Storage(files: files, base: reserved, mappedLength: mapped, layout: layout)
+        return Storage(files: files, base: base, mappedLength: mapped, layout: layout)
     }
 
-    /// Creates and sizes a memfd, optionally allocating every page now.
-    static func makeMemfd(name: String, size: Int, populate: Bool) throws(DMAError) -> FileDescriptor {
-        let fd = cu_memfd_create("dmem-vram-\(name)", cu_mfd_cloexec())
-        guard fd >= 0 else { throw .system(Errno(rawValue: Glibc.errno), operation: "memfd_create") }
+    /// The size of a PMD-mapped transparent huge page on x86-64 and arm64 (4 KiB base pages).
+    static let hugePageSize = 2 << 20
+
+    /// Reserves `length` bytes of address space at an `alignment`-aligned address (`PROT_NONE`).
+    private static func reserve(_ length: Int, alignment: Int) throws(DMAError) -> UnsafeMutableRawPointer {
+        let slack = length >= alignment ? alignment : 0
+        guard let raw = mmap(nil, length + slack, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+              raw != MAP_FAILED else {
+            throw .system(Errno(rawValue: Glibc.errno), operation: "mmap(reserve \(length) bytes)")
+        }
+        guard slack > 0 else { return raw }
+        let address = Int(bitPattern: raw)
+        let aligned = (address + alignment - 1) & ~(alignment - 1)
+        if aligned > address { munmap(raw, aligned - address) }
+        let tail = address + slack - aligned
+        if tail > 0 { munmap(UnsafeMutableRawPointer(bitPattern: aligned + length), tail) }
+        return UnsafeMutableRawPointer(bitPattern: aligned)!
+    }
+
+    /// Allocates every page of the pool now, as real VRAM exists before the first copy.
+    /// Through the advised mapping (`MADV_POPULATE_WRITE`) where the kernel would then
+    /// use huge pages, so the page cache holds 2 MiB folios; otherwise (and on kernels
+    /// before 5.14) with `fallocate` on each file.
+    private static func populate(base: UnsafeMutableRawPointer, mapped: Int, files: [FileDescriptor], sizes: [Int],
+                                 layout: Layout) throws(DMAError) {
+        if layout.hugePages, layout.directory != nil || ShmemHugePages.current.honoursAdvice {
+            if madvise(base, mapped, cu_madv_populate_write()) == 0 { return }
+            let e = Glibc.errno
+            guard e == EINVAL else {
+                throw .system(Errno(rawValue: e), operation: "madvise(MADV_POPULATE_WRITE) to populate the pool of \(mapped) bytes (use populate: false for a sparse pool)")
+            }
+        }
+        for (f, bytes) in zip(files, sizes) {
+            var rc: Int32
+            repeat { rc = cu_fallocate(f.rawValue, 0, 0, off_t(bytes)) } while rc != 0 && Glibc.errno == EINTR
+            if rc != 0 {
+                throw .system(Errno(rawValue: Glibc.errno), operation: "fallocate(\(bytes) bytes) to populate the pool (use populate: false for a sparse pool)")
+            }
+        }
+    }
+
+    /// Creates and sizes one file of a pool: a memfd, or an unnamed file in `directory`.
+    static func makeFile(name: String, size: Int, directory: String?) throws(DMAError) -> FileDescriptor {
+        let fd: Int32
+        if let directory {
+            fd = cu_open_tmpfile(directory, 0o600)
+            guard fd >= 0 else {
+                throw .system(Errno(rawValue: Glibc.errno), operation: "open(\(directory), O_TMPFILE) for a VRAM file")
+            }
+        } else {
+            fd = cu_memfd_create("dmem-vram-\(name)", cu_mfd_cloexec())
+            guard fd >= 0 else { throw .system(Errno(rawValue: Glibc.errno), operation: "memfd_create") }
+        }
         guard ftruncate(fd, off_t(size)) == 0 else {
             let e = Errno(rawValue: Glibc.errno)
             close(fd)
-            throw .system(e, operation: "ftruncate(memfd, \(size))")
-        }
-        if populate {
-            var rc: Int32
-            repeat { rc = cu_fallocate(fd, 0, 0, off_t(size)) } while rc != 0 && Glibc.errno == EINTR
-            if rc != 0 {
-                let e = Errno(rawValue: Glibc.errno)
-                close(fd)
-                throw .system(e, operation: "fallocate(memfd, \(size)) to populate the pool (use populate: false for a sparse pool)")
-            }
+            throw .system(e, operation: "ftruncate(\(directory == nil ? "memfd" : "VRAM file"), \(size))")
         }
         return FileDescriptor(rawValue: fd)
     }

@@ -37,6 +37,16 @@ import Testing
         #expect(records[0]["verified"] == .bool(true))
     }
 
+    @Test func vramDirectoryIsUsedAndRecorded() throws {
+        let records = try run(Self.tiny + [("direction", "h2d"), ("vram-dir", "/dev/shm")])
+        #expect(records[0]["vram_dir"] == .string("/dev/shm") && records[0]["verified"] == .bool(true))
+        #expect(records[0]["shmem_thp"] != nil)
+        #expect(try run(Self.tiny + [("direction", "h2d")])[0]["vram_dir"] == .string("memfd"))
+        #expect { try run(Self.tiny + [("direction", "h2d"), ("vram-dir", "/nonexistent/vram")]) } throws: { error in
+            "\(error)".contains("open(/nonexistent/vram, O_TMPFILE) for a VRAM file")
+        }
+    }
+
     @Test func linkModelIsParsedAndRecorded() throws {
         let records = try run(Self.tiny + [("direction", "h2d"), ("link", "pcie4")])
         #expect(records[0]["link"] == .string("pcie4") && records[0]["backend"] == .string("link(iouring)"))

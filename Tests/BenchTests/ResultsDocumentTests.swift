@@ -5,7 +5,7 @@ import Testing
 @Suite struct ResultsDocumentTests {
     static let facts = MachineFacts(fields: [
         ("cores", .int(2)), ("cpu_model", .string("Test CPU, 2 GHz")), ("memory_bytes", .int(1 << 34)),
-        ("kernel", .string("6.1.0")), ("os", .string("Debian")), ("liburing", .string("2.3-3")),
+        ("kernel", .string("6.1.0")), ("os", .string("Debian")), ("liburing", .string("2.3-3")), ("shmem_thp", .string("never")),
         ("git_revision", .string("abc123")), ("git_dirty", .bool(false)), ("swift_version", .string("6.3")),
         ("build", .string("debug")), ("date", .string("2025-01-01T00:00:00Z")),
     ])

@@ -86,6 +86,8 @@ enum CopyScenario {
         r.set("channels", o.channels)
         r.set("inflight", o.inflightBatches)
         r.set("vram_files", world.vramA.layout.files)
+        r.set("vram_dir", world.vramA.layout.directory ?? "memfd")
+        r.set("shmem_thp", ShmemHugePages.current.rawValue)
         r.set("link", o.link.text)
         r.set("bytes", bytes)
         r.set("seconds", seconds)

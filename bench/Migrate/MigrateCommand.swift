@@ -22,6 +22,8 @@ struct MigrateCommand: ParsableCommand {
     @Option(help: "Batches in flight while migrating to VRAM (1 = nouveau's strict sequence).") var pipeline = 1
     @Option(help: "Worker threads of the mapped backend.") var workers = 2
     @Option(help: "3step (migrate_vma_setup/pages/finalize) or 2017 (migrate_vma callbacks).") var api = "3step"
+    @Option(help: ArgumentHelp("Put VRAM in unnamed files in this directory instead of memfds, e.g. a tmpfs mounted with huge=always (README \"Performance\").", valueName: "dir"))
+    var vramDir: String?
     @Flag(help: "Run in checked mode (protocol sanitizer): reports its cost and protocol_violations.") var checked = false
     @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
 
@@ -41,6 +43,7 @@ struct MigrateCommand: ParsableCommand {
             o.pipeline = pipeline
             o.workers = workers
             o.checked = checked
+            o.vramDirectory = vramDir
             guard let generation = MigrationPolicy.APIGeneration(name: api) else { throw ValidationError("--api must be 3step or 2017") }
             o.api = generation
             if let problem = o.problem { throw ValidationError(problem) }

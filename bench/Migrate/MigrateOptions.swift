@@ -41,6 +41,8 @@ struct MigrateOptions: Sendable {
     /// Checked mode (the protocol sanitizer) on the run's memory: what it costs, and that
     /// the driver breaks no rule (`protocol_violations`).
     var checked = false
+    /// A directory for VRAM's files instead of memfds (nil: memfds).
+    var vramDirectory: String?
 
     var pages: Int { totalBytes / 4096 }
 

@@ -53,6 +53,7 @@ final class MigrateRun {
         var config = Device.Configuration(name: "bench", vramSize: o.totalBytes, backend: o.backend.kind(workers: o.workers), policy: o.policy)
         config.observer = observer
         config.faultBackend = o.faultBackend?.kind(workers: o.workers)
+        config.vramLayout.directory = o.vramDirectory
         do { gpu = try Device(memory: memory, configuration: config) } catch {
             throw Self.failure("cannot create the device: \(error)\(o.backend == .iouring ? " (try backend memcpy)" : "")")
         }
@@ -88,6 +89,8 @@ final class MigrateRun {
         r.set("fault_backend", o.faultBackendName)
         if o.backend == .mapped || o.faultBackend == .mapped { r.set("workers", o.workers) }
         r.set("api", o.api.name)
+        r.set("vram_dir", o.vramDirectory ?? "memfd")
+        r.set("shmem_thp", ShmemHugePages.current.rawValue)
         r.set("checked", o.checked)
         if let checker = gpu.memory.checker { r.set("protocol_violations", checker.violationCount) }
         r.set("to_device_gbps", gb / toDeviceSeconds)

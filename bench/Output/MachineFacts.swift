@@ -1,4 +1,5 @@
 import Foundation
+import DMAEngine
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -26,6 +27,7 @@ struct MachineFacts: Sendable {
             ("kernel", .string(kernelRelease() ?? "unknown")),
             ("os", .string(osName() ?? "unknown")),
             ("liburing", .string(liburingVersion() ?? "unknown")),
+            ("shmem_thp", .string(ShmemHugePages.current.rawValue)),
             ("git_revision", .string(git?.revision ?? "unknown")),
             ("git_dirty", git.map { .bool($0.dirty) } ?? .string("unknown")),
             ("swift_version", .string(compilerVersion)),

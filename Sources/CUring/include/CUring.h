@@ -31,4 +31,14 @@ unsigned int cu_mfd_cloexec(void);
 /// IOV_MAX as the C library defines it.
 int cu_iov_max(void);
 
+/// open(directory, O_TMPFILE | O_RDWR | O_CLOEXEC, mode): an unnamed file in
+/// `directory` that disappears with its last descriptor; O_TMPFILE needs _GNU_SOURCE.
+int cu_open_tmpfile(const char *directory, int mode);
+
+/// The MADV_HUGEPAGE advice value.
+int cu_madv_hugepage(void);
+
+/// The MADV_POPULATE_WRITE advice value (Linux 5.14).
+int cu_madv_populate_write(void);
+
 #endif

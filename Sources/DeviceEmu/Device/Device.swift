@@ -41,6 +41,9 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         public var poolSize: Int = 1 << 30
         /// `.devicePrivate` (the nouveau case) or `.deviceCoherent` (CPU-reachable VRAM).
         public var memoryType: MemoryType = .devicePrivate
+        /// How each pool is laid out in files (striping, population, huge pages, or a
+        /// directory such as a `huge=always` tmpfs instead of memfds).
+        public var vramLayout: VRAMPool.Layout = .default
         /// Backend of the device's copy channels (the engine's default when nil).
         public var backend: CopyBackendKind? = nil
         /// Backend of the channels serving CPU faults (`migrateToRAM`); nil uses `backend`.
@@ -131,7 +134,7 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         } catch { throw .dma(error) }
         vram = try DeviceMemory(memory: memory, engine: made,
                                 configuration: .init(size: c.vramSize, chunkSize: c.chunkSize, poolSize: c.poolSize,
-                                                     type: c.memoryType, name: c.name),
+                                                     type: c.memoryType, name: c.name, layout: c.vramLayout),
                                 owner: owner, ops: forwarder)
         copyOracle = memory.checker == nil ? nil
             : EngineCopyOracle(memory: memory, engine: made, hostRegion: hostRegion, deviceMemories: [vram])

@@ -33,14 +33,17 @@ public final class DeviceMemory: @unchecked Sendable {
         public var type: MemoryType
         /// Prefix of the memfd names.
         public var name: String
+        /// How each pool is laid out in files (see `VRAMPool.Layout`).
+        public var layout: VRAMPool.Layout
 
         public init(size: Int, chunkSize: Int = 2 << 20, poolSize: Int = 1 << 30,
-                    type: MemoryType = .devicePrivate, name: String = "vram") {
+                    type: MemoryType = .devicePrivate, name: String = "vram", layout: VRAMPool.Layout = .default) {
             self.size = size
             self.chunkSize = chunkSize
             self.poolSize = poolSize
             self.type = type
             self.name = name
+            self.layout = layout
         }
     }
 
@@ -109,7 +112,7 @@ public final class DeviceMemory: @unchecked Sendable {
         do {
             while remaining > 0 {
                 let size = min(remaining, c.poolSize)
-                pools.append(try engine.createVRAMPool(size: size, name: "\(c.name)-\(pools.count)"))
+                pools.append(try engine.createVRAMPool(size: size, name: "\(c.name)-\(pools.count)", layout: c.layout))
                 remaining -= size
             }
         } catch {
