@@ -9,8 +9,11 @@ import Testing
 @Suite struct ForkTests {
     /// Writes first, while the pages are still shared in VRAM: each side's write (CPU or
     /// the parent's GPU) breaks copy-on-write for itself only.
-    @Test(arguments: [false, true]) func writesWhileSharedInVRAMStayOnTheirSide(checked: Bool) throws {
-        let f = try ForkFixture(seed: 71, checked: checked)
+    /// Every CPU-fault granularity: a child's fault-around or whole-allocation window moves
+    /// the shared pages back for both sides.
+    @Test(arguments: [false, true], [MigrationPolicy.CPUFaultGranularity.page, .faultAround(pages: 8), .wholeAllocation])
+    func writesWhileSharedInVRAMStayOnTheirSide(checked: Bool, granularity: MigrationPolicy.CPUFaultGranularity) throws {
+        let f = try ForkFixture(seed: 71, checked: checked, granularity: granularity)
         defer { try? f.gpu.shutdown() }
         let child = try f.mm.fork()
         // Both map the same device pages, read-only.
@@ -133,9 +136,11 @@ private struct ForkFixture {
     let registered: Int
 
     /// - Parameter checked: HostMM's checked mode (protocol sanitizer) on.
-    init(seed: UInt64, checked: Bool) throws {
+    init(seed: UInt64, checked: Bool, granularity: MigrationPolicy.CPUFaultGranularity = .page) throws {
         memory = try PhysicalMemory(ramBytes: 64 << 20, maxDevicePages: 1 << 17, checked: checked ? .on : .off)
-        gpu = try makeDevice(memory, vramMiB: 4)
+        var policy = MigrationPolicy()
+        policy.cpuFaultGranularity = granularity
+        gpu = try makeDevice(memory, vramMiB: 4, policy: policy)
         mm = AddressSpace(memory: memory)
         a = try mm.mmap(length: pages * pageSize)
         pattern = PagePattern(seed: seed)
