@@ -13,8 +13,8 @@ import HostMM
 ///   them, and each waits out its own timeslice when the CPU touches it;
 /// - a whole-allocation fault (`.wholeAllocation`) waits until the youngest page of the
 ///   allocation has come of age, then moves it all: the allocation is the unit, as Xe's
-///   timeslice is per range (its batches are stamped a few ms apart; skipping the later
-///   ones would split it);
+///   timeslice is per range (its pages carry the stamps of their own batches, or of a
+///   later migration of part of it; skipping the younger ones would split it);
 /// - eviction under VRAM pressure takes only pages that have been resident that long, and
 ///   waits (bounded) when only young ones are left (`Evict.swift`, `evictionResidencyWaits`);
 /// - `migrateRangeToRAM` (an explicit request), `evictAll` (suspend, teardown) and
@@ -26,8 +26,8 @@ import HostMM
 ///
 /// Threads: any; relaxed atomics only (a stale stamp only shifts a wait).
 extension Device {
-    /// When device page `index` will have been resident `residency` nanoseconds (monotonic
-    /// ns), or 0 if it carries no stamp.
+    /// The page's timeslice expiry (drm_gpusvm's `timeslice_expiration`): when device page
+    /// `index` will have been resident `residency` ns (monotonic), or 0 if it has no stamp.
     @inline(__always)
     func residencyEnd(_ index: Int, _ residency: UInt64) -> UInt64 {
         let since = residentSince[index].load(ordering: .relaxed)
