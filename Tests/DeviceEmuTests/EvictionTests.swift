@@ -95,15 +95,48 @@ import Testing
         lru.pageFreed(99)
         #expect(lru.residentCount == 3)
     }
+
+    /// The residency filter: ineligible pages are passed over and keep their place.
+    @Test func lruFilteredSelectionSkipsIneligiblePages() {
+        let lru = LRUEvictionPolicy(capacity: 8)
+        for p in [3, 1, 4, 5, 2] { lru.pageBecameResident(p) }
+        var out = [Int](repeating: -1, count: 2)
+        #expect(out.withUnsafeMutableBufferPointer { lru.selectVictims(into: $0, where: { $0 != 3 && $0 != 4 }) } == 2)
+        #expect(out == [1, 5])
+        #expect(lru.coldToHot == [3, 4, 2, 1, 5])
+        var many = [Int](repeating: -1, count: 8)
+        #expect(many.withUnsafeMutableBufferPointer { lru.selectVictims(into: $0, where: { _ in false }) } == 0)
+        #expect(lru.coldToHot == [3, 4, 2, 1, 5])
+    }
+
+    /// A custom policy without its own filtered selection gets the default: its victims,
+    /// less the ineligible ones.
+    @Test func defaultFilteredSelectionDropsIneligibleVictims() {
+        final class Oldest: EvictionPolicy, @unchecked Sendable {
+            func pageBecameResident(_ page: Int) {}
+            func pageAccessed(_ page: Int) {}
+            func pageFreed(_ page: Int) {}
+            func selectVictims(into out: UnsafeMutableBufferPointer<Int>) -> Int {
+                for k in 0..<out.count { out[k] = 10 + k }
+                return out.count
+            }
+        }
+        var out = [Int](repeating: -1, count: 4)
+        #expect(out.withUnsafeMutableBufferPointer { Oldest().selectVictims(into: $0, where: { $0 % 2 == 1 }) } == 2)
+        #expect(out[0..<2] == [11, 13])
+    }
 }
 
 @Suite(.timeLimit(.minutes(1))) struct EvictionStressTests {
     /// A migrating thread keeps pulling quarters of a range four times VRAM's size into
-    /// VRAM (evicting the others) while a CPU thread reads and writes random pages.
-    @Test func evictionUnderPressureRacesCPUTrafficWithoutLosingAByte() throws {
+    /// VRAM (evicting the others) while a CPU thread reads and writes random pages; with a
+    /// minimum residency too (evictions and CPU faults then wait for young pages).
+    @Test(arguments: [Duration.zero, .milliseconds(2)])
+    func evictionUnderPressureRacesCPUTrafficWithoutLosingAByte(residency: Duration) throws {
         let memory = try makeMemory(mib: 64)
         var policy = MigrationPolicy()
         policy.batchPages = 64
+        policy.minimumResidency = residency
         let gpu = try makeDevice(memory, vramMiB: 2, backend: .ioUring, policy: policy)
         defer { try? gpu.shutdown() }
         let mm = AddressSpace(memory: memory)

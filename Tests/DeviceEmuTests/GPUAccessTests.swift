@@ -126,6 +126,29 @@ import Testing
         #expect(try mm.read(at: a + 8, count: 1) == [42])
     }
 
+    /// An atomic on a page already in this device's VRAM that the device page table does not
+    /// map (a fresh bind) maps the VRAM page: it does not pull it back to RAM to take it
+    /// device-exclusive, under either GPU-fault policy.
+    @Test(arguments: [MigrationPolicy.GPUFaultResolution.mapSystemMemory(pages: 1), .migrateToVRAM(pages: 16)])
+    func atomicOnUnmappedVRAMPageMapsItInPlace(resolution: MigrationPolicy.GPUFaultResolution) throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.gpuFault = resolution
+        let gpu = try makeDevice(memory, vramMiB: 8, policy: policy)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 4 * pageSize)
+        try mm.write(at: a + 8, bytes: [40, 0, 0, 0, 0, 0, 0, 0])
+        try gpu.migrateToDevice(mm, range: range(a, pages: 4))
+        let space = try gpu.bind(mm)
+        #expect(space.mappedPageCount == 0)
+        #expect(try space.atomicAdd(at: a + 8, 2) == 40)
+        #expect(space.entry(at: a).kind == .vram && space.entry(at: a).isWritable)
+        #expect(gpu.counters[.cpuFaults] == 0 && gpu.counters[.pagesToRAM] == 0)
+        #expect(mm.pageTableEntry(a).kind == .devicePrivate && gpu.residentPages(mm, a, pages: 4) == 4)
+        #expect(try mm.read(at: a + 8, count: 1) == [42])
+    }
+
     @Test func accessesOutsideAnyMappingFault() throws {
         let memory = try makeMemory(mib: 64)
         let gpu = try makeDevice(memory, vramMiB: 8)

@@ -18,6 +18,12 @@ public final class DeviceCounters: @unchecked Sendable {
         case cpuFaults
         /// CPU faults that waited for the minimum residency to pass.
         case residencyWaits
+        /// Pages of a CPU fault's fault-around or whole-allocation window left in VRAM
+        /// because they were younger than the minimum residency (the faulting page never is).
+        case youngNeighboursSkipped
+        /// Waits of pressure eviction for a young page to reach the minimum residency,
+        /// because too few pages had been resident that long.
+        case evictionResidencyWaits
         /// Pages evicted to RAM by PFN (teardown, suspend, pressure).
         case pagesEvicted
         /// Evictions started because VRAM was exhausted.

@@ -8,7 +8,9 @@ import DMAEngine
 /// device's migration) zaps the device page tables.
 extension Device {
     /// Evicts every in-use page of VRAM (teardown and suspend). Pages that stay locked or
-    /// pinned through a few passes are left in VRAM. Returns pages evicted.
+    /// pinned through a few passes are left in VRAM. `minimumResidency` does not apply:
+    /// a suspend or teardown cannot wait for pages to age, so young pages go too.
+    /// Returns pages evicted.
     @discardableResult
     public func evictAll() -> Int {
         let batch = policy.batchPages
@@ -34,19 +36,46 @@ extension Device {
     }
 
     /// Makes room for `pages` more device pages by evicting cold ones (VRAM pressure).
+    ///
+    /// With `policy.minimumResidency` (Xe's timeslice), only pages resident at least that
+    /// long are victims, so a migration never evicts what was just migrated while older
+    /// pages are left. When too few old pages are left, it waits for the next young page
+    /// to come of age and tries again (`evictionResidencyWaits` counts each wait), until
+    /// every page resident when it started has come of age — one `minimumResidency` at
+    /// most. Pages that became resident meanwhile stay protected: what is still short then
+    /// stays short, and the batch leaves its remaining pages in RAM (or is refused, all or
+    /// nothing), as when every resident page is pinned. The wait is a sleep, holding only
+    /// the caller's mmap read lock, like the CPU fault's residency wait.
     func reserveVRAM(pages: Int, policy: MigrationPolicy) {
-        let short = min(pages, vram.pageCount) - vram.availablePageCount
-        guard short > 0 else { return }
+        let need = min(pages, vram.pageCount)
+        guard need > vram.availablePageCount else { return }
         counters.add(.pressureEvictions)
-        _ = evictColdPages(short, policy)
+        let residency = MonotonicTime.nanoseconds(policy.minimumResidency)
+        guard residency > 0 else {
+            evictColdPages(need - vram.availablePageCount, policy)
+            return
+        }
+        let deadline = MonotonicTime.now() &+ residency
+        while true {
+            let now = MonotonicTime.now()
+            evictColdPages(need - vram.availablePageCount, policy) { [self] in !isYoung($0, residency, now: now) }
+            guard need > vram.availablePageCount, now < deadline,
+                  let next = nextComingOfAge(residency, now: now) else { return }
+            counters.add(.evictionResidencyWaits)
+            let wake = min(next, deadline)
+            let current = MonotonicTime.now()
+            if wake > current { MonotonicTime.sleep(nanoseconds: wake - current) }
+        }
     }
 
-    /// Evicts up to `count` pages chosen by the eviction policy; returns pages evicted.
+    /// Evicts up to `count` pages chosen by the eviction policy among those `eligible`
+    /// (dense indices); returns pages evicted.
     @discardableResult
-    func evictColdPages(_ count: Int, _ policy: MigrationPolicy) -> Int {
+    func evictColdPages(_ count: Int, _ policy: MigrationPolicy, eligible: ((Int) -> Bool)? = nil) -> Int {
+        guard count > 0 else { return 0 }
         let victims = UnsafeMutableBufferPointer<Int>.allocate(capacity: count)
         defer { victims.deallocate() }
-        let n = eviction.selectVictims(into: victims)
+        let n = eligible.map { eviction.selectVictims(into: victims, where: $0) } ?? eviction.selectVictims(into: victims)
         var pfns: [PFN] = []
         pfns.reserveCapacity(n)
         for k in 0..<n { if let pfn = vram.pfn(atIndex: victims[k]) { pfns.append(pfn) } }

@@ -14,8 +14,10 @@ extension Device {
     /// `dev_pagemap_ops.migrate_to_ram`: a CPU access hit a device-private entry of this
     /// device. Brings back the faulting page — or, by `policy.cpuFaultGranularity`, a
     /// fault-around window or the whole range it was migrated with — after the minimum
-    /// residency, if any. Returns `.sigbus` when the faulting page's copy fails (as
-    /// nouveau does), `.oom` when no RAM page is left for it, and `.done` otherwise —
+    /// residency, if any (`waitForResidency`: the faulting page's, or the whole
+    /// allocation's; young fault-around neighbours stay in VRAM). Returns `.sigbus` when
+    /// the faulting page's copy fails (as nouveau does), `.oom` when no RAM page is left
+    /// for it, and `.done` otherwise —
     /// also when the page could not move because another thread holds it (a concurrent
     /// fault on the same page): the access is retried, as the kernel retries it.
     public func migrateToRAM(_ fault: VMFault) -> VMFaultResult {
@@ -23,8 +25,8 @@ extension Device {
         let t0 = stamp()
         emit(.cpuFaultBegin, .toRAM, address: fault.address)
         let policy = self.policy
-        waitForResidency(fault.page, policy)
         let window = faultWindow(fault, policy)
+        waitForResidency(fault, window, policy)
         let buffers = spareBuffers.take(min(policy.batchPages, Int((window.upperBound - window.lowerBound) >> 12)))
         defer { spareBuffers.give(buffers) }
         let space = addressSpace(for: fault.mm)
@@ -100,6 +102,15 @@ extension Device {
         emit(.setupEnd, .toRAM, begin: t0, batch: batch, address: start, pages: args.cpages)
         var out = ToRAMOutcome(collected: args.cpages)
         guard args.cpages > 0 else { return out }
+        if let faultPage, keepYoungNeighbours(b.src, args.npages, faultPage: faultPage, policy) == args.cpages {
+            // Only young neighbours were collected: every entry is restored.
+            let tf = stamp()
+            emit(.finalizeBegin, .toRAM, batch: batch, address: start)
+            do { try migrateVMAPages(&args) } catch {}
+            migrateVMAFinalize(&args)
+            emit(.finalizeEnd, .toRAM, begin: tf, batch: batch, address: start, pages: 0)
+            return out
+        }
         space?.zapCollected(start, UnsafeBufferPointer(b.src), args.npages)
         let faultIndex = faultPage.flatMap { fp in (0..<args.npages).first { b.src[$0].page == fp } }
 
@@ -191,18 +202,5 @@ extension Device {
             guard let r = Self.allocationRange(memory.zoneDeviceData(fault.page)), r.contains(fault.address) else { return page }
             return max(r.lowerBound, fault.vma.start) ..< min(r.upperBound, fault.vma.end)
         }
-    }
-
-    /// Xe's timeslice: a CPU fault on a page that became resident less than
-    /// `minimumResidency` ago waits until it has been resident that long.
-    private func waitForResidency(_ page: PFN, _ policy: MigrationPolicy) {
-        guard policy.minimumResidency > .zero, let index = vram.pageIndex(of: page) else { return }
-        let since = residentSince[index].load(ordering: .relaxed)
-        guard since != 0 else { return }
-        let until = since &+ MonotonicTime.nanoseconds(policy.minimumResidency)
-        let now = MonotonicTime.now()
-        guard now < until else { return }
-        counters.add(.residencyWaits)
-        MonotonicTime.sleep(nanoseconds: until - now)
     }
 }

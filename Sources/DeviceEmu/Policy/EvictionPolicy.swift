@@ -5,7 +5,8 @@
 /// `0 ..< capacity`. The device reports every page that starts holding migrated data,
 /// each GPU access to one, and each page freed; it asks for victims when a migration
 /// needs room. A victim that cannot be evicted right now (locked, pinned) stays resident
-/// and may be offered again.
+/// and may be offered again. With `MigrationPolicy.minimumResidency` set, the device asks
+/// only for pages resident at least that long (`selectVictims(into:where:)`).
 ///
 /// Threads: called from any thread, concurrently; implementations lock internally and
 /// never call back into the device.
@@ -20,9 +21,24 @@ public protocol EvictionPolicy: AnyObject, Sendable {
     func pageFreed(_ page: Int)
     /// Writes up to `out.count` pages to evict, coldest first; returns how many.
     func selectVictims(into out: UnsafeMutableBufferPointer<Int>) -> Int
+    /// Like `selectVictims(into:)`, taking only pages for which `eligible(page)` holds
+    /// (the device passes its minimum-residency test: Xe's timeslice); pages passed over
+    /// keep their place. `eligible` only reads atomics, so it may run under the policy's
+    /// lock. The default asks `selectVictims(into:)` and drops the ineligible pages.
+    func selectVictims(into out: UnsafeMutableBufferPointer<Int>, where eligible: (Int) -> Bool) -> Int
 }
 
 extension EvictionPolicy {
+    public func selectVictims(into out: UnsafeMutableBufferPointer<Int>, where eligible: (Int) -> Bool) -> Int {
+        let n = selectVictims(into: out)
+        var kept = 0
+        for k in 0..<n where eligible(out[k]) {
+            out[kept] = out[k]
+            kept += 1
+        }
+        return kept
+    }
+
     public func pagesBecameResident(_ pages: UnsafeBufferPointer<Int>) {
         for page in pages { pageBecameResident(page) }
     }

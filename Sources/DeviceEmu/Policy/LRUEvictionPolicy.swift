@@ -71,6 +71,24 @@ public final class LRUEvictionPolicy: EvictionPolicy, @unchecked Sendable {
         }
     }
 
+    /// Walks from the cold end past ineligible pages (which keep their place); the pages
+    /// taken move to the hot end. O(resident pages) at worst, under the lock.
+    public func selectVictims(into out: UnsafeMutableBufferPointer<Int>, where eligible: (Int) -> Bool) -> Int {
+        lock.withLock {
+            var n = 0
+            var p = cold
+            while p >= 0 && n < out.count {
+                if eligible(Int(p)) {
+                    out[n] = Int(p)
+                    n += 1
+                }
+                p = next[Int(p)]
+            }
+            for k in 0..<n { moveToHot(Int32(out[k])) }
+            return n
+        }
+    }
+
     /// The list from cold to hot (for tests and traces).
     public var coldToHot: [Int] {
         lock.withLock {

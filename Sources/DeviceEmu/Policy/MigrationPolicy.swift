@@ -50,8 +50,12 @@ public struct MigrationPolicy: Sendable, Equatable {
     /// batch's copies run, overlapping HostMM's work with the copy engine's.
     public var pipelineDepth: Int = 1
     public var cpuFaultGranularity: CPUFaultGranularity = .page
-    /// Xe's anti-thrash "timeslice": a page migrated to VRAM is not pulled back by a CPU
-    /// fault before it has been resident this long (the fault waits). Zero disables it.
+    /// Xe's anti-thrash "timeslice": a page migrated to VRAM is not moved out before it
+    /// has been resident this long. A CPU fault waits for it (fault-around leaves young
+    /// neighbours in VRAM; a whole-allocation fault waits for the youngest page); eviction
+    /// under VRAM pressure takes older pages first and waits, at most this long, when only
+    /// young ones are left. Explicit `migrateRangeToRAM`, `evictAll`, suspend and
+    /// teardown ignore it. Zero disables it. See `Dmem/MinimumResidency.swift`.
     public var minimumResidency: Duration = .zero
     public var rangeMigration: RangeMigration = .bestEffort
     public var gpuFault: GPUFaultResolution = .migrateToVRAM(pages: 16)

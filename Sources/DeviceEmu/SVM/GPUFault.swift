@@ -29,8 +29,17 @@ extension GPUAddressSpace {
             }
         }
         if kind == .atomic {
-            try makeExclusive(address)
-            written += 1
+            // A page already in this device's VRAM needs no exclusivity, only a writable
+            // entry: map it where it is rather than pull it back to RAM (a read-only entry
+            // shared after fork is faulted for write, which breaks COW in RAM; then the
+            // page is taken exclusive below).
+            if isOwnDevicePage(address) {
+                written += try mapSystem(address ..< address + 4096, faulting: address, write: true, reportOwnPages: true)
+            }
+            if !kind.allows(entry(at: address)) {
+                try makeExclusive(address)
+                written += 1
+            }
         } else {
             let pages: Int
             switch policy.gpuFault {
@@ -104,6 +113,15 @@ extension GPUAddressSpace {
                 return count
             }
             if let installed { return installed }
+        }
+    }
+
+    /// Whether the CPU entry at `address` is a device-private entry of this device's VRAM
+    /// (a `ptep_get` peek under the mmap lock: a hint the caller's fault path re-checks).
+    private func isOwnDevicePage(_ address: UInt64) -> Bool {
+        mm.mmapLock.withReadLock {
+            let pte = mm.pageTableEntry(address)
+            return pte.kind == .devicePrivate && device.vram.contains(pte.pfn)
         }
     }
 

@@ -1,0 +1,187 @@
+import DMAEngine
+import Foundation
+import DeviceEmu
+import HostMM
+import Testing
+
+/// Xe's anti-thrash timeslice (`MigrationPolicy.minimumResidency`) beyond the single-page
+/// CPU fault (`MigrateToRAMTests`): eviction under VRAM pressure, fault-around and
+/// whole-allocation faults, teardown. Pages are made "old" by sleeping past the
+/// residency (a sleep lasts at least as long as asked); "young" pages are used well within
+/// a residency long enough (300 ms) that a slow build does not age them by accident.
+/// Assertions are on counters and page placement, never on elapsed time.
+@Suite(.timeLimit(.minutes(1))) struct MinimumResidencyTests {
+    static let long: Duration = .milliseconds(300)
+
+    /// 512 pages of VRAM in 256-page batches.
+    static func pressureDevice(_ memory: PhysicalMemory, residency: Duration) throws -> Device {
+        var policy = MigrationPolicy()
+        policy.batchPages = 256
+        policy.minimumResidency = residency
+        return try makeDevice(memory, vramMiB: 2, policy: policy)
+    }
+
+    static func sleep(_ d: Duration) { Thread.sleep(forTimeInterval: Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18) }
+
+    /// A (old, but GPU-accessed last: hottest in the LRU) and B (just migrated, so colder)
+    /// fill VRAM; C needs room. Plain LRU would evict B; with the residency, B is too
+    /// young and A goes.
+    @Test func pressureEvictsOldPagesNotJustMigratedOnes() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try Self.pressureDevice(memory, residency: Self.long)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 768 * pageSize)
+        let pattern = PagePattern(seed: 81)
+        try pattern.fill(mm, a, pages: 768)
+        let space = try gpu.bind(mm)
+        let (regionA, regionB, regionC) = (a, a + 256 * 4096, a + 512 * 4096)
+        try gpu.migrateToDevice(mm, range: range(regionA, pages: 256))
+        Self.sleep(Self.long + .milliseconds(20))                               // A comes of age
+        try gpu.migrateToDevice(mm, range: range(regionB, pages: 256))
+        #expect(try pattern.gpuMismatches(space, a, pages: 256).isEmpty)         // A is the hottest now
+        #expect(try gpu.migrateToDevice(mm, range: range(regionC, pages: 256)).migrated == 256)
+        #expect(gpu.residentPages(mm, regionA, pages: 256) == 0)
+        #expect(gpu.residentPages(mm, regionB, pages: 256) == 256)
+        #expect(gpu.residentPages(mm, regionC, pages: 256) == 256)
+        #expect(gpu.counters[.pagesEvicted] == 256 && gpu.counters[.evictionResidencyWaits] == 0)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 256).isEmpty)
+        #expect(gpu.checkInvariants().isEmpty)
+    }
+
+    /// Only young pages are resident: the eviction waits once, for the oldest batch (A) to
+    /// come of age, and evicts it; B, migrated after A, is not evicted.
+    @Test func onlyYoungPagesLeftWaitsForTheOldestOnce() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try Self.pressureDevice(memory, residency: .milliseconds(40))
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 768 * pageSize)
+        let pattern = PagePattern(seed: 82)
+        try pattern.fill(mm, a, pages: 768)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 512))                // A then B, one call
+        let r = try gpu.migrateToDevice(mm, range: range(a + 512 * 4096, pages: 256))
+        #expect(r.migrated == 256)
+        #expect(gpu.counters[.evictionResidencyWaits] == 1 && gpu.counters[.pagesEvicted] == 256)
+        #expect(gpu.residentPages(mm, a, pages: 256) == 0)
+        #expect(gpu.residentPages(mm, a + 256 * 4096, pages: 512) == 512)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 768).isEmpty)
+    }
+
+    /// Young pages that cannot be evicted (locked elsewhere): the eviction waits for them
+    /// to come of age, fails to evict them, and gives up after one residency at most; the
+    /// migration returns with what fit (nothing) instead of hanging.
+    @Test func youngUnevictablePagesEndTheWaitAndTheBatchFallsShort() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try Self.pressureDevice(memory, residency: .milliseconds(30))
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 768 * pageSize)
+        let pattern = PagePattern(seed: 83)
+        try pattern.fill(mm, a, pages: 768)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 512))
+        let held = (0..<512).map { mm.pageTableEntry(a + UInt64($0 * pageSize)).pfn }
+        for page in held { memory.lockPage(page) }
+        let r = try gpu.migrateToDevice(mm, range: range(a + 512 * 4096, pages: 256))
+        for page in held { memory.unlockPage(page) }
+        #expect(r.migrated == 0 && r.collected == 256)
+        #expect((1...2).contains(gpu.counters[.evictionResidencyWaits]))
+        #expect(gpu.counters[.pagesEvicted] == 0 && gpu.vram.inUsePageCount == 512)
+        #expect(entryKinds(mm, a + 512 * 4096, pages: 256) == [.present: 256])
+        #expect(try pattern.cpuMismatches(mm, a, pages: 768).isEmpty)
+    }
+
+    /// Suspend and teardown do not wait for pages to age: everything goes at once.
+    @Test func evictAllAndSuspendIgnoreTheResidency() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try Self.pressureDevice(memory, residency: .seconds(30))
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 512 * pageSize)
+        let pattern = PagePattern(seed: 84)
+        try pattern.fill(mm, a, pages: 512)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 256))
+        #expect(gpu.evictAll() == 256)
+        try gpu.migrateToDevice(mm, range: range(a + 256 * 4096, pages: 256))
+        try gpu.suspend()
+        #expect(gpu.vram.inUsePageCount == 0 && gpu.counters[.pagesEvicted] == 512)
+        try gpu.resume()
+        #expect(gpu.counters[.evictionResidencyWaits] == 0 && gpu.counters[.residencyWaits] == 0)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 512).isEmpty)
+    }
+
+    /// Fault-around: the faulting page is old (no wait); the window's young half (a later
+    /// migration) stays in VRAM, still mapped by the GPU; touching it later waits once and
+    /// brings it back.
+    @Test func faultAroundLeavesYoungNeighboursInVRAM() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.cpuFaultGranularity = .faultAround(pages: 16)
+        policy.minimumResidency = Self.long
+        let gpu = try makeDevice(memory, vramMiB: 8, policy: policy)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 16 * pageSize)
+        let pattern = PagePattern(seed: 85)
+        try pattern.fill(mm, a, pages: 16)
+        let space = try gpu.bind(mm)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 8))
+        Self.sleep(Self.long + .milliseconds(20))
+        try gpu.migrateToDevice(mm, range: range(a + 8 * 4096, pages: 8))
+        #expect(try mm.read(at: a + 3 * 4096, count: pageSize) == pattern.page(3))
+        #expect(gpu.counters[.residencyWaits] == 0 && gpu.counters[.youngNeighboursSkipped] == 8)
+        #expect(gpu.counters[.pagesToRAM] == 8)
+        #expect(gpu.residentPages(mm, a, pages: 8) == 0 && gpu.residentPages(mm, a + 8 * 4096, pages: 8) == 8)
+        #expect((8..<16).allSatisfy { space.entry(at: a + UInt64($0 * pageSize)).kind == .vram })
+        #expect(try mm.read(at: a + 12 * 4096, count: pageSize) == pattern.page(12))
+        #expect(gpu.counters[.residencyWaits] == 1 && gpu.counters[.youngNeighboursSkipped] == 8)
+        #expect(gpu.vram.inUsePageCount == 0 && gpu.counters[.cpuFaults] == 2)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 16).isEmpty)
+    }
+
+    /// Fault-around on a young page: the fault waits for it, and the neighbours migrated
+    /// with it come back with it.
+    @Test func faultAroundWaitsForTheFaultingPageAndTakesItsBatch() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.cpuFaultGranularity = .faultAround(pages: 16)
+        policy.minimumResidency = Self.long
+        let gpu = try makeDevice(memory, vramMiB: 8, policy: policy)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 16 * pageSize)
+        let pattern = PagePattern(seed: 86)
+        try pattern.fill(mm, a, pages: 16)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 16))
+        #expect(try mm.read(at: a + 5 * 4096, count: pageSize) == pattern.page(5))
+        #expect(gpu.counters[.residencyWaits] == 1 && gpu.counters[.youngNeighboursSkipped] == 0)
+        #expect(gpu.counters[.pagesToRAM] == 16 && gpu.vram.inUsePageCount == 0)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 16).isEmpty)
+    }
+
+    /// Whole allocation: the fault on an old page of an allocation whose second half was
+    /// migrated again since (young) waits for that youngest page, then moves it all — the
+    /// allocation is not split.
+    @Test func wholeAllocationWaitsForItsYoungestPage() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.cpuFaultGranularity = .wholeAllocation
+        policy.minimumResidency = Self.long
+        let gpu = try makeDevice(memory, vramMiB: 8, policy: policy)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 64 * pageSize)
+        let pattern = PagePattern(seed: 87)
+        try pattern.fill(mm, a, pages: 64)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 64))
+        Self.sleep(Self.long + .milliseconds(20))
+        let secondHalf = range(a + 32 * 4096, pages: 32)
+        #expect(try gpu.migrateRangeToRAM(mm, range: secondHalf).migrated == 32)
+        #expect(try gpu.migrateToDevice(mm, range: secondHalf).migrated == 32)
+        #expect(try mm.read(at: a, count: pageSize) == pattern.page(0))          // page 0 is old
+        #expect(gpu.counters[.residencyWaits] == 1 && gpu.counters[.youngNeighboursSkipped] == 0)
+        #expect(gpu.counters[.cpuFaults] == 1 && gpu.counters[.pagesToRAM] == 32 + 64)
+        #expect(gpu.vram.inUsePageCount == 0)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 64).isEmpty)
+    }
+}
