@@ -273,14 +273,21 @@ def plot_summary(doc, runs, outdir):
     for r in runs:
         for k, v in r["params"].items():
             varying.setdefault((r["scenario"], k), set()).add(v)
+    same = {}
     for r in runs:
-        extra = "".join(f" {k}={v}" for k, v in sorted(r["params"].items()) if len(varying[(r["scenario"], k)]) > 1)
+        if r["scenario"] not in same:
+            same[r["scenario"]] = constant_fields([x for x in runs if x["scenario"] == r["scenario"]])
+    for r in runs:
+        shown = {f for f in CASE_FIELDS if f in r and f not in same[r["scenario"]]}
+        extra = "".join(f" {k}={v}" for k, v in sorted(r["params"].items())
+                        if len(varying[(r["scenario"], k)]) > 1 and k.replace("-", "_") not in shown)
         for field in throughput_fields(r):
             stem = "" if field == "gbps" else " " + field[: -len("_gbps")]
             base = r.get("memcpy_gbps")
             if not isinstance(base, (int, float)) and r["scenario"] != "memcpy" and page_size(r):
                 base = memcpy_ceiling(runs, page_size(r), r.get("direction"))
-            bars.append((case_label(r) + stem + extra, r[field], base if r["scenario"] != "memcpy" else None))
+            bars.append((case_label(r, same[r["scenario"]]) + stem + extra, r[field],
+                         base if r["scenario"] != "memcpy" else None))
     if not bars or len(bars) > 60:
         return
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(bars) + 1.5))
@@ -291,13 +298,13 @@ def plot_summary(doc, runs, outdir):
         if base:
             ax.plot([base, base], [y - 0.4, y + 0.4], color="black", linewidth=1.5)
             text += f"  ({value / base:.2f}× memcpy)"
-        ax.text(value, y, " " + text, va="center", fontsize=7)
+        ax.text(max(value, base or 0), y, " " + text, va="center", fontsize=7)
     ax.set_yticks(list(ys))
     ax.set_yticklabels([b[0] for b in bars], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("GB/s (black tick: same-run memcpy)")
     ax.set_title("Throughput by case")
-    ax.set_xlim(right=max(max(b[1] for b in bars), max((b[2] or 0) for b in bars)) * 1.35)
+    ax.set_xlim(right=max(max(b[1] for b in bars), max((b[2] or 0) for b in bars)) * 1.5)
     ax.grid(True, axis="x", alpha=0.3)
     finish(fig, doc, os.path.join(outdir, "summary.png"))
 
