@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import dmem_bench
 
@@ -28,6 +29,29 @@ import Testing
         #expect(r.json.hasPrefix("{\"seconds\":"))
     }
 
+    /// With a minimum residency, eviction under pressure and CPU faults wait for young
+    /// pages: the run must still pass (no deadlock: it ends by itself) and the waits happen.
+    @Test func shortRunWithResidencyAndDirectoryVRAMLosesNothing() throws {
+        var o = TortureOptions()
+        o.seconds = 2
+        o.threads = 3
+        o.seed = 5
+        o.injectRate = 0.02
+        o.pagesPerThread = 512
+        o.vramBytes = 2 << 20
+        o.minimumResidency = .milliseconds(2)
+        o.vramDirectory = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : nil
+        let r = try TortureRun.run(o)
+        #expect(r["passed"] == .bool(true), "\(r.json)")
+        #expect(r["mismatches"] == .int(0) && r["leaks"] == .int(0) && r["protocol_violations"] == .int(0))
+        #expect(r["residency_ms"] == .double(2))
+        guard case .int(let waits)? = r["residency_waits"] else {
+            Issue.record("no residency_waits in \(r.json)")
+            return
+        }
+        #expect(waits > 0, "VRAM pressure and faults met young pages")
+    }
+
     @Test func theShadowPatternTellsVersionsPagesAndOwnersApart() {
         let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
         defer { page.deallocate() }
@@ -56,6 +80,9 @@ import Testing
         o = TortureOptions()
         o.vramBytes = 3 << 20
         #expect(o.problem != nil)
+        o = TortureOptions()
+        o.minimumResidency = .seconds(2)
+        #expect(o.problem == "residency must be in 0...1000 ms")
         #expect(TortureOptions().problem == nil)
     }
 

@@ -28,6 +28,10 @@ struct TortureCommand: ParsableCommand {
     var injectRate = 0.01
     @Option(help: "Pages each thread owns.") var pagesPerThread = 1024
     @Option(help: "VRAM bytes (a multiple of 2M; keep it below threads × pages for exhaustion).") var vram = ByteCount(4 << 20)
+    @Option(help: "Minimum residency of a page in VRAM in ms (Xe's anti-thrash timeslice; 0: off): CPU faults and eviction under pressure wait for young pages.")
+    var residency = 0.0
+    @Option(help: ArgumentHelp("Put VRAM in unnamed files in this directory instead of memfds.", valueName: "dir"))
+    var vramDir: String?
     @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
 
     var options: TortureOptions {
@@ -38,6 +42,8 @@ struct TortureCommand: ParsableCommand {
         o.injectRate = injectRate
         o.pagesPerThread = pagesPerThread
         o.vramBytes = vram.bytes
+        o.minimumResidency = residency.isFinite ? .nanoseconds(Int64(clamping: Int(residency * 1e6))) : .seconds(-1)
+        o.vramDirectory = vramDir
         return o
     }
 

@@ -23,6 +23,11 @@ struct TortureOptions: Sendable {
     var vramBytes = 4 << 20
     /// How long an injected delay holds a descriptor.
     var delay: Duration = .microseconds(500)
+    /// The driver's minimum residency (Xe's anti-thrash timeslice): CPU faults and eviction
+    /// under pressure wait for young pages. Zero (the default) turns it off.
+    var minimumResidency: Duration = .zero
+    /// A directory for VRAM's files instead of memfds (nil: memfds).
+    var vramDirectory: String?
 
     /// Why these options cannot run, or nil.
     var problem: String? {
@@ -34,6 +39,7 @@ struct TortureOptions: Sendable {
             return "pages per thread must be in \(regionsPerThread * 16)...\(1 << 18)"
         }
         if vramBytes < 2 << 20 || vramBytes % (2 << 20) != 0 { return "vram must be a positive multiple of 2M" }
+        if minimumResidency < .zero || minimumResidency > .seconds(1) { return "residency must be in 0...1000 ms" }
         return nil
     }
 

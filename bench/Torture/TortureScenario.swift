@@ -11,6 +11,7 @@ struct TortureScenario: BenchScenario {
         .init("threads", .integer(1...64), default: "4", help: "worker threads (each its own process)"),
         .init("seed", .integer(0...Int.max), default: "1", help: "seed of the operations and the fault injection"),
         .init("inject-permille", .integer(0...1000), default: "10", help: "injected faults per 1000 copy descriptors"),
+        .init("residency-ms", .integer(0...1000), default: "0", help: "minimum residency in VRAM (0: off)"),
     ]
     let quickParameters = ["seconds": "3"]
     let summaryFields = ["operations", "mismatches", "leaks", "protocol_violations", "passed"]
@@ -22,6 +23,7 @@ struct TortureScenario: BenchScenario {
         o.threads = try parameters.int("threads")
         o.seed = UInt64(try parameters.int("seed"))
         o.injectRate = Double(try parameters.int("inject-permille")) / 1000
+        o.minimumResidency = .milliseconds(try parameters.int("residency-ms"))
         let record = try TortureRun.run(o, progress: context.progress)
         guard record["passed"] == .bool(true) else {
             throw ScenarioError(scenario: name, message: "torture found problems: \(record.json)")

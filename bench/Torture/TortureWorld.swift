@@ -34,7 +34,9 @@ final class TortureWorld: @unchecked Sendable {
         policy.pipelineDepth = 2
         policy.cpuFaultGranularity = .faultAround(pages: 4)
         policy.gpuFault = .migrateToVRAM(pages: 16)
+        policy.minimumResidency = o.minimumResidency
         var c = Device.Configuration(name: "torture", vramSize: o.vramBytes, backend: o.backend, policy: policy)
+        c.vramLayout.directory = o.vramDirectory
         c.faultBackend = o.backend
         do { gpu = try Device(memory: memory, configuration: c) } catch {
             throw TortureFailure("cannot create the device: \(error) (io_uring unavailable?)")
