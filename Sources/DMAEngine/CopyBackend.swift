@@ -19,6 +19,39 @@ public protocol CopyBackend: AnyObject, Sendable {
     /// releases the backend's resources. With `cancelInFlight`, asks the kernel
     /// to cancel what has not started; cancelled descriptors fail with ECANCELED.
     func shutdown(cancelInFlight: Bool)
+
+    /// Installs pieces of registered host memory in this backend's fixed-buffer table
+    /// (io_uring's; other backends have none and ignore them). Called by the engine
+    /// from any thread, concurrently with `execute`.
+    func installFixedBuffers(_ pieces: [FixedBufferPiece])
+    /// Clears fixed-buffer `slots` (their region is being unregistered; nothing in flight uses it).
+    func removeFixedBuffers(slots: [Int])
+    /// What the fixed-buffer table holds and how often operations used it.
+    var fixedBufferStatus: FixedBufferStatus { get }
+}
+
+extension CopyBackend {
+    public func installFixedBuffers(_ pieces: [FixedBufferPiece]) {}
+    public func removeFixedBuffers(slots: [Int]) {}
+    public var fixedBufferStatus: FixedBufferStatus { FixedBufferStatus() }
+}
+
+/// A channel's io_uring fixed buffers (`DMAEngine.Configuration.fixedBuffers`).
+public struct FixedBufferStatus: Sendable, Equatable {
+    /// Pieces of host memory installed in the ring's table (pinned by the kernel).
+    public var installedPieces = 0
+    /// Operations issued with a fixed-buffer opcode (`READ_FIXED`, `WRITEV_FIXED`, …).
+    public var operations = 0
+    /// Why the last table setup or installation failed (e.g. ENOMEM: RLIMIT_MEMLOCK;
+    /// EFAULT/EOPNOTSUPP: memory the kernel cannot pin), or nil. Copies still run,
+    /// through the plain opcodes.
+    public var failure: String?
+
+    public init(installedPieces: Int = 0, operations: Int = 0, failure: String? = nil) {
+        self.installedPieces = installedPieces
+        self.operations = operations
+        self.failure = failure
+    }
 }
 
 /// What a backend is told about the channel it serves.
@@ -32,6 +65,8 @@ public struct ChannelSettings: Sendable {
     public var logger: Logger
     /// Where the backend records a failure that makes the channel unusable (shared with the channel).
     public var health: ChannelHealth
+    /// Set up a fixed-buffer table for registered host memory (`DMAEngine.Configuration.fixedBuffers`).
+    public var fixedBuffers = false
 }
 
 /// Which `CopyBackend` a channel uses.

@@ -109,6 +109,10 @@ public final class DMAChannel: @unchecked Sendable {
     /// Counters since the channel was created.
     public var statistics: ChannelStatistics { submitLock.withLock { stats } }
 
+    /// The channel's io_uring fixed buffers: pieces installed, operations that used one,
+    /// and why registration failed, if it did (`DMAEngine.Configuration.fixedBuffers`).
+    public var fixedBuffers: FixedBufferStatus { backend.fixedBufferStatus }
+
     /// Enqueues a copy of `length` bytes; the direction (H2D, D2H, D2D, H2H) follows from the regions.
     ///
     /// Throws `.zeroLength`, `.unknownRegion`, `.outOfRange`, `.overlappingRange`,

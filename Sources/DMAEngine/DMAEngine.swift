@@ -26,6 +26,19 @@ public final class DMAEngine: @unchecked Sendable {
         /// Record what submitted work reads and writes until its fence signals, for
         /// `DMAEngine.copiesInFlight(at:length:)` (checked mode). Off: one branch per submit.
         public var tracksInFlightCopies = false
+        /// Register host memory with every io_uring channel as fixed buffers
+        /// (`io_uring_register_buffers`, split into 1 GiB pieces) and issue an operation
+        /// with the fixed-buffer opcode when all its host memory lies in one piece
+        /// (`READ_FIXED`/`WRITE_FIXED`; `READV_FIXED`/`WRITEV_FIXED` on Linux 6.15+).
+        ///
+        /// Off by default: registering pins every page of the region, so all of it is
+        /// allocated and locked at once (a sparse emulated RAM becomes resident), and on
+        /// the reference machine the fixed opcodes measured the same as the plain ones for
+        /// buffered memfd I/O (`dmem-bench copy --fixed-buffers on`; README). A region
+        /// the kernel cannot pin (RLIMIT_MEMLOCK, file-backed memory) stays usable through
+        /// the plain opcodes; `DMAChannel.fixedBuffers` says why. While registered, the
+        /// region's pages must stay where they are (no `MADV_DONTNEED`, no remapping).
+        public var fixedBuffers = false
         public var logger = Logger(label: "dmem.dma")
 
         public init(backend: CopyBackendKind = .ioUring, queueDepth: Int = 64, coalescing: Bool = true,
@@ -43,6 +56,8 @@ public final class DMAEngine: @unchecked Sendable {
 
     public let configuration: Configuration
     let regions = RegionTable()
+    /// Fixed-buffer slots of host regions (nil unless `configuration.fixedBuffers`).
+    private let fixedRegistry: FixedBufferRegistry?
     /// Submitted work by region until its fence signals (nil unless `tracksInFlightCopies`).
     let inFlight: InFlightTracker?
     private let lock = NIOLock()
@@ -53,7 +68,12 @@ public final class DMAEngine: @unchecked Sendable {
 
     /// Creates an engine. With the io_uring backend, probes io_uring once so a
     /// missing or disabled io_uring fails here, with the reason and the fallback.
-    public init(configuration: Configuration = Configuration()) throws(DMAError) {
+    public convenience init(configuration: Configuration = Configuration()) throws(DMAError) {
+        try self.init(configuration: configuration, fixedPieceBytes: FixedBufferRegistry.maxPieceBytes)
+    }
+
+    /// An engine whose fixed buffers are cut into pieces of `fixedPieceBytes` (tests: 1 GiB is a lot to pin).
+    init(configuration: Configuration, fixedPieceBytes: Int) throws(DMAError) {
         guard configuration.queueDepth >= 1, configuration.queueDepth <= 4096 else {
             throw .invalidArgument("queueDepth \(configuration.queueDepth) outside 1…4096")
         }
@@ -66,6 +86,7 @@ public final class DMAEngine: @unchecked Sendable {
         if configuration.backend.usesIOURing { _ = try IOURing(entries: 2) }
         self.configuration = configuration
         inFlight = configuration.tracksInFlightCopies ? InFlightTracker() : nil
+        fixedRegistry = configuration.fixedBuffers ? FixedBufferRegistry(pieceBytes: fixedPieceBytes) : nil
     }
 
     deinit { shutdown() }
@@ -83,6 +104,15 @@ public final class DMAEngine: @unchecked Sendable {
         try checkOpen()
         guard let id = regions.reserveID() else { throw .invalidArgument("no region ids left in this engine") }
         regions.fill(id, RegionEntry(base: base, length: memory.count, layout: .memory, kind: .host, active: true), name: name)
+        if let fixedRegistry {
+            lock.withLock {
+                guard let pieces = fixedRegistry.add(id, base: base, length: memory.count) else {
+                    configuration.logger.warning("no io_uring fixed-buffer slots left for \(id) (\(memory.count) bytes); its copies use the plain opcodes")
+                    return
+                }
+                for channel in channels { channel.backend.installFixedBuffers(pieces) }
+            }
+        }
         return id
     }
 
@@ -156,7 +186,12 @@ public final class DMAEngine: @unchecked Sendable {
             }
         }
         regions.remove(id)
-        _ = lock.withLock { pools.removeValue(forKey: id) }
+        lock.withLock {
+            pools.removeValue(forKey: id)
+            if let slots = fixedRegistry?.remove(id), !slots.isEmpty {
+                for channel in channels { channel.backend.removeFixedBuffers(slots: slots) }
+            }
+        }
     }
 
     // MARK: Channels
@@ -168,9 +203,10 @@ public final class DMAEngine: @unchecked Sendable {
         let id = lock.withLock { channels.count }
         let depth = queueDepth ?? configuration.queueDepth
         guard depth >= 1, depth <= 4096 else { throw .invalidArgument("queueDepth \(depth) outside 1…4096") }
-        let settings = ChannelSettings(channelID: id, queueDepth: depth,
+        var settings = ChannelSettings(channelID: id, queueDepth: depth,
                                        coalescing: coalescing ?? configuration.coalescing, logger: configuration.logger,
                                        health: ChannelHealth())
+        settings.fixedBuffers = fixedRegistry != nil
         let made = try (backend ?? configuration.backend).make(settings)
         let channel = DMAChannel(id: id, name: name ?? "ch\(id)", maxBatch: configuration.maxBatch,
                                  statusHistory: configuration.statusHistory, regions: regions, backend: made,
@@ -178,6 +214,7 @@ public final class DMAEngine: @unchecked Sendable {
         let accepted = lock.withLock { () -> Bool in
             guard !isShutDown else { return false }
             channels.append(channel)
+            if let fixedRegistry { made.installFixedBuffers(fixedRegistry.all) }
             return true
         }
         guard accepted else {

@@ -41,6 +41,10 @@ final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
         return operations
     }
 
+    func installFixedBuffers(_ pieces: [FixedBufferPiece]) { inner.installFixedBuffers(pieces) }
+    func removeFixedBuffers(slots: [Int]) { inner.removeFixedBuffers(slots: slots) }
+    var fixedBufferStatus: FixedBufferStatus { inner.fixedBufferStatus }
+
     func shutdown(cancelInFlight: Bool) {
         delayed.wait()
         inner.shutdown(cancelInFlight: cancelInFlight)

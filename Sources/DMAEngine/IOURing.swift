@@ -22,7 +22,17 @@ final class IOURing: @unchecked Sendable {
             throw Self.setupError(Errno(rawValue: -rc), entries: entries)
         }
         ring = r
+        var vectoredFixed = false
+        if let probe = io_uring_get_probe_ring(r) {
+            vectoredFixed = io_uring_opcode_supported(probe, Int32(cu_op_readv_fixed())) != 0
+                && io_uring_opcode_supported(probe, Int32(cu_op_writev_fixed())) != 0
+            io_uring_free_probe(probe)
+        }
+        supportsVectoredFixed = vectoredFixed
     }
+
+    /// Whether the kernel has `IORING_OP_READV_FIXED`/`WRITEV_FIXED` (Linux 6.15).
+    let supportsVectoredFixed: Bool
 
     deinit {
         io_uring_queue_exit(ring)
@@ -52,27 +62,58 @@ final class IOURing: @unchecked Sendable {
     func nextSQE() -> UnsafeMutablePointer<io_uring_sqe>? { io_uring_get_sqe(ring) }
 
     /// `pwritev`/`pwrite` of `count` iovecs to `fd` at `offset`; with `async`, always on an io-wq worker.
+    /// With `fixed` ≥ 0 the iovecs lie in that fixed buffer (`WRITE_FIXED`, or `WRITEV_FIXED`
+    /// when `supportsVectoredFixed`; the caller checks).
     @inline(__always)
     func prepWrite(_ sqe: UnsafeMutablePointer<io_uring_sqe>, fd: Int32, iovecs: UnsafePointer<iovec>,
-                   count: Int, offset: Int, tag: UInt64, drain: Bool, async: Bool) {
-        if count == 1 {
+                   count: Int, offset: Int, tag: UInt64, drain: Bool, async: Bool, fixed: Int = -1) {
+        switch (count == 1, fixed >= 0) {
+        case (true, false):
             io_uring_prep_write(sqe, fd, iovecs[0].iov_base, UInt32(iovecs[0].iov_len), UInt64(offset))
-        } else {
+        case (false, false):
             io_uring_prep_writev(sqe, fd, iovecs, UInt32(count), UInt64(offset))
+        case (true, true):
+            io_uring_prep_write_fixed(sqe, fd, iovecs[0].iov_base, UInt32(iovecs[0].iov_len), UInt64(offset), Int32(fixed))
+        case (false, true):
+            cu_prep_rw_fixed(sqe, cu_op_writev_fixed(), fd, iovecs, UInt32(count), UInt64(offset), UInt16(fixed))
         }
         finish(sqe, tag: tag, drain: drain, async: async)
     }
 
     /// `preadv`/`pread` of `count` iovecs from `fd` at `offset`; with `async`, always on an io-wq worker.
+    /// With `fixed` ≥ 0 the iovecs lie in that fixed buffer (`READ_FIXED` / `READV_FIXED`).
     @inline(__always)
     func prepRead(_ sqe: UnsafeMutablePointer<io_uring_sqe>, fd: Int32, iovecs: UnsafePointer<iovec>,
-                  count: Int, offset: Int, tag: UInt64, drain: Bool, async: Bool) {
-        if count == 1 {
+                  count: Int, offset: Int, tag: UInt64, drain: Bool, async: Bool, fixed: Int = -1) {
+        switch (count == 1, fixed >= 0) {
+        case (true, false):
             io_uring_prep_read(sqe, fd, iovecs[0].iov_base, UInt32(iovecs[0].iov_len), UInt64(offset))
-        } else {
+        case (false, false):
             io_uring_prep_readv(sqe, fd, iovecs, UInt32(count), UInt64(offset))
+        case (true, true):
+            io_uring_prep_read_fixed(sqe, fd, iovecs[0].iov_base, UInt32(iovecs[0].iov_len), UInt64(offset), Int32(fixed))
+        case (false, true):
+            cu_prep_rw_fixed(sqe, cu_op_readv_fixed(), fd, iovecs, UInt32(count), UInt64(offset), UInt16(fixed))
         }
         finish(sqe, tag: tag, drain: drain, async: async)
+    }
+
+    // MARK: Fixed buffers
+
+    /// Registers an empty fixed-buffer table of `count` slots (`io_uring_register_buffers_sparse`,
+    /// Linux 5.19); the kernel's errno if it refuses.
+    func registerSparseBuffers(count: Int) -> Errno? {
+        let rc = io_uring_register_buffers_sparse(ring, UInt32(count))
+        return rc < 0 ? Errno(rawValue: -rc) : nil
+    }
+
+    /// Installs `buffer` at `slot` (the kernel pins its pages), or clears the slot for an
+    /// empty iovec (`io_uring_register_buffers_update_tag`); the kernel's errno if it refuses.
+    func updateBuffer(slot: Int, _ buffer: iovec) -> Errno? {
+        var v = buffer
+        var tag: UInt64 = 0
+        let rc = io_uring_register_buffers_update_tag(ring, UInt32(slot), &v, &tag, 1)
+        return rc < 0 ? Errno(rawValue: -rc) : nil
     }
 
     func prepNop(_ sqe: UnsafeMutablePointer<io_uring_sqe>, tag: UInt64) {

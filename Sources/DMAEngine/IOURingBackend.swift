@@ -62,6 +62,13 @@ final class IOURingBackend: CopyBackend, @unchecked Sendable {
     /// slot: states in Swift's memory model the order the ring already gives (slot and iovecs
     /// written → SQ tail → kernel → CQ tail), which Thread Sanitizer cannot see through the kernel.
     let published = Synchronization.Atomic<UInt64>(0)
+    /// Host memory installed in the ring's fixed-buffer table, by address (empty unless `fixedBuffers`).
+    let fixedTable = FixedBufferTable()
+    /// Whether the ring has a fixed-buffer table (the engine asked, and the kernel set it up).
+    let fixedEnabled: Bool
+    private let fixedLock = NIOLock()
+    private var fixedStatus = FixedBufferStatus()  // guarded by fixedLock (operations: see fixedOperations)
+    private let fixedOperations = Synchronization.Atomic<Int>(0)
     let reaperExited = DispatchSemaphore(value: 0)
     let stopped = Synchronization.Atomic<Bool>(false)
     let exitRequested = Synchronization.Atomic<Bool>(false)
@@ -79,6 +86,12 @@ final class IOURingBackend: CopyBackend, @unchecked Sendable {
         unsubmitted = []
         unsubmitted.reserveCapacity(depth)
         freeSlots = DispatchSemaphore(value: depth)
+        if settings.fixedBuffers, let e = ring.registerSparseBuffers(count: FixedBufferRegistry.capacity) {
+            fixedStatus.failure = "io_uring_register_buffers_sparse: \(e) (needs Linux 5.19); copies use the plain opcodes"
+            fixedEnabled = false
+        } else {
+            fixedEnabled = settings.fixedBuffers
+        }
         let thread = Thread { [self] in reapUntilStopped() }
         thread.name = "dma-reaper-\(settings.channelID)"
         thread.stackSize = 256 << 10
@@ -183,18 +196,68 @@ final class IOURingBackend: CopyBackend, @unchecked Sendable {
             fail(slot, errno: health.failure ?? .noBufferSpace)
             return false
         }
+        let fixed = fixedSlot(iov, count: op.iovecCount)
         switch op.access {
         case .write(let fd, let offset):
             ring.prepWrite(sqe, fd: fd, iovecs: iov, count: op.iovecCount, offset: offset, tag: UInt64(slot),
-                           drain: op.drain, async: op.async)
+                           drain: op.drain, async: op.async, fixed: fixed)
         case .read(let fd, let offset):
             ring.prepRead(sqe, fd: fd, iovecs: iov, count: op.iovecCount, offset: offset, tag: UInt64(slot),
-                          drain: op.drain, async: op.async)
+                          drain: op.drain, async: op.async, fixed: fixed)
         case .memory:
             ring.prepNop(sqe, tag: UInt64(slot))  // never planned into a slot; harmless if it were
         }
         unsubmitted.append(slot)
         return true
+    }
+
+    /// The fixed buffer all of an operation's memory lies in, or -1 (plain opcodes): the
+    /// fixed-buffer variant of the operation is used where the ring has one (vectored ones
+    /// need Linux 6.15).
+    @inline(__always)
+    private func fixedSlot(_ iov: UnsafeMutablePointer<iovec>, count: Int) -> Int {
+        guard fixedEnabled, count >= 1, count == 1 || ring.supportsVectoredFixed else { return -1 }
+        var low = UInt.max, high: UInt = 0
+        for k in 0..<count {
+            let start = UInt(bitPattern: iov[k].iov_base)
+            low = min(low, start)
+            high = max(high, start + UInt(iov[k].iov_len))
+        }
+        guard let slot = fixedTable.slot(containing: low, high) else { return -1 }
+        fixedOperations.add(1, ordering: .relaxed)
+        return slot
+    }
+
+    // MARK: Fixed buffers (engine thread)
+
+    func installFixedBuffers(_ pieces: [FixedBufferPiece]) {
+        guard fixedEnabled else { return }
+        fixedLock.withLock {
+            for piece in pieces {
+                if let e = ring.updateBuffer(slot: piece.slot, piece.iovec) {
+                    fixedStatus.failure = "pinning \(piece.length) bytes of \(piece.region) as fixed buffer \(piece.slot): \(e)"
+                        + (e == .noMemory ? " (RLIMIT_MEMLOCK: `ulimit -l`)" : "") + "; copies from it use the plain opcodes"
+                } else {
+                    fixedTable.insert(piece)
+                    fixedStatus.installedPieces += 1
+                }
+            }
+        }
+    }
+
+    func removeFixedBuffers(slots: [Int]) {
+        guard fixedEnabled else { return }
+        fixedLock.withLock {
+            let held = fixedTable.remove(slots: slots)
+            for slot in held { _ = ring.updateBuffer(slot: slot, iovec(iov_base: nil, iov_len: 0)) }
+            fixedStatus.installedPieces -= held.count
+        }
+    }
+
+    var fixedBufferStatus: FixedBufferStatus {
+        var s = fixedLock.withLock { fixedStatus }
+        s.operations = fixedOperations.load(ordering: .relaxed)
+        return s
     }
 
     /// Rings the doorbell for every prepared SQE. If the ring fails, marks the

@@ -68,6 +68,10 @@ final class LinkModelBackend: CopyBackend, @unchecked Sendable {
         return operations
     }
 
+    func installFixedBuffers(_ pieces: [FixedBufferPiece]) { inner.installFixedBuffers(pieces) }
+    func removeFixedBuffers(slots: [Int]) { inner.removeFixedBuffers(slots: slots) }
+    var fixedBufferStatus: FixedBufferStatus { inner.fixedBufferStatus }
+
     func shutdown(cancelInFlight: Bool) {
         guard !stopped else { return }
         stopped = true

@@ -20,6 +20,7 @@ struct CopyBenchScenario: BenchScenario {
         .init("channels", .integer(1...64), default: "1", help: "channels, each submitting from its own thread"),
         .init("inflight", .integer(1...4096), default: "8", help: "batches in flight per channel before waiting"),
         .init("vram-files", .integer(1...VRAMPool.Layout.maxFiles), default: "16", help: "memfds each VRAM pool is striped over"),
+        .init("fixed-buffers", .flag, default: "off", help: "register host memory as io_uring fixed buffers"),
         .init("vram-dir", .text, default: "memfd", help: "memfd, or a directory for VRAM's files (a huge=always tmpfs)"),
         .init("link", .text, default: "none", help: "modelled link: \(LinkSpec.help)"),
         .init("passes", .integer(1...100), default: "3", help: "engine passes per point (median); --repeat repeats points"),
@@ -54,6 +55,7 @@ struct CopyBenchScenario: BenchScenario {
         o.channels = try p.int("channels")
         o.inflightBatches = try p.int("inflight")
         o.vramLayout.files = try p.int("vram-files")
+        o.fixedBuffers = try p.flag("fixed-buffers")
         let dir = try p.string("vram-dir")
         o.vramLayout.directory = dir == "memfd" ? nil : dir
         do { o.link = try LinkSpec(parsing: try p.string("link")) } catch { throw CopyScenario.error(error.message) }

@@ -49,6 +49,8 @@ struct CopyCommand: ParsableCommand {
     @Option(help: "Passes per run (the median is reported).") var repeats = 3
     @Option(help: "Host memory the frames are scattered over (default 4 × total).") var hostMemory: ByteCount?
     @Option(help: "memfds each VRAM pool is striped over (1: one memfd).") var vramFiles = VRAMPool.Layout.default.files
+    @Option(help: "Register host memory as io_uring fixed buffers (pinned) and use the fixed-buffer opcodes: on or off.")
+    var fixedBuffers = OnOff.off
     @Option(help: ArgumentHelp("Put VRAM in unnamed files in this directory instead of memfds, e.g. a tmpfs mounted with huge=always (README \"Performance\").", valueName: "dir"))
     var vramDir: String?
     @Option(help: ArgumentHelp("Model a host↔device link on top of the backend: \(LinkSpec.help).", valueName: "link"))
@@ -71,6 +73,7 @@ struct CopyCommand: ParsableCommand {
         o.hostBytes = hostMemory?.bytes
         o.vramLayout.files = vramFiles
         o.vramLayout.directory = vramDir
+        o.fixedBuffers = fixedBuffers == .on
         o.link = try LinkSpec(parsing: link)
         return o
     }

@@ -26,6 +26,8 @@ struct CopyOptions: Sendable {
     var vramLayout: VRAMPool.Layout = .default
     /// A modelled host↔device link on top of the backend, and how it was asked for.
     var link: LinkSpec = .none
+    /// Register host memory as io_uring fixed buffers (`DMAEngine.Configuration.fixedBuffers`).
+    var fixedBuffers = false
     var seed: UInt64 = 0xD11A
 
     /// The backend the engine's channels get: `backend`, behind the link model if there is one.

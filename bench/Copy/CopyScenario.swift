@@ -63,6 +63,7 @@ enum CopyScenario {
         var latency = LatencyHistogram()
         var verified = true
         let opsBefore = channels.reduce(0) { $0 + $1.statistics.operations }
+        let fixedBefore = channels.reduce(0) { $0 + $1.fixedBuffers.operations }
         for _ in 0..<o.repeats {
             pattern.poisonDestinations(0xA5)
             memcpySeconds.append(track.span("memcpy pass") { pattern.memcpyAll() })
@@ -74,6 +75,7 @@ enum CopyScenario {
             verified = track.span("verify") { pattern.verify() } && verified
         }
         let sqes = (channels.reduce(0) { $0 + $1.statistics.operations } - opsBefore) / o.repeats
+        let fixedOps = (channels.reduce(0) { $0 + $1.fixedBuffers.operations } - fixedBefore) / o.repeats
         let seconds = median(engineSeconds), baseline = median(memcpySeconds)
         let bytes = pattern.count * o.pageSize
         var r = RunRecord()
@@ -96,6 +98,9 @@ enum CopyScenario {
         r.set("ratio", baseline / seconds)
         r.set("descriptors_per_s", Double(pattern.count) / seconds)
         r.set("sqes", sqes)
+        r.set("fixed_buffers", o.fixedBuffers)
+        r.set("fixed_sqes", fixedOps)
+        if let failure = channels.compactMap({ $0.fixedBuffers.failure }).first { r.set("fixed_buffers_failure", failure) }
         r.set("repeats", o.repeats)
         latency.write(to: &r, prefix: "batch")
         r.set("verified", verified)

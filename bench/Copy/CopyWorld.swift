@@ -22,8 +22,10 @@ final class CopyWorld {
         options = o
         ramMapping = try AnonymousMapping(length: max(o.hostBytes ?? 4 * o.totalBytes, o.totalBytes))
         ram = UnsafeMutableRawBufferPointer(start: ramMapping.base, count: ramMapping.length)
-        engine = try DMAEngine(configuration: .init(backend: o.engineBackend, queueDepth: o.queueDepth,
-                                                    maxBatch: max(o.batchPages, 1)))
+        var configuration = DMAEngine.Configuration(backend: o.engineBackend, queueDepth: o.queueDepth,
+                                                    maxBatch: max(o.batchPages, 1))
+        configuration.fixedBuffers = o.fixedBuffers
+        engine = try DMAEngine(configuration: configuration)
         ramID = try engine.registerHostMemory(ram, name: "ram")
         vramA = try engine.createVRAMPool(size: o.totalBytes, name: "vram-a", layout: o.vramLayout)
         vramB = try engine.createVRAMPool(size: o.totalBytes, name: "vram-b", layout: o.vramLayout)

@@ -22,6 +22,8 @@ struct MigrateCommand: ParsableCommand {
     @Option(help: "Batches in flight while migrating to VRAM (1 = nouveau's strict sequence).") var pipeline = 1
     @Option(help: "Worker threads of the mapped backend.") var workers = 2
     @Option(help: "3step (migrate_vma_setup/pages/finalize) or 2017 (migrate_vma callbacks).") var api = "3step"
+    @Option(help: "Register System RAM as io_uring fixed buffers (pinned) and use the fixed-buffer opcodes: on or off.")
+    var fixedBuffers = "off"
     @Option(help: ArgumentHelp("Put VRAM in unnamed files in this directory instead of memfds, e.g. a tmpfs mounted with huge=always (README \"Performance\").", valueName: "dir"))
     var vramDir: String?
     @Flag(help: "Run in checked mode (protocol sanitizer): reports its cost and protocol_violations.") var checked = false
@@ -44,6 +46,8 @@ struct MigrateCommand: ParsableCommand {
             o.workers = workers
             o.checked = checked
             o.vramDirectory = vramDir
+            guard fixedBuffers == "on" || fixedBuffers == "off" else { throw ValidationError("--fixed-buffers must be on or off") }
+            o.fixedBuffers = fixedBuffers == "on"
             guard let generation = MigrationPolicy.APIGeneration(name: api) else { throw ValidationError("--api must be 3step or 2017") }
             o.api = generation
             if let problem = o.problem { throw ValidationError(problem) }

@@ -43,6 +43,8 @@ struct MigrateOptions: Sendable {
     var checked = false
     /// A directory for VRAM's files instead of memfds (nil: memfds).
     var vramDirectory: String?
+    /// Register System RAM as io_uring fixed buffers.
+    var fixedBuffers = false
 
     var pages: Int { totalBytes / 4096 }
 

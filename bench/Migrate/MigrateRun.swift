@@ -54,6 +54,7 @@ final class MigrateRun {
         config.observer = observer
         config.faultBackend = o.faultBackend?.kind(workers: o.workers)
         config.vramLayout.directory = o.vramDirectory
+        config.fixedBuffers = o.fixedBuffers
         do { gpu = try Device(memory: memory, configuration: config) } catch {
             throw Self.failure("cannot create the device: \(error)\(o.backend == .iouring ? " (try backend memcpy)" : "")")
         }
@@ -90,6 +91,7 @@ final class MigrateRun {
         if o.backend == .mapped || o.faultBackend == .mapped { r.set("workers", o.workers) }
         r.set("api", o.api.name)
         r.set("vram_dir", o.vramDirectory ?? "memfd")
+        r.set("fixed_buffers", o.fixedBuffers)
         r.set("shmem_thp", ShmemHugePages.current.rawValue)
         r.set("checked", o.checked)
         if let checker = gpu.memory.checker { r.set("protocol_violations", checker.violationCount) }

@@ -18,6 +18,7 @@ struct MigrateScenario: BenchScenario {
         .init("pipeline", .integer(1...8), default: "1", help: "batches in flight while migrating to VRAM"),
         .init("workers", .integer(1...8), default: "2", help: "worker threads of the mapped backend"),
         .init("api", .choice(["3step", "2017"]), default: "3step", help: "migrate_vma_setup/pages/finalize or 2017 callbacks"),
+        .init("fixed-buffers", .choice(["off", "on"]), default: "off", help: "register System RAM as io_uring fixed buffers"),
         .init("vram-dir", .text, default: "memfd", help: "memfd, or a directory for VRAM's files (a huge=always tmpfs)"),
         .init("seed", .integer(0...Int.max), default: "1", help: "seed of the data pattern"),
         .init("checked", .choice(["off", "on"]), default: "off", help: "checked mode (protocol sanitizer) on the run's memory"),
@@ -37,6 +38,7 @@ struct MigrateScenario: BenchScenario {
         o.workers = try parameters.int("workers")
         o.api = MigrationPolicy.APIGeneration(name: try parameters.string("api")) ?? .threeStep
         o.seed = UInt64(try parameters.int("seed"))
+        o.fixedBuffers = try parameters.string("fixed-buffers") == "on"
         let dir = try parameters.string("vram-dir")
         o.vramDirectory = dir == "memfd" ? nil : dir
         o.checked = try parameters.string("checked") == "on"

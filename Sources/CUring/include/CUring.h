@@ -35,6 +35,14 @@ int cu_iov_max(void);
 /// `directory` that disappears with its last descriptor; O_TMPFILE needs _GNU_SOURCE.
 int cu_open_tmpfile(const char *directory, int mode);
 
+/// IORING_OP_READV_FIXED / IORING_OP_WRITEV_FIXED (Linux 6.15; liburing 2.3's header predates them).
+unsigned char cu_op_readv_fixed(void);
+unsigned char cu_op_writev_fixed(void);
+
+/// io_uring_prep_rw(op, ...) plus the fixed-buffer index (sqe->buf_index sits in a union).
+void cu_prep_rw_fixed(struct io_uring_sqe *sqe, unsigned char op, int fd, const void *addr, unsigned len,
+                      unsigned long long offset, unsigned short buf_index);
+
 /// The MADV_HUGEPAGE advice value.
 int cu_madv_hugepage(void);
 

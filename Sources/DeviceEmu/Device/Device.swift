@@ -44,6 +44,9 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         /// How each pool is laid out in files (striping, population, huge pages, or a
         /// directory such as a `huge=always` tmpfs instead of memfds).
         public var vramLayout: VRAMPool.Layout = .default
+        /// Register System RAM with the copy engine's rings as fixed buffers (pinned;
+        /// `DMAEngine.Configuration.fixedBuffers`). Only when the device makes its own engine.
+        public var fixedBuffers = false
         /// Backend of the device's copy channels (the engine's default when nil).
         public var backend: CopyBackendKind? = nil
         /// Backend of the channels serving CPU faults (`migrateToRAM`); nil uses `backend`.
@@ -164,6 +167,7 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         var ec = DMAEngine.Configuration(maxBatch: max(4096, c.policy.batchPages))
         ec.tracksInFlightCopies = tracking  // checked mode asks which copies are in flight
         if let backend = c.backend { ec.backend = backend }
+        ec.fixedBuffers = c.fixedBuffers
         do { return try DMAEngine(configuration: ec) } catch { throw .dma(error) }
     }
 
