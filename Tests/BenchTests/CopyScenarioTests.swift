@@ -48,6 +48,14 @@ import Testing
         }
     }
 
+    @Test func fixedBuffersAreUsedAndCounted() throws {
+        let on = try run(Self.tiny + [("direction", "h2d"), ("fixed-buffers", "on")])[0]
+        #expect(on["fixed_buffers"] == .bool(true) && on["verified"] == .bool(true))
+        #expect(on["fixed_sqes"] == on["sqes"] && on["fixed_buffers_failure"] == nil, "every h2d operation reads host memory in one buffer")
+        let off = try run(Self.tiny + [("direction", "h2d")])[0]
+        #expect(off["fixed_buffers"] == .bool(false) && off["fixed_sqes"] == .int(0))
+    }
+
     @Test func linkModelIsParsedAndRecorded() throws {
         let records = try run(Self.tiny + [("direction", "h2d"), ("link", "pcie4")])
         #expect(records[0]["link"] == .string("pcie4") && records[0]["backend"] == .string("link(iouring)"))
