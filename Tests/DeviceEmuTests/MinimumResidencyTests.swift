@@ -53,7 +53,7 @@ import Testing
     /// come of age, and evicts it; B, migrated after A, is not evicted.
     @Test func onlyYoungPagesLeftWaitsForTheOldestOnce() throws {
         let memory = try makeMemory(mib: 64)
-        let gpu = try Self.pressureDevice(memory, residency: .milliseconds(40))
+        let gpu = try Self.pressureDevice(memory, residency: Self.long)
         defer { try? gpu.shutdown() }
         let mm = AddressSpace(memory: memory)
         let a = try mm.mmap(length: 768 * pageSize)
@@ -73,7 +73,7 @@ import Testing
     /// migration returns with what fit (nothing) instead of hanging.
     @Test func youngUnevictablePagesEndTheWaitAndTheBatchFallsShort() throws {
         let memory = try makeMemory(mib: 64)
-        let gpu = try Self.pressureDevice(memory, residency: .milliseconds(30))
+        let gpu = try Self.pressureDevice(memory, residency: Self.long)
         defer { try? gpu.shutdown() }
         let mm = AddressSpace(memory: memory)
         let a = try mm.mmap(length: 768 * pageSize)
