@@ -14,6 +14,16 @@ import Testing
         return try DMAEngine(configuration: c, fixedPieceBytes: pieceBytes)
     }
 
+    /// Whether this process may pin a few MiB for io_uring (CAP_IPC_LOCK, or RLIMIT_MEMLOCK
+    /// above what the tests pin at once): containers without either cannot install buffers.
+    static let canPin: Bool = {
+        guard let engine = try? engine() else { return false }
+        defer { engine.shutdown() }
+        let probe = HostBuffer(2 << 20)
+        guard let ch = try? engine.makeChannel(), (try? engine.registerHostMemory(probe.bytes)) != nil else { return false }
+        return ch.fixedBuffers.installedPieces == 1
+    }()
+
     /// Copies `size` bytes host → VRAM → other host buffer with 4 KiB scattered descriptors; true if intact.
     static func roundTrip(_ engine: DMAEngine, _ ch: DMAChannel, from src: HostBuffer, _ s: RegionID,
                           to back: HostBuffer, _ b: RegionID, pool: VRAMPool, seed: UInt64) throws -> Bool {
@@ -31,7 +41,7 @@ import Testing
         return same(src.bytes.baseAddress!, back.bytes.baseAddress!, src.bytes.count)
     }
 
-    @Test(arguments: [true, false])
+    @Test(.enabled(if: canPin, "needs CAP_IPC_LOCK or ulimit -l of a few MiB"), arguments: [true, false])
     func regionsRegisteredBeforeAndAfterAChannelUseFixedOpcodes(_ coalescing: Bool) throws {
         let engine = try Self.engine()
         defer { engine.shutdown() }
@@ -49,7 +59,8 @@ import Testing
 
     /// A region larger than a piece takes several slots; an operation whose memory spans two
     /// pieces runs with the plain opcode, and the data is right either way.
-    @Test func largeRegionsAreSplitAndOperationsAcrossPiecesFallBack() throws {
+    @Test(.enabled(if: canPin, "needs CAP_IPC_LOCK or ulimit -l of a few MiB"))
+    func largeRegionsAreSplitAndOperationsAcrossPiecesFallBack() throws {
         let engine = try Self.engine(pieceBytes: 16 * 4096)
         defer { engine.shutdown() }
         let size = 64 * 4096
@@ -68,7 +79,8 @@ import Testing
         #expect(try Self.roundTrip(engine, ch, from: src, s, to: back, b, pool: pool, seed: 10))
     }
 
-    @Test func unregisterClearsTheSlotsAndTheyAreReused() throws {
+    @Test(.enabled(if: canPin, "needs CAP_IPC_LOCK or ulimit -l of a few MiB"))
+    func unregisterClearsTheSlotsAndTheyAreReused() throws {
         let engine = try Self.engine()
         defer { engine.shutdown() }
         let size = 16 * 4096
@@ -109,7 +121,8 @@ import Testing
     }
 
     /// More pieces than the table has slots: the region is not installed, copies still work.
-    @Test func aRegionNeedingMoreSlotsThanLeftIsNotInstalled() throws {
+    @Test(.enabled(if: canPin, "needs CAP_IPC_LOCK or ulimit -l of a few MiB"))
+    func aRegionNeedingMoreSlotsThanLeftIsNotInstalled() throws {
         let engine = try Self.engine(pieceBytes: 4096)
         defer { engine.shutdown() }
         let ch = try engine.makeChannel()
@@ -128,7 +141,8 @@ import Testing
 
     /// Regions come and go (slots installed and cleared in the ring) while another thread
     /// copies through a registered one: no copy is disturbed (also run under TSan).
-    @Test func regionsComeAndGoWhileAChannelCopies() throws {
+    @Test(.enabled(if: canPin, "needs CAP_IPC_LOCK or ulimit -l of a few MiB"))
+    func regionsComeAndGoWhileAChannelCopies() throws {
         let engine = try Self.engine(pieceBytes: 8 * 4096)
         defer { engine.shutdown() }
         let size = 32 * 4096
