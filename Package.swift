@@ -81,7 +81,8 @@ let package = Package(
         // Added with their first tests:
         .testTarget(
             name: "HostMMTests",
-            dependencies: ["HostMM", .product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
+            // DMAEngine only for the shared seeded generator (`SplitMix64`) of the fuzz tests.
+            dependencies: ["HostMM", "DMAEngine", .product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
             swiftSettings: strict
         ),
         .testTarget(

@@ -65,11 +65,11 @@ final class DMAFuzz {
     /// The probe's own host memory: fuzzed copies never touch it.
     let probeHost = HostBuffer(1 << 17)
     let ph: RegionID
-    var rng: SplitMix
+    var rng: SplitMix64
     var errors = 0, successes = 0
 
     init(seed: UInt64) throws {
-        rng = SplitMix(seed: seed)
+        rng = SplitMix64(seed: seed)
         var c = DMAEngine.Configuration(backend: .faultInjecting(FaultPlan(seed: seed, rules: [.init(.rate(0.1), .delay(.microseconds(200)))]),
                                                                  wrapping: .ioUring), maxBatch: 64)
         c.tracksInFlightCopies = true
@@ -171,17 +171,5 @@ final class DMAFuzz {
         }
         let a = probeHost.bytes.baseAddress!
         return same(a + page * 4096, a + (1 << 17) - 4096, 4096) ? nil : "probe bytes differ"
-    }
-}
-
-struct SplitMix: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

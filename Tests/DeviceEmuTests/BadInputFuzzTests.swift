@@ -66,12 +66,12 @@ final class DeviceFuzz {
     var child: AddressSpace?
     var space: GPUAddressSpace
     var mirror: Mirror
-    var rng: FuzzRandom
+    var rng: SplitMix64
     var errors = 0, successes = 0
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 4096, alignment: 4096)
 
     init(seed: UInt64) throws {
-        rng = FuzzRandom(seed: seed)
+        rng = SplitMix64(seed: seed)
         memory = try PhysicalMemory(ramBytes: 32 << 20, maxDevicePages: 1 << 14, checked: .on)
         gpu = try Device(memory: memory, configuration: .init(name: "fuzz", vramSize: 2 << 20,
                                                                backend: .faultInjecting(FaultPlan(seed: seed, rules: [.init(.rate(0.05), .fail(.ioError))]), wrapping: .memcpy)))
@@ -211,17 +211,5 @@ final class DeviceFuzz {
         }
         try? gpu.resume()
         mirror.close()
-    }
-}
-
-struct FuzzRandom: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -17,10 +17,7 @@ import Testing
         c.observer = log
         let gpu = try Device(memory: memory, configuration: c)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 64 * pageSize)
-        let pattern = PagePattern(seed: 91)
-        try pattern.fill(mm, a, pages: 64)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 64, seed: 91)
         try gpu.migrateToDevice(mm, range: range(a, pages: 64))
         #expect(try pattern.cpuMismatches(mm, a, pages: 64).isEmpty)
         #expect(gpu.vram.inUsePageCount == 0)

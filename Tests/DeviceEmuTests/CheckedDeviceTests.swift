@@ -32,11 +32,8 @@ import Testing
         var c = Device.Configuration(name: "gpu", vramSize: 2 << 20, backend: Self.flaky, policy: policy)
         c.faultBackend = .ioUring
         let gpu = try Device(memory: memory, configuration: c)
-        let mm = AddressSpace(memory: memory)
         let pages = 768
-        let a = try mm.mmap(length: pages * pageSize)
-        let pattern = PagePattern(seed: 5)
-        try pattern.fill(mm, a, pages: pages)
+        let (mm, a, pattern) = try makeProcess(memory, pages: pages, seed: 5)
         let space = try gpu.bind(mm)
         for round in 0..<3 {
             let lo = round * 256

@@ -16,11 +16,8 @@ import Testing
         let memory = try makeMemory(mib: 64)
         let gpu = try makeDevice(memory, vramMiB: 8, backend: Self.failing([.init(.every(5), action)]))
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
         let pages = 1024
-        let a = try mm.mmap(length: pages * pageSize)
-        let pattern = PagePattern(seed: 21)
-        try pattern.fill(mm, a, pages: pages)
+        let (mm, a, pattern) = try makeProcess(memory, pages: pages, seed: 21)
         let space = try gpu.bind(mm)
         let r = try gpu.migrateToDevice(mm, range: range(a, pages: pages))
         // Descriptors 4, 9, 14, … fail: in each 512-page batch, the device-wide count continues.
@@ -99,10 +96,7 @@ import Testing
         let gpu = try makeDevice(memory, vramMiB: 8, backend: Self.failing([.init(.nth(20), .fail(.ioError))]),
                                  policy: policy)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 32 * pageSize)
-        let pattern = PagePattern(seed: 23)
-        try pattern.fill(mm, a, pages: 32)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 32, seed: 23)
         let r = try gpu.migrateToDevice(mm, range: range(a, pages: 32))
         #expect(r.refusedBatches == 1 && r.migrated == 16)
         #expect(entryKinds(mm, a, pages: 16) == [.devicePrivate: 16])
@@ -115,10 +109,7 @@ import Testing
         let memory = try makeMemory(mib: 64)
         // H2D copies are descriptors 0..<8; the eviction's D2H of #10 fails.
         let gpu = try makeDevice(memory, vramMiB: 8, backend: Self.failing([.init(.nth(10), .fail(.ioError))]))
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 8 * pageSize)
-        let pattern = PagePattern(seed: 24)
-        try pattern.fill(mm, a, pages: 8)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 8, seed: 24)
         try gpu.migrateToDevice(mm, range: range(a, pages: 8))
         #expect(gpu.evictAll() == 8)   // the failed page is evicted by the next pass
         #expect(gpu.counters[.pagesLeftAfterCopyFailure] == 1)

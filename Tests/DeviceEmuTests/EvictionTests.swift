@@ -10,11 +10,8 @@ import Testing
         let memory = try makeMemory(mib: 64)
         let gpu = try makeDevice(memory, vramMiB: 4)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
         let pages = 4096
-        let a = try mm.mmap(length: pages * pageSize)
-        let pattern = PagePattern(seed: 51)
-        try pattern.fill(mm, a, pages: pages)
+        let (mm, a, pattern) = try makeProcess(memory, pages: pages, seed: 51)
         let space = try gpu.bind(mm)
         for part in 0..<4 {
             let r = try gpu.migrateToDevice(mm, range: range(a + UInt64(part * 1024 * pageSize), pages: 1024))
@@ -33,10 +30,7 @@ import Testing
         let memory = try makeMemory(mib: 64)
         let gpu = try makeDevice(memory, vramMiB: 2)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 2048 * pageSize)
-        let pattern = PagePattern(seed: 52)
-        try pattern.fill(mm, a, pages: 2048)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 2048, seed: 52)
         let r = try gpu.migrateToDevice(mm, range: range(a, pages: 2048))
         #expect(r.migrated == 2048)
         #expect(gpu.residentPages(mm, a + 1536 * 4096, pages: 512) == 512)
@@ -49,10 +43,7 @@ import Testing
         policy.batchPages = 256
         let gpu = try makeDevice(memory, vramMiB: 2, policy: policy)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 768 * pageSize)
-        let pattern = PagePattern(seed: 53)
-        try pattern.fill(mm, a, pages: 768)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 768, seed: 53)
         let space = try gpu.bind(mm)
         try gpu.migrateToDevice(mm, range: range(a, pages: 256))                 // A
         try gpu.migrateToDevice(mm, range: range(a + 256 * 4096, pages: 256))    // B

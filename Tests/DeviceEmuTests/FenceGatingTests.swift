@@ -22,11 +22,8 @@ import Testing
         let gpu = try makeDevice(memory, vramMiB: 16, backend: Self.delayed, policy: policy, observer: log)
         defer { try? gpu.shutdown() }
         gpu.vram.pools[0].mapping.initializeMemory(as: UInt8.self, repeating: 0xEE)
-        let mm = AddressSpace(memory: memory)
         let pages = 2048
-        let a = try mm.mmap(length: pages * pageSize)
-        let pattern = PagePattern(seed: 11)
-        try pattern.fill(mm, a, pages: pages)
+        let (mm, a, pattern) = try makeProcess(memory, pages: pages, seed: 11)
         let space = try gpu.bind(mm)
         let r = try gpu.migrateToDevice(mm, range: range(a, pages: pages))
         #expect(r.migrated == pages)
@@ -70,11 +67,8 @@ import Testing
         let gpu = try makeDevice(memory, vramMiB: 16, backend: Self.delayed, policy: policy)
         defer { try? gpu.shutdown() }
         gpu.vram.pools[0].mapping.initializeMemory(as: UInt8.self, repeating: 0xEE)
-        let mm = AddressSpace(memory: memory)
         let pages = 512
-        let a = try mm.mmap(length: pages * pageSize)
-        let pattern = PagePattern(seed: 12)
-        try pattern.fill(mm, a, pages: pages)
+        let (mm, a, pattern) = try makeProcess(memory, pages: pages, seed: 12)
         let space = try gpu.bind(mm)
         let stop = Atomic<Bool>(false)
         let bad = NIOLockedValueBox<[String]>([])
@@ -122,10 +116,7 @@ import Testing
                                                   wrapping: .memcpy)
         let gpu = try makeDevice(memory, vramMiB: 8, backend: slow, observer: log)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 8 * pageSize)
-        let pattern = PagePattern(seed: 13)
-        try pattern.fill(mm, a, pages: 8)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 8, seed: 13)
         try gpu.migrateToDevice(mm, range: range(a, pages: 8))
         #expect(try pattern.cpuMismatches(mm, a, pages: 8).isEmpty)
         let toRAM = log.all.filter { $0.direction == .toRAM }

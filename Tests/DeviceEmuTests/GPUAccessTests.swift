@@ -27,10 +27,7 @@ import Testing
         policy.gpuFault = .mapSystemMemory(pages: 8)
         let gpu = try makeDevice(memory, vramMiB: 8, policy: policy)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 32 * pageSize)
-        let pattern = PagePattern(seed: 32)
-        try pattern.fill(mm, a, pages: 32)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 32, seed: 32)
         let space = try gpu.bind(mm)
         #expect(try pattern.gpuMismatches(space, a, pages: 32).isEmpty)
         #expect(gpu.counters[.gpuFaults] == 4)      // 8-page windows, present pages mapped with the faulting one

@@ -45,10 +45,7 @@ import Testing
         let failing = CopyBackendKind.faultInjecting(FaultPlan(rules: [.init(.every(4), .fail(.ioError))]), wrapping: .memcpy)
         let gpu = try makeDevice(memory, vramMiB: 8, backend: failing, policy: policy(.callbacks2017))
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 64 * pageSize)
-        let pattern = PagePattern(seed: 92)
-        try pattern.fill(mm, a, pages: 64)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 64, seed: 92)
         let r = try gpu.migrateToDevice(mm, range: range(a, pages: 64))
         #expect(r.migrated == 64)
         #expect(gpu.counters[.copyFailures] >= 16 && gpu.counters[.copyRetries] >= 16)

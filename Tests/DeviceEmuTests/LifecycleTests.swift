@@ -9,11 +9,8 @@ import Testing
         let memory = try makeMemory(mib: 64)
         let gpu = try makeDevice(memory, vramMiB: 16, backend: .ioUring)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
         let pages = 2000
-        let a = try mm.mmap(length: pages * pageSize)
-        let pattern = PagePattern(seed: 61)
-        try pattern.fill(mm, a, pages: pages)
+        let (mm, a, pattern) = try makeProcess(memory, pages: pages, seed: 61)
         let space = try gpu.bind(mm)
         try gpu.migrateToDevice(mm, range: range(a, pages: pages))
         try gpu.suspend()
@@ -40,10 +37,7 @@ import Testing
                                                   wrapping: .ioUring)
         let gpu = try makeDevice(memory, vramMiB: 8, backend: slow, observer: log)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 1024 * pageSize)
-        let pattern = PagePattern(seed: 65)
-        try pattern.fill(mm, a, pages: 1024)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 1024, seed: 65)
         try gpu.migrateToDevice(mm, range: range(a, pages: 1024))
         try gpu.suspend()
         let evict = log.all.filter { $0.direction == .evict }
@@ -104,10 +98,7 @@ import Testing
 @Suite struct DroppedDeviceTests {
     @Test func aDeviceDroppedWithoutShutdownEvictsItsPages() throws {
         let memory = try makeMemory(mib: 64)
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 64 * pageSize)
-        let pattern = PagePattern(seed: 64)
-        try pattern.fill(mm, a, pages: 64)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 64, seed: 64)
         var chunk = PFN(0)
         do {
             let gpu = try makeDevice(memory, vramMiB: 4)

@@ -10,11 +10,8 @@ import Testing
         let memory = try makeMemory(mib: 256)
         let gpu = try makeDevice(memory, vramMiB: 128, backend: .ioUring)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
         let pages = 16384
-        let a = try mm.mmap(length: pages * pageSize)
-        let pattern = PagePattern(seed: 64)
-        try pattern.fill(mm, a, pages: pages)
+        let (mm, a, pattern) = try makeProcess(memory, pages: pages, seed: 64)
         let space = try gpu.bind(mm)
         let ramFree = memory.freeRAMPageCount
 
@@ -56,23 +53,19 @@ import Testing
         let log = EventLog()
         let gpu = try makeDevice(memory, vramMiB: 8, policy: policy, observer: log)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 1000 * pageSize)
-        try PagePattern(seed: 3).fill(mm, a, pages: 1000)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 1000, seed: 3)
         let r = try gpu.migrateToDevice(mm, range: range(a, pages: 1000))
         #expect(r.batches == 8 && r.migrated == 1000)
         #expect(log.count(.setupBegin, .toDevice) == 8 && log.count(.copiesSubmitted, .toDevice) == 8)
         #expect(log.all.filter { $0.kind == .copiesSubmitted }.map(\.pages) == [128, 128, 128, 128, 128, 128, 128, 104])
-        #expect(try PagePattern(seed: 3).cpuMismatches(mm, a, pages: 1000).isEmpty)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 1000).isEmpty)
     }
 
     @Test func pagesAlreadyInVRAMAreNotCollectedAgain() throws {
         let memory = try makeMemory(mib: 64)
         let gpu = try makeDevice(memory, vramMiB: 8)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 32 * pageSize)
-        try PagePattern(seed: 4).fill(mm, a, pages: 32)
+        let (mm, a, _) = try makeProcess(memory, pages: 32, seed: 4)
         #expect(try gpu.migrateToDevice(mm, range: range(a, pages: 32)).migrated == 32)
         let again = try gpu.migrateToDevice(mm, range: range(a, pages: 32))
         #expect(again.collected == 0 && again.migrated == 0 && again.pages == 32)
@@ -106,15 +99,13 @@ import Testing
         let memory = try makeMemory(mib: 64)
         let gpu = try makeDevice(memory, vramMiB: 8)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 8 * pageSize)
-        try PagePattern(seed: 6).fill(mm, a, pages: 8)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 8, seed: 6)
         let pinned = try mm.pinUserPages(a + 2 * 4096, count: 2, write: true)
         let r = try gpu.migrateToDevice(mm, range: range(a, pages: 8))
         #expect(r.migrated == 6 && r.collected == 6)
         #expect(mm.pageTableEntry(a + 2 * 4096).kind == .present && mm.pageTableEntry(a + 3 * 4096).kind == .present)
         memory.unpinUserPages(pinned)
-        #expect(try PagePattern(seed: 6).cpuMismatches(mm, a, pages: 8).isEmpty)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 8).isEmpty)
     }
 
     @Test func allOrNothingRestoresABatchThatCannotMoveWhole() throws {
@@ -124,9 +115,7 @@ import Testing
         policy.batchPages = 8
         let gpu = try makeDevice(memory, vramMiB: 8, policy: policy)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 16 * pageSize)
-        try PagePattern(seed: 7).fill(mm, a, pages: 16)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 16, seed: 7)
         let pinned = try mm.pinUserPages(a + 3 * 4096, count: 1, write: false)
         let r = try gpu.migrateToDevice(mm, range: range(a, pages: 16))
         #expect(r.refusedBatches == 1 && r.migrated == 8)
@@ -134,7 +123,7 @@ import Testing
         #expect(entryKinds(mm, a + 8 * 4096, pages: 8) == [.devicePrivate: 8])
         #expect(gpu.counters[.batchesRefused] == 1)
         memory.unpinUserPages(pinned)
-        #expect(try PagePattern(seed: 7).cpuMismatches(mm, a, pages: 16).isEmpty)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 16).isEmpty)
     }
 
     /// A pipelined migration whose middle batches have nothing to move: every batch keeps
@@ -147,11 +136,8 @@ import Testing
         policy.pipelineDepth = depth
         let gpu = try makeDevice(memory, vramMiB: 8, policy: policy)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
         let pages = 64 * 8
-        let a = try mm.mmap(length: pages * pageSize)
-        let pattern = PagePattern(seed: 8)
-        try pattern.fill(mm, a, pages: pages)
+        let (mm, a, pattern) = try makeProcess(memory, pages: pages, seed: 8)
         for batch in [1, 2, 5] { try gpu.migrateToDevice(mm, range: range(a + UInt64(batch * 64 * pageSize), pages: 64)) }
         let r = try gpu.migrateToDevice(mm, range: range(a, pages: pages))
         #expect(r.migrated == pages - 3 * 64 && r.batches == 5)
@@ -209,11 +195,8 @@ import Testing
         policy.cpuFaultGranularity = .faultAround(pages: 8)
         let gpu = try makeDevice(memory, vramMiB: 8, backend: backend.kind, policy: policy)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
         let pages = 1536
-        let a = try mm.mmap(length: pages * pageSize)
-        let pattern = PagePattern(seed: 9)
-        try pattern.fill(mm, a, pages: pages)
+        let (mm, a, pattern) = try makeProcess(memory, pages: pages, seed: 9)
         let space = try gpu.bind(mm)
         #expect(try gpu.migrateToDevice(mm, range: range(a, pages: pages)).migrated == pages)
         #expect(try pattern.gpuMismatches(space, a, pages: pages).isEmpty)

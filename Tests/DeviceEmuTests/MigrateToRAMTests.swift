@@ -4,16 +4,20 @@ import HostMM
 import Testing
 
 @Suite struct MigrateToRAMTests {
+    /// 16 MiB of VRAM; a CPU fault brings back the aligned 16-page window around it.
+    static func faultAroundDevice(_ memory: PhysicalMemory) throws -> Device {
+        var policy = MigrationPolicy()
+        policy.cpuFaultGranularity = .faultAround(pages: 16)
+        return try makeDevice(memory, vramMiB: 16, policy: policy)
+    }
+
     /// 64 MiB to VRAM, then read back on the CPU page by page: one fault per page.
     @Test func cpuReadBackFaultsOncePerPage() throws {
         let memory = try makeMemory(mib: 256)
         let gpu = try makeDevice(memory, vramMiB: 64, backend: .ioUring)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
         let pages = 16384
-        let a = try mm.mmap(length: pages * pageSize)
-        let pattern = PagePattern(seed: 65)
-        try pattern.fill(mm, a, pages: pages)
+        let (mm, a, pattern) = try makeProcess(memory, pages: pages, seed: 65)
         try gpu.migrateToDevice(mm, range: range(a, pages: pages))
 
         #expect(try pattern.cpuMismatches(mm, a, pages: pages).isEmpty)
@@ -25,15 +29,10 @@ import Testing
 
     @Test func faultAroundBringsBackWindowsAndFaultsLess() throws {
         let memory = try makeMemory(mib: 64)
-        var policy = MigrationPolicy()
-        policy.cpuFaultGranularity = .faultAround(pages: 16)
-        let gpu = try makeDevice(memory, vramMiB: 16, policy: policy)
+        let gpu = try Self.faultAroundDevice(memory)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
         let pages = 1024
-        let a = try mm.mmap(length: pages * pageSize)
-        let pattern = PagePattern(seed: 66)
-        try pattern.fill(mm, a, pages: pages)
+        let (mm, a, pattern) = try makeProcess(memory, pages: pages, seed: 66)
         try gpu.migrateToDevice(mm, range: range(a, pages: pages))
         #expect(try pattern.cpuMismatches(mm, a, pages: pages).isEmpty)
         #expect(gpu.counters[.cpuFaults] == pages / 16)
@@ -43,13 +42,9 @@ import Testing
 
     @Test func faultAroundWindowIsAlignedAndClampedToTheVMA() throws {
         let memory = try makeMemory(mib: 64)
-        var policy = MigrationPolicy()
-        policy.cpuFaultGranularity = .faultAround(pages: 16)
-        let gpu = try makeDevice(memory, vramMiB: 16, policy: policy)
+        let gpu = try Self.faultAroundDevice(memory)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 40 * pageSize)
-        try PagePattern(seed: 67).fill(mm, a, pages: 40)
+        let (mm, a, _) = try makeProcess(memory, pages: 40, seed: 67)
         try gpu.migrateToDevice(mm, range: range(a, pages: 40))
         _ = try mm.read(at: a + 37 * 4096 + 5, count: 1)
         // The 16-page window holding page 37 of an aligned layout, cut at the VMA's end.
@@ -69,10 +64,7 @@ import Testing
         policy.batchPages = 256      // the fault's batch first, then the other three
         let gpu = try makeDevice(memory, vramMiB: 16, policy: policy)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 2048 * pageSize)
-        let pattern = PagePattern(seed: 68)
-        try pattern.fill(mm, a, pages: 2048)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 2048, seed: 68)
         try gpu.migrateToDevice(mm, range: range(a, pages: 1024))           // allocation 1
         try gpu.migrateToDevice(mm, range: a + 1024 * 4096 ..< a + 2048 * 4096)  // allocation 2
         _ = try mm.read(at: a + 700 * 4096, count: 8)
@@ -87,10 +79,7 @@ import Testing
         let memory = try makeMemory(mib: 64)
         let gpu = try makeDevice(memory, vramMiB: 8)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 4 * pageSize)
-        let pattern = PagePattern(seed: 69)
-        try pattern.fill(mm, a, pages: 4)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 4, seed: 69)
         try gpu.migrateToDevice(mm, range: range(a, pages: 4))
         try mm.write(at: a + 4096 + 10, bytes: [1, 2, 3])
         var expected = pattern.page(1)
@@ -103,10 +92,7 @@ import Testing
         let memory = try makeMemory(mib: 64)
         let gpu = try makeDevice(memory, vramMiB: 8)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 600 * pageSize)
-        let pattern = PagePattern(seed: 70)
-        try pattern.fill(mm, a, pages: 600)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 600, seed: 70)
         let space = try gpu.bind(mm)
         try gpu.migrateToDevice(mm, range: range(a, pages: 600))
         #expect(space.mappedPageCount == 600)
@@ -124,10 +110,7 @@ import Testing
         policy.minimumResidency = .milliseconds(30)
         let gpu = try makeDevice(memory, vramMiB: 8, policy: policy)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 2 * pageSize)
-        let pattern = PagePattern(seed: 71)
-        try pattern.fill(mm, a, pages: 2)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 2, seed: 71)
         try gpu.migrateToDevice(mm, range: range(a, pages: 2))
         #expect(try pattern.cpuMismatches(mm, a, pages: 1).isEmpty)
         #expect(gpu.counters[.residencyWaits] == 1)
@@ -147,10 +130,7 @@ import Testing
         let gpu = try Device(memory: memory, configuration: c)
         defer { try? gpu.shutdown() }
         #expect(gpu.channelCount == 2)
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 64 * pageSize)
-        let pattern = PagePattern(seed: 72)
-        try pattern.fill(mm, a, pages: 64)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 64, seed: 72)
         try gpu.migrateToDevice(mm, range: range(a, pages: 64))
         #expect(try pattern.cpuMismatches(mm, a, pages: 64).isEmpty)
         let toDevice = Set(log.all.filter { $0.direction == .toDevice && $0.channel >= 0 }.map(\.channel))

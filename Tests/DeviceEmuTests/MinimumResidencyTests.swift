@@ -21,6 +21,14 @@ import Testing
         return try makeDevice(memory, vramMiB: 2, policy: policy)
     }
 
+    /// 8 MiB of VRAM, the long residency, and CPU faults that bring back `cpuFaults`.
+    static func residencyDevice(_ memory: PhysicalMemory, cpuFaults: MigrationPolicy.CPUFaultGranularity) throws -> Device {
+        var policy = MigrationPolicy()
+        policy.cpuFaultGranularity = cpuFaults
+        policy.minimumResidency = long
+        return try makeDevice(memory, vramMiB: 8, policy: policy)
+    }
+
     static func sleep(_ d: Duration) { Thread.sleep(forTimeInterval: Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18) }
 
     /// A (old, but GPU-accessed last: hottest in the LRU) and B (just migrated, so colder)
@@ -30,10 +38,7 @@ import Testing
         let memory = try makeMemory(mib: 64)
         let gpu = try Self.pressureDevice(memory, residency: Self.long)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 768 * pageSize)
-        let pattern = PagePattern(seed: 81)
-        try pattern.fill(mm, a, pages: 768)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 768, seed: 81)
         let space = try gpu.bind(mm)
         let (regionA, regionB, regionC) = (a, a + 256 * 4096, a + 512 * 4096)
         try gpu.migrateToDevice(mm, range: range(regionA, pages: 256))
@@ -55,10 +60,7 @@ import Testing
         let memory = try makeMemory(mib: 64)
         let gpu = try Self.pressureDevice(memory, residency: Self.long)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 768 * pageSize)
-        let pattern = PagePattern(seed: 82)
-        try pattern.fill(mm, a, pages: 768)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 768, seed: 82)
         try gpu.migrateToDevice(mm, range: range(a, pages: 512))                // A then B, one call
         let r = try gpu.migrateToDevice(mm, range: range(a + 512 * 4096, pages: 256))
         #expect(r.migrated == 256)
@@ -75,10 +77,7 @@ import Testing
         let memory = try makeMemory(mib: 64)
         let gpu = try Self.pressureDevice(memory, residency: Self.long)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 768 * pageSize)
-        let pattern = PagePattern(seed: 83)
-        try pattern.fill(mm, a, pages: 768)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 768, seed: 83)
         try gpu.migrateToDevice(mm, range: range(a, pages: 512))
         let held = (0..<512).map { mm.pageTableEntry(a + UInt64($0 * pageSize)).pfn }
         for page in held { memory.lockPage(page) }
@@ -96,10 +95,7 @@ import Testing
         let memory = try makeMemory(mib: 64)
         let gpu = try Self.pressureDevice(memory, residency: .seconds(30))
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 512 * pageSize)
-        let pattern = PagePattern(seed: 84)
-        try pattern.fill(mm, a, pages: 512)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 512, seed: 84)
         try gpu.migrateToDevice(mm, range: range(a, pages: 256))
         #expect(gpu.evictAll() == 256)
         try gpu.migrateToDevice(mm, range: range(a + 256 * 4096, pages: 256))
@@ -115,15 +111,9 @@ import Testing
     /// brings it back.
     @Test func faultAroundLeavesYoungNeighboursInVRAM() throws {
         let memory = try makeMemory(mib: 64)
-        var policy = MigrationPolicy()
-        policy.cpuFaultGranularity = .faultAround(pages: 16)
-        policy.minimumResidency = Self.long
-        let gpu = try makeDevice(memory, vramMiB: 8, policy: policy)
+        let gpu = try Self.residencyDevice(memory, cpuFaults: .faultAround(pages: 16))
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 16 * pageSize)
-        let pattern = PagePattern(seed: 85)
-        try pattern.fill(mm, a, pages: 16)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 16, seed: 85)
         let space = try gpu.bind(mm)
         try gpu.migrateToDevice(mm, range: range(a, pages: 8))
         Self.sleep(Self.long + .milliseconds(20))
@@ -143,15 +133,9 @@ import Testing
     /// with it come back with it.
     @Test func faultAroundWaitsForTheFaultingPageAndTakesItsBatch() throws {
         let memory = try makeMemory(mib: 64)
-        var policy = MigrationPolicy()
-        policy.cpuFaultGranularity = .faultAround(pages: 16)
-        policy.minimumResidency = Self.long
-        let gpu = try makeDevice(memory, vramMiB: 8, policy: policy)
+        let gpu = try Self.residencyDevice(memory, cpuFaults: .faultAround(pages: 16))
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 16 * pageSize)
-        let pattern = PagePattern(seed: 86)
-        try pattern.fill(mm, a, pages: 16)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 16, seed: 86)
         try gpu.migrateToDevice(mm, range: range(a, pages: 16))
         #expect(try mm.read(at: a + 5 * 4096, count: pageSize) == pattern.page(5))
         #expect(gpu.counters[.residencyWaits] == 1 && gpu.counters[.youngNeighboursSkipped] == 0)
@@ -164,15 +148,9 @@ import Testing
     /// allocation is not split.
     @Test func wholeAllocationWaitsForItsYoungestPage() throws {
         let memory = try makeMemory(mib: 64)
-        var policy = MigrationPolicy()
-        policy.cpuFaultGranularity = .wholeAllocation
-        policy.minimumResidency = Self.long
-        let gpu = try makeDevice(memory, vramMiB: 8, policy: policy)
+        let gpu = try Self.residencyDevice(memory, cpuFaults: .wholeAllocation)
         defer { try? gpu.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 64 * pageSize)
-        let pattern = PagePattern(seed: 87)
-        try pattern.fill(mm, a, pages: 64)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 64, seed: 87)
         try gpu.migrateToDevice(mm, range: range(a, pages: 64))
         Self.sleep(Self.long + .milliseconds(20))
         let secondHalf = range(a + 32 * 4096, pages: 32)

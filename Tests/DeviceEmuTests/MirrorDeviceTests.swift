@@ -9,8 +9,7 @@ import Testing
     func migrateToRAMIsOnePage() throws {
         let f = try HMMFixture(.devicePrivate)
         let sibling = try f.device0.open(f.mm)                         // mirror B of device 0
-        let b = try HMMBuffer(f.mm, size: 4 * pageSize)
-        try f.mm.fillInts(b.ptr, bytes: b.size, .index)
+        let b = try f.buffer(size: 4 * pageSize, filledWith: .index)
         #expect(hmmDmirrorCmd(f.fd, .read, b, 4) == 0)                 // mirror A maps the RAM pages
         #expect(hmmMigrateSysToDev(sibling, b, 4) == 0)                // B migrates them
         #expect(try f.mm.ints(b.ptr + hmmPage, bytes: 4) == [Int32(pageSize / 4)])   // a CPU fault on page 1
@@ -26,8 +25,7 @@ import Testing
     func ownerIsTheDevice() throws {
         let f = try HMMFixture(.devicePrivate)
         let sibling = try f.device0.open(f.mm)                         // a second open of device 0
-        let b = try HMMBuffer(f.mm, size: 4 * pageSize)
-        try f.mm.fillInts(b.ptr, bytes: b.size, .index)
+        let b = try f.buffer(size: 4 * pageSize, filledWith: .index)
         #expect(hmmDmirrorCmd(sibling, .read, b, 4) == 0 && hmmDmirrorCmd(f.fd1, .read, b, 4) == 0)
         #expect(hmmMigrateSysToDev(f.fd, b, 4) == 0)
         #expect(sibling.mappedPageCount == 4)                         // not invalidated: the same owner
@@ -39,8 +37,7 @@ import Testing
     @Test("an invalidation also drops the entry after its range", arguments: MirrorKind.allCases)
     func invalidationEndIsInclusive(_ kind: MirrorKind) throws {
         let f = try HMMFixture(kind)
-        let b = try HMMBuffer(f.mm, size: 4 * pageSize)
-        try f.mm.fillInts(b.ptr, bytes: b.size, .index)
+        let b = try f.buffer(size: 4 * pageSize, filledWith: .index)
         #expect(hmmDmirrorCmd(f.fd, .read, b, 4) == 0)
         try f.mm.madvise(b.ptr + hmmPage, length: pageSize, advice: .dontNeed)
         #expect(f.fd.entry(at: b.ptr) != nil && f.fd.entry(at: b.ptr + 3 * hmmPage) != nil)
@@ -72,8 +69,7 @@ import Testing
     @Test("commands after the process exits", arguments: MirrorKind.allCases)
     func afterExit(_ kind: MirrorKind) throws {
         let f = try HMMFixture(kind)
-        let b = try HMMBuffer(f.mm, size: 2 * pageSize)
-        try f.mm.fillInts(b.ptr, bytes: b.size, .index)
+        let b = try f.buffer(size: 2 * pageSize, filledWith: .index)
         #expect(hmmDmirrorCmd(f.fd, .read, b, 2) == 0)
         f.mm.exit()
         #expect(f.fd.mappedPageCount == 0)                            // RELEASE dropped everything
@@ -103,8 +99,7 @@ import Testing
     @Test("a shut-down device refuses opens and has given its pages back")
     func shutdown() throws {
         let f = try HMMFixture(.devicePrivate)
-        let b = try HMMBuffer(f.mm, size: 4 * pageSize)
-        try f.mm.fillInts(b.ptr, bytes: b.size, .index)
+        let b = try f.buffer(size: 4 * pageSize, filledWith: .index)
         #expect(hmmMigrateSysToDev(f.fd1, b, 4) == 0)
         f.device1.shutdown()
         #expect(f.device1.inUsePageCount == 0)
@@ -130,8 +125,7 @@ import Testing
     func concurrentTraffic(_ kind: MirrorKind) throws {
         let f = try HMMFixture(kind)
         let npages = 64
-        let b = try HMMBuffer(f.mm, size: npages * pageSize)
-        try f.mm.fillInts(b.ptr, bytes: b.size, .index)
+        let b = try f.buffer(size: npages * pageSize, filledWith: .index)
         let rounds = 40
         let (mm, fd0, fd1, ptr, size) = (f.mm, f.fd0, f.fd1, b.ptr, b.size)
         let migrator = MirrorTestThread {
@@ -158,8 +152,7 @@ import Testing
     @Test("a mirror dropped without close is closed", arguments: MirrorKind.allCases)
     func droppedMirrorCloses(_ kind: MirrorKind) throws {
         let f = try HMMFixture(kind)
-        let b = try HMMBuffer(f.mm, size: 4 * pageSize)
-        try f.mm.fillInts(b.ptr, bytes: b.size, .index)
+        let b = try f.buffer(size: 4 * pageSize, filledWith: .index)
         weak var dropped: Mirror?
         do {
             let fd = try f.device1.open(f.mm)

@@ -6,8 +6,7 @@ import Testing
 @Suite struct MirrorExclusiveTests {
     /// An anonymous buffer holding `ptr[i] = i`, taken exclusive by the fixture's fd.
     private func exclusive(_ f: HMMFixture, npages: Int) throws -> HMMBuffer {
-        let b = try HMMBuffer(f.mm, size: npages * pageSize)
-        try f.mm.fillInts(b.ptr, bytes: b.size, .index)
+        let b = try f.buffer(size: npages * pageSize, filledWith: .index)
         #expect(hmmDmirrorCmd(f.fd, .exclusive, b, npages) == 0)
         #expect(b.cpages == npages)
         #expect(b.mirrorMatches(.index))

@@ -7,8 +7,7 @@ import Testing
 @Suite struct MirrorMigrateTests {
     /// A migrated buffer of `npages` pages holding `ptr[i] = i`.
     private func migrated(_ f: HMMFixture, npages: Int) throws -> HMMBuffer {
-        let b = try HMMBuffer(f.mm, size: npages * pageSize)
-        try f.mm.fillInts(b.ptr, bytes: b.size, .index)
+        let b = try f.buffer(size: npages * pageSize, filledWith: .index)
         #expect(hmmMigrateSysToDev(f.fd, b, npages) == 0)
         #expect(b.cpages == npages)
         #expect(b.mirrorMatches(.index))
@@ -197,8 +196,7 @@ import Testing
     @Test("FLAGS FAIL_ALLOC on small pages", arguments: MirrorKind.allCases)
     func flagsFailAlloc(_ kind: MirrorKind) throws {
         let f = try HMMFixture(kind)
-        let b = try HMMBuffer(f.mm, size: 4 * pageSize)
-        try f.mm.fillInts(b.ptr, bytes: b.size, .index)
+        let b = try f.buffer(size: 4 * pageSize, filledWith: .index)
         #expect(hmmDmirrorCmd(f.fd, .flags, b, 0) == negErrno(.invalidArgument))    // cannot clear
         #expect(hmmDmirrorCmd(f.fd, .flags, b, Int(MirrorFlags.failAllocation.rawValue)) == 0)
         #expect(f.fd.flags == .failAllocation)

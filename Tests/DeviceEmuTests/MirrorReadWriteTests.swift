@@ -5,6 +5,21 @@ import Testing
 /// hmm-tests.c: device reads and writes through the mirror (`HMM_DMIRROR_READ` / `WRITE`),
 /// in both fixture variants.
 @Suite struct MirrorReadWriteTests {
+    /// The child's half of anon_write_child(_shared): it opens `/dev/hmm_dmirror0`, the
+    /// device writes `-i` into the child's `npages` at `ptr`, the child sees them; it exits.
+    static func childWritesNegated(_ f: HMMFixture, _ child: AddressSpace, at ptr: UInt64, npages: Int,
+                                   sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let size = npages * pageSize
+        let childFD = try f.privateDevice0.open(child)
+        let cb = HMMBuffer(child, at: ptr, size: size)
+        cb.fillMirror(.negated)
+        #expect(hmmDmirrorCmd(childFD, .write, cb, npages) == 0, sourceLocation: sourceLocation)
+        #expect(cb.cpages == npages && cb.faults == 1, sourceLocation: sourceLocation)
+        #expect(try child.intsMatch(ptr, bytes: size, .negated), sourceLocation: sourceLocation)
+        childFD.close()
+        child.exit()
+    }
+
     @Test("open_close", arguments: MirrorKind.allCases)
     func openClose(_ kind: MirrorKind) throws {
         let f = try HMMFixture(kind)
@@ -35,8 +50,7 @@ import Testing
     func anonReadProt(_ kind: MirrorKind) throws {
         let f = try HMMFixture(kind)
         let npages = hmmBufferPages, size = npages * pageSize
-        let b = try HMMBuffer(f.mm, size: size)
-        try f.mm.fillInts(b.ptr, bytes: size, .index)
+        let b = try f.buffer(size: size, filledWith: .index)
         b.fillMirror(.negated)
         try f.mm.mprotect(b.ptr, length: size, protection: .none)
         #expect(hmmDmirrorCmd(f.fd, .read, b, npages) == negErrno(.fault))
@@ -91,14 +105,7 @@ import Testing
         // Child: sees the parent's values (private + migrate: one migrateToRAM per page).
         #expect(try child.intsMatch(b.ptr, bytes: size, .index))
         if !migrate { #expect(b.mirrorMatches(.negated)) }
-        let childFD = try f.privateDevice0.open(child)
-        let cb = HMMBuffer(child, at: b.ptr, size: size)
-        cb.fillMirror(.negated)
-        #expect(hmmDmirrorCmd(childFD, .write, cb, npages) == 0)
-        #expect(cb.cpages == npages && cb.faults == 1)
-        #expect(try child.intsMatch(b.ptr, bytes: size, .negated))
-        childFD.close()
-        child.exit()
+        try Self.childWritesNegated(f, child, at: b.ptr, npages: npages)
         // Parent: its buffer did not change (copy-on-write).
         #expect(try f.mm.intsMatch(b.ptr, bytes: size, .index))
         f.teardown()
@@ -113,14 +120,7 @@ import Testing
         b.fillMirror(.negated)
         let child = try f.mm.fork()
         #expect(try child.intsMatch(b.ptr, bytes: size, .index))
-        let childFD = try f.privateDevice0.open(child)
-        let cb = HMMBuffer(child, at: b.ptr, size: size)
-        cb.fillMirror(.negated)
-        #expect(hmmDmirrorCmd(childFD, .write, cb, npages) == 0)
-        #expect(cb.cpages == npages && cb.faults == 1)
-        #expect(try child.intsMatch(b.ptr, bytes: size, .negated))
-        childFD.close()
-        child.exit()
+        try Self.childWritesNegated(f, child, at: b.ptr, npages: npages)
         #expect(try f.mm.intsMatch(b.ptr, bytes: size, .negated))       // shared: no COW
         f.teardown()
     }
@@ -175,8 +175,7 @@ import Testing
         let f = try HMMFixture(kind)
         let npages = hmmBufferPages, size = npages * pageSize
         for c in 0..<hmmNTimes {
-            let b = try HMMBuffer(f.mm, size: size)
-            try f.mm.fillInts(b.ptr, bytes: size, .index(plus: c))
+            let b = try f.buffer(size: size, filledWith: .index(plus: c))
             #expect(hmmDmirrorCmd(f.fd, .read, b, npages) == 0)
             #expect(b.cpages == npages && b.faults == 1)
             #expect(b.mirrorMatches(.index(plus: c)))
@@ -192,8 +191,7 @@ import Testing
         let f = try HMMFixture(kind)
         let npages = hmmBufferPages, size = npages * pageSize
         for c in 0..<hmmNTimes {
-            let b = try HMMBuffer(f.mm, size: size)
-            try f.mm.fillInts(b.ptr, bytes: size, .index(plus: c))
+            let b = try f.buffer(size: size, filledWith: .index(plus: c))
             let unmapper = MirrorTestThread { [mm = f.mm, ptr = b.ptr] in
                 MirrorTestThread.sleep(nanoseconds: UInt64.random(in: 0..<32_000))
                 try? mm.munmap(ptr + UInt64(size / 2), length: size / 2)

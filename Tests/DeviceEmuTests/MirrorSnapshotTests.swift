@@ -56,8 +56,7 @@ import Testing
     func snapshotForkAndExclusive(_ kind: MirrorKind) throws {
         let f = try HMMFixture(kind)
         let npages = 40
-        let b = try HMMBuffer(f.mm, size: npages * pageSize)
-        try f.mm.fillInts(b.ptr, bytes: b.size, .index)
+        let b = try f.buffer(size: npages * pageSize, filledWith: .index)
         #expect(hmmMigrateSysToDev(f.fd, b, 2) == 0)
         let child = try f.mm.fork()
         let localRO: MirrorProtection = kind.isCoherent ? .deviceCoherentLocal | .read : .devicePrivateLocal | .read
@@ -76,8 +75,7 @@ import Testing
     func doubleMap(_ kind: MirrorKind) throws {
         let f = try HMMFixture(kind)
         let npages = 6, size = npages * pageSize
-        let b = try HMMBuffer(f.mm, size: size)
-        try f.mm.fillInts(b.ptr, bytes: size, .index)
+        let b = try f.buffer(size: size, filledWith: .index)
         try f.mm.mprotect(b.ptr, length: size, protection: .read)
         #expect(hmmDmirrorCmd(f.fd0, .read, b, npages) == 0)
         #expect(b.cpages == npages && b.faults == 1 && b.mirrorMatches(.index))

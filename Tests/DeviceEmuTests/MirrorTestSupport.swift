@@ -59,6 +59,14 @@ final class HMMFixture {
         fd1 = try device1.open(mm)
     }
 
+    /// An anonymous `size`-byte buffer in the test process whose ints the CPU set to
+    /// `pattern` (hmm-tests' `for (i = 0; …) ptr[i] = i;` after the mmap).
+    func buffer(size: Int, filledWith pattern: IntPattern) throws -> HMMBuffer {
+        let b = try HMMBuffer(mm, size: size)
+        try mm.fillInts(b.ptr, bytes: size, pattern)
+        return b
+    }
+
     /// `FIXTURE_TEARDOWN`: closes the fds (which evicts), ends the process, and checks that
     /// no device page or protocol error is left behind.
     func teardown() {

@@ -10,11 +10,8 @@ import Testing
         let a = try makeDevice(memory, vramMiB: 8, name: "a")
         let b = try makeDevice(memory, vramMiB: 8, name: "b")
         defer { try? a.shutdown(); try? b.shutdown() }
-        let mm = AddressSpace(memory: memory)
         let pages = 256
-        let base = try mm.mmap(length: pages * pageSize)
-        let pattern = PagePattern(seed: 81)
-        try pattern.fill(mm, base, pages: pages)
+        let (mm, base, pattern) = try makeProcess(memory, pages: pages, seed: 81)
         let half = range(base, pages: pages / 2)
         #expect(try a.migrateToDevice(mm, range: half).migrated == pages / 2)
 
@@ -43,10 +40,7 @@ import Testing
         let a = try makeDevice(memory, vramMiB: 8, name: "a")
         let b = try makeDevice(memory, vramMiB: 8, policy: policy, name: "b")
         defer { try? a.shutdown(); try? b.shutdown() }
-        let mm = AddressSpace(memory: memory)
-        let base = try mm.mmap(length: 8 * pageSize)
-        let pattern = PagePattern(seed: 82)
-        try pattern.fill(mm, base, pages: 8)
+        let (mm, base, pattern) = try makeProcess(memory, pages: 8, seed: 82)
         try a.migrateToDevice(mm, range: range(base, pages: 8))
         let bSpace = try b.bind(mm)
         // B's hmm_range_fault faults A's device-private page back to RAM (A's migrateToRAM).
@@ -59,10 +53,7 @@ import Testing
         let engine = try DMAEngine(configuration: .init(backend: .memcpy))
         let a = try Device(memory: memory, configuration: .init(name: "a", vramSize: 4 << 20), engine: engine)
         let b = try Device(memory: memory, configuration: .init(name: "b", vramSize: 4 << 20), engine: engine)
-        let mm = AddressSpace(memory: memory)
-        let base = try mm.mmap(length: 32 * pageSize)
-        let pattern = PagePattern(seed: 83)
-        try pattern.fill(mm, base, pages: 32)
+        let (mm, base, pattern) = try makeProcess(memory, pages: 32, seed: 83)
         try a.migrateToDevice(mm, range: range(base, pages: 16))
         try b.migrateToDevice(mm, range: range(base + 16 * 4096, pages: 16))
         let aPool = a.vram.pools[0].region

@@ -23,6 +23,16 @@ func makeDevice(_ memory: PhysicalMemory, vramMiB: Int = 64, backend: CopyBacken
     return try Device(memory: memory, configuration: c)
 }
 
+/// A new process with `pages` anonymous pages at the returned address, written by the CPU
+/// with `PagePattern(seed:)`.
+func makeProcess(_ memory: PhysicalMemory, pages: Int, seed: UInt64) throws -> (mm: AddressSpace, address: UInt64, pattern: PagePattern) {
+    let mm = AddressSpace(memory: memory)
+    let address = try mm.mmap(length: pages * pageSize)
+    let pattern = PagePattern(seed: seed)
+    try pattern.fill(mm, address, pages: pages)
+    return (mm, address, pattern)
+}
+
 /// The known pattern: every page is a shared 4 KiB random block whose first and last
 /// words carry (seed, page number), so a misplaced, stale or torn page cannot match.
 struct PagePattern: Sendable {

@@ -15,11 +15,8 @@ import Testing
         let gpu = try Device(memory: memory, configuration: c)
         defer { try? gpu.shutdown() }
         #expect(gpu.vram.pools.allSatisfy { $0.layout.directory == "/dev/shm" && $0.files.count == 4 })
-        let mm = AddressSpace(memory: memory)
         let pages = 1024
-        let a = try mm.mmap(length: pages * pageSize)
-        let pattern = PagePattern(seed: 77)
-        try pattern.fill(mm, a, pages: pages)
+        let (mm, a, pattern) = try makeProcess(memory, pages: pages, seed: 77)
         let space = try gpu.bind(mm)
         #expect(try gpu.migrateToDevice(mm, range: range(a, pages: pages)).migrated == pages)
         #expect(try pattern.gpuMismatches(space, a, pages: pages).isEmpty)

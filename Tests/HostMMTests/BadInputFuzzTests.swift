@@ -1,3 +1,4 @@
+import DMAEngine
 import Foundation
 import NIOConcurrencyHelpers
 import Testing
@@ -51,7 +52,7 @@ final class HostMMFuzz {
     let device: TestDevice
     let mm: AddressSpace
     var child: AddressSpace?
-    var rng: SplitMix
+    var rng: SplitMix64
     var errors = 0, successes = 0
     let checked: Bool
     let notifierOps = NoOpNotifier()
@@ -62,7 +63,7 @@ final class HostMMFuzz {
     var spaces: [AddressSpace] { [mm] + (child.map { [$0] } ?? []) }
 
     init(seed: UInt64, checked: Bool) throws {
-        rng = SplitMix(seed: seed)
+        rng = SplitMix64(seed: seed)
         self.checked = checked
         memory = try PhysicalMemory(ramBytes: 16 << 20, maxDevicePages: 4096, checked: checked ? .on : .off)
         device = try TestDevice(memory: memory, pageCount: 256)
@@ -291,17 +292,5 @@ extension HostMMFuzz {
         if m > 0 { dst.initialize(repeating: []) }
         defer { if n > 0 { src.deallocate() }; if m > 0 { dst.deallocate() } }
         try body(src, dst)
-    }
-}
-
-struct SplitMix: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -46,6 +46,19 @@ private final class CheckedRig {
         return try body()
     }
 
+    /// One migration: `body` runs with fresh arguments over every page of the rig and the
+    /// mmap lock held for read, and takes the steps (setup … finalize) itself.
+    func migration(_ body: (inout MigrateVMA) throws -> Void) throws {
+        var args = args()
+        try locked { try body(&args) }
+    }
+
+    /// The correct first steps: setup, then the device allocates and copies every collected page.
+    func setupAndCopy(_ args: inout MigrateVMA) throws {
+        try migrateVMASetup(&args)
+        device.copyToDevice(src, dst, args.npages)
+    }
+
     /// The data of page `p`, read by the CPU (faulting it back if it is on the device).
     func cpuPage(_ p: Int) throws -> [UInt8] { try mm.read(at: a + UInt64(p * pageSize), count: pageSize) }
 
@@ -88,8 +101,7 @@ private final class CheckedRig {
 
     @Test func unlockedDestinationIsReportedAndRefused() throws {
         let rig = try CheckedRig()
-        var args = rig.args()
-        try rig.locked {
+        try rig.migration { args in
             try migrateVMASetup(&args)
             let page = try #require(rig.device.allocPage())
             memcpy(rig.device.bytes(page), rig.memory.bytes(rig.src[0].page!)!, pageSize)
@@ -108,8 +120,7 @@ private final class CheckedRig {
 
     @Test func freeDestinationIsReported() throws {
         let rig = try CheckedRig()
-        var args = rig.args()
-        try rig.locked {
+        try rig.migration { args in
             try migrateVMASetup(&args)
             rig.dst[1] = MigratePFN(pfn: rig.device.pagemap.firstPFN + 60)     // never allocated
             #expect(throws: HostMMError.invalidArgument) { try migrateVMAPages(&args) }
@@ -124,8 +135,7 @@ private final class CheckedRig {
     @Test func destinationForAnEntryWithoutMigrateIsReportedAndFreed() throws {
         let rig = try CheckedRig()
         let pinned = try rig.mm.pinUserPages(rig.a + UInt64(2 * pageSize), count: 1, write: true)
-        var args = rig.args()
-        try rig.locked {
+        try rig.migration { args in
             try migrateVMASetup(&args)
             #expect(!rig.src[2].contains(.migrate))                             // pinned: not collected
             rig.device.copyToDevice(rig.src, rig.dst, args.npages)
@@ -142,8 +152,7 @@ private final class CheckedRig {
 
     @Test func destinationSetTwiceIsReportedAndTheRepeatDropped() throws {
         let rig = try CheckedRig()
-        var args = rig.args()
-        try rig.locked {
+        try rig.migration { args in
             try migrateVMASetup(&args)
             rig.device.copyToDevice(rig.src, rig.dst, 1)
             rig.dst[1] = rig.dst[0]                                             // the bug
@@ -162,8 +171,7 @@ private final class CheckedRig {
 
     @Test func sourceWrittenAfterSetupIsReported() throws {
         let rig = try CheckedRig()
-        var args = rig.args()
-        try rig.locked {
+        try rig.migration { args in
             try migrateVMASetup(&args)
             rig.memory.bytes(rig.src[3].page!)!.storeBytes(of: 0xBAD, toByteOffset: 128, as: UInt32.self)   // the bug
             rig.device.copyToDevice(rig.src, rig.dst, args.npages)
@@ -177,8 +185,7 @@ private final class CheckedRig {
 
     @Test func throwingModeRefusesThePagesStepBeforeItChangesAnything() throws {
         let rig = try CheckedRig(mode: CheckedMode(isEnabled: true, throwsViolations: true))
-        var args = rig.args()
-        try rig.locked {
+        try rig.migration { args in
             try migrateVMASetup(&args)
             rig.memory.bytes(rig.src[0].page!)!.storeBytes(of: 1, as: UInt8.self)
             rig.device.copyToDevice(rig.src, rig.dst, args.npages)
@@ -219,10 +226,8 @@ private final class CheckedRig {
 
     @Test func pagesTwiceIsReportedAndTheSecondSkipped() throws {
         let rig = try CheckedRig()
-        var args = rig.args()
-        try rig.locked {
-            try migrateVMASetup(&args)
-            rig.device.copyToDevice(rig.src, rig.dst, args.npages)
+        try rig.migration { args in
+            try rig.setupAndCopy(&args)
             try migrateVMAPages(&args)
             try migrateVMAPages(&args)                                          // the bug
             migrateVMAFinalize(&args)
@@ -245,10 +250,8 @@ private final class CheckedRig {
 
     @Test func finalizeWithoutPagesRestoresTheSources() throws {
         let rig = try CheckedRig()
-        var args = rig.args()
-        try rig.locked {
-            try migrateVMASetup(&args)
-            rig.device.copyToDevice(rig.src, rig.dst, args.npages)
+        try rig.migration { args in
+            try rig.setupAndCopy(&args)
             migrateVMAFinalize(&args)                                           // the bug: no pages step
         }
         #expect(rig.rules == [.finalizeWithoutPages: 1])
@@ -259,10 +262,8 @@ private final class CheckedRig {
 
     @Test func finalizeTwiceIsReportedAndTheSecondSkipped() throws {
         let rig = try CheckedRig()
-        var args = rig.args()
-        try rig.locked {
-            try migrateVMASetup(&args)
-            rig.device.copyToDevice(rig.src, rig.dst, args.npages)
+        try rig.migration { args in
+            try rig.setupAndCopy(&args)
             try migrateVMAPages(&args)
             migrateVMAFinalize(&args)
             migrateVMAFinalize(&args)                                           // the bug
@@ -275,8 +276,7 @@ private final class CheckedRig {
     @Test func setupBeforeFinalizeIsReported() throws {
         // Throwing mode: the second setup is refused, so the driver can still finish the first.
         let rig = try CheckedRig(mode: CheckedMode(isEnabled: true, throwsViolations: true))
-        var args = rig.args()
-        try rig.locked {
+        try rig.migration { args in
             try migrateVMASetup(&args)
             var again = rig.args()
             do {
@@ -294,8 +294,7 @@ private final class CheckedRig {
 
     @Test func setupBeforeFinalizeIsRecordedInRecordingMode() throws {
         let rig = try CheckedRig()
-        var args = rig.args()
-        try rig.locked {
+        try rig.migration { args in
             try migrateVMASetup(&args)
             var other = MigrateVMA(vma: rig.mm.findVMA(rig.a), start: rig.a, end: rig.a + UInt64(pageSize),
                                    src: rig.src, dst: rig.dst, pgmapOwner: rig.device.owner, flags: .selectSystem)
@@ -307,10 +306,8 @@ private final class CheckedRig {
 
     @Test func wrongArrayLengthIsReportedAndSetupsCountUsed() throws {
         let rig = try CheckedRig()
-        var args = rig.args()
-        try rig.locked {
-            try migrateVMASetup(&args)
-            rig.device.copyToDevice(rig.src, rig.dst, args.npages)
+        try rig.migration { args in
+            try rig.setupAndCopy(&args)
             args.npages -= 1                                                    // the bug
             try migrateVMAPages(&args)
             args.npages += 1
@@ -400,10 +397,8 @@ private final class CheckedRig {
         let rig = try CheckedRig()
         let engine = StuckCopy()
         rig.checker.register(engine)
-        var args = rig.args()
-        try rig.locked {
-            try migrateVMASetup(&args)
-            rig.device.copyToDevice(rig.src, rig.dst, args.npages)
+        try rig.migration { args in
+            try rig.setupAndCopy(&args)
             engine.page.withLockedValue { $0 = rig.dst[0].page }
             try migrateVMAPages(&args)
             migrateVMAFinalize(&args)                                           // the bug: no fence wait

@@ -31,19 +31,14 @@ final class CoherentDevice: DevicePagemapOps, @unchecked Sendable {
     func migrateToRAM(_ fault: VMFault) -> VMFaultResult { .sigbus }   // never called: coherent pages are present
 
     func migrate(_ mm: AddressSpace, _ a: UInt64, pages n: Int) throws {
-        try mm.mmapLock.withReadLock {
-            try withBuffers(n) { src, dst in
-                var args = MigrateVMA(vma: mm.findVMA(a), start: a, end: a + UInt64(n * pageSize),
-                                      src: src, dst: dst, pgmapOwner: owner, flags: .selectSystem)
-                try migrateVMASetup(&args)
-                for i in 0..<n where src[i].contains(.migrate) {
-                    let d = allocPage()!
-                    memcpy(memory.bytes(d)!, memory.bytes(src[i].page!)!, pageSize)
-                    dst[i] = MigratePFN(pfn: d)
-                }
-                try migrateVMAPages(&args)
-                migrateVMAFinalize(&args)
+        try withMigrateSetup(mm, a, pages: n, owner: owner, flags: .selectSystem) { args, src, dst in
+            for i in 0..<n where src[i].contains(.migrate) {
+                let d = allocPage()!
+                memcpy(memory.bytes(d)!, memory.bytes(src[i].page!)!, pageSize)
+                dst[i] = MigratePFN(pfn: d)
             }
+            try migrateVMAPages(&args)
+            migrateVMAFinalize(&args)
         }
     }
 }
@@ -51,19 +46,39 @@ final class CoherentDevice: DevicePagemapOps, @unchecked Sendable {
 /// Runs setup on `[a, a + n pages)` and returns the src entries and cpages; then finalizes
 /// without destinations, which restores everything.
 func collect(_ mm: AddressSpace, _ a: UInt64, pages n: Int, owner: PgmapOwner?, flags: MigrateVMA.Flags) throws -> ([MigratePFN], Int) {
+    try withMigrateSetup(mm, a, pages: n, owner: owner, flags: flags) { args, src, _ in
+        let result = (Array(src[0..<n]), args.cpages)
+        migrateVMAFinalize(&args)
+        return result
+    }
+}
+
+/// A driver's migration of `[a, a + n pages)` up to setup: under the mmap read lock, with
+/// zeroed buffers, runs `migrateVMASetup`, then `body` with the arguments and the src and
+/// dst buffers (the rest of the steps, down to finalize, are `body`'s).
+func withMigrateSetup<T>(_ mm: AddressSpace, _ a: UInt64, pages n: Int, owner: PgmapOwner?, flags: MigrateVMA.Flags,
+                         _ body: (inout MigrateVMA, UnsafeMutableBufferPointer<MigratePFN>,
+                                  UnsafeMutableBufferPointer<MigratePFN>) throws -> T) throws -> T {
     try mm.mmapLock.withReadLock {
         try withBuffers(n) { src, dst in
             var args = MigrateVMA(vma: mm.findVMA(a), start: a, end: a + UInt64(n * pageSize),
                                   src: src, dst: dst, pgmapOwner: owner, flags: flags)
             try migrateVMASetup(&args)
-            let result = (Array(src[0..<n]), args.cpages)
-            migrateVMAFinalize(&args)
-            return result
+            return try body(&args, src, dst)
         }
     }
 }
 
 @Suite struct MigrateSelectionTests {
+    /// RAM, a 16-page device and a process with `pages` untouched anonymous pages at `a`.
+    static func machine(pages: Int) throws -> (memory: PhysicalMemory, device: TestDevice, mm: AddressSpace, a: UInt64) {
+        let memory = try makeMemory()
+        let device = try TestDevice(memory: memory, pageCount: 16)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: pages * pageSize)
+        return (memory, device, mm, a)
+    }
+
     @Test func ownerFilterSkipsAnotherDriversDevicePages() throws {
         let memory = try makeMemory()
         let a1 = try TestDevice(memory: memory, pageCount: 16)
@@ -83,10 +98,7 @@ func collect(_ mm: AddressSpace, _ a: UInt64, pages n: Int, owner: PgmapOwner?, 
     }
 
     @Test func selectDevicePrivateCollectsOnlyDevicePages() throws {
-        let memory = try makeMemory()
-        let device = try TestDevice(memory: memory, pageCount: 16)
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 4 * pageSize)
+        let (_, device, mm, a) = try Self.machine(pages: 4)
         try mm.touch(a, length: 4 * pageSize, write: true)
         try device.migrateToDevice(mm, a, a + UInt64(2 * pageSize))
         let (src, cpages) = try collect(mm, a, pages: 4, owner: device.owner, flags: .selectDevicePrivate)
@@ -96,10 +108,7 @@ func collect(_ mm: AddressSpace, _ a: UInt64, pages n: Int, owner: PgmapOwner?, 
     }
 
     @Test func selectSystemSkipsDevicePrivatePages() throws {
-        let memory = try makeMemory()
-        let device = try TestDevice(memory: memory, pageCount: 16)
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 4 * pageSize)
+        let (memory, device, mm, a) = try Self.machine(pages: 4)
         try mm.touch(a, length: 4 * pageSize, write: true)
         try device.migrateToDevice(mm, a, a + UInt64(2 * pageSize))
         let (src, cpages) = try collect(mm, a, pages: 4, owner: device.owner, flags: .selectSystem)
@@ -127,10 +136,7 @@ func collect(_ mm: AddressSpace, _ a: UInt64, pages n: Int, owner: PgmapOwner?, 
     }
 
     @Test func pinnedPageIsNotMigratedAndStaysMapped() throws {
-        let memory = try makeMemory()
-        let device = try TestDevice(memory: memory, pageCount: 16)
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 4 * pageSize)
+        let (memory, device, mm, a) = try Self.machine(pages: 4)
         try mm.touch(a, length: 4 * pageSize, write: true)
         let pinned = try mm.pinUserPages(a + UInt64(pageSize), count: 1, write: true)
         #expect(memory.refcount(pinned[0]) == 1 + Int(gupPinCountingBias))
@@ -143,10 +149,7 @@ func collect(_ mm: AddressSpace, _ a: UInt64, pages n: Int, owner: PgmapOwner?, 
     }
 
     @Test func pageWithExtraReferenceIsRestoredBySetup() throws {
-        let memory = try makeMemory()
-        let device = try TestDevice(memory: memory, pageCount: 16)
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 2 * pageSize)
+        let (memory, device, mm, a) = try Self.machine(pages: 2)
         try mm.write(at: a, bytes: pattern(4, count: 2 * pageSize))
         let held = try mm.getUserPages(a, count: 1, write: false)
         let (src, cpages) = try collect(mm, a, pages: 2, owner: device.owner, flags: .selectSystem)
@@ -158,10 +161,7 @@ func collect(_ mm: AddressSpace, _ a: UInt64, pages n: Int, owner: PgmapOwner?, 
     }
 
     @Test func pageLockedElsewhereIsSkipped() throws {
-        let memory = try makeMemory()
-        let device = try TestDevice(memory: memory, pageCount: 16)
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: 2 * pageSize)
+        let (memory, device, mm, a) = try Self.machine(pages: 2)
         try mm.touch(a, length: 2 * pageSize, write: true)
         let busy = mm.pageTableEntry(a).pfn
         memory.lockPage(busy)
@@ -174,24 +174,16 @@ func collect(_ mm: AddressSpace, _ a: UInt64, pages n: Int, owner: PgmapOwner?, 
     }
 
     @Test func referenceTakenAfterSetupFailsThePagesStep() throws {
-        let memory = try makeMemory()
-        let device = try TestDevice(memory: memory, pageCount: 16)
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: pageSize)
+        let (memory, device, mm, a) = try Self.machine(pages: 1)
         try mm.write(at: a, bytes: [7])
-        try mm.mmapLock.withReadLock {
-            try withBuffers(1) { src, dst in
-                var args = MigrateVMA(vma: mm.findVMA(a), start: a, end: a + UInt64(pageSize),
-                                      src: src, dst: dst, pgmapOwner: device.owner, flags: .selectSystem)
-                try migrateVMASetup(&args)
-                let page = src[0].page!
-                memory.getPage(page)                  // a racing user appears
-                device.copyToDevice(src, dst, 1)
-                try migrateVMAPages(&args)
-                #expect(!src[0].contains(.migrate))
-                migrateVMAFinalize(&args)
-                memory.putPage(page)
-            }
+        try withMigrateSetup(mm, a, pages: 1, owner: device.owner, flags: .selectSystem) { args, src, dst in
+            let page = src[0].page!
+            memory.getPage(page)                  // a racing user appears
+            device.copyToDevice(src, dst, 1)
+            try migrateVMAPages(&args)
+            #expect(!src[0].contains(.migrate))
+            migrateVMAFinalize(&args)
+            memory.putPage(page)
         }
         #expect(mm.pageTableEntry(a).isPresent)
         #expect(device.freePageCount == device.pageCount)    // the unused destination went back
@@ -199,24 +191,16 @@ func collect(_ mm: AddressSpace, _ a: UInt64, pages n: Int, owner: PgmapOwner?, 
     }
 
     @Test func pagesStepRejectsAnUnlockedDestination() throws {
-        let memory = try makeMemory()
-        let device = try TestDevice(memory: memory, pageCount: 16)
-        let mm = AddressSpace(memory: memory)
-        let a = try mm.mmap(length: pageSize)
+        let (memory, device, mm, a) = try Self.machine(pages: 1)
         try mm.write(at: a, bytes: [7])
-        try mm.mmapLock.withReadLock {
-            try withBuffers(1) { src, dst in
-                var args = MigrateVMA(vma: mm.findVMA(a), start: a, end: a + UInt64(pageSize),
-                                      src: src, dst: dst, pgmapOwner: device.owner, flags: .selectSystem)
-                try migrateVMASetup(&args)
-                let d = device.allocPage()!
-                memory.unlockPage(d)
-                dst[0] = MigratePFN(pfn: d)
-                #expect(throws: HostMMError.invalidArgument) { try migrateVMAPages(&args) }
-                memory.lockPage(d)
-                try migrateVMAPages(&args)
-                migrateVMAFinalize(&args)
-            }
+        try withMigrateSetup(mm, a, pages: 1, owner: device.owner, flags: .selectSystem) { args, _, dst in
+            let d = device.allocPage()!
+            memory.unlockPage(d)
+            dst[0] = MigratePFN(pfn: d)
+            #expect(throws: HostMMError.invalidArgument) { try migrateVMAPages(&args) }
+            memory.lockPage(d)
+            try migrateVMAPages(&args)
+            migrateVMAFinalize(&args)
         }
         #expect(mm.pageTableEntry(a).kind == .devicePrivate)
     }

@@ -51,7 +51,7 @@ final class CopyWorld {
     func pattern(_ direction: CopyDirection) -> ScatterPattern {
         let o = options
         let pages = o.totalBytes / o.pageSize
-        var rng = SeededGenerator(seed: o.seed &+ UInt64(CopyDirection.allCases.firstIndex(of: direction)!))
+        var rng = SplitMix64(seed: o.seed &+ UInt64(CopyDirection.allCases.firstIndex(of: direction)!))
         let ramFrames = ram.count / o.pageSize
         // A partial Fisher–Yates: `pages` distinct random frames.
         var frames = Array(0..<ramFrames)
@@ -111,18 +111,5 @@ struct ScatterPattern: @unchecked Sendable {
         (0..<count).allSatisfy { i in
             memcmp(dst.base + dst.page(i) * pageSize, src.base + src.page(i) * pageSize, pageSize) == 0
         }
-    }
-}
-
-/// SplitMix64, for reproducible scatter patterns.
-struct SeededGenerator: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -1,3 +1,5 @@
+import DMAEngine
+
 /// Where the pages of a run live: `count` distinct page slots picked at random
 /// (seeded) from a span, the way a migration sees the frames of a process scattered
 /// over System RAM, plus the data pattern that proves every byte arrived.
@@ -45,18 +47,5 @@ struct ScatterLayout: Sendable {
             return w
         }
         return nil
-    }
-}
-
-/// SplitMix64: a tiny, fast, seedable generator; same seed, same layout on every machine.
-struct SplitMix64: RandomNumberGenerator, Sendable {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

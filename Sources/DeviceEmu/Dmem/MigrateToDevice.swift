@@ -129,16 +129,7 @@ extension Device {
             let failures = waitFence(fence, signal, .toDevice, batch)
             dropFailedBeforePages(failures, b, &args, &out, policy)
         }
-        let tp = stamp()
-        emit(.migratePagesBegin, .toDevice, batch: batch, seqno: fence.seqno, address: start)
-        do { try migrateVMAPages(&args) } catch {
-            // Cannot happen with destinations from allocPages; never finalize under a running copy.
-            _ = fence.waitForSignal()
-            migrateVMAFinalize(&args)
-            throw .hostMM(error)
-        }
-        emit(.migratePagesEnd, .toDevice, begin: tp, batch: batch, seqno: fence.seqno, address: start,
-             pages: committedCount(b, args.npages))
+        try migrateVMAPagesInFlight(&args, b, fence, .toDevice, batch: batch, address: start)
         return .inFlight(BatchToDevice(args: args, out: out, buffers: b, fence: fence, signal: isCoherent ? nil : signal,
                                        batch: batch, policy: policy, space: space,
                                        holesWritable: vma.flags.contains(.write)))
@@ -244,6 +235,24 @@ extension Device {
     /// Entries whose `struct page` state moved (or whose hole was filled).
     func committedCount(_ b: MigrationBuffers, _ npages: Int) -> Int {
         (0..<npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) && b.dst[$1].page != nil ? 1 : 0) }
+    }
+
+    /// `migrateVMAPages` of a batch whose copies are submitted, between its observer events
+    /// (checked mode reports the caller's site). It cannot fail with the locked destinations
+    /// the driver allocated; should it, the batch waits for its copies (never finalize under
+    /// a running copy), is finalized, and the error thrown.
+    func migrateVMAPagesInFlight(_ args: inout MigrateVMA, _ b: MigrationBuffers, _ fence: Fence,
+                                 _ direction: MigrationEvent.Direction, batch: UInt64, address: UInt64,
+                                 fileID: StaticString = #fileID, line: UInt = #line) throws(DeviceError) {
+        let tp = stamp()
+        emit(.migratePagesBegin, direction, batch: batch, seqno: fence.seqno, address: address)
+        do { try migrateVMAPages(&args, fileID: fileID, line: line) } catch {
+            _ = fence.waitForSignal()
+            migrateVMAFinalize(&args)
+            throw .hostMM(error)
+        }
+        emit(.migratePagesEnd, direction, begin: tp, batch: batch, seqno: fence.seqno, address: address,
+             pages: committedCount(b, args.npages))
     }
 
     /// Waits for a batch's fence (`nouveau_fence_wait`); returns the failed descriptors.

@@ -119,15 +119,7 @@ extension Device {
         let signal = observeSignal(fence)
         emit(.copiesSubmitted, .toRAM, batch: batch, seqno: fence.seqno, channel: fence.channelID,
              address: start, pages: descriptors)
-        let tp = stamp()
-        emit(.migratePagesBegin, .toRAM, batch: batch, seqno: fence.seqno, address: start)
-        do { try migrateVMAPages(&args) } catch {
-            _ = fence.waitForSignal()
-            migrateVMAFinalize(&args)
-            throw .hostMM(error)
-        }
-        emit(.migratePagesEnd, .toRAM, begin: tp, batch: batch, seqno: fence.seqno, address: start,
-             pages: committedCount(b, args.npages))
+        try migrateVMAPagesInFlight(&args, b, fence, .toRAM, batch: batch, address: start)
         let failures = waitFence(fence, signal, .toRAM, batch)
         for f in failures {
             // The device page keeps the data: finalize restores its entry and frees the RAM page.

@@ -30,14 +30,7 @@ extension Mirror {
                 addr += UInt64(pageSize)
             }
         }
-        let bounce = try makeBounce(npages)
-        defer { bounce.deallocate() }
-        var cpages = 0
-        guard doRead(address, end, base: address, bounce.baseAddress!, &cpages) else {
-            throw isOpen ? .noEntry : .invalidArgument
-        }
-        try copyOut(bounce, to: buffer)
-        return MirrorResult(cpages: cpages, faults: 0)
+        return try readBack(address, end, npages, into: buffer)
     }
 
     /// Checks that no page of the range is still mapped for atomics (a missing entry is

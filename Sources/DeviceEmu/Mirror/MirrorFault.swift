@@ -35,13 +35,7 @@ extension Mirror {
             var range = HMMRange(notifier: notifier, notifierSeq: seq, start: start, end: end,
                                  hmmPFNs: UnsafeMutableBufferPointer(rebasing: pfns[0..<count]),
                                  defaultFlags: request, devicePrivateOwner: device.owner)
-            do {
-                try mm.mmapLock.withReadLock { () throws(HostMMError) in try hmmRangeFault(&range) }
-            } catch .busy {
-                continue
-            } catch {
-                throw MirrorError(error)
-            }
+            guard try faultPass(mm, &range) else { continue }
             lock.lock()
             if notifier.readRetry(seq) {
                 lock.unlock()
@@ -50,6 +44,20 @@ extension Mirror {
             defer { lock.unlock() }
             return try storeFaulted(start, UnsafeBufferPointer(rebasing: pfns[0..<count]), write: write)
         }
+    }
+
+    /// One `hmm_range_fault` pass under the mmap read lock, as both `dmirror_range_fault` and
+    /// `dmirror_range_snapshot` make it: false when it raced an invalidation (`EBUSY`: the
+    /// caller retries), any other error as a `MirrorError`.
+    func faultPass(_ mm: AddressSpace, _ range: inout HMMRange) throws(MirrorError) -> Bool {
+        do {
+            try mm.mmapLock.withReadLock { () throws(HostMMError) in try hmmRangeFault(&range) }
+        } catch .busy {
+            return false
+        } catch {
+            throw MirrorError(error)
+        }
+        return true
     }
 
     /// `dmirror_do_fault`, with `lock` held: every page goes into the table, tagged writable

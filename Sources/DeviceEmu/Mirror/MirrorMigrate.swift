@@ -33,14 +33,7 @@ extension Mirror {
             do throws(HostMMError) { try migrateVMAPages(&args) } catch { throw MirrorError(error) }
             finalizeAndMap(args)
         }
-        let bounce = try makeBounce(npages)
-        defer { bounce.deallocate() }
-        var cpages = 0
-        guard doRead(address, end, base: address, bounce.baseAddress!, &cpages) else {
-            throw isOpen ? .noEntry : .invalidArgument
-        }
-        try copyOut(bounce, to: buffer)
-        return MirrorResult(cpages: cpages, faults: 0)
+        return try readBack(address, end, npages, into: buffer)
     }
 
     /// Migrates this device's pages in `npages` pages at `address` back to system memory;

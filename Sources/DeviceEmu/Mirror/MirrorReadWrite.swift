@@ -34,6 +34,24 @@ extension Mirror {
         memcpy(to, bounce.baseAddress!, bounce.count)
     }
 
+    /// The read-back that ends `dmirror_migrate_to_device` and `dmirror_exclusive`: the
+    /// mirror's pages of `[address, end)` into a bounce buffer, without faulting, then
+    /// copied out to `buffer` (when given) for the caller to verify.
+    /// - Returns: `cpages` = pages read (`npages`), `faults` 0.
+    /// - Throws: `.noEntry` at the first page not in the mirror (`.invalidArgument` once
+    ///   closed); `.outOfMemory` for the bounce buffer; `.fault` for a short buffer.
+    func readBack(_ address: UInt64, _ end: UInt64, _ npages: Int,
+                  into buffer: UnsafeMutableRawBufferPointer?) throws(MirrorError) -> MirrorResult {
+        let bounce = try makeBounce(npages)
+        defer { bounce.deallocate() }
+        var cpages = 0
+        guard doRead(address, end, base: address, bounce.baseAddress!, &cpages) else {
+            throw isOpen ? .noEntry : .invalidArgument
+        }
+        try copyOut(bounce, to: buffer)
+        return MirrorResult(cpages: cpages, faults: 0)
+    }
+
     /// `HMM_DMIRROR_READ`: reads `npages` pages at `address` through the mirror into
     /// `buffer`. Missing entries are faulted in (one `hmmRangeFault` pass per miss, counted
     /// in `faults`); any entry, read-only, writable or atomic, can be read.

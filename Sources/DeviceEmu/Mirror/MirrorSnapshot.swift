@@ -62,13 +62,7 @@ extension Mirror {
             pfns.update(repeating: [])
             var range = HMMRange(notifier: watcher, notifierSeq: seq, start: start, end: end, hmmPFNs: pfns,
                                  devicePrivateOwner: device.owner)
-            do {
-                try mm.mmapLock.withReadLock { () throws(HostMMError) in try hmmRangeFault(&range) }
-            } catch .busy {
-                continue
-            } catch {
-                throw MirrorError(error)
-            }
+            guard try faultPass(mm, &range) else { continue }
             let consistent: Bool = lock.withLock {
                 guard !watcher.readRetry(seq) else { return false }
                 for (i, entry) in pfns.enumerated() { codes[i] = protection(of: entry).rawValue }
