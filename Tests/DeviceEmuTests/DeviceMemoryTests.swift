@@ -55,6 +55,50 @@ final class ChunkOnlyDriver: DevicePagemapOps, @unchecked Sendable {
         #expect(memory.diagnostics.refcountUnderflowCount == 0)
     }
 
+    /// A batch comes out in ascending PFN order however its pages were freed (front to back,
+    /// back to front, shuffled), so a migration's destinations stay contiguous in VRAM
+    /// and the copy engine coalesces them.
+    @Test(arguments: ["ascending", "descending", "shuffled"])
+    func batchesComeOutAscendingWhateverTheFreeOrder(_ order: String) throws {
+        let memory = try makeMemory(mib: 16)
+        let engine = try DMAEngine(configuration: .init(backend: .memcpy))
+        let (vram, _) = try make(memory, engine, size: 4 << 20)
+        var pages = [PFN](repeating: PFN(0), count: 512)
+        #expect(pages.withUnsafeMutableBufferPointer { vram.allocPages(into: $0) } == 512)
+        var freeOrder = pages
+        switch order {
+        case "descending": freeOrder.reverse()
+        case "shuffled":
+            var rng = SplitMix64(seed: 5)
+            freeOrder.shuffle(using: &rng)
+        default: break
+        }
+        for p in freeOrder { memory.unlockPage(p); memory.putPage(p) }
+        var again = [PFN](repeating: PFN(0), count: 300)
+        #expect(again.withUnsafeMutableBufferPointer { vram.allocPages(into: $0) } == 300)
+        #expect(zip(again, again.dropFirst()).allSatisfy { $0 < $1 }, "\(order): \(again.prefix(8))")
+        #expect(Set(again).isSubset(of: Set(pages)), "freed pages are reused before a new chunk")
+        #expect(vram.chunks.count == 1)
+    }
+
+    /// The migration that follows a CPU read-back (which frees VRAM front to back) lands
+    /// ascending in VRAM, one run per chunk, not one copy per page.
+    @Test func migrationIntoVRAMFreedByFaultsIsContiguous() throws {
+        let memory = try makeMemory(mib: 32)
+        let gpu = try makeDevice(memory, vramMiB: 4)
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 512, seed: 7)
+        let b = try mm.mmap(length: 512 * pageSize)
+        try pattern.fill(mm, b, pages: 512)
+        #expect(try gpu.migrateToDevice(mm, range: range(a, pages: 512)).migrated == 512)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 512).isEmpty)  // faults free the pages front to back
+        #expect(gpu.vram.inUsePageCount == 0)
+        #expect(try gpu.migrateToDevice(mm, range: range(b, pages: 512)).migrated == 512)
+        let pfns = (0..<512).map { mm.pageTableEntry(b + UInt64($0 * pageSize)).pfn }
+        #expect(zip(pfns, pfns.dropFirst()).allSatisfy { $1 == $0 + 1 }, "\(pfns.prefix(4)) … \(pfns.suffix(4))")
+        #expect(try pattern.cpuMismatches(mm, b, pages: 512).isEmpty)
+    }
+
     @Test func vramIsExhaustedAtItsSizeAndFreedPagesComeBack() throws {
         let memory = try makeMemory(mib: 16)
         let engine = try DMAEngine(configuration: .init(backend: .memcpy))

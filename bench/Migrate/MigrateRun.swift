@@ -77,7 +77,7 @@ final class MigrateRun {
         let (toDeviceSeconds, batches) = try toDevice()
         var faults = LatencyHistogram()
         let (readSeconds, faultCount) = try readBack(&faults)
-        let (evictSeconds, evictedBytes) = try evict()
+        let (reuseSeconds, evictSeconds, evictedBytes) = try evict()
 
         var r = RunRecord()
         let gb = Double(o.totalBytes) / 1e9
@@ -92,16 +92,19 @@ final class MigrateRun {
         r.set("api", o.api.name)
         r.set("vram_dir", o.vramDirectory ?? "memfd")
         r.set("fixed_buffers", o.fixedBuffers)
+        r.set("fixed_sqes", gpu.fixedBuffers.operations)
         r.set("shmem_thp", ShmemHugePages.current.rawValue)
         r.set("checked", o.checked)
         if let checker = gpu.memory.checker { r.set("protocol_violations", checker.violationCount) }
         r.set("to_device_gbps", gb / toDeviceSeconds)
         r.set("to_ram_fault_gbps", gb / readSeconds)
         r.set("evict_gbps", Double(evictedBytes) / 1e9 / evictSeconds)
+        r.set("to_device_reused_gbps", gb / reuseSeconds)
         r.set("memcpy_gbps", gb / memcpySeconds)
         r.set("ratio_to_device", memcpySeconds / toDeviceSeconds)
         r.set("ratio_to_ram_fault", memcpySeconds / readSeconds)
         r.set("ratio_evict", (Double(evictedBytes) / 1e9 / evictSeconds) / (gb / memcpySeconds))
+        r.set("ratio_to_device_reused", memcpySeconds / reuseSeconds)
         r.set("faults", faultCount)
         faults.write(to: &r, prefix: "fault")
         for (name, kind) in [("setup", MigrationEvent.Kind.setupEnd), ("pages", .migratePagesEnd),
@@ -182,12 +185,16 @@ final class MigrateRun {
         return (Double(nanos) / 1e9, gpu.counters[.cpuFaults] - faultsBefore)
     }
 
-    /// Stamps and migrates B, then times the device's teardown, which evicts it; returns
-    /// seconds and the bytes that were resident.
-    private func evict() throws -> (Double, Int) {
+    /// Stamps B and migrates it into the VRAM the read-back freed (timed: `to_device_reused_gbps`),
+    /// then evicts it by teardown (timed: `evict_gbps`); returns (reuse s, evict s, bytes evicted).
+    private func evict() throws -> (Double, Double, Int) {
         progress("evicting \(ByteCount(o.totalBytes)) by teardown")
         try track.span("stamp B") { try pattern.fill(mm, b, pages: o.pages, first: o.pages) }
-        do { try gpu.migrateToDevice(mm, range: b ..< b + bytes) } catch { throw Self.failure("migrateToDevice (B): \(error)") }
+        let r = MonotonicClock.now()
+        do {
+            _ = try track.span("migrate B to reused VRAM") { try gpu.migrateToDevice(mm, range: b ..< b + bytes) }
+        } catch { throw Self.failure("migrateToDevice (B): \(error)") }
+        let reuseSeconds = MonotonicClock.seconds(since: r)
         let resident = gpu.vram.inUsePageCount * 4096
         let t = MonotonicClock.now()
         do { try track.span("teardown") { try gpu.shutdown() } } catch { throw Self.failure("teardown: \(error)") }
@@ -197,7 +204,7 @@ final class MigrateRun {
                 do { try mm.read(at: b + UInt64(p * 4096), into: buffer) } catch { throw Self.failure("CPU read: \(error)") }
             }
         }
-        return (seconds, resident)
+        return (reuseSeconds, seconds, resident)
     }
 
     static func failure(_ message: String) -> ScenarioError { ScenarioError(scenario: "migrate", message: message) }

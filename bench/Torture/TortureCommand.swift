@@ -32,6 +32,7 @@ struct TortureCommand: ParsableCommand {
     var residency = 0.0
     @Option(help: ArgumentHelp("Put VRAM in unnamed files in this directory instead of memfds.", valueName: "dir"))
     var vramDir: String?
+    @Flag(help: "Register the emulated RAM as io_uring fixed buffers (pinned).") var fixedBuffers = false
     @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
 
     var options: TortureOptions {
@@ -44,6 +45,7 @@ struct TortureCommand: ParsableCommand {
         o.vramBytes = vram.bytes
         o.minimumResidency = residency.isFinite ? .nanoseconds(Int64(clamping: Int(residency * 1e6))) : .seconds(-1)
         o.vramDirectory = vramDir
+        o.fixedBuffers = fixedBuffers
         return o
     }
 

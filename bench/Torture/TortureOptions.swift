@@ -28,6 +28,8 @@ struct TortureOptions: Sendable {
     var minimumResidency: Duration = .zero
     /// A directory for VRAM's files instead of memfds (nil: memfds).
     var vramDirectory: String?
+    /// Register the emulated RAM as io_uring fixed buffers (the fixed-buffer opcodes under injected faults).
+    var fixedBuffers = false
 
     /// Why these options cannot run, or nil.
     var problem: String? {

@@ -37,6 +37,7 @@ final class TortureWorld: @unchecked Sendable {
         policy.minimumResidency = o.minimumResidency
         var c = Device.Configuration(name: "torture", vramSize: o.vramBytes, backend: o.backend, policy: policy)
         c.vramLayout.directory = o.vramDirectory
+        c.fixedBuffers = o.fixedBuffers
         c.faultBackend = o.backend
         do { gpu = try Device(memory: memory, configuration: c) } catch {
             throw TortureFailure("cannot create the device: \(error) (io_uring unavailable?)")

@@ -15,12 +15,14 @@ final class ChannelPool: @unchecked Sendable {
     private let lock = NIOLock()
     private var idle: [DMAChannel] = []   // guarded by lock
     private var made = 0                  // guarded by lock
+    private var everyChannel: [DMAChannel] = []  // guarded by lock
 
     init(engine: DMAEngine, backend: CopyBackendKind?, name: String) throws(DeviceError) {
         self.engine = engine
         self.backend = backend
         self.name = name
         do { idle.append(try engine.makeChannel(name: "\(name)0", backend: backend)) } catch { throw .dma(error) }
+        everyChannel = idle
         made = 1
     }
 
@@ -30,7 +32,21 @@ final class ChannelPool: @unchecked Sendable {
     func checkout() throws(DeviceError) -> DMAChannel {
         if let ch = lock.withLock({ idle.popLast() }) { return ch }
         let n = lock.withLock { () -> Int in made += 1; return made - 1 }
-        do { return try engine.makeChannel(name: "\(name)\(n)", backend: backend) } catch { throw .dma(error) }
+        let channel: DMAChannel
+        do { channel = try engine.makeChannel(name: "\(name)\(n)", backend: backend) } catch { throw .dma(error) }
+        lock.withLock { everyChannel.append(channel) }
+        return channel
+    }
+
+    /// The fixed-buffer status of every channel made so far, summed (operations,
+    /// pieces) with the first failure reported.
+    var fixedBuffers: FixedBufferStatus {
+        lock.withLock { everyChannel }.reduce(into: FixedBufferStatus()) { sum, channel in
+            let s = channel.fixedBuffers
+            sum.operations += s.operations
+            sum.installedPieces += s.installedPieces
+            sum.failure = sum.failure ?? s.failure
+        }
     }
 
     func checkin(_ channel: DMAChannel) {

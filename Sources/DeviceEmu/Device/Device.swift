@@ -188,6 +188,20 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         channels.channelCount + (faultChannels === channels ? 0 : faultChannels.channelCount) + (cpuCopyChannels?.channelCount ?? 0)
     }
 
+    /// The io_uring fixed buffers of the device's copy channels, summed over them
+    /// (`Configuration.fixedBuffers`): pieces installed, operations that used one, and the
+    /// first reason a registration failed.
+    public var fixedBuffers: FixedBufferStatus {
+        var pools = [channels]
+        if faultChannels !== channels { pools.append(faultChannels) }
+        if let cpu = cpuCopyChannels { pools.append(cpu) }
+        return pools.map(\.fixedBuffers).reduce(into: FixedBufferStatus()) { sum, s in
+            sum.operations += s.operations
+            sum.installedPieces += s.installedPieces
+            sum.failure = sum.failure ?? s.failure
+        }
+    }
+
     // MARK: Address spaces
 
     /// The device's view of `mm` (GPU VA = CPU VA): a device page table kept coherent by an

@@ -163,7 +163,25 @@ public final class DeviceMemory: @unchecked Sendable {
                 out[i] = out[n]
             }
         }
+        Self.ascend(UnsafeMutableBufferPointer(rebasing: out[0..<n]))
         return n
+    }
+
+    /// Puts a batch of pages in ascending PFN (so VRAM offset) order. The free stack hands
+    /// back a range freed in ascending order reversed (faults free pages front to back), and
+    /// destinations that run backwards would cost the copy engine one operation per page
+    /// instead of one per contiguous run. An ascending or reversed batch costs one pass and
+    /// no allocation; only a shuffled one (VRAM freed in random order) is sorted.
+    static func ascend(_ batch: UnsafeMutableBufferPointer<PFN>) {
+        var pages = batch
+        guard pages.count > 1 else { return }
+        var ascending = true, descending = true
+        for i in 1..<pages.count {
+            if pages[i] < pages[i - 1] { ascending = false } else { descending = false }
+            if !ascending && !descending { break }
+        }
+        if ascending { return }
+        if descending { pages.reverse() } else { pages.sort() }
     }
 
     /// One free device page, locked with refcount 1, or nil when VRAM is exhausted.
