@@ -171,7 +171,8 @@ public final class DeviceMemory: @unchecked Sendable {
     /// back a range freed in ascending order reversed (faults free pages front to back), and
     /// destinations that run backwards would cost the copy engine one operation per page
     /// instead of one per contiguous run. An ascending or reversed batch costs one pass and
-    /// no allocation; only a shuffled one (VRAM freed in random order) is sorted.
+    /// no allocation; only a shuffled one (VRAM freed in random order) is sorted. The
+    /// driver sorts the RAM pages it copies into the same way, so that their iovecs merge.
     static func ascend(_ batch: UnsafeMutableBufferPointer<PFN>) {
         var pages = batch
         guard pages.count > 1 else { return }

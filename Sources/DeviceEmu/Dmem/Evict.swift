@@ -150,6 +150,7 @@ extension Device {
     /// destinations) when no channel could take them.
     private func enqueueEviction(_ b: MigrationBuffers, _ npages: Int, collected: Int) -> Fence? {
         let got = memory.allocPages(into: UnsafeMutableBufferPointer(rebasing: b.pages[0..<collected]))
+        DeviceMemory.ascend(UnsafeMutableBufferPointer(rebasing: b.pages[0..<got]))  // RAM pages in order: iovecs merge
         guard let channel = try? channels.checkout() else {
             for k in 0..<got { memory.putPage(b.pages[k]) }
             return nil

@@ -144,6 +144,7 @@ extension Device {
                               _ pool: ChannelPool) throws(DeviceError) -> (Fence, Int) {
         let want = (0..<args.npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) && b.src[$1].page != nil ? 1 : 0) }
         let got = memory.allocPages(into: UnsafeMutableBufferPointer(rebasing: b.pages[0..<want]))
+        DeviceMemory.ascend(UnsafeMutableBufferPointer(rebasing: b.pages[0..<got]))  // RAM pages in order: iovecs merge
         let channel: DMAChannel
         do { channel = try pool.checkout() } catch {
             for k in 0..<got { memory.putPage(b.pages[k]) }
