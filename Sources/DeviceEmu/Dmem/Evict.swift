@@ -10,11 +10,16 @@ extension Device {
     /// Evicts every in-use page of VRAM (teardown and suspend). Pages that stay locked or
     /// pinned through a few passes are left in VRAM. `minimumResidency` does not apply:
     /// a suspend or teardown cannot wait for pages to age, so young pages go too.
-    /// Returns pages evicted.
+    /// With `policy.pipelineDepth` above 1, that many batches are in flight: the next
+    /// batch is collected and its copies submitted while earlier copies run (1, the
+    /// default, is nouveau's one batch after another). Returns pages evicted.
     @discardableResult
     public func evictAll() -> Int {
-        let batch = policy.batchPages
-        let buffers = MigrationBuffers(capacity: batch)
+        let policy = self.policy
+        let depth = max(1, policy.pipelineDepth)
+        let buffers = (0..<depth).map { _ in MigrationBuffers(capacity: policy.batchPages) }
+        var inFlight: [EvictionInFlight] = []   // oldest first, at most `depth`
+        inFlight.reserveCapacity(depth)
         var evicted = 0
         var pass = 0
         while vram.inUsePageCount > 0 && pass < 20 {
@@ -23,11 +28,17 @@ extension Device {
             for chunk in vram.chunks {
                 var first = chunk.pfns.lowerBound
                 while first < chunk.pfns.upperBound {
-                    let count = min(batch, chunk.pfns.upperBound - first)
-                    progress += evictRuns(buffers, [(first, count)]).evicted
+                    let count = min(policy.batchPages, chunk.pfns.upperBound - first)
+                    if inFlight.count == depth { progress += finishEviction(inFlight.removeFirst()).evicted }
+                    let free = buffers.first { b in !inFlight.contains { $0.buffers === b } } ?? buffers[0]
+                    switch startEviction(free, [(first, count)]) {
+                    case .done(_, let done): progress += done
+                    case .inFlight(let e): inFlight.append(e)
+                    }
                     first = first + count
                 }
             }
+            while !inFlight.isEmpty { progress += finishEviction(inFlight.removeFirst()).evicted }
             evicted += progress
             // Pages collected by a concurrent migration are locked for a moment: retry later.
             if progress == 0 { MonotonicTime.sleep(nanoseconds: 1_000_000) }
@@ -99,9 +110,35 @@ extension Device {
         return groups.reduce(0) { $0 + ($1.isEmpty ? 0 : evictRuns(buffers, $1).evicted) }
     }
 
-    /// Evicts the in-use pages of the given PFN runs (at most `b.capacity` pages in all)
-    /// in one batch with one fence.
+    /// Evicts the pages of `runs` (contiguous PFN runs, at most `batchPages` in all)
+    /// in one batch with one fence: `startEviction` then `finishEviction`.
     func evictRuns(_ b: MigrationBuffers, _ runs: [(PFN, Int)]) -> (collected: Int, evicted: Int) {
+        switch startEviction(b, runs) {
+        case .done(let collected, let evicted): return (collected, evicted)
+        case .inFlight(let e): return finishEviction(e)
+        }
+    }
+
+    /// An eviction batch whose copies are submitted and whose pages step ran: what
+    /// `finishEviction` needs to wait for the copies and finalize.
+    struct EvictionInFlight {
+        let buffers: MigrationBuffers
+        let npages: Int
+        let collected: Int
+        let fence: Fence?
+        let signal: SignalStamp?
+        let batch: UInt64
+    }
+
+    enum EvictionStart {
+        /// Nothing was collected (or nothing is left to wait for).
+        case done(collected: Int, evicted: Int)
+        case inFlight(EvictionInFlight)
+    }
+
+    /// The first half of `nouveau_dmem_evict_chunk`: `migrateDeviceRange` over `runs`, a
+    /// locked RAM page and a D2H copy per collected page, `submit()`, `migrateDevicePages`.
+    func startEviction(_ b: MigrationBuffers, _ runs: [(PFN, Int)]) -> EvictionStart {
         let batch = nextBatch()
         emit(.setupBegin, .evict, batch: batch)
         let t0 = stamp()   // after the batch's begin: setup nests inside the batch
@@ -116,7 +153,7 @@ extension Device {
         for i in 0..<npages { b.dst[i] = [] }
         let collected = (0..<npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) ? 1 : 0) }
         emit(.setupEnd, .evict, begin: t0, batch: batch, pages: collected)
-        guard collected > 0 else { return (0, 0) }
+        guard collected > 0 else { return .done(collected: 0, evicted: 0) }
 
         let fence = enqueueEviction(b, npages, collected: collected)
         let signal = fence.flatMap { observeSignal($0) }
@@ -131,19 +168,28 @@ extension Device {
             for i in 0..<npages { b.src[i].remove(.migrate) }   // finalize restores them all
         }
         emit(.migratePagesEnd, .evict, begin: tp, batch: batch, seqno: seqno, pages: committedCount(b, npages))
-        if let fence {
+        return .inFlight(EvictionInFlight(buffers: b, npages: npages, collected: collected, fence: fence,
+                                          signal: signal, batch: batch))
+    }
+
+    /// The second half: wait for the batch's copies (a failed one leaves its page in
+    /// VRAM), then `migrateDeviceFinalize`.
+    func finishEviction(_ e: EvictionInFlight) -> (collected: Int, evicted: Int) {
+        let b = e.buffers
+        let seqno = e.fence?.seqno ?? 0
+        if let fence = e.fence {
             // Even a batch that could not move must not be finalized under a running copy.
-            let failures = waitFence(fence, signal, .evict, batch)
+            let failures = waitFence(fence, e.signal, .evict, e.batch)
             for f in failures { b.src[Int(b.slot[f.index])].remove(.migrate) }
             counters.add(.pagesLeftAfterCopyFailure, failures.count)
         }
-        let evicted = committedCount(b, npages)
+        let evicted = committedCount(b, e.npages)
         let tf = stamp()
-        emit(.finalizeBegin, .evict, batch: batch, seqno: seqno)
-        memory.migrateDeviceFinalize(src: b.src, dst: b.dst, npages: npages)
-        emit(.finalizeEnd, .evict, begin: tf, batch: batch, seqno: seqno, pages: evicted)
+        emit(.finalizeBegin, .evict, batch: e.batch, seqno: seqno)
+        memory.migrateDeviceFinalize(src: b.src, dst: b.dst, npages: e.npages)
+        emit(.finalizeEnd, .evict, begin: tf, batch: e.batch, seqno: seqno, pages: evicted)
         counters.add(.pagesEvicted, evicted)
-        return (collected, evicted)
+        return (e.collected, evicted)
     }
 
     /// A locked RAM page and a D2H copy per collected page, submitted; nil (and no

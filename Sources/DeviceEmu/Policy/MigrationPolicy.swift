@@ -45,9 +45,9 @@ public struct MigrationPolicy: Sendable, Equatable {
     /// Pages per `migrate_vma` batch (nouveau: 128 — one scatterlist page — before its
     /// 2025 rework, 512 after). At most the copy channel's `maxBatch`.
     public var batchPages: Int = 512
-    /// Batches of a range migration in flight at once (three-step API only): 1 is
-    /// nouveau's strict sequence; 2 sets up and commits the next batch while the previous
-    /// batch's copies run, overlapping HostMM's work with the copy engine's.
+    /// Batches of a range migration (three-step API only) or of `evictAll` in flight at
+    /// once: 1 is nouveau's strict sequence; 2 sets up and commits the next batch while the
+    /// previous batch's copies run, overlapping HostMM's work with the copy engine's.
     public var pipelineDepth: Int = 1
     public var cpuFaultGranularity: CPUFaultGranularity = .page
     /// Xe's anti-thrash "timeslice": a page migrated to VRAM is not moved out before it
