@@ -52,6 +52,15 @@ public struct FixedBufferStatus: Sendable, Equatable {
         self.operations = operations
         self.failure = failure
     }
+
+    /// The status of several channels: pieces and operations summed, the first failure kept.
+    public static func combined(_ all: some Sequence<FixedBufferStatus>) -> FixedBufferStatus {
+        all.reduce(into: FixedBufferStatus()) { sum, s in
+            sum.installedPieces += s.installedPieces
+            sum.operations += s.operations
+            sum.failure = sum.failure ?? s.failure
+        }
+    }
 }
 
 /// What a backend is told about the channel it serves.

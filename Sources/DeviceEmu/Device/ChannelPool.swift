@@ -40,14 +40,7 @@ final class ChannelPool: @unchecked Sendable {
 
     /// The fixed-buffer status of every channel made so far, summed (operations,
     /// pieces) with the first failure reported.
-    var fixedBuffers: FixedBufferStatus {
-        lock.withLock { everyChannel }.reduce(into: FixedBufferStatus()) { sum, channel in
-            let s = channel.fixedBuffers
-            sum.operations += s.operations
-            sum.installedPieces += s.installedPieces
-            sum.failure = sum.failure ?? s.failure
-        }
-    }
+    var fixedBuffers: FixedBufferStatus { .combined(lock.withLock { everyChannel }.map(\.fixedBuffers)) }
 
     func checkin(_ channel: DMAChannel) {
         lock.withLock { idle.append(channel) }

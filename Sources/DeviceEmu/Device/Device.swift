@@ -195,11 +195,7 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         var pools = [channels]
         if faultChannels !== channels { pools.append(faultChannels) }
         if let cpu = cpuCopyChannels { pools.append(cpu) }
-        return pools.map(\.fixedBuffers).reduce(into: FixedBufferStatus()) { sum, s in
-            sum.operations += s.operations
-            sum.installedPieces += s.installedPieces
-            sum.failure = sum.failure ?? s.failure
-        }
+        return .combined(pools.map(\.fixedBuffers))
     }
 
     // MARK: Address spaces
