@@ -130,7 +130,9 @@ public final class VRAMPool: @unchecked Sendable {
     /// Reserves `length` bytes of address space at an `alignment`-aligned address (`PROT_NONE`).
     private static func reserve(_ length: Int, alignment: Int) throws(DMAError) -> UnsafeMutableRawPointer {
         let slack = length >= alignment ? alignment : 0
-        guard let raw = mmap(nil, length + slack, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+        let (total, overflow) = length.addingReportingOverflow(slack)
+        guard !overflow else { throw .system(.noMemory, operation: "mmap(reserve \(length) bytes)") }
+        guard let raw = mmap(nil, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
               raw != MAP_FAILED else {
             throw .system(Errno(rawValue: Glibc.errno), operation: "mmap(reserve \(length) bytes)")
         }

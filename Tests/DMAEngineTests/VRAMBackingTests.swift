@@ -77,6 +77,17 @@ import Testing
         }
     }
 
+    /// Sizes near Int.max fail with a typed error: no overflow trap while reserving the
+    /// aligned address range.
+    @Test func hugeSizesThrowInsteadOfTrapping() throws {
+        let engine = try DMAEngine(configuration: .init(backend: .memcpy))
+        defer { engine.shutdown() }
+        for size in [Int.max - 4095 - (1 << 20), Int.max - (8 << 20), 1 << 62] {
+            #expect(throws: DMAError.self) { try engine.createVRAMPool(size: size, layout: .init(populate: false)) }
+        }
+        #expect(try engine.createVRAMPool(size: 4 << 20).size == 4 << 20, "the engine is unharmed")
+    }
+
     @Test func shmemSettingIsTheBracketedWord() {
         #expect(ShmemHugePages.parse("always within_size advise [never] deny force\n") == .never)
         #expect(ShmemHugePages.parse("always within_size [advise] never deny force") == .advise)
