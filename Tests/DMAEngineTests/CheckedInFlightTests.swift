@@ -6,27 +6,14 @@ import Testing
 /// a migration's finalize: bytes a submitted copy reads or writes count until its fence
 /// signals, and not after; off, nothing is recorded.
 @Suite struct CheckedInFlightTests {
-    struct Rig {
-        let engine: DMAEngine
-        let host = HostBuffer(1 << 20)
-        let h: RegionID
-        let vram: VRAMPool
-        let ch: DMAChannel
-
-        init(_ plan: FaultPlan, tracking: Bool = true) throws {
-            var c = DMAEngine.Configuration(backend: .faultInjecting(plan, wrapping: .memcpy))
-            c.tracksInFlightCopies = tracking
-            engine = try DMAEngine(configuration: c)
-            h = try engine.registerHostMemory(host.bytes)
-            vram = try engine.createVRAMPool(size: 1 << 20)
-            ch = try engine.makeChannel()
-        }
-
-        func host(_ page: Int) -> DMAAddress { DMAAddress(region: h, offset: page * 4096) }
+    static func rig(_ plan: FaultPlan, tracking: Bool = true) throws -> EngineRig {
+        var c = DMAEngine.Configuration(backend: .faultInjecting(plan, wrapping: .memcpy))
+        c.tracksInFlightCopies = tracking
+        return try EngineRig(c)
     }
 
     @Test func copiesCountUntilTheirFenceSignals() throws {
-        let rig = try Rig(FaultPlan(rules: [.init(.nth(1), .delay(.milliseconds(300)))]))
+        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(1), .delay(.milliseconds(300)))]))
         defer { rig.engine.shutdown() }
         try rig.ch.enqueueCopy(from: rig.host(0), to: rig.vram.address(0), length: 4096)      // done at once
         try rig.ch.enqueueCopy(from: rig.host(5), to: rig.vram.address(8192), length: 8192)   // delayed
@@ -50,7 +37,7 @@ import Testing
     }
 
     @Test func aDeviceToDeviceCopyReadsOneSideAndWritesTheOther() throws {
-        let rig = try Rig(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(300)))]))
+        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(300)))]))
         defer { rig.engine.shutdown() }
         try rig.ch.enqueueCopy(from: rig.vram.address(0), to: rig.vram.address(65536), length: 4096)
         let fence = try rig.ch.submit()
@@ -61,7 +48,7 @@ import Testing
     }
 
     @Test func offRecordsNothing() throws {
-        let rig = try Rig(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(200)))]), tracking: false)
+        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(200)))]), tracking: false)
         defer { rig.engine.shutdown() }
         try rig.ch.enqueueCopy(from: rig.host(0), to: rig.vram.address(0), length: 4096)
         let fence = try rig.ch.submit()
@@ -71,7 +58,7 @@ import Testing
     }
 
     @Test func manyFencesOnManyChannelsEachCountOnlyTheirOwnBytes() throws {
-        let rig = try Rig(FaultPlan(rules: [.init(.every(2), .delay(.milliseconds(50)))]))
+        let rig = try Self.rig(FaultPlan(rules: [.init(.every(2), .delay(.milliseconds(50)))]))
         defer { rig.engine.shutdown() }
         let other = try rig.engine.makeChannel()
         var fences: [Fence] = []

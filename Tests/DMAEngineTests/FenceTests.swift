@@ -8,29 +8,14 @@ import Testing
 /// Fence timeline ordering under out-of-order completion, waits, callbacks, error status.
 @Suite struct FenceTests {
     /// Channel with host and VRAM regions; the first descriptor the channel executes is delayed.
-    struct Rig {
-        let engine: DMAEngine
-        let host = HostBuffer(1 << 20)
-        let h: RegionID
-        let vram: VRAMPool
-        let ch: DMAChannel
-
-        init(_ plan: FaultPlan, inner: CopyBackendKind = .ioUring) throws {
-            engine = try DMAEngine(configuration: .init(backend: .faultInjecting(plan, wrapping: inner)))
-            h = try engine.registerHostMemory(host.bytes)
-            vram = try engine.createVRAMPool(size: 1 << 20)
-            ch = try engine.makeChannel()
-            fillPattern(host.bytes, seed: 11)
-        }
-
-        func copyPage(_ i: Int) throws {
-            try ch.enqueueCopy(from: DMAAddress(region: h, offset: i * 4096), to: vram.address(i * 4096), length: 4096)
-        }
+    /// Channel with host and VRAM regions; the first descriptor the channel executes is delayed.
+    static func rig(_ plan: FaultPlan, inner: CopyBackendKind = .ioUring) throws -> EngineRig {
+        try EngineRig(.init(backend: .faultInjecting(plan, wrapping: inner)), patternSeed: 11)
     }
 
     @Test(arguments: [CopyBackendKind.ioUring, .memcpy, .mappedWorkers(threads: 2)])
     func laterFencesWaitForADelayedEarlierOne(_ inner: CopyBackendKind) throws {
-        let rig = try Rig(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(400)))]), inner: inner)
+        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(400)))]), inner: inner)
         defer { rig.engine.shutdown() }
         let order = NIOLockedValueBox<[UInt64]>([])
         var fences: [Fence] = []
@@ -52,7 +37,7 @@ import Testing
     }
 
     @Test func outOfOrderInsideOneBatchStillSignalsOnceAllDone() throws {
-        let rig = try Rig(FaultPlan(rules: [.init(.nth(3), .delay(.milliseconds(100)))]))
+        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(3), .delay(.milliseconds(100)))]))
         defer { rig.engine.shutdown() }
         for i in 0..<8 { try rig.copyPage(i) }
         let f = try rig.ch.submit()
@@ -62,7 +47,7 @@ import Testing
     }
 
     @Test func asyncWaitAndLateCallback() async throws {
-        let rig = try Rig(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(20)))]))
+        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(20)))]))
         defer { rig.engine.shutdown() }
         try rig.copyPage(0)
         let f = try rig.ch.submit()
@@ -74,7 +59,7 @@ import Testing
     }
 
     @Test func injectedFailureAndShortCopyPropagateIntoTheirFenceOnly() throws {
-        let rig = try Rig(FaultPlan(rules: [.init(.nth(1), .fail(.badAddress)), .init(.nth(2), .shortCopy(bytes: 100))]))
+        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(1), .fail(.badAddress)), .init(.nth(2), .shortCopy(bytes: 100))]))
         defer { rig.engine.shutdown() }
         memset(rig.vram.mapping.baseAddress!, 0, 1 << 20)
         for i in 0..<4 { try rig.copyPage(i) }
@@ -141,5 +126,11 @@ import Testing
             DescriptorFailure(ticket: DMATicket(rawValue: 2), index: 2, errno: .ioError, bytesCompleted: 0),
         ])
         #expect(same(host.bytes.baseAddress!, pool.mapping.baseAddress!, 6000))
+    }
+}
+
+private extension EngineRig {
+    func copyPage(_ i: Int) throws {
+        try ch.enqueueCopy(from: host(i), to: vram.address(i * 4096), length: 4096)
     }
 }

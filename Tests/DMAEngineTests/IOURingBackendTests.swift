@@ -6,33 +6,12 @@ import Testing
 /// The io_uring backend when the ring itself fails: typed errors on the fences and
 /// the channel, no trap, no hang.
 @Suite struct IOURingBackendTests {
-    struct Rig {
-        let engine: DMAEngine
-        let host = HostBuffer(1 << 20)
-        let h: RegionID
-        let vram: VRAMPool
-        let ch: DMAChannel
-        var ring: IOURing { (ch.backend as! IOURingBackend).ring }
-
-        init() throws {
-            engine = try DMAEngine(configuration: .init(backend: .ioUring, queueDepth: 8))
-            h = try engine.registerHostMemory(host.bytes)
-            vram = try engine.createVRAMPool(size: 1 << 20)
-            ch = try engine.makeChannel()
-            fillPattern(host.bytes, seed: 17)
-        }
-
-        /// Four scattered pages, coalesced into one operation per batch.
-        func submitPages(_ first: Int) throws -> Fence {
-            for i in first..<first + 4 {
-                try ch.enqueueCopy(from: DMAAddress(region: h, offset: (i * 2) * 4096), to: vram.address(i * 4096), length: 4096)
-            }
-            return try ch.submit()
-        }
+    static func rig() throws -> EngineRig {
+        try EngineRig(.init(backend: .ioUring, queueDepth: 8), patternSeed: 17)
     }
 
     @Test func transientSubmitFailureIsRetried() throws {
-        let rig = try Rig()
+        let rig = try Self.rig()
         defer { rig.engine.shutdown() }
         rig.ring.injectedSubmitFailure.store(EAGAIN, ordering: .relaxed)
         try rig.submitPages(0).wait(timeout: .seconds(10))
@@ -41,7 +20,7 @@ import Testing
     }
 
     @Test func fatalSubmitFailureFailsTheBatchAndTheChannel() throws {
-        let rig = try Rig()
+        let rig = try Self.rig()
         let done = try rig.submitPages(0)
         try done.wait(timeout: .seconds(10))
         rig.ring.injectedSubmitFailure.store(EBADF, ordering: .relaxed)
@@ -64,7 +43,7 @@ import Testing
     }
 
     @Test func waitFailureKeepsReapingThenRefusesWork() throws {
-        let rig = try Rig()
+        let rig = try Self.rig()
         rig.ring.injectedWaitFailure.store(EFAULT, ordering: .relaxed)
         // The reaper notices at its next wait; whatever is in flight by then still completes.
         let f = try rig.submitPages(0)
@@ -73,5 +52,17 @@ import Testing
         #expect(rig.ch.health.failure == .badAddress)
         #expect(throws: DMAError.channelFailed(channel: rig.ch.id, .badAddress)) { try rig.submitPages(4) }
         rig.engine.shutdown()
+    }
+}
+
+private extension EngineRig {
+    var ring: IOURing { (ch.backend as! IOURingBackend).ring }
+
+    /// Four scattered pages, coalesced into one operation per batch.
+    func submitPages(_ first: Int) throws -> Fence {
+        for i in first..<first + 4 {
+            try ch.enqueueCopy(from: host(i * 2), to: vram.address(i * 4096), length: 4096)
+        }
+        return try ch.submit()
     }
 }

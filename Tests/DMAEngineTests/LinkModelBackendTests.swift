@@ -11,32 +11,15 @@ import Testing
     /// 100 MB/s and 30 ms: slow enough that the model, not the machine, decides.
     static let slow = LinkModel(bytesPerSecond: 100e6, latency: .milliseconds(30))
 
-    struct Rig {
-        let engine: DMAEngine
-        let host = HostBuffer(4 << 20)
-        let h: RegionID
-        let vram: VRAMPool
-        let ch: DMAChannel
-        var link: LinkModelBackend { ch.backend as! LinkModelBackend }
-
-        init(_ model: LinkModel = LinkModelBackendTests.slow, inner: CopyBackendKind = .ioUring) throws {
-            engine = try DMAEngine(configuration: .init(backend: .linkModel(model, wrapping: inner)))
-            h = try engine.registerHostMemory(host.bytes)
-            vram = try engine.createVRAMPool(size: 4 << 20)
-            ch = try engine.makeChannel()
-            fillPattern(host.bytes, seed: 23)
-        }
-
-        func h2d(_ offset: Int, _ length: Int) throws {
-            try ch.enqueueCopy(from: DMAAddress(region: h, offset: offset), to: vram.address(offset), length: length)
-        }
+    static func rig(_ model: LinkModel = LinkModelBackendTests.slow, inner: CopyBackendKind = .ioUring) throws -> EngineRig {
+        try EngineRig(.init(backend: .linkModel(model, wrapping: inner)), size: 4 << 20, patternSeed: 23)
     }
 
     static func seconds(since start: UInt64) -> Double { Double(LinkModelBackend.now() - start) / 1e9 }
 
     @Test(arguments: [CopyBackendKind.ioUring, .memcpy])
     func batchesWaitForBandwidthAndLatency(_ inner: CopyBackendKind) throws {
-        let rig = try Rig(inner: inner)
+        let rig = try Self.rig(inner: inner)
         defer { rig.engine.shutdown() }
         #expect(rig.ch.backendName == "link(\(inner))")
         let start = LinkModelBackend.now()
@@ -54,7 +37,7 @@ import Testing
     }
 
     @Test func fencesSignalInSubmitOrderWhateverTheirDeadlines() throws {
-        let rig = try Rig()
+        let rig = try Self.rig()
         defer { rig.engine.shutdown() }
         let order = NIOLockedValueBox<[UInt64]>([])
         var fences: [Fence] = []
@@ -77,7 +60,7 @@ import Testing
     }
 
     @Test func deviceLocalWorkIsNotHeldAndShutdownCancelsHolds() throws {
-        let rig = try Rig(LinkModel(bytesPerSecond: 1e3, latency: .seconds(3600)))
+        let rig = try Self.rig(LinkModel(bytesPerSecond: 1e3, latency: .seconds(3600)))
         let other = try rig.engine.createVRAMPool(size: 1 << 20)
         try rig.ch.enqueueCopy(from: rig.vram.address(0), to: other.address(0), length: 1 << 20)
         try rig.ch.enqueueFill(rig.vram.address(0), length: 4096)
@@ -100,5 +83,13 @@ import Testing
         #expect(throws: DMAError.invalidArgument("link latency must not be negative (got -1.0 seconds)")) { try engine.makeChannel() }
         engine.shutdown()
         #expect(LinkModel.pcie4.description == "26 GB/s + 2 µs")
+    }
+}
+
+private extension EngineRig {
+    var link: LinkModelBackend { ch.backend as! LinkModelBackend }
+
+    func h2d(_ offset: Int, _ length: Int) throws {
+        try ch.enqueueCopy(from: DMAAddress(region: h, offset: offset), to: vram.address(offset), length: length)
     }
 }

@@ -24,6 +24,28 @@ func fillPattern(_ bytes: UnsafeMutableRawBufferPointer, seed: UInt64) {
 
 func same(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ n: Int) -> Bool { memcmp(a, b, n) == 0 }
 
+/// The suites' common rig: an engine with `size` bytes of registered host memory (filled
+/// with the pattern of `patternSeed`, if given), a VRAM pool of the same size and one channel.
+struct EngineRig {
+    let engine: DMAEngine
+    let host: HostBuffer
+    let h: RegionID
+    let vram: VRAMPool
+    let ch: DMAChannel
+
+    init(_ configuration: DMAEngine.Configuration, size: Int = 1 << 20, patternSeed: UInt64? = nil) throws {
+        engine = try DMAEngine(configuration: configuration)
+        host = HostBuffer(size)
+        h = try engine.registerHostMemory(host.bytes)
+        vram = try engine.createVRAMPool(size: size)
+        ch = try engine.makeChannel()
+        if let patternSeed { fillPattern(host.bytes, seed: patternSeed) }
+    }
+
+    /// Page `page` of the host memory.
+    func host(_ page: Int) -> DMAAddress { DMAAddress(region: h, offset: page * 4096) }
+}
+
 /// The backends every data test runs on.
 enum BackendUnderTest: String, CaseIterable, CustomTestStringConvertible, Sendable {
     case iouring, iouringNoCoalesce, memcpy, mapped, faultyIouringClean
