@@ -1,0 +1,37 @@
+import Testing
+@testable import dmem_bench
+
+/// The `migrate` record's per-batch breakdown describes range A's migration to VRAM, the
+/// phase `to_device_gbps` times, and nothing else.
+@Suite struct MigrateRecordTests {
+    /// Each `<step>_us_per_batch` × A's batches is the sum of that step's spans inside the
+    /// bench's "migrate to VRAM" span. Range B, migrated into the reused VRAM before the
+    /// teardown, once landed in the same totals and doubled every figure.
+    @Test(arguments: ["iouring", "memcpy"])
+    func perBatchStepsCountRangeAOnly(backend: String) throws {
+        var o = MigrateOptions()
+        o.totalBytes = 8 << 20
+        o.batchPages = 128
+        o.backend = try #require(MigrateOptions.Backend(rawValue: backend))
+        let recorder = TraceRecorder(capacity: 1 << 16)
+        let r = try MigrateRun.measure(o, trace: recorder.process("migrate"), progress: { _ in })
+        #expect(recorder.droppedEvents == 0)
+        let events = recorder.events()
+        let phase = try #require(events.first { $0.phase == .complete && $0.name.description == "migrate to VRAM" })
+        let batches = Double(o.totalBytes / 4096 / o.batchPages)
+        for (key, span) in [("setup", "setup"), ("pages", "migrate_vma_pages"), ("fence_wait", "fence wait"), ("finalize", "finalize")] {
+            let inA = events.filter {
+                $0.phase == .complete && $0.name.description == span
+                    && $0.timestamp >= phase.timestamp && $0.timestamp + $0.duration <= phase.timestamp + phase.duration
+            }
+            #expect(Double(inA.count) == batches, "\(span) spans in A")
+            let traced = Double(inA.reduce(0) { $0 + $1.duration }) / 1e3
+            guard case .double(let perBatch)? = r["\(key)_us_per_batch"] else {
+                Issue.record("\(key)_us_per_batch missing")
+                continue
+            }
+            let reported = perBatch * batches
+            #expect(abs(reported - traced) <= 0.05 * traced + 1, "\(key): reported \(reported) µs, traced \(traced) µs")
+        }
+    }
+}
