@@ -34,4 +34,24 @@ import Testing
             #expect(abs(reported - traced) <= 0.05 * traced + 1, "\(key): reported \(reported) µs, traced \(traced) µs")
         }
     }
+
+    /// The copy engine alone runs the run's backend at the run's depth on cleared VRAM and
+    /// is checked byte for byte (a pass that copied nothing would fail the run); its figures
+    /// are in the record.
+    @Test(arguments: [("iouring", 1), ("mapped", 2), ("memcpy", 3)])
+    func theEngineAlonePassIsVerifiedAndReported(backend: String, pipeline: Int) throws {
+        var o = MigrateOptions()
+        o.totalBytes = 4 << 20
+        o.batchPages = 64
+        o.pipeline = pipeline
+        o.backend = try #require(MigrateOptions.Backend(rawValue: backend))
+        let recorder = TraceRecorder(capacity: 1 << 16)
+        let r = try MigrateRun.measure(o, trace: recorder.process("migrate"), progress: { _ in })
+        #expect(r["verified"] == .bool(true))
+        #expect(recorder.events().contains { $0.phase == .complete && $0.name.description == "copy engine alone" })
+        for key in ["engine_gbps", "ratio_engine", "driver_us_per_batch"] {
+            guard case .double(let v)? = r[key] else { Issue.record("\(key) missing"); continue }
+            #expect(v.isFinite, "\(key)")
+        }
+    }
 }

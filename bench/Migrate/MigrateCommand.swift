@@ -9,6 +9,8 @@ struct MigrateCommand: ParsableCommand {
         discussion: """
             Every byte is verified after each phase; memcpy_gbps is a plain memcpy of the same pages into \
             VRAM's mapping in the same run, and ratio_to_device = to_device_gbps / memcpy_gbps. \
+            ratio_engine is the copy engine alone (same bytes, batches, depth and backend, no migrate_vma \
+            step): the ceiling ratio_to_device can reach; driver_us_per_batch is what the driver adds. \
             fault_p50_us/fault_p99_us are CPU reads that faulted (one page each unless --fault-around). \
             The same run is `dmem-bench run migrate` (sweeps, repeats, --trace).
             """
@@ -67,7 +69,7 @@ struct MigrateCommand: ParsableCommand {
         var report = ScenarioReport(scenario: "migrate")
         report.runs = [record]
         print(json ? report.json : report.table(columns: [
-            "bytes", "batch_pages", "pipeline", "fault_around", "backend", "fault_backend", "to_device_gbps", "memcpy_gbps", "ratio_to_device",
+            "bytes", "batch_pages", "pipeline", "fault_around", "backend", "fault_backend", "to_device_gbps", "memcpy_gbps", "ratio_to_device", "ratio_engine",
             "to_ram_fault_gbps", "evict_gbps", "faults", "fault_p50_us", "fault_p99_us", "verified",
         ]))
     }

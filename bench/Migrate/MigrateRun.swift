@@ -9,7 +9,8 @@ import HostMM
 ///
 /// 1. range A (`total` bytes of anonymous memory, every page stamped) is copied with a
 ///    plain memcpy into VRAM's CPU mapping, page by page on one thread — the same-run
-///    ceiling (`memcpy_gbps`, the median of three passes);
+///    ceiling (`memcpy_gbps`, the median of three passes); then through the copy engine
+///    alone, batched and pipelined like the migration (`engine_gbps`, `ratio_engine`);
 /// 2. A migrates to VRAM (`to_device_gbps`), checked through GPU reads;
 /// 3. A is read back by the CPU page by page, each device page faulting to RAM
 ///    (`to_ram_fault_gbps`; each faulting read is a latency sample: `fault_p50_us` …);
@@ -74,6 +75,8 @@ final class MigrateRun {
         try track.span("stamp A") { try pattern.fill(mm, a, pages: o.pages, first: 0) }
         progress("memcpy baseline")
         let memcpySeconds = track.span("memcpy baseline") { baseline() }
+        progress("copy engine alone")
+        let engineSeconds = try track.span("copy engine alone") { try engineAlone() }
         let (toDeviceSeconds, batches) = try toDevice()
         // Range A's batches only: range B migrates to VRAM again below, and its batches
         // would land in the same totals.
@@ -105,6 +108,9 @@ final class MigrateRun {
         r.set("to_device_reused_gbps", gb / reuseSeconds)
         r.set("memcpy_gbps", gb / memcpySeconds)
         r.set("ratio_to_device", memcpySeconds / toDeviceSeconds)
+        r.set("engine_gbps", gb / engineSeconds)
+        r.set("ratio_engine", memcpySeconds / engineSeconds)
+        r.set("driver_us_per_batch", (toDeviceSeconds - engineSeconds) * 1e6 / Double(max(batches, 1)))
         r.set("ratio_to_ram_fault", memcpySeconds / readSeconds)
         r.set("ratio_evict", (Double(evictedBytes) / 1e9 / evictSeconds) / (gb / memcpySeconds))
         r.set("ratio_to_device_reused", memcpySeconds / reuseSeconds)
@@ -141,6 +147,49 @@ final class MigrateRun {
                 memcpy(pools[offset / poolSize].mapping.baseAddress! + offset % poolSize, sources[p], 4096)
             }
             passes.append(MonotonicClock.seconds(since: t))
+        }
+        return passes.sorted()[1]
+    }
+
+    /// The copy engine alone: A's frames into the bytes of VRAM the baseline wrote, in
+    /// batches of `batchPages` with `pipeline` fences in flight, on a channel of the run's
+    /// backend; returns the median seconds of three passes. No migrate_vma step and no
+    /// device page allocation: the ceiling `ratio_to_device` can reach with this backend
+    /// and depth, so `driver_us_per_batch` is what the driver adds to it. VRAM is cleared
+    /// first and the pattern checked after.
+    private func engineAlone() throws -> Double {
+        let channel: DMAChannel
+        do { channel = try gpu.engine.makeChannel(name: "bench-engine", backend: o.backend.kind(workers: o.workers)) } catch {
+            throw Self.failure("cannot create a channel: \(error)")
+        }
+        let pools = gpu.vram.pools
+        let poolSize = pools[0].size
+        func vram(_ p: Int) -> (pool: VRAMPool, offset: Int) { (pools[p * 4096 / poolSize], p * 4096 % poolSize) }
+        var frames: [PFN] = []
+        frames.reserveCapacity(o.pages)
+        for p in 0..<o.pages { frames.append(mm.pageTableEntry(a + UInt64(p * 4096)).pfn) }
+        for pool in pools { memset(pool.mapping.baseAddress!, 0, pool.size) }   // what the baseline wrote
+        var passes: [Double] = []
+        for _ in 0..<3 {
+            var inFlight: [Fence] = []
+            let t = MonotonicClock.now()
+            do {
+                for first in stride(from: 0, to: o.pages, by: o.batchPages) {
+                    for p in first..<min(first + o.batchPages, o.pages) {
+                        let (pool, offset) = vram(p)
+                        try channel.enqueueCopy(from: DMAAddress(region: gpu.hostRegion, offset: Int(frames[p].rawValue) * 4096),
+                                                to: pool.address(offset), length: 4096)
+                    }
+                    inFlight.append(try channel.submit())
+                    if inFlight.count == o.pipeline { try inFlight.removeFirst().wait() }
+                }
+                for fence in inFlight { try fence.wait() }
+            } catch { throw Self.failure("copy engine alone: \(error)") }
+            passes.append(MonotonicClock.seconds(since: t))
+        }
+        try pattern.verify(pages: o.pages, first: 0, what: "copy engine alone") { p, buffer in
+            let (pool, offset) = vram(p)
+            buffer.copyMemory(from: UnsafeRawBufferPointer(start: pool.mapping.baseAddress! + offset, count: 4096))
         }
         return passes.sorted()[1]
     }

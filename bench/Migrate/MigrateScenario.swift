@@ -24,7 +24,7 @@ struct MigrateScenario: BenchScenario {
         .init("checked", .choice(["off", "on"]), default: "off", help: "checked mode (protocol sanitizer) on the run's memory"),
     ]
     let quickParameters = ["total": "16M"]
-    let summaryFields = ["faults", "backend", "setup_us_per_batch", "fence_wait_us_per_batch"]
+    let summaryFields = ["faults", "backend", "ratio_engine", "driver_us_per_batch", "fence_wait_us_per_batch"]
     let caseFields: [String] = []
 
     func run(_ parameters: ScenarioParameters, context: ScenarioContext) throws -> [RunRecord] {

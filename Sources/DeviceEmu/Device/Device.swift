@@ -87,7 +87,9 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     let reverseMappings: ReverseMappings?
     /// Checked mode only: the engine's in-flight copies, by PFN (registered with the checker).
     let copyOracle: EngineCopyOracle?
-    let hostRegion: RegionID
+    /// System RAM as the copy engine sees it (offset = PFN × page size): the region the
+    /// driver's copies from and to RAM name, for copies of your own on `engine`.
+    public let hostRegion: RegionID
     let channels: ChannelPool
     /// Channels for CPU faults (the same pool as `channels` unless `faultBackend` is set).
     let faultChannels: ChannelPool
