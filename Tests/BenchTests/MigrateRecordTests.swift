@@ -49,9 +49,16 @@ import Testing
         let r = try MigrateRun.measure(o, trace: recorder.process("migrate"), progress: { _ in })
         #expect(r["verified"] == .bool(true))
         #expect(recorder.events().contains { $0.phase == .complete && $0.name.description == "copy engine alone" })
-        for key in ["engine_gbps", "ratio_engine", "driver_us_per_batch"] {
+        for key in ["engine_gbps", "ratio_engine"] {
             guard case .double(let v)? = r[key] else { Issue.record("\(key) missing"); continue }
-            #expect(v.isFinite, "\(key)")
+            #expect(v.isFinite && v > 0, "\(key)")
         }
+        // The driver's own time per batch: inside the batch's share of the phase, never below zero.
+        guard case .double(let driver)? = r["driver_us_per_batch"], case .double(let gbps)? = r["to_device_gbps"] else {
+            Issue.record("driver_us_per_batch or to_device_gbps missing")
+            return
+        }
+        let phasePerBatch = Double(o.totalBytes) / 1e3 / gbps / Double(o.totalBytes / 4096 / o.batchPages)
+        #expect(driver >= 0 && driver <= phasePerBatch, "\(driver) µs of \(phasePerBatch) µs per batch")
     }
 }
