@@ -28,7 +28,7 @@ import Testing
         let deadline = ContinuousClock.now + .seconds(2)
         while ContinuousClock.now < deadline {
             _ = try gpu.bind(mm)
-            try? gpu.migrateToDevice(mm, range: a ..< a + UInt64(64 * pageSize))
+            _ = try? gpu.migrateToDevice(mm, range: a ..< a + UInt64(64 * pageSize))
             gpu.unbind(mm)
             rounds += 1
         }

@@ -1,4 +1,4 @@
-public import HostMM
+import HostMM
 
 /// Consistency checks of a device at a quiescent moment (no migration, fault or GPU
 /// access in progress), for the bad-input suite and the torture run.
