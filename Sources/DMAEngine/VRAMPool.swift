@@ -149,8 +149,14 @@ public final class VRAMPool: @unchecked Sendable {
     /// Through the advised mapping (`MADV_POPULATE_WRITE`) where the kernel would then
     /// use huge pages, so the page cache holds 2 MiB folios; otherwise (and on kernels
     /// before 5.14) with `fallocate` on each file.
+    ///
+    /// Refuses (ENOMEM) a pool larger than 90 % of `MemAvailable`: populated shmem cannot
+    /// be reclaimed, and the OOM killer would pick a victim instead of failing this call.
     private static func populate(base: UnsafeMutableRawPointer, mapped: Int, files: [FileDescriptor], sizes: [Int],
                                  layout: Layout) throws(DMAError) {
+        if let available = SystemMemory.available(), mapped > SystemMemory.usable(of: available) {
+            throw .system(.noMemory, operation: "populating a VRAM pool of \(mapped >> 20) MiB (MemAvailable \(available >> 20) MiB; use a smaller VRAM size, or populate: false for a sparse pool)")
+        }
         if layout.hugePages, layout.directory != nil || ShmemHugePages.current.honoursAdvice {
             if madvise(base, mapped, cu_madv_populate_write()) == 0 { return }
             let e = Glibc.errno

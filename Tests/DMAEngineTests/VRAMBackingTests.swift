@@ -88,6 +88,34 @@ import Testing
         #expect(try engine.createVRAMPool(size: 4 << 20).size == 4 << 20, "the engine is unharmed")
     }
 
+    /// A populated pool larger than the machine can give throws ENOMEM before a page is
+    /// allocated (the OOM killer would otherwise pick a victim); a sparse one is not refused.
+    @Test func populatedPoolsBeyondAvailableMemoryAreRefused() throws {
+        let available = try #require(SystemMemory.available())
+        let engine = try DMAEngine(configuration: .init(backend: .memcpy))
+        defer { engine.shutdown() }
+        let size = (2 * available / (2 << 20) + 1) * (2 << 20)   // twice: nothing running beside can free that much
+        #expect {
+            try engine.createVRAMPool(size: size)
+        } throws: { error in
+            guard case .system(let e, let operation)? = error as? DMAError else { return false }
+            return e == .noMemory && operation.contains("MemAvailable")
+        }
+        let sparse = try engine.createVRAMPool(size: size, layout: .init(populate: false))
+        try engine.unregister(sparse.region)
+        #expect(try engine.createVRAMPool(size: 4 << 20).size == 4 << 20, "the engine is unharmed")
+    }
+
+    @Test func memAvailableIsReadInBytes() {
+        let text = "MemTotal:       24684084 kB\nMemFree:         1234 kB\nMemAvailable:   20000000 kB\nBuffers: 1 kB\n"
+        #expect(SystemMemory.parseAvailable(text) == 20_000_000 * 1024)
+        #expect(SystemMemory.parseAvailable("MemTotal: 5 kB\n") == nil)
+        #expect(SystemMemory.parseAvailable("MemAvailable: lots kB\n") == nil)
+        #expect(SystemMemory.parseAvailable("MemAvailable: 5 MB\n") == nil)
+        #expect(SystemMemory.parseAvailable("MemAvailable: \(Int.max) kB\n") == Int.max)
+        #expect(SystemMemory.usable(of: 1000) == 900)
+    }
+
     @Test func shmemSettingIsTheBracketedWord() {
         #expect(ShmemHugePages.parse("always within_size advise [never] deny force\n") == .never)
         #expect(ShmemHugePages.parse("always within_size [advise] never deny force") == .advise)

@@ -21,6 +21,10 @@ enum CopyScenario {
     /// Runs every (direction × coalesce) combination of `options`; one record per combination.
     static func run(_ options: CopyOptions, context: ScenarioContext = ScenarioContext()) throws -> [RunRecord] {
         try validate(options)
+        var budget = MemoryBudget()
+        budget.add("host memory", max(options.hostBytes ?? 4 * options.totalBytes, options.totalBytes))
+        budget.add("two VRAM pools", 2 * options.totalBytes)
+        try budget.check("copy")
         let track = context.trace?.track("copy")
         context.progress("preparing \(ByteCount(options.totalBytes)) of scattered pages")
         let world = try track.span("setup") { try CopyWorld(options) }

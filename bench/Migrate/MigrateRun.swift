@@ -35,6 +35,10 @@ final class MigrateRun {
     /// Runs every phase; returns the record.
     static func measure(_ o: MigrateOptions, trace: TraceProcess?, progress: @escaping (String) -> Void) throws -> RunRecord {
         if let problem = o.problem { throw failure(problem) }
+        var budget = MemoryBudget()
+        budget.add("VRAM", o.totalBytes)
+        budget.add("two stamped ranges", 2 * o.totalBytes)
+        try budget.check("migrate")
         let run = try MigrateRun(o, trace: trace, progress: progress)
         defer { try? run.gpu.shutdown() }
         return try run.record()
@@ -57,7 +61,7 @@ final class MigrateRun {
         config.vramLayout.directory = o.vramDirectory
         config.fixedBuffers = o.fixedBuffers
         do { gpu = try Device(memory: memory, configuration: config) } catch {
-            throw Self.failure("cannot create the device: \(error)\(o.backend == .iouring ? " (try backend memcpy)" : "")")
+            throw Self.failure("cannot create the device: \(error)")   // an io_uring setup error says how to fall back
         }
         mm = AddressSpace(memory: memory)
         do {

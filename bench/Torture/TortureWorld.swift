@@ -24,6 +24,10 @@ final class TortureWorld: @unchecked Sendable {
     init(_ o: TortureOptions) throws {
         options = o
         let pages = o.threads * o.pagesPerThread
+        var budget = MemoryBudget()
+        budget.add("VRAM", o.vramBytes)
+        budget.add("emulated RAM", (64 << 20) + 3 * pages * pageSize)
+        do { try budget.check("torture", option: "--vram or --pages-per-thread") } catch { throw TortureFailure(error.message) }
         do {
             // Parents, forked children's copies, and migration destinations in flight.
             memory = try PhysicalMemory(ramBytes: (64 << 20) + 3 * pages * pageSize,
@@ -40,7 +44,7 @@ final class TortureWorld: @unchecked Sendable {
         c.fixedBuffers = o.fixedBuffers
         c.faultBackend = o.backend
         do { gpu = try Device(memory: memory, configuration: c) } catch {
-            throw TortureFailure("cannot create the device: \(error) (io_uring unavailable?)")
+            throw TortureFailure("cannot create the device: \(error)")   // an io_uring setup error says how to fall back
         }
         freeRAMAtStart = memory.freeRAMPageCount
     }
