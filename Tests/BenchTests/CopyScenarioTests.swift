@@ -83,6 +83,21 @@ import Testing
         }
     }
 
+    @Test func refusesAZeroPageAndHostMemorySmallerThanAPass() {
+        var o = CopyOptions()
+        o.pageSize = 0
+        #expect(throws: ScenarioError(scenario: "copy", message: "page-size must be positive")) { try CopyScenario.validate(o) }
+        o = CopyOptions()
+        o.totalBytes = 1 << 20
+        o.hostBytes = 1024
+        #expect(throws: ScenarioError(scenario: "copy",
+                                      message: "host-memory 1K is smaller than total 1M: the frames of one pass must fit in it")) {
+            try CopyScenario.validate(o)
+        }
+        o.hostBytes = 1 << 20
+        #expect(throws: Never.self) { try CopyScenario.validate(o) }
+    }
+
     @Test func tracesSetupPassesAndBatchesPerChannel() throws {
         let recorder = TraceRecorder(capacity: 4096)
         _ = try run(Self.tiny + [("direction", "h2d")], trace: recorder.process("copy"))

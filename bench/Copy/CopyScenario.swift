@@ -41,7 +41,8 @@ enum CopyScenario {
     }
 
     static func validate(_ o: CopyOptions) throws(ScenarioError) {
-        guard o.pageSize > 0, o.totalBytes >= o.pageSize, o.totalBytes % o.pageSize == 0 else {
+        guard o.pageSize > 0 else { throw error("page-size must be positive") }
+        guard o.totalBytes >= o.pageSize, o.totalBytes % o.pageSize == 0 else {
             throw error("total \(ByteCount(o.totalBytes)) must be a positive multiple of page-size \(ByteCount(o.pageSize))")
         }
         guard o.batchPages >= 1, o.queueDepth >= 1, o.channels >= 1, o.repeats >= 1, o.inflightBatches >= 1 else {
@@ -51,6 +52,9 @@ enum CopyScenario {
             throw error("the copy scenario measures h2d, d2h and d2d")
         }
         guard !o.coalesce.isEmpty else { throw error("coalesce needs on, off or both") }
+        if let host = o.hostBytes, host < o.totalBytes {
+            throw error("host-memory \(ByteCount(host)) is smaller than total \(ByteCount(o.totalBytes)): the frames of one pass must fit in it")
+        }
     }
 
     static func error(_ message: String) -> ScenarioError { ScenarioError(scenario: "copy", message: message) }
