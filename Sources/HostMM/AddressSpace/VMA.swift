@@ -49,6 +49,10 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     public internal(set) var isAttached = true
     /// The owning mm's page table, held strongly so rmap walkers reach it without the mm.
     let pageTable: PageTable
+    /// The owning mm's notifier subscriptions, held strongly for the same reason: a walk
+    /// invalidating page by page must not load the weak `mm` each time. An mm that went
+    /// away has no intervals left, so invalidating through it is a no-op.
+    let notifiers: MMUNotifierSubscriptions
 
     init(mm: AddressSpace, start: UInt64, end: UInt64, pgoff: UInt64, flags: VMAFlags,
          anonRoot: MappingRoot?, file: PageCacheFile?) {
@@ -61,6 +65,7 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
         self.anonRoot = anonRoot
         self.file = file
         self.pageTable = mm.pageTable
+        self.notifiers = mm.notifiers
     }
 
     /// `vma_is_anonymous()`: private anonymous memory (no `vm_ops`). Only such VMAs get

@@ -32,6 +32,7 @@ extension PhysicalMemory {
     func migrateDeviceUnmap(_ src: UnsafeMutableBufferPointer<MigratePFN>, _ npages: Int, faultPage: PFN?) -> Int {
         var restore = 0
         var unmapped = 0
+        var walk = RootCache()   // consecutive pages of one mapping root: one root lookup
         for i in 0..<npages {
             guard let page = src[i].page else {
                 if src[i].contains(.migrate) { unmapped += 1 }
@@ -46,7 +47,7 @@ extension PhysicalMemory {
                 }
                 putPage(page)   // the collect reference; isolation now holds one
             }
-            if isMapped(page) { tryToMigrate(page) }
+            if isMapped(page) { tryToMigrate(page, cache: &walk) }
             if isMapped(page) || !migrateCheckPage(page, faultPage: faultPage) {
                 if !device {
                     getPage(page)
@@ -72,15 +73,10 @@ extension PhysicalMemory {
 
     /// `try_to_migrate`: replace every remaining mapping of a locked page with a
     /// migration entry (pages shared after fork, device pages found by PFN).
-    func tryToMigrate(_ page: PFN) {
-        var cache = RootCache()
+    func tryToMigrate(_ page: PFN, cache: inout RootCache) {
         rmapWalk(page, cache: &cache) { vma, address in
-            if let mm = vma.mm {
-                mm.notifiers.invalidating(address, address + UInt64(pageSize), .clear) {
-                    tryToMigrateOne(page, vma, address)
-                }
-            } else {
-                tryToMigrateOne(page, vma, address)   // the address space is being torn down
+            vma.notifiers.invalidating(address, address + UInt64(pageSize), .clear) {
+                tryToMigrateOne(page, vma, address)
             }
             return isMapped(page)
         }

@@ -58,17 +58,35 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
     }
 
     /// `mmu_notifier_invalidate_range_start()` for interval subscribers.
+    ///
+    /// Runs once per page on eviction and unmap paths, so it allocates nothing: the hit
+    /// intervals are gathered unretained on the stack. That is safe because `remove` of an
+    /// interval this invalidation hit waits for the sequence to move on, which it does only
+    /// after `invalidateEnd` (the kernel's interval tree walk relies on the same).
     func invalidateStart(_ range: MMUNotifierRange) {
-        let (hit, seq): ([MMUIntervalNotifier], UInt64) = lock.withLock {
-            activeInvalidations += 1
-            invalidations += 1
-            guard !intervals.isEmpty else { return ([], invalidateSeq) }
-            let hit = intervals.filter { $0.start < range.end && range.start < $0.end }
-            if !hit.isEmpty { invalidateSeq |= 1 }
-            return (hit, invalidateSeq)
+        lock.lock()
+        activeInvalidations += 1
+        invalidations += 1
+        let count = intervals.count
+        guard count > 0 else {
+            lock.unlock()
+            return
         }
-        for n in hit {
-            _ = n.ops.invalidate(n, range: range, currentSequence: seq)
+        withUnsafeTemporaryAllocation(of: Unmanaged<MMUIntervalNotifier>.self, capacity: count) { hits in
+            var n = 0
+            for k in 0..<count {
+                let interval = intervals[k]
+                if interval.start < range.end && range.start < interval.end {
+                    hits.initializeElement(at: n, to: .passUnretained(interval))
+                    n += 1
+                }
+            }
+            if n > 0 { invalidateSeq |= 1 }
+            let seq = invalidateSeq
+            lock.unlock()
+            for k in 0..<n {
+                hits[k]._withUnsafeGuaranteedRef { _ = $0.ops.invalidate($0, range: range, currentSequence: seq) }
+            }
         }
     }
 
