@@ -1,3 +1,5 @@
+import Dispatch
+import Foundation
 import NIOConcurrencyHelpers
 import Testing
 @testable import HostMM
@@ -77,6 +79,43 @@ final class RecordingMirror: MMUIntervalNotifierOps, @unchecked Sendable {
         try other.migrateToDevice(mm, a + UInt64(pageSize), a + UInt64(2 * pageSize))
         #expect(mirror.acted.withLockedValue { $0 } >= 1)
         #expect(notifier.readRetry(seq))
+    }
+
+    /// `mmu_interval_notifier_remove` of an interval an invalidation is calling waits for
+    /// that invalidation to end; the subscriptions call their hits without holding a reference,
+    /// so returning early would let the caller free a notifier in use.
+    @Test func removeWaitsForTheInvalidationCallingIt() throws {
+        final class Blocking: MMUIntervalNotifierOps, @unchecked Sendable {
+            let entered = DispatchSemaphore(value: 0)
+            let release = DispatchSemaphore(value: 0)
+            let finished = NIOLockedValueBox(false)
+            func invalidate(_ notifier: MMUIntervalNotifier, range: MMUNotifierRange, currentSequence: UInt64) -> Bool {
+                entered.signal()
+                release.wait()
+                notifier.setSequence(currentSequence)
+                finished.withLockedValue { $0 = true }
+                return true
+            }
+        }
+        let mm = AddressSpace(memory: try makeMemory())
+        let a = try mm.mmap(length: 4 * pageSize)
+        try mm.touch(a, length: 4 * pageSize, write: true)
+        let ops = Blocking()
+        let n = try mm.notifiers.insert(start: a, length: UInt64(4 * pageSize), ops: ops)
+        let unmapper = Thread { try? mm.munmap(a, length: 4 * pageSize) }
+        unmapper.start()
+        ops.entered.wait()
+        let removed = NIOLockedValueBox(false)
+        let remover = Thread {
+            n.remove()
+            removed.withLockedValue { $0 = true }
+        }
+        remover.start()
+        usleep(20_000)
+        #expect(!removed.withLockedValue { $0 }, "remove returned while the invalidation was calling its notifier")
+        ops.release.signal()
+        while !remover.isFinished || !unmapper.isFinished { usleep(1000) }
+        #expect(removed.withLockedValue { $0 } && ops.finished.withLockedValue { $0 })
     }
 
     @Test func removedNotifierIsNotCalledAgain() throws {
