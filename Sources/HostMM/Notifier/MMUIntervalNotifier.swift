@@ -1,4 +1,5 @@
 import NIOConcurrencyHelpers
+import Synchronization
 
 /// A driver's callback for invalidations overlapping its interval
 /// (`struct mmu_interval_notifier_ops`).
@@ -26,10 +27,11 @@ public final class MMUIntervalNotifier: @unchecked Sendable {
     /// space is gone (after its `exit`, which every notifier sees as `.release`), the
     /// notifier is inert: nothing can invalidate it any more.
     weak let subscriptions: MMUNotifierSubscriptions?
-    /// Guarded by `subscriptions.lock` for writes from the mm side; `setSequence` writes
-    /// it from inside `invalidate`, as `WRITE_ONCE` in the kernel. Unguarded once the
-    /// subscriptions are gone (no writer is left then).
-    var invalidateSeq: UInt64
+    /// `mni->invalidate_seq`: written by `insert` under `subscriptions.lock` and by
+    /// `setSequence` from inside `invalidate` (`WRITE_ONCE` in the kernel), read by
+    /// `readRetry` under the driver's lock (`READ_ONCE`). No lock of its own: `setSequence`
+    /// runs once per invalidated page on eviction and unmap paths.
+    let invalidateSeq: Synchronization.Atomic<UInt64>
     var isInserted = true
 
     init(start: UInt64, end: UInt64, ops: any MMUIntervalNotifierOps,
@@ -38,7 +40,7 @@ public final class MMUIntervalNotifier: @unchecked Sendable {
         self.end = end
         self.ops = ops
         self.subscriptions = subscriptions
-        self.invalidateSeq = seq
+        self.invalidateSeq = Synchronization.Atomic(seq)
     }
 
     /// The address space watched; nil once it has been deallocated (a driver that kept
@@ -48,20 +50,18 @@ public final class MMUIntervalNotifier: @unchecked Sendable {
 
     /// `mmu_interval_read_begin()`: a sequence number for a new snapshot; waits first if
     /// an invalidation of this interval is in progress.
-    public func readBegin() -> UInt64 { subscriptions?.readBegin(self) ?? invalidateSeq }
+    public func readBegin() -> UInt64 { subscriptions?.readBegin(self) ?? invalidateSeq.load(ordering: .acquiring) }
 
     /// `mmu_interval_read_retry()`: true when an invalidation ran since `readBegin`
     /// returned `sequence` (call under the driver lock that `invalidate` also takes).
-    public func readRetry(_ sequence: UInt64) -> Bool { (subscriptions?.sequence(of: self) ?? invalidateSeq) != sequence }
+    public func readRetry(_ sequence: UInt64) -> Bool { invalidateSeq.load(ordering: .acquiring) != sequence }
 
     /// `mmu_interval_check_retry()`: the same test, usable without the driver lock as an
     /// early-out (`hmm_range_fault` calls it).
     public func checkRetry(_ sequence: UInt64) -> Bool { readRetry(sequence) }
 
     /// `mmu_interval_set_seq()`: called by `invalidate` with `currentSequence`.
-    public func setSequence(_ sequence: UInt64) {
-        if let subscriptions { subscriptions.setSequence(self, sequence) } else { invalidateSeq = sequence }
-    }
+    public func setSequence(_ sequence: UInt64) { invalidateSeq.store(sequence, ordering: .releasing) }
 
     /// `mmu_interval_notifier_remove()`: after it returns, `invalidate` is not running
     /// and will not be called again. Must not be called from `invalidate`. A no-op once

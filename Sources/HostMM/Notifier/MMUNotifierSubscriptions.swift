@@ -35,11 +35,12 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
         }
     }
 
-    func sequence(of n: MMUIntervalNotifier) -> UInt64 { lock.withLock { n.invalidateSeq } }
-    func setSequence(_ n: MMUIntervalNotifier, _ seq: UInt64) { lock.withLock { n.invalidateSeq = seq } }
 
     func readBegin(_ n: MMUIntervalNotifier) -> UInt64 {
-        let (seq, busy) = lock.withLock { (n.invalidateSeq, n.invalidateSeq == invalidateSeq) }
+        let (seq, busy) = lock.withLock { () -> (UInt64, Bool) in
+            let seq = n.invalidateSeq.load(ordering: .acquiring)
+            return (seq, seq == invalidateSeq)
+        }
         if busy {
             waiters.wait(until: { lock.withLock { invalidateSeq != seq } })
         }
