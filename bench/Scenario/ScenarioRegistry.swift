@@ -16,6 +16,7 @@ struct ScenarioRegistry: Sendable {
         CopyBenchScenario(),
         MMBenchScenario(),
         MigrateScenario(),
+        ThrashScenario(),
         TortureScenario(),
     ])
 

@@ -1,0 +1,62 @@
+import Testing
+@testable import dmem_bench
+
+/// The `thrash` scenario: GPU writes then CPU reads of one working set per round. Its
+/// counts follow from the policies exactly, and every round's bytes are verified.
+@Suite struct ThrashScenarioTests {
+    let scenario = ThrashScenario()
+
+    func run(_ overrides: [(key: String, value: String)]) throws -> RunRecord {
+        let parameters = try ScenarioParameters(for: scenario, overrides: [("backend", "memcpy")] + overrides)
+        let records = try scenario.run(parameters, context: ScenarioContext())
+        try #require(records.count == 1)
+        #expect(records[0]["verified"] == .bool(true))
+        return records[0]
+    }
+
+    /// Migrating windows: each round one GPU fault per window moves the whole set to VRAM,
+    /// and one CPU fault per page (or per fault-around window) brings it back.
+    @Test func migrationPolicyCountsFollowTheWindows() throws {
+        let r = try run([("pages", "256"), ("rounds", "3"), ("window", "16")])
+        #expect(r["gpu_faults"] == .int(3 * 16))
+        #expect(r["cpu_faults"] == .int(3 * 256))
+        #expect(r["pages_to_device"] == .int(3 * 256) && r["pages_to_ram"] == .int(3 * 256))
+        #expect(r["residency_waits"] == .int(0))
+        let around = try run([("pages", "256"), ("rounds", "3"), ("window", "16"), ("fault-around", "16")])
+        #expect(around["cpu_faults"] == .int(3 * 16))
+        #expect(around["pages_to_ram"] == .int(3 * 256))
+    }
+
+    /// Mapping system memory: only the first round faults (one per window); nothing moves.
+    @Test func mappingPolicyFaultsOnceAndMovesNothing() throws {
+        let r = try run([("pages", "256"), ("rounds", "3"), ("window", "16"), ("gpu-fault", "map")])
+        #expect(r["gpu_faults"] == .int(16))
+        #expect(r["cpu_faults"] == .int(0))
+        #expect(r["pages_to_device"] == .int(0) && r["pages_to_ram"] == .int(0))
+    }
+
+    /// With a minimum residency longer than a round, the CPU meets pages the GPU just
+    /// brought in and waits for them (Xe's timeslice), and the data still verifies.
+    @Test func minimumResidencyMakesTheCPUWait() throws {
+        let r = try run([("pages", "64"), ("rounds", "1"), ("window", "16"), ("residency-ms", "300")])
+        guard case .int(let waits)? = r["residency_waits"] else {
+            Issue.record("no residency_waits")
+            return
+        }
+        #expect(waits >= 1)
+        #expect(r["cpu_faults"] == .int(64))
+    }
+
+    @Test func badOptionsAreRefusedBeforeAnythingRuns() {
+        var o = ThrashOptions()
+        o.pages = 10
+        #expect(throws: ScenarioError(scenario: "thrash", message: "pages must be in 64...262144")) {
+            _ = try ThrashRun.measure(o, trace: nil, progress: { _ in })
+        }
+        #expect(throws: ParameterValueError.self) { _ = try ScenarioParameters(for: scenario, overrides: [("window", "0")]) }
+    }
+
+    @Test func isInTheRegistry() throws {
+        #expect(try ScenarioRegistry.standard.scenario(named: "thrash").name == "thrash")
+    }
+}

@@ -1,0 +1,45 @@
+import DeviceEmu
+
+/// What one `thrash` run does: the working set, the rounds, and the policies compared.
+struct ThrashOptions: Sendable {
+    /// How a GPU fault is resolved (`MigrationPolicy.gpuFault`).
+    enum GPUFault: String, CaseIterable, Sendable {
+        /// Migrate the faulting window to VRAM (nouveau's SVM with migration).
+        case migrate
+        /// Map the system pages of the window (`hmm_range_fault`), leaving them in RAM.
+        case map
+    }
+
+    /// Pages of the working set.
+    var pages = 2048
+    /// Rounds; each one is a GPU write of every page, then a CPU read of every page.
+    var rounds = 20
+    var gpuFault = GPUFault.migrate
+    /// Pages per GPU fault: the migrated or mapped window.
+    var window = 16
+    /// Pages brought back per CPU fault (1 = nouveau's single page).
+    var faultAround = 1
+    /// Minimum residency of a page in VRAM in ms (Xe's anti-thrash timeslice; 0: off).
+    var residencyMilliseconds = 0
+    var backend = MigrateOptions.Backend.iouring
+    var checked = false
+
+    /// The driver policy these options select.
+    var policy: MigrationPolicy {
+        var p = MigrationPolicy()
+        p.gpuFault = gpuFault == .migrate ? .migrateToVRAM(pages: window) : .mapSystemMemory(pages: window)
+        p.cpuFaultGranularity = faultAround > 1 ? .faultAround(pages: faultAround) : .page
+        p.minimumResidency = .milliseconds(residencyMilliseconds)
+        return p
+    }
+
+    /// Why these options cannot run, or nil.
+    var problem: String? {
+        if !(64...(1 << 18)).contains(pages) { return "pages must be in 64...262144" }
+        if !(1...100_000).contains(rounds) { return "rounds must be in 1...100000" }
+        if !(1...512).contains(window) { return "window must be in 1...512" }
+        if !(1...512).contains(faultAround) { return "fault-around must be in 1...512" }
+        if !(0...10_000).contains(residencyMilliseconds) { return "residency-ms must be in 0...10000" }
+        return nil
+    }
+}

@@ -1,0 +1,38 @@
+import DeviceEmu
+
+/// The `thrash` scenario: `dmem-bench run thrash --sweep gpu-fault=migrate,map` compares
+/// how GPU-fault and CPU-fault policies behave when the GPU and the CPU take turns on one
+/// working set. The measuring lives in `ThrashRun`.
+///
+/// Threads: `run` uses the calling thread (and the device's copy-engine threads).
+struct ThrashScenario: BenchScenario {
+    let name = "thrash"
+    let abstract = "GPU writes then CPU reads of one working set, round after round: the cost of each fault policy."
+    let parameters: [ScenarioParameter] = [
+        .init("pages", .size(64...(1 << 18)), default: "2048", help: "pages in the working set (a count; K suffix allowed)"),
+        .init("rounds", .integer(1...100_000), default: "20", help: "rounds of GPU writes then CPU reads"),
+        .init("gpu-fault", .choice(ThrashOptions.GPUFault.allCases.map(\.rawValue)), default: "migrate",
+              help: "a GPU fault migrates its window to VRAM, or maps the system pages"),
+        .init("window", .integer(1...512), default: "16", help: "pages per GPU fault"),
+        .init("fault-around", .integer(1...512), default: "1", help: "pages brought back per CPU fault"),
+        .init("residency-ms", .integer(0...10_000), default: "0", help: "minimum residency in VRAM (Xe's anti-thrash timeslice)"),
+        .init("backend", .choice(MigrateOptions.Backend.allCases.map(\.rawValue)), default: "iouring", help: "copy engine backend"),
+        .init("checked", .choice(["off", "on"]), default: "off", help: "checked mode (protocol sanitizer) on the run's memory"),
+    ]
+    let quickParameters = ["pages": "256", "rounds": "4"]
+    let summaryFields = ["gpu_fault", "us_per_page", "gpu_faults", "cpu_faults", "pages_to_device", "residency_waits"]
+    let caseFields: [String] = []
+
+    func run(_ parameters: ScenarioParameters, context: ScenarioContext) throws -> [RunRecord] {
+        var o = ThrashOptions()
+        o.pages = try parameters.size("pages")
+        o.rounds = try parameters.int("rounds")
+        o.gpuFault = ThrashOptions.GPUFault(rawValue: try parameters.string("gpu-fault")) ?? .migrate
+        o.window = try parameters.int("window")
+        o.faultAround = try parameters.int("fault-around")
+        o.residencyMilliseconds = try parameters.int("residency-ms")
+        o.backend = MigrateOptions.Backend(rawValue: try parameters.string("backend")) ?? .iouring
+        o.checked = try parameters.string("checked") == "on"
+        return [try ThrashRun.measure(o, trace: context.trace, progress: context.progress)]
+    }
+}
