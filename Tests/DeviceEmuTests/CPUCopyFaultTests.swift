@@ -49,6 +49,32 @@ import Testing
         #expect(try readBack(MigrationPolicy(), faultBackend: .ioUring).channels == 2)
     }
 
+    /// A GPU fault migrating its window to VRAM is a fault too: a window within the limit
+    /// copies on the CPU-copy channel, a larger one (or a limit of 0) through the engine
+    /// `migrateToDevice` uses. The data arrives either way.
+    @Test(arguments: [(16, 16, true), (32, 16, false), (16, 0, false)])
+    func gpuFaultWindowsWithinTheLimitTakeTheCPUCopyChannel(window: Int, limit: Int, cpuCopy: Bool) throws {
+        let memory = try makeMemory(mib: 64)
+        var p = MigrationPolicy()
+        p.gpuFault = .migrateToVRAM(pages: window)
+        p.cpuCopyFaultPages = limit
+        var c = Device.Configuration(vramSize: 8 << 20, backend: .ioUring, policy: p)
+        let log = EventLog()
+        c.observer = log
+        let gpu = try Device(memory: memory, configuration: c)
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 64, seed: 92)
+        let space = try gpu.bind(mm)
+        _ = try space.read(at: a, count: 8)                                   // a GPU fault: one window to VRAM
+        #expect(gpu.counters[.pagesToDevice] == window)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 64))               // the rest, through the engine
+        let faultChannels = Set(log.all.filter { $0.kind == .copiesSubmitted }.prefix(1).map(\.channel))
+        let engineChannels = Set(log.all.filter { $0.kind == .copiesSubmitted }.dropFirst().map(\.channel))
+        #expect(faultChannels.isDisjoint(with: engineChannels) == cpuCopy, "fault \(faultChannels), engine \(engineChannels)")
+        #expect(try pattern.gpuMismatches(space, a, pages: 64).isEmpty)
+        #expect(gpu.counters[.pagesToDevice] == 64)
+    }
+
     @Test func aNegativeLimitIsRejected() throws {
         let memory = try makeMemory(mib: 16)
         let gpu = try makeDevice(memory, vramMiB: 4)

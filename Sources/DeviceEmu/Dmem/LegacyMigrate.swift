@@ -19,6 +19,8 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
     let pages: UnsafeMutableBufferPointer<PFN>
     let indices: UnsafeMutableBufferPointer<Int>
     let writable: Bool
+    /// Where the copies go (the bulk channels, or the CPU-copy ones for a small GPU fault).
+    let channels: ChannelPool
     var fence: Fence?
     var signal: SignalStamp?
     var result = MigrationResult()
@@ -30,8 +32,9 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
     var finalizing = false
 
     init(device: Device, policy: MigrationPolicy, space: GPUAddressSpace?, tag: UInt64, batch: UInt64,
-         buffers: MigrationBuffers, writable: Bool) {
+         buffers: MigrationBuffers, writable: Bool, channels: ChannelPool) {
         self.device = device
+        self.channels = channels
         self.policy = policy
         self.space = space
         self.tag = tag
@@ -65,7 +68,7 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
         space?.zapCollected(start, src, n)
         let got = d.vram.allocPages(into: UnsafeMutableBufferPointer(rebasing: pages[0..<want]))
         let channel: DMAChannel
-        do { channel = try d.channels.checkout() } catch {
+        do { channel = try channels.checkout() } catch {
             for k in 0..<got { d.releaseUnused(pages[k]) }
             self.error = error
             return
@@ -92,7 +95,7 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
                 dst[i] = MigratePFN(pfn: page).union(.locked)   // 2017 drivers set LOCKED
             }
             for k in next..<got { d.releaseUnused(pages[k]) }
-            defer { d.channels.checkin(channel) }
+            defer { channels.checkin(channel) }
             let fence = try channel.submit()
             self.fence = fence
             signal = d.observeSignal(fence)
@@ -156,10 +159,11 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
 extension Device {
     /// One batch through the 2017 callback API. The caller holds the mmap lock.
     func legacyMigrateBatch(_ b: MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64,
-                            _ policy: MigrationPolicy, _ space: GPUAddressSpace?, _ tag: UInt64) throws(DeviceError) -> MigrationResult {
+                            _ policy: MigrationPolicy, _ space: GPUAddressSpace?, _ tag: UInt64,
+                            _ pool: ChannelPool) throws(DeviceError) -> MigrationResult {
         let batch = nextBatch()
         let ops = LegacyDmemMigrateOps(device: self, policy: policy, space: space, tag: tag, batch: batch,
-                                       buffers: b, writable: vma.flags.contains(.write))
+                                       buffers: b, writable: vma.flags.contains(.write), channels: pool)
         // The batch begins with `.setupBegin`; its setup span starts after it (nests inside).
         emit(.setupBegin, .toDevice, batch: batch, address: start)
         ops.setupBegin = stamp()

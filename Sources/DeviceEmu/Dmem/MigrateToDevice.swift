@@ -27,6 +27,12 @@ extension Device {
     ///   `.dma` when the copy engine is gone.
     @discardableResult
     public func migrateToDevice(_ mm: AddressSpace, range: Range<UInt64>) throws(DeviceError) -> MigrationResult {
+        try migrateToDevice(mm, range: range, channels: channels)
+    }
+
+    /// `migrateToDevice` with its copies on `pool`: a GPU fault's small window takes the
+    /// CPU-copy channels, as a small CPU fault does (`MigrationPolicy.cpuCopyFaultPages`).
+    func migrateToDevice(_ mm: AddressSpace, range: Range<UInt64>, channels pool: ChannelPool) throws(DeviceError) -> MigrationResult {
         guard !range.isEmpty, range.lowerBound & 4095 == 0, range.upperBound & 4095 == 0 else { throw .invalidArgument }
         try gate.enter()
         defer { gate.exit() }
@@ -53,12 +59,12 @@ extension Device {
                 defer { if !inFlight.contains(where: { $0.buffers === b }) { idle.append(b) } }
                 switch policy.apiGeneration {
                 case .threeStep:
-                    switch try startBatchToDevice(b, vma, start, end, policy, space, tag) {
+                    switch try startBatchToDevice(b, vma, start, end, policy, space, tag, pool) {
                     case .done(let outcome): total.add(outcome)
                     case .inFlight(let batch): inFlight.append(batch)
                     }
                 case .callbacks2017:
-                    total.add(try legacyMigrateBatch(b, vma, start, end, policy, space, tag))
+                    total.add(try legacyMigrateBatch(b, vma, start, end, policy, space, tag, pool))
                 }
             }
         } catch {
@@ -92,7 +98,8 @@ extension Device {
     /// Setup, allocation, copies, submit and `migrateVMAPages` of one batch
     /// (`nouveau_dmem_migrate_chunk` up to the fence wait). The caller holds the mmap lock.
     func startBatchToDevice(_ b: MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64,
-                            _ policy: MigrationPolicy, _ space: GPUAddressSpace?, _ tag: UInt64) throws(DeviceError) -> BatchStart {
+                            _ policy: MigrationPolicy, _ space: GPUAddressSpace?, _ tag: UInt64,
+                            _ pool: ChannelPool) throws(DeviceError) -> BatchStart {
         let batch = nextBatch()
         emit(.setupBegin, .toDevice, batch: batch, address: start)
         let t0 = stamp()   // after the batch's begin: setup nests inside the batch
@@ -118,7 +125,7 @@ extension Device {
             for k in 0..<got { releaseUnused(b.pages[k]) }
             return .done(refuse(&args, &out, batch))
         }
-        let (fence, descriptors) = try enqueueToDevice(b, &args, got: got, tag: tag)
+        let (fence, descriptors) = try enqueueToDevice(b, &args, got: got, tag: tag, pool: pool)
         let signal = observeSignal(fence)
         emit(.copiesSubmitted, .toDevice, batch: batch, seqno: fence.seqno, channel: fence.channelID,
              address: start, pages: descriptors)
@@ -181,9 +188,9 @@ extension Device {
 
     /// Allocation done; enqueue the copies and clears and submit them. Fills `dst`.
     private func enqueueToDevice(_ b: MigrationBuffers, _ args: inout MigrateVMA,
-                                 got: Int, tag: UInt64) throws(DeviceError) -> (Fence, Int) {
+                                 got: Int, tag: UInt64, pool: ChannelPool) throws(DeviceError) -> (Fence, Int) {
         let channel: DMAChannel
-        do { channel = try channels.checkout() } catch {
+        do { channel = try pool.checkout() } catch {
             for k in 0..<got { releaseUnused(b.pages[k]) }
             migrateVMAFinalize(&args)   // restores every collected page
             throw error
@@ -211,12 +218,12 @@ extension Device {
         }
         let fence: Fence
         do { fence = try channel.submit() } catch {
-            channels.checkin(channel)
+            pool.checkin(channel)
             for i in 0..<args.npages { if let page = b.dst[i].page { releaseUnused(page); b.dst[i] = [] } }
             migrateVMAFinalize(&args)
             throw .dma(error)
         }
-        channels.checkin(channel)
+        pool.checkin(channel)
         return (fence, descriptors)
     }
 

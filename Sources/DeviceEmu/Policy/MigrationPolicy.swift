@@ -65,12 +65,13 @@ public struct MigrationPolicy: Sendable, Equatable {
     /// it through the VRAM mapping as a last resort. Failed copies of pages that still
     /// have a source are never retried: the page just stays where it was.
     public var committedCopyRetries: Int = 2
-    /// CPU faults bringing back at most this many pages are copied by the faulting thread
-    /// through VRAM's CPU mapping (a synchronous memcpy channel, as a GPU driver takes a
-    /// CPU/BAR copy path for tiny transfers) instead of a trip through the copy engine,
-    /// whose submit and completion cost tens of µs (io_uring: ~46 µs for one page) while
-    /// the CPU waits. Larger fault windows, migrations to VRAM and evictions use the
-    /// engine. 0 sends every fault through the engine. Only when
+    /// Faults moving at most this many pages are copied by the faulting thread through
+    /// VRAM's CPU mapping (a synchronous memcpy channel, as a GPU driver takes a CPU/BAR
+    /// copy path for tiny transfers) instead of a trip through the copy engine, whose
+    /// submit and completion cost tens of µs (io_uring: ~46 µs for one page) while the
+    /// faulting side waits: CPU faults bringing pages back, and GPU faults migrating their
+    /// window to VRAM (`gpuFault: .migrateToVRAM`). Larger windows, `migrateToDevice` and
+    /// evictions use the engine. 0 sends every fault through the engine. Only when
     /// `Device.Configuration.faultBackend` is nil and the device's backend is not
     /// already a CPU copy (an explicit fault backend takes every fault).
     public var cpuCopyFaultPages: Int = 16

@@ -17,8 +17,12 @@ extension GPUAddressSpace {
         var written = 0
         if case .migrateToVRAM(let pages) = policy.gpuFault {
             let window = Self.window(address, pages: pages, vma.start, vma.end)
+            // A small window copies on this thread, as a small CPU fault does: an engine
+            // round trip costs more than the copy here (`cpuCopyFaultPages`).
+            let small = Int((window.upperBound - window.lowerBound) >> 12) <= policy.cpuCopyFaultPages
+            let pool = small ? device.cpuCopyChannels ?? device.channels : device.channels
             do {
-                written = try device.migrateToDevice(mm, range: window).migrated
+                written = try device.migrateToDevice(mm, range: window, channels: pool).migrated
             } catch {
                 // Memory migration refuses (special VMAs, VRAM exhausted…): map instead.
                 if error == .suspended || error == .shutDown { throw error }
