@@ -17,7 +17,7 @@ import Testing
         let findings: String
         if case .string(let s)? = r["findings"] { findings = s } else { findings = "" }
         #expect(r["passed"] == .bool(true), "\(r.json)\n\(findings)")
-        #expect(r["mismatches"] == .int(0) && r["leaks"] == .int(0))
+        #expect(r["mismatches"] == .int(0) && r["leaks"] == .int(0) && r["fault_copy"] == .string("cpu"))
         #expect(r["protocol_violations"] == .int(0) && r["invariant_violations"] == .int(0))
         // It did work, and the engine did disturb it.
         guard case .int(let ops)? = r["operations"], case .int(let bytes)? = r["bytes_verified"],
@@ -41,10 +41,11 @@ import Testing
         o.vramBytes = 2 << 20
         o.minimumResidency = .milliseconds(2)
         o.vramDirectory = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : nil
+        o.faultCopy = .engine   // the other run takes the device's default (small faults on the CPU)
         let r = try TortureRun.run(o)
         #expect(r["passed"] == .bool(true), "\(r.json)")
         #expect(r["mismatches"] == .int(0) && r["leaks"] == .int(0) && r["protocol_violations"] == .int(0))
-        #expect(r["residency_ms"] == .double(2))
+        #expect(r["residency_ms"] == .double(2) && r["fault_copy"] == .string("engine"))
         guard case .int(let waits)? = r["residency_waits"] else {
             Issue.record("no residency_waits in \(r.json)")
             return

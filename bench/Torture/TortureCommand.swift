@@ -33,6 +33,8 @@ struct TortureCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Put VRAM in unnamed files in this directory instead of memfds.", valueName: "dir"))
     var vramDir: String?
     @Flag(help: "Register the emulated RAM as io_uring fixed buffers (pinned).") var fixedBuffers = false
+    @Option(help: "How faults copy: cpu (the device's default: small fault windows on the faulting thread) or engine (every fault through the copy engine, as nouveau).")
+    var faultCopy = "cpu"
     @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
 
     var options: TortureOptions {
@@ -46,11 +48,13 @@ struct TortureCommand: ParsableCommand {
         o.minimumResidency = residency.isFinite ? .nanoseconds(Int64(clamping: Int(residency * 1e6))) : .seconds(-1)
         o.vramDirectory = vramDir
         o.fixedBuffers = fixedBuffers
+        o.faultCopy = TortureOptions.FaultCopy(rawValue: faultCopy) ?? .cpu
         return o
     }
 
     func validate() throws {
         if let problem = options.problem { throw ValidationError(problem) }
+        guard TortureOptions.FaultCopy(rawValue: faultCopy) != nil else { throw ValidationError("fault-copy must be cpu or engine") }
     }
 
     func run() throws {

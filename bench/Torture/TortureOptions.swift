@@ -30,6 +30,14 @@ struct TortureOptions: Sendable {
     var vramDirectory: String?
     /// Register the emulated RAM as io_uring fixed buffers (the fixed-buffer opcodes under injected faults).
     var fixedBuffers = false
+    /// How faults copy: the device's default (`cpu`: windows of up to `cpuCopyFaultPages`
+    /// on the faulting thread, through the same fault injector) or every one through the
+    /// engine (`engine`, as nouveau; `Device.Configuration.faultBackend`).
+    var faultCopy = FaultCopy.cpu
+
+    enum FaultCopy: String, CaseIterable, Sendable {
+        case cpu, engine
+    }
 
     /// Why these options cannot run, or nil.
     var problem: String? {

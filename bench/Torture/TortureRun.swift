@@ -66,6 +66,7 @@ enum TortureRun {
         r.set("residency_ms", Double(o.minimumResidency.components.seconds) * 1e3 + Double(o.minimumResidency.components.attoseconds) / 1e15)
         r.set("residency_waits", c[.residencyWaits] + c[.evictionResidencyWaits])
         r.set("vram_dir", o.vramDirectory ?? "memfd")
+        r.set("fault_copy", o.faultCopy.rawValue)
         r.set("fixed_buffers", o.fixedBuffers)
         r.set("fixed_sqes", world.gpu.fixedBuffers.operations)
         r.set("operations", s.operations)

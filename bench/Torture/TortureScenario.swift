@@ -12,6 +12,8 @@ struct TortureScenario: BenchScenario {
         .init("seed", .integer(0...Int.max), default: "1", help: "seed of the operations and the fault injection"),
         .init("inject-permille", .integer(0...1000), default: "10", help: "injected faults per 1000 copy descriptors"),
         .init("residency-ms", .integer(0...1000), default: "0", help: "minimum residency in VRAM (0: off)"),
+        .init("fault-copy", .choice(TortureOptions.FaultCopy.allCases.map(\.rawValue)), default: "cpu",
+              help: "small faults copy on the faulting thread (cpu, the default) or every fault through the engine"),
     ]
     let quickParameters = ["seconds": "3"]
     let summaryFields = ["operations", "mismatches", "leaks", "protocol_violations", "passed"]
@@ -24,6 +26,7 @@ struct TortureScenario: BenchScenario {
         o.seed = UInt64(try parameters.int("seed"))
         o.injectRate = Double(try parameters.int("inject-permille")) / 1000
         o.minimumResidency = .milliseconds(try parameters.int("residency-ms"))
+        o.faultCopy = TortureOptions.FaultCopy(rawValue: try parameters.string("fault-copy")) ?? .cpu
         let record = try TortureRun.run(o, progress: context.progress)
         guard record["passed"] == .bool(true) else {
             throw ScenarioError(scenario: name, message: "torture found problems: \(record.json)")

@@ -42,7 +42,7 @@ final class TortureWorld: @unchecked Sendable {
         var c = Device.Configuration(name: "torture", vramSize: o.vramBytes, backend: o.backend, policy: policy)
         c.vramLayout.directory = o.vramDirectory
         c.fixedBuffers = o.fixedBuffers
-        c.faultBackend = o.backend
+        if o.faultCopy == .engine { c.faultBackend = o.backend }
         do { gpu = try Device(memory: memory, configuration: c) } catch {
             throw TortureFailure("cannot create the device: \(error)")   // an io_uring setup error says how to fall back
         }
