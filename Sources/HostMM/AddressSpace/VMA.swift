@@ -50,8 +50,9 @@ public final class VMA: @unchecked Sendable, CustomStringConvertible {
     /// The owning mm's page table, held strongly so rmap walkers reach it without the mm.
     let pageTable: PageTable
     /// The owning mm's notifier subscriptions, held strongly for the same reason: a walk
-    /// invalidating page by page must not load the weak `mm` each time. An mm that went
-    /// away has no intervals left, so invalidating through it is a no-op.
+    /// invalidating page by page must not load the weak `mm` each time. After the mm is
+    /// gone they still reach whatever notifier is left registered, as the kernel's
+    /// `try_to_migrate` on an exiting mm still calls its notifiers.
     let notifiers: MMUNotifierSubscriptions
 
     init(mm: AddressSpace, start: UInt64, end: UInt64, pgoff: UInt64, flags: VMAFlags,

@@ -35,7 +35,6 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
         }
     }
 
-
     func readBegin(_ n: MMUIntervalNotifier) -> UInt64 {
         let (seq, busy) = lock.withLock { () -> (UInt64, Bool) in
             let seq = n.invalidateSeq.load(ordering: .acquiring)
