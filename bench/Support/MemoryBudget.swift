@@ -13,12 +13,13 @@ struct MemoryBudget {
     mutating func add(_ what: String, _ bytes: Int) { parts.append((what, bytes)) }
 
     /// Throws when the total exceeds 90 % of `MemAvailable`; passes where it is unknown.
-    /// `option` names what to make smaller.
-    func check(_ scenario: String, option: String = "--total", available: Int? = SystemMemory.available()) throws(ScenarioError) {
+    /// `advice` ends the message: what to make smaller.
+    func check(_ scenario: String, advice: String = "use a smaller --total",
+               available: Int? = SystemMemory.available()) throws(ScenarioError) {
         guard let available, total > SystemMemory.usable(of: available) else { return }
         let list = parts.map { "\($0.what) \(Self.approximate($0.bytes))" }.joined(separator: " + ")
         throw ScenarioError(scenario: scenario,
-                            message: "needs about \(Self.approximate(total)) of memory (\(list)), but only \(Self.approximate(available)) is available (MemAvailable); use a smaller \(option)")
+                            message: "needs about \(Self.approximate(total)) of memory (\(list)), but only \(Self.approximate(available)) is available (MemAvailable); \(advice)")
     }
 
     /// Bytes in the largest binary unit that keeps a digit before the point: `23.0 GiB`, `512 MiB`.

@@ -27,7 +27,7 @@ enum ThrashRun {
         budget.add("VRAM", vramBytes)
         budget.add("emulated RAM", ramBytes)
         budget.add("patterns and read-back", 2 * bytes)
-        try budget.check("thrash", option: "pages")
+        try budget.check("thrash", advice: "use fewer pages")
 
         let memory: PhysicalMemory
         do {

@@ -27,7 +27,7 @@ final class TortureWorld: @unchecked Sendable {
         var budget = MemoryBudget()
         budget.add("VRAM", o.vramBytes)
         budget.add("emulated RAM", (64 << 20) + 3 * pages * pageSize)
-        do { try budget.check("torture", option: "--vram or --pages-per-thread") } catch { throw TortureFailure(error.message) }
+        do { try budget.check("torture", advice: "use a smaller --vram or --pages-per-thread") } catch { throw TortureFailure(error.message) }
         do {
             // Parents, forked children's copies, and migration destinations in flight.
             memory = try PhysicalMemory(ramBytes: (64 << 20) + 3 * pages * pageSize,
