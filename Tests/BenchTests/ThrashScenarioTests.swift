@@ -47,6 +47,21 @@ import Testing
         #expect(r["cpu_faults"] == .int(64))
     }
 
+    /// With `--trace`, the driver's own work is on the timeline: one "gpu fault" event per
+    /// GPU fault counted, and each round's two phases.
+    @Test func theTraceShowsEveryGPUFaultAndEachPhase() throws {
+        var o = ThrashOptions()
+        o.pages = 128
+        o.rounds = 2
+        o.backend = .memcpy
+        let recorder = TraceRecorder(capacity: 1 << 16)
+        let r = try ThrashRun.measure(o, trace: recorder.process("thrash"), progress: { _ in })
+        #expect(recorder.droppedEvents == 0)
+        let names = recorder.events().map(\.name.description)
+        #expect(r["gpu_faults"] == .int(names.filter { $0 == "gpu fault" }.count))
+        #expect(names.filter { $0 == "GPU writes" }.count == 2 && names.filter { $0 == "CPU reads" }.count == 2)
+    }
+
     @Test func badOptionsAreRefusedBeforeAnythingRuns() {
         var o = ThrashOptions()
         o.pages = 10

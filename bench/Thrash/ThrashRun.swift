@@ -34,8 +34,9 @@ enum ThrashRun {
             memory = try PhysicalMemory(ramBytes: ramBytes, maxDevicePages: vramBytes / 4096 + 4096,
                                         checked: o.checked ? .on : .off)
         } catch { throw failure("cannot create \(MemoryBudget.approximate(ramBytes)) of emulated RAM: \(error)") }
-        let config = Device.Configuration(name: "thrash", vramSize: vramBytes, backend: o.backend.kind(workers: 2),
+        var config = Device.Configuration(name: "thrash", vramSize: vramBytes, backend: o.backend.kind(workers: 2),
                                           policy: o.policy)
+        if let trace { config.observer = MigrateObserver(trace: trace) }   // the driver's batches and faults on the timeline
         let gpu: Device
         do { gpu = try Device(memory: memory, configuration: config) } catch {
             throw failure("cannot create the device: \(error)")   // an io_uring setup error says how to fall back
