@@ -71,6 +71,18 @@ import Testing
         #expect(throws: ParameterValueError.self) { _ = try ScenarioParameters(for: scenario, overrides: [("window", "0")]) }
     }
 
+    @Test func theThrashCommandParsesItsFlagsIntoTheSameOptions() throws {
+        let command = try #require(try DmemBench.parseAsRoot([
+            "thrash", "--pages", "128", "--rounds", "2", "--gpu-fault", "map", "--window", "8", "--fault-around", "4",
+            "--residency", "3", "--backend", "memcpy", "--checked",
+        ]) as? ThrashCommand)
+        let o = try command.options
+        #expect(o.pages == 128 && o.rounds == 2 && o.gpuFault == .map && o.window == 8 && o.faultAround == 4)
+        #expect(o.residencyMilliseconds == 3 && o.backend == .memcpy && o.checked)
+        #expect(throws: (any Error).self) { _ = try DmemBench.parseAsRoot(["thrash", "--gpu-fault", "evict"]) }
+        #expect(throws: (any Error).self) { _ = try DmemBench.parseAsRoot(["thrash", "--pages", "3"]) }
+    }
+
     @Test func isInTheRegistry() throws {
         #expect(try ScenarioRegistry.standard.scenario(named: "thrash").name == "thrash")
     }

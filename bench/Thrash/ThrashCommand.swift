@@ -1,0 +1,60 @@
+import ArgumentParser
+
+/// `dmem-bench thrash`: the GPU and the CPU take turns on one working set, as a table or one JSON object.
+struct ThrashCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "thrash",
+        abstract: "GPU writes then CPU reads of one working set, round after round: the cost of each fault policy.",
+        discussion: """
+            Each round the GPU writes every page (each GPU fault migrates or maps a --window of \
+            pages) and the CPU reads every page back (faulting VRAM pages to RAM, --fault-around \
+            at a time); every byte is verified. Counts are totals over all rounds; times are the \
+            median round. Compare policies with `dmem-bench run thrash --sweep gpu-fault=migrate,map`.
+            """
+    )
+
+    @Option(help: "Pages in the working set.") var pages = 2048
+    @Option(help: "Rounds of GPU writes then CPU reads.") var rounds = 20
+    @Option(help: "migrate (a GPU fault moves its window to VRAM) or map (it maps the system pages).") var gpuFault = "migrate"
+    @Option(help: "Pages per GPU fault.") var window = 16
+    @Option(help: "Pages brought back per CPU fault (1 = nouveau's single page).") var faultAround = 1
+    @Option(help: "Minimum residency of a page in VRAM in ms (Xe's anti-thrash timeslice; 0: off).") var residency = 0
+    @Option(help: "iouring, memcpy or mapped.") var backend = "iouring"
+    @Flag(help: "Run in checked mode (protocol sanitizer).") var checked = false
+    @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
+
+    var options: ThrashOptions {
+        get throws {
+            var o = ThrashOptions()
+            o.pages = pages
+            o.rounds = rounds
+            guard let fault = ThrashOptions.GPUFault(rawValue: gpuFault) else { throw ValidationError("--gpu-fault must be migrate or map") }
+            o.gpuFault = fault
+            o.window = window
+            o.faultAround = faultAround
+            o.residencyMilliseconds = residency
+            guard let kind = MigrateOptions.Backend(rawValue: backend) else { throw ValidationError("--backend must be iouring, memcpy or mapped") }
+            o.backend = kind
+            o.checked = checked
+            if let problem = o.problem { throw ValidationError(problem) }
+            return o
+        }
+    }
+
+    func validate() throws { _ = try options }
+
+    func run() throws {
+        let record: RunRecord
+        do {
+            record = try ThrashRun.measure(try options, trace: nil, progress: { _ in })
+        } catch let error as ScenarioError {
+            throw ValidationError(error.description)
+        }
+        var report = ScenarioReport(scenario: "thrash")
+        report.runs = [record]
+        print(json ? report.json : report.table(columns: [
+            "pages", "rounds", "gpu_fault", "window", "fault_around", "residency_ms", "backend", "us_per_page",
+            "gpu_phase_us", "cpu_phase_us", "gpu_faults", "cpu_faults", "pages_to_device", "pages_to_ram", "residency_waits", "verified",
+        ]))
+    }
+}
