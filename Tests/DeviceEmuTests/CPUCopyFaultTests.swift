@@ -75,6 +75,28 @@ import Testing
         #expect(gpu.counters[.pagesToDevice] == 64)
     }
 
+    /// With `faultBackend` set, GPU faults take its channels as CPU faults do ("it takes
+    /// every fault"), not the bulk channels of `migrateToDevice`.
+    @Test func anExplicitFaultBackendTakesGPUFaultsToo() throws {
+        let memory = try makeMemory(mib: 64)
+        var c = Device.Configuration(vramSize: 8 << 20, backend: .ioUring, policy: MigrationPolicy())
+        c.faultBackend = .memcpy
+        let log = EventLog()
+        c.observer = log
+        let gpu = try Device(memory: memory, configuration: c)
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 64, seed: 93)
+        let space = try gpu.bind(mm)
+        _ = try space.read(at: a, count: 8)                                   // GPU fault: 16 pages to VRAM
+        #expect(try pattern.cpuMismatches(mm, a, pages: 1).isEmpty)          // CPU fault: page 0 back
+        try gpu.migrateToDevice(mm, range: range(a, pages: 64))               // bulk
+        let submitted = log.all.filter { $0.kind == .copiesSubmitted }.map(\.channel)
+        try #require(submitted.count >= 3)
+        #expect(submitted[0] == submitted[1], "GPU fault on \(submitted[0]), CPU fault on \(submitted[1])")
+        #expect(submitted[0] != submitted[2], "GPU fault and migrateToDevice both on \(submitted[0])")
+        #expect(try pattern.gpuMismatches(space, a, pages: 64).isEmpty)
+    }
+
     @Test func aNegativeLimitIsRejected() throws {
         let memory = try makeMemory(mib: 16)
         let gpu = try makeDevice(memory, vramMiB: 4)

@@ -91,7 +91,7 @@ final class RecordingMirror: MMUIntervalNotifierOps, @unchecked Sendable {
             let finished = NIOLockedValueBox(false)
             func invalidate(_ notifier: MMUIntervalNotifier, range: MMUNotifierRange, currentSequence: UInt64) -> Bool {
                 entered.signal()
-                release.wait()
+                _ = release.wait(timeout: .now() + 10)   // bounded: a broken remove() fails, never hangs
                 notifier.setSequence(currentSequence)
                 finished.withLockedValue { $0 = true }
                 return true
@@ -104,7 +104,10 @@ final class RecordingMirror: MMUIntervalNotifierOps, @unchecked Sendable {
         let n = try mm.notifiers.insert(start: a, length: UInt64(4 * pageSize), ops: ops)
         let unmapper = Thread { try? mm.munmap(a, length: 4 * pageSize) }
         unmapper.start()
-        ops.entered.wait()
+        guard ops.entered.wait(timeout: .now() + 10) == .success else {
+            Issue.record("munmap did not invalidate the notifier")
+            return
+        }
         let removed = NIOLockedValueBox(false)
         let remover = Thread {
             n.remove()
@@ -114,7 +117,9 @@ final class RecordingMirror: MMUIntervalNotifierOps, @unchecked Sendable {
         usleep(20_000)
         #expect(!removed.withLockedValue { $0 }, "remove returned while the invalidation was calling its notifier")
         ops.release.signal()
-        while !remover.isFinished || !unmapper.isFinished { usleep(1000) }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while (!remover.isFinished || !unmapper.isFinished) && ContinuousClock.now < deadline { usleep(1000) }
+        #expect(remover.isFinished && unmapper.isFinished, "remove or munmap hung")
         #expect(removed.withLockedValue { $0 } && ops.finished.withLockedValue { $0 })
     }
 

@@ -11,7 +11,8 @@ struct MigrateCommand: ParsableCommand {
             VRAM's mapping in the same run, and ratio_to_device = to_device_gbps / memcpy_gbps. \
             ratio_engine is the copy engine alone (same bytes, batches, depth and backend, no migrate_vma \
             step): the ceiling ratio_to_device can reach; driver_us_per_batch is the migration's time per \
-            batch outside fence waits (setup, allocation, enqueue, pages, map, finalize). \
+            batch outside fence waits (setup, allocation, enqueue, pages, map, finalize; with --backend \
+            memcpy, which copies inside submit, the copy too). \
             fault_p50_us/fault_p99_us are CPU reads that faulted (one page each unless --fault-around). \
             The same run is `dmem-bench run migrate` (sweeps, repeats, --trace).
             """

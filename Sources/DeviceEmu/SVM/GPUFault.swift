@@ -17,10 +17,11 @@ extension GPUAddressSpace {
         var written = 0
         if case .migrateToVRAM(let pages) = policy.gpuFault {
             let window = Self.window(address, pages: pages, vma.start, vma.end)
-            // A small window copies on this thread, as a small CPU fault does: an engine
-            // round trip costs more than the copy here (`cpuCopyFaultPages`).
+            // The channels a CPU fault of this size would take: a small window copies on
+            // this thread (an engine round trip costs more than the copy here,
+            // `cpuCopyFaultPages`), and `faultBackend`, when set, takes every fault.
             let small = Int((window.upperBound - window.lowerBound) >> 12) <= policy.cpuCopyFaultPages
-            let pool = small ? device.cpuCopyChannels ?? device.channels : device.channels
+            let pool = small ? device.cpuCopyChannels ?? device.faultChannels : device.faultChannels
             do {
                 written = try device.migrateToDevice(mm, range: window, channels: pool).migrated
             } catch {

@@ -7,7 +7,7 @@ extension PhysicalMemory {
     func migrateDevicePagesCore(_ src: UnsafeMutableBufferPointer<MigratePFN>,
                                 _ dst: UnsafeMutableBufferPointer<MigratePFN>,
                                 _ npages: Int, _ migrate: MigrateVMA?) {
-        var notified: MMUNotifierRange?
+        var notified: (range: MMUNotifierRange, notifiers: MMUNotifierSubscriptions)?
         for i in 0..<npages {
             guard let newPage = dst[i].page else {
                 src[i].remove(.migrate)
@@ -21,9 +21,11 @@ extension PhysicalMemory {
                 }
                 let addr = migrate.start + UInt64(i) << pageShift
                 if notified == nil {
+                    // End goes to the same subscriptions as start, whatever happens to the
+                    // weak mm meanwhile: an unpaired start would leave the sequence odd.
                     let range = MMUNotifierRange(start: addr, end: migrate.end, event: .migrate, owner: migrate.pgmapOwner)
-                    mm.notifiers.invalidateStart(range)
-                    notified = range
+                    vma.notifiers.invalidateStart(range)
+                    notified = (range, vma.notifiers)
                 }
                 mm.migrateVMAInsertPage(vma, addr, newPage, &src[i])
                 continue
@@ -32,7 +34,7 @@ extension PhysicalMemory {
                 src[i].remove(.migrate)
             }
         }
-        if let range = notified, let mm = migrate?.vma?.mm { mm.notifiers.invalidateEnd(range) }
+        if let notified { notified.notifiers.invalidateEnd(notified.range) }
     }
 
     /// Checks the destination kind and moves mapping + flags; false when this page stays.

@@ -23,9 +23,9 @@ public final class MMUIntervalNotifier: @unchecked Sendable {
     public let start: UInt64
     public let end: UInt64
     let ops: any MMUIntervalNotifierOps
-    /// Not retained: a notifier does not keep its address space alive. Once the address
-    /// space is gone (after its `exit`, which every notifier sees as `.release`), the
-    /// notifier is inert: nothing can invalidate it any more.
+    /// Not retained: a notifier does not keep its address space alive. The subscriptions
+    /// live as long as the address space or any VMA of it (rmap walkers reach them through
+    /// the VMA, as the kernel's reach `vma->vm_mm`); once all are gone the notifier is inert.
     weak let subscriptions: MMUNotifierSubscriptions?
     /// `mni->invalidate_seq`: written by `insert` under `subscriptions.lock` and by
     /// `setSequence` from inside `invalidate` (`WRITE_ONCE` in the kernel), read by
@@ -65,6 +65,6 @@ public final class MMUIntervalNotifier: @unchecked Sendable {
 
     /// `mmu_interval_notifier_remove()`: after it returns, `invalidate` is not running
     /// and will not be called again. Must not be called from `invalidate`. A no-op once
-    /// the address space is gone.
+    /// the subscriptions are gone.
     public func remove() { subscriptions?.remove(self) }
 }
