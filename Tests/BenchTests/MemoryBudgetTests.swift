@@ -1,4 +1,5 @@
 import Testing
+import DMAEngine
 @testable import dmem_bench
 
 /// Runs larger than the machine's memory stop with an error before allocating, instead of
@@ -33,6 +34,18 @@ import Testing
         o.totalBytes = 1 << 40
         #expect {
             _ = try MigrateRun.measure(o, trace: nil, progress: { _ in })
+        } throws: { error in
+            (error as? ScenarioError)?.message.contains("MemAvailable") == true
+        }
+    }
+
+    @Test func aMemcpyRunBeyondTheMachineIsRefusedBeforeItStarts() throws {
+        let scenario = MemcpyScenario()
+        let parameters = try ScenarioParameters(for: scenario, overrides: [("total", "64G"), ("span", "64G")])
+        let available = try #require(SystemMemory.available())
+        try #require(2 * (64 << 30) > SystemMemory.usable(of: available), "a machine with over 140 GiB free")
+        #expect {
+            _ = try scenario.run(parameters, context: ScenarioContext())
         } throws: { error in
             (error as? ScenarioError)?.message.contains("MemAvailable") == true
         }

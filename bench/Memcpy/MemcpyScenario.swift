@@ -32,6 +32,10 @@ struct MemcpyScenario: BenchScenario {
         guard total >= pageSize else { throw error("total \(ByteCount(total)) is smaller than one page (\(ByteCount(pageSize)))") }
 
         let pages = total / pageSize
+        var budget = MemoryBudget()
+        budget.add("scattered pages", pages * pageSize)   // only the pages used of the span are touched
+        budget.add("contiguous buffer", pages * pageSize)
+        try budget.check("memcpy")
         let layout = ScatterLayout(pageSize: pageSize, count: pages, spanBytes: span - span % pageSize, seed: seed)
         let scattered = try AnonymousMapping(length: span)
         let contiguous = try AnonymousMapping(length: pages * pageSize)
