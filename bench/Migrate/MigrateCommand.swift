@@ -62,17 +62,10 @@ struct MigrateCommand: ParsableCommand {
     func validate() throws { _ = try options }
 
     func run() throws {
-        let record: RunRecord
-        do {
-            record = try MigrateRun.measure(try options, trace: nil, progress: { _ in })
-        } catch let error as ScenarioError {
-            throw ValidationError(error.description)
-        }
-        var report = ScenarioReport(scenario: "migrate")
-        report.runs = [record]
-        print(json ? report.json : report.table(columns: [
+        let o = try options
+        try ScenarioReport.printSingleRun("migrate", json: json, columns: [
             "bytes", "batch_pages", "pipeline", "fault_around", "backend", "fault_backend", "to_device_gbps", "memcpy_gbps", "ratio_to_device", "ratio_engine",
             "to_ram_fault_gbps", "evict_gbps", "faults", "fault_p50_us", "fault_p99_us", "verified",
-        ]))
+        ]) { try MigrateRun.measure(o, trace: nil, progress: { _ in }) }
     }
 }

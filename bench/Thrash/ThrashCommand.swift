@@ -44,17 +44,10 @@ struct ThrashCommand: ParsableCommand {
     func validate() throws { _ = try options }
 
     func run() throws {
-        let record: RunRecord
-        do {
-            record = try ThrashRun.measure(try options, trace: nil, progress: { _ in })
-        } catch let error as ScenarioError {
-            throw ValidationError(error.description)
-        }
-        var report = ScenarioReport(scenario: "thrash")
-        report.runs = [record]
-        print(json ? report.json : report.table(columns: [
+        let o = try options
+        try ScenarioReport.printSingleRun("thrash", json: json, columns: [
             "pages", "rounds", "gpu_fault", "window", "fault_around", "residency_ms", "backend", "us_per_page",
             "gpu_phase_us", "cpu_phase_us", "gpu_faults", "cpu_faults", "pages_to_device", "pages_to_ram", "residency_waits", "verified",
-        ]))
+        ]) { try ThrashRun.measure(o, trace: nil, progress: { _ in }) }
     }
 }
