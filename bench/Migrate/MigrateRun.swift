@@ -147,7 +147,7 @@ final class MigrateRun {
         }
         let pools = gpu.vram.pools
         let poolSize = pools[0].size
-        for pool in pools { memset(pool.mapping.baseAddress!, 0, pool.size) }   // VRAM is there already
+        clearVRAM()   // VRAM is there already
         var passes: [Double] = []
         for _ in 0..<3 {
             let t = MonotonicClock.now()
@@ -177,7 +177,7 @@ final class MigrateRun {
         var frames: [PFN] = []
         frames.reserveCapacity(o.pages)
         for p in 0..<o.pages { frames.append(mm.pageTableEntry(a + UInt64(p * 4096)).pfn) }
-        for pool in pools { memset(pool.mapping.baseAddress!, 0, pool.size) }   // what the baseline wrote
+        clearVRAM()   // what the baseline wrote
         let depth = o.api == .threeStep ? o.pipeline : 1   // the driver pipelines the three-step API only
         var passes: [Double] = []
         for _ in 0..<3 {
@@ -203,8 +203,13 @@ final class MigrateRun {
         }
         // A's pattern must not be waiting in VRAM where A's device pages will land: the
         // checks after the migration would then pass without a single copy.
-        for pool in pools { memset(pool.mapping.baseAddress!, 0, pool.size) }
+        clearVRAM()
         return passes.sorted()[1]
+    }
+
+    /// Zeroes every byte of VRAM through its CPU mapping (untimed; also touches it).
+    private func clearVRAM() {
+        for pool in gpu.vram.pools { memset(pool.mapping.baseAddress!, 0, pool.size) }
     }
 
     /// Migrates A to VRAM (timed) and checks it through GPU reads; returns seconds and batches.

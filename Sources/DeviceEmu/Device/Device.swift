@@ -294,6 +294,14 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     func ramAddress(_ pfn: PFN) -> DMAAddress {
         DMAAddress(region: hostRegion, offset: Int(pfn.rawValue) * pageSize)
     }
+
+    /// The channels a fault (CPU or GPU) moving `window` copies on: the CPU-copy ones for a
+    /// window of at most `policy.cpuCopyFaultPages` pages, else the fault channels (the
+    /// bulk ones unless `faultBackend` is set).
+    func channels(forFault window: Range<UInt64>, _ policy: MigrationPolicy) -> ChannelPool {
+        let pages = Int((window.upperBound - window.lowerBound) >> 12)
+        return pages <= policy.cpuCopyFaultPages ? cpuCopyChannels ?? faultChannels : faultChannels
+    }
 }
 
 /// The time a fence signalled, set once by whichever comes first: the fence's callback

@@ -30,8 +30,7 @@ extension Device {
         let buffers = spareBuffers.take(min(policy.batchPages, Int((window.upperBound - window.lowerBound) >> 12)))
         defer { spareBuffers.give(buffers) }
         let space = addressSpace(for: fault.mm)
-        let windowPages = Int((window.upperBound - window.lowerBound) >> 12)
-        let pool = windowPages <= policy.cpuCopyFaultPages ? cpuCopyChannels ?? faultChannels : faultChannels
+        let pool = channels(forFault: window, policy)
         var result = VMFaultResult.done
         var moved = 0
         let span = UInt64(min(buffers.capacity, policy.batchPages)) << 12

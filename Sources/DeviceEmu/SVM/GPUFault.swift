@@ -18,12 +18,9 @@ extension GPUAddressSpace {
         if case .migrateToVRAM(let pages) = policy.gpuFault {
             let window = Self.window(address, pages: pages, vma.start, vma.end)
             // The channels a CPU fault of this size would take: a small window copies on
-            // this thread (an engine round trip costs more than the copy here,
-            // `cpuCopyFaultPages`), and `faultBackend`, when set, takes every fault.
-            let small = Int((window.upperBound - window.lowerBound) >> 12) <= policy.cpuCopyFaultPages
-            let pool = small ? device.cpuCopyChannels ?? device.faultChannels : device.faultChannels
+            // this thread (an engine round trip costs more than the copy here).
             do {
-                written = try device.migrateToDevice(mm, range: window, channels: pool).migrated
+                written = try device.migrateToDevice(mm, range: window, channels: device.channels(forFault: window, policy)).migrated
             } catch {
                 // Memory migration refuses (special VMAs, VRAM exhausted…): map instead.
                 if error == .suspended || error == .shutDown { throw error }
