@@ -29,6 +29,7 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
     private var failureList: [DescriptorFailure] = []
     private var callbacks: [@Sendable (Fence) -> Void] = []
     private var signaled = false
+    private var signalTime: UInt64 = 0
 
     /// Descriptors not yet reported by the backend.
     private let remaining: Synchronization.Atomic<Int>
@@ -51,6 +52,15 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
 
     /// Whether the fence (and so every earlier fence of its channel) has signalled.
     public var isSignaled: Bool { state.value }
+
+    /// When the fence signalled, in `MonotonicTime` nanoseconds; nil while unsignalled.
+    /// Models `dma_fence.timestamp`: stamped before any waiter wakes or callback runs,
+    /// so it never trails what the fence gates.
+    public var timestamp: UInt64? {
+        state.lock()
+        defer { state.unlock() }
+        return signaled ? signalTime : nil
+    }
 
     /// The descriptors that failed, in report order (empty while unsignalled or when all succeeded).
     public var failures: [DescriptorFailure] {
@@ -137,6 +147,7 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
         state.lock()
         let run = callbacks
         callbacks = []
+        signalTime = MonotonicTime.now()
         signaled = true
         state.unlock(withValue: true)
         return run

@@ -7,8 +7,7 @@ import Testing
 
 /// Fence timeline ordering under out-of-order completion, waits, callbacks, error status.
 @Suite struct FenceTests {
-    /// Channel with host and VRAM regions; the first descriptor the channel executes is delayed.
-    /// Channel with host and VRAM regions; the first descriptor the channel executes is delayed.
+    /// Channel with host and VRAM regions, with `plan` injected over `inner`.
     static func rig(_ plan: FaultPlan, inner: CopyBackendKind = .ioUring) throws -> EngineRig {
         try EngineRig(.init(backend: .faultInjecting(plan, wrapping: inner)), patternSeed: 11)
     }
@@ -34,6 +33,27 @@ import Testing
         #expect(order.withLockedValue { $0 } == [1, 2, 3, 4, 5, 6])
         #expect(same(rig.host.bytes.baseAddress!, rig.vram.mapping.baseAddress!, 6 * 4096))
         #expect(rig.ch.lastCompletedTicket == DMATicket(rawValue: 5))
+    }
+
+    /// `timestamp` (`dma_fence.timestamp`) is nil until the fence signals, then the signal
+    /// time: after the delayed copy it waited for, in seqno order, never after its waiter woke.
+    @Test func timestampIsTheSignalTimeInTimelineOrder() throws {
+        let delay: UInt64 = 200_000_000
+        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(0), .delay(.nanoseconds(Int64(delay))))]))
+        defer { rig.engine.shutdown() }
+        let submitted = MonotonicTime.now()
+        var fences: [Fence] = []
+        for i in 0..<3 {
+            try rig.copyPage(i)
+            fences.append(try rig.ch.submit())
+        }
+        #expect(fences.allSatisfy { $0.timestamp == nil })
+        try fences[2].wait(timeout: .seconds(10))
+        let woke = MonotonicTime.now()
+        let stamps = fences.compactMap(\.timestamp)
+        #expect(stamps.count == 3 && stamps == stamps.sorted())
+        #expect(stamps[0] >= submitted + delay)
+        #expect(stamps[2] <= woke)
     }
 
     @Test func outOfOrderInsideOneBatchStillSignalsOnceAllDone() throws {

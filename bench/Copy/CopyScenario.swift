@@ -124,29 +124,29 @@ enum CopyScenario {
         let start = MonotonicClock.now()
         DispatchQueue.concurrentPerform(iterations: channels.count) { c in
             do {
-                var inflight: [Fence] = []
+                var inflight: [(batch: Int, fence: Fence)] = []
                 inflight.reserveCapacity(o.inflightBatches)
+                let lane = lanes[c]
+                func retire(_ done: (batch: Int, fence: Fence)) throws {
+                    try done.fence.wait()
+                    times.signalled(done.batch, at: done.fence.timestamp ?? MonotonicClock.now(), lane: lane)
+                }
                 for b in stride(from: c, to: batches, by: channels.count) {
-                    if inflight.count == o.inflightBatches { try inflight.removeFirst().wait() }
+                    if inflight.count == o.inflightBatches { try retire(inflight.removeFirst()) }
                     let first = b * o.batchPages
                     for i in first..<min(first + o.batchPages, pattern.count) {
                         try channels[c].enqueueCopy(from: pattern.source(i), to: pattern.destination(i), length: o.pageSize)
                     }
                     times.submitted(b)
-                    let fence = try channels[c].submit()
-                    times.callbacks.enter()
-                    let lane = lanes[c]
-                    fence.onSignal { _ in times.signalled(b, lane: lane) }
-                    inflight.append(fence)
+                    inflight.append((b, try channels[c].submit()))
                 }
-                for f in inflight { try f.wait() }
+                for done in inflight { try retire(done) }
             } catch {
                 errors.record(error)
             }
         }
         let seconds = MonotonicClock.seconds(since: start)
         if let e = errors.first { throw e }
-        times.callbacks.wait()  // a waiter may wake before its fence's callbacks ran
         return (seconds, times.histogram())
     }
 
@@ -158,13 +158,11 @@ enum CopyScenario {
 
 /// Submit and signal times of every batch of a pass (monotonic ns).
 ///
-/// Threads: slot b is written by the thread submitting batch b, then by the thread
-/// signalling its fence (after the submit, through the fence's lock); read after
-/// `callbacks` (entered per batch, left by its fence callback) was waited for.
+/// Threads: slot b is written only by the thread that submits batch b and then waits
+/// for its fence; read once every worker thread has finished.
 final class BatchTimes: @unchecked Sendable {
     private let submit: UnsafeMutableBufferPointer<UInt64>
     private let signal: UnsafeMutableBufferPointer<UInt64>
-    let callbacks = DispatchGroup()
 
     init(count: Int) {
         submit = .allocate(capacity: count)
@@ -180,11 +178,10 @@ final class BatchTimes: @unchecked Sendable {
 
     func submitted(_ b: Int) { submit[b] = MonotonicClock.now() }
 
-    func signalled(_ b: Int, lane: TraceTrack?) {
-        let now = MonotonicClock.now()
-        signal[b] = now
-        lane?.complete("batch", start: submit[b], end: now, category: "dma")
-        callbacks.leave()
+    /// Records batch b's fence `timestamp` (when it signalled, not when its waiter woke).
+    func signalled(_ b: Int, at time: UInt64, lane: TraceTrack?) {
+        signal[b] = time
+        lane?.complete("batch", start: submit[b], end: time, category: "dma")
     }
 
     func histogram() -> LatencyHistogram {

@@ -271,21 +271,20 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
 
     func nextBatch() -> UInt64 { batchCounter.wrappingAdd(1, ordering: .relaxed).newValue }
 
-    /// Starts timing a batch's fence signal (only when observed): the completion thread
-    /// stamps the moment it signals; `reportSignal` emits it once the driver has waited.
+    /// Starts timing a batch's fence (only when observed): its submit time; the signal
+    /// time is the fence's own `timestamp`.
     func observeSignal(_ fence: Fence) -> SignalStamp? {
-        guard observer != nil else { return nil }
-        let stamp = SignalStamp(submitted: MonotonicTime.now())
-        fence.onSignal { _ in stamp.mark(MonotonicTime.now()) }
-        return stamp
+        observer == nil ? nil : SignalStamp(submitted: MonotonicTime.now())
     }
 
-    /// Emits `.fenceSignaled` with the signal time (the wait's end if the completion
-    /// thread has not run its callback yet), so it never appears after what it gates.
+    /// Emits `.fenceSignaled` at the fence's timestamp, once the driver has waited for it.
+    /// A fence that signalled before its submit was stamped (a synchronous backend copies
+    /// inside `submit`) shows as signalled at that stamp.
     func reportSignal(_ stamp: SignalStamp?, _ fence: Fence, _ direction: MigrationEvent.Direction, batch: UInt64) {
         guard let stamp, let observer else { return }
-        let time = stamp.mark(MonotonicTime.now())
-        observer.observe(MigrationEvent(kind: .fenceSignaled, direction: direction, time: time, beginTime: stamp.submitted,
+        let signalled = max(fence.timestamp ?? MonotonicTime.now(), stamp.submitted)
+        observer.observe(MigrationEvent(kind: .fenceSignaled, direction: direction,
+                                        time: signalled, beginTime: stamp.submitted,
                                         batch: batch, seqno: fence.seqno, channel: fence.channelID))
     }
 
@@ -304,21 +303,9 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     }
 }
 
-/// The time a fence signalled, set once by whichever comes first: the fence's callback
-/// or the driver after its wait.
-final class SignalStamp: Sendable {
-    /// When the batch was submitted.
+/// When an observed batch was submitted (its fence's `timestamp` says when it signalled).
+struct SignalStamp: Sendable {
     let submitted: UInt64
-    private let time = Synchronization.Atomic<UInt64>(0)
-
-    init(submitted: UInt64) { self.submitted = submitted }
-
-    /// Records `now` unless a time is already set; returns the time kept.
-    @discardableResult
-    func mark(_ now: UInt64) -> UInt64 {
-        let (won, current) = time.compareExchange(expected: 0, desired: now, ordering: .acquiringAndReleasing)
-        return won ? now : current
-    }
 }
 
 /// The identity behind a device's `PgmapOwner` (it must exist before the device does).

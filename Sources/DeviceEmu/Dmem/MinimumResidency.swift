@@ -1,3 +1,4 @@
+import DMAEngine
 import HostMM
 
 /// Xe's anti-thrash "timeslice" (`MigrationPolicy.minimumResidency`; drm_gpusvm's

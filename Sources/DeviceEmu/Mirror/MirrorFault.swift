@@ -1,3 +1,4 @@
+import DMAEngine
 import HostMM
 
 /// Filling the mirror from the CPU page table (`dmirror_fault`, `dmirror_range_fault`,

@@ -1,3 +1,4 @@
+import DMAEngine
 import HostMM
 import NIOConcurrencyHelpers
 
