@@ -1,3 +1,5 @@
+import Foundation
+import NIOConcurrencyHelpers
 import Testing
 @testable import HostMM
 
@@ -29,5 +31,40 @@ import Testing
             }
         }
         #expect(mm.pageTableEntry(a).isPresent && mm.pageTableEntry(a + UInt64(pageSize)).isPresent)
+    }
+    /// `migrate_device_coherent_folio` takes the page lock with `folio_lock` (it sleeps)
+    /// and keeps the caller's reference as the migration's: a long-term pin of a coherent
+    /// page that another thread has locked waits for it, then moves the page to RAM,
+    /// instead of failing with EBUSY.
+    @Test(.timeLimit(.minutes(1)))
+    func longtermPinWaitsForALockedCoherentPage() throws {
+        let memory = try makeMemory()
+        let device = try TestDevice(memory: memory, pageCount: 16, type: .deviceCoherent)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: pageSize)
+        try mm.write(at: a, bytes: pattern(6, count: pageSize))
+        try device.migrateToDevice(mm, a, a + UInt64(pageSize))
+        let coherent = mm.pageTableEntry(a).pfn
+        #expect(memory.isDeviceCoherent(coherent))
+        memory.lockPage(coherent)                        // a racing migration holds it
+        let result = NIOLockedValueBox<Result<[PFN], HostMMError>?>(nil)
+        let pinner = TestThread {
+            do throws(HostMMError) {
+                let pins = try mm.pinUserPages(a, count: 1, write: true, longterm: true)
+                result.withLockedValue { $0 = .success(pins) }
+            } catch {
+                result.withLockedValue { $0 = .failure(error) }
+            }
+        }
+        // Let go once the pinner sleeps on the lock (or has already given up).
+        let slept = eventually { memory.flags(coherent).contains(.waiters) || result.withLockedValue { $0 != nil } }
+        memory.unlockPage(coherent)
+        #expect(pinner.join())
+        #expect(slept)
+        let pins = try #require(try result.withLockedValue { $0 }?.get())
+        #expect(pins.count == 1 && memory.isRAM(pins[0]) && mm.pageTableEntry(a).pfn == pins[0])
+        #expect(device.freePageCount == 16)              // the coherent page was freed
+        memory.unpinUserPages(pins)
+        #expect(try mm.read(at: a, count: pageSize) == pattern(6, count: pageSize))
     }
 }
