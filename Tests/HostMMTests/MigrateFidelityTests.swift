@@ -3,8 +3,8 @@ import NIOConcurrencyHelpers
 import Testing
 @testable import HostMM
 
-/// Behaviours of `mm/migrate_device.c` (seed 004) that a fidelity audit found the model
-/// getting wrong, pinned here once fixed.
+/// Behaviours of `mm/migrate_device.c` (seed 004) pinned by a fidelity audit: some the
+/// model got wrong (fixed with these tests), some it got right that no test held.
 @Suite struct MigrateFidelityTests {
     /// `migrate_vma_setup` clears `src` for the range only (its `memset` covers
     /// `nr_pages` entries, the walk writes one `src`/`dst` pair per page): a caller's
@@ -67,4 +67,65 @@ import Testing
         memory.unpinUserPages(pins)
         #expect(try mm.read(at: a, count: pageSize) == pattern(6, count: pageSize))
     }
+    /// The invalidations a migration sends (`migrate_vma_collect`, `__migrate_device_pages`,
+    /// `try_to_migrate_one`): collect covers the whole range as `MIGRATE` with the owner;
+    /// the pages step covers from the first hole it populates to the end, again as
+    /// `MIGRATE` with the owner; eviction by PFN unmaps each page as `CLEAR`, no owner.
+    @Test func migrationInvalidatesTheKernelsRangesWithItsEvents() throws {
+        let memory = try makeMemory()
+        let device = try TestDevice(memory: memory, pageCount: 16)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 4 * pageSize)
+        try mm.write(at: a, bytes: [1])                                  // page 0 present, 1-3 holes
+        let recorder = RangeRecorder()
+        _ = try mm.notifiers.insert(start: a, length: UInt64(4 * pageSize), ops: recorder)
+        let p = UInt64(pageSize)
+        #expect(try device.migrateToDevice(mm, a, a + 4 * p) == 4)
+        #expect(recorder.take() == [.init(.migrate, a, a + 4 * p, device.owner),
+                                    .init(.migrate, a + p, a + 4 * p, device.owner)])
+        #expect(try device.evictAll() == 4)
+        #expect(recorder.take() == (0..<4).map { .init(.clear, a + UInt64($0) * p, a + UInt64($0 + 1) * p, nil) })
+    }
+
+    /// A RAM page the driver gives a hole is added to the LRU (`folio_add_lru_vma` in
+    /// `migrate_vma_insert_page`), so a later migration can isolate it.
+    @Test func ramPageInsertedForAHoleCanMigrateAgain() throws {
+        let memory = try makeMemory()
+        let device = try TestDevice(memory: memory, pageCount: 16)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: pageSize)
+        try withMigrateSetup(mm, a, pages: 1, owner: device.owner, flags: .selectSystem) { args, src, dst in
+            #expect(src[0] == .migrate && args.cpages == 1)
+            let ram = try #require(memory.allocPage(zeroed: true))
+            memory.lockPage(ram)
+            dst[0] = MigratePFN(pfn: ram)
+            try migrateVMAPages(&args)
+            #expect(src[0] == .migrate)
+            migrateVMAFinalize(&args)
+        }
+        let page = mm.pageTableEntry(a).pfn
+        #expect(memory.isRAM(page) && memory.flags(page).contains(.lru) && memory.refcount(page) == 1)
+        #expect(try device.migrateToDevice(mm, a, a + UInt64(pageSize)) == 1)
+        #expect(mm.pageTableEntry(a).kind == .devicePrivate)
+    }
+}
+
+/// Records each invalidation's event, range and owner.
+final class RangeRecorder: MMUIntervalNotifierOps, @unchecked Sendable {
+    struct Seen: Equatable {
+        let event: MMUNotifyEvent, start: UInt64, end: UInt64, owner: PgmapOwner?
+        init(_ event: MMUNotifyEvent, _ start: UInt64, _ end: UInt64, _ owner: PgmapOwner?) {
+            (self.event, self.start, self.end, self.owner) = (event, start, end, owner)
+        }
+    }
+    private let seen = NIOLockedValueBox<[Seen]>([])
+
+    func invalidate(_ notifier: MMUIntervalNotifier, range: MMUNotifierRange, currentSequence: UInt64) -> Bool {
+        seen.withLockedValue { $0.append(Seen(range.event, range.start, range.end, range.owner)) }
+        notifier.setSequence(currentSequence)
+        return true
+    }
+
+    /// The invalidations recorded since the last call.
+    func take() -> [Seen] { seen.withLockedValue { v in defer { v = [] }; return v } }
 }
