@@ -44,7 +44,6 @@ public func migrateVMA(ops: (any MigrateVMAOps)?, vma: VMA?, start: UInt64, end:
     try migrateVMASetup(&args, fileID: fileID, line: line)
     guard args.cpages > 0 else { return }
     let n = args.npages
-    dst.update(repeating: [])
     ops.allocAndCopy(vma: vma, src: UnsafeBufferPointer(rebasing: src[0..<n]),
                      dst: UnsafeMutableBufferPointer(rebasing: dst[0..<n]), start: start, end: args.end)
     // 2017 drivers flag unrecoverable entries with MIGRATE_PFN_ERROR (no VALID bit), and

@@ -2,7 +2,8 @@
 ///
 /// Owned by one thread from `migrateVMASetup` to `migrateVMAFinalize`; that thread holds
 /// `vma.mm.mmapLock` in read mode for the whole sequence. `src` and `dst` are
-/// caller-owned buffers of at least `(end - start) / pageSize` entries.
+/// caller-owned buffers of at least `(end - start) / pageSize` entries; the steps read
+/// and write only that many (entries past them are left alone, as the kernel leaves them).
 public struct MigrateVMA {
     /// Which kinds of page `migrateVMASetup` collects (`MIGRATE_VMA_SELECT_*`).
     public struct Flags: OptionSet, Sendable, Hashable {
@@ -102,7 +103,8 @@ public func migrateVMASetup(_ args: inout MigrateVMA, fileID: StaticString = #fi
         try checker.willSetup(args.src, count: count, site: CallSite(fileID: fileID, line: line))
     }
 
-    args.src.update(repeating: [])
+    // Only the range's entries: a longer buffer keeps what it holds past them.
+    UnsafeMutableBufferPointer(rebasing: args.src[0..<count]).update(repeating: [])
     args.cpages = 0
     args.npages = 0
     mm.migrateVMACollect(&args, vma)

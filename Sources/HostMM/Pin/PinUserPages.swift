@@ -45,8 +45,9 @@ extension AddressSpace {
                     pinned = pte.pfn
                 }
                 if let page = pinned, longterm, memory.isDeviceCoherent(page) {
-                    // Unpin, move the page to RAM, and pin whatever is mapped there now.
-                    if memory.dropReference(page, count: references) { memory.freePage(page) }
+                    // The pin becomes one plain reference, which the migration takes over
+                    // (the page cannot be freed meanwhile); then pin whatever is mapped there now.
+                    if references > 1 { _ = memory.dropReference(page, count: references - 1) }
                     guard memory.migrateDeviceCoherentPage(page) else { throw .busy }
                     pinned = nil
                     try access(addr, 1, write: write || vmaWritable) { _, _, _, _ in
@@ -72,23 +73,31 @@ extension AddressSpace {
 extension PhysicalMemory {
     /// `migrate_device_coherent_folio`: moves one device-coherent page to a new RAM page,
     /// wherever it is mapped (the `migrateDevice*` path, with a CPU copy: coherent memory
-    /// is CPU-reachable). False when the page could not be collected or moved.
-    func migrateDeviceCoherentPage(_ page: PFN) -> Bool {
+    /// is CPU-reachable). The caller holds one reference on `page`, which the migration
+    /// takes over: it is gone when this returns, whether or not the page moved. Sleeps for
+    /// the page lock. False (the kernel's EBUSY) when the page could not be unmapped or moved.
+    func migrateDeviceCoherentPage(_ page: PFN, fileID: StaticString = #fileID, line: UInt = #line) -> Bool {
         var src = MigratePFN()
         var dst = MigratePFN()
         return withUnsafeMutablePointer(to: &src) { s in
             withUnsafeMutablePointer(to: &dst) { d in
                 let sb = UnsafeMutableBufferPointer(start: s, count: 1)
                 let db = UnsafeMutableBufferPointer(start: d, count: 1)
-                do { try migrateDeviceRange(sb, start: page, npages: 1) } catch { return false }
-                if sb[0].contains(.migrate), let from = bytes(page), let ram = allocPage() {
+                lockPage(page)
+                sb[0] = MigratePFN(pfn: page).union(.migrate)
+                // On failure the unmap step restored the mappings, unlocked the page and
+                // dropped the reference.
+                guard migrateDeviceUnmap(sb, 1, faultPage: nil) == 1 else { return false }
+                let site = CallSite(fileID: fileID, line: line)
+                checker?.didSetup(self, sb, npages: 1, collected: 1, start: nil, site: site)
+                if let from = bytes(page), let ram = allocPage() {
                     lockPage(ram)
                     memcpy(bytes(ram)!, from, pageSize)
                     db[0] = MigratePFN(pfn: ram)
                 }
-                do { try migrateDevicePages(src: sb, dst: db, npages: 1) } catch { sb[0].remove(.migrate) }
+                do { try migrateDevicePages(src: sb, dst: db, npages: 1, fileID: fileID, line: line) } catch { sb[0].remove(.migrate) }
                 let moved = sb[0].contains(.migrate)
-                migrateDeviceFinalize(src: sb, dst: db, npages: 1)
+                migrateDeviceFinalize(src: sb, dst: db, npages: 1, fileID: fileID, line: line)
                 return moved
             }
         }
