@@ -84,4 +84,48 @@ import Testing
         #expect(gpu.checkInvariants().isEmpty)
     }
 
+    /// A GPU atomic taking a page device-exclusive dropped the mmap lock before installing
+    /// the device entry: an munmap in between zapped the CPU entry and raised its
+    /// invalidation before the entry existed, and the GPU then mapped the page after it was
+    /// unmapped (and freed once the fault path dropped its reference). The munmap runs at
+    /// `.deviceExclusive`, the step between the two.
+    @Test func munmapWhileAnAtomicTakesThePageExclusiveLeavesNoEntry() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.gpuFault = .mapSystemMemory(pages: 1)
+        let mmBox = Late<AddressSpace>()
+        let base = Atomic<UInt64>(0)
+        let unmapped = Atomic<Bool>(false)
+        let hook = StepHook(matches: { $0.kind == .deviceExclusive }) {
+            let unmapper = TestThread {
+                guard let mm = mmBox.value else { return }
+                do {
+                    try mm.munmap(base.load(ordering: .relaxed), length: pageSize)
+                    unmapped.store(true, ordering: .relaxed)
+                } catch {}
+            }
+            // While the fault holds the mmap lock the munmap cannot finish: wait a little,
+            // then let the fault go on (it completes after the fault either way).
+            _ = unmapper.join(seconds: 0.2)
+        }
+        let gpu = try makeDevice(memory, vramMiB: 4, policy: policy, observer: hook)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        mmBox.value = mm
+        let a = try mm.mmap(length: pageSize)
+        base.store(a, ordering: .relaxed)
+        try mm.write(at: a, bytes: [UInt8](repeating: 1, count: 8))
+        let space = try gpu.bind(mm)
+
+        let atomic: Result<UInt64, DeviceError>
+        do { atomic = .success(try space.atomicAdd(at: a, 1)) } catch { atomic = .failure(error) }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !unmapped.load(ordering: .relaxed) && ContinuousClock.now < deadline { usleep(1000) }
+        let didUnmap = unmapped.load(ordering: .relaxed)
+        #expect(didUnmap)
+        #expect(space.entry(at: a) == .none, "the GPU still maps the unmapped page: \(space.entry(at: a)); atomic \(atomic)")
+        #expect(space.mappedPageCount == 0)
+        #expect(gpu.checkInvariants().isEmpty)
+    }
+
 }

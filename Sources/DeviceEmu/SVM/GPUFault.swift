@@ -127,13 +127,16 @@ extension GPUAddressSpace {
         }
     }
 
-    /// Takes the System-RAM page at `address` device-exclusive and maps it for atomics.
+    /// Takes the System-RAM page at `address` device-exclusive and maps it for atomics
+    /// (`nouveau_atomic_range_fault`, `dmirror_exclusive`). The mmap lock is held until the
+    /// entry is installed: once dropped, an munmap could zap the CPU entry, and raise its
+    /// invalidation, before the device entry exists, which would then map an unmapped page.
     func makeExclusive(_ address: UInt64) throws(DeviceError) {
+        mm.mmapLock.readLock()
+        defer { mm.mmapLock.readUnlock() }
         let page: PFN
         do {
-            page = try mm.mmapLock.withReadLock { () throws(HostMMError) -> PFN in
-                try mm.makeDeviceExclusive(address, owner: device.owner)
-            }
+            page = try mm.makeDeviceExclusive(address, owner: device.owner)
         } catch .fault, .segmentationFault, .busError {
             throw .fault(address: address)
         } catch .busy {
@@ -141,6 +144,7 @@ extension GPUAddressSpace {
         } catch {
             throw .hostMM(error)
         }
+        device.emit(.deviceExclusive, .none, address: address)
         // Installed before the page is unlocked: a CPU access restoring the entry takes the
         // page lock first, then invalidates, so it cannot slip between.
         lock.withLock {
