@@ -128,4 +128,68 @@ import Testing
         #expect(gpu.checkInvariants().isEmpty)
     }
 
+    /// With the migrate-to-VRAM GPU-fault policy, an atomic faulting on a page another
+    /// thread's GPU fault was migrating found neither a VRAM entry nor a device-private CPU
+    /// entry (a migration entry), so it took the page device-exclusive — which waited for
+    /// the migration, then pulled the page straight back to RAM through a CPU fault. The
+    /// fault now waits the migration out and maps the page in VRAM.
+    @Test func atomicOnAPageBeingMigratedToVRAMDoesNotPullItBack() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.gpuFault = .migrateToVRAM(pages: 8)
+        let gpuBox = Late<Device>()
+        let mmBox = Late<AddressSpace>()
+        let base = Atomic<UInt64>(0)
+        let second = Late<TestThread>()
+        let secondResult = Atomic<Int>(-1)
+        let secondFaulted = DispatchSemaphore(value: 0)
+        // The second atomic's own migration finds the window collected (setup collects 0)…
+        let watcher = StepHook(matches: { $0.kind == .setupEnd && $0.direction == .toDevice && $0.pages == 0 }) {
+            secondFaulted.signal()
+        }
+        // …while the first one waits for its copies.
+        let hook = StepHook(matches: { $0.kind == .fenceWaitBegin && $0.direction == .toDevice }) {
+            second.value = TestThread {
+                guard let gpu = gpuBox.value, let mm = mmBox.value, let space = gpu.addressSpace(for: mm) else { return }
+                do { secondResult.store(Int(try space.atomicAdd(at: base.load(ordering: .relaxed) + UInt64(pageSize), 1)),
+                                        ordering: .relaxed) } catch {}
+            }
+            _ = secondFaulted.wait(timeout: .now() + 20)
+            usleep(20_000)   // let it reach its fallback before this migration finishes
+        }
+        let both = Both(hook, watcher)
+        let gpu = try makeDevice(memory, vramMiB: 4, policy: policy, observer: both)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 8 * pageSize)
+        try mm.touch(a, length: 8 * pageSize, write: true)
+        gpuBox.value = gpu
+        mmBox.value = mm
+        base.store(a, ordering: .relaxed)
+        let space = try gpu.bind(mm)
+
+        #expect(try space.atomicAdd(at: a, 1) == 0)
+        #expect(second.value?.join(seconds: 20) == true)
+        let previous = secondResult.load(ordering: .relaxed)
+        #expect(previous == 0)
+        #expect(gpu.counters[.cpuFaults] == 0, "a page went back to RAM")
+        #expect(gpu.counters[.pagesToRAM] == 0)
+        #expect(space.entry(at: a).kind == .vram && space.entry(at: a + UInt64(pageSize)).kind == .vram,
+                "\(space.entry(at: a)) \(space.entry(at: a + UInt64(pageSize)))")
+        #expect(gpu.residentPages(mm, a, pages: 8) == 8)
+        #expect(try mm.read(at: a + UInt64(pageSize), count: 1) == [1])
+    }
+
+    /// Two observers in one.
+    final class Both: MigrationObserver, @unchecked Sendable {
+        let first: any MigrationObserver, second: any MigrationObserver
+        init(_ first: any MigrationObserver, _ second: any MigrationObserver) {
+            self.first = first
+            self.second = second
+        }
+        func observe(_ event: MigrationEvent) {
+            first.observe(event)
+            second.observe(event)
+        }
+    }
 }

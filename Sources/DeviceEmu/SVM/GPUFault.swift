@@ -34,8 +34,9 @@ extension GPUAddressSpace {
             // A page already in this device's VRAM needs no exclusivity, only a writable
             // entry: map it where it is rather than pull it back to RAM (a read-only entry
             // shared after fork is faulted for write, which breaks COW in RAM; then the
-            // page is taken exclusive below).
-            if isOwnDevicePage(address) {
+            // page is taken exclusive below). So does one being migrated, perhaps into
+            // this VRAM by another fault on the window: `hmm_range_fault` waits it out.
+            if mayBeOwnDevicePage(address) {
                 written += try mapSystem(address ..< address + 4096, faulting: address, write: true, reportOwnPages: true)
             }
             if !kind.allows(entry(at: address)) {
@@ -118,12 +119,15 @@ extension GPUAddressSpace {
         }
     }
 
-    /// Whether the CPU entry at `address` is a device-private entry of this device's VRAM
-    /// (a `ptep_get` peek under the mmap lock: a hint the caller's fault path re-checks).
-    private func isOwnDevicePage(_ address: UInt64) -> Bool {
+    /// Whether the CPU entry at `address` is a device-private entry of this device's VRAM,
+    /// or a migration entry: a migration in flight, which may be bringing the page into
+    /// this VRAM (a `ptep_get` peek under the mmap lock: a hint the caller's fault path
+    /// re-checks). Taking such a page exclusive would wait for the migration, then pull the
+    /// page straight back to RAM through a CPU fault.
+    private func mayBeOwnDevicePage(_ address: UInt64) -> Bool {
         mm.mmapLock.withReadLock {
             let pte = mm.pageTableEntry(address)
-            return pte.kind == .devicePrivate && device.vram.contains(pte.pfn)
+            return pte.kind == .migration || (pte.kind == .devicePrivate && device.vram.contains(pte.pfn))
         }
     }
 
