@@ -14,19 +14,21 @@ extension GPUAddressSpace {
               vma.flags.contains(.read) else { throw .fault(address: address) }
         if kind != .read && !vma.flags.contains(.write) { throw .permissionDenied(address: address) }
         let policy = device.policy
-        var written = 0
+        // Entries the migration mapped (it counts them in `deviceMappings` itself), and
+        // entries this fault writes itself.
+        var migrated = 0, written = 0
         if case .migrateToVRAM(let pages) = policy.gpuFault {
             let window = Self.window(address, pages: pages, vma.start, vma.end)
             // The channels a CPU fault of this size would take: a small window copies on
             // this thread (an engine round trip costs more than the copy here).
             do {
-                written = try device.migrateToDevice(mm, range: window, channels: device.channels(forFault: window, policy)).migrated
+                migrated = try device.migrateToDevice(mm, range: window, channels: device.channels(forFault: window, policy)).migrated
             } catch {
                 // Memory migration refuses (special VMAs, VRAM exhausted…): map instead.
                 if error == .suspended || error == .shutDown { throw error }
             }
             if kind.allows(entry(at: address)) {
-                device.emit(.gpuFaultResolved, .none, begin: begin, address: address, pages: written)
+                device.emit(.gpuFaultResolved, .none, begin: begin, address: address, pages: migrated)
                 return
             }
         }
@@ -60,7 +62,7 @@ extension GPUAddressSpace {
             }
         }
         device.counters.add(.deviceMappings, written)
-        device.emit(.gpuFaultResolved, .none, begin: begin, address: address, pages: written)
+        device.emit(.gpuFaultResolved, .none, begin: begin, address: address, pages: migrated + written)
     }
 
     /// The aligned window of `pages` pages containing `address`, clamped to `[lower, upper)`.
