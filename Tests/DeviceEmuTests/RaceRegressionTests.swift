@@ -180,6 +180,41 @@ import Testing
         #expect(try mm.read(at: a + UInt64(pageSize), count: 1) == [1])
     }
 
+    /// `bind` checked for teardown before publishing the new view: a teardown in between
+    /// unbound everything but the view, which then stayed bound to the dead device (its
+    /// notifier in the address space, the device kept alive). A `suspend()` on a torn-down
+    /// device also showed the gate as suspended for a moment, letting a bind through. The
+    /// binder races `shutdown()` and then `suspend()` calls, bounded in rounds.
+    @Test func bindingRacingTeardownLeavesNoViewBound() throws {
+        let memory = try makeMemory(mib: 64)
+        var leaked = 0, rounds = 0
+        let deadline = ContinuousClock.now + .seconds(3)
+        while rounds < 40 && leaked == 0 && ContinuousClock.now < deadline {
+            rounds += 1
+            let gpu = try makeDevice(memory, vramMiB: 2)
+            let stop = Atomic<Bool>(false)
+            let bound = Atomic<Int>(0)
+            let spaces = NIOLockedValueBox<[AddressSpace]>([])
+            let binder = TestThread {
+                var n = 0
+                while !stop.load(ordering: .relaxed) && n < 100_000 {
+                    n += 1
+                    let mm = AddressSpace(memory: memory)
+                    spaces.withLockedValue { $0.append(mm) }
+                    if (try? gpu.bind(mm)) != nil { bound.add(1, ordering: .relaxed) }
+                }
+            }
+            while bound.load(ordering: .relaxed) < 4 { usleep(100) }
+            try gpu.shutdown()
+            for _ in 0..<300 { _ = try? gpu.suspend() }
+            stop.store(true, ordering: .relaxed)
+            #expect(binder.join(seconds: 20))
+            leaked = spaces.withLockedValue { all in all.filter { gpu.addressSpace(for: $0) != nil }.count }
+            for mm in spaces.withLockedValue({ $0 }) { gpu.unbind(mm) }
+        }
+        #expect(leaked == 0, "round \(rounds): \(leaked) view(s) bound to a torn-down device")
+    }
+
     /// Two observers in one.
     final class Both: MigrationObserver, @unchecked Sendable {
         let first: any MigrationObserver, second: any MigrationObserver
