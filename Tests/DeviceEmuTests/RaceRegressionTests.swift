@@ -180,6 +180,47 @@ import Testing
         #expect(try mm.read(at: a + UInt64(pageSize), count: 1) == [1])
     }
 
+    /// `migrateVMAPages` inserts a migrated hole's device-private entry before the fence
+    /// signals (the page stays locked until finalize). A GPU fault in between got that
+    /// entry from `hmmRangeFault` (its own pages are reported, locked or not) and mapped the
+    /// VRAM page before its clear landed: the GPU read what VRAM held before (poison here).
+    @Test func gpuFaultOnAHoleWhoseClearIsInFlightReadsZeros() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.batchPages = 16
+        policy.gpuFault = .mapSystemMemory(pages: 1)
+        let delayed = CopyBackendKind.faultInjecting(
+            FaultPlan(rules: [.init(.every(1), .delay(.milliseconds(100)))]), wrapping: .ioUring)
+        let spaceBox = Late<GPUAddressSpace>()
+        let base = Atomic<UInt64>(0)
+        let seen = NIOLockedValueBox<[UInt8]?>(nil)
+        let finished = Atomic<Bool>(false)
+        let hook = StepHook(matches: { $0.kind == .fenceWaitBegin && $0.direction == .toDevice }) {
+            _ = TestThread {
+                guard let space = spaceBox.value else { return }
+                let bytes = try? space.read(at: base.load(ordering: .relaxed) + UInt64(3 * pageSize), count: 64)
+                seen.withLockedValue { $0 = bytes }
+                finished.store(true, ordering: .relaxed)
+            }
+            // Without the fix the read is served at once; with it, it waits for finalize.
+            let until = ContinuousClock.now + .milliseconds(300)
+            while !finished.load(ordering: .relaxed) && ContinuousClock.now < until { usleep(1000) }
+        }
+        let gpu = try makeDevice(memory, vramMiB: 2, backend: delayed, policy: policy, observer: hook)
+        defer { try? gpu.shutdown() }
+        gpu.vram.pools[0].mapping.initializeMemory(as: UInt8.self, repeating: 0xEE)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 16 * pageSize)
+        base.store(a, ordering: .relaxed)
+        spaceBox.value = try gpu.bind(mm)
+
+        let r = try gpu.migrateToDevice(mm, range: range(a, pages: 16))
+        #expect(r.migrated == 16 && r.holes == 16)
+        let until = ContinuousClock.now + .seconds(20)
+        while !finished.load(ordering: .relaxed) && ContinuousClock.now < until { usleep(1000) }
+        #expect(seen.withLockedValue { $0 } == [UInt8](repeating: 0, count: 64))
+    }
+
     /// `bind` checked for teardown before publishing the new view: a teardown in between
     /// unbound everything but the view, which then stayed bound to the dead device (its
     /// notifier in the address space, the device kept alive). A `suspend()` on a torn-down

@@ -103,6 +103,13 @@ extension GPUAddressSpace {
             } catch {
                 throw .hostMM(error)
             }
+            // A page of this VRAM still locked is a hole `migrateVMAPages` already inserted,
+            // whose clear may be in flight (the fence gates finalize, which unlocks it):
+            // wait for it rather than map VRAM the copy engine has not reached yet.
+            if let busy = lockedOwnPage(pfns) {
+                device.memory.waitOnPageUnlocked(busy)
+                continue
+            }
             let installed: Int? = lock.withLock {
                 guard !isDetached else { return 0 }
                 guard !notifier.readRetry(seq), ownSequence == own else { return nil }
@@ -119,6 +126,15 @@ extension GPUAddressSpace {
             }
             if let installed { return installed }
         }
+    }
+
+    /// The first page of this device's VRAM among the valid entries of a snapshot that is
+    /// still locked (a migration into it has not finalized), or nil.
+    private func lockedOwnPage(_ pfns: UnsafeMutableBufferPointer<HMMPFN>) -> PFN? {
+        for p in pfns where p.contains(.valid) && !p.contains(.error) {
+            if device.vram.contains(p.pfn) && device.memory.isPageLocked(p.pfn) { return p.pfn }
+        }
+        return nil
     }
 
     /// Whether the CPU entry at `address` is a device-private entry of this device's VRAM,
