@@ -21,6 +21,26 @@ import Testing
         #expect(gpu.counters[.cpuFaults] == pages && space.mappedPageCount == 0)
     }
 
+    /// A GPU fault whose window migrated but whose own page stayed (pinned) counted the
+    /// migration's entries twice in `deviceMappings`: once when the batch mapped them, again
+    /// with the fault's own mapping.
+    @Test func gpuFaultCountsEachEntryItWritesOnce() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.gpuFault = .migrateToVRAM(pages: 8)
+        let gpu = try makeDevice(memory, vramMiB: 8, policy: policy)
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 8, seed: 33)
+        let pinned = try mm.pinUserPages(a, count: 1, write: false)
+        defer { memory.unpinUserPages(pinned) }
+        let space = try gpu.bind(mm)
+        #expect(try space.read(at: a, count: pageSize) == pattern.page(0))
+        #expect(gpu.counters[.gpuFaults] == 1)
+        #expect(space.entry(at: a).kind == .system && gpu.residentPages(mm, a, pages: 8) == 7)
+        #expect(space.mappedPageCount == 8)
+        #expect(gpu.counters[.deviceMappings] == 8)
+    }
+
     @Test func mapSystemPolicyLeavesDataInRAMAndSharesIt() throws {
         let memory = try makeMemory(mib: 64)
         var policy = MigrationPolicy()

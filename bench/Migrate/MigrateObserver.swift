@@ -71,6 +71,8 @@ final class MigrateObserver: MigrationObserver, @unchecked Sendable {
             track.complete("cpu fault", start: e.beginTime, end: e.time, args: TraceArgs("pages", Int64(e.pages)))
         case .gpuFaultResolved:
             track.complete("gpu fault", start: e.beginTime, end: e.time, args: TraceArgs("mapped", Int64(e.pages)))
+        case .deviceExclusive:
+            track.instant("device exclusive", at: e.time)
         case .migratePagesBegin, .fenceWaitBegin, .finalizeBegin, .cpuFaultBegin, .gpuFault:
             break
         }

@@ -7,11 +7,7 @@ extension Device {
     /// - Throws: `.shutDown` after teardown; `.busy` if some pages could not be evicted
     ///   (pinned): the device is suspended anyway, with those pages still in VRAM.
     public func suspend() throws(DeviceError) {
-        let old = gate.close(to: .suspended)
-        guard old != .shutDown else {
-            gate.close(to: .shutDown)
-            throw .shutDown
-        }
+        guard gate.close(to: .suspended) != .shutDown else { throw .shutDown }
         evictAll()
         if vram.inUsePageCount > 0 { throw .busy }
     }

@@ -217,6 +217,13 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
             return space
         }
         if winner !== space { space.detach() }
+        // A teardown between the check above and the insertion unbound everything but this
+        // view. Teardown closes the gate before it unbinds: seeing it still open here means
+        // its `unbindAll` comes later and finds the view.
+        if gate.state == .shutDown {
+            unbind(mm)
+            throw .shutDown
+        }
         return winner
     }
 

@@ -46,13 +46,13 @@ final class OperationGate: @unchecked Sendable {
         do { return .success(try body()) } catch { return .failure(error) }
     }
 
-    /// Moves to `state` (refusing new operations unless `.running`) and waits until none
-    /// is in flight. Returns the state it left.
+    /// Moves to `state` (refusing new operations unless `.running`) — unless shut down,
+    /// which is final — and waits until none is in flight. Returns the state it left.
     @discardableResult
     func close(to state: State) -> State {
         idle.lock()
         let old = current
-        current = state
+        if current != .shutDown { current = state }
         idle.unlock(withValue: active == 0)
         idle.lock(whenValue: true)
         idle.unlock()

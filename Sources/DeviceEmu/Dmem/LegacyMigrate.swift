@@ -12,7 +12,9 @@ import DMAEngine
 final class LegacyDmemMigrateOps: MigrateVMAOps {
     unowned let device: Device
     let policy: MigrationPolicy
-    let space: GPUAddressSpace?
+    let mm: AddressSpace
+    /// The device page table of `mm`, looked up once the batch is collected (`allocAndCopy`).
+    var space: GPUAddressSpace?
     let tag: UInt64
     let batch: UInt64
     let slot: UnsafeMutableBufferPointer<Int32>
@@ -31,12 +33,12 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
     /// `.finalizeBegin` was reported: the caller reports `.finalizeEnd` after `migrateVMA` returns.
     var finalizing = false
 
-    init(device: Device, policy: MigrationPolicy, space: GPUAddressSpace?, tag: UInt64, batch: UInt64,
+    init(device: Device, policy: MigrationPolicy, mm: AddressSpace, tag: UInt64, batch: UInt64,
          buffers: MigrationBuffers, writable: Bool, channels: ChannelPool) {
         self.device = device
         self.channels = channels
         self.policy = policy
-        self.space = space
+        self.mm = mm
         self.tag = tag
         self.batch = batch
         self.slot = buffers.slot
@@ -65,6 +67,9 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
             result.refusedBatches = 1
             return
         }
+        // Looked up after setup: a view bound before it may map collected pages (see
+        // `startBatchToDevice`).
+        space = d.addressSpace(for: mm)
         space?.zapCollected(start, src, n)
         let got = d.vram.allocPages(into: UnsafeMutableBufferPointer(rebasing: pages[0..<want]))
         let channel: DMAChannel
@@ -159,10 +164,10 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
 extension Device {
     /// One batch through the 2017 callback API. The caller holds the mmap lock.
     func legacyMigrateBatch(_ b: MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64,
-                            _ policy: MigrationPolicy, _ space: GPUAddressSpace?, _ tag: UInt64,
+                            _ policy: MigrationPolicy, _ mm: AddressSpace, _ tag: UInt64,
                             _ pool: ChannelPool) throws(DeviceError) -> MigrationResult {
         let batch = nextBatch()
-        let ops = LegacyDmemMigrateOps(device: self, policy: policy, space: space, tag: tag, batch: batch,
+        let ops = LegacyDmemMigrateOps(device: self, policy: policy, mm: mm, tag: tag, batch: batch,
                                        buffers: b, writable: vma.flags.contains(.write), channels: pool)
         // The batch begins with `.setupBegin`; its setup span starts after it (nests inside).
         emit(.setupBegin, .toDevice, batch: batch, address: start)

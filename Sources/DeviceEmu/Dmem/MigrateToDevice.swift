@@ -37,7 +37,6 @@ extension Device {
         try gate.enter()
         defer { gate.exit() }
         let policy = self.policy
-        let space = addressSpace(for: mm)
         let tag = Self.allocationTag(range)
         let depth = policy.apiGeneration == .threeStep ? policy.pipelineDepth : 1
         // Each batch owns its buffers from setup until it completes.
@@ -59,12 +58,12 @@ extension Device {
                 defer { if !inFlight.contains(where: { $0.buffers === b }) { idle.append(b) } }
                 switch policy.apiGeneration {
                 case .threeStep:
-                    switch try startBatchToDevice(b, vma, start, end, policy, space, tag, pool) {
+                    switch try startBatchToDevice(b, vma, start, end, policy, mm, tag, pool) {
                     case .done(let outcome): total.add(outcome)
                     case .inFlight(let batch): inFlight.append(batch)
                     }
                 case .callbacks2017:
-                    total.add(try legacyMigrateBatch(b, vma, start, end, policy, space, tag, pool))
+                    total.add(try legacyMigrateBatch(b, vma, start, end, policy, mm, tag, pool))
                 }
             }
         } catch {
@@ -98,7 +97,7 @@ extension Device {
     /// Setup, allocation, copies, submit and `migrateVMAPages` of one batch
     /// (`nouveau_dmem_migrate_chunk` up to the fence wait). The caller holds the mmap lock.
     func startBatchToDevice(_ b: MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64,
-                            _ policy: MigrationPolicy, _ space: GPUAddressSpace?, _ tag: UInt64,
+                            _ policy: MigrationPolicy, _ mm: AddressSpace, _ tag: UInt64,
                             _ pool: ChannelPool) throws(DeviceError) -> BatchStart {
         let batch = nextBatch()
         emit(.setupBegin, .toDevice, batch: batch, address: start)
@@ -116,6 +115,10 @@ extension Device {
         if policy.rangeMigration == .allOrNothing && args.cpages < args.npages {
             return .done(refuse(&args, &out, batch))
         }
+        // The device page table is looked up now, not when the migration started: the
+        // notifier skips this device's own migrations, so a view bound meanwhile (which may
+        // have mapped a page collected here) is zapped only by this call.
+        let space = addressSpace(for: mm)
         space?.zapCollected(start, UnsafeBufferPointer(b.src), args.npages)
 
         // alloc_and_copy: a locked device page per MIGRATE entry, a copy or a clear into it.

@@ -29,7 +29,6 @@ extension Device {
         waitForResidency(fault, window, policy)
         let buffers = spareBuffers.take(min(policy.batchPages, Int((window.upperBound - window.lowerBound) >> 12)))
         defer { spareBuffers.give(buffers) }
-        let space = addressSpace(for: fault.mm)
         let pool = channels(forFault: window, policy)
         var result = VMFaultResult.done
         var moved = 0
@@ -42,7 +41,7 @@ extension Device {
             let start = window.lowerBound + UInt64(index) * span
             let end = min(window.upperBound, start + span)
             do {
-                let r = try migrateBatchToRAM(buffers, fault.vma, start, end, faultPage: fault.page, space, policy, pool)
+                let r = try migrateBatchToRAM(buffers, fault.vma, start, end, faultPage: fault.page, fault.mm, policy, pool)
                 moved += r.moved
                 if k == 0, r.faultPageCopyFailed { result = .sigbus }
                 if k == 0, r.faultPageWithoutRAM { result = .oom }
@@ -62,12 +61,11 @@ extension Device {
         guard !range.isEmpty, range.lowerBound & 4095 == 0, range.upperBound & 4095 == 0 else { throw .invalidArgument }
         let policy = self.policy
         let buffers = MigrationBuffers(capacity: policy.batchPages)
-        let space = addressSpace(for: mm)
         var total = MigrationResult()
         mm.mmapLock.readLock()
         defer { mm.mmapLock.readUnlock() }
         try forEachBatch(mm, range, batch: policy.batchPages) { (vma, start, end) throws(DeviceError) in
-            let r = try migrateBatchToRAM(buffers, vma, start, end, faultPage: nil, space, policy, channels)
+            let r = try migrateBatchToRAM(buffers, vma, start, end, faultPage: nil, mm, policy, channels)
             total.pages += Int((end - start) >> 12)
             total.collected += r.collected
             total.migrated += r.moved
@@ -90,7 +88,7 @@ extension Device {
     /// One batch back to RAM. The caller holds the mmap lock (the fault path: the
     /// faulting thread's). Holes in the window are left alone.
     func migrateBatchToRAM(_ b: MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64, faultPage: PFN?,
-                           _ space: GPUAddressSpace?, _ policy: MigrationPolicy,
+                           _ mm: AddressSpace, _ policy: MigrationPolicy,
                            _ pool: ChannelPool) throws(DeviceError) -> ToRAMOutcome {
         let batch = nextBatch()
         emit(.setupBegin, .toRAM, batch: batch, address: start)
@@ -110,7 +108,8 @@ extension Device {
             emit(.finalizeEnd, .toRAM, begin: tf, batch: batch, address: start, pages: 0)
             return out
         }
-        space?.zapCollected(start, UnsafeBufferPointer(b.src), args.npages)
+        // Looked up once the pages are collected (see `startBatchToDevice`).
+        addressSpace(for: mm)?.zapCollected(start, UnsafeBufferPointer(b.src), args.npages)
         let faultIndex = faultPage.flatMap { fp in (0..<args.npages).first { b.src[$0].page == fp } }
 
         let (fence, descriptors) = try enqueueToRAM(b, &args, pool)

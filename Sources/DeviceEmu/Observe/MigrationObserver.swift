@@ -50,6 +50,9 @@ public struct MigrationEvent: Sendable, Equatable {
         case gpuFault
         /// The fault was resolved; `pages` = device page-table entries written.
         case gpuFaultResolved
+        /// A GPU atomic's fault took a System-RAM page device-exclusive
+        /// (`make_device_exclusive`); the device maps it next. `address` = the page.
+        case deviceExclusive
     }
 
     /// What a batch moves.

@@ -14,19 +14,21 @@ extension GPUAddressSpace {
               vma.flags.contains(.read) else { throw .fault(address: address) }
         if kind != .read && !vma.flags.contains(.write) { throw .permissionDenied(address: address) }
         let policy = device.policy
-        var written = 0
+        // Entries the migration mapped (it counts them in `deviceMappings` itself), and
+        // entries this fault writes itself.
+        var migrated = 0, written = 0
         if case .migrateToVRAM(let pages) = policy.gpuFault {
             let window = Self.window(address, pages: pages, vma.start, vma.end)
             // The channels a CPU fault of this size would take: a small window copies on
             // this thread (an engine round trip costs more than the copy here).
             do {
-                written = try device.migrateToDevice(mm, range: window, channels: device.channels(forFault: window, policy)).migrated
+                migrated = try device.migrateToDevice(mm, range: window, channels: device.channels(forFault: window, policy)).migrated
             } catch {
                 // Memory migration refuses (special VMAs, VRAM exhausted…): map instead.
                 if error == .suspended || error == .shutDown { throw error }
             }
             if kind.allows(entry(at: address)) {
-                device.emit(.gpuFaultResolved, .none, begin: begin, address: address, pages: written)
+                device.emit(.gpuFaultResolved, .none, begin: begin, address: address, pages: migrated)
                 return
             }
         }
@@ -34,8 +36,9 @@ extension GPUAddressSpace {
             // A page already in this device's VRAM needs no exclusivity, only a writable
             // entry: map it where it is rather than pull it back to RAM (a read-only entry
             // shared after fork is faulted for write, which breaks COW in RAM; then the
-            // page is taken exclusive below).
-            if isOwnDevicePage(address) {
+            // page is taken exclusive below). So does one being migrated, perhaps into
+            // this VRAM by another fault on the window: `hmm_range_fault` waits it out.
+            if mayBeOwnDevicePage(address) {
                 written += try mapSystem(address ..< address + 4096, faulting: address, write: true, reportOwnPages: true)
             }
             if !kind.allows(entry(at: address)) {
@@ -59,7 +62,7 @@ extension GPUAddressSpace {
             }
         }
         device.counters.add(.deviceMappings, written)
-        device.emit(.gpuFaultResolved, .none, begin: begin, address: address, pages: written)
+        device.emit(.gpuFaultResolved, .none, begin: begin, address: address, pages: migrated + written)
     }
 
     /// The aligned window of `pages` pages containing `address`, clamped to `[lower, upper)`.
@@ -100,6 +103,13 @@ extension GPUAddressSpace {
             } catch {
                 throw .hostMM(error)
             }
+            // A page of this VRAM still locked is a hole `migrateVMAPages` already inserted,
+            // whose clear may be in flight (the fence gates finalize, which unlocks it):
+            // wait for it rather than map VRAM the copy engine has not reached yet.
+            if let busy = lockedOwnPage(pfns) {
+                device.memory.waitOnPageUnlocked(busy)
+                continue
+            }
             let installed: Int? = lock.withLock {
                 guard !isDetached else { return 0 }
                 guard !notifier.readRetry(seq), ownSequence == own else { return nil }
@@ -118,22 +128,37 @@ extension GPUAddressSpace {
         }
     }
 
-    /// Whether the CPU entry at `address` is a device-private entry of this device's VRAM
-    /// (a `ptep_get` peek under the mmap lock: a hint the caller's fault path re-checks).
-    private func isOwnDevicePage(_ address: UInt64) -> Bool {
+    /// The first page of this device's VRAM among the valid entries of a snapshot that is
+    /// still locked (a migration into it has not finalized), or nil.
+    private func lockedOwnPage(_ pfns: UnsafeMutableBufferPointer<HMMPFN>) -> PFN? {
+        for p in pfns where p.contains(.valid) && !p.contains(.error) {
+            if device.vram.contains(p.pfn) && device.memory.isPageLocked(p.pfn) { return p.pfn }
+        }
+        return nil
+    }
+
+    /// Whether the CPU entry at `address` is a device-private entry of this device's VRAM,
+    /// or a migration entry: a migration in flight, which may be bringing the page into
+    /// this VRAM (a `ptep_get` peek under the mmap lock: a hint the caller's fault path
+    /// re-checks). Taking such a page exclusive would wait for the migration, then pull the
+    /// page straight back to RAM through a CPU fault.
+    private func mayBeOwnDevicePage(_ address: UInt64) -> Bool {
         mm.mmapLock.withReadLock {
             let pte = mm.pageTableEntry(address)
-            return pte.kind == .devicePrivate && device.vram.contains(pte.pfn)
+            return pte.kind == .migration || (pte.kind == .devicePrivate && device.vram.contains(pte.pfn))
         }
     }
 
-    /// Takes the System-RAM page at `address` device-exclusive and maps it for atomics.
+    /// Takes the System-RAM page at `address` device-exclusive and maps it for atomics
+    /// (`nouveau_atomic_range_fault`, `dmirror_exclusive`). The mmap lock is held until the
+    /// entry is installed: once dropped, an munmap could zap the CPU entry, and raise its
+    /// invalidation, before the device entry exists, which would then map an unmapped page.
     func makeExclusive(_ address: UInt64) throws(DeviceError) {
+        mm.mmapLock.readLock()
+        defer { mm.mmapLock.readUnlock() }
         let page: PFN
         do {
-            page = try mm.mmapLock.withReadLock { () throws(HostMMError) -> PFN in
-                try mm.makeDeviceExclusive(address, owner: device.owner)
-            }
+            page = try mm.makeDeviceExclusive(address, owner: device.owner)
         } catch .fault, .segmentationFault, .busError {
             throw .fault(address: address)
         } catch .busy {
@@ -141,6 +166,7 @@ extension GPUAddressSpace {
         } catch {
             throw .hostMM(error)
         }
+        device.emit(.deviceExclusive, .none, address: address)
         // Installed before the page is unlocked: a CPU access restoring the entry takes the
         // page lock first, then invalidates, so it cannot slip between.
         lock.withLock {
