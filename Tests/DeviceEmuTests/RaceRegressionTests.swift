@@ -256,6 +256,50 @@ import Testing
         #expect(leaked == 0, "round \(rounds): \(leaked) view(s) bound to a torn-down device")
     }
 
+    /// `resume()` racing `suspend()`: it reopened the device while the suspend was still
+    /// evicting, so a migration started right after it ran in the middle of the eviction,
+    /// which then evicted those pages too (or threw `.busy`). The three lifecycle calls are
+    /// serialized now: the resume waits until the suspend has finished. The resuming
+    /// thread starts at the suspend's first eviction batch.
+    @Test func resumeRacingSuspendWaitsForTheEviction() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.batchPages = 16
+        let gpuBox = Late<Device>()
+        let (mm2, b, pattern2) = try makeProcess(memory, pages: 16, seed: 9)
+        let migratedAfterResume = Atomic<Int>(-1)
+        let resumer = NIOLockedValueBox<TestThread?>(nil)
+        let hook = StepHook(matches: { $0.kind == .fenceWaitBegin && $0.direction == .evict }) {
+            let thread = TestThread {
+                guard let gpu = gpuBox.value else { return }
+                do {
+                    try gpu.resume()
+                    migratedAfterResume.store(try gpu.migrateToDevice(mm2, range: range(b, pages: 16)).migrated,
+                                              ordering: .relaxed)
+                } catch {}
+            }
+            resumer.withLockedValue { $0 = thread }
+            // Long enough for it to finish, had it not waited (not `join`: that is for the test).
+            for _ in 0..<500 where migratedAfterResume.load(ordering: .relaxed) < 0 { usleep(1000) }
+        }
+        let gpu = try makeDevice(memory, vramMiB: 4, policy: policy, observer: hook)
+        defer { try? gpu.shutdown() }
+        gpuBox.value = gpu
+        let (mm1, a, pattern1) = try makeProcess(memory, pages: 64, seed: 8)
+        #expect(try gpu.migrateToDevice(mm1, range: range(a, pages: 64)).migrated == 64)
+
+        #expect(throws: Never.self) { try gpu.suspend() }
+        let thread = try #require(resumer.withLockedValue { $0 })
+        #expect(thread.join(seconds: 20))
+        #expect(!gpu.isSuspended)
+        #expect(migratedAfterResume.load(ordering: .relaxed) == 16)
+        #expect(gpu.residentPages(mm1, a, pages: 64) == 0, "the suspend evicted every page it found")
+        #expect(gpu.residentPages(mm2, b, pages: 16) == 16, "the migration after the resume stays in VRAM")
+        #expect(try pattern1.cpuMismatches(mm1, a, pages: 64) == [])
+        #expect(try pattern2.cpuMismatches(mm2, b, pages: 16) == [])
+        #expect(gpu.checkInvariants().isEmpty)
+    }
+
     /// Two observers in one.
     final class Both: MigrationObserver, @unchecked Sendable {
         let first: any MigrationObserver, second: any MigrationObserver

@@ -1,12 +1,19 @@
+import NIOConcurrencyHelpers
+
 /// Suspend, resume and teardown (`nouveau_dmem_suspend` / `_resume` / `_fini`), with
-/// eviction through `migrateDevice*` as the issue specifies.
+/// eviction through `migrateDevice*` as the issue specifies. The three are serialized: a
+/// `resume()` racing a `suspend()` waits until the suspend has evicted everything, so it
+/// cannot restart migrations in the middle of that eviction.
 extension Device {
     /// Stops new migrations and GPU accesses, waits for those in flight, then evicts every
     /// VRAM page to System RAM. CPU faults keep working. Must not be called from inside a
-    /// device operation (an observer, an eviction policy).
+    /// device operation (an observer, an eviction policy), nor `resume`/`shutdown` from an
+    /// observer of the suspend's own eviction.
     /// - Throws: `.shutDown` after teardown; `.busy` if some pages could not be evicted
     ///   (pinned): the device is suspended anyway, with those pages still in VRAM.
     public func suspend() throws(DeviceError) {
+        lifecycle.lock()
+        defer { lifecycle.unlock() }
         guard gate.close(to: .suspended) != .shutDown else { throw .shutDown }
         evictAll()
         if vram.inUsePageCount > 0 { throw .busy }
@@ -15,6 +22,8 @@ extension Device {
     /// Lets migrations and GPU accesses run again after `suspend()`.
     /// - Throws: `.shutDown` after teardown.
     public func resume() throws(DeviceError) {
+        lifecycle.lock()
+        defer { lifecycle.unlock() }
         guard gate.reopen() else { throw .shutDown }
     }
 
@@ -28,6 +37,8 @@ extension Device {
     /// - Throws: `.busy` if pages could not be evicted (pinned); the pgmaps then stay
     ///   registered, CPU faults on those pages keep being served, and a later call retries.
     public func shutdown() throws(DeviceError) {
+        lifecycle.lock()
+        defer { lifecycle.unlock() }
         gate.close(to: .shutDown)
         evictAll()
         unbindAll()

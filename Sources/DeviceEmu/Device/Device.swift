@@ -97,6 +97,9 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     /// nil when `faultBackend` is set or the backend already copies on the CPU.
     let cpuCopyChannels: ChannelPool?
     let gate = OperationGate()
+    /// Serializes `suspend`, `resume` and `shutdown`, as the PM core orders a driver's
+    /// suspend, resume and removal callbacks (`nouveau_dmem_suspend` / `_resume` / `_fini`).
+    let lifecycle = NIOLock()
     let ownsEngine: Bool
     let isCoherent: Bool
     private let ownerToken = OwnerToken()
