@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import dmem_bench
 
@@ -56,5 +57,20 @@ import Testing
         #expect(parseError(["migrate", "--workers", "4", "--fault-backend", "mapped"]) == nil)
         #expect(parseError(["mm", "--sweep", "--pages", "100"]) == "--sweep chooses the page counts itself; leave out --pages")
         #expect(parseError(["mm", "--sweep"]) == nil)
+    }
+
+    @Test func aMissingVRAMDirectoryIsRejectedBeforeRunning() throws {
+        let missing = "/nonexistent-dmem-vram"
+        let message = "vram-dir \(missing) does not exist (mount a tmpfs there first, see README \"Huge pages for VRAM\")"
+        #expect(parseError(["run", "copy", "--set", "vram-dir=\(missing)"]) == "copy (vram-dir=\(missing)): \(message)")
+        #expect(parseError(["run", "migrate", "--set", "vram-dir=\(missing)"]) == "migrate (vram-dir=\(missing)): \(message)")
+        #expect(parseError(["copy", "--vram-dir", missing]) == message)
+        #expect(parseError(["migrate", "--vram-dir", missing]) == message)
+        #expect(parseError(["torture", "--vram-dir", missing]) == message)
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("dmem-vram-\(UUID().uuidString)").path
+        #expect(FileManager.default.createFile(atPath: file, contents: Data()))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        #expect(parseError(["copy", "--vram-dir", file]) == "vram-dir \(file) is not a directory")
+        #expect(parseError(["copy", "--vram-dir", FileManager.default.temporaryDirectory.path]) == nil)
     }
 }

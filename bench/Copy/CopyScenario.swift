@@ -57,6 +57,7 @@ enum CopyScenario {
             throw error("the copy scenario measures h2d, d2h and d2d")
         }
         guard !o.coalesce.isEmpty else { throw error("coalesce needs on, off or both") }
+        if let problem = VRAMDirectory.problem(o.vramLayout.directory) { throw error(problem) }
         if let host = o.hostBytes, host < o.totalBytes {
             throw error("host-memory \(ByteCount(host)) is smaller than total \(ByteCount(o.totalBytes)): the frames of one pass must fit in it")
         }

@@ -68,7 +68,7 @@ struct MigrateOptions: Sendable {
         if !(1...512).contains(faultAround) { return "fault-around must be in 1...512" }
         if !(1...8).contains(pipeline) { return "pipeline must be in 1...8" }
         if !(1...8).contains(workers) { return "workers must be in 1...8" }
-        return nil
+        return VRAMDirectory.problem(vramDirectory)
     }
 }
 
