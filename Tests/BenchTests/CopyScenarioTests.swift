@@ -44,7 +44,7 @@ import Testing
         #expect(records[0]["shmem_thp"] != nil)
         #expect(try run(Self.tiny + [("direction", "h2d")])[0]["vram_dir"] == .string("memfd"))
         #expect { try run(Self.tiny + [("direction", "h2d"), ("vram-dir", "/nonexistent/vram")]) } throws: { error in
-            "\(error)".contains("open(/nonexistent/vram, O_TMPFILE) for a VRAM file")
+            "\(error)".contains("vram-dir /nonexistent/vram does not exist")
         }
     }
 

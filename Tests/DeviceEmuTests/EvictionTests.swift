@@ -1,6 +1,7 @@
 import DMAEngine
 import DeviceEmu
 import HostMM
+import NIOConcurrencyHelpers
 import Synchronization
 import Testing
 
@@ -209,5 +210,53 @@ import Testing
         }
         #expect(intact == pages)
         #expect(memory.diagnostics.unlocksOfUnlockedPages == 0 && memory.diagnostics.refcountUnderflowCount == 0)
+    }
+}
+
+/// Evicts the most recently migrated pages first, the opposite of LRU: a policy of one's
+/// own through `EvictionPolicyKind.custom`, as the driver guide (section 9) describes.
+final class MostRecentFirstEviction: EvictionPolicy, @unchecked Sendable {
+    private let lock = NIOLock()
+    private var order: [Int] = []          // guarded by lock: resident pages, oldest first
+    private var selectCalls = 0            // guarded by lock
+
+    var selections: Int { lock.withLock { selectCalls } }
+
+    func pageBecameResident(_ page: Int) { lock.withLock { order.append(page) } }
+    func pageAccessed(_ page: Int) {}
+    func pageFreed(_ page: Int) { lock.withLock { order.removeAll { $0 == page } } }
+
+    func selectVictims(into out: UnsafeMutableBufferPointer<Int>) -> Int {
+        lock.withLock {
+            selectCalls += 1
+            let n = min(out.count, order.count)
+            for k in 0..<n { out[k] = order[order.count - 1 - k] }
+            return n
+        }
+    }
+}
+
+@Suite struct CustomEvictionTests {
+    /// VRAM holds range A (two batches); migrating B evicts the batch the policy names:
+    /// A's second batch under the custom policy, its first under the default LRU.
+    @Test(arguments: [true, false])
+    func pressureEvictionAsksTheCustomPolicy(custom: Bool) throws {
+        let memory = try makeMemory(mib: 64)
+        let policy = MostRecentFirstEviction()
+        var migration = MigrationPolicy()
+        migration.batchPages = 256
+        let gpu = try makeDevice(memory, vramMiB: 2, policy: migration,
+                                 eviction: custom ? .custom { _ in policy } : .leastRecentlyUsed)
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 768, seed: 71)
+        #expect(try gpu.migrateToDevice(mm, range: range(a, pages: 512)).migrated == 512)
+        #expect(try gpu.migrateToDevice(mm, range: range(a + 512 * 4096, pages: 256)).migrated == 256)
+        #expect(gpu.counters[.pagesEvicted] == 256)
+        let (kept, evicted) = custom ? (a, a + 256 * 4096) : (a + 256 * 4096, a)
+        #expect(entryKinds(mm, kept, pages: 256) == [.devicePrivate: 256])
+        #expect(entryKinds(mm, evicted, pages: 256) == [.present: 256])
+        #expect(entryKinds(mm, a + 512 * 4096, pages: 256) == [.devicePrivate: 256])
+        #expect((policy.selections > 0) == custom)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 768).isEmpty)
     }
 }

@@ -11,6 +11,7 @@ struct BenchSession {
     var registry: ScenarioRegistry = .standard
 
     func execute(_ jobs: [BenchJob]) throws {
+        try prepareOutputs()
         let progress = ProgressLine.forStandardError(quiet: options.quiet)
         let trace = options.trace.map { _ in TraceRecorder(capacity: options.traceCapacity) }
         let runner = BenchRunner(repeats: options.repeats, quick: options.quick, trace: trace, progress: progress)
@@ -27,6 +28,33 @@ struct BenchSession {
         if let failure {
             FileHandle.standardError.write(Data("dmem-bench: error: \(failure)\n".utf8))
             throw ExitCode.failure
+        }
+    }
+
+    /// Creates the output files' directories and checks they can be written, so that a path
+    /// that cannot be written fails before the runs instead of losing their results.
+    func prepareOutputs() throws(OutputError) {
+        let files = [("JSON", options.json), ("CSV", options.csv), ("trace", options.trace)]
+        for case let (what, path?) in files where path != "-" {
+            let parent = URL(fileURLWithPath: path).deletingLastPathComponent().path
+            let manager = FileManager.default
+            do {
+                try manager.createDirectory(atPath: parent, withIntermediateDirectories: true)
+            } catch {
+                throw OutputError("cannot write the \(what) file \(path): \(error.localizedDescription)")
+            }
+            var isDirectory: ObjCBool = false
+            let exists = manager.fileExists(atPath: path, isDirectory: &isDirectory)
+            guard !isDirectory.boolValue, manager.isWritableFile(atPath: exists ? path : parent) else {
+                throw OutputError("cannot write the \(what) file \(path): \(isDirectory.boolValue ? "it is a directory" : "permission denied")")
+            }
+        }
+        if let directory = options.plot {
+            do {
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            } catch {
+                throw OutputError("cannot create --plot directory \(directory): \(error.localizedDescription)")
+            }
         }
     }
 
@@ -99,7 +127,7 @@ struct BenchSession {
 }
 
 /// An output file could not be written (printed as `Error: …`, without the usage text).
-struct OutputError: Error, CustomStringConvertible {
+struct OutputError: Error, Equatable, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
 }

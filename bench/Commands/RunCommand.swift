@@ -43,7 +43,8 @@ struct RunCommand: ParsableCommand {
         try BenchSession(options: options).execute(jobs)
     }
 
-    /// The points of this invocation: `--set` and `--sweep` checked against the scenario.
+    /// The points of this invocation: `--set` and `--sweep` checked against the scenario, and
+    /// each point (with `--quick` applied) against the scenario's `check`.
     func jobs(registry: ScenarioRegistry = .standard) throws(ParameterValueError) -> [BenchJob] {
         let scenario = try registry.scenario(named: scenario)
         let fixed = try SweepSpec(parsing: settings)
@@ -52,6 +53,8 @@ struct RunCommand: ParsableCommand {
         }
         let spec = try fixed.appending(SweepSpec(parsing: sweep))
         let plan = try SweepPlan(scenario: scenario, spec: spec)
-        return plan.points.map { BenchJob(scenario: scenario, parameters: $0) }
+        let jobs = plan.points.map { BenchJob(scenario: scenario, parameters: $0) }
+        try BenchRunner.check(jobs, quick: options.quick)
+        return jobs
     }
 }

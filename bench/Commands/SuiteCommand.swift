@@ -47,6 +47,7 @@ struct SuiteCommand: ParsableCommand {
         }
         let jobs = try suite.jobs(registry: registry, only: only.isEmpty ? nil : Set(only))
         guard !jobs.isEmpty else { throw ParameterValueError("the suite has no entries for \(only.joined(separator: ", "))") }
+        try BenchRunner.check(jobs, quick: options.quick)
         return jobs
     }
 }

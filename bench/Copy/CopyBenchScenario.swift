@@ -33,6 +33,18 @@ struct CopyBenchScenario: BenchScenario {
         try CopyScenario.run(options(parameters), context: context)
     }
 
+    func check(_ parameters: ScenarioParameters) throws(ParameterValueError) {
+        do {
+            try CopyScenario.validate(options(parameters))
+        } catch let error as ParameterValueError {
+            throw error
+        } catch let error as ScenarioError {
+            throw ParameterValueError(error.message)
+        } catch {
+            throw ParameterValueError("\(error)")
+        }
+    }
+
     /// The options of one point (every key was validated by the framework, except `link`).
     func options(_ p: ScenarioParameters) throws -> CopyOptions {
         var o = CopyOptions()
@@ -45,7 +57,11 @@ struct CopyBenchScenario: BenchScenario {
         o.pageSize = try p.size("page-size")
         o.batchPages = try p.int("batch")
         o.totalBytes = try p.size("total")
-        o.hostBytes = max(try p.size("span"), o.totalBytes)
+        let span = try p.size("span")
+        if p.explicitKeys.contains("span") && span < o.totalBytes {
+            throw CopyScenario.error("span \(ByteCount(span)) is smaller than total \(ByteCount(o.totalBytes)): the frames of one pass must fit in it")
+        }
+        o.hostBytes = max(span, o.totalBytes)   // a default or --quick span below an explicit total
         o.backendName = try p.string("backend")
         guard let backend = CopyCommand.Backend(rawValue: o.backendName) else {
             throw CopyScenario.error("unknown backend \(o.backendName)")

@@ -90,7 +90,14 @@ struct CopyCommand: ParsableCommand {
     }
 
     func validate() throws {
-        do { _ = try options() } catch { throw error.validationError }
+        guard (1...100).contains(repeats) else { throw ValidationError("--repeats must be in 1...100 (got \(repeats))") }
+        do {
+            try CopyScenario.validate(try options())
+        } catch let error as ParameterValueError {
+            throw error.validationError
+        } catch let error as ScenarioError {
+            throw ValidationError(error.message)
+        }
     }
 
     func run() throws {

@@ -45,13 +45,19 @@ enum CopyScenario {
         guard o.totalBytes >= o.pageSize, o.totalBytes % o.pageSize == 0 else {
             throw error("total \(ByteCount(o.totalBytes)) must be a positive multiple of page-size \(ByteCount(o.pageSize))")
         }
-        guard o.batchPages >= 1, o.queueDepth >= 1, o.channels >= 1, o.repeats >= 1, o.inflightBatches >= 1 else {
-            throw error("batch, queue-depth, channels, inflight and passes must be at least 1")
+        let limits: [(name: String, value: Int, range: ClosedRange<Int>)] = [
+            ("batch", o.batchPages, 1...DMAEngine.maxBatchLimit), ("queue-depth", o.queueDepth, 1...4096),
+            ("channels", o.channels, 1...64), ("inflight", o.inflightBatches, 1...4096), ("passes", o.repeats, 1...100),
+            ("vram-files", o.vramLayout.files, 1...VRAMPool.Layout.maxFiles),
+        ]
+        for limit in limits where !limit.range.contains(limit.value) {
+            throw error("\(limit.name) must be in \(limit.range.lowerBound)...\(limit.range.upperBound) (got \(limit.value))")
         }
         guard !o.directions.isEmpty, !o.directions.contains(.hostToHost) else {
             throw error("the copy scenario measures h2d, d2h and d2d")
         }
         guard !o.coalesce.isEmpty else { throw error("coalesce needs on, off or both") }
+        if let problem = VRAMDirectory.problem(o.vramLayout.directory) { throw error(problem) }
         if let host = o.hostBytes, host < o.totalBytes {
             throw error("host-memory \(ByteCount(host)) is smaller than total \(ByteCount(o.totalBytes)): the frames of one pass must fit in it")
         }

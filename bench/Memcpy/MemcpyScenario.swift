@@ -22,14 +22,31 @@ struct MemcpyScenario: BenchScenario {
     ]
     let quickParameters = ["total": "16M", "span": "64M"]
 
+    func check(_ parameters: ScenarioParameters) throws(ParameterValueError) {
+        if let problem = try Self.problem(parameters) { throw ParameterValueError(problem) }
+    }
+
+    /// Why this point cannot run, or nil: a page size the copy loop cannot take, a total below
+    /// one page, or a span given explicitly that cannot hold the pages.
+    static func problem(_ parameters: ScenarioParameters) throws(ParameterValueError) -> String? {
+        let pageSize = try parameters.size("page-size")
+        let total = try parameters.size("total")
+        let span = try parameters.size("span")
+        if pageSize % 8 != 0 { return "page-size \(ByteCount(pageSize)) is not a multiple of 8" }
+        if total < pageSize { return "total \(ByteCount(total)) is smaller than one page (\(ByteCount(pageSize)))" }
+        if parameters.explicitKeys.contains("span") && span < total {
+            return "span \(ByteCount(span)) is smaller than total \(ByteCount(total)): the pages must fit in it"
+        }
+        return nil
+    }
+
     func run(_ parameters: ScenarioParameters, context: ScenarioContext) throws -> [RunRecord] {
         let pageSize = try parameters.size("page-size")
         let total = try parameters.size("total")
-        let span = max(try parameters.size("span"), total)
+        let span = max(try parameters.size("span"), total)   // a --quick span below an explicit total
         let batch = try parameters.int("batch")
         let seed = UInt64(try parameters.int("seed"))
-        guard pageSize % 8 == 0 else { throw error("page-size \(ByteCount(pageSize)) is not a multiple of 8") }
-        guard total >= pageSize else { throw error("total \(ByteCount(total)) is smaller than one page (\(ByteCount(pageSize)))") }
+        if let problem = try Self.problem(parameters) { throw error(problem) }
 
         let pages = total / pageSize
         var budget = MemoryBudget()

@@ -21,10 +21,10 @@ struct MigrateCommand: ParsableCommand {
     @Option(help: "Bytes migrated (a multiple of 2M).") var total = ByteCount(256 << 20)
     @Option(help: "Pages per migrate_vma batch.") var batch = 512
     @Option(help: "Pages brought back per CPU fault (1 = nouveau's single page).") var faultAround = 1
-    @Option(help: "iouring, memcpy or mapped (2 worker threads through the VRAM mapping).") var backend = "iouring"
+    @Option(help: "iouring, memcpy or mapped (--workers threads copy through the VRAM mapping).") var backend = "iouring"
     @Option(help: "Copy path of CPU faults: auto (faults of up to 16 pages copied on the CPU, larger ones through --backend), same (all through --backend), iouring, memcpy or mapped.") var faultBackend = "auto"
     @Option(help: "Batches in flight while migrating to VRAM (1 = nouveau's strict sequence).") var pipeline = 1
-    @Option(help: "Worker threads of the mapped backend.") var workers = 2
+    @Option(help: "Worker threads of the mapped backend (default 2; only with --backend or --fault-backend mapped).") var workers: Int?
     @Option(help: "3step (migrate_vma_setup/pages/finalize) or 2017 (migrate_vma callbacks).") var api = "3step"
     @Option(help: "Register System RAM as io_uring fixed buffers (pinned) and use the fixed-buffer opcodes: on or off.")
     var fixedBuffers = "off"
@@ -47,7 +47,12 @@ struct MigrateCommand: ParsableCommand {
                 throw ValidationError("--fault-backend must be one of: \(MigrateOptions.faultBackendNames.joined(separator: ", "))")
             }
             o.pipeline = pipeline
-            o.workers = workers
+            if let workers {
+                guard o.backend == .mapped || o.faultBackend == .mapped else {
+                    throw ValidationError("--workers sets the mapped backend's threads: use it with --backend mapped or --fault-backend mapped")
+                }
+                o.workers = workers
+            }
             o.checked = checked
             o.vramDirectory = vramDir
             guard fixedBuffers == "on" || fixedBuffers == "off" else { throw ValidationError("--fixed-buffers must be on or off") }

@@ -61,12 +61,14 @@ struct MigrateOptions: Sendable {
 
     /// Why these options cannot run, or nil.
     var problem: String? {
-        if totalBytes < 4096 * 16 || totalBytes % (2 << 20) != 0 { return "total must be a positive multiple of 2M" }
+        if totalBytes < 4096 * 16 || totalBytes % (2 << 20) != 0 {
+            return "total \(ByteCount(totalBytes)) must be a positive multiple of 2M"
+        }
         if !(1...4096).contains(batchPages) { return "batch must be in 1...4096" }
         if !(1...512).contains(faultAround) { return "fault-around must be in 1...512" }
         if !(1...8).contains(pipeline) { return "pipeline must be in 1...8" }
         if !(1...8).contains(workers) { return "workers must be in 1...8" }
-        return nil
+        return VRAMDirectory.problem(vramDirectory)
     }
 }
 

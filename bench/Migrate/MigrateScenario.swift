@@ -28,6 +28,15 @@ struct MigrateScenario: BenchScenario {
     let caseFields: [String] = []
 
     func run(_ parameters: ScenarioParameters, context: ScenarioContext) throws -> [RunRecord] {
+        [try MigrateRun.measure(options(parameters), trace: context.trace, progress: context.progress)]
+    }
+
+    func check(_ parameters: ScenarioParameters) throws(ParameterValueError) {
+        if let problem = try options(parameters).problem { throw ParameterValueError(problem) }
+    }
+
+    /// The run's settings at one point (every key was validated by the framework).
+    func options(_ parameters: ScenarioParameters) throws(ParameterValueError) -> MigrateOptions {
         var o = MigrateOptions()
         o.totalBytes = try parameters.size("total")
         o.batchPages = try parameters.int("batch")
@@ -42,6 +51,6 @@ struct MigrateScenario: BenchScenario {
         let dir = try parameters.string("vram-dir")
         o.vramDirectory = dir == "memfd" ? nil : dir
         o.checked = try parameters.string("checked") == "on"
-        return [try MigrateRun.measure(o, trace: context.trace, progress: context.progress)]
+        return o
     }
 }

@@ -13,7 +13,7 @@ struct BenchRunner {
         var results: [BenchResult] = []
         let width = String(jobs.count).count
         for (index, job) in jobs.enumerated() {
-            let parameters = quick ? job.parameters.merging(defaults: Self.quickValues(of: job.scenario)) : job.parameters
+            let parameters = Self.parameters(of: job, quick: quick)
             let name = [job.scenario.name, parameters.label].filter { !$0.isEmpty }.joined(separator: " ")
             let counter = "[\(String(repeating: " ", count: width - String(index + 1).count))\(index + 1)/\(jobs.count)]"
             var samples: [[RunRecord]] = []
@@ -40,6 +40,25 @@ struct BenchRunner {
             progress.finish(Self.outcome(point, seconds: MonotonicClock.seconds(since: started)))
         }
         return results
+    }
+
+    /// The parameters `run` gives `job`'s scenario: with `--quick`, its quick values for keys the job did not set.
+    static func parameters(of job: BenchJob, quick: Bool) -> ScenarioParameters {
+        quick ? job.parameters.merging(defaults: quickValues(of: job.scenario)) : job.parameters
+    }
+
+    /// Checks every point as it will run (`BenchScenario.check`), so that a sweep fails
+    /// before its first measurement rather than at the point that cannot run.
+    static func check(_ jobs: [BenchJob], quick: Bool) throws(ParameterValueError) {
+        for job in jobs {
+            let parameters = Self.parameters(of: job, quick: quick)
+            do {
+                try job.scenario.check(parameters)
+            } catch {
+                let label = parameters.label.isEmpty ? "" : " (\(parameters.label))"
+                throw ParameterValueError("\(job.scenario.name)\(label): \(error.message)")
+            }
+        }
     }
 
     /// The scenario's quick overrides, canonicalised like user input.

@@ -26,12 +26,18 @@ protocol BenchScenario: Sendable {
     /// Measures one point. `parameters` holds a validated value for every declared key.
     /// Throws to fail the point; the runner reports the error and stops.
     func run(_ parameters: ScenarioParameters, context: ScenarioContext) throws -> [RunRecord]
+
+    /// Rejects a point whose values are each valid but do not fit together (a total that is
+    /// not a multiple of the page size); called for every point before the first runs.
+    func check(_ parameters: ScenarioParameters) throws(ParameterValueError)
 }
 
 extension BenchScenario {
     var quickParameters: [String: String] { [:] }
     var summaryFields: [String] { [] }
     var caseFields: [String] { ["direction"] }
+
+    func check(_ parameters: ScenarioParameters) throws(ParameterValueError) {}
 
     /// The declaration of `key`, if this scenario has one.
     func parameter(_ key: String) -> ScenarioParameter? {

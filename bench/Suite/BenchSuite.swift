@@ -20,8 +20,7 @@ struct BenchSuite: Sendable {
     var name: String
     var entries: [Entry]
 
-    /// The default run (~1 minute in a release build on a 2-core machine). The copy, mm and
-    /// migrate entries are added here as those scenarios land.
+    /// The default run (~1 minute in a release build on a 2-core machine).
     static let standard = BenchSuite(name: "standard", entries: [
         Entry("memcpy", "page-size=4K,64K,2M"),
         // h2d, d2h and d2d per point (128M, median of 3 passes): ~11 s in release on the 2-core reference machine.

@@ -50,7 +50,7 @@ struct TortureOptions: Sendable {
         }
         if vramBytes < 2 << 20 || vramBytes % (2 << 20) != 0 { return "vram must be a positive multiple of 2M" }
         if minimumResidency < .zero || minimumResidency > .seconds(1) { return "residency must be in 0...1000 ms" }
-        return nil
+        return VRAMDirectory.problem(vramDirectory)
     }
 
     /// The faults the copy engine injects (seeded: the same descriptor sequence gets the same faults).
