@@ -63,6 +63,8 @@ public final class DMAEngine: @unchecked Sendable {
     private let lock = NIOLock()
     // Guarded by `lock`:
     private var channels: [DMAChannel] = []
+    /// The id the next channel gets (reserved under the lock: concurrent `makeChannel` calls never share one).
+    private var nextChannelID = 0
     private var pools: [RegionID: VRAMPool] = [:]
     private var isShutDown = false
 
@@ -200,9 +202,12 @@ public final class DMAEngine: @unchecked Sendable {
     public func makeChannel(name: String? = nil, backend: CopyBackendKind? = nil,
                             coalescing: Bool? = nil, queueDepth: Int? = nil) throws(DMAError) -> DMAChannel {
         try checkOpen()
-        let id = lock.withLock { channels.count }
         let depth = queueDepth ?? configuration.queueDepth
         guard depth >= 1, depth <= 4096 else { throw .invalidArgument("queueDepth \(depth) outside 1…4096") }
+        let id = lock.withLock { () -> Int in
+            defer { nextChannelID += 1 }
+            return nextChannelID
+        }
         var settings = ChannelSettings(channelID: id, queueDepth: depth,
                                        coalescing: coalescing ?? configuration.coalescing, logger: configuration.logger,
                                        health: ChannelHealth())
