@@ -49,6 +49,11 @@ final class ChannelTimeline: @unchecked Sendable {
         lock.withLock { tickets.map { history.status($0, completed: completedTicket) } }
     }
 
+    /// Records tickets dropped before submit: their status is ECANCELED from now on.
+    func discard(_ tickets: Range<UInt64>) {
+        lock.withLock { history.discard(tickets) }
+    }
+
     func fenceWorkDone(_ fence: Fence) {
         var toRun: [(Fence, [@Sendable (Fence) -> Void])] = []
         lock.withLock {

@@ -77,7 +77,8 @@ public final class DMAChannel: @unchecked Sendable {
         submitLock.withLock { closed || health.failure != nil ? 0 : maxBatch - pendingCount }
     }
 
-    /// Every descriptor with a ticket at or below this one has completed and its fence signalled.
+    /// Every descriptor with a ticket at or below this one has completed and its fence signalled
+    /// (or was discarded before submit: see `discardPending()`).
     /// The cheap completion query (dmadev `rte_dma_completed()`'s `last_idx`); whether any
     /// of them failed is on their fences, or per ticket with `status(of:)`.
     public var lastCompletedTicket: DMATicket? { timeline.lastCompletedTicket }
@@ -179,12 +180,11 @@ public final class DMAChannel: @unchecked Sendable {
     }
 
     /// Drops every pending (unsubmitted) descriptor; returns how many were dropped.
+    /// Their tickets report `.failed(.canceled, bytesCompleted: 0)` in `status(of:)`
+    /// (they never ran; later fences still move `lastCompletedTicket` past them).
     @discardableResult
     public func discardPending() -> Int {
-        submitLock.withLock {
-            defer { pendingCount = 0 }
-            return pendingCount
-        }
+        submitLock.withLock { dropPending() }
     }
 
     // MARK: Engine side
@@ -203,9 +203,18 @@ public final class DMAChannel: @unchecked Sendable {
     func close() -> Fence? {
         submitLock.withLock {
             closed = true
-            pendingCount = 0
+            dropPending()
         }
         return timeline.latestUnsignaled
+    }
+
+    /// Drops the pending descriptors and records their tickets as canceled (submit lock held).
+    @discardableResult
+    private func dropPending() -> Int {
+        let dropped = pendingCount
+        if dropped > 0 { timeline.discard(nextTicket - UInt64(dropped)..<nextTicket) }
+        pendingCount = 0
+        return dropped
     }
 
     // MARK: Per-descriptor path (submit lock held)
