@@ -1,4 +1,5 @@
 import Dispatch
+import Synchronization
 import SystemPackage
 
 /// Wraps a backend and injects the faults of a `FaultPlan`: failed, short and
@@ -8,7 +9,8 @@ import SystemPackage
 /// descriptor is handled here with the CPU (memcpy through the regions'
 /// mappings): a failure copies nothing, a short copy copies a prefix, a delay
 /// copies in full on a timer thread after the delay, so later descriptors and
-/// batches complete first — exactly what fence ordering must withstand.
+/// batches complete first — exactly what fence ordering must withstand. A
+/// `.fence` descriptor still starts only after delayed ones (as after any earlier one).
 ///
 /// Threads: see `CopyBackend`; delayed work runs on Dispatch's global queue.
 final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
@@ -17,6 +19,8 @@ final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
     private var generator: SplitMix64  // used under the channel's submit lock only
     private var count = 0  // idem
     private let delayed = DispatchGroup()
+    /// Delayed descriptors not yet copied (lets a `.fence` descriptor skip the wait when there are none).
+    private let delaysOutstanding = Synchronization.Atomic<Int>(0)
 
     var name: String { "faulty(\(inner.name))" }
 
@@ -30,7 +34,15 @@ final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
         var operations = 0
         var runStart = batch.indices.lowerBound
         for i in batch.indices {
-            guard let action = decide() else { continue }
+            let action = decide()
+            if batch[i].flags.contains(.fence), delaysOutstanding.load(ordering: .acquiring) > 0 {
+                // `RTE_DMA_OP_FLAG_FENCE` across the wrapper: the inner backend orders it after
+                // what it was given; the delayed descriptors are only known here.
+                if runStart < i { operations += inner.execute(batch.slice(runStart..<i)) }
+                runStart = i
+                delayed.wait()
+            }
+            guard let action else { continue }
             if runStart < i { operations += inner.execute(batch.slice(runStart..<i)) }
             runStart = i + 1
             inject(action, batch, i)
@@ -74,9 +86,11 @@ final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
             batch.fail(i, errno: .ioError, bytesCompleted: done)
         case .delay(let delay):
             delayed.enter()
+            delaysOutstanding.add(1, ordering: .relaxed)
             let nanos = delay.clampedNanoseconds
-            DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(nanos)) { [delayed] in
+            DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(nanos)) { [self] in
                 MemoryCopy.perform(batch[i])
+                delaysOutstanding.subtract(1, ordering: .releasing)
                 batch.complete(i..<i + 1)
                 delayed.leave()
             }

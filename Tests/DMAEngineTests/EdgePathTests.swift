@@ -53,6 +53,39 @@ import Testing
         #expect(try ch.status(of: DMATicket(rawValue: 0)..<DMATicket(rawValue: 2)) == [.expired, .succeeded])
     }
 
+    /// A `.fence` descriptor starts after every earlier one, including one the fault injector delays.
+    @Test(arguments: [BackendUnderTest.memcpy, .iouring])
+    func fenceFlagWaitsForADelayedDescriptor(_ backend: BackendUnderTest) throws {
+        let plan = FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(300)))])
+        let engine = try DMAEngine(configuration: .init(backend: .faultInjecting(plan, wrapping: backend.kind)))
+        defer { engine.shutdown() }
+        let host = HostBuffer(1 << 16)
+        let h = try engine.registerHostMemory(host.bytes)
+        let vram = try engine.createVRAMPool(size: 1 << 16)
+        let ch = try engine.makeChannel()
+        try ch.enqueueFill(vram.address(0), length: 4096, value: 0xAA)  // delayed
+        try ch.enqueueCopy(from: vram.address(0), to: DMAAddress(region: h, offset: 0), length: 4096, flags: .fence)
+        try ch.submit().wait(timeout: .seconds(10))
+        #expect(host.bytes[0] == 0xAA && host.bytes[4095] == 0xAA, "the fenced copy read the fill's result")
+    }
+
+    /// The same across batches: a fenced descriptor in a later batch waits for a delayed one in an earlier batch.
+    @Test func fenceFlagWaitsForADelayedDescriptorOfAnEarlierBatch() throws {
+        let plan = FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(300)))])
+        let engine = try DMAEngine(configuration: .init(backend: .faultInjecting(plan, wrapping: .ioUring)))
+        defer { engine.shutdown() }
+        let host = HostBuffer(1 << 16)
+        let h = try engine.registerHostMemory(host.bytes)
+        let vram = try engine.createVRAMPool(size: 1 << 16)
+        let ch = try engine.makeChannel()
+        try ch.enqueueFill(vram.address(0), length: 4096, value: 0xAB)  // delayed
+        let first = try ch.submit()
+        try ch.enqueueCopy(from: vram.address(0), to: DMAAddress(region: h, offset: 0), length: 4096, flags: .fence)
+        try ch.submit().wait(timeout: .seconds(10))
+        #expect(first.isSignaled)
+        #expect(host.bytes[0] == 0xAB && host.bytes[4095] == 0xAB)
+    }
+
     /// Channels made concurrently get distinct ids (they name the channel in errors and seed its faults).
     @Test func concurrentlyMadeChannelsHaveDistinctIDs() throws {
         let engine = try BackendUnderTest.iouring.engine(queueDepth: 4)
