@@ -73,10 +73,14 @@ final class ChannelTimeline: @unchecked Sendable {
                 head = 0
             }
         }
+        guard !toRun.isEmpty else { return }
+        let marked = FenceCallbackContext.enter()
         for (f, callbacks) in toRun {
             f.releaseBufferHold()
             for cb in callbacks { cb(f) }
         }
+        toRun.removeAll()  // what the callbacks captured (maybe the engine) is released in the callback context
+        FenceCallbackContext.leave(marked)
     }
 }
 

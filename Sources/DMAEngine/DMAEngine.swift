@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 public import Logging
 import NIOConcurrencyHelpers
@@ -233,18 +234,30 @@ public final class DMAEngine: @unchecked Sendable {
     /// drains in-flight work or (with `cancelInFlight`) cancels what the kernel
     /// has not started; in both cases waits for every completion, so nothing is
     /// left writing into memory after this returns. Idempotent.
+    ///
+    /// Called from a fence callback (or when a callback drops the last reference to
+    /// the engine), it cannot wait: the completions it would wait for need the thread
+    /// it runs on. It then refuses new work at once and drains on a thread of its own;
+    /// wait on the channels' last fences to know when the copies are done.
     public func shutdown(cancelInFlight: Bool = false) {
-        let all = lock.withLock { () -> [DMAChannel] in
-            guard !isShutDown else { return [] }
+        let taken = lock.withLock { () -> ([DMAChannel], [RegionID: VRAMPool])? in
+            guard !isShutDown else { return nil }
             isShutDown = true
-            return channels
+            defer { self.pools.removeAll() }
+            return (channels, self.pools)
         }
-        for channel in all {
-            _ = channel.close()
-            channel.backend.shutdown(cancelInFlight: cancelInFlight)
+        guard let (all, pools) = taken else { return }
+        for channel in all { _ = channel.close() }
+        let regions = self.regions
+        let drain: @Sendable () -> Void = {
+            for channel in all { channel.backend.shutdown(cancelInFlight: cancelInFlight) }
+            for id in regions.registeredIDs { regions.remove(id) }
+            withExtendedLifetime(pools) {}  // the pools' memory outlives every copy into it
         }
-        for id in regions.registeredIDs { regions.remove(id) }
-        lock.withLock { pools.removeAll() }
+        guard FenceCallbackContext.isActive else { return drain() }
+        let thread = Thread(block: drain)
+        thread.name = "dma-shutdown"
+        thread.start()
     }
 
     private func checkOpen() throws(DMAError) {

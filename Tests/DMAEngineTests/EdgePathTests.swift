@@ -106,3 +106,84 @@ final class IDSlots: @unchecked Sendable {
     func set(_ k: Int, _ id: Int) { slots[k] = id }
     var values: [Int] { Array(slots) }
 }
+
+/// `DMAEngine.shutdown()` inside a fence callback, which runs on the thread that completes
+/// the copies: it must return (and drain elsewhere), not wait for that very thread.
+@Suite(.timeLimit(.minutes(1))) struct ShutdownInCallbackTests {
+    enum Variant: String, CaseIterable, CustomTestStringConvertible, Sendable {
+        case iouring, mapped, delayed, link
+        var kind: CopyBackendKind {
+            switch self {
+            case .iouring: return .ioUring
+            case .mapped: return .mappedWorkers(threads: 2)
+            case .delayed: return .faultInjecting(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(50)))]), wrapping: .ioUring)
+            case .link: return .linkModel(LinkModel(gigabytesPerSecond: 1, latency: .milliseconds(50)), wrapping: .ioUring)
+            }
+        }
+        var testDescription: String { rawValue }
+    }
+
+    /// What a run left behind: whether the callback returned, the channel, and the pool
+    /// (held only by the engine, so it goes away once shutdown drained).
+    struct Outcome {
+        var ran = false
+        var channel: DMAChannel?
+        weak var pool: VRAMPool?
+
+        /// Whether the engine finished draining and let go of its pool within 5 s.
+        func drained() -> Bool {
+            for _ in 0..<500 where pool != nil { usleep(10_000) }
+            return pool == nil
+        }
+    }
+
+    /// Submits one H2D page whose fence signals on a completion thread, and runs `body` in its callback,
+    /// which holds the only reference to the engine. Retries (at most 20 engines) while the fence
+    /// signalled before the callback was added, which runs it on the test's own thread and proves nothing.
+    func onCompletionThread(_ variant: Variant, _ body: @escaping @Sendable (DMAEngine) -> Void) throws -> Outcome {
+        for _ in 0..<20 {
+            let returned = DispatchSemaphore(value: 0)
+            let onOtherThread = IDSlots(1)
+            let caller = Int(bitPattern: UInt(pthread_self()))
+            let host = HostBuffer(1 << 16)  // outlives the copy (the engine may not)
+            var out = Outcome()
+            let fence: Fence = try {
+                let engine = try DMAEngine(configuration: .init(backend: variant.kind, queueDepth: 8))
+                let h = try engine.registerHostMemory(host.bytes)
+                let vram = try engine.createVRAMPool(size: 1 << 16)
+                let ch = try engine.makeChannel()
+                (out.channel, out.pool) = (ch, vram)
+                try ch.enqueueCopy(from: DMAAddress(region: h, offset: 0), to: vram.address(0), length: 4096)
+                let f = try ch.submit()
+                f.onSignal { [engine] _ in
+                    onOtherThread.set(0, Int(bitPattern: UInt(pthread_self())) == caller ? 0 : 1)
+                    body(engine)
+                    returned.signal()
+                }
+                return f
+            }()
+            guard returned.wait(timeout: .now() + 5) == .success else { return out }
+            out.ran = true
+            if onOtherThread.values[0] == 1 { return out }
+            withExtendedLifetime((host, fence)) {}
+        }
+        Issue.record("the fence always signalled before its callback was added")
+        return Outcome()
+    }
+
+    @Test(arguments: Variant.allCases)
+    func shutdownInACallbackReturnsAndDrainsElsewhere(_ variant: Variant) throws {
+        let out = try onCompletionThread(variant) { engine in engine.shutdown() }
+        #expect(out.ran, "shutdown() inside the callback returned")
+        #expect(throws: DMAError.shutDown) { try out.channel?.submit() }
+        #expect(out.drained())
+    }
+
+    /// The callback holds the last reference to the engine: its deinit shuts down on the completion thread.
+    @Test(arguments: Variant.allCases)
+    func lastEngineReferenceDroppedInACallback(_ variant: Variant) throws {
+        let out = try onCompletionThread(variant) { _ in }
+        #expect(out.ran)
+        #expect(out.drained(), "the engine was deinitialised and drained")
+    }
+}
