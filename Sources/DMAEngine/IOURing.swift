@@ -208,6 +208,9 @@ final class IOURing: @unchecked Sendable {
 
     /// The next `submitAll` fails with this errno (0: none). Tests only.
     let injectedSubmitFailure = Synchronization.Atomic<Int32>(0)
+    /// The next operation's completion reports this result instead of the kernel's (0: none;
+    /// e.g. `-EINTR`). Read by `IOURingBackend`'s reaper. Tests only.
+    let injectedCompletionResult = Synchronization.Atomic<Int32>(0)
     /// The next `waitCQE` fails with this errno (0: none). Tests only.
     let injectedWaitFailure = Synchronization.Atomic<Int32>(0)
 }

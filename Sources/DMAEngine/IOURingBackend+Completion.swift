@@ -45,11 +45,18 @@ extension IOURingBackend {
         reaperExited.signal()
     }
 
-    private func complete(slot: Int, result: Int) {
+    private func complete(slot: Int, result kernelResult: Int) {
         _ = published.load(ordering: .acquiring)  // pairs with the release before the doorbell
         let s = slots[slot]
         guard let batch = s.batch else { return }
         let op = s.op
+        var result = kernelResult
+        if ring.injectedCompletionResult.load(ordering: .relaxed) != 0 {
+            result = Int(ring.injectedCompletionResult.exchange(0, ordering: .relaxed))
+        }
+        // EINTR/EAGAIN: the kernel gave up on a transient condition (a signal, no memory for
+        // the async context) before any byte; retry the whole operation here like a short one.
+        if result == -Int(EINTR) || result == -Int(EAGAIN) { result = 0 }
         var done = max(result, 0)
         var error = result < 0 ? Errno(rawValue: Int32(-result)) : Errno.ioError
         if result >= 0 && result < op.bytes {

@@ -22,9 +22,9 @@ import SystemPackage
 /// which is cheaper when they would serialise anyway.
 ///
 /// Completions are reaped by one thread per channel that blocks in
-/// `io_uring_wait_cqe` (no spinning). A short completion is finished on that
-/// thread with plain `pwritev`/`preadv`; a failed one fails its descriptors
-/// with the kernel's errno. Host-to-host copies have no file side and are done
+/// `io_uring_wait_cqe` (no spinning). A short completion (or one that failed with
+/// EINTR/EAGAIN, before any byte) is finished on that thread with plain
+/// `pwritev`/`preadv`; a failed one fails its descriptors with the kernel's errno. Host-to-host copies have no file side and are done
 /// with memcpy on the submitting thread.
 ///
 /// If the ring itself fails (see `ChannelHealth`), SQEs the kernel never took

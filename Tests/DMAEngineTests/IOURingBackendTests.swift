@@ -42,6 +42,24 @@ import Testing
         rig.engine.shutdown()  // returns although the failed ring cannot take the stop NOP
     }
 
+    /// A completion that failed with EINTR or EAGAIN (transient, nothing done) is retried, not
+    /// reported as a copy failure; any other errno fails every descriptor of the operation.
+    @Test(arguments: [(EINTR, Errno?.none), (EAGAIN, nil), (EFAULT, .badAddress)])
+    func transientCompletionErrorsAreRetried(_ injected: Int32, _ expected: Errno?) throws {
+        let rig = try Self.rig()
+        defer { rig.engine.shutdown() }
+        rig.ring.injectedCompletionResult.store(-injected, ordering: .relaxed)
+        let f = try rig.submitPages(0)  // one coalesced write of 4 pages
+        #expect(f.waitForSignal(timeout: .seconds(10)))
+        #expect(rig.ch.statistics.operations == 1)
+        #expect(f.failures.sorted { $0.index < $1.index }
+                == (expected.map { e in (0..<4).map { DescriptorFailure(ticket: DMATicket(rawValue: UInt64($0)), index: $0, errno: e, bytesCompleted: 0) } } ?? []))
+        for i in 0..<4 where expected == nil {
+            #expect(same(rig.host.bytes.baseAddress! + i * 8192, rig.vram.mapping.baseAddress! + i * 4096, 4096))
+        }
+        #expect(rig.ch.health.failure == nil)
+    }
+
     @Test func waitFailureKeepsReapingThenRefusesWork() throws {
         let rig = try Self.rig()
         rig.ring.injectedWaitFailure.store(EFAULT, ordering: .relaxed)
