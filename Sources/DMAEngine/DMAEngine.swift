@@ -68,6 +68,8 @@ public final class DMAEngine: @unchecked Sendable {
     private var nextChannelID = 0
     private var pools: [RegionID: VRAMPool] = [:]
     private var isShutDown = false
+    /// True once the first `shutdown()` finished draining (a later or concurrent call waits for it).
+    private let drained = ConditionLock<Bool>(value: false)
 
     /// Creates an engine. With the io_uring backend, probes io_uring once so a
     /// missing or disabled io_uring fails here, with the reason and the fallback.
@@ -233,7 +235,8 @@ public final class DMAEngine: @unchecked Sendable {
     /// Stops the engine: refuses new work, drops pending descriptors, then either
     /// drains in-flight work or (with `cancelInFlight`) cancels what the kernel
     /// has not started; in both cases waits for every completion, so nothing is
-    /// left writing into memory after this returns. Idempotent.
+    /// left writing into memory after this returns. Idempotent: a later or concurrent
+    /// call returns when the first one's drain has finished.
     ///
     /// Called from a fence callback (or when a callback drops the last reference to
     /// the engine), it cannot wait: the completions it would wait for need the thread
@@ -246,13 +249,21 @@ public final class DMAEngine: @unchecked Sendable {
             defer { self.pools.removeAll() }
             return (channels, self.pools)
         }
-        guard let (all, pools) = taken else { return }
+        guard let (all, pools) = taken else {
+            if !FenceCallbackContext.isActive {
+                drained.lock(whenValue: true)
+                drained.unlock()
+            }
+            return
+        }
         for channel in all { _ = channel.close() }
-        let regions = self.regions
+        let (regions, drained) = (self.regions, self.drained)
         let drain: @Sendable () -> Void = {
             for channel in all { channel.backend.shutdown(cancelInFlight: cancelInFlight) }
             for id in regions.registeredIDs { regions.remove(id) }
             withExtendedLifetime(pools) {}  // the pools' memory outlives every copy into it
+            drained.lock()
+            drained.unlock(withValue: true)
         }
         guard FenceCallbackContext.isActive else { return drain() }
         let thread = Thread(block: drain)

@@ -187,3 +187,26 @@ final class IDSlots: @unchecked Sendable {
         #expect(out.drained(), "the engine was deinitialised and drained")
     }
 }
+
+/// Shutdown from two threads at once: neither returns before the copies are done.
+@Suite(.timeLimit(.minutes(1))) struct ConcurrentShutdownTests {
+    @Test func aSecondShutdownWaitsForTheFirstOnesDrain() throws {
+        let plan = FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(300)))])
+        let engine = try DMAEngine(configuration: .init(backend: .faultInjecting(plan, wrapping: .ioUring)))
+        let host = HostBuffer(1 << 16)
+        let h = try engine.registerHostMemory(host.bytes)
+        let vram = try engine.createVRAMPool(size: 1 << 16)
+        let ch = try engine.makeChannel()
+        try ch.enqueueCopy(from: vram.address(0), to: DMAAddress(region: h, offset: 0), length: 4096)  // delayed
+        let f = try ch.submit()
+        let first = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            engine.shutdown()
+            first.signal()
+        }
+        usleep(50_000)  // the first shutdown is draining
+        engine.shutdown()
+        #expect(f.isSignaled, "after shutdown() returns, nothing writes into host memory any more")
+        #expect(first.wait(timeout: .now() + 10) == .success)
+    }
+}
