@@ -6,10 +6,10 @@ import Glibc
 extension AddressSpace {
     /// Creates a child address space with the same VMAs. Private mappings share their
     /// pages copy-on-write: writable entries become read-only in both (notifiers see
-    /// `.protectionPage`), device-private entries are shared the same way, writable
-    /// migration entries become readable. A DMA-pinned exclusive anonymous page is
-    /// copied for the child at once (`copy_present_page`). Shared file mappings are not
-    /// copied; the child faults them from the page cache.
+    /// `.protectionPage`), device-private entries are shared the same way, writable and
+    /// readable-exclusive migration entries become plainly readable. A DMA-pinned
+    /// exclusive anonymous page is copied for the child at once (`copy_present_page`).
+    /// Shared file mappings are not copied; the child faults them from the page cache.
     /// - Throws: `.outOfMemory` if a pinned page cannot be copied; `.invalidArgument` after `exit`.
     public func fork() throws(HostMMError) -> AddressSpace {
         let child = AddressSpace(memory: memory)
@@ -59,7 +59,8 @@ extension AddressSpace {
         case .none, .deviceExclusive:
             return .none
         case .migration:
-            if pte.isWritable && cow {
+            // Writable or readable-exclusive: the page is shared from now on.
+            if (pte.isWritable || pte.isExclusive) && cow {
                 pte = .migration(pte.pfn, write: false, exclusive: false, young: pte.isYoung, dirty: pte.isDirty)
                 leaf.set(i, pte)
             }

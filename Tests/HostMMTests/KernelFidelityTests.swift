@@ -1,0 +1,119 @@
+import Dispatch
+import Testing
+@testable import HostMM
+
+/// Divergences from mm/ found by reading the kernel next to the model; each test names
+/// the kernel function whose behaviour it pins down.
+@Suite struct KernelFidelityTests {
+    /// `copy_nonpresent_pte`: any migration entry that is not plain readable (writable *or*
+    /// readable-exclusive) becomes readable in a COW mapping, in parent and child: the
+    /// page is shared now, so neither may later reuse it in place on a write.
+    @Test func forkMakesAReadableExclusiveMigrationEntryPlainReadable() throws {
+        let memory = try makeMemory()
+        let parent = AddressSpace(memory: memory)
+        let a = try parent.mmap(length: pageSize)
+        let end = a + UInt64(pageSize)
+        try parent.write(at: a, bytes: [0xAA])
+        try parent.mprotect(a, length: pageSize, protection: .read)   // exclusive page, read-only pte
+        let page = parent.pageTableEntry(a).pfn
+        let ram = memory.freeRAMPageCount
+        try withBuffers(1) { src, dst in
+            var args = MigrateVMA(vma: nil, start: a, end: end, src: src, dst: dst, flags: .selectSystem)
+            try parent.mmapLock.withReadLock { () throws in
+                args.vma = parent.findVMA(a)
+                try migrateVMASetup(&args)
+            }
+            #expect(parent.pageTableEntry(a).kind == .migration && parent.pageTableEntry(a).isExclusive)
+            let child = try parent.fork()
+            #expect(!parent.pageTableEntry(a).isExclusive && !child.pageTableEntry(a).isExclusive)
+            try migrateVMAPages(&args)
+            migrateVMAFinalize(&args)                                 // no destination: restored in both
+            #expect(parent.pageTableEntry(a).pfn == page && child.pageTableEntry(a).pfn == page)
+            #expect(!memory.flags(page).contains(.anonExclusive))
+            try child.mprotect(a, length: pageSize, protection: .readWrite)
+            try child.write(at: a, bytes: [0xBB])                    // must copy, not write the shared page
+            #expect(try parent.read(at: a, count: 1) == [0xAA])
+            #expect(try child.read(at: a, count: 1) == [0xBB])
+            child.exit()
+        }
+        parent.exit()
+        #expect(memory.freeRAMPageCount == ram + 1)
+    }
+
+    /// `__mmu_interval_notifier_insert`: an interval inserted while an invalidation that
+    /// hit no interval is still running gets the (now odd) mm sequence, so `read_begin`
+    /// waits for that invalidation to end — it may be tearing down pages of the new
+    /// interval, and it will never call the new interval's `invalidate`.
+    @Test func intervalInsertedDuringAnInvalidationWaitsInReadBegin() throws {
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 4 * pageSize)
+        let range = MMUNotifierRange(start: a, end: a + UInt64(4 * pageSize), event: .unmap, owner: nil)
+        mm.notifiers.invalidateStart(range)                           // no interval yet: nothing hit
+        let interval = try mm.notifiers.insert(start: a, length: UInt64(4 * pageSize), ops: RecordingMirror())
+        let returned = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            _ = interval.readBegin()
+            returned.signal()
+        }
+        let early = returned.wait(timeout: .now() + .milliseconds(300)) == .success
+        mm.notifiers.invalidateEnd(range)
+        if !early { returned.wait() }
+        #expect(!early, "readBegin returned while an invalidation of the interval's range was still running")
+        let seq = interval.readBegin()
+        #expect(!interval.readRetry(seq))
+    }
+
+    /// `check_vma_flags`: GUP refuses `VM_IO` / `VM_PFNMAP` mappings with `-EFAULT`; their
+    /// frames have no `struct page` GUP may reference.
+    @Test func pinUserPagesRefusesPFNMapMappings() throws {
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let frame = memory.allocPage(zeroed: true)!
+        let a = try mm.mmap(.special([.pfnMap]), length: pageSize)
+        try mm.remapPFNRange(a, pfn: frame, count: 1)
+        #expect(throws: HostMMError.fault) { _ = try mm.pinUserPages(a, count: 1, write: false) }
+        #expect(throws: HostMMError.fault) { _ = try mm.getUserPages(a, count: 1, write: true) }
+        #expect(memory.refcount(frame) == 1)
+        let io = try mm.mmap(.special([.io, .mixedMap]), length: pageSize)
+        #expect(throws: HostMMError.fault) { _ = try mm.pinUserPages(io, count: 1, write: false) }
+        memory.putPage(frame)
+    }
+
+    /// `mprotect_fixup`: a VMA whose flags do not change is left alone — no split, no
+    /// `change_protection`, hence no `PROTECTION_VMA` invalidation of a mirror.
+    @Test func mprotectToTheSameProtectionDoesNotInvalidateOrSplit() throws {
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 4 * pageSize)
+        try mm.touch(a, length: 4 * pageSize, write: true)
+        let mirror = RecordingMirror()
+        _ = try mm.notifiers.insert(start: a, length: UInt64(4 * pageSize), ops: mirror)
+        try mm.mprotect(a + UInt64(pageSize), length: pageSize, protection: .readWrite)
+        #expect(mirror.kinds.isEmpty)
+        #expect(mm.vmaList.count == 1)
+        try mm.mprotect(a + UInt64(pageSize), length: pageSize, protection: .read)
+        #expect(mirror.kinds == [.protectionVMA])
+        #expect(mm.vmaList.count == 3)
+    }
+
+    /// `do_mprotect_pkey`: VMAs are changed one by one; a hole after the first VMA stops
+    /// the walk with `-ENOMEM`, leaving the VMAs before it changed. A hole at the start
+    /// changes nothing.
+    @Test func mprotectOverAHoleChangesTheVMAsBeforeItThenFails() throws {
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 4 * pageSize)
+        try mm.munmap(a + UInt64(2 * pageSize), length: pageSize)
+        try mm.touch(a, length: 2 * pageSize, write: true)
+        #expect(throws: HostMMError.outOfMemory) { try mm.mprotect(a, length: 4 * pageSize, protection: .read) }
+        #expect(throws: HostMMError.segmentationFault(address: a, reason: .accessDenied)) {
+            try mm.write(at: a, bytes: [1])
+        }
+        try mm.write(at: a + UInt64(3 * pageSize), bytes: [1])       // after the hole: untouched
+        #expect(throws: HostMMError.outOfMemory) {
+            try mm.mprotect(a + UInt64(2 * pageSize), length: 2 * pageSize, protection: .none)
+        }
+        try mm.write(at: a + UInt64(3 * pageSize), bytes: [2])
+    }
+}
