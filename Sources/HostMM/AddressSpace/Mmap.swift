@@ -124,28 +124,37 @@ extension AddressSpace {
         vmas.removeAll { !$0.isAttached }
     }
 
-    /// Changes the protection of `[address, address + length)` (`mprotect`).
-    /// Notifiers see `.protectionVMA`; entries lose write permission when it is removed,
-    /// and exclusive anonymous pages regain it directly when it is added.
-    /// - Throws: `.invalidArgument` when unaligned or empty, `.outOfMemory` (`ENOMEM`)
-    ///   when part of the range is not mapped.
+    /// Changes the protection of `[address, address + length)` (`mprotect`), VMA by VMA
+    /// (`do_mprotect_pkey`). A VMA whose flags change is split to the range and its
+    /// entries updated under a `.protectionVMA` invalidation (`mprotect_fixup`); one
+    /// whose flags stay the same is left alone. Entries lose write permission when it is
+    /// removed, and exclusive anonymous pages regain it directly when it is added.
+    /// - Throws: `.invalidArgument` when unaligned or empty; `.outOfMemory` (`ENOMEM`)
+    ///   when part of the range is not mapped — after changing the VMAs before the first
+    ///   hole, as the kernel does (nothing changes when `address` itself is unmapped).
     public func mprotect(_ address: UInt64, length: Int, protection: Protection) throws(HostMMError) {
         guard address.isPageAligned, length > 0, address < PageTable.addressLimit else { throw .invalidArgument }
         let end = min(PageTable.addressLimit, address + ((UInt64(length) + pageOffsetMask) & ~pageOffsetMask))
         try mmapLock.withWriteLock { () throws(HostMMError) in
-            var covered = address
-            for v in vmas where v.end > covered && v.start <= covered && covered < end { covered = v.end }
-            guard covered >= end else { throw .outOfMemory }
-            splitVMAs(at: address)
-            splitVMAs(at: end)
-            let targets = vmas.filter { $0.start >= address && $0.end <= end }
-            notifiers.invalidating(address, end, .protectionVMA) {
-                for vma in targets {
-                    let newFlags = vma.flags.subtracting([.read, .write]).union(protection.vmaFlags)
-                    withRootsLocked(vma) { vma.flags = newFlags }
-                    changeProtection(vma, vma.start, vma.end)
-                }
+            var cursor = address
+            while cursor < end {
+                guard let vma = findVMA(cursor) else { throw .outOfMemory }
+                let stop = min(end, vma.end)
+                let newFlags = vma.flags.subtracting([.read, .write]).union(protection.vmaFlags)
+                if newFlags != vma.flags { mprotectFixup(cursor, stop, newFlags) }
+                cursor = stop
             }
+        }
+    }
+
+    /// `mprotect_fixup` for `[start, end)` inside one VMA: split it there, then apply `flags`.
+    private func mprotectFixup(_ start: UInt64, _ end: UInt64, _ flags: VMAFlags) {
+        splitVMAs(at: start)
+        splitVMAs(at: end)
+        guard let vma = findVMA(start) else { return }
+        notifiers.invalidating(start, end, .protectionVMA) {
+            withRootsLocked(vma) { vma.flags = flags }
+            changeProtection(vma, start, end)
         }
     }
 
