@@ -116,4 +116,72 @@ import Testing
         }
         try mm.write(at: a + UInt64(3 * pageSize), bytes: [2])
     }
+
+    /// `remap_pfn_range` maps with `vm_page_prot`, which is read-only in a private
+    /// mapping; `do_wp_page` then copies a page that has no `struct page` (`wp_page_copy`):
+    /// a process's stores to a `MAP_PRIVATE` PFN mapping never reach the frame.
+    @Test func storeToAPrivatePFNMapCopiesInsteadOfWritingTheFrame() throws {
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let frame = memory.allocPage(zeroed: true)!
+        memory.bytes(frame)!.storeBytes(of: 0xC3, as: UInt8.self)
+        let ram = memory.freeRAMPageCount
+        let a = try mm.mmap(.special([.pfnMap]), length: pageSize)
+        try mm.remapPFNRange(a, pfn: frame, count: 1)
+        #expect(!mm.pageTableEntry(a).isWritable)
+        try mm.write(at: a + 1, bytes: [0x11])
+        #expect(memory.bytes(frame)!.load(fromByteOffset: 1, as: UInt8.self) == 0)
+        #expect(try mm.read(at: a, count: 2) == [0xC3, 0x11])
+        #expect(mm.faultCounters[.copyOnWrite] == 1 && mm.pageTableEntry(a).pfn != frame)
+        try mm.munmap(a, length: pageSize)
+        #expect(memory.freeRAMPageCount == ram && memory.refcount(frame) == 1)
+        memory.putPage(frame)
+    }
+
+    /// `copy_page_range` on a shared `VM_PFNMAP` mapping: the entries are copied as they
+    /// are, with no write-protection and no `PROTECTION_PAGE` invalidation (`is_cow` is
+    /// false); stores from either process land in the frame.
+    @Test func forkOfASharedPFNMapNeitherWriteProtectsNorInvalidates() throws {
+        let memory = try makeMemory()
+        let parent = AddressSpace(memory: memory)
+        let frame = memory.allocPage(zeroed: true)!
+        let a = try parent.mmap(.special([.pfnMap, .shared]), length: pageSize)
+        try parent.remapPFNRange(a, pfn: frame, count: 1)
+        #expect(parent.pageTableEntry(a).isWritable)
+        let mirror = RecordingMirror()
+        _ = try parent.notifiers.insert(start: a, length: UInt64(pageSize), ops: mirror)
+        let child = try parent.fork()
+        #expect(mirror.kinds.isEmpty)
+        #expect(parent.pageTableEntry(a).isWritable && child.pageTableEntry(a).isWritable)
+        try child.write(at: a, bytes: [0x5A])
+        #expect(try parent.read(at: a, count: 1) == [0x5A])
+        #expect(memory.bytes(frame)!.load(as: UInt8.self) == 0x5A)
+        child.exit()
+        parent.exit()
+        #expect(memory.refcount(frame) == 1)
+        memory.putPage(frame)
+    }
+
+    /// `copy_present_pte` + `wp_page_copy` on a private `VM_PFNMAP` mapping: after fork
+    /// each process's stores go to copies of its own, never to the frame or the other's copy.
+    @Test func forkOfAPrivatePFNMapCopiesOnWriteInBoth() throws {
+        let memory = try makeMemory()
+        let parent = AddressSpace(memory: memory)
+        let frame = memory.allocPage(zeroed: true)!
+        let a = try parent.mmap(.special([.pfnMap]), length: pageSize)
+        try parent.remapPFNRange(a, pfn: frame, count: 1)
+        try parent.write(at: a, bytes: [1])                        // the parent's own copy
+        let child = try parent.fork()
+        #expect(!parent.pageTableEntry(a).isWritable && !child.pageTableEntry(a).isWritable)
+        try child.write(at: a, bytes: [2])
+        #expect(try parent.read(at: a, count: 1) == [1])
+        try parent.mprotect(a, length: pageSize, protection: .read)
+        try parent.mprotect(a, length: pageSize, protection: .readWrite)
+        try parent.write(at: a, bytes: [3])
+        #expect(try child.read(at: a, count: 1) == [2])
+        #expect(memory.bytes(frame)!.load(as: UInt8.self) == 0)
+        child.exit()
+        parent.exit()
+        memory.putPage(frame)
+    }
 }

@@ -23,6 +23,11 @@ extension AddressSpace {
                 child.vmas.append(copy)
                 // vma_needs_copy: private anonymous state or raw PFN mappings.
                 guard vma.anonRoot != nil || !vma.flags.isDisjoint(with: [.pfnMap, .mixedMap]) else { continue }
+                // copy_page_range: only a COW mapping is write-protected, under PROTECTION_PAGE.
+                guard vma.isCOWMapping else {
+                    try copyPageRange(from: vma, to: copy, child)
+                    continue
+                }
                 try notifiers.invalidating(vma.start, vma.end, .protectionPage) { () throws(HostMMError) in
                     try copyPageRange(from: vma, to: copy, child)
                 }
@@ -75,7 +80,13 @@ extension AddressSpace {
             }
             return pte
         case .present:
-            if pte.isSpecial { return pte }
+            if pte.isSpecial {
+                if pte.isWritable && cow {
+                    pte = pte.with(write: false)
+                    leaf.set(i, pte)
+                }
+                return pte
+            }
             let page = pte.pfn
             if memory.isAnon(page) && memory.flags(page).contains(.anonExclusive) && memory.maybeDMAPinned(page) {
                 return try copyPinnedPage(page, pte, copy, addr)

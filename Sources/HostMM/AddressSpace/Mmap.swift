@@ -25,7 +25,8 @@ public enum MappingKind: Sendable {
     /// A file mapping, shared (`MAP_SHARED`) or private copy-on-write (`MAP_PRIVATE`).
     case file(PageCacheFile, pageOffset: Int = 0, shared: Bool)
     /// A driver mapping with `VM_SPECIAL` flags (`.io`, `.pfnMap`, `.mixedMap`, `.dontExpand`),
-    /// populated with `remapPFNRange`; refused by migration.
+    /// populated with `remapPFNRange` or `insertPage`; refused by migration. Private
+    /// (copy-on-write) unless the flags include `.shared` (`MAP_SHARED`).
     case special(VMAFlags)
     /// `MAP_HUGETLB`: accepted so the migration API can refuse it; faults are `.notSupported`.
     case hugetlb
@@ -46,7 +47,9 @@ extension AddressSpace {
                      protection: Protection = .readWrite, at address: UInt64? = nil) throws(HostMMError) -> UInt64 {
         guard length > 0, length <= Int(PageTable.addressLimit) else { throw .invalidArgument }
         let size = (UInt64(length) + pageOffsetMask) & ~pageOffsetMask
-        if case .special(let f) = kind, f.isEmpty || !VMAFlags.special.isSuperset(of: f) { throw .invalidArgument }
+        if case .special(let f) = kind, f.isDisjoint(with: .special) || !VMAFlags.special.union(.shared).isSuperset(of: f) {
+            throw .invalidArgument
+        }
         if case .file(_, let off, _) = kind, off < 0 { throw .invalidArgument }
         return try mmapLock.withWriteLock { () throws(HostMMError) -> UInt64 in
             guard !hasExited else { throw .invalidArgument }
@@ -89,6 +92,8 @@ extension AddressSpace {
             if shared { flags.insert(.shared) } else { anonRoot = memory.roots.create(anon: true) }
         case .special(let f):
             flags.formUnion(f)
+            // A private one gets its anonymous family for the copies its write faults make.
+            if !f.contains(.shared) { anonRoot = memory.roots.create(anon: true) }
         case .hugetlb:
             flags.insert(.hugetlb)
         case .dax(let f):
