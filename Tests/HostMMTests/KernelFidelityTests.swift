@@ -184,4 +184,17 @@ import Testing
         parent.exit()
         memory.putPage(frame)
     }
+
+    /// `exit_mmap` → `unmap_vmas(…, 0, ULONG_MAX, …)`: the UNMAP invalidation spans the
+    /// whole address space, so an interval outside every VMA sees it after RELEASE.
+    @Test func exitInvalidatesTheWholeAddressSpace() throws {
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: pageSize)
+        try mm.touch(a, length: pageSize, write: true)
+        let mirror = RecordingMirror()
+        _ = try mm.notifiers.insert(start: a + UInt64(64 * pageSize), length: UInt64(pageSize), ops: mirror)
+        mm.exit()
+        #expect(mirror.kinds == [.release, .unmap])
+    }
 }
