@@ -197,4 +197,22 @@ import Testing
         mm.exit()
         #expect(mirror.kinds == [.release, .unmap])
     }
+
+    /// `do_sigbus` → `force_sig_fault(SIGBUS, BUS_ADRERR, address)`: the signal carries the
+    /// faulting address itself, not its page, whichever fault path raised it.
+    @Test func sigbusCarriesTheExactFaultingAddress() throws {
+        let memory = try makeMemory()
+        let file = PageCacheFile(memory: memory, pageCount: 1)
+        let mm = AddressSpace(memory: memory)
+        let f = try mm.mmap(.file(file, shared: true), length: 2 * pageSize)
+        let past = f + UInt64(pageSize) + 5
+        #expect(throws: HostMMError.busError(address: past)) { try mm.read(at: past, count: 1) }
+        let device = try TestDevice(memory: memory, pageCount: 4)
+        let a = try mm.mmap(length: pageSize)
+        try device.migrateToDevice(mm, a, a + UInt64(pageSize))
+        device.failMigrateToRAM.store(true, ordering: .relaxed)
+        #expect(throws: HostMMError.busError(address: a + 7)) { try mm.write(at: a + 7, bytes: [1]) }
+        let s = try mm.mmap(.special([.mixedMap]), length: pageSize)
+        #expect(throws: HostMMError.busError(address: s + 9)) { try mm.read(at: s + 9, count: 1) }
+    }
 }
