@@ -215,4 +215,17 @@ import Testing
         let s = try mm.mmap(.special([.mixedMap]), length: pageSize)
         #expect(throws: HostMMError.busError(address: s + 9)) { try mm.read(at: s + 9, count: 1) }
     }
+
+    /// `vma_needs_copy`: a VM_IO mapping with neither VM_PFNMAP nor VM_MIXEDMAP has no
+    /// entries to copy; fork neither walks nor invalidates it.
+    @Test func forkSkipsAnIOMappingWithoutPFNs() throws {
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(.special([.io]), length: pageSize)
+        let mirror = RecordingMirror()
+        _ = try mm.notifiers.insert(start: a, length: UInt64(pageSize), ops: mirror)
+        let child = try mm.fork()
+        #expect(mirror.kinds.isEmpty)
+        child.exit()
+    }
 }

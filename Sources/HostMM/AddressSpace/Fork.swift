@@ -21,8 +21,10 @@ extension AddressSpace {
                                flags: vma.flags, anonRoot: vma.anonRoot, file: vma.file)
                 for root in copy.roots { root.link(copy) }
                 child.vmas.append(copy)
-                // vma_needs_copy: private anonymous state or raw PFN mappings.
-                guard vma.anonRoot != nil || !vma.flags.isDisjoint(with: [.pfnMap, .mixedMap]) else { continue }
+                // vma_needs_copy: private anonymous state or raw PFN mappings (a special
+                // VMA holds entries only as VM_PFNMAP / VM_MIXEDMAP).
+                let rawPFNs = !vma.flags.isDisjoint(with: [.pfnMap, .mixedMap])
+                guard rawPFNs || (vma.anonRoot != nil && vma.flags.isDisjoint(with: .special)) else { continue }
                 // copy_page_range: only a COW mapping is write-protected, under PROTECTION_PAGE.
                 guard vma.isCOWMapping else {
                     try copyPageRange(from: vma, to: copy, child)
