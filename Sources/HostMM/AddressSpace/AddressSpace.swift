@@ -38,10 +38,10 @@ public final class AddressSpace: @unchecked Sendable {
             guard !hasExited else { return }
             hasExited = true
             // mn_itree_release: every interval sees RELEASE over the whole space, then
-            // unmap_vmas tears the mappings down under an UNMAP invalidation.
+            // unmap_vmas tears the mappings down under an UNMAP invalidation of [0, ULONG_MAX).
             notifiers.invalidating(0, .max, .release) {}
-            if let first = vmas.first, let last = vmas.last {
-                notifiers.invalidating(first.start, last.end, .unmap) {
+            if !vmas.isEmpty {
+                notifiers.invalidating(0, .max, .unmap) {
                     for vma in vmas { zapRange(vma, vma.start, vma.end) }
                 }
             }

@@ -6,10 +6,10 @@ import Glibc
 extension AddressSpace {
     /// Creates a child address space with the same VMAs. Private mappings share their
     /// pages copy-on-write: writable entries become read-only in both (notifiers see
-    /// `.protectionPage`), device-private entries are shared the same way, writable
-    /// migration entries become readable. A DMA-pinned exclusive anonymous page is
-    /// copied for the child at once (`copy_present_page`). Shared file mappings are not
-    /// copied; the child faults them from the page cache.
+    /// `.protectionPage`), device-private entries are shared the same way, writable and
+    /// readable-exclusive migration entries become plainly readable. A DMA-pinned
+    /// exclusive anonymous page is copied for the child at once (`copy_present_page`).
+    /// Shared file mappings are not copied; the child faults them from the page cache.
     /// - Throws: `.outOfMemory` if a pinned page cannot be copied; `.invalidArgument` after `exit`.
     public func fork() throws(HostMMError) -> AddressSpace {
         let child = AddressSpace(memory: memory)
@@ -21,8 +21,15 @@ extension AddressSpace {
                                flags: vma.flags, anonRoot: vma.anonRoot, file: vma.file)
                 for root in copy.roots { root.link(copy) }
                 child.vmas.append(copy)
-                // vma_needs_copy: private anonymous state or raw PFN mappings.
-                guard vma.anonRoot != nil || !vma.flags.isDisjoint(with: [.pfnMap, .mixedMap]) else { continue }
+                // vma_needs_copy: private anonymous state or raw PFN mappings (a special
+                // VMA holds entries only as VM_PFNMAP / VM_MIXEDMAP).
+                let rawPFNs = !vma.flags.isDisjoint(with: [.pfnMap, .mixedMap])
+                guard rawPFNs || (vma.anonRoot != nil && vma.flags.isDisjoint(with: .special)) else { continue }
+                // copy_page_range: only a COW mapping is write-protected, under PROTECTION_PAGE.
+                guard vma.isCOWMapping else {
+                    try copyPageRange(from: vma, to: copy, child)
+                    continue
+                }
                 try notifiers.invalidating(vma.start, vma.end, .protectionPage) { () throws(HostMMError) in
                     try copyPageRange(from: vma, to: copy, child)
                 }
@@ -59,7 +66,8 @@ extension AddressSpace {
         case .none, .deviceExclusive:
             return .none
         case .migration:
-            if pte.isWritable && cow {
+            // Writable or readable-exclusive: the page is shared from now on.
+            if (pte.isWritable || pte.isExclusive) && cow {
                 pte = .migration(pte.pfn, write: false, exclusive: false, young: pte.isYoung, dirty: pte.isDirty)
                 leaf.set(i, pte)
             }
@@ -74,7 +82,13 @@ extension AddressSpace {
             }
             return pte
         case .present:
-            if pte.isSpecial { return pte }
+            if pte.isSpecial {
+                if pte.isWritable && cow {
+                    pte = pte.with(write: false)
+                    leaf.set(i, pte)
+                }
+                return pte
+            }
             let page = pte.pfn
             if memory.isAnon(page) && memory.flags(page).contains(.anonExclusive) && memory.maybeDMAPinned(page) {
                 return try copyPinnedPage(page, pte, copy, addr)

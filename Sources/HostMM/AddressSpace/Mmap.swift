@@ -25,7 +25,8 @@ public enum MappingKind: Sendable {
     /// A file mapping, shared (`MAP_SHARED`) or private copy-on-write (`MAP_PRIVATE`).
     case file(PageCacheFile, pageOffset: Int = 0, shared: Bool)
     /// A driver mapping with `VM_SPECIAL` flags (`.io`, `.pfnMap`, `.mixedMap`, `.dontExpand`),
-    /// populated with `remapPFNRange`; refused by migration.
+    /// populated with `remapPFNRange` or `insertPage`; refused by migration. Private
+    /// (copy-on-write) unless the flags include `.shared` (`MAP_SHARED`).
     case special(VMAFlags)
     /// `MAP_HUGETLB`: accepted so the migration API can refuse it; faults are `.notSupported`.
     case hugetlb
@@ -46,7 +47,9 @@ extension AddressSpace {
                      protection: Protection = .readWrite, at address: UInt64? = nil) throws(HostMMError) -> UInt64 {
         guard length > 0, length <= Int(PageTable.addressLimit) else { throw .invalidArgument }
         let size = (UInt64(length) + pageOffsetMask) & ~pageOffsetMask
-        if case .special(let f) = kind, f.isEmpty || !VMAFlags.special.isSuperset(of: f) { throw .invalidArgument }
+        if case .special(let f) = kind, f.isDisjoint(with: .special) || !VMAFlags.special.union(.shared).isSuperset(of: f) {
+            throw .invalidArgument
+        }
         if case .file(_, let off, _) = kind, off < 0 { throw .invalidArgument }
         return try mmapLock.withWriteLock { () throws(HostMMError) -> UInt64 in
             guard !hasExited else { throw .invalidArgument }
@@ -89,6 +92,8 @@ extension AddressSpace {
             if shared { flags.insert(.shared) } else { anonRoot = memory.roots.create(anon: true) }
         case .special(let f):
             flags.formUnion(f)
+            // A private one gets its anonymous family for the copies its write faults make.
+            if !f.contains(.shared) { anonRoot = memory.roots.create(anon: true) }
         case .hugetlb:
             flags.insert(.hugetlb)
         case .dax(let f):
@@ -124,28 +129,37 @@ extension AddressSpace {
         vmas.removeAll { !$0.isAttached }
     }
 
-    /// Changes the protection of `[address, address + length)` (`mprotect`).
-    /// Notifiers see `.protectionVMA`; entries lose write permission when it is removed,
-    /// and exclusive anonymous pages regain it directly when it is added.
-    /// - Throws: `.invalidArgument` when unaligned or empty, `.outOfMemory` (`ENOMEM`)
-    ///   when part of the range is not mapped.
+    /// Changes the protection of `[address, address + length)` (`mprotect`), VMA by VMA
+    /// (`do_mprotect_pkey`). A VMA whose flags change is split to the range and its
+    /// entries updated under a `.protectionVMA` invalidation (`mprotect_fixup`); one
+    /// whose flags stay the same is left alone. Entries lose write permission when it is
+    /// removed, and exclusive anonymous pages regain it directly when it is added.
+    /// - Throws: `.invalidArgument` when unaligned or empty; `.outOfMemory` (`ENOMEM`)
+    ///   when part of the range is not mapped — after changing the VMAs before the first
+    ///   hole, as the kernel does (nothing changes when `address` itself is unmapped).
     public func mprotect(_ address: UInt64, length: Int, protection: Protection) throws(HostMMError) {
         guard address.isPageAligned, length > 0, address < PageTable.addressLimit else { throw .invalidArgument }
         let end = min(PageTable.addressLimit, address + ((UInt64(length) + pageOffsetMask) & ~pageOffsetMask))
         try mmapLock.withWriteLock { () throws(HostMMError) in
-            var covered = address
-            for v in vmas where v.end > covered && v.start <= covered && covered < end { covered = v.end }
-            guard covered >= end else { throw .outOfMemory }
-            splitVMAs(at: address)
-            splitVMAs(at: end)
-            let targets = vmas.filter { $0.start >= address && $0.end <= end }
-            notifiers.invalidating(address, end, .protectionVMA) {
-                for vma in targets {
-                    let newFlags = vma.flags.subtracting([.read, .write]).union(protection.vmaFlags)
-                    withRootsLocked(vma) { vma.flags = newFlags }
-                    changeProtection(vma, vma.start, vma.end)
-                }
+            var cursor = address
+            while cursor < end {
+                guard let vma = findVMA(cursor) else { throw .outOfMemory }
+                let stop = min(end, vma.end)
+                let newFlags = vma.flags.subtracting([.read, .write]).union(protection.vmaFlags)
+                if newFlags != vma.flags { mprotectFixup(cursor, stop, newFlags) }
+                cursor = stop
             }
+        }
+    }
+
+    /// `mprotect_fixup` for `[start, end)` inside one VMA: split it there, then apply `flags`.
+    private func mprotectFixup(_ start: UInt64, _ end: UInt64, _ flags: VMAFlags) {
+        splitVMAs(at: start)
+        splitVMAs(at: end)
+        guard let vma = findVMA(start) else { return }
+        notifiers.invalidating(start, end, .protectionVMA) {
+            withRootsLocked(vma) { vma.flags = flags }
+            changeProtection(vma, start, end)
         }
     }
 

@@ -2,7 +2,9 @@
 extension AddressSpace {
     /// Maps `count` frames from `pfn` at `address` as special entries (`pte_special`:
     /// no refcount, no rmap, `vm_normal_page` = NULL), as a driver's `mmap` handler does
-    /// for MMIO or carve-outs. Takes the mmap lock for write.
+    /// for MMIO or carve-outs. Entries are writable only in a shared writable VMA (the
+    /// `vm_page_prot` of a private one is read-only: stores copy-on-write). Takes the
+    /// mmap lock for write.
     /// - Throws: `.invalidArgument` unless `[address, address + count pages)` lies in one
     ///   `.pfnMap` VMA, `address` is aligned, and every frame is RAM or device-coherent
     ///   (CPU-reachable); `.busy` if an entry is already populated.
@@ -18,7 +20,7 @@ extension AddressSpace {
             guard !busy else { throw .busy }
             var k = 0
             forEachLeaf(address, end, create: true) { leaf, i, _ in
-                leaf.set(i, PageTableEntry(kind: .present, pfn: pfn + k, write: vma.flags.contains(.write),
+                leaf.set(i, PageTableEntry(kind: .present, pfn: pfn + k, write: vma.flags.isSuperset(of: [.shared, .write]),
                                            young: true, special: true))
                 k += 1
             }

@@ -53,10 +53,10 @@ extension AddressSpace {
         forEachLeaf(start, end) { leaf, i, _ in
             let pte = leaf[i]
             switch pte.kind {
-            case .present where !pte.isSpecial:
+            case .present:
                 if !writable && pte.isWritable {
                     leaf.set(i, pte.with(write: false))
-                } else if writable && !pte.isWritable && !vma.flags.contains(.shared)
+                } else if writable && !pte.isWritable && !pte.isSpecial && !vma.flags.contains(.shared)
                             && memory.isAnon(pte.pfn) && memory.flags(pte.pfn).contains(.anonExclusive) {
                     leaf.set(i, pte.with(write: true))
                 }

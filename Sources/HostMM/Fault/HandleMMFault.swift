@@ -10,6 +10,17 @@ import Glibc
 /// errno the kernel would deliver.
 extension AddressSpace {
     func handleMMFault(_ vma: VMA, _ address: UInt64, write: Bool) throws(HostMMError) {
+        do throws(HostMMError) {
+            try handlePTEFault(vma, address, write: write)
+        } catch {
+            // do_sigbus: the signal reports the faulting address itself, not its page.
+            if case .busError = error { throw .busError(address: address) }
+            throw error
+        }
+    }
+
+    /// `handle_pte_fault`: dispatches on the entry found at `address`.
+    private func handlePTEFault(_ vma: VMA, _ address: UInt64, write: Bool) throws(HostMMError) {
         if !vma.flags.isDisjoint(with: [.hugetlb, .dax]) { throw .notSupported }
         let addr = address.pageAlignedDown
         guard let leaf = pageTable.leaf(addr, create: true) else { throw .outOfMemory }

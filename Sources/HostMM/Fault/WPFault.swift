@@ -8,22 +8,24 @@ extension AddressSpace {
     func doWPPage(_ vma: VMA, _ leaf: PTETable, _ i: Int, _ addr: UInt64, _ orig: PageTableEntry) throws(HostMMError) {
         let page = orig.pfn
         let isZero = orig.isSpecial && page == memory.zeroPFN
-        if !isZero && (orig.isSpecial || vma.flags.contains(.shared)) {
+        if vma.flags.contains(.shared) {
             // wp_pfn_shared / wp_page_shared: make the shared mapping writable and dirty.
             if reuse(leaf, i, orig) { faultCounters.count(.writeReuse) }
             return
         }
-        if !isZero && memory.isAnon(page) && canReuseAnonPage(page) {
+        if !orig.isSpecial && memory.isAnon(page) && canReuseAnonPage(page) {
             if reuse(leaf, i, orig) { faultCounters.count(.writeReuse) }
             return
         }
+        // wp_page_copy: the zero page is replaced by zeros; a special entry (no struct
+        // page) is copied from its frame without a reference.
         let pinned: Bool = leaf.lock.withLock {
             guard leaf[i] == orig else { return false }
-            if !isZero { memory.getPage(page) }
+            if !orig.isSpecial { memory.getPage(page) }
             return true
         }
         guard pinned else { return }
-        defer { if !isZero { memory.putPage(page) } }
+        defer { if !orig.isSpecial { memory.putPage(page) } }
         try notifiers.invalidating(addr, addr + UInt64(pageSize), .clear) { () throws(HostMMError) in
             try copyIntoNewAnonPage(vma, leaf, i, addr, from: isZero ? nil : page, expected: orig)
         }

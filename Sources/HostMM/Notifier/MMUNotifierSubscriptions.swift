@@ -26,9 +26,17 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
     public func insert(start: UInt64, length: UInt64, ops: any MMUIntervalNotifierOps) throws(HostMMError) -> MMUIntervalNotifier {
         guard length > 0, start <= UInt64.max - length else { throw .invalidArgument }
         return lock.withLock {
-            // Not under invalidation: an odd seq different from the mm's (never "busy").
-            // Under invalidation: equal to the mm's, so readBegin waits for the end.
-            let seq = invalidateSeq & 1 == 1 ? invalidateSeq : invalidateSeq - 1
+            // No invalidation running: an odd seq different from the mm's (never "busy").
+            // Any invalidation running, even one that hit no interval (it may be tearing
+            // down this range and will not call the new interval): the mm's seq made odd,
+            // so readBegin waits for the last one to end.
+            let seq: UInt64
+            if activeInvalidations > 0 {
+                invalidateSeq |= 1
+                seq = invalidateSeq
+            } else {
+                seq = invalidateSeq - 1
+            }
             let n = MMUIntervalNotifier(start: start, end: start + length, ops: ops, subscriptions: self, seq: seq)
             intervals.append(n)
             return n

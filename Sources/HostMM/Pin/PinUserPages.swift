@@ -11,8 +11,10 @@ extension AddressSpace {
     /// device-private pages come back to RAM through `migrateToRAM`) and adds
     /// `gupPinCountingBias` to each one's refcount. Release with `unpinUserPages`.
     /// Takes the mmap lock for read.
-    /// - Throws: what a CPU access would (`.segmentationFault`, `.busError`, …), or
-    ///   `.invalidArgument` for an unaligned address or non-positive count.
+    /// - Throws: `.fault` (`EFAULT`) for an address with no VMA, a `VM_IO`/`VM_PFNMAP`
+    ///   VMA, a VMA without read (for `write`: write) permission, or a fault that
+    ///   failed with SIGSEGV/SIGBUS; `.outOfMemory`; `.invalidArgument` for an unaligned
+    ///   address or non-positive count.
     ///
     /// With `longterm` (`FOLL_LONGTERM`), a device-coherent page is first migrated to
     /// System RAM (`check_and_migrate_movable_pages` → `migrate_device_coherent_folio`):
@@ -37,12 +39,16 @@ extension AddressSpace {
                 // A write access breaks COW and faults in a real page; a read access of an
                 // untouched anonymous page would map the shared zero page instead, so
                 // pins always fault as a write when the VMA allows it (FOLL_LONGTERM-like).
-                let vmaWritable = mmapLock.withReadLock { findVMA(addr)?.flags.contains(.write) ?? false }
+                let vmaFlags = mmapLock.withReadLock { findVMA(addr)?.flags }
+                try checkVMAFlags(vmaFlags, write: write)
+                let vmaWritable = vmaFlags?.contains(.write) ?? false
                 var pinned: PFN?
-                try access(addr, 1, write: write || vmaWritable) { _, _, _, _ in
-                    let pte = self.pageTable.entry(addr)
-                    self.memory.addReferences(pte.pfn, references)
-                    pinned = pte.pfn
+                try faultErrno { () throws(HostMMError) in
+                    try access(addr, 1, write: write || vmaWritable) { _, _, _, _ in
+                        let pte = self.pageTable.entry(addr)
+                        self.memory.addReferences(pte.pfn, references)
+                        pinned = pte.pfn
+                    }
                 }
                 if let page = pinned, longterm, memory.isDeviceCoherent(page) {
                     // The pin becomes one plain reference, which the migration takes over
@@ -50,10 +56,12 @@ extension AddressSpace {
                     if references > 1 { _ = memory.dropReference(page, count: references - 1) }
                     guard memory.migrateDeviceCoherentPage(page) else { throw .busy }
                     pinned = nil
-                    try access(addr, 1, write: write || vmaWritable) { _, _, _, _ in
-                        let pte = self.pageTable.entry(addr)
-                        self.memory.addReferences(pte.pfn, references)
-                        pinned = pte.pfn
+                    try faultErrno { () throws(HostMMError) in
+                        try access(addr, 1, write: write || vmaWritable) { _, _, _, _ in
+                            let pte = self.pageTable.entry(addr)
+                            self.memory.addReferences(pte.pfn, references)
+                            pinned = pte.pfn
+                        }
                     }
                 }
                 if let pinned { pages.append(pinned) }
@@ -63,6 +71,22 @@ extension AddressSpace {
             throw error
         }
         return pages
+    }
+
+    /// `check_vma_flags`: GUP needs a VMA with `struct page`s behind it and the access rights asked for.
+    private func checkVMAFlags(_ flags: VMAFlags?, write: Bool) throws(HostMMError) {
+        guard let flags, flags.isDisjoint(with: [.io, .pfnMap]),
+              flags.contains(write ? .write : .read) else { throw .fault }
+    }
+
+    /// `vm_fault_to_errno`: a fault that would signal the task is `EFAULT` to GUP.
+    private func faultErrno(_ body: () throws(HostMMError) -> Void) throws(HostMMError) {
+        do throws(HostMMError) { try body() } catch {
+            switch error {
+            case .segmentationFault, .busError: throw .fault
+            default: throw error
+            }
+        }
     }
 
     private func unpin(_ pages: [PFN], _ references: Int32) {
