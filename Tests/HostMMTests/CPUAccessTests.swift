@@ -115,8 +115,8 @@ import Testing
         #expect(try mm.read(at: a, count: 1) == [0xC3])
         #expect(memory.refcount(frame) == 1 && memory.mapcount(frame) == 0)
         #expect(throws: HostMMError.busy) { try mm.remapPFNRange(a, pfn: frame, count: 1) }
-        try mm.mmapLock.withReadLock {
-            try withBuffers(1) { src, dst in
+        mm.mmapLock.withReadLock {
+            withBuffers(1) { src, dst in
                 var args = MigrateVMA(vma: mm.findVMA(a), start: a, end: a + UInt64(pageSize), src: src, dst: dst, flags: .selectSystem)
                 #expect(throws: HostMMError.invalidArgument) { try migrateVMASetup(&args) }
             }

@@ -76,8 +76,8 @@ final class LegacyOps: MigrateVMAOps {
         let mm = AddressSpace(memory: memory)
         let a = try mm.mmap(length: 2 * pageSize)
         let ops = LegacyOps(device)
-        try mm.mmapLock.withReadLock {
-            try withBuffers(2) { src, dst in
+        mm.mmapLock.withReadLock {
+            withBuffers(2) { src, dst in
                 let vma = mm.findVMA(a)
                 #expect(throws: HostMMError.invalidArgument) {
                     try migrateVMA(ops: nil, vma: vma, start: a, end: a + UInt64(pageSize), src: src, dst: dst)

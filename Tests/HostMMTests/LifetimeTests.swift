@@ -13,7 +13,7 @@ import Testing
         mm = nil
         #expect(vma.mm == nil && !vma.isAttached)
         #expect(memory.freeRAMPageCount == free + 1)
-        try withBuffers(1) { src, dst in
+        withBuffers(1) { src, dst in
             var args = MigrateVMA(vma: vma, start: a, end: a + UInt64(pageSize), src: src, dst: dst, flags: .selectSystem)
             #expect(throws: HostMMError.invalidArgument) { try migrateVMASetup(&args) }
             migrateVMAFinalize(&args)                              // nothing set up: a no-op

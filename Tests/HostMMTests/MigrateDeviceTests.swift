@@ -55,7 +55,7 @@ import Testing
 
     @Test func deviceRangeRejectsUnknownPFNs() throws {
         let memory = try makeMemory()
-        try withBuffers(4) { src, dst in
+        withBuffers(4) { src, dst in
             #expect(throws: HostMMError.invalidArgument) {
                 try memory.migrateDeviceRange(src, start: PFN(memory.maxPFN - 1), npages: 4)
             }

@@ -42,27 +42,26 @@ extension AddressSpace {
                 let vmaFlags = mmapLock.withReadLock { findVMA(addr)?.flags }
                 try checkVMAFlags(vmaFlags, write: write)
                 let vmaWritable = vmaFlags?.contains(.write) ?? false
-                var pinned: PFN?
-                try faultErrno { () throws(HostMMError) in
-                    try access(addr, 1, write: write || vmaWritable) { _, _, _, _ in
-                        let pte = self.pageTable.entry(addr)
-                        self.memory.addReferences(pte.pfn, references)
-                        pinned = pte.pfn
-                    }
-                }
-                if let page = pinned, longterm, memory.isDeviceCoherent(page) {
-                    // The pin becomes one plain reference, which the migration takes over
-                    // (the page cannot be freed meanwhile); then pin whatever is mapped there now.
-                    if references > 1 { _ = memory.dropReference(page, count: references - 1) }
-                    guard memory.migrateDeviceCoherentPage(page) else { throw .busy }
-                    pinned = nil
+                // Faults the page in and takes the references under the entry's lock.
+                func grab() throws(HostMMError) -> PFN? {
+                    var grabbed: PFN?
                     try faultErrno { () throws(HostMMError) in
                         try access(addr, 1, write: write || vmaWritable) { _, _, _, _ in
                             let pte = self.pageTable.entry(addr)
                             self.memory.addReferences(pte.pfn, references)
-                            pinned = pte.pfn
+                            grabbed = pte.pfn
                         }
                     }
+                    return grabbed
+                }
+                var pinned = try grab()
+                if let page = pinned, longterm, memory.isDeviceCoherent(page) {
+                    // The pin becomes one plain reference, which the migration takes over
+                    // (the page cannot be freed meanwhile); then pin whatever is mapped there now.
+                    if references > 1 { _ = memory.dropReference(page, count: references - 1) }
+                    pinned = nil
+                    guard memory.migrateDeviceCoherentPage(page) else { throw .busy }
+                    pinned = try grab()
                 }
                 if let pinned { pages.append(pinned) }
             }
