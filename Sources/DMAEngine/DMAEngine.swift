@@ -174,7 +174,7 @@ public final class DMAEngine: @unchecked Sendable {
     /// New descriptors naming it are refused at once. If a channel still holds
     /// *pending* (unsubmitted) descriptors naming it, the region is re-activated
     /// and `.busy` is thrown (submit or `discardPending()` them first). Otherwise
-    /// waits up to `timeout` for in-flight work; on expiry the region stays
+    /// waits up to `timeout` in all for in-flight work on every channel; on expiry the region stays
     /// registered and `.timedOut` is thrown. When this returns, nothing the engine
     /// started reads or writes the region's memory.
     public func unregister(_ id: RegionID, timeout: Duration = .seconds(30)) throws(DMAError) {
@@ -184,8 +184,11 @@ public final class DMAEngine: @unchecked Sendable {
             _ = regions.setActive(id, true)
             throw .busy("channel \(busy.id) has pending descriptors naming \(id); submit or discard them first")
         }
+        // One deadline for all channels: `timeout` bounds the whole wait.
+        let deadline = ContinuousClock.now + timeout
         for channel in all {
-            if let fence = channel.timeline.latestUnsignaled, !fence.waitForSignal(timeout: timeout) {
+            if let fence = channel.timeline.latestUnsignaled,
+               !fence.waitForSignal(timeout: max(.zero, deadline - ContinuousClock.now)) {
                 _ = regions.setActive(id, true)
                 throw .timedOut
             }

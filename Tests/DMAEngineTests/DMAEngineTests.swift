@@ -80,6 +80,27 @@ import Testing
         #expect(again != h, "ids are not reused")
     }
 
+    /// `unregister`'s timeout bounds the whole wait, not each channel's: copies delayed
+    /// 300 ms on one channel and 600 ms on another outlast a 450 ms timeout (waiting up to
+    /// 450 ms per channel, one after the other, returned at 600 ms instead).
+    @Test func unregisterTimeoutBoundsTheWaitOverAllChannels() throws {
+        let engine = try DMAEngine(configuration: .init(backend: .memcpy))
+        defer { engine.shutdown() }
+        let host = HostBuffer(1 << 16)
+        let h = try engine.registerHostMemory(host.bytes)
+        let vram = try engine.createVRAMPool(size: 1 << 16)
+        for (i, delay) in [300, 600].enumerated() {
+            let plan = FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(delay)))])
+            let ch = try engine.makeChannel(backend: .faultInjecting(plan, wrapping: .memcpy))
+            try ch.enqueueCopy(from: DMAAddress(region: h, offset: i * 4096), to: vram.address(i * 4096), length: 4096)
+            _ = try ch.submit()
+        }
+        #expect(throws: DMAError.timedOut) { try engine.unregister(h, timeout: .milliseconds(450)) }
+        #expect(engine.region(h) != nil, "a timed-out unregister leaves the region registered")
+        try engine.unregister(h)
+        #expect(engine.region(h) == nil)
+    }
+
     @Test func unregisteredPoolStaysReadableThroughItsHandle() throws {
         let engine = try DMAEngine(configuration: .init(backend: .memcpy))
         let pool = try engine.createVRAMPool(size: 4096)
