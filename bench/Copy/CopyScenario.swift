@@ -128,7 +128,10 @@ enum CopyScenario {
         let times = BatchTimes(count: batches)
         let errors = ErrorBox()
         let start = MonotonicClock.now()
-        DispatchQueue.concurrentPerform(iterations: channels.count) { c in
+        // One thread per channel, not `concurrentPerform`: that runs at most one iteration
+        // per CPU at a time, so with more channels than CPUs the extra channels started only
+        // when another had finished its whole share (no more channels in flight at once).
+        @Sendable func channelPass(_ c: Int) {
             do {
                 var inflight: [(batch: Int, fence: Fence)] = []
                 inflight.reserveCapacity(o.inflightBatches)
@@ -151,6 +154,17 @@ enum CopyScenario {
                 errors.record(error)
             }
         }
+        let finished = DispatchGroup()
+        for c in channels.indices {
+            let thread = Thread {
+                channelPass(c)
+                finished.leave()
+            }
+            thread.name = "copy-channel-\(c)"
+            finished.enter()
+            thread.start()
+        }
+        finished.wait()
         let seconds = MonotonicClock.seconds(since: start)
         if let e = errors.first { throw e }
         return (seconds, times.histogram())
