@@ -139,3 +139,62 @@ import Testing
         #expect(p50 > 0 && p50 <= p99 && p99 <= max)
     }
 }
+
+/// The derived figures of `mm` and `thrash`, and the files and table of a repeated run,
+/// checked against the fields they are made of.
+@Suite struct DerivedFigureTests {
+    func number(_ r: RunRecord, _ key: String) throws -> Double {
+        try #require(r[key]?.numeric, "\(key) missing")
+    }
+
+    @Test func mmControlPathIsTheSumOfItsSteps() throws {
+        let r = try MMScenario.run(pages: 2048, batch: 256, faultSamples: 64)
+        let steps = try ["setup_ns_per_page", "pages_ns_per_page", "finalize_ns_per_page"].map { try number(r, $0) }
+        #expect(abs(try number(r, "control_ns_per_page") - steps.reduce(0, +)) <= 1e-9 * steps.reduce(0, +))
+        #expect(r["cpu_fault_samples"] == .int(64))
+    }
+
+    /// `us_per_page` is the median round over the pages; `gbps` both sides' bytes over it.
+    @Test func thrashPerPageAndThroughputComeFromTheMedianRound() throws {
+        var o = ThrashOptions()
+        o.pages = 256
+        o.rounds = 3
+        o.backend = .memcpy
+        let r = try ThrashRun.measure(o, trace: nil, progress: { _ in })
+        let round = try number(r, "round_us")
+        #expect(abs(try number(r, "us_per_page") * 256 - round) <= 1e-9 * round)
+        let gbps = try number(r, "gbps")
+        #expect(abs(gbps - 2 * 256 * 4096 / (round * 1e3)) <= 1e-9 * gbps)
+    }
+
+    /// Under `--repeat` every figure of the JSON is the median of its samples with their min
+    /// and max, the CSV holds the same numbers, the median's digits included.
+    @Test func repeatedRunFilesAgreeWithTheSamples() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dmem-audit-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let json = dir.appendingPathComponent("r.json").path, csv = dir.appendingPathComponent("r.csv").path
+        var command = try DmemBench.parseAsRoot([
+            "run", "copy", "--set", "total=128K", "span=512K", "passes=1", "direction=h2d", "batch=8", "backend=memcpy",
+            "--repeat", "3", "--quiet", "--json", json, "--csv", csv,
+        ])
+        try command.run()
+        let document = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: json))) as? [String: Any])
+        let run = try #require((document["runs"] as? [[String: Any]])?.first)
+        let samples = try #require(run["samples"] as? [[String: Any]])
+        #expect(samples.count == 3)
+        for field in ["gbps", "memcpy_gbps", "ratio", "seconds", "batch_p50_us", "batch_max_us"] {
+            let values = samples.compactMap { $0[field] as? Double }.sorted()
+            #expect(values.count == 3)
+            #expect(run[field] as? Double == values[1], "\(field) is the median")
+            #expect(run["\(field)_min"] as? Double == values[0] && run["\(field)_max"] as? Double == values[2], "\(field) spread")
+        }
+        let lines = try String(contentsOfFile: csv, encoding: .utf8).split(separator: "\n").map { $0.split(separator: ",", omittingEmptySubsequences: false) }
+        #expect(lines.count == 2)
+        for field in ["gbps", "ratio", "batch_p99_us"] {
+            let column = try #require(lines[0].firstIndex { $0 == field })
+            // Foundation's JSON parser on Linux can be off in the last bit: compare within that.
+            let cell = try #require(Double(lines[1][column])), value = try #require(run[field] as? Double)
+            #expect(abs(cell - value) <= 1e-12 * abs(value), "CSV \(field) \(cell), JSON \(value)")
+        }
+    }
+}
