@@ -22,7 +22,7 @@ struct CopyBenchScenario: BenchScenario {
         .init("vram-files", .integer(1...VRAMPool.Layout.maxFiles), default: "16", help: "memfds each VRAM pool is striped over"),
         .init("fixed-buffers", .flag, default: "off", help: "register host memory as io_uring fixed buffers"),
         .init("vram-dir", .text, default: "memfd", help: "memfd, or a directory for VRAM's files (a huge=always tmpfs)"),
-        .init("link", .text, default: "none", help: "modelled link: \(LinkSpec.help)"),
+        .init("link", .text, default: "none", help: "modelled link, one per channel: \(LinkSpec.help)"),
         .init("passes", .integer(1...100), default: "3", help: "engine passes per point (median); --repeat repeats points"),
         .init("seed", .integer(0...Int.max), default: "53530", help: "seed of the page scatter"),
     ]

@@ -53,7 +53,7 @@ struct CopyCommand: ParsableCommand {
     var fixedBuffers = OnOff.off
     @Option(help: ArgumentHelp("Put VRAM in unnamed files in this directory instead of memfds, e.g. a tmpfs mounted with huge=always (README \"Performance\").", valueName: "dir"))
     var vramDir: String?
-    @Option(help: ArgumentHelp("Model a host↔device link on top of the backend: \(LinkSpec.help).", valueName: "link"))
+    @Option(help: ArgumentHelp("Model a host↔device link on top of the backend, one per channel (--channels 2 gets two links): \(LinkSpec.help).", valueName: "link"))
     var link = "none"
     @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
 

@@ -14,7 +14,9 @@ import Glibc
 /// contiguous pages of another). Every byte is verified after every pass.
 ///
 /// Each record carries `gbps`, the same-run `memcpy_gbps` and their `ratio`, and
-/// the latency from `submit()` to the fence signalling per batch (`batch_*_us`).
+/// the latency from `submit()` to the fence signalling per batch (`batch_*_us`, every batch
+/// of every pass). `seconds` is the median pass; `sqes` and `fixed_sqes` are ring operations
+/// per pass, summed over the channels (0 for the memcpy backend).
 ///
 /// Threads: `run` uses the calling thread plus one thread per channel, joined before it returns.
 enum CopyScenario {

@@ -102,7 +102,7 @@ final class MigrateRun {
         r.set("api", o.api.name)
         r.set("vram_dir", o.vramDirectory ?? "memfd")
         r.set("fixed_buffers", o.fixedBuffers)
-        r.set("fixed_sqes", gpu.fixedBuffers.operations)
+        r.set("fixed_sqes", gpu.fixedBuffers.operations)   // the driver's channels over every phase (not the engine-alone pass)
         r.set("shmem_thp", ShmemHugePages.current.rawValue)
         r.set("checked", o.checked)
         if let checker = gpu.memory.checker { r.set("protocol_violations", checker.violationCount) }
@@ -264,10 +264,13 @@ final class MigrateRun {
         progress("evicting \(ByteCount(o.totalBytes)) by teardown")
         try track.span("stamp B") { try pattern.fill(mm, b, pages: o.pages, first: o.pages) }
         let r = MonotonicClock.now()
+        let moved: MigrationResult
         do {
-            _ = try track.span("migrate B to reused VRAM") { try gpu.migrateToDevice(mm, range: b ..< b + bytes) }
+            moved = try track.span("migrate B to reused VRAM") { try gpu.migrateToDevice(mm, range: b ..< b + bytes) }
         } catch { throw Self.failure("migrateToDevice (B): \(error)") }
         let reuseSeconds = MonotonicClock.seconds(since: r)
+        // to_device_reused_gbps counts every byte of B: it must all have moved.
+        guard moved.migrated == o.pages else { throw Self.failure("only \(moved.migrated) of \(o.pages) pages of B migrated") }
         let resident = gpu.vram.inUsePageCount * 4096
         let t = MonotonicClock.now()
         do { try track.span("teardown") { try gpu.shutdown() } } catch { throw Self.failure("teardown: \(error)") }

@@ -48,7 +48,7 @@ enum RepeatAggregate {
         if distinct.count == 1, let only = values.first { out.set(name, only) } else { out.set(name, distinct.joined(separator: "|")) }
     }
 
-    /// The median (mean of the two middle values for an even count); 0 for no values.
+    /// The median (mean of the two middle values for an even count), NaN left out; NaN (`null` in JSON) for no values.
     static func median(_ values: [Double]) -> Double {
         let sorted = values.filter { !$0.isNaN }.sorted()
         guard !sorted.isEmpty else { return .nan }

@@ -8,8 +8,10 @@ struct ThrashCommand: ParsableCommand {
         discussion: """
             Each round the GPU writes every page (each GPU fault migrates or maps a --window of \
             pages) and the CPU reads every page back (faulting VRAM pages to RAM, --fault-around \
-            at a time); every byte is verified. Counts are totals over all rounds; times are the \
-            median round. Compare policies with `dmem-bench run thrash --sweep gpu-fault=migrate,map`.
+            at a time); every byte is verified. Counts are totals over all rounds; round_us and \
+            us_per_page (round_us / pages) are the median round, gpu_phase_us and cpu_phase_us the \
+            median of each phase on its own (so they need not add up to round_us); gbps is the bytes \
+            both sides touched per round (2 × pages × 4 KiB) over the median round. Compare policies with `dmem-bench run thrash --sweep gpu-fault=migrate,map`.
             """
     )
 
