@@ -33,7 +33,7 @@ extension Mirror {
             do throws(HostMMError) { try migrateVMAPages(&args) } catch { throw MirrorError(error) }
             finalizeAndMap(args)
         }
-        return try readBack(address, end, npages, into: buffer)
+        return try readBack(address, end, into: buffer)
     }
 
     /// Migrates this device's pages in `npages` pages at `address` back to system memory;
