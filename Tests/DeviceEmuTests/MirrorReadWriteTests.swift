@@ -120,6 +120,7 @@ import Testing
         b.fillMirror(.negated)
         let child = try f.mm.fork()
         #expect(try child.intsMatch(b.ptr, bytes: size, .index))
+        #expect(b.mirrorMatches(.negated))
         try Self.childWritesNegated(f, child, at: b.ptr, npages: npages)
         #expect(try f.mm.intsMatch(b.ptr, bytes: size, .negated))       // shared: no COW
         f.teardown()
