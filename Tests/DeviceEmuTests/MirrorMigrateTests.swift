@@ -221,6 +221,27 @@ import Testing
         f.teardown()
     }
 
+    /// System memory runs out in the middle of a MIGRATE_TO_SYS batch: ENOMEM, and the
+    /// whole batch stays on the device and in the mirror, so a later MIGRATE_TO_DEV reads
+    /// it back (its pages are skipped as device pages; only the mirror has them).
+    @Test("MIGRATE_TO_SYS out of memory mid-batch", arguments: MirrorKind.allCases)
+    func migrateToSystemOutOfMemory(_ kind: MirrorKind) throws {
+        let f = try HMMFixture(kind)
+        let b = try f.buffer(size: 4 * pageSize, filledWith: .index)
+        #expect(hmmMigrateSysToDev(f.fd, b, 4) == 0)
+        var hog: [PFN] = []
+        while f.memory.freeRAMPageCount > 2, let p = f.memory.allocPage() { hog.append(p) }
+        #expect(hmmMigrateDevToSys(f.fd, b, 4) == negErrno(.outOfMemory))
+        #expect(f.device0.inUsePageCount == 4)
+        #expect(f.fd.mappedPageCount == 4)
+        for p in hog { f.memory.putPage(p) }
+        b.fillMirror(.zero)
+        #expect(hmmMigrateSysToDev(f.fd, b, 4) == 0 && b.cpages == 4 && b.mirrorMatches(.index))
+        #expect(hmmMigrateDevToSys(f.fd, b, 4) == 0 && b.cpages == 4)
+        #expect(try f.mm.intsMatch(b.ptr, bytes: b.size, .index))
+        f.teardown()
+    }
+
     /// A small-page analogue of `migrate_anon_huge_free`: MADV_FREE leaves device pages be;
     /// MADV_DONTNEED frees them.
     @Test("migrate_anon_huge_free (small pages)", arguments: MirrorKind.allCases)

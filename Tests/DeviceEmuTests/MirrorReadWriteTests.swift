@@ -120,6 +120,7 @@ import Testing
         b.fillMirror(.negated)
         let child = try f.mm.fork()
         #expect(try child.intsMatch(b.ptr, bytes: size, .index))
+        #expect(b.mirrorMatches(.negated))
         try Self.childWritesNegated(f, child, at: b.ptr, npages: npages)
         #expect(try f.mm.intsMatch(b.ptr, bytes: size, .negated))       // shared: no COW
         f.teardown()
@@ -231,6 +232,11 @@ import Testing
         defer { short.deallocate() }
         #expect(throws: MirrorError.fault) { try f.fd.read(b.ptr, npages: 2, into: short) }
         #expect(throws: MirrorError.fault) { try f.fd.write(b.ptr, npages: 2, from: UnsafeRawBufferPointer(short)) }
+        // `npages << PAGE_SHIFT` truncates to 64 bits: 2^52 + 1 pages is one page to the kernel.
+        let truncated = (1 << 52) + 1
+        #expect(hmmDmirrorCmd(f.fd, .read, b, truncated) == 0 && b.cpages == 1 && b.faults == 0)   // mirrored by the short read
+        #expect(hmmDmirrorCmd(f.fd, .snapshot, b, truncated) == 0 && b.cpages == 1)
+        #expect(hmmMigrateSysToDev(f.fd, b, truncated) == 0 && b.cpages == 1)
         b.ptr = 1 << 40                                                     // nothing mapped there
         #expect(hmmDmirrorCmd(f.fd, .read, b, 1) == negErrno(.fault))
         #expect(hmmDmirrorCmd(f.fd, .migrateToDevice, b, 1) == einval)

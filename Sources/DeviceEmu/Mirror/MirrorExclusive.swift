@@ -30,7 +30,7 @@ extension Mirror {
                 addr += UInt64(pageSize)
             }
         }
-        return try readBack(address, end, npages, into: buffer)
+        return try readBack(address, end, into: buffer)
     }
 
     /// Checks that no page of the range is still mapped for atomics (a missing entry is

@@ -33,7 +33,7 @@ extension Mirror {
             do throws(HostMMError) { try migrateVMAPages(&args) } catch { throw MirrorError(error) }
             finalizeAndMap(args)
         }
-        return try readBack(address, end, npages, into: buffer)
+        return try readBack(address, end, into: buffer)
     }
 
     /// Migrates this device's pages in `npages` pages at `address` back to system memory;
@@ -126,28 +126,40 @@ extension Mirror {
 
 extension MirrorDevice {
     /// `dmirror_devmem_fault_alloc_and_copy`: a locked system page per collected device
-    /// page, the data copied into it, the entry dropped from `mirror`'s table. When a page
+    /// page, the entry dropped from `mirror`'s table, then the data copied. When a page
     /// cannot be had (or `mirror`'s one-shot failure is armed) the whole batch is left on
-    /// the device and `.outOfMemory` is thrown; the caller still finalizes.
+    /// the device, its entries in `mirror` kept, and `.outOfMemory` is thrown; the caller
+    /// still finalizes. (The kernel moves the pages before the failing one and restores the
+    /// rest; the spec asks for the whole batch restored.)
     func allocAndCopyToSystem(_ args: inout MigrateVMA, clearing mirror: Mirror?) throws(MirrorError) {
+        // Every page first, so a failure leaves neither a page moved nor an entry dropped.
         for i in 0..<args.npages where args.src[i].contains(.migrate) {
-            guard let page = args.src[i].page, let from = dataPointer(page) else { continue }
+            guard let page = args.src[i].page, dataPointer(page) != nil else { continue }
             let ram: PFN? = (mirror?.takeAllocationFailure() ?? false) ? nil : memory.allocPage()
             guard let ram else {
-                for k in 0..<i {
-                    guard let unused = args.dst[k].page else { continue }
-                    memory.unlockPage(unused)
-                    memory.putPage(unused)
-                    args.dst[k] = []
-                }
+                releaseDestinations(&args, before: i)
                 throw .outOfMemory
             }
             memory.lockPage(ram)
-            mirror?.erase(args.start + UInt64(i) << 12)
-            memcpy(memory.bytes(ram)!, from, pageSize)
             var d = MigratePFN(pfn: ram)
             if args.src[i].contains(.write) { d.insert(.write) }
             args.dst[i] = d
+        }
+        // The entry goes before the copy, so the device cannot write behind it (`xa_erase`).
+        for i in 0..<args.npages {
+            guard let ram = args.dst[i].page, let page = args.src[i].page, let from = dataPointer(page) else { continue }
+            mirror?.erase(args.start + UInt64(i) << 12)
+            memcpy(memory.bytes(ram)!, from, pageSize)
+        }
+    }
+
+    /// Unlocks and frees the system pages allocated for `args.dst[0..<end]`.
+    private func releaseDestinations(_ args: inout MigrateVMA, before end: Int) {
+        for k in 0..<end {
+            guard let unused = args.dst[k].page else { continue }
+            memory.unlockPage(unused)
+            memory.putPage(unused)
+            args.dst[k] = []
         }
     }
 }

@@ -9,7 +9,9 @@ extension Mirror {
     /// The checks every command passes first: an open mirror, a page-aligned `address`,
     /// a positive `npages`, and `address < address + (npages << 12)` in wrapping 64-bit
     /// arithmetic (so `npages == 0`, negative counts and wrap-around are refused; a
-    /// negative count used to pass the wrap check at low addresses). Returns the end.
+    /// negative count used to pass the wrap check at low addresses). Returns the end; like
+    /// the kernel's `size = npages << PAGE_SHIFT`, the shift truncates, so every command
+    /// works on `pageCount(address, end)` pages, not on `npages`.
     func checkRange(_ address: UInt64, _ npages: Int) throws(MirrorError) -> UInt64 {
         guard isOpen else { throw .invalidArgument }
         guard address & 4095 == 0, npages > 0 else { throw .invalidArgument }
@@ -17,6 +19,9 @@ extension Mirror {
         guard address < end else { throw .invalidArgument }
         return end
     }
+
+    /// The pages of `[address, end)`: `npages` as the kernel sees it after the shift.
+    func pageCount(_ address: UInt64, _ end: UInt64) -> Int { Int((end - address) >> 12) }
 
     /// `dmirror_bounce_init`: a zeroed kernel buffer of `npages` pages; `ENOMEM` when it
     /// could not be had (larger than the machine's RAM).
@@ -40,9 +45,9 @@ extension Mirror {
     /// - Returns: `cpages` = pages read (`npages`), `faults` 0.
     /// - Throws: `.noEntry` at the first page not in the mirror (`.invalidArgument` once
     ///   closed); `.outOfMemory` for the bounce buffer; `.fault` for a short buffer.
-    func readBack(_ address: UInt64, _ end: UInt64, _ npages: Int,
+    func readBack(_ address: UInt64, _ end: UInt64,
                   into buffer: UnsafeMutableRawBufferPointer?) throws(MirrorError) -> MirrorResult {
-        let bounce = try makeBounce(npages)
+        let bounce = try makeBounce(pageCount(address, end))
         defer { bounce.deallocate() }
         var cpages = 0
         guard doRead(address, end, base: address, bounce.baseAddress!, &cpages) else {
@@ -60,7 +65,7 @@ extension Mirror {
     ///   `.invalidArgument` from the entry checks. `buffer` is untouched on error.
     public func read(_ address: UInt64, npages: Int, into buffer: UnsafeMutableRawBufferPointer) throws(MirrorError) -> MirrorResult {
         let end = try checkRange(address, npages)
-        let bounce = try makeBounce(npages)
+        let bounce = try makeBounce(pageCount(address, end))
         defer { bounce.deallocate() }
         var cpages = 0, faults = 0
         var start = address
@@ -83,7 +88,7 @@ extension Mirror {
     ///   a short buffer (checked before anything is done); `.busy`; `.outOfMemory`.
     public func write(_ address: UInt64, npages: Int, from buffer: UnsafeRawBufferPointer) throws(MirrorError) -> MirrorResult {
         let end = try checkRange(address, npages)
-        let bounce = try makeBounce(npages)
+        let bounce = try makeBounce(pageCount(address, end))
         defer { bounce.deallocate() }
         guard buffer.count >= bounce.count, let from = buffer.baseAddress else { throw .fault }
         memcpy(bounce.baseAddress!, from, bounce.count)

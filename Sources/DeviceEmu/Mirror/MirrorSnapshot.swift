@@ -36,9 +36,9 @@ extension Mirror {
 
     /// `snapshot` returning the bytes.
     public func snapshot(_ address: UInt64, npages: Int) throws(MirrorError) -> [MirrorProtection] {
-        _ = try checkRange(address, npages)
-        guard npages <= device.memory.ramPageCount else { throw .outOfMemory }
-        var out = [UInt8](repeating: 0, count: npages)
+        let count = pageCount(address, try checkRange(address, npages))
+        guard count <= device.memory.ramPageCount else { throw .outOfMemory }
+        var out = [UInt8](repeating: 0, count: count)
         var failure: MirrorError?
         out.withUnsafeMutableBytes { b in
             do throws(MirrorError) { _ = try snapshot(address, npages: npages, into: b) } catch { failure = error }
