@@ -68,6 +68,6 @@ extension PhysicalMemory {
             guard plan.run else { return }
             n = plan.npages
         }
-        migrateDeviceFinalizeCore(src, dst, max(0, min(n, src.count, dst.count)))
+        migrateDeviceFinalizeCore(src, dst, max(0, min(n, src.count, dst.count)), site: CallSite(fileID: fileID, line: line))
     }
 }

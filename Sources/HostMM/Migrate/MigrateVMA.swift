@@ -161,7 +161,7 @@ public func migrateVMAFinalize(_ args: inout MigrateVMA, fileID: StaticString = 
         guard plan.run else { return }
         n = max(0, min(plan.npages, args.src.count, args.dst.count))
     }
-    vma.memory.migrateDeviceFinalizeCore(args.src, args.dst, n)
+    vma.memory.migrateDeviceFinalizeCore(args.src, args.dst, n, site: CallSite(fileID: fileID, line: line))
 }
 
 extension PhysicalMemory {
