@@ -100,7 +100,7 @@ public func migrateVMASetup(_ args: inout MigrateVMA, fileID: StaticString = #fi
           args.src.count >= count, args.dst.count >= count else { throw .invalidArgument }
     guard mm.mmapLock.isLocked else { throw .mmapLockNotHeld }
     if let checker = mm.memory.checker {
-        try checker.willSetup(args.src, count: count, site: CallSite(fileID: fileID, line: line))
+        try checker.willSetup(mm.memory, args.src, args.dst, count: count, site: CallSite(fileID: fileID, line: line))
     }
 
     // Only the range's entries: a longer buffer keeps what it holds past them.
