@@ -6,7 +6,7 @@ import Testing
 
 /// A checked machine with a memcpy device and `pages` pattern pages at `a`, and the
 /// textbook migration split into its steps so that each test can break exactly one.
-private final class CheckedRig {
+final class CheckedRig {
     let memory: PhysicalMemory
     let device: TestDevice
     let mm: AddressSpace

@@ -29,14 +29,44 @@ extension ProtocolChecker {
     // MARK: Setup
 
     /// Before setup changes anything: is a migration still in progress on these arrays?
-    func willSetup(_ src: Entries, count: Int, site: CallSite) throws(HostMMError) {
+    /// Recording mode finalizes it first (`finishAbandoned`); `dst` is the new setup's
+    /// destination array (nil on the PFN path, which has none).
+    func willSetup(_ memory: PhysicalMemory, _ src: Entries, _ dst: Entries?, count: Int,
+                   site: CallSite) throws(HostMMError) {
         guard let p = src.baseAddress else { return }
         let base = UInt(bitPattern: p)
         let (live, _) = sessions.find(base, base + UInt(max(count, 1) * Self.stride))
-        guard let old = live.first(where: { $0.collected > 0 }) else { return }
+        let abandoned = live.filter { $0.collected > 0 }
+        guard let old = abandoned.first else { return }
         let v = report(.setupBeforeFinalize, pfn: nil, address: old.start, site: site,
-                       "setup on arrays whose migration of \(old.collected) pages (set up at \(old.site)) was never finalized; those pages stay locked")
+                       "setup on arrays whose migration of \(old.collected) pages (set up at \(old.site)) was never finalized; finalized now")
         if mode.throwsViolations { throw .protocolViolation(v) }
+        for s in abandoned { finishAbandoned(memory, s, src, dst, site) }
+    }
+
+    /// Recording mode: finalizes a migration whose arrays a new setup is about to reuse, so
+    /// that its pages are not left locked behind migration entries for ever. Its sources are
+    /// restored unless the pages step ran; `dst` entries still allocated and locked are
+    /// finalized with it (used or released), others are left alone. A migration whose
+    /// entries reach past `src` is left as it is (its entries cannot be read safely).
+    private func finishAbandoned(_ memory: PhysicalMemory, _ s: Session, _ src: Entries, _ dst: Entries?,
+                                 _ site: CallSite) {
+        let off = s.offset(in: UInt(bitPattern: src.baseAddress!))
+        guard off >= 0, off + s.count <= src.count else { return }
+        let old = Entries(rebasing: src[off ..< off + s.count])
+        withUnsafeTemporaryAllocation(of: MigratePFN.self, capacity: s.count) { targets in
+            targets.initialize(repeating: [])
+            for i in 0..<s.count {
+                guard let dst, off + i < dst.count, let page = dst[off + i].page, memory.isValid(page),
+                      memory.refcount(page) > 0, memory.isPageLocked(page) else { continue }
+                targets[i] = dst[off + i]
+            }
+            if s.phase == .setUp {
+                for i in 0..<s.count { old[i].remove(.migrate) }
+            }
+            memory.migrateDeviceFinalizeCore(old, targets, s.count, site: site)
+        }
+        sessions.close([s])
     }
 
     /// After setup: opens the session and takes the checksum of every collected source page

@@ -4,12 +4,12 @@
 /// Threads: any (the thread dropping the reference, unlocking or tearing down).
 extension ProtocolChecker {
     /// A page is being freed (refcount reached 0, metadata not cleared yet): a device
-    /// page-table entry must not map it any more.
-    func pageFreed(_ pfn: PFN) {
+    /// page-table entry must not map it any more. `site`: the driver call that freed it, if any.
+    func pageFreed(_ pfn: PFN, site: CallSite?) {
         let set = currentOracles
         guard !set.mapping.isEmpty, let va = deviceMapping(pfn, set) else { return }
         if consumeMappingReported(pfn) { return }   // finalize reported this page already
-        report(.devicePTEMapsFreedPage, pfn: pfn, address: va, site: nil,
+        report(.devicePTEMapsFreedPage, pfn: pfn, address: va, site: site,
                "freed while a device page-table entry at va:0x\(String(va, radix: 16)) maps it (the invalidation did not reach the device)")
     }
 

@@ -49,7 +49,8 @@ public enum ProtocolRule: String, CaseIterable, Sendable, CustomStringConvertibl
     /// Finalize ran twice on one migration: pages would be unlocked and released twice.
     case finalizeTwice = "finalize-twice"
     /// Setup ran again on arrays whose previous migration was never finalized: its
-    /// pages stay locked behind migration entries for ever.
+    /// pages would stay locked behind migration entries for ever (recording mode
+    /// finalizes it before the new setup; throwing mode refuses the setup).
     case setupBeforeFinalize = "setup-before-finalize"
     /// The pages step or finalize was given other arrays, or another `npages`, than
     /// setup filled (entries would be skipped and stay locked, or be read past the end).

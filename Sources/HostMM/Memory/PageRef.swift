@@ -69,7 +69,7 @@ extension PhysicalMemory {
         guard checked(pfn) else { return }
         let old = meta[Int(pfn.rawValue)].refcount.wrappingSubtract(1, ordering: .acquiringAndReleasing).oldValue
         if old == 1 {
-            freePage(pfn)
+            freePage(pfn, site: CallSite(fileID: fileID, line: line))
         } else if old < 1 {
             refcountUnderflowed(pfn, 1, old, CallSite(fileID: fileID, line: line))
         }
@@ -80,10 +80,11 @@ extension PhysicalMemory {
     }
 
     /// Drops `count` references; returns true when the page reached zero and must be freed.
-    func dropReference(_ pfn: PFN, count: Int32) -> Bool {
+    /// `site` is the driver call on whose behalf it runs (checked mode's reports).
+    func dropReference(_ pfn: PFN, count: Int32, site: CallSite? = nil) -> Bool {
         let old = meta[Int(pfn.rawValue)].refcount.wrappingSubtract(count, ordering: .acquiringAndReleasing).oldValue
         if old == count { return true }
-        if old < count { refcountUnderflowed(pfn, count, old, nil) }
+        if old < count { refcountUnderflowed(pfn, count, old, site) }
         return false
     }
 
@@ -101,11 +102,12 @@ extension PhysicalMemory {
         meta[Int(pfn.rawValue)].refcount.load(ordering: .acquiring) >= gupPinCountingBias
     }
 
-    /// Returns a page whose refcount reached zero to its owner.
-    func freePage(_ pfn: PFN) {
+    /// Returns a page whose refcount reached zero to its owner; `site` is the driver call
+    /// that dropped the last reference, when there is one (checked mode's reports).
+    func freePage(_ pfn: PFN, site: CallSite? = nil) {
         let m = Int(pfn.rawValue)
         if meta[m].flags.load(ordering: .relaxed) & PageFlags.reserved.rawValue != 0 { return }
-        if let checker { checker.pageFreed(pfn) }
+        if let checker { checker.pageFreed(pfn, site: site) }
         meta[m].mapping.store(0, ordering: .relaxed)
         meta[m].index.store(0, ordering: .relaxed)
         meta[m].mapcount.store(0, ordering: .relaxed)
@@ -119,14 +121,14 @@ extension PhysicalMemory {
     }
 
     /// Drops one reference on each page in a batch, freeing RAM frames with one
-    /// allocator lock (`release_pages` / `folio_batch`).
-    func putPages(_ pfns: UnsafeBufferPointer<PFN>) {
+    /// allocator lock (`release_pages` / `folio_batch`). `site`: the driver call it runs for.
+    func putPages(_ pfns: UnsafeBufferPointer<PFN>, site: CallSite? = nil) {
         let checker = self.checker   // read once: one predictable branch per freed page
         withUnsafeTemporaryAllocation(of: UInt32.self, capacity: pfns.count) { ram in
             var n = 0
-            for pfn in pfns where dropReference(pfn, count: 1) {
+            for pfn in pfns where dropReference(pfn, count: 1, site: site) {
                 if isRAM(pfn) && flags(pfn).isDisjoint(with: .reserved) {
-                    if let checker { checker.pageFreed(pfn) }
+                    if let checker { checker.pageFreed(pfn, site: site) }
                     let m = Int(pfn.rawValue)
                     meta[m].mapping.store(0, ordering: .relaxed)
                     meta[m].index.store(0, ordering: .relaxed)
@@ -136,7 +138,7 @@ extension PhysicalMemory {
                     ram[n] = UInt32(pfn.rawValue)
                     n += 1
                 } else {
-                    freePage(pfn)
+                    freePage(pfn, site: site)
                 }
             }
             frames.free(UnsafeBufferPointer(rebasing: ram[0..<n]))

@@ -3,8 +3,10 @@
 extension PhysicalMemory {
     /// The shared body of `migrateVMAFinalize` and `migrateDeviceFinalize`.
     /// Destination entries naming PFNs that are neither RAM nor device memory are ignored.
+    /// `site` is the driver's finalize call: checked mode names it for a bad unlock or put.
     func migrateDeviceFinalizeCore(_ src: UnsafeMutableBufferPointer<MigratePFN>,
-                                   _ dst: UnsafeMutableBufferPointer<MigratePFN>, _ npages: Int) {
+                                   _ dst: UnsafeMutableBufferPointer<MigratePFN>, _ npages: Int,
+                                   site: CallSite = CallSite()) {
         guard npages > 0 else { return }
         withUnsafeTemporaryAllocation(of: PFN.self, capacity: 2 * npages) { pairs in
             // Pass 1: decide each source's new page: the destination if it migrated, else itself.
@@ -27,21 +29,21 @@ extension PhysicalMemory {
                 let newPage = dst[i].page.flatMap { isKnownPFN($0) ? $0 : nil }
                 guard let page = src[i].page else {
                     if let newPage {
-                        unlockPage(newPage)
+                        unlockPage(newPage, fileID: site.fileID, line: site.line)
                         release[n] = newPage; n += 1
                     }
                     continue
                 }
-                unlockPage(page)
+                unlockPage(page, fileID: site.fileID, line: site.line)
                 if isRAM(page) { setFlags(page, .lru) }
                 release[n] = page; n += 1
                 if let newPage {
-                    unlockPage(newPage)
+                    unlockPage(newPage, fileID: site.fileID, line: site.line)
                     if src[i].contains(.migrate) && isRAM(newPage) { setFlags(newPage, .lru) }
                     release[n] = newPage; n += 1
                 }
             }
-            putPages(UnsafeBufferPointer(rebasing: release[0..<n]))
+            putPages(UnsafeBufferPointer(rebasing: release[0..<n]), site: site)
         }
     }
 

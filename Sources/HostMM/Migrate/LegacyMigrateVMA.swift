@@ -48,8 +48,34 @@ public func migrateVMA(ops: (any MigrateVMAOps)?, vma: VMA?, start: UInt64, end:
                      dst: UnsafeMutableBufferPointer(rebasing: dst[0..<n]), start: start, end: args.end)
     // 2017 drivers flag unrecoverable entries with MIGRATE_PFN_ERROR (no VALID bit), and
     // always set LOCKED: neither changes what the three-step core does with them.
-    try migrateVMAPages(&args, fileID: fileID, line: line)
+    do {
+        try migrateVMAPages(&args, fileID: fileID, line: line)
+    } catch {
+        // The step refused the arrays before changing anything (a bad destination, or a
+        // checked-mode violation): nothing moves, and finalize must still run, or every
+        // collected page stays locked behind its migration entry.
+        vma.memory.abandonMigration(src, dst, n)
+        migrateVMAFinalize(&args, fileID: fileID, line: line)
+        throw error
+    }
     ops.finalizeAndMap(vma: vma, src: UnsafeBufferPointer(rebasing: src[0..<n]),
                        dst: UnsafeBufferPointer(rebasing: dst[0..<n]), start: start, end: args.end)
     migrateVMAFinalize(&args, fileID: fileID, line: line)
+}
+
+extension PhysicalMemory {
+    /// Before finalizing a migration whose pages step was refused: every source is
+    /// restored, and each destination is made one finalize can release (locked, with a
+    /// reference) or dropped from `dst` when it is not (not memory, free, locked elsewhere).
+    func abandonMigration(_ src: UnsafeMutableBufferPointer<MigratePFN>,
+                          _ dst: UnsafeMutableBufferPointer<MigratePFN>, _ npages: Int) {
+        for i in 0..<max(0, min(npages, src.count, dst.count)) {
+            src[i].remove(.migrate)
+            guard let page = dst[i].page else { continue }
+            guard isValid(page), refcount(page) > 0, isPageLocked(page) || trylockPage(page) else {
+                dst[i] = []
+                continue
+            }
+        }
+    }
 }

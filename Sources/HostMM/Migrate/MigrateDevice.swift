@@ -16,7 +16,7 @@ extension PhysicalMemory {
         guard npages > 0, src.count >= npages, isValid(start), isValid(start + (npages - 1)) else {
             throw .invalidArgument
         }
-        if let checker { try checker.willSetup(src, count: npages, site: CallSite(fileID: fileID, line: line)) }
+        if let checker { try checker.willSetup(self, src, nil, count: npages, site: CallSite(fileID: fileID, line: line)) }
         for i in 0..<npages {
             let pfn = start + i
             guard isValid(pfn), pfn != zeroPFN, getPageUnlessZero(pfn) else {
@@ -68,6 +68,6 @@ extension PhysicalMemory {
             guard plan.run else { return }
             n = plan.npages
         }
-        migrateDeviceFinalizeCore(src, dst, max(0, min(n, src.count, dst.count)))
+        migrateDeviceFinalizeCore(src, dst, max(0, min(n, src.count, dst.count)), site: CallSite(fileID: fileID, line: line))
     }
 }

@@ -100,7 +100,7 @@ public func migrateVMASetup(_ args: inout MigrateVMA, fileID: StaticString = #fi
           args.src.count >= count, args.dst.count >= count else { throw .invalidArgument }
     guard mm.mmapLock.isLocked else { throw .mmapLockNotHeld }
     if let checker = mm.memory.checker {
-        try checker.willSetup(args.src, count: count, site: CallSite(fileID: fileID, line: line))
+        try checker.willSetup(mm.memory, args.src, args.dst, count: count, site: CallSite(fileID: fileID, line: line))
     }
 
     // Only the range's entries: a longer buffer keeps what it holds past them.
@@ -161,7 +161,7 @@ public func migrateVMAFinalize(_ args: inout MigrateVMA, fileID: StaticString = 
         guard plan.run else { return }
         n = max(0, min(plan.npages, args.src.count, args.dst.count))
     }
-    vma.memory.migrateDeviceFinalizeCore(args.src, args.dst, n)
+    vma.memory.migrateDeviceFinalizeCore(args.src, args.dst, n, site: CallSite(fileID: fileID, line: line))
 }
 
 extension PhysicalMemory {

@@ -126,8 +126,12 @@ extension PhysicalMemory {
         }
     }
 
-    /// `unpin_user_pages`: drops the pins taken by `pinUserPages`.
-    public func unpinUserPages(_ pages: [PFN]) {
-        for page in pages where checked(page) && dropReference(page, count: gupPinCountingBias) { freePage(page) }
+    /// `unpin_user_pages`: drops the pins taken by `pinUserPages`. `fileID`/`line` name
+    /// the caller in checked mode's reports (an unpin too many is a refcount underflow).
+    public func unpinUserPages(_ pages: [PFN], fileID: StaticString = #fileID, line: UInt = #line) {
+        let site = CallSite(fileID: fileID, line: line)
+        for page in pages where checked(page) && dropReference(page, count: gupPinCountingBias, site: site) {
+            freePage(page, site: site)
+        }
     }
 }

@@ -1,0 +1,261 @@
+import Foundation
+import Testing
+@testable import HostMM
+
+/// Audit of checked mode as a driver author relies on it: each mistake in the variants
+/// that hide it (last page of a batch, after the pages step, the 2017 API, the PFN path),
+/// reported with its rule, page and the driver's call site, and the machine left
+/// consistent; and unusual but correct drivers reported clean.
+@Suite struct CheckedAuditTests {
+    static let throwing = CheckedMode(isEnabled: true, throwsViolations: true)
+
+    /// Every invariant holds and no page is left locked or leaked.
+    static func consistent(_ rig: CheckedRig) -> [String] { rig.memory.checkInvariants(addressSpaces: [rig.mm]) }
+
+    // MARK: Mistakes in the variants that hide them
+
+    @Test(arguments: [CheckedMode.on, throwing])
+    func unlockedDestinationOnTheLastPageOfABatch(mode: CheckedMode) throws {
+        let rig = try CheckedRig(pages: 8, mode: mode)
+        var line: UInt = 0
+        try rig.migration { args in
+            try rig.setupAndCopy(&args)
+            rig.memory.unlockPage(rig.dst[7].page!)                              // the bug
+            line = #line + 1
+            do { try migrateVMAPages(&args) } catch {}
+            rig.memory.lockPage(rig.dst[7].page!)
+            // The driver's error path: give back every destination; finalize restores the sources.
+            for i in 0..<8 { if let p = rig.dst[i].page { rig.memory.unlockPage(p); rig.memory.putPage(p) }; rig.dst[i] = [] }
+            migrateVMAFinalize(&args)
+        }
+        #expect(rig.rules == [.destinationNotLocked: 1])
+        let v = try #require(rig.checker.violations.first)
+        #expect(v.address == rig.a + UInt64(7 * pageSize))
+        #expect(v.site == "HostMMTests/CheckedAuditTests.swift:\(line)")
+        #expect(Self.consistent(rig) == [])
+        #expect(try rig.dataIntact())
+    }
+
+    @Test func unlockingADestinationBetweenPagesAndFinalizeNamesTheFinalizeCall() throws {
+        let rig = try CheckedRig(pages: 4)
+        var line: UInt = 0
+        try rig.migration { args in
+            try rig.setupAndCopy(&args)
+            try migrateVMAPages(&args)
+            rig.memory.unlockPage(rig.dst[3].page!)                              // the bug
+            line = #line + 1
+            migrateVMAFinalize(&args)
+        }
+        #expect(rig.rules == [.unlockOfUnlockedPage: 1])
+        let v = try #require(rig.checker.violations.first)
+        #expect(v.pfn == rig.dst[3].page)
+        #expect(v.site == "HostMMTests/CheckedAuditTests.swift:\(line)")
+        #expect(Self.consistent(rig) == [])
+        #expect(try rig.dataIntact())
+    }
+
+    @Test func droppingADestinationReferenceBeforeFinalizeNamesTheFinalizeCall() throws {
+        let rig = try CheckedRig(pages: 4)
+        var line: UInt = 0
+        try rig.migration { args in
+            try rig.setupAndCopy(&args)
+            rig.src[2].remove(.migrate)                                          // the driver gives up on page 2…
+            try migrateVMAPages(&args)
+            rig.memory.unlockPage(rig.dst[2].page!)
+            rig.memory.putPage(rig.dst[2].page!)                                 // …and frees its destination: the bug
+            rig.memory.lockPage(rig.dst[2].page!)
+            line = #line + 1
+            migrateVMAFinalize(&args)
+        }
+        #expect(rig.rules == [.destinationWithoutMigrate: 1, .refcountUnderflow: 1])
+        let v = try #require(rig.checker.violations.first { $0.rule == .refcountUnderflow })
+        #expect(v.site == "HostMMTests/CheckedAuditTests.swift:\(line)")
+    }
+
+    @Test func setupBeforeFinalizeInRecordingModeLeavesNothingLocked() throws {
+        let rig = try CheckedRig()
+        try rig.migration { args in
+            try migrateVMASetup(&args)
+            var again = rig.args()
+            try migrateVMASetup(&again)                                          // the bug: the first is lost
+            rig.device.copyToDevice(rig.src, rig.dst, again.npages)
+            try migrateVMAPages(&again)
+            migrateVMAFinalize(&again)
+        }
+        #expect(rig.rules == [.setupBeforeFinalize: 1])
+        #expect(Self.consistent(rig) == [])
+        #expect(rig.checker.unfinishedMigrations == 0)
+    }
+
+    @Test func setupBeforeFinalizeOnAShorterRangeLeavesNothingLocked() throws {
+        let rig = try CheckedRig()
+        try rig.migration { args in
+            try migrateVMASetup(&args)
+            var other = MigrateVMA(vma: rig.mm.findVMA(rig.a), start: rig.a, end: rig.a + UInt64(pageSize),
+                                   src: rig.src, dst: rig.dst, pgmapOwner: rig.device.owner, flags: .selectSystem)
+            try migrateVMASetup(&other)                                          // the bug
+            migrateVMAFinalize(&other)
+        }
+        #expect(rig.rules == [.setupBeforeFinalize: 1])
+        #expect(Self.consistent(rig) == [])
+        #expect(try rig.dataIntact())
+    }
+
+    @Test func sourceWrittenBetweenPagesAndFinalizeOnTheLastPage() throws {
+        let rig = try CheckedRig(pages: 8)
+        var line: UInt = 0
+        try rig.migration { args in
+            try rig.setupAndCopy(&args)
+            try migrateVMAPages(&args)
+            rig.memory.bytes(rig.src[7].page!)!.storeBytes(of: 0xBAD, toByteOffset: 4092, as: UInt32.self)  // the bug
+            line = #line + 1
+            migrateVMAFinalize(&args)
+        }
+        #expect(rig.rules == [.sourceModifiedAfterSetup: 1])
+        let v = try #require(rig.checker.violations.first)
+        #expect(v.address == rig.a + UInt64(7 * pageSize) && v.site == "HostMMTests/CheckedAuditTests.swift:\(line)")
+        #expect(Self.consistent(rig) == [])
+    }
+
+    // MARK: Correct but unusual drivers
+
+    @Test func pipelinedBatchesOnTwoArrayPairsAreClean() throws {
+        let rig = try CheckedRig(pages: 8)
+        try withBuffers(4) { s2, d2 in
+            try rig.locked {
+                let vma = rig.mm.findVMA(rig.a)
+                var one = MigrateVMA(vma: vma, start: rig.a, end: rig.a + UInt64(4 * pageSize), src: rig.src, dst: rig.dst,
+                                     pgmapOwner: rig.device.owner, flags: .selectSystem)
+                var two = MigrateVMA(vma: vma, start: rig.a + UInt64(4 * pageSize), end: rig.a + UInt64(8 * pageSize),
+                                     src: s2, dst: d2, pgmapOwner: rig.device.owner, flags: .selectSystem)
+                try migrateVMASetup(&one)
+                rig.device.copyToDevice(rig.src, rig.dst, 4)
+                try migrateVMAPages(&one)
+                try migrateVMASetup(&two)
+                rig.device.copyToDevice(s2, d2, 4)
+                try migrateVMAPages(&two)
+                migrateVMAFinalize(&one)
+                migrateVMAFinalize(&two)
+            }
+        }
+        #expect(rig.rules == [:], "\(rig.checker.violations)")
+        #expect(Self.consistent(rig) == [])
+        #expect(try rig.dataIntact())
+    }
+
+    @Test func allOrNothingRefusalAndHandledCopyFailuresAreClean() throws {
+        let rig = try CheckedRig(pages: 8)
+        try rig.migration { args in
+            try rig.setupAndCopy(&args)
+            for i in 0..<8 { if let p = rig.dst[i].page { rig.memory.unlockPage(p); rig.memory.putPage(p) }; rig.dst[i] = [] }
+            try migrateVMAPages(&args)
+            migrateVMAFinalize(&args)
+        }
+        try rig.migration { args in
+            try rig.setupAndCopy(&args)
+            for i in [0, 7] { rig.memory.unlockPage(rig.dst[i].page!); rig.memory.putPage(rig.dst[i].page!); rig.dst[i] = [] }
+            try migrateVMAPages(&args)
+            migrateVMAFinalize(&args)
+        }
+        #expect(rig.rules == [:], "\(rig.checker.violations)")
+        #expect(Self.consistent(rig) == [])
+        #expect(try rig.dataIntact())
+    }
+
+    @Test func coherentDeviceMemoryRoundTripIsClean() throws {
+        let memory = try PhysicalMemory(ramBytes: 64 << 20, maxDevicePages: 1 << 16, checked: .on)
+        let device = try TestDevice(memory: memory, pageCount: 64, type: .deviceCoherent)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 8 * pageSize)
+        for p in 0..<8 { try mm.write(at: a + UInt64(p * pageSize), bytes: pattern(p, count: pageSize)) }
+        #expect(try device.migrateToDevice(mm, a, a + UInt64(8 * pageSize)) == 8)
+        #expect(try mm.read(at: a, count: pageSize) == pattern(0, count: pageSize))
+        let pinned = try mm.pinUserPages(a + UInt64(pageSize), count: 1, write: true, longterm: true)
+        memory.unpinUserPages(pinned)
+        #expect(try device.evictAll() >= 6)
+        for p in 0..<8 { #expect(try mm.read(at: a + UInt64(p * pageSize), count: pageSize) == pattern(p, count: pageSize)) }
+        #expect(memory.checker?.countsByRule == [:], "\(memory.checker?.violations ?? [])")
+        #expect(memory.checkInvariants(addressSpaces: [mm]) == [])
+    }
+
+    // MARK: The 2017 API, eviction, frees
+
+    /// A 2017 driver whose allocAndCopy forgets to lock its last destination.
+    final class ForgetfulLegacyOps: MigrateVMAOps {
+        let device: TestDevice
+        init(_ device: TestDevice) { self.device = device }
+        func allocAndCopy(vma: VMA, src: UnsafeBufferPointer<MigratePFN>, dst: UnsafeMutableBufferPointer<MigratePFN>,
+                          start: UInt64, end: UInt64) {
+            device.copyToDevice(UnsafeMutableBufferPointer(mutating: src), dst, src.count)
+            device.memory.unlockPage(dst[dst.count - 1].page!)                   // the bug
+        }
+        func finalizeAndMap(vma: VMA, src: UnsafeBufferPointer<MigratePFN>, dst: UnsafeBufferPointer<MigratePFN>,
+                            start: UInt64, end: UInt64) {}
+    }
+
+    @Test(arguments: [CheckedMode.on, throwing])
+    func legacyDriverWithAnUnlockedDestinationIsReportedAndRestored(mode: CheckedMode) throws {
+        let rig = try CheckedRig(pages: 4, mode: mode)
+        let ops = ForgetfulLegacyOps(rig.device)
+        var line: UInt = 0
+        var thrown: (any Error)?
+        rig.locked {
+            line = #line + 1
+            do { try migrateVMA(ops: ops, vma: rig.mm.findVMA(rig.a), start: rig.a, end: rig.a + UInt64(4 * pageSize), src: rig.src, dst: rig.dst) } catch { thrown = error }
+        }
+        #expect(thrown != nil)
+        #expect(rig.rules == [.destinationNotLocked: 1])
+        let v = try #require(rig.checker.violations.first)
+        #expect(v.address == rig.a + UInt64(3 * pageSize) && v.site == "HostMMTests/CheckedAuditTests.swift:\(line)")
+        #expect(Self.consistent(rig) == [])
+        #expect(rig.device.freePageCount == 64)
+        #expect(try rig.dataIntact())
+    }
+
+    @Test(arguments: [CheckedMode.on, throwing])
+    func evictionWithAnUnlockedDestinationOnTheLastPage(mode: CheckedMode) throws {
+        let rig = try CheckedRig(pages: 4, mode: mode)
+        try rig.device.migrateToDevice(rig.mm, rig.a, rig.a + UInt64(4 * pageSize))
+        var line: UInt = 0
+        var last: PFN?
+        try withBuffers(64) { src, dst in
+            try rig.memory.migrateDeviceRange(src, start: rig.device.pagemap.firstPFN, npages: 64)
+            for i in 0..<64 where src[i].contains(.migrate) {
+                let page = src[i].page!, ram = rig.memory.allocPage()!
+                rig.memory.lockPage(ram)
+                memcpy(rig.memory.bytes(ram)!, rig.device.bytes(page), pageSize)
+                dst[i] = MigratePFN(pfn: ram)
+                last = ram
+            }
+            rig.memory.unlockPage(last!)                                         // the bug
+            line = #line + 1
+            do { try rig.memory.migrateDevicePages(src: src, dst: dst, npages: 64) } catch {}
+            for i in 0..<64 { if let p = dst[i].page { if p != last { rig.memory.unlockPage(p) }; rig.memory.putPage(p) }; dst[i] = [] }
+            rig.memory.migrateDeviceFinalize(src: src, dst: dst, npages: 64)
+        }
+        #expect(rig.rules == [.destinationNotLocked: 1])
+        let v = try #require(rig.checker.violations.first)
+        #expect(v.pfn == last && v.address == rig.a + UInt64(3 * pageSize))
+        #expect(v.site == "HostMMTests/CheckedAuditTests.swift:\(line)")
+        #expect(Self.consistent(rig) == [])
+        #expect(try rig.dataIntact())
+    }
+
+    final class Mapped: DeviceMappingOracle, @unchecked Sendable {
+        let pfn: PFN
+        init(_ pfn: PFN) { self.pfn = pfn }
+        func deviceMapping(of pfn: PFN) -> UInt64? { pfn == self.pfn ? 0x1000 : nil }
+    }
+
+    @Test func aDriverFreeingAPageItsDeviceStillMapsIsNamedAtItsPut() throws {
+        let rig = try CheckedRig()
+        let page = try #require(rig.device.allocPage())
+        let oracle = Mapped(page)
+        rig.checker.register(oracle)
+        rig.memory.unlockPage(page)
+        rig.memory.putPage(page); let line = #line                               // the bug
+        #expect(rig.rules == [.devicePTEMapsFreedPage: 1])
+        #expect(rig.checker.violations.first?.site == "HostMMTests/CheckedAuditTests.swift:\(line)")
+        rig.checker.unregister(oracle)
+    }
+}
