@@ -87,6 +87,7 @@ import Testing
         #expect(rig.checker.unfinishedMigrations == 0)
     }
 
+    /// Recorded in recording mode (the first migration is lost), and nothing stays locked.
     @Test func setupBeforeFinalizeOnAShorterRangeLeavesNothingLocked() throws {
         let rig = try CheckedRig()
         try rig.migration { args in
