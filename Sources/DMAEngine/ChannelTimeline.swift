@@ -12,6 +12,8 @@ import NIOConcurrencyHelpers
 /// `fenceWorkDone` from any completion thread.
 final class ChannelTimeline: @unchecked Sendable {
     let pool: DescriptorPool
+    /// The channel's backend, which a waiter may help (`CopyBackend.assist`); nil in unit tests.
+    let backend: (any CopyBackend)?
     private let lock = NIOLock()
     // Guarded by `lock`:
     private var outstanding: [Fence?] = []
@@ -19,8 +21,10 @@ final class ChannelTimeline: @unchecked Sendable {
     private var completedTicket: UInt64? = nil
     private var history: FailureHistory
 
-    init(pool: DescriptorPool, statusHistory: Int = DMAEngine.Configuration().statusHistory) {
+    init(pool: DescriptorPool, statusHistory: Int = DMAEngine.Configuration().statusHistory,
+         backend: (any CopyBackend)? = nil) {
         self.pool = pool
+        self.backend = backend
         self.history = FailureHistory(window: statusHistory)
         self.statusWindow = history.window
     }

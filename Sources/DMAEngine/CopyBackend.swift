@@ -28,9 +28,17 @@ public protocol CopyBackend: AnyObject, Sendable {
     func removeFixedBuffers(slots: [Int])
     /// What the fixed-buffer table holds and how often operations used it.
     var fixedBufferStatus: FixedBufferStatus { get }
+
+    /// Lends the calling thread, about to block on one of this channel's fences, to
+    /// the backend: it runs queued work until `done()` or nothing is left to take.
+    /// Models io_uring's `IORING_SETUP_DEFER_TASKRUN`, where the waiting task runs
+    /// the completion work itself. Called from any thread, concurrently with
+    /// `execute`; backends whose work runs elsewhere (the kernel, a timer) ignore it.
+    func assist(until done: () -> Bool)
 }
 
 extension CopyBackend {
+    public func assist(until done: () -> Bool) {}
     public func installFixedBuffers(_ pieces: [FixedBufferPiece]) {}
     public func removeFixedBuffers(slots: [Int]) {}
     public var fixedBufferStatus: FixedBufferStatus { FixedBufferStatus() }

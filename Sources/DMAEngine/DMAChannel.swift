@@ -62,7 +62,7 @@ public final class DMAChannel: @unchecked Sendable {
         self.regions = regions
         self.backend = backend
         self.pool = DescriptorPool(capacity: maxBatch)
-        self.timeline = ChannelTimeline(pool: pool, statusHistory: statusHistory)
+        self.timeline = ChannelTimeline(pool: pool, statusHistory: statusHistory, backend: backend)
         self.pending = pool.take()
     }
 

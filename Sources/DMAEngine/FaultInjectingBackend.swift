@@ -56,6 +56,7 @@ final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
     func installFixedBuffers(_ pieces: [FixedBufferPiece]) { inner.installFixedBuffers(pieces) }
     func removeFixedBuffers(slots: [Int]) { inner.removeFixedBuffers(slots: slots) }
     var fixedBufferStatus: FixedBufferStatus { inner.fixedBufferStatus }
+    func assist(until done: () -> Bool) { inner.assist(until: done) }
 
     func shutdown(cancelInFlight: Bool) {
         delayed.wait()

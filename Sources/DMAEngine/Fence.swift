@@ -12,7 +12,8 @@ import Synchronization
 /// `dma_fence_set_error()`), and `wait()` rethrows them as `.copyFailed`.
 ///
 /// Threads: any thread may query, wait on or add callbacks to a fence.
-/// Callbacks run on the thread that signals it (a reaper thread, or the
+/// Callbacks run on the thread that signals it (a reaper or worker thread, a
+/// waiter that ran queued copies itself (`CopyBackend.assist`), or the
 /// submitter for synchronous backends), or at once if already signalled:
 /// keep them short; never wait on a later fence, nor submit to the same
 /// channel, from one (a reaper thread must stay free to reap).
@@ -85,11 +86,15 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
     }
 
     /// Blocks until the fence signals or `timeout` expires; returns whether it signalled.
+    /// Without a timeout, the thread first runs the channel's queued copies itself while
+    /// the fence is unsignalled (`CopyBackend.assist`; the mapped backend has some).
     public func waitForSignal(timeout: Duration? = nil) -> Bool {
         if let timeout {
             let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) * 1e-18
             guard state.lock(whenValue: true, timeoutSeconds: max(seconds, 0)) else { return false }
         } else {
+            // About to sleep: lend this thread to the channel's backend first.
+            if !state.value, let backend = timeline.backend { backend.assist { state.value } }
             state.lock(whenValue: true)
         }
         state.unlock()

@@ -71,6 +71,7 @@ final class LinkModelBackend: CopyBackend, @unchecked Sendable {
     func installFixedBuffers(_ pieces: [FixedBufferPiece]) { inner.installFixedBuffers(pieces) }
     func removeFixedBuffers(slots: [Int]) { inner.removeFixedBuffers(slots: slots) }
     var fixedBufferStatus: FixedBufferStatus { inner.fixedBufferStatus }
+    func assist(until done: () -> Bool) { inner.assist(until: done) }
 
     func shutdown(cancelInFlight: Bool) {
         guard !stopped else { return }

@@ -9,15 +9,21 @@ import NIOConcurrencyHelpers
 /// kernel's per-page shmem write path (one inode lock per memfd) caps
 /// `pwritev` into VRAM below a plain memcpy, while a store through the mapping
 /// costs what memcpy costs and spreads over `threads` cores. Each batch is cut
-/// into `threads` slices; idle workers take slices in submit order; fences still
-/// signal in order through the channel's timeline.
+/// into slices of at most `sliceDescriptors` descriptors, and at least one more
+/// than `threads`; idle workers take slices in submit order, and so does a thread
+/// about to block on one of the channel's fences (`assist`): it copies instead of
+/// waiting for a worker to wake up. Fences still signal in order through the
+/// channel's timeline.
 ///
 /// Threads: see `CopyBackend`; `threads` workers per channel, blocked on a
-/// semaphore while idle (no spinning).
+/// semaphore while idle (no spinning). Completions, and so fence callbacks, run
+/// on a worker or on an assisting waiter.
 final class MappedWorkersBackend: CopyBackend, @unchecked Sendable {
     var name: String { "mapped" }
 
     private let threads: Int
+    /// Descriptors per slice at most (a 4 KiB page each in a migration: 256 KiB).
+    static let sliceDescriptors = 64
     private let lock = NIOLock()
     private var queue: [CopyBatch?] = []  // guarded by lock; nil tells a worker to exit
     private var head = 0  // guarded by lock
@@ -28,11 +34,15 @@ final class MappedWorkersBackend: CopyBackend, @unchecked Sendable {
     private let exited = DispatchSemaphore(value: 0)
     private var stopped = false  // touched by the single shutdown caller only
 
-    init(threads: Int, queueDepth: Int) {
+    /// Worker threads started (`threads`, or none for tests where only waiters copy).
+    private let started: Int
+
+    init(threads: Int, queueDepth: Int, startWorkers: Bool = true) {
         self.threads = max(1, threads)
         self.depth = max(queueDepth, self.threads)
         self.slots = DispatchSemaphore(value: depth)
-        for t in 0..<self.threads {
+        self.started = startWorkers ? self.threads : 0
+        for t in 0..<started {
             let thread = Thread { [self] in work() }
             thread.name = "dma-mapped-\(t)"
             thread.start()
@@ -48,7 +58,10 @@ final class MappedWorkersBackend: CopyBackend, @unchecked Sendable {
             var stop = start + 1
             while stop < end, !batch[stop].flags.contains(.fence) { stop += 1 }
             if batch[start].flags.contains(.fence) { waitUntilIdle() }
-            let per = max(1, (stop - start + threads - 1) / threads)
+            // Slices of at most `sliceDescriptors` descriptors, and at least one more slice than
+            // workers: a thread waiting for the fence takes what they have not (`assist`).
+            let pieces = max(threads + 1, (stop - start + Self.sliceDescriptors - 1) / Self.sliceDescriptors)
+            let per = max(1, (stop - start + pieces - 1) / pieces)
             var i = start
             while i < stop {
                 push(batch.slice(i..<min(i + per, stop)))
@@ -67,6 +80,7 @@ final class MappedWorkersBackend: CopyBackend, @unchecked Sendable {
     }
 
     private func waitUntilIdle() {
+        assist { false }
         for _ in 0..<depth { slots.wait() }
         for _ in 0..<depth { slots.signal() }
     }
@@ -74,26 +88,42 @@ final class MappedWorkersBackend: CopyBackend, @unchecked Sendable {
     private func work() {
         while true {
             available.wait()
-            let item = lock.withLock { () -> CopyBatch?? in
-                defer { head += 1; if head > 1024 { queue.removeFirst(head); head = 0 } }
-                return queue[head]
-            }
-            guard let slice = item ?? nil else {
+            switch take(sentinel: true) {
+            case .none: continue  // a waiter took the slice this wake-up was for
+            case .some(.none):
                 slots.signal()
                 exited.signal()
                 return
+            case .some(.some(let slice)): run(slice)
             }
-            for i in slice.indices { MemoryCopy.perform(slice[i]) }
-            slots.signal()
-            slice.complete(slice.indices)
         }
+    }
+
+    /// The slice at the head of the queue: `.some(nil)` is the exit sentinel, which
+    /// only a worker (`sentinel`) takes; nil when there is nothing to take.
+    private func take(sentinel: Bool) -> CopyBatch?? {
+        lock.withLock { () -> CopyBatch?? in
+            guard head < queue.count, sentinel || queue[head] != nil else { return nil }
+            defer { head += 1; if head > 1024 { queue.removeFirst(head); head = 0 } }
+            return .some(queue[head])
+        }
+    }
+
+    private func run(_ slice: CopyBatch) {
+        for i in slice.indices { MemoryCopy.perform(slice[i]) }
+        slots.signal()
+        slice.complete(slice.indices)
+    }
+
+    func assist(until done: () -> Bool) {
+        while !done(), case .some(.some(let slice)) = take(sentinel: false) { run(slice) }
     }
 
     func shutdown(cancelInFlight: Bool) {
         guard !stopped else { return }
         stopped = true
         waitUntilIdle()
-        for _ in 0..<threads { push(nil) }
-        for _ in 0..<threads { exited.wait() }
+        for _ in 0..<started { push(nil) }
+        for _ in 0..<started { exited.wait() }
     }
 }
