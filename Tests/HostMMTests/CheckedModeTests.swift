@@ -167,6 +167,71 @@ final class CheckedRig {
         #expect(rig.memory.diagnostics.unlocksOfUnlockedPages == 0 && rig.memory.diagnostics.refcountUnderflowCount == 0)
     }
 
+    /// One device page handed to two migrations in progress at once (a driver allocator
+    /// race, e.g. two pipelined batches): the later pages step reports it and drops the
+    /// entry, which stays in RAM; nothing is unlocked or released twice. Both orders.
+    @Test(arguments: [false, true])
+    func destinationOfTwoMigrationsInProgressIsReported(laterPagesStepFirst: Bool) throws {
+        let rig = try CheckedRig()
+        let half = UInt64(2 * pageSize)
+        let buffers = (0..<4).map { _ in UnsafeMutableBufferPointer<MigratePFN>.allocate(capacity: 2) }
+        defer { for b in buffers { b.deallocate() } }
+        for b in buffers { b.initialize(repeating: []) }
+        func args(_ k: Int) -> MigrateVMA {
+            MigrateVMA(vma: rig.mm.findVMA(rig.a), start: rig.a + UInt64(k) * half, end: rig.a + UInt64(k + 1) * half,
+                       src: buffers[2 * k], dst: buffers[2 * k + 1], pgmapOwner: rig.device.owner, flags: .selectSystem)
+        }
+        var first = args(0), second = args(1)
+        let shared = try rig.locked { () throws -> PFN in
+            try migrateVMASetup(&first)
+            rig.device.copyToDevice(first.src, first.dst, 2)
+            try migrateVMASetup(&second)
+            rig.device.copyToDevice(second.src, second.dst, 2)
+            // The bug: second's first page is also first's (its own one goes back to the allocator).
+            let own = try #require(second.dst[0].page)
+            rig.memory.unlockPage(own)
+            rig.memory.putPage(own)
+            let shared = try #require(first.dst[0].page)
+            second.dst[0] = first.dst[0]
+            if laterPagesStepFirst {
+                try migrateVMAPages(&second)
+                try migrateVMAPages(&first)
+            } else {
+                try migrateVMAPages(&first)
+                try migrateVMAPages(&second)
+            }
+            migrateVMAFinalize(&first)
+            migrateVMAFinalize(&second)
+            return shared
+        }
+        try #require(rig.rules == [.destinationSetTwice: 1])   // else the pages are in no state to go on
+        let v = try #require(rig.checker.violations.first)
+        // The pages step that ran second reports; its entry 0 is dropped and stays in RAM.
+        let dropped = laterPagesStepFirst ? rig.a : rig.a + half
+        let kept = laterPagesStepFirst ? rig.a + half : rig.a
+        #expect(v.pfn == shared && v.address == dropped && v.detail.contains("still in progress"))
+        #expect(rig.mm.pageTableEntry(dropped).kind == .present)
+        #expect(rig.mm.pageTableEntry(kept).kind == .devicePrivate)
+        #expect(rig.mm.pageTableEntry(kept).pfn == shared)
+        #expect(rig.memory.diagnostics.unlocksOfUnlockedPages == 0 && rig.memory.diagnostics.refcountUnderflowCount == 0)
+        #expect(try rig.device.evictAll() == 3)                                 // pages 1, 3 and the shared one
+        // The dropped entry kept its page and data; the shared page holds the first
+        // migration's page 0 (the report is the warning: with the later pages step first,
+        // the second migration's page now reads it); the other pages are intact.
+        let droppedIndex = laterPagesStepFirst ? 0 : 2, keptIndex = 2 - droppedIndex
+        #expect(try rig.cpuPage(droppedIndex) == pattern(droppedIndex, count: pageSize))
+        #expect(try rig.cpuPage(keptIndex) == pattern(0, count: pageSize))
+        #expect(try rig.cpuPage(1) == pattern(1, count: pageSize) && rig.cpuPage(3) == pattern(3, count: pageSize))
+        // Once both are finalized the page is free to be a destination again.
+        try rig.mm.write(at: rig.a + UInt64(keptIndex * pageSize), bytes: pattern(keptIndex, count: pageSize))
+        #expect(try rig.device.migrateToDevice(rig.mm, rig.a, rig.a + UInt64(4 * pageSize)) == 4)
+        #expect(rig.device.freePageCount == 64 - 4)
+        #expect(try rig.dataIntact())                                           // faults all four back
+        #expect(rig.device.freePageCount == 64)
+        #expect(rig.rules == [.destinationSetTwice: 1])
+        #expect(rig.checker.unfinishedMigrations == 0)
+    }
+
     // MARK: Sources
 
     @Test func sourceWrittenAfterSetupIsReported() throws {

@@ -30,6 +30,8 @@ final class MigrationSessions: @unchecked Sendable {
         var phase: Phase = .setUp
         /// Source pages with CPU-visible bytes and their checksum at setup (entry index, pfn, sum).
         var checksums: [(index: Int32, pfn: PFN, sum: UInt64)] = []
+        /// Destination pages claimed at its pages step (guarded by the sessions' lock).
+        var destinations: [PFN] = []
 
         init(base: UInt, count: Int, collected: Int, start: UInt64?, site: CallSite) {
             self.base = base
@@ -54,6 +56,8 @@ final class MigrationSessions: @unchecked Sendable {
     private var history: [UInt: Session] = [:]
     private var historyOrder: [Session] = []
     private var historyNext = 0
+    /// The destination pages of migrations in progress, and whose they are.
+    private var claims: [PFN: Session] = [:]
 
     /// Sessions overlapping `[base, end)`: those in progress (sorted by base) and — only
     /// when none is, the error path — finished ones still remembered.
@@ -75,7 +79,10 @@ final class MigrationSessions: @unchecked Sendable {
     func open(_ session: Session) -> [Session] {
         lock.withLock {
             let replaced = live.values.filter { $0.base < session.end && session.base < $0.end }
-            for s in replaced { live[s.base] = nil }
+            for s in replaced {
+                live[s.base] = nil
+                dropClaims(s)
+            }
             history[session.base] = nil
             if session.collected > 0 {
                 live[session.base] = session
@@ -104,11 +111,41 @@ final class MigrationSessions: @unchecked Sendable {
         lock.withLock {
             for s in sessions {
                 s.phase = .finalized
+                dropClaims(s)
                 guard live[s.base] === s else { continue }
                 live[s.base] = nil
                 remember(s)
             }
         }
+    }
+
+    /// Records each page as a destination of its session. Returns the entries whose page
+    /// is already a destination of another migration in progress (those are not recorded).
+    func claimDestinations(_ pages: [(index: Int, page: PFN, session: Session)]) -> [(index: Int, other: Session)] {
+        guard !pages.isEmpty else { return [] }
+        return lock.withLock {
+            var taken: [(index: Int, other: Session)] = []
+            for (index, page, session) in pages {
+                if let other = claims[page], other !== session, live[other.base] === other {
+                    taken.append((index, other))
+                    continue
+                }
+                claims[page] = session
+                session.destinations.append(page)
+            }
+            return taken
+        }
+    }
+
+    /// Forgets the destinations `sessions` claimed (their pages step was refused).
+    func releaseDestinations(_ sessions: [Session]) {
+        lock.withLock { for s in sessions { dropClaims(s) } }
+    }
+
+    /// Drops `s`'s claims (the lock is held).
+    private func dropClaims(_ s: Session) {
+        for page in s.destinations where claims[page] === s { claims[page] = nil }
+        s.destinations = []
     }
 
     /// Sets the phase of `sessions` under the lock.

@@ -22,6 +22,15 @@ extension ProtocolChecker {
 
         /// `npages` bounded by the arrays: what the checks may index.
         func count(_ src: Entries, _ dst: Entries) -> Int { max(0, min(npages, src.count, dst.count)) }
+
+        /// The session whose entries include `src[i]`.
+        func session(at i: Int, _ src: Entries) -> Session? {
+            let base = UInt(bitPattern: src.baseAddress!)
+            return sessions.first { s in
+                let off = s.offset(in: base)
+                return i >= off && i < off + s.count
+            }
+        }
     }
 
     private static let stride = MemoryLayout<MigratePFN>.stride
@@ -100,6 +109,7 @@ extension ProtocolChecker {
             checkSources(memory, plan, src, site, &found)
             fatal = checkDestinations(memory, plan, src, dst, site, &found)
         }
+        if fatal || (mode.throwsViolations && !found.isEmpty) { sessions.releaseDestinations(plan.sessions) }
         if mode.throwsViolations, let first = found.first { throw .protocolViolation(first) }
         if plan.run && !fatal { sessions.mark(plan.sessions, .pagesDone) }
         return plan
@@ -177,6 +187,7 @@ extension ProtocolChecker {
                                    _ site: CallSite, _ found: inout [ProtocolViolation]) -> Bool {
         var fatal = false
         var seen = Set<PFN>()
+        var claims: [(index: Int, page: PFN, session: Session)] = []
         for i in 0..<plan.count(src, dst) {
             guard let page = dst[i].page else { continue }
             let va = address(plan, src, i, memory)
@@ -199,7 +210,16 @@ extension ProtocolChecker {
                 found.append(report(.destinationSetTwice, pfn: page, address: va, site: site,
                                     "dst[\(i)] repeats a destination of an earlier entry; the repeat is dropped"))
                 dst[i] = []
+            } else if let own = plan.session(at: i, src) {
+                claims.append((i, page, own))
             }
+        }
+        // Pages another migration in progress already has (the driver's allocator handed one out twice).
+        for (i, other) in sessions.claimDestinations(claims) {
+            guard let page = dst[i].page else { continue }
+            found.append(report(.destinationSetTwice, pfn: page, address: address(plan, src, i, memory), site: site,
+                                "dst[\(i)] is already a destination of the migration set up at \(other.site), still in progress; the repeat is dropped"))
+            dst[i] = []
         }
         return fatal
     }

@@ -23,7 +23,9 @@ public enum ProtocolRule: String, CaseIterable, Sendable, CustomStringConvertibl
     /// A `dst` entry was set where `src` has no `MIGRATE_PFN_MIGRATE`: the page is allocated
     /// and copied into for nothing (and freed by finalize).
     case destinationWithoutMigrate = "destination-without-migrate"
-    /// The same destination page appears in two `dst` entries of one migration.
+    /// The same destination page appears in two `dst` entries of one migration, or in
+    /// the `dst` arrays of two migrations in progress at once (a page the driver's
+    /// allocator handed out twice): the later entry is dropped.
     case destinationSetTwice = "destination-set-twice"
 
     // MARK: Sources
