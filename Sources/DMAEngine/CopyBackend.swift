@@ -98,7 +98,8 @@ public indirect enum CopyBackendKind: Sendable, CustomStringConvertible {
     /// Synchronous memcpy through the VRAM mapping on the submitting thread: the reference, and the fallback when io_uring is unavailable.
     case memcpy
     /// Worker threads memcpy through the regions' mappings (VRAM via its shared
-    /// mapping); ordering and fences as for every backend. Not io_uring.
+    /// mapping); a thread about to wait on a fence copies queued slices itself
+    /// (`CopyBackend.assist`). Ordering and fences as for every backend. Not io_uring.
     case mappedWorkers(threads: Int)
     /// Wraps another backend and injects the faults of `plan` (seeded, reproducible).
     case faultInjecting(FaultPlan, wrapping: CopyBackendKind)
