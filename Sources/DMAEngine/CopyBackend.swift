@@ -35,10 +35,16 @@ public protocol CopyBackend: AnyObject, Sendable {
     /// the completion work itself. Called from any thread, concurrently with
     /// `execute`; backends whose work runs elsewhere (the kernel, a timer) ignore it.
     func assist(until done: () -> Bool)
+
+    /// Blocks until every descriptor handed to `execute` so far has been copied, so that
+    /// the caller may run a `.fence` descriptor itself (a wrapper's injected copy). Called
+    /// under the channel's submit lock. Backends that copy inside `execute` need nothing.
+    func waitUntilIdle()
 }
 
 extension CopyBackend {
     public func assist(until done: () -> Bool) {}
+    public func waitUntilIdle() {}
     public func installFixedBuffers(_ pieces: [FixedBufferPiece]) {}
     public func removeFixedBuffers(slots: [Int]) {}
     public var fixedBufferStatus: FixedBufferStatus { FixedBufferStatus() }

@@ -6,7 +6,9 @@ public struct DescriptorFlags: OptionSet, Sendable, Hashable {
     /// Start this descriptor only after every earlier descriptor of the channel
     /// has completed (DPDK's `RTE_DMA_OP_FLAG_FENCE`; io_uring's `IOSQE_IO_DRAIN`).
     /// Without it, descriptors of a channel may run concurrently and in any order;
-    /// only their fences signal in order.
+    /// only their fences signal in order. The `submit()` that carries it blocks
+    /// until the earlier work is done (the io_uring backend finishes a short
+    /// operation itself, after the CQE that would release an `IO_DRAIN`).
     public static let fence = DescriptorFlags(rawValue: 1 << 0)
 }
 

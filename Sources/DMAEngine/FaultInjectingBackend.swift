@@ -10,7 +10,8 @@ import SystemPackage
 /// mappings): a failure copies nothing, a short copy copies a prefix, a delay
 /// copies in full on a timer thread after the delay, so later descriptors and
 /// batches complete first — exactly what fence ordering must withstand. A
-/// `.fence` descriptor still starts only after delayed ones (as after any earlier one).
+/// `.fence` descriptor still starts only after delayed ones (as after any earlier one),
+/// and one disturbed here only after the wrapped backend finished what it was given.
 ///
 /// Threads: see `CopyBackend`; delayed work runs on Dispatch's global queue.
 final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
@@ -58,6 +59,11 @@ final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
     var fixedBufferStatus: FixedBufferStatus { inner.fixedBufferStatus }
     func assist(until done: () -> Bool) { inner.assist(until: done) }
 
+    func waitUntilIdle() {
+        inner.waitUntilIdle()
+        delayed.wait()
+    }
+
     func shutdown(cancelInFlight: Bool) {
         delayed.wait()
         inner.shutdown(cancelInFlight: cancelInFlight)
@@ -83,9 +89,11 @@ final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
             batch.fail(i, errno: errno, bytesCompleted: 0)
         case .shortCopy(let bytes):
             let d = batch[i]
+            if d.flags.contains(.fence) { inner.waitUntilIdle() }   // it copies here, after what went inside
             let done = MemoryCopy.perform(d, limit: max(0, min(bytes, d.length - 1)))
             batch.fail(i, errno: .ioError, bytesCompleted: done)
         case .delay(let delay):
+            if batch[i].flags.contains(.fence) { inner.waitUntilIdle() }
             delayed.enter()
             delaysOutstanding.add(1, ordering: .relaxed)
             let nanos = delay.clampedNanoseconds

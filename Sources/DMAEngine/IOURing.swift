@@ -67,6 +67,7 @@ final class IOURing: @unchecked Sendable {
     @inline(__always)
     func prepWrite(_ sqe: UnsafeMutablePointer<io_uring_sqe>, fd: Int32, iovecs: UnsafePointer<iovec>,
                    count: Int, offset: Int, tag: UInt64, drain: Bool, async: Bool, fixed: Int = -1) {
+        let count = issued(count)
         switch (count == 1, fixed >= 0) {
         case (true, false):
             io_uring_prep_write(sqe, fd, iovecs[0].iov_base, UInt32(iovecs[0].iov_len), UInt64(offset))
@@ -85,6 +86,7 @@ final class IOURing: @unchecked Sendable {
     @inline(__always)
     func prepRead(_ sqe: UnsafeMutablePointer<io_uring_sqe>, fd: Int32, iovecs: UnsafePointer<iovec>,
                   count: Int, offset: Int, tag: UInt64, drain: Bool, async: Bool, fixed: Int = -1) {
+        let count = issued(count)
         switch (count == 1, fixed >= 0) {
         case (true, false):
             io_uring_prep_read(sqe, fd, iovecs[0].iov_base, UInt32(iovecs[0].iov_len), UInt64(offset))
@@ -213,4 +215,16 @@ final class IOURing: @unchecked Sendable {
     let injectedCompletionResult = Synchronization.Atomic<Int32>(0)
     /// The next `waitCQE` fails with this errno (0: none). Tests only.
     let injectedWaitFailure = Synchronization.Atomic<Int32>(0)
+    /// The next vectored read or write goes to the kernel without its last iovec, so it
+    /// completes short for real and the reaper finishes the rest. Tests only.
+    let injectedShortOperation = Synchronization.Atomic<Bool>(false)
+    /// The reaper sleeps this long (ns) before it finishes a short operation. Tests only.
+    let injectedShortFinishDelay = Synchronization.Atomic<Int>(0)
+
+    /// `count`, less one when a test asked for a short operation (`injectedShortOperation`).
+    @inline(__always)
+    private func issued(_ count: Int) -> Int {
+        guard count > 1, injectedShortOperation.load(ordering: .relaxed) else { return count }
+        return injectedShortOperation.exchange(false, ordering: .relaxed) ? count - 1 : count
+    }
 }

@@ -85,6 +85,8 @@ extension IOURingBackend {
     /// Finishes a short read/write synchronously; returns the bytes done and the error that stopped it.
     private func finishShort(_ op: PlannedOperation, done start: Int,
                              iovecs iov: UnsafeMutablePointer<iovec>) -> (Int, Errno) {
+        let delay = ring.injectedShortFinishDelay.load(ordering: .relaxed)
+        if delay > 0 { usleep(UInt32(delay / 1000)) }
         var done = start
         var index = 0
         var skip = done

@@ -121,6 +121,10 @@ final class IOURingBackend: CopyBackend, @unchecked Sendable {
                 operations += queueSplit(batch, i, access: access)
                 i += 1
             } else {
+                // A `.fence` waits for idle, not only for IOSQE_IO_DRAIN: the kernel starts a
+                // drained operation once earlier ones have posted their CQE, but the reaper
+                // finishes a short one after that, itself.
+                if batch[i].flags.contains(.fence) { waitUntilIdle() }
                 let slot = acquireSlot()
                 let iov = iovecs + slot * coalescer.maxIovecs
                 let op = coalescer.plan(batch, from: i, into: iov)
@@ -156,6 +160,7 @@ final class IOURingBackend: CopyBackend, @unchecked Sendable {
         }
         let split = splits.open(pieces: pieces)
         var operations = 0
+        if d.flags.contains(.fence) { waitUntilIdle() }   // as in `execute`
         at = 0
         while at < d.length {
             if let failure = health.failure {
@@ -172,7 +177,6 @@ final class IOURingBackend: CopyBackend, @unchecked Sendable {
             op.split = split
             if op.access == .memory {
                 releaseSlot(slot)
-                if op.drain { waitUntilIdle() }
                 MemoryCopy.perform(d, from: at, bytes: op.bytes)
                 report(batch, op, done: op.bytes, errno: .ioError)
             } else {

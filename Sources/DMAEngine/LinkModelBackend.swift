@@ -72,6 +72,7 @@ final class LinkModelBackend: CopyBackend, @unchecked Sendable {
     func removeFixedBuffers(slots: [Int]) { inner.removeFixedBuffers(slots: slots) }
     var fixedBufferStatus: FixedBufferStatus { inner.fixedBufferStatus }
     func assist(until done: () -> Bool) { inner.assist(until: done) }
+    func waitUntilIdle() { inner.waitUntilIdle() }
 
     func shutdown(cancelInFlight: Bool) {
         guard !stopped else { return }

@@ -79,8 +79,7 @@ final class MappedWorkersBackend: CopyBackend, @unchecked Sendable {
         available.signal()
     }
 
-    private func waitUntilIdle() {
-        assist { false }
+    func waitUntilIdle() {
         for _ in 0..<depth { slots.wait() }
         for _ in 0..<depth { slots.signal() }
     }
@@ -122,6 +121,7 @@ final class MappedWorkersBackend: CopyBackend, @unchecked Sendable {
     func shutdown(cancelInFlight: Bool) {
         guard !stopped else { return }
         stopped = true
+        assist { false }   // what is still queued runs here (outside the submit lock) rather than wait for a worker
         waitUntilIdle()
         for _ in 0..<started { push(nil) }
         for _ in 0..<started { exited.wait() }

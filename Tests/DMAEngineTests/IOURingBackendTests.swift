@@ -60,6 +60,60 @@ import Testing
         #expect(rig.ch.health.failure == nil)
     }
 
+    /// A `.fence` descriptor after an operation that completed short: the reaper writes
+    /// the rest after the CQE (which is all `IOSQE_IO_DRAIN` waits for), so the fenced
+    /// read must also wait for that, or it reads the page before it was written.
+    @Test(arguments: [false, true])
+    func fenceWaitsForTheRestOfAShortOperation(sameBatch: Bool) throws {
+        let rig = try Self.rig()
+        defer { rig.engine.shutdown() }
+        rig.ring.injectedShortOperation.store(true, ordering: .relaxed)
+        rig.ring.injectedShortFinishDelay.store(300_000_000, ordering: .relaxed)
+        // One writev of two scattered host pages into VRAM pages 0 and 1; the kernel gets only the first.
+        try rig.ch.enqueueCopy(from: rig.host(0), to: rig.vram.address(0), length: 4096)
+        try rig.ch.enqueueCopy(from: rig.host(2), to: rig.vram.address(4096), length: 4096)
+        let first = sameBatch ? nil : try rig.ch.submit()
+        try rig.ch.enqueueCopy(from: rig.vram.address(4096), to: rig.host(10), length: 4096, flags: .fence)
+        let fenced = try rig.ch.submit()
+        #expect(fenced.waitForSignal(timeout: .seconds(10)))
+        #expect(first?.isSignaled ?? true)
+        #expect(fenced.failures.isEmpty && (first?.failures.isEmpty ?? true))
+        #expect(rig.ch.statistics.operations == 2)
+        #expect(same(rig.host.bytes.baseAddress! + 2 * 4096, rig.vram.mapping.baseAddress! + 4096, 4096))
+        #expect(same(rig.host.bytes.baseAddress! + 2 * 4096, rig.host.bytes.baseAddress! + 10 * 4096, 4096),
+                "the fenced read saw VRAM page 1 before the short write's remainder landed")
+    }
+
+    /// A fault injected on a `.fence` descriptor is copied by the wrapper with the CPU: it
+    /// too must start after what the wrapped io_uring backend still runs (here the rest of
+    /// a short write, finished 300 ms late by the reaper).
+    @Test(arguments: [FaultPlan.Action.shortCopy(bytes: 4000), .delay(.milliseconds(1))])
+    func faultOnAFenceDescriptorWaitsForTheWrappedBackend(_ action: FaultPlan.Action) throws {
+        let plan = FaultPlan(rules: [.init(.nth(2), action)])
+        let rig = try EngineRig(.init(backend: .faultInjecting(plan, wrapping: .ioUring), queueDepth: 8), patternSeed: 19)
+        defer { rig.engine.shutdown() }
+        let ring = ((rig.ch.backend as! FaultInjectingBackend).inner as! IOURingBackend).ring
+        ring.injectedShortOperation.store(true, ordering: .relaxed)
+        ring.injectedShortFinishDelay.store(300_000_000, ordering: .relaxed)
+        try rig.ch.enqueueCopy(from: rig.host(0), to: rig.vram.address(0), length: 4096)
+        try rig.ch.enqueueCopy(from: rig.host(2), to: rig.vram.address(4096), length: 4096)
+        let first = try rig.ch.submit()
+        try rig.ch.enqueueCopy(from: rig.vram.address(4096), to: rig.host(10), length: 4096, flags: .fence)
+        let fenced = try rig.ch.submit()
+        #expect(fenced.waitForSignal(timeout: .seconds(10)))
+        #expect(first.isSignaled && first.failures.isEmpty)
+        let copied: Int
+        if case .shortCopy(let bytes) = action {
+            #expect(fenced.failures == [DescriptorFailure(ticket: DMATicket(rawValue: 2), index: 0, errno: .ioError, bytesCompleted: bytes)])
+            copied = bytes
+        } else {
+            #expect(fenced.failures.isEmpty)
+            copied = 4096
+        }
+        #expect(same(rig.host.bytes.baseAddress! + 2 * 4096, rig.host.bytes.baseAddress! + 10 * 4096, copied),
+                "the injected copy read VRAM page 1 before the short write's remainder landed")
+    }
+
     @Test func waitFailureKeepsReapingThenRefusesWork() throws {
         let rig = try Self.rig()
         rig.ring.injectedWaitFailure.store(EFAULT, ordering: .relaxed)
