@@ -127,8 +127,10 @@ public final class DMAChannel: @unchecked Sendable {
         try checkCanEnqueue(length)
         let src = try resolve(source, length)
         let dst = try resolve(destination, length)
-        if source.region == destination.region,
-           source.offset < destination.offset + length, destination.offset < source.offset + length {
+        // By the bytes, not the region: memory registered twice (or a VRAM pool's mapping
+        // registered as host memory) is the same memory under two region ids.
+        let from = UInt(bitPattern: src.pointer), to = UInt(bitPattern: dst.pointer)
+        if from < to + UInt(length), to < from + UInt(length) {
             throw .overlappingRange(source: source, destination: destination, length: length)
         }
         return append(CopyDescriptor(operation: .copy, flags: flags, fillValue: 0, length: length,

@@ -120,6 +120,35 @@ import Testing
         #expect(DMAError.unknownRegion(ghost).errno == .noSuchFileOrDirectory)
     }
 
+    /// The same bytes under two region ids (host memory registered twice, a VRAM pool's
+    /// mapping registered as host memory) still overlap: refused, not an overlapping memcpy.
+    @Test func overlapIsCheckedOnTheBytesNotTheRegion() throws {
+        let engine = try DMAEngine(configuration: .init(backend: .memcpy))
+        defer { engine.shutdown() }
+        let host = HostBuffer(1 << 16)
+        let a = try engine.registerHostMemory(host.bytes)
+        let b = try engine.registerHostMemory(UnsafeMutableRawBufferPointer(rebasing: host.bytes[4096...]))
+        let vram = try engine.createVRAMPool(size: 1 << 16)
+        let view = try engine.registerHostMemory(UnsafeMutableRawBufferPointer(start: vram.mapping.baseAddress, count: 1 << 16))
+        let ch = try engine.makeChannel()
+        // b's offset 0 is a's offset 4096.
+        #expect(throws: DMAError.overlappingRange(source: DMAAddress(region: a, offset: 2048),
+                                                  destination: DMAAddress(region: b, offset: 0), length: 4096)) {
+            try ch.enqueueCopy(from: DMAAddress(region: a, offset: 2048), to: DMAAddress(region: b, offset: 0), length: 4096)
+        }
+        #expect(throws: DMAError.overlappingRange(source: vram.address(8192), destination: DMAAddress(region: view, offset: 12287),
+                                                  length: 4096)) {
+            try ch.enqueueCopy(from: vram.address(8192), to: DMAAddress(region: view, offset: 12287), length: 4096)
+        }
+        #expect(ch.capacity == ch.maxBatch)
+        // Touching is not overlapping, whatever the regions.
+        fillPattern(host.bytes, seed: 31)
+        try ch.enqueueCopy(from: DMAAddress(region: a, offset: 0), to: DMAAddress(region: b, offset: 0), length: 4096)
+        try ch.enqueueCopy(from: vram.address(0), to: DMAAddress(region: view, offset: 4096), length: 4096)
+        try ch.submit().wait(timeout: .seconds(5))
+        #expect(same(host.bytes.baseAddress!, host.bytes.baseAddress! + 4096, 4096))
+    }
+
     @Test func discardPendingDropsUnsubmittedWork() throws {
         let engine = try DMAEngine(configuration: .init(backend: .memcpy))
         defer { engine.shutdown() }
