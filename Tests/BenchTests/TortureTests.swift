@@ -53,6 +53,29 @@ import Testing
         #expect(waits > 0, "VRAM pressure and faults met young pages")
     }
 
+    /// The mapped backend under the injector: workers and waiters (`CopyBackend.assist`)
+    /// copy, fence callbacks run on either; the same bar.
+    @Test func shortRunOnTheMappedBackendLosesNothing() throws {
+        var o = TortureOptions()
+        o.seconds = 2
+        o.threads = 3
+        o.seed = 9
+        o.injectRate = 0.05
+        o.pagesPerThread = 512
+        o.vramBytes = 2 << 20
+        o.copyBackend = .mapped
+        o.faultCopy = .engine
+        let r = try TortureRun.run(o)
+        #expect(r["passed"] == .bool(true), "\(r.json)")
+        #expect(r["backend"] == .string("mapped"))
+        #expect(r["mismatches"] == .int(0) && r["leaks"] == .int(0) && r["protocol_violations"] == .int(0))
+        guard case .int(let injected)? = r["injected_failures"], case .int(let migrated)? = r["pages_migrated"] else {
+            Issue.record("missing fields in \(r.json)")
+            return
+        }
+        #expect(injected > 0 && migrated > 0)
+    }
+
     @Test func theShadowPatternTellsVersionsPagesAndOwnersApart() {
         let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
         defer { page.deallocate() }
@@ -71,7 +94,7 @@ import Testing
         #expect(TorturePattern.matches(page, key: TorturePattern.key(worker: 1, generation: 2, page: 3, version: 0)))
     }
 
-    @Test func badOptionsAreRefusedBeforeAnythingRuns() {
+    @Test func badOptionsAreRefusedBeforeAnythingRuns() throws {
         var o = TortureOptions()
         o.threads = 0
         #expect(throws: TortureFailure.self) { try TortureRun.run(o) }
@@ -84,6 +107,12 @@ import Testing
         o = TortureOptions()
         o.minimumResidency = .seconds(2)
         #expect(o.problem == "residency must be in 0...1000 ms")
+        o = TortureOptions()
+        o.fixedBuffers = true
+        o.copyBackend = .mapped
+        #expect(o.problem == "fixed buffers are io_uring's: use them with the iouring backend")
+        #expect(throws: (any Error).self) { try TortureCommand.parse(["--backend", "dma"]) }
+        #expect(try TortureCommand.parse(["--backend", "memcpy"]).options.copyBackend == .memcpy)
         #expect(TortureOptions().problem == nil)
     }
 

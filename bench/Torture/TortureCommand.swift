@@ -35,6 +35,8 @@ struct TortureCommand: ParsableCommand {
     @Flag(help: "Register the emulated RAM as io_uring fixed buffers (pinned).") var fixedBuffers = false
     @Option(help: "How faults copy: cpu (the device's default: small fault windows on the faulting thread) or engine (every fault through the copy engine, as nouveau).")
     var faultCopy = "cpu"
+    @Option(help: "Copy backend under the fault injector: iouring, memcpy or mapped (2 worker threads through the VRAM mapping).")
+    var backend = "iouring"
     @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
 
     var options: TortureOptions {
@@ -49,12 +51,16 @@ struct TortureCommand: ParsableCommand {
         o.vramDirectory = vramDir
         o.fixedBuffers = fixedBuffers
         o.faultCopy = TortureOptions.FaultCopy(rawValue: faultCopy) ?? .cpu
+        o.copyBackend = MigrateOptions.Backend(rawValue: backend) ?? .iouring
         return o
     }
 
     func validate() throws {
         if let problem = options.problem { throw ValidationError(problem) }
         guard TortureOptions.FaultCopy(rawValue: faultCopy) != nil else { throw ValidationError("fault-copy must be cpu or engine") }
+        guard MigrateOptions.Backend(rawValue: backend) != nil else {
+            throw ValidationError("backend must be one of: \(MigrateOptions.Backend.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
     }
 
     func run() throws {

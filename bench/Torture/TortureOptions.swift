@@ -34,6 +34,9 @@ struct TortureOptions: Sendable {
     /// on the faulting thread, through the same fault injector) or every one through the
     /// engine (`engine`, as nouveau; `Device.Configuration.faultBackend`).
     var faultCopy = FaultCopy.cpu
+    /// The copy engine's backend under the fault injector (`mapped`: two worker threads,
+    /// and waiters that copy; `memcpy`: copies inside submit).
+    var copyBackend = MigrateOptions.Backend.iouring
 
     enum FaultCopy: String, CaseIterable, Sendable {
         case cpu, engine
@@ -50,6 +53,7 @@ struct TortureOptions: Sendable {
         }
         if vramBytes < 2 << 20 || vramBytes % (2 << 20) != 0 { return "vram must be a positive multiple of 2M" }
         if minimumResidency < .zero || minimumResidency > .seconds(1) { return "residency must be in 0...1000 ms" }
+        if fixedBuffers && copyBackend != .iouring { return "fixed buffers are io_uring's: use them with the iouring backend" }
         return VRAMDirectory.problem(vramDirectory)
     }
 
@@ -63,8 +67,11 @@ struct TortureOptions: Sendable {
         ])
     }
 
-    /// io_uring, wrapped by the fault injector when anything is injected.
-    var backend: CopyBackendKind { injectRate > 0 ? .faultInjecting(faultPlan, wrapping: .ioUring) : .ioUring }
+    /// `copyBackend`, wrapped by the fault injector when anything is injected.
+    var backend: CopyBackendKind {
+        let kind = copyBackend.kind(workers: 2)
+        return injectRate > 0 ? .faultInjecting(faultPlan, wrapping: kind) : kind
+    }
 
     var pagesPerRegion: Int { pagesPerThread / regionsPerThread }
 }

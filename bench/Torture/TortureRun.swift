@@ -67,6 +67,7 @@ enum TortureRun {
         r.set("residency_waits", c[.residencyWaits] + c[.evictionResidencyWaits])
         r.set("vram_dir", o.vramDirectory ?? "memfd")
         r.set("fault_copy", o.faultCopy.rawValue)
+        r.set("backend", o.copyBackend.rawValue)
         r.set("fixed_buffers", o.fixedBuffers)
         r.set("fixed_sqes", world.gpu.fixedBuffers.operations)
         r.set("operations", s.operations)

@@ -14,6 +14,8 @@ struct TortureScenario: BenchScenario {
         .init("residency-ms", .integer(0...1000), default: "0", help: "minimum residency in VRAM (0: off)"),
         .init("fault-copy", .choice(TortureOptions.FaultCopy.allCases.map(\.rawValue)), default: "cpu",
               help: "small faults copy on the faulting thread (cpu, the default) or every fault through the engine"),
+        .init("backend", .choice(MigrateOptions.Backend.allCases.map(\.rawValue)), default: "iouring",
+              help: "copy backend under the fault injector"),
     ]
     let quickParameters = ["seconds": "3"]
     let summaryFields = ["operations", "mismatches", "leaks", "protocol_violations", "passed"]
@@ -27,6 +29,7 @@ struct TortureScenario: BenchScenario {
         o.injectRate = Double(try parameters.int("inject-permille")) / 1000
         o.minimumResidency = .milliseconds(try parameters.int("residency-ms"))
         o.faultCopy = TortureOptions.FaultCopy(rawValue: try parameters.string("fault-copy")) ?? .cpu
+        o.copyBackend = MigrateOptions.Backend(rawValue: try parameters.string("backend")) ?? .iouring
         let record = try TortureRun.run(o, progress: context.progress)
         guard record["passed"] == .bool(true) else {
             throw ScenarioError(scenario: name, message: "torture found problems: \(record.json)")
