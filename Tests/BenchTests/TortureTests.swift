@@ -5,15 +5,21 @@ import Testing
 /// A short, bounded torture run is a test: it must pass the same bar as the long run
 /// (0 mismatches, leaks, protocol and invariant violations) while faults are injected.
 @Suite(.timeLimit(.minutes(2))) struct TortureTests {
-    @Test func shortRunWithInjectionLosesAndLeaksNothing() throws {
+    /// A short run of 3 threads × 512 pages in 2 MiB of VRAM (512 pages for 1536:
+    /// exhaustion and eviction).
+    static func short(seconds: Double, seed: UInt64, injectRate: Double) -> TortureOptions {
         var o = TortureOptions()
-        o.seconds = 3
+        o.seconds = seconds
         o.threads = 3
-        o.seed = 42
-        o.injectRate = 0.05
+        o.seed = seed
+        o.injectRate = injectRate
         o.pagesPerThread = 512
-        o.vramBytes = 2 << 20                       // 512 pages for 1536: exhaustion and eviction
-        let r = try TortureRun.run(o)
+        o.vramBytes = 2 << 20
+        return o
+    }
+
+    @Test func shortRunWithInjectionLosesAndLeaksNothing() throws {
+        let r = try TortureRun.run(Self.short(seconds: 3, seed: 42, injectRate: 0.05))
         let findings: String
         if case .string(let s)? = r["findings"] { findings = s } else { findings = "" }
         #expect(r["passed"] == .bool(true), "\(r.json)\n\(findings)")
@@ -32,13 +38,7 @@ import Testing
     /// With a minimum residency, eviction under pressure and CPU faults wait for young
     /// pages: the run must still pass (no deadlock: it ends by itself) and the waits happen.
     @Test func shortRunWithResidencyAndDirectoryVRAMLosesNothing() throws {
-        var o = TortureOptions()
-        o.seconds = 2
-        o.threads = 3
-        o.seed = 5
-        o.injectRate = 0.02
-        o.pagesPerThread = 512
-        o.vramBytes = 2 << 20
+        var o = Self.short(seconds: 2, seed: 5, injectRate: 0.02)
         o.minimumResidency = .milliseconds(2)
         o.vramDirectory = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : nil
         o.faultCopy = .engine   // the other run takes the device's default (small faults on the CPU)
@@ -56,13 +56,7 @@ import Testing
     /// The mapped backend under the injector: workers and waiters (`CopyBackend.assist`)
     /// copy, fence callbacks run on either; the same bar.
     @Test func shortRunOnTheMappedBackendLosesNothing() throws {
-        var o = TortureOptions()
-        o.seconds = 2
-        o.threads = 3
-        o.seed = 9
-        o.injectRate = 0.05
-        o.pagesPerThread = 512
-        o.vramBytes = 2 << 20
+        var o = Self.short(seconds: 2, seed: 9, injectRate: 0.05)
         o.copyBackend = .mapped
         o.faultCopy = .engine
         let r = try TortureRun.run(o)
