@@ -125,6 +125,34 @@ import Testing
         #expect(same(rig.host.bytes.baseAddress! + 2 * 4096, rig.host.bytes.baseAddress! + 10 * 4096, 4096))
     }
 
+    /// A thread may submit and exit before its copies complete (another thread waits on
+    /// the fence): the kernel cancels the requests a task still owns when it exits
+    /// (ECANCELED; here the `.fence` read, queued as task work), which is not a failure of
+    /// the copy: the reaper redoes them itself, as after EAGAIN.
+    @Test func copiesOfAThreadThatExitedStillComplete() throws {
+        let rig = try Self.rig()
+        defer { rig.engine.shutdown() }
+        var fences: [Fence] = []
+        for round in 0..<8 {
+            let box = NIOLockedValueBox<Fence?>(nil)
+            Thread {
+                try? rig.ch.enqueueCopy(from: rig.host(round), to: rig.vram.address(round * 4096), length: 4096)
+                try? rig.ch.enqueueCopy(from: rig.vram.address(round * 4096), to: rig.host(16 + round), length: 4096,
+                                        flags: .fence)
+                box.withLockedValue { $0 = try? rig.ch.submit() }
+            }.start()   // it ends right after its submit
+            for _ in 0..<20_000 where box.withLockedValue({ $0 }) == nil { usleep(100) }
+            fences.append(try #require(box.withLockedValue { $0 }))
+        }
+        for fence in fences {
+            #expect(fence.waitForSignal(timeout: .seconds(10)))
+            #expect(fence.failures.isEmpty, "\(fence.failures)")
+        }
+        for round in 0..<8 {
+            #expect(same(rig.host.bytes.baseAddress! + round * 4096, rig.host.bytes.baseAddress! + (16 + round) * 4096, 4096))
+        }
+    }
+
     /// A fault injected on a `.fence` descriptor is copied by the wrapper with the CPU: it
     /// too must start after what the wrapped io_uring backend still runs (here the rest of
     /// a short write, finished 300 ms late by the reaper).
