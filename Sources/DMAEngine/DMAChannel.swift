@@ -1,4 +1,5 @@
 import NIOConcurrencyHelpers
+import Synchronization
 import SystemPackage
 
 /// A copy-engine channel: a software queue of descriptors, a backend (one
@@ -51,6 +52,9 @@ public final class DMAChannel: @unchecked Sendable {
     private var nextSeqno: UInt64 = 1
     private var closed = false
     private var stats = ChannelStatistics()
+    /// `nextTicket`, read without the submit lock: `status(of:)` from a fence callback must
+    /// not wait for a submit that waits for the backend (a `.fence`, a full ring) to drain.
+    private let issuedTickets = Synchronization.Atomic<UInt64>(0)
 
     init(id: Int, name: String, maxBatch: Int, statusHistory: Int, regions: RegionTable, backend: any CopyBackend,
          health: ChannelHealth, inFlight: InFlightTracker? = nil) {
@@ -85,12 +89,13 @@ public final class DMAChannel: @unchecked Sendable {
 
     /// The status of every ticket in `tickets`, in order: the slower per-operation query
     /// (dmadev `rte_dma_completed_status()`), answerable after the fences are gone for the
-    /// last `statusHistory` completed tickets. Takes the timeline lock once; allocates the result.
+    /// last `statusHistory` completed tickets. Takes the timeline lock once (not the submit
+    /// lock: a fence callback may call it); allocates the result.
     ///
     /// Throws `.invalidArgument` for tickets this channel has not issued yet, or a range
     /// longer than `statusHistory`.
     public func status(of tickets: Range<DMATicket>) throws(DMAError) -> [DescriptorStatus] {
-        let issued = submitLock.withLock { nextTicket }
+        let issued = issuedTickets.load(ordering: .acquiring)
         let raw = tickets.lowerBound.rawValue..<tickets.upperBound.rawValue
         guard raw.upperBound <= issued else {
             throw .invalidArgument("tickets up to \(raw.upperBound - 1) asked, but the channel issued only \(issued)")
@@ -253,6 +258,7 @@ public final class DMAChannel: @unchecked Sendable {
     private func append(_ descriptor: CopyDescriptor) -> DMATicket {
         let ticket = DMATicket(rawValue: nextTicket)
         nextTicket += 1
+        issuedTickets.store(nextTicket, ordering: .releasing)
         var d = descriptor
         d.ticket = ticket
         pending[pendingCount] = d

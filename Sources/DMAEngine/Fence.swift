@@ -15,8 +15,10 @@ import Synchronization
 /// Callbacks run on the thread that signals it (a reaper or worker thread, a
 /// waiter that ran queued copies itself (`CopyBackend.assist`), or the
 /// submitter for synchronous backends), or at once if already signalled:
-/// keep them short; never wait on a later fence, nor submit to the same
-/// channel, from one (a reaper thread must stay free to reap).
+/// keep them short; never wait on a later fence, nor enqueue, submit or call
+/// another submit-lock method (`capacity`, `statistics`, `discardPending`) of the
+/// same channel, from one (a reaper thread must stay free to reap, and a submit
+/// waiting for the backend to drain holds that lock); `status(of:)` is fine.
 public final class Fence: @unchecked Sendable, CustomStringConvertible {
     /// Position on the channel's timeline (1, 2, 3, … per channel).
     public let seqno: UInt64

@@ -56,7 +56,11 @@ extension IOURingBackend {
         }
         // EINTR/EAGAIN: the kernel gave up on a transient condition (a signal, no memory for
         // the async context) before any byte; retry the whole operation here like a short one.
-        if result == -Int(EINTR) || result == -Int(EAGAIN) { result = 0 }
+        // So for ECANCELED that shutdown did not ask for: the thread that submitted it exited
+        // before it ran (a task's requests are cancelled on exit). A `.fence` one was issued
+        // once the ring was idle, so running it here keeps the order.
+        if result == -Int(EINTR) || result == -Int(EAGAIN)
+            || (result == -Int(ECANCELED) && !cancelRequested.load(ordering: .acquiring)) { result = 0 }
         var done = max(result, 0)
         var error = result < 0 ? Errno(rawValue: Int32(-result)) : Errno.ioError
         if result >= 0 && result < op.bytes {
@@ -120,6 +124,7 @@ extension IOURingBackend {
     func shutdown(cancelInFlight: Bool) {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         if cancelInFlight, health.failure == nil, let sqe = ring.nextSQE() {
+            cancelRequested.store(true, ordering: .releasing)
             ring.prepCancelAll(sqe, tag: Self.cancelTag)
             if let error = ring.submitAll() { health.markFailed(error) }
         }

@@ -23,7 +23,8 @@ import SystemPackage
 ///
 /// Completions are reaped by one thread per channel that blocks in
 /// `io_uring_wait_cqe` (no spinning). A short completion (or one that failed with
-/// EINTR/EAGAIN, before any byte) is finished on that thread with plain
+/// EINTR/EAGAIN, or ECANCELED because its submitting thread exited, before any
+/// byte) is finished on that thread with plain
 /// `pwritev`/`preadv`; a failed one fails its descriptors with the kernel's errno. Host-to-host copies have no file side and are done
 /// with memcpy on the submitting thread.
 ///
@@ -72,6 +73,8 @@ final class IOURingBackend: CopyBackend, @unchecked Sendable {
     let reaperExited = DispatchSemaphore(value: 0)
     let stopped = Synchronization.Atomic<Bool>(false)
     let exitRequested = Synchronization.Atomic<Bool>(false)
+    /// Set before shutdown cancels what is in flight: ECANCELED is then the answer, not a retry.
+    let cancelRequested = Synchronization.Atomic<Bool>(false)
 
     init(_ settings: ChannelSettings) throws(DMAError) {
         depth = settings.queueDepth

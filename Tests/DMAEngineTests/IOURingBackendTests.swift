@@ -1,5 +1,7 @@
 @testable import DMAEngine
+import Foundation
 import Glibc
+import NIOConcurrencyHelpers
 import SystemPackage
 import Testing
 
@@ -82,6 +84,73 @@ import Testing
         #expect(same(rig.host.bytes.baseAddress! + 2 * 4096, rig.vram.mapping.baseAddress! + 4096, 4096))
         #expect(same(rig.host.bytes.baseAddress! + 2 * 4096, rig.host.bytes.baseAddress! + 10 * 4096, 4096),
                 "the fenced read saw VRAM page 1 before the short write's remainder landed")
+    }
+
+    /// A fence callback may ask its channel about its descriptors (`status(of:)`) while
+    /// another thread submits a `.fence` descriptor, which waits under the submit lock for
+    /// the ring to drain: the reaper running the callback must not need that lock, or the
+    /// operation behind the callback's is never reaped and that submit never returns.
+    @Test func aFenceCallbackQueriesItsChannelWhileAFencedSubmitWaits() throws {
+        let rig = try Self.rig()
+        rig.ring.injectedShortOperation.store(true, ordering: .relaxed)
+        rig.ring.injectedShortFinishDelay.store(300_000_000, ordering: .relaxed)
+        // One writev of two pages that completes short: the reaper finishes it 300 ms late.
+        try rig.ch.enqueueCopy(from: rig.host(0), to: rig.vram.address(0), length: 4096)
+        try rig.ch.enqueueCopy(from: rig.host(2), to: rig.vram.address(4096), length: 4096)
+        let first = try rig.ch.submit()
+        let seen = NIOLockedValueBox<[DescriptorStatus]?>(nil)
+        first.onSignal { f in
+            let tickets = DMATicket(rawValue: f.tickets.lowerBound)..<DMATicket(rawValue: f.tickets.upperBound)
+            seen.withLockedValue { $0 = try? rig.ch.status(of: tickets) }
+        }
+        // An operation behind it, whose completion the busy reaper has not reaped yet.
+        try rig.ch.enqueueCopy(from: rig.host(4), to: rig.vram.address(8192), length: 4096)
+        let second = try rig.ch.submit()
+        let submitted = DispatchSemaphore(value: 0)
+        let third = NIOLockedValueBox<Fence?>(nil)
+        Thread {
+            try? rig.ch.enqueueCopy(from: rig.vram.address(4096), to: rig.host(10), length: 4096, flags: .fence)
+            let fence = try? rig.ch.submit()
+            third.withLockedValue { $0 = fence }
+            submitted.signal()
+            _ = fence?.waitForSignal(timeout: .seconds(20))   // a task's exit cancels its io_uring requests
+        }.start()
+        // Bounded: on failure the reaper and the submitter stay blocked (the engine is left as is).
+        try #require(submitted.wait(timeout: .now() + .seconds(20)) == .success, "the fenced submit never returned")
+        let fenced = try #require(third.withLockedValue { $0 })
+        defer { rig.engine.shutdown() }
+        #expect(fenced.waitForSignal(timeout: .seconds(10)))
+        #expect(first.isSignaled && second.isSignaled && fenced.failures.isEmpty)
+        #expect(seen.withLockedValue { $0 } == [.succeeded, .succeeded])
+        #expect(same(rig.host.bytes.baseAddress! + 2 * 4096, rig.host.bytes.baseAddress! + 10 * 4096, 4096))
+    }
+
+    /// A thread may submit and exit before its copies complete (another thread waits on
+    /// the fence): the kernel cancels the requests a task still owns when it exits
+    /// (ECANCELED; here the `.fence` read, queued as task work), which is not a failure of
+    /// the copy: the reaper redoes them itself, as after EAGAIN.
+    @Test func copiesOfAThreadThatExitedStillComplete() throws {
+        let rig = try Self.rig()
+        defer { rig.engine.shutdown() }
+        var fences: [Fence] = []
+        for round in 0..<8 {
+            let box = NIOLockedValueBox<Fence?>(nil)
+            Thread {
+                try? rig.ch.enqueueCopy(from: rig.host(round), to: rig.vram.address(round * 4096), length: 4096)
+                try? rig.ch.enqueueCopy(from: rig.vram.address(round * 4096), to: rig.host(16 + round), length: 4096,
+                                        flags: .fence)
+                box.withLockedValue { $0 = try? rig.ch.submit() }
+            }.start()   // it ends right after its submit
+            for _ in 0..<20_000 where box.withLockedValue({ $0 }) == nil { usleep(100) }
+            fences.append(try #require(box.withLockedValue { $0 }))
+        }
+        for fence in fences {
+            #expect(fence.waitForSignal(timeout: .seconds(10)))
+            #expect(fence.failures.isEmpty, "\(fence.failures)")
+        }
+        for round in 0..<8 {
+            #expect(same(rig.host.bytes.baseAddress! + round * 4096, rig.host.bytes.baseAddress! + (16 + round) * 4096, 4096))
+        }
     }
 
     /// A fault injected on a `.fence` descriptor is copied by the wrapper with the CPU: it

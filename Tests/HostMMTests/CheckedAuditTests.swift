@@ -87,6 +87,59 @@ import Testing
         #expect(rig.checker.unfinishedMigrations == 0)
     }
 
+    /// Recording mode finishes an abandoned migration before a new setup reuses its arrays;
+    /// a destination that finish frees is the driver's again at once, and another thread
+    /// may hand it to a migration in progress right away (here from `pageFree`): the
+    /// abandoned migration is over, so that pages step is clean and keeps the page.
+    @Test func aDestinationFreedWhileFinishingAnAbandonedMigrationMayBeReusedAtOnce() throws {
+        let rig = try CheckedRig()
+        let half = UInt64(2 * pageSize)
+        let src = UnsafeMutableBufferPointer<MigratePFN>.allocate(capacity: 2)
+        let dst = UnsafeMutableBufferPointer<MigratePFN>.allocate(capacity: 2)
+        defer { src.deallocate(); dst.deallocate() }
+        src.initialize(repeating: [])
+        dst.initialize(repeating: [])
+        func args(_ k: Int, _ s: UnsafeMutableBufferPointer<MigratePFN>, _ d: UnsafeMutableBufferPointer<MigratePFN>) -> MigrateVMA {
+            MigrateVMA(vma: rig.mm.findVMA(rig.a), start: rig.a + UInt64(k) * half, end: rig.a + UInt64(k + 1) * half,
+                       src: s, dst: d, pgmapOwner: rig.device.owner, flags: .selectSystem)
+        }
+        var reused: PFN?
+        try rig.locked {
+            var first = args(0, rig.src, rig.dst)
+            try migrateVMASetup(&first)
+            rig.device.copyToDevice(rig.src, rig.dst, 2)
+            try migrateVMAPages(&first)
+            rig.src[0].remove(.migrate)               // its copy failed after the pages step: finalize frees dst[0]
+            var second = args(1, src, dst)
+            try migrateVMASetup(&second)
+            rig.device.copyToDevice(src, dst, 2)
+            rig.device.afterPageFree = { _ in        // the driver's other thread takes the page freed just now
+                rig.device.afterPageFree = nil
+                guard let page = rig.device.allocPage(), let own = dst[0].page else { return }
+                memcpy(rig.device.bytes(page), rig.memory.bytes(src[0].page!)!, pageSize)
+                dst[0] = MigratePFN(pfn: page)
+                reused = page
+                try? migrateVMAPages(&second)
+                rig.memory.unlockPage(own)
+                rig.memory.putPage(own)
+                migrateVMAFinalize(&second)
+            }
+            var again = args(0, rig.src, rig.dst)
+            try migrateVMASetup(&again)              // the bug: `first` was never finalized
+            rig.device.copyToDevice(rig.src, rig.dst, 2)
+            try migrateVMAPages(&again)
+            migrateVMAFinalize(&again)
+        }
+        let page = try #require(reused)
+        #expect(rig.rules == [.setupBeforeFinalize: 1])
+        #expect(rig.mm.pageTableEntry(rig.a + half).kind == .devicePrivate)
+        #expect(rig.mm.pageTableEntry(rig.a + half).pfn == page)
+        #expect(Self.consistent(rig) == [])
+        #expect(rig.checker.unfinishedMigrations == 0)
+        #expect(rig.device.freePageCount == 64 - 4)
+        #expect(try rig.dataIntact())
+    }
+
     /// Recorded in recording mode (the first migration is lost), and nothing stays locked.
     @Test func setupBeforeFinalizeOnAShorterRangeLeavesNothingLocked() throws {
         let rig = try CheckedRig()

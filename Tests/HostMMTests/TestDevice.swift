@@ -20,6 +20,9 @@ final class TestDevice: DevicePagemapOps, @unchecked Sendable {
     let failMigrateToRAM = Atomic<Bool>(false)
     /// Called inside `migrateToRAM` after setup, before copying (for race tests).
     nonisolated(unsafe) var afterFaultSetup: (() -> Void)?
+    /// Called in `pageFree` once the page is back on the free list (for race tests: another
+    /// thread of the driver may allocate it from then on).
+    nonisolated(unsafe) var afterPageFree: ((PFN) -> Void)?
 
     var owner: PgmapOwner { PgmapOwner(self) }
 
@@ -48,6 +51,7 @@ final class TestDevice: DevicePagemapOps, @unchecked Sendable {
     func pageFree(_ pfn: PFN, pagemap: DevicePagemap) {
         freed.add(1, ordering: .relaxed)
         lock.withLock { freeList.append(pfn) }
+        afterPageFree?(pfn)
     }
 
     func migrateToRAM(_ fault: VMFault) -> VMFaultResult {

@@ -73,9 +73,11 @@ extension ProtocolChecker {
             if s.phase == .setUp {
                 for i in 0..<s.count { old[i].remove(.migrate) }
             }
+            // Closed first, as `willFinalize` does: the destinations finalize frees are the
+            // driver's again at once, and no longer this migration's.
+            sessions.close([s])
             memory.migrateDeviceFinalizeCore(old, targets, s.count, site: site)
         }
-        sessions.close([s])
     }
 
     /// After setup: opens the session and takes the checksum of every collected source page
