@@ -12,8 +12,20 @@ func makeMemory(mib: Int = 256) throws -> PhysicalMemory {
     try PhysicalMemory(ramBytes: mib << 20, maxDevicePages: 1 << 17)
 }
 
-/// A device with `vramMiB` of VRAM, on the memcpy backend unless told otherwise.
-func makeDevice(_ memory: PhysicalMemory, vramMiB: Int = 64, backend: CopyBackendKind = .memcpy,
+/// The backend `makeDevice` uses unless told otherwise: memcpy (synchronous: the plain
+/// runs), or what `DMEM_TEST_BACKEND` names (`mapped`, `iouring`), with which `scripts/test`
+/// runs the DeviceEmu suites again so that every test also meets an asynchronous engine.
+let defaultTestBackend: CopyBackendKind = {
+    switch ProcessInfo.processInfo.environment["DMEM_TEST_BACKEND"] {
+    case "mapped": return .mappedWorkers(threads: 2)
+    case "iouring": return .ioUring
+    case nil, "", "memcpy": return .memcpy
+    case let other?: fatalError("DMEM_TEST_BACKEND=\(other): use memcpy, mapped or iouring")
+    }
+}()
+
+/// A device with `vramMiB` of VRAM, on `defaultTestBackend` unless told otherwise.
+func makeDevice(_ memory: PhysicalMemory, vramMiB: Int = 64, backend: CopyBackendKind = defaultTestBackend,
                 type: MemoryType = .devicePrivate, policy: MigrationPolicy = MigrationPolicy(),
                 eviction: EvictionPolicyKind = .leastRecentlyUsed,
                 observer: (any MigrationObserver)? = nil, name: String = "gpu") throws -> Device {
