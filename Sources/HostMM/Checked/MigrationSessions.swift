@@ -30,8 +30,10 @@ final class MigrationSessions: @unchecked Sendable {
         var phase: Phase = .setUp
         /// Source pages with CPU-visible bytes and their checksum at setup (entry index, pfn, sum).
         var checksums: [(index: Int32, pfn: PFN, sum: UInt64)] = []
-        /// Destination pages claimed at its pages step (guarded by the sessions' lock).
+        /// Destination pages claimed at its pages step, and its id in the claim table
+        /// (0 until its first claim; guarded by the sessions' lock).
         var destinations: [PFN] = []
+        var claimID: UInt32 = 0
 
         init(base: UInt, count: Int, collected: Int, start: UInt64?, site: CallSite) {
             self.base = base
@@ -56,8 +58,18 @@ final class MigrationSessions: @unchecked Sendable {
     private var history: [UInt: Session] = [:]
     private var historyOrder: [Session] = []
     private var historyNext = 0
-    /// The destination pages of migrations in progress, and whose they are.
-    private var claims: [PFN: Session] = [:]
+    /// PFNs the claim table covers (the memory's `pfnLimit`).
+    private let pfnLimit: UInt64
+    /// The destination pages of migrations in progress: the claiming session's `claimID`
+    /// per PFN (0: none). Allocated at the first claim.
+    private var claimTable: UnsafeMutablePointer<UInt32>?
+    /// Sessions holding claims, by `claimID`.
+    private var claimants: [UInt32: Session] = [:]
+    private var nextClaimID: UInt32 = 0
+
+    init(pfnLimit: UInt64 = 0) { self.pfnLimit = pfnLimit }
+
+    deinit { claimTable?.deallocate() }
 
     /// Sessions overlapping `[base, end)`: those in progress (sorted by base) and — only
     /// when none is, the error path — finished ones still remembered.
@@ -124,13 +136,27 @@ final class MigrationSessions: @unchecked Sendable {
     func claimDestinations(_ pages: [(index: Int, page: PFN, session: Session)]) -> [(index: Int, other: Session)] {
         guard !pages.isEmpty else { return [] }
         return lock.withLock {
+            guard pfnLimit > 0 else { return [] }
+            let table = claimTable ?? {
+                let t = UnsafeMutablePointer<UInt32>.allocate(capacity: Int(pfnLimit))
+                t.initialize(repeating: 0, count: Int(pfnLimit))
+                claimTable = t
+                return t
+            }()
             var taken: [(index: Int, other: Session)] = []
-            for (index, page, session) in pages {
-                if let other = claims[page], other !== session, live[other.base] === other {
+            for (index, page, session) in pages where page.rawValue < pfnLimit {
+                let slot = Int(page.rawValue)
+                if session.claimID == 0 {
+                    nextClaimID = nextClaimID == .max ? 1 : nextClaimID + 1
+                    session.claimID = nextClaimID
+                    claimants[nextClaimID] = session
+                }
+                let holder = table[slot]
+                if holder != 0, holder != session.claimID, let other = claimants[holder], live[other.base] === other {
                     taken.append((index, other))
                     continue
                 }
-                claims[page] = session
+                table[slot] = session.claimID
                 session.destinations.append(page)
             }
             return taken
@@ -144,7 +170,12 @@ final class MigrationSessions: @unchecked Sendable {
 
     /// Drops `s`'s claims (the lock is held).
     private func dropClaims(_ s: Session) {
-        for page in s.destinations where claims[page] === s { claims[page] = nil }
+        guard s.claimID != 0 else { return }
+        if let table = claimTable {
+            for page in s.destinations where table[Int(page.rawValue)] == s.claimID { table[Int(page.rawValue)] = 0 }
+        }
+        claimants[s.claimID] = nil
+        s.claimID = 0
         s.destinations = []
     }
 

@@ -22,13 +22,14 @@ public final class ProtocolChecker: @unchecked Sendable {
     private let leaked = NIOLockedValueBox<Set<PFN>>([])
     /// Pages whose device mapping finalize already reported: their free is not reported again.
     private let mappingReported = NIOLockedValueBox<Set<PFN>>([])
-    let sessions = MigrationSessions()
+    let sessions: MigrationSessions
     /// `PhysicalMemory.diagnostics`, to keep its violation count in step.
     private let diagnostics: PhysicalMemory.Diagnostics
 
-    init(mode: CheckedMode, diagnostics: PhysicalMemory.Diagnostics) {
+    init(mode: CheckedMode, diagnostics: PhysicalMemory.Diagnostics, pfnLimit: UInt64) {
         self.mode = mode
         self.diagnostics = diagnostics
+        sessions = MigrationSessions(pfnLimit: pfnLimit)
         let n = ProtocolRule.allCases.count
         ruleCounts = .allocate(capacity: n)
         for i in 0..<n { (ruleCounts + i).initialize(to: Synchronization.Atomic(0)) }

@@ -73,7 +73,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         frames = try FrameAllocator(firstPFN: 1, endPFN: UInt32(ramPageCount))
         waitQueues = (0..<128).map { _ in WaitQueue() }
         pagemaps = PagemapRegistry(firstPFN: ramPageCount, maxPFN: maxPFN)
-        checker = checked.isEnabled ? ProtocolChecker(mode: checked, diagnostics: diagnostics) : nil
+        checker = checked.isEnabled ? ProtocolChecker(mode: checked, diagnostics: diagnostics, pfnLimit: pfnLimit) : nil
         meta[0].refcount.store(1, ordering: .relaxed)
         meta[0].flags.store(PageFlags([.reserved, .uptodate]).rawValue, ordering: .relaxed)
     }
