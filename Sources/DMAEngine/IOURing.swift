@@ -34,8 +34,20 @@ final class IOURing: @unchecked Sendable {
     /// Whether the kernel has `IORING_OP_READV_FIXED`/`WRITEV_FIXED` (Linux 6.15).
     let supportsVectoredFixed: Bool
 
-    deinit {
+    /// Set by `close()`; read by the submission side only (which `close()` must not race).
+    private(set) var isClosed = false
+
+    /// Models `io_uring_queue_exit()`: unmaps the rings and closes the ring's file (the
+    /// kernel cancels what is left and stops its io-wq workers). Call once neither side
+    /// uses the ring any more; later calls do nothing.
+    func close() {
+        guard !isClosed else { return }
+        isClosed = true
         io_uring_queue_exit(ring)
+    }
+
+    deinit {
+        close()
         ring.deallocate()
     }
 

@@ -135,5 +135,8 @@ extension IOURingBackend {
             _ = ring.submitAll()  // if this fails, the reaper's timed wait sees `exitRequested`
         }
         reaperExited.wait()
+        // Nothing is in flight and nobody reaps: release the ring now, not with the last
+        // reference to the channel (a fence the program keeps holds the backend).
+        fixedLock.withLock { ring.close() }
     }
 }

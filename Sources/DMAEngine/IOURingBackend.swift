@@ -67,7 +67,7 @@ final class IOURingBackend: CopyBackend, @unchecked Sendable {
     let fixedTable = FixedBufferTable()
     /// Whether the ring has a fixed-buffer table (the engine asked, and the kernel set it up).
     let fixedEnabled: Bool
-    private let fixedLock = NIOLock()
+    let fixedLock = NIOLock()
     private var fixedStatus = FixedBufferStatus()  // guarded by fixedLock (operations: see fixedOperations)
     private let fixedOperations = Synchronization.Atomic<Int>(0)
     let reaperExited = DispatchSemaphore(value: 0)
@@ -240,6 +240,7 @@ final class IOURingBackend: CopyBackend, @unchecked Sendable {
     func installFixedBuffers(_ pieces: [FixedBufferPiece]) {
         guard fixedEnabled else { return }
         fixedLock.withLock {
+            guard !ring.isClosed else { return }
             for piece in pieces {
                 if let e = ring.updateBuffer(slot: piece.slot, piece.iovec) {
                     fixedStatus.failure = "pinning \(piece.length) bytes of \(piece.region) as fixed buffer \(piece.slot): \(e)"
@@ -256,7 +257,7 @@ final class IOURingBackend: CopyBackend, @unchecked Sendable {
         guard fixedEnabled else { return }
         fixedLock.withLock {
             let held = fixedTable.remove(slots: slots)
-            for slot in held { _ = ring.updateBuffer(slot: slot, iovec(iov_base: nil, iov_len: 0)) }
+            for slot in held where !ring.isClosed { _ = ring.updateBuffer(slot: slot, iovec(iov_base: nil, iov_len: 0)) }
             fixedStatus.installedPieces -= held.count
         }
     }

@@ -153,6 +153,40 @@ import Testing
         }
     }
 
+    /// Channels made by threads that are gone, whose fences the program keeps: shutdown
+    /// releases their rings (file descriptor, mapped SQ/CQ, io-wq), not the last
+    /// reference to a channel or fence, which may live as long as the program.
+    @Test func shutdownClosesTheRingsOfChannelsStillReferenced() throws {
+        let rig = try Self.rig()
+        let fences = NIOLockedValueBox<[Fence]>([])
+        for round in 0..<4 {
+            let t = Thread {
+                guard let ch = try? rig.engine.makeChannel(),
+                      (try? ch.enqueueCopy(from: rig.host(round), to: rig.vram.address(round * 4096), length: 4096)) != nil,
+                      let f = try? ch.submit() else { return }
+                fences.withLockedValue { $0.append(f) }
+            }
+            t.start()
+        }
+        for _ in 0..<20_000 where fences.withLockedValue({ $0.count }) < 4 { usleep(100) }
+        let kept = fences.withLockedValue { $0 }
+        try #require(kept.count == 4)
+        let rings = kept.map { ($0.timeline.backend as! IOURingBackend).ring } + [rig.ring]
+        let open = rings.map { r -> (fd: Int32, inode: UInt) in
+            var st = stat()
+            _ = fstat(r.ring.pointee.ring_fd, &st)
+            return (r.ring.pointee.ring_fd, st.st_ino)
+        }
+        #expect(Set(open.map(\.inode)).count == rings.count, "each ring has its own inode")
+        rig.engine.shutdown()
+        for f in kept { #expect(f.isSignaled && f.failures.isEmpty) }
+        for (fd, inode) in open {
+            var st = stat()
+            #expect(fstat(fd, &st) != 0 || st.st_ino != inode, "ring fd \(fd) still open after shutdown")
+        }
+        withExtendedLifetime((kept, rig)) {}
+    }
+
     /// A fault injected on a `.fence` descriptor is copied by the wrapper with the CPU: it
     /// too must start after what the wrapped io_uring backend still runs (here the rest of
     /// a short write, finished 300 ms late by the reaper).
