@@ -116,6 +116,10 @@ final class IOURingBackend: CopyBackend, @unchecked Sendable {
                 batch.finishRun(i..<batch.indices.upperBound, bytesDone: 0, errno: failure)
                 break
             }
+            // A `.fence` (the first descriptor of whatever path it takes) waits for idle, not
+            // only for IOSQE_IO_DRAIN: the kernel starts a drained operation once earlier ones
+            // have posted their CQE, but the reaper finishes a short one after that, itself.
+            if batch[i].flags.contains(.fence) { waitUntilIdle() }
             let access = FileAccess.best(batch[i])
             if access == .memory {
                 copyInline(batch, i..<i + 1)
@@ -124,10 +128,6 @@ final class IOURingBackend: CopyBackend, @unchecked Sendable {
                 operations += queueSplit(batch, i, access: access)
                 i += 1
             } else {
-                // A `.fence` waits for idle, not only for IOSQE_IO_DRAIN: the kernel starts a
-                // drained operation once earlier ones have posted their CQE, but the reaper
-                // finishes a short one after that, itself.
-                if batch[i].flags.contains(.fence) { waitUntilIdle() }
                 let slot = acquireSlot()
                 let iov = iovecs + slot * coalescer.maxIovecs
                 let op = coalescer.plan(batch, from: i, into: iov)
@@ -147,7 +147,6 @@ final class IOURingBackend: CopyBackend, @unchecked Sendable {
 
     /// A descriptor the CPU copies (host-to-host, or a fill without a pattern buffer).
     private func copyInline(_ batch: CopyBatch, _ range: Range<Int>) {
-        if batch[range.lowerBound].flags.contains(.fence) { waitUntilIdle() }
         for k in range { MemoryCopy.perform(batch[k]) }
         batch.complete(range)
     }
@@ -163,7 +162,6 @@ final class IOURingBackend: CopyBackend, @unchecked Sendable {
         }
         let split = splits.open(pieces: pieces)
         var operations = 0
-        if d.flags.contains(.fence) { waitUntilIdle() }   // as in `execute`
         at = 0
         while at < d.length {
             if let failure = health.failure {
@@ -311,7 +309,7 @@ final class IOURingBackend: CopyBackend, @unchecked Sendable {
         freeSlots.signal()
     }
 
-    /// Blocks until no operation is in flight (for a `.fence` descriptor done inline, and shutdown).
+    /// Blocks until no operation is in flight (before a `.fence` descriptor, and at shutdown).
     func waitUntilIdle() {
         flush()
         for _ in 0..<depth { freeSlots.wait() }
