@@ -57,9 +57,12 @@ extension IOURingBackend {
         // EINTR/EAGAIN: the kernel gave up on a transient condition (a signal, no memory for
         // the async context) before any byte; retry the whole operation here like a short one.
         // So for ECANCELED that shutdown did not ask for: the thread that submitted it exited
-        // before it ran (a task's requests are cancelled on exit). A `.fence` one was issued
+        // before it ran (a task's requests are cancelled on exit). Older kernels (5.x's
+        // `__io_req_task_submit`) fail such a request with EFAULT instead, so
+        // EFAULT is retried too: a genuinely bad address faults again in the retry, which
+        // then reports EFAULT with the bytes before it. A `.fence` operation was issued
         // once the ring was idle, so running it here keeps the order.
-        if result == -Int(EINTR) || result == -Int(EAGAIN)
+        if result == -Int(EINTR) || result == -Int(EAGAIN) || result == -Int(EFAULT)
             || (result == -Int(ECANCELED) && !cancelRequested.load(ordering: .acquiring)) { result = 0 }
         var done = max(result, 0)
         var error = result < 0 ? Errno(rawValue: Int32(-result)) : Errno.ioError

@@ -23,8 +23,8 @@ import SystemPackage
 ///
 /// Completions are reaped by one thread per channel that blocks in
 /// `io_uring_wait_cqe` (no spinning). A short completion (or one that failed with
-/// EINTR/EAGAIN, or ECANCELED because its submitting thread exited, before any
-/// byte) is finished on that thread with plain
+/// EINTR/EAGAIN, or ECANCELED — EFAULT on older kernels — because its submitting
+/// thread exited, before any byte) is finished on that thread with plain
 /// `pwritev`/`preadv`; a failed one fails its descriptors with the kernel's errno. Host-to-host copies have no file side and are done
 /// with memcpy on the submitting thread.
 ///

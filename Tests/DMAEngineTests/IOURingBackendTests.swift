@@ -44,9 +44,10 @@ import Testing
         rig.engine.shutdown()  // returns although the failed ring cannot take the stop NOP
     }
 
-    /// A completion that failed with EINTR or EAGAIN (transient, nothing done) is retried, not
+    /// A completion that failed with EINTR or EAGAIN (transient, nothing done), or EFAULT
+    /// (what older kernels answer for a request of a thread that exited), is retried, not
     /// reported as a copy failure; any other errno fails every descriptor of the operation.
-    @Test(arguments: [(EINTR, Errno?.none), (EAGAIN, nil), (EFAULT, .badAddress)])
+    @Test(arguments: [(EINTR, Errno?.none), (EAGAIN, nil), (EFAULT, nil), (EIO, .ioError), (ENOSPC, .noSpace)])
     func transientCompletionErrorsAreRetried(_ injected: Int32, _ expected: Errno?) throws {
         let rig = try Self.rig()
         defer { rig.engine.shutdown() }
@@ -59,6 +60,32 @@ import Testing
         for i in 0..<4 where expected == nil {
             #expect(same(rig.host.bytes.baseAddress! + i * 8192, rig.vram.mapping.baseAddress! + i * 4096, 4096))
         }
+        #expect(rig.ch.health.failure == nil)
+    }
+
+    /// The EFAULT retry does not hide a genuinely bad address: a source page the kernel
+    /// cannot read fails its descriptor with EFAULT and the bytes copied before it, the
+    /// descriptors before it copy, and the rest of its run fails. Page 0 makes the kernel
+    /// answer EFAULT (the retry faults again); page 5 makes it complete short.
+    @Test(arguments: [0, 5])
+    func badSourceAddressStillFailsAfterTheRetry(badPage: Int) throws {
+        let rig = try Self.rig()
+        defer { rig.engine.shutdown() }
+        let base = rig.host.bytes.baseAddress!
+        #expect(mprotect(base + badPage * 4096, 4096, PROT_NONE) == 0)
+        defer { mprotect(base + badPage * 4096, 4096, PROT_READ | PROT_WRITE) }
+        // Four 8 KiB descriptors, contiguous on both sides: one operation.
+        for i in 0..<4 {
+            try rig.ch.enqueueCopy(from: rig.host(i * 2), to: rig.vram.address(i * 8192), length: 8192)
+        }
+        let f = try rig.ch.submit()
+        #expect(f.waitForSignal(timeout: .seconds(10)))
+        #expect(rig.ch.statistics.operations == 1)
+        let failing = badPage / 2
+        #expect(f.failures.sorted { $0.index < $1.index }
+                == (failing..<4).map { DescriptorFailure(ticket: DMATicket(rawValue: UInt64($0)), index: $0, errno: .badAddress,
+                                                          bytesCompleted: $0 == failing ? badPage % 2 * 4096 : 0) })
+        #expect(same(base, rig.vram.mapping.baseAddress!, badPage * 4096))
         #expect(rig.ch.health.failure == nil)
     }
 
