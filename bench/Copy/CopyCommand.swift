@@ -101,14 +101,9 @@ struct CopyCommand: ParsableCommand {
     }
 
     func run() throws {
-        let records: [RunRecord]
-        do {
-            records = try CopyScenario.run(try options())
-        } catch let error as DMAError {
-            throw ValidationError(error.description)
-        } catch let error as ScenarioError {
-            throw ValidationError(error.message)
-        }
+        // A DMAError or ScenarioError of the run is printed as `Error: …` (exit status 1),
+        // not as a usage error: the arguments passed `validate`.
+        let records = try CopyScenario.run(try options())
         print(output(records))
         if records.contains(where: { $0["verified"] == .bool(false) }) {
             throw ExitCode(2)

@@ -1,0 +1,46 @@
+import ArgumentParser
+import DMAEngine
+import Foundation
+import Testing
+@testable import dmem_bench
+
+/// What a user sees when a command cannot do its job: a usage error only for bad arguments,
+/// `Error: …` with exit status 1 for a run that fails, never a trap, never exit 0.
+@Suite struct CommandErrorTests {
+    func parseError(_ arguments: [String]) -> String? {
+        do {
+            _ = try DmemBench.parseAsRoot(arguments)
+            return nil
+        } catch {
+            return DmemBench.message(for: error)
+        }
+    }
+
+    /// `torture --residency` takes any Double; a huge one used to trap converting to Int.
+    @Test func aHugeTortureResidencyIsRefusedNotATrap() {
+        for value in ["1e13", "1e30", "inf", "nan", "1001", "-1"] {
+            #expect(parseError(["torture", "--residency=\(value)"]) == "residency must be in 0...1000 ms", "\(value)")
+        }
+        #expect(parseError(["torture", "--residency", "1000"]) == nil)
+        #expect(parseError(["torture", "--residency", "2.5"]) == nil)
+        #expect((try? TortureCommand.parse(["--residency", "2.5"]).options.minimumResidency) == .microseconds(2500))
+    }
+
+    /// A run that fails after its arguments were accepted (here: more memory than the machine
+    /// has) is not a usage error: no usage line (it used to be the root command's), status 1.
+    @Test(.enabled(if: SystemMemory.available().map { $0 < 1 << 40 } ?? false, "needs a machine with less than 1 TiB available"))
+    func aFailedRunIsAnErrorWithoutUsage() throws {
+        for arguments in [["migrate", "--total", "1T"], ["copy", "--total", "1T"], ["torture", "--vram", "1T"]] {
+            var command = try DmemBench.parseAsRoot(arguments)
+            do {
+                try command.run()
+                Issue.record("\(arguments) ran")
+            } catch {
+                let message = DmemBench.fullMessage(for: error)
+                #expect(message.hasPrefix("Error: ") && message.contains("MemAvailable"), "\(arguments): \(message)")
+                #expect(!message.contains("Usage"), "\(arguments): \(message)")
+                #expect(DmemBench.exitCode(for: error) == .failure, "\(arguments)")
+            }
+        }
+    }
+}
