@@ -43,4 +43,22 @@ import Testing
             }
         }
     }
+
+    /// `run` and the suite show FAIL in the table for a point whose bytes did not survive;
+    /// the command must then fail too (as `copy` does), after writing its outputs.
+    @Test func aVerificationFailureFailsTheCommand() throws {
+        var fake = FakeScenario()
+        fake.verified = false
+        let jobs = [BenchJob(scenario: fake, parameters: try ScenarioParameters(for: fake, overrides: [("batch", "8")]))]
+        let session = BenchSession(options: try BenchOptions.parse(["--quiet"]))
+        #expect(throws: ExitCode.failure) { try session.execute(jobs) }
+        #expect(fake.counter.calls == 1)
+
+        let results = try BenchRunner().run(jobs)
+        #expect(BenchSession.verificationFailure(results)
+            == "verification failed (bytes moved do not match) in 1 of 1 records: fake batch=8 h2d")
+        let good = FakeScenario()
+        let passed = try BenchRunner().run([BenchJob(scenario: good, parameters: try ScenarioParameters(for: good))])
+        #expect(BenchSession.verificationFailure(passed) == nil)
+    }
 }
