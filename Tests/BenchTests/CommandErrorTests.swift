@@ -61,4 +61,16 @@ import Testing
         let passed = try BenchRunner().run([BenchJob(scenario: good, parameters: try ScenarioParameters(for: good))])
         #expect(BenchSession.verificationFailure(passed) == nil)
     }
+
+    /// `mm --pages` and `thrash --pages` take the K/M counts the scenario keys (and the suite) use.
+    @Test func pageCountsTakeTheSuffixesOfTheScenarioKeys() throws {
+        let mm = try #require(try DmemBench.parseAsRoot(["mm", "--pages", "4K"]) as? MMCommand)
+        #expect(mm.pages?.bytes == 4096)
+        #expect(parseError(["mm", "--pages", "16M"]) == nil)
+        #expect(parseError(["mm", "--pages", "17M"]) == "--pages must be in 1...16Mi")
+        #expect(parseError(["mm", "--pages", "0"]) == "--pages must be in 1...16Mi")
+        let thrash = try #require(try DmemBench.parseAsRoot(["thrash", "--pages", "1K"]) as? ThrashCommand)
+        #expect(try thrash.options.pages == 1024)
+        #expect(parseError(["thrash", "--pages", "512K"]) == "pages must be in 64...262144")
+    }
 }

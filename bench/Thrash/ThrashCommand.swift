@@ -15,7 +15,7 @@ struct ThrashCommand: ParsableCommand {
             """
     )
 
-    @Option(help: "Pages in the working set.") var pages = 2048
+    @Option(help: "Pages in the working set (a count; K suffix allowed).") var pages = ByteCount(2048)
     @Option(help: "Rounds of GPU writes then CPU reads.") var rounds = 20
     @Option(help: "migrate (a GPU fault moves its window to VRAM) or map (it maps the system pages).") var gpuFault = "migrate"
     @Option(help: "Pages per GPU fault.") var window = 16
@@ -28,7 +28,7 @@ struct ThrashCommand: ParsableCommand {
     var options: ThrashOptions {
         get throws {
             var o = ThrashOptions()
-            o.pages = pages
+            o.pages = pages.bytes
             o.rounds = rounds
             guard let fault = ThrashOptions.GPUFault(rawValue: gpuFault) else { throw ValidationError("--gpu-fault must be migrate or map") }
             o.gpuFault = fault
