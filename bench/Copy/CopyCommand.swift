@@ -55,7 +55,7 @@ struct CopyCommand: ParsableCommand {
     var vramDir: String?
     @Option(help: ArgumentHelp("Model a host↔device link on top of the backend, one per channel (--channels 2 gets two links): \(LinkSpec.help).", valueName: "link"))
     var link = "none"
-    @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
+    @Flag(help: "Print exactly one JSON object on stdout instead of a table (no file name: redirect it, or use `dmem-bench run … --json FILE`).") var json = false
 
     func options() throws(ParameterValueError) -> CopyOptions {
         var o = CopyOptions()

@@ -17,7 +17,7 @@ struct MMCommand: ParsableCommand {
     @Option(help: "Pages per migrate_vma batch.") var batch = 512
     @Flag(help: "Run 1Ki, 16Ki, 256Ki and 4Mi pages (flatness check).") var sweep = false
     @Flag(help: "Run in checked mode (protocol sanitizer): reports its cost and protocol_violations.") var checked = false
-    @Flag(help: "Print one JSON object instead of a table.") var json = false
+    @Flag(help: "Print exactly one JSON object on stdout instead of a table (no file name: redirect it, or use `dmem-bench run … --json FILE`).") var json = false
 
     func validate() throws {
         if sweep && pages != nil { throw ValidationError("--sweep chooses the page counts itself; leave out --pages") }

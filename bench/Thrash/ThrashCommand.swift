@@ -23,7 +23,7 @@ struct ThrashCommand: ParsableCommand {
     @Option(help: "Minimum residency of a page in VRAM in ms (Xe's anti-thrash timeslice; 0: off).") var residency = 0
     @Option(help: "iouring, memcpy or mapped.") var backend = "iouring"
     @Flag(help: "Run in checked mode (protocol sanitizer).") var checked = false
-    @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
+    @Flag(help: "Print exactly one JSON object on stdout instead of a table (no file name: redirect it, or use `dmem-bench run … --json FILE`).") var json = false
 
     var options: ThrashOptions {
         get throws {

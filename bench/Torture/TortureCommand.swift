@@ -37,7 +37,7 @@ struct TortureCommand: ParsableCommand {
     var faultCopy = "cpu"
     @Option(help: "Copy backend under the fault injector: iouring, memcpy or mapped (2 worker threads through the VRAM mapping).")
     var backend = "iouring"
-    @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
+    @Flag(help: "Print exactly one JSON object on stdout instead of a table (no file name: redirect it, or use `dmem-bench run … --json FILE`).") var json = false
 
     var options: TortureOptions {
         var o = TortureOptions()
