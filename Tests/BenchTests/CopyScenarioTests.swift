@@ -72,6 +72,12 @@ import Testing
         for bad in ["pcie9", "0,5", "-1,5", "16", "16,5s", "x,1"] {
             #expect(throws: ParameterValueError("'\(bad)' is not a valid link (expected \(LinkSpec.help))")) { try LinkSpec(parsing: bad) }
         }
+        for huge in ["1e300,0", "1e-300,0", "0.0001,5us"] {
+            #expect(throws: ParameterValueError("link bandwidth \(huge.split(separator: ",")[0]) GB/s in '\(huge)' is out of range (0.001...1000000)")) {
+                try LinkSpec(parsing: huge)
+            }
+        }
+        #expect(try LinkSpec(parsing: "0.001,0").model == .init(gigabytesPerSecond: 0.001, latency: .zero))
         #expect(throws: ScenarioError(scenario: "copy", message: "'fast' is not a valid link (expected \(LinkSpec.help))")) {
             try run(Self.tiny + [("link", "fast")])
         }

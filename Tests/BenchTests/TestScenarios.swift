@@ -15,6 +15,8 @@ struct FakeScenario: BenchScenario {
     var quickParameters: [String: String] = ["batch": "8"]
     /// GB/s of each repeat in turn (cycled).
     var gbpsByRepeat: [Double] = [1, 3, 2]
+    /// What every record reports as `verified` (false: the bytes did not survive).
+    var verified = true
     let counter = Counter()
 
     final class Counter: @unchecked Sendable {
@@ -32,7 +34,7 @@ struct FakeScenario: BenchScenario {
         r.set("coalesce", try parameters.flag("coalesce"))
         r.set("gbps", gbpsByRepeat[call % gbpsByRepeat.count])
         r.set("memcpy_gbps", 4.0)
-        r.set("verified", true)
+        r.set("verified", verified)
         return [r]
     }
 }

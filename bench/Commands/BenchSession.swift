@@ -29,6 +29,22 @@ struct BenchSession {
             FileHandle.standardError.write(Data("dmem-bench: error: \(failure)\n".utf8))
             throw ExitCode.failure
         }
+        if let message = Self.verificationFailure(results) {
+            FileHandle.standardError.write(Data("dmem-bench: error: \(message)\n".utf8))
+            throw ExitCode.failure
+        }
+    }
+
+    /// The points whose bytes did not survive (`verified` false, FAIL in the table), or nil:
+    /// such a run must not exit 0 even though every point ran.
+    static func verificationFailure(_ results: [BenchResult]) -> String? {
+        let failed = results.filter { $0.record["verified"] == .bool(false) }
+        guard !failed.isEmpty else { return nil }
+        let names = failed.map { result in
+            let direction = result.record["direction"].map { " \($0.formatted())" } ?? ""
+            return [result.scenario, result.parameters.label].filter { !$0.isEmpty }.joined(separator: " ") + direction
+        }
+        return "verification failed (bytes moved do not match) in \(failed.count) of \(results.count) records: \(names.joined(separator: "; "))"
     }
 
     /// Creates the output files' directories and checks they can be written, so that a path

@@ -32,7 +32,8 @@ struct SuiteCommand: ParsableCommand {
                 var line = [job.scenario.name, job.parameters.label].filter { !$0.isEmpty }.joined(separator: " ")
                 if options.quick {
                     let quick = BenchRunner.quickValues(of: job.scenario).filter { !job.parameters.explicitKeys.contains($0.key) }
-                    line += "  (quick: " + quick.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") + ")"
+                    line += quick.isEmpty ? "  (quick: as listed)"
+                        : "  (quick: " + quick.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") + ")"
                 }
                 print(line)
             }

@@ -55,7 +55,7 @@ struct CopyCommand: ParsableCommand {
     var vramDir: String?
     @Option(help: ArgumentHelp("Model a host↔device link on top of the backend, one per channel (--channels 2 gets two links): \(LinkSpec.help).", valueName: "link"))
     var link = "none"
-    @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
+    @Flag(help: "Print exactly one JSON object on stdout instead of a table (no file name: redirect it, or use `dmem-bench run … --json FILE`).") var json = false
 
     func options() throws(ParameterValueError) -> CopyOptions {
         var o = CopyOptions()
@@ -101,14 +101,9 @@ struct CopyCommand: ParsableCommand {
     }
 
     func run() throws {
-        let records: [RunRecord]
-        do {
-            records = try CopyScenario.run(try options())
-        } catch let error as DMAError {
-            throw ValidationError(error.description)
-        } catch let error as ScenarioError {
-            throw ValidationError(error.message)
-        }
+        // A DMAError or ScenarioError of the run is printed as `Error: …` (exit status 1),
+        // not as a usage error: the arguments passed `validate`.
+        let records = try CopyScenario.run(try options())
         print(output(records))
         if records.contains(where: { $0["verified"] == .bool(false) }) {
             throw ExitCode(2)

@@ -48,6 +48,9 @@ struct LinkSpec: Sendable, Equatable, CustomStringConvertible {
 
     static let none = LinkSpec(text: "none", model: nil)
 
+    /// The GB/s a `GBPS,LATENCY` link may have: 1 MB/s to 1 PB/s.
+    static let bandwidths: ClosedRange<Double> = 0.001...1_000_000
+
     static let help = "none, pcie4 (26 GB/s, 2 µs), pcie5 (52 GB/s, 2 µs), nvlink (450 GB/s, 1 µs), or GBPS,LATENCY (e.g. 16,5us)"
 
     init(text: String, model: LinkModel?) {
@@ -69,6 +72,11 @@ struct LinkSpec: Sendable, Equatable, CustomStringConvertible {
         guard parts.count == 2, let gbps = Double(parts[0]), gbps.isFinite, gbps > 0,
               let latency = Self.latency(parts[1]) else {
             throw ParameterValueError("'\(raw)' is not a valid link (expected \(Self.help))")
+        }
+        // Beyond these a run either never ends (a copy at 1e-300 GB/s) or the engine refuses
+        // the link mid-run (bytes per second overflow to infinity).
+        guard Self.bandwidths.contains(gbps) else {
+            throw ParameterValueError("link bandwidth \(parts[0]) GB/s in '\(raw)' is out of range (0.001...1000000)")
         }
         self.init(text: text, model: LinkModel(gigabytesPerSecond: gbps, latency: latency))
     }

@@ -13,21 +13,21 @@ struct MMCommand: ParsableCommand {
             """
     )
 
-    @Option(help: "Pages to migrate (default 65536).") var pages: Int?
+    @Option(help: "Pages to migrate (a count; K/M suffixes allowed; default 64K).") var pages: ByteCount?
     @Option(help: "Pages per migrate_vma batch.") var batch = 512
     @Flag(help: "Run 1Ki, 16Ki, 256Ki and 4Mi pages (flatness check).") var sweep = false
     @Flag(help: "Run in checked mode (protocol sanitizer): reports its cost and protocol_violations.") var checked = false
-    @Flag(help: "Print one JSON object instead of a table.") var json = false
+    @Flag(help: "Print exactly one JSON object on stdout instead of a table (no file name: redirect it, or use `dmem-bench run … --json FILE`).") var json = false
 
     func validate() throws {
         if sweep && pages != nil { throw ValidationError("--sweep chooses the page counts itself; leave out --pages") }
-        guard (1...(1 << 24)).contains(pages ?? 65536) else { throw ValidationError("--pages must be in 1...16Mi") }
+        guard (1...(1 << 24)).contains(pages?.bytes ?? 65536) else { throw ValidationError("--pages must be in 1...16Mi") }
         guard batch > 0, batch <= 1 << 16 else { throw ValidationError("--batch must be in 1...65536") }
     }
 
     func run() throws {
         var report = ScenarioReport(scenario: "mm")
-        for n in sweep ? [1 << 10, 1 << 14, 1 << 18, 1 << 22] : [pages ?? 65536] {
+        for n in sweep ? [1 << 10, 1 << 14, 1 << 18, 1 << 22] : [pages?.bytes ?? 65536] {
             report.runs.append(try MMScenario.run(pages: n, batch: batch, checked: checked))
         }
         print(json ? report.json : report.table(columns: [

@@ -31,7 +31,7 @@ struct MigrateCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Put VRAM in unnamed files in this directory instead of memfds, e.g. a tmpfs mounted with huge=always (README \"Performance\").", valueName: "dir"))
     var vramDir: String?
     @Flag(help: "Run in checked mode (protocol sanitizer): reports its cost and protocol_violations.") var checked = false
-    @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
+    @Flag(help: "Print exactly one JSON object on stdout instead of a table (no file name: redirect it, or use `dmem-bench run … --json FILE`).") var json = false
 
     var options: MigrateOptions {
         get throws {

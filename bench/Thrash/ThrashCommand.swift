@@ -15,7 +15,7 @@ struct ThrashCommand: ParsableCommand {
             """
     )
 
-    @Option(help: "Pages in the working set.") var pages = 2048
+    @Option(help: "Pages in the working set (a count; K suffix allowed).") var pages = ByteCount(2048)
     @Option(help: "Rounds of GPU writes then CPU reads.") var rounds = 20
     @Option(help: "migrate (a GPU fault moves its window to VRAM) or map (it maps the system pages).") var gpuFault = "migrate"
     @Option(help: "Pages per GPU fault.") var window = 16
@@ -23,12 +23,12 @@ struct ThrashCommand: ParsableCommand {
     @Option(help: "Minimum residency of a page in VRAM in ms (Xe's anti-thrash timeslice; 0: off).") var residency = 0
     @Option(help: "iouring, memcpy or mapped.") var backend = "iouring"
     @Flag(help: "Run in checked mode (protocol sanitizer).") var checked = false
-    @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
+    @Flag(help: "Print exactly one JSON object on stdout instead of a table (no file name: redirect it, or use `dmem-bench run … --json FILE`).") var json = false
 
     var options: ThrashOptions {
         get throws {
             var o = ThrashOptions()
-            o.pages = pages
+            o.pages = pages.bytes
             o.rounds = rounds
             guard let fault = ThrashOptions.GPUFault(rawValue: gpuFault) else { throw ValidationError("--gpu-fault must be migrate or map") }
             o.gpuFault = fault

@@ -37,7 +37,7 @@ struct TortureCommand: ParsableCommand {
     var faultCopy = "cpu"
     @Option(help: "Copy backend under the fault injector: iouring, memcpy or mapped (2 worker threads through the VRAM mapping).")
     var backend = "iouring"
-    @Flag(help: "Print exactly one JSON object instead of a table.") var json = false
+    @Flag(help: "Print exactly one JSON object on stdout instead of a table (no file name: redirect it, or use `dmem-bench run … --json FILE`).") var json = false
 
     var options: TortureOptions {
         var o = TortureOptions()
@@ -47,7 +47,9 @@ struct TortureCommand: ParsableCommand {
         o.injectRate = injectRate
         o.pagesPerThread = pagesPerThread
         o.vramBytes = vram.bytes
-        o.minimumResidency = residency.isFinite ? .nanoseconds(Int64(clamping: Int(residency * 1e6))) : .seconds(-1)
+        // Out of range (or NaN) becomes -1 s, which `problem` refuses: converting a huge
+        // value to an integer would trap.
+        o.minimumResidency = (0...1e6).contains(residency) ? .nanoseconds(Int64(residency * 1e6)) : .seconds(-1)
         o.vramDirectory = vramDir
         o.fixedBuffers = fixedBuffers
         o.faultCopy = TortureOptions.FaultCopy(rawValue: faultCopy) ?? .cpu
@@ -64,12 +66,8 @@ struct TortureCommand: ParsableCommand {
     }
 
     func run() throws {
-        let record: RunRecord
-        do {
-            record = try TortureRun.run(options) { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
-        } catch let error as TortureFailure {
-            throw ValidationError(error.description)
-        }
+        // A TortureFailure (e.g. not enough memory) is printed as `Error: …`, exit status 1.
+        let record = try TortureRun.run(options) { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
         var report = ScenarioReport(scenario: "torture")
         report.runs = [record]
         if json {

@@ -1,0 +1,76 @@
+import ArgumentParser
+import DMAEngine
+import Foundation
+import Testing
+@testable import dmem_bench
+
+/// What a user sees when a command cannot do its job: a usage error only for bad arguments,
+/// `Error: …` with exit status 1 for a run that fails, never a trap, never exit 0.
+@Suite struct CommandErrorTests {
+    func parseError(_ arguments: [String]) -> String? {
+        do {
+            _ = try DmemBench.parseAsRoot(arguments)
+            return nil
+        } catch {
+            return DmemBench.message(for: error)
+        }
+    }
+
+    /// `torture --residency` takes any Double; a huge one used to trap converting to Int.
+    @Test func aHugeTortureResidencyIsRefusedNotATrap() {
+        for value in ["1e13", "1e30", "inf", "nan", "1001", "-1"] {
+            #expect(parseError(["torture", "--residency=\(value)"]) == "residency must be in 0...1000 ms", "\(value)")
+        }
+        #expect(parseError(["torture", "--residency", "1000"]) == nil)
+        #expect(parseError(["torture", "--residency", "2.5"]) == nil)
+        #expect((try? TortureCommand.parse(["--residency", "2.5"]).options.minimumResidency) == .microseconds(2500))
+    }
+
+    /// A run that fails after its arguments were accepted (here: more memory than the machine
+    /// has) is not a usage error: no usage line (it used to be the root command's), status 1.
+    @Test(.enabled(if: SystemMemory.available().map { $0 < 1 << 40 } ?? false, "needs a machine with less than 1 TiB available"))
+    func aFailedRunIsAnErrorWithoutUsage() throws {
+        for arguments in [["migrate", "--total", "1T"], ["copy", "--total", "1T"], ["torture", "--vram", "1T"]] {
+            var command = try DmemBench.parseAsRoot(arguments)
+            do {
+                try command.run()
+                Issue.record("\(arguments) ran")
+            } catch {
+                let message = DmemBench.fullMessage(for: error)
+                #expect(message.hasPrefix("Error: ") && message.contains("MemAvailable"), "\(arguments): \(message)")
+                #expect(!message.contains("Usage"), "\(arguments): \(message)")
+                #expect(DmemBench.exitCode(for: error) == .failure, "\(arguments)")
+            }
+        }
+    }
+
+    /// `run` and the suite show FAIL in the table for a point whose bytes did not survive;
+    /// the command must then fail too (as `copy` does), after writing its outputs.
+    @Test func aVerificationFailureFailsTheCommand() throws {
+        var fake = FakeScenario()
+        fake.verified = false
+        let jobs = [BenchJob(scenario: fake, parameters: try ScenarioParameters(for: fake, overrides: [("batch", "8")]))]
+        let session = BenchSession(options: try BenchOptions.parse(["--quiet"]))
+        #expect(throws: ExitCode.failure) { try session.execute(jobs) }
+        #expect(fake.counter.calls == 1)
+
+        let results = try BenchRunner().run(jobs)
+        #expect(BenchSession.verificationFailure(results)
+            == "verification failed (bytes moved do not match) in 1 of 1 records: fake batch=8 h2d")
+        let good = FakeScenario()
+        let passed = try BenchRunner().run([BenchJob(scenario: good, parameters: try ScenarioParameters(for: good))])
+        #expect(BenchSession.verificationFailure(passed) == nil)
+    }
+
+    /// `mm --pages` and `thrash --pages` take the K/M counts the scenario keys (and the suite) use.
+    @Test func pageCountsTakeTheSuffixesOfTheScenarioKeys() throws {
+        let mm = try #require(try DmemBench.parseAsRoot(["mm", "--pages", "4K"]) as? MMCommand)
+        #expect(mm.pages?.bytes == 4096)
+        #expect(parseError(["mm", "--pages", "16M"]) == nil)
+        #expect(parseError(["mm", "--pages", "17M"]) == "--pages must be in 1...16Mi")
+        #expect(parseError(["mm", "--pages", "0"]) == "--pages must be in 1...16Mi")
+        let thrash = try #require(try DmemBench.parseAsRoot(["thrash", "--pages", "1K"]) as? ThrashCommand)
+        #expect(try thrash.options.pages == 1024)
+        #expect(parseError(["thrash", "--pages", "512K"]) == "pages must be in 64...262144")
+    }
+}
