@@ -14,7 +14,9 @@ final class ChannelTimeline: @unchecked Sendable {
     let pool: DescriptorPool
     /// The channel's backend, which a waiter may help (`CopyBackend.assist`); nil in unit tests.
     let backend: (any CopyBackend)?
-    private let lock = NIOLock()
+    /// Guards the timeline and every field of its fences that is not atomic; fence waiters
+    /// sleep on its condition.
+    let lock = TimelineLock()
     // Guarded by `lock`:
     private var outstanding: [Fence?] = []
     private var head = 0
@@ -59,31 +61,39 @@ final class ChannelTimeline: @unchecked Sendable {
     }
 
     func fenceWorkDone(_ fence: Fence) {
-        var toRun: [(Fence, [@Sendable (Fence) -> Void])] = []
+        // The fences signalled here. One without callbacks goes in `quiet`, the rest in
+        // order in `others`: the common case (one fence, waited on, as each one-page fault's)
+        // then builds no array.
+        var quiet: Fence?
+        var others: [(Fence, [@Sendable (Fence) -> Void])] = []
         lock.withLock {
             fence.ownWorkDone = true
             while head < outstanding.count, let f = outstanding[head], f.ownWorkDone {
                 outstanding[head] = nil
                 head += 1
-                let callbacks = f.markSignaled()
+                let callbacks = f.markSignaledLocked()
                 if !f.tickets.isEmpty {
                     completedTicket = f.tickets.upperBound - 1
-                    history.append(f.failures, completedThrough: f.tickets.upperBound - 1)
+                    history.append(f.failuresLocked, completedThrough: f.tickets.upperBound - 1)
                 }
-                toRun.append((f, callbacks))
+                if callbacks.isEmpty && quiet == nil { quiet = f } else { others.append((f, callbacks)) }
             }
+            if quiet != nil || !others.isEmpty { lock.wakeAll() }
             if head > 64, head * 2 > outstanding.count {
                 outstanding.removeFirst(head)
                 head = 0
             }
         }
-        guard !toRun.isEmpty else { return }
+        guard quiet != nil || !others.isEmpty else { return }
         let marked = FenceCallbackContext.enter()
-        for (f, callbacks) in toRun {
+        quiet?.releaseBufferHold()
+        for (f, callbacks) in others {
             f.releaseBufferHold()
             for cb in callbacks { cb(f) }
         }
-        toRun.removeAll()  // what the callbacks captured (maybe the engine) is released in the callback context
+        // What the fences and callbacks hold (maybe the engine) is released in the callback context.
+        quiet = nil
+        others.removeAll()
         FenceCallbackContext.leave(marked)
     }
 }

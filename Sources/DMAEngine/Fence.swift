@@ -1,4 +1,3 @@
-import NIOConcurrencyHelpers
 import SystemPackage
 import Synchronization
 
@@ -27,11 +26,12 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
     /// The tickets of the fence's descriptors (empty for a fence with no descriptors).
     public let tickets: Range<UInt64>
 
-    private let state = ConditionLock<Bool>(value: false)
-    // Guarded by `state`'s lock:
+    /// Set (releasing) under the timeline's lock when the fence signals.
+    private let signaled = Synchronization.Atomic<Bool>(false)
+    // Guarded by the timeline's lock (`ChannelTimeline.lock`, the channel's `dma_fence.lock`):
+    // no lock of the fence's own, so that a fence costs one allocation.
     private var failureList: [DescriptorFailure] = []
     private var callbacks: [@Sendable (Fence) -> Void] = []
-    private var signaled = false
     private var signalTime: UInt64 = 0
 
     /// Descriptors not yet reported by the backend.
@@ -54,23 +54,22 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
     }
 
     /// Whether the fence (and so every earlier fence of its channel) has signalled.
-    public var isSignaled: Bool { state.value }
+    public var isSignaled: Bool { signaled.load(ordering: .acquiring) }
 
     /// When the fence signalled, in `MonotonicTime` nanoseconds; nil while unsignalled.
     /// Models `dma_fence.timestamp`: stamped before any waiter wakes or callback runs,
     /// so it never trails what the fence gates.
     public var timestamp: UInt64? {
-        state.lock()
-        defer { state.unlock() }
-        return signaled ? signalTime : nil
+        timeline.lock.withLock { isSignaled ? signalTime : nil }
     }
 
     /// The descriptors that failed, in report order (empty while unsignalled or when all succeeded).
     public var failures: [DescriptorFailure] {
-        state.lock()
-        defer { state.unlock() }
-        return signaled ? failureList : []
+        timeline.lock.withLock { failuresLocked }
     }
+
+    /// `failures`, with the timeline's lock held.
+    var failuresLocked: [DescriptorFailure] { isSignaled ? failureList : [] }
 
     /// `.copyFailed` with every failure once signalled with errors; nil otherwise.
     public var error: DMAError? {
@@ -91,16 +90,22 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
     /// Without a timeout, the thread first runs the channel's queued copies itself while
     /// the fence is unsignalled (`CopyBackend.assist`; the mapped backend has some).
     public func waitForSignal(timeout: Duration? = nil) -> Bool {
+        if isSignaled { return true }
+        var deadline: UInt64?
         if let timeout {
-            let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) * 1e-18
-            guard state.lock(whenValue: true, timeoutSeconds: max(seconds, 0)) else { return false }
-        } else {
+            let (s, a) = timeout.components
+            guard s > 0 || (s == 0 && a > 0) else { return false }
+            let nanoseconds = s >= Int64(UInt64.max / 1_000_000_000 / 2) ? UInt64.max / 2
+                : UInt64(s) * 1_000_000_000 + UInt64(a / 1_000_000_000)
+            deadline = MonotonicTime.now() &+ nanoseconds
+        } else if let backend = timeline.backend {
             // About to sleep: lend this thread to the channel's backend first.
-            if !state.value, let backend = timeline.backend { backend.assist { state.value } }
-            state.lock(whenValue: true)
+            backend.assist { self.isSignaled }
         }
-        state.unlock()
-        return true
+        let lock = timeline.lock
+        lock.lock()
+        defer { lock.unlock() }
+        return lock.wait(until: { isSignaled }, deadline: deadline)
     }
 
     /// Suspends until the fence signals; throws `.copyFailed` if descriptors failed.
@@ -114,13 +119,14 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
     /// Runs `callback` once the fence signals (now, if it already has).
     /// Models `dma_fence_add_callback()`.
     public func onSignal(_ callback: @escaping @Sendable (Fence) -> Void) {
-        state.lock()
-        if signaled {
-            state.unlock()
+        let lock = timeline.lock
+        lock.lock()
+        if isSignaled {
+            lock.unlock()
             callback(self)
         } else {
             callbacks.append(callback)
-            state.unlock()
+            lock.unlock()
         }
     }
 
@@ -132,9 +138,9 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
 
     func recordFailure(index: Int, errno: Errno, bytesCompleted: Int) {
         let ticket = DMATicket(rawValue: tickets.lowerBound &+ UInt64(truncatingIfNeeded: index))
-        state.lock()
-        failureList.append(DescriptorFailure(ticket: ticket, index: index, errno: errno, bytesCompleted: bytesCompleted))
-        state.unlock()
+        timeline.lock.withLock {
+            failureList.append(DescriptorFailure(ticket: ticket, index: index, errno: errno, bytesCompleted: bytesCompleted))
+        }
     }
 
     /// Keeps the fence from signalling until a matching `descriptorsFinished(1)`, even
@@ -149,14 +155,13 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
         if left == 0 { timeline.fenceWorkDone(self) }
     }
 
-    /// Marks the fence signalled and hands back the callbacks to run (outside any timeline lock).
-    func markSignaled() -> [@Sendable (Fence) -> Void] {
-        state.lock()
+    /// With the timeline's lock held: marks the fence signalled and hands back the callbacks
+    /// to run (once that lock is dropped). The timeline wakes the waiters.
+    func markSignaledLocked() -> [@Sendable (Fence) -> Void] {
         let run = callbacks
         callbacks = []
         signalTime = MonotonicTime.now()
-        signaled = true
-        state.unlock(withValue: true)
+        signaled.store(true, ordering: .releasing)
         return run
     }
 

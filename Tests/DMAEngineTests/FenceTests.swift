@@ -1,5 +1,6 @@
 import CUring
 @testable import DMAEngine
+import Foundation
 import Glibc
 import NIOConcurrencyHelpers
 import SystemPackage
@@ -54,6 +55,40 @@ import Testing
         #expect(stamps.count == 3 && stamps == stamps.sorted())
         #expect(stamps[0] >= submitted + delay)
         #expect(stamps[2] <= woke)
+    }
+
+    /// The waiters of one channel's fences sleep on one condition (the timeline's, as all
+    /// fences of a channel share `dma_fence.lock`): an earlier fence signalling wakes them,
+    /// and each must sleep on until its own fence signals or its timeout ends. The mapped
+    /// backend without workers copies only in untimed waiters, so the order is set here.
+    @Test func waitersOfOneChannelWakeOnlyForTheirOwnFence() throws {
+        let rig = try MappedAssistTests.rig()
+        defer { rig.engine.shutdown() }
+        let fences = try (0..<3).map { i in try MappedAssistTests.submit(rig, i..<i + 1) }
+        let (first, second, third) = (fences[0], fences[1], fences[2])
+        let sawThird = NIOLockedValueBox<(Bool, Bool)?>(nil)
+        let thirdWoke = DispatchSemaphore(value: 0)
+        Thread {  // timed waits only sleep: this one copies nothing
+            let signalled = third.waitForSignal(timeout: .seconds(20))
+            sawThird.withLockedValue { $0 = (signalled, second.isSignaled) }
+            thirdWoke.signal()
+        }.start()
+        let firstDone = DispatchSemaphore(value: 0)
+        Thread {  // 100 ms in, copies the first batch and signals its fence: everyone wakes
+            usleep(100_000)
+            _ = first.waitForSignal()
+            firstDone.signal()
+        }.start()
+        let start = MonotonicTime.now()
+        #expect(!second.waitForSignal(timeout: .milliseconds(400)))
+        #expect(MonotonicTime.now() - start >= 400_000_000)
+        #expect(firstDone.wait(timeout: .now() + 20) == .success)
+        #expect(first.isSignaled && !second.isSignaled && !third.isSignaled)
+        #expect(sawThird.withLockedValue { $0 } == nil, "the waiter of the third fence woke before it signalled")
+        #expect(third.waitForSignal())  // copies the second and third batches
+        #expect(thirdWoke.wait(timeout: .now() + 20) == .success)
+        #expect(sawThird.withLockedValue { $0 }.map { $0.0 && $0.1 } == true)
+        #expect(fences.allSatisfy { $0.timestamp != nil } && MappedAssistTests.copied(rig, 0..<3))
     }
 
     @Test func outOfOrderInsideOneBatchStillSignalsOnceAllDone() throws {

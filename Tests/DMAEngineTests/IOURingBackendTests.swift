@@ -136,7 +136,7 @@ import Testing
         let submitted = DispatchSemaphore(value: 0)
         let third = NIOLockedValueBox<Fence?>(nil)
         Thread {
-            try? rig.ch.enqueueCopy(from: rig.vram.address(4096), to: rig.host(10), length: 4096, flags: .fence)
+            _ = try? rig.ch.enqueueCopy(from: rig.vram.address(4096), to: rig.host(10), length: 4096, flags: .fence)
             let fence = try? rig.ch.submit()
             third.withLockedValue { $0 = fence }
             submitted.signal()
@@ -163,9 +163,9 @@ import Testing
         for round in 0..<8 {
             let box = NIOLockedValueBox<Fence?>(nil)
             Thread {
-                try? rig.ch.enqueueCopy(from: rig.host(round), to: rig.vram.address(round * 4096), length: 4096)
-                try? rig.ch.enqueueCopy(from: rig.vram.address(round * 4096), to: rig.host(16 + round), length: 4096,
-                                        flags: .fence)
+                _ = try? rig.ch.enqueueCopy(from: rig.host(round), to: rig.vram.address(round * 4096), length: 4096)
+                _ = try? rig.ch.enqueueCopy(from: rig.vram.address(round * 4096), to: rig.host(16 + round), length: 4096,
+                                            flags: .fence)
                 box.withLockedValue { $0 = try? rig.ch.submit() }
             }.start()   // it ends right after its submit
             for _ in 0..<20_000 where box.withLockedValue({ $0 }) == nil { usleep(100) }
