@@ -163,6 +163,7 @@ import Testing
         memory.putPage(page)
         try memory.unregisterPagemap(device.pagemap)
         #expect(memory.pagemap(of: page) == nil)
+        #expect(throws: HostMMError.invalidArgument) { try memory.unregisterPagemap(device.pagemap) }  // twice
     }
 
     @Test func readUnderProtReadMapsTheZeroPageAndMprotectWriteCopiesIt() throws {
