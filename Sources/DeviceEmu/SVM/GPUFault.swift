@@ -77,8 +77,9 @@ extension GPUAddressSpace {
     }
 
     /// `hmm_range_fault` + install under the mirror lock, retried while the notifier (or
-    /// the driver's own migrations) invalidated the snapshot. Only the faulting page is
-    /// faulted in; the rest of the window is mapped if already present. Returns entries written.
+    /// the driver's own migrations) invalidated the snapshot. Only the faulting page asks for
+    /// a fault, but `hmmRangeFault` (as `hmm_vma_fault`) faults every page from it to the
+    /// window's end; pages before it are mapped if already present. Returns entries written.
     func mapSystem(_ window: Range<UInt64>, faulting: UInt64, write: Bool, reportOwnPages: Bool) throws(DeviceError) -> Int {
         let n = Int((window.upperBound - window.lowerBound) >> 12)
         let fi = Int((faulting - window.lowerBound) >> 12)
