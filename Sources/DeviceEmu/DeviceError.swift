@@ -55,8 +55,9 @@ public enum DeviceError: Error, Equatable, Sendable, CustomStringConvertible {
 }
 
 extension HostMMError {
-    /// The errno the kernel would return for this error (signals map to EFAULT).
-    var errno: Errno {
+    /// The errno the kernel would return for this error (signals map to EFAULT); for a
+    /// driver of your own on HostMM (HostMM does not depend on SystemPackage).
+    public var errno: Errno {
         switch self {
         case .invalidArgument: return .invalidArgument
         case .busy: return .resourceBusy

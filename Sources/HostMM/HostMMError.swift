@@ -3,7 +3,7 @@
 ///
 /// Bad input never traps or corrupts state: it throws one of these. Cases without
 /// a payload compare equal with `==`, so tests and drivers can switch on them.
-public enum HostMMError: Error, Equatable, Sendable {
+public enum HostMMError: Error, Equatable, Sendable, CustomStringConvertible {
     /// `EINVAL`: an argument is malformed (unaligned, empty, outside the VMA, wrong kind).
     case invalidArgument
     /// `EBUSY`: the object is in use, or an MMU notifier invalidated the range (retry).
@@ -33,5 +33,23 @@ public enum HostMMError: Error, Equatable, Sendable {
         case notMapped
         /// `SEGV_ACCERR`: the mapping's protection forbids the access.
         case accessDenied
+    }
+
+    /// The errno or signal, in words, with addresses in hex.
+    public var description: String {
+        switch self {
+        case .invalidArgument: return "invalid argument (EINVAL)"
+        case .busy: return "busy (EBUSY)"
+        case .fault: return "bad address (EFAULT)"
+        case .permissionDenied: return "operation not permitted (EPERM)"
+        case .outOfMemory: return "out of memory (ENOMEM)"
+        case .notSupported: return "not supported (EOPNOTSUPP)"
+        case .mmapLockNotHeld: return "the caller does not hold the mmap lock"
+        case .segmentationFault(let a, .notMapped): return "SIGSEGV (SEGV_MAPERR) at 0x\(String(a, radix: 16)): no mapping"
+        case .segmentationFault(let a, .accessDenied):
+            return "SIGSEGV (SEGV_ACCERR) at 0x\(String(a, radix: 16)): the mapping forbids the access"
+        case .busError(let a): return "SIGBUS at 0x\(String(a, radix: 16)): the fault handler returned VM_FAULT_SIGBUS"
+        case .protocolViolation(let v): return v.description
+        }
     }
 }

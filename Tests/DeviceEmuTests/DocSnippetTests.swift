@@ -61,7 +61,10 @@ final class ToyGPU: DevicePagemapOps, @unchecked Sendable {
         memory.lockPage(ram)                                 // destinations must be locked
         memcpy(memory.bytes(ram)!, bytes(device), pageSize)  // the D2H copy
         dst[0] = MigratePFN(pfn: ram)
-        do { try migrateVMAPages(&args) } catch { return .sigbus }
+        do { try migrateVMAPages(&args) } catch {
+            src[0].remove(.migrate)                          // refused: finalize restores the entry
+            return .sigbus
+        }
         return .done
     }
 
@@ -90,7 +93,10 @@ final class ToyGPU: DevicePagemapOps, @unchecked Sendable {
             dst[i] = MigratePFN(pfn: page)
         }
         do { try migrateVMAPages(&args) } catch {
-            migrateVMAFinalize(&args)                        // never leave pages locked
+            // Refused, nothing moved: drop MIGRATE so that finalize restores every source
+            // and frees the destinations (never leave pages locked).
+            for i in 0..<args.npages { src[i].remove(.migrate) }
+            migrateVMAFinalize(&args)
             throw error
         }
         // A real driver waits for its copy fence here, then maps the pages on the device.

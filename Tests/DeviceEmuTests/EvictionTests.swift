@@ -259,4 +259,48 @@ final class MostRecentFirstEviction: EvictionPolicy, @unchecked Sendable {
         #expect((policy.selections > 0) == custom)
         #expect(try pattern.cpuMismatches(mm, a, pages: 768).isEmpty)
     }
+
+    /// A custom policy that answers out of contract (a negative count, more victims than
+    /// asked for, indices that name no page) does not trap the device: the count is
+    /// clamped, unknown indices are skipped, and the migration stays best effort.
+    @Test(arguments: [OutOfContractEviction.Answer.negative, .tooMany, .unknownPages])
+    func outOfContractAnswersOfACustomPolicyAreClamped(answer: OutOfContractEviction.Answer) throws {
+        let memory = try makeMemory(mib: 64)
+        var migration = MigrationPolicy()
+        migration.batchPages = 256
+        let gpu = try makeDevice(memory, vramMiB: 2, policy: migration,
+                                 eviction: .custom { _ in OutOfContractEviction(answer) })
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 768, seed: 72)
+        #expect(try gpu.migrateToDevice(mm, range: range(a, pages: 512)).migrated == 512)
+        let r = try gpu.migrateToDevice(mm, range: range(a + 512 * 4096, pages: 256))
+        // `.tooMany` names real pages (dense indices 0…): those are evicted and B moves in.
+        #expect(r.migrated == (answer == .tooMany ? 256 : 0))
+        #expect(gpu.counters[.pagesEvicted] == (answer == .tooMany ? 256 : 0))
+        #expect(try pattern.cpuMismatches(mm, a, pages: 768).isEmpty)
+        var out = [Int](repeating: -1, count: 4)
+        let kept = out.withUnsafeMutableBufferPointer { OutOfContractEviction(answer).selectVictims(into: $0, where: { _ in true }) }
+        #expect(kept == (answer == .negative ? 0 : 4))
+    }
+}
+
+/// An eviction policy that breaks `selectVictims(into:)`'s contract in one of three ways.
+final class OutOfContractEviction: EvictionPolicy, @unchecked Sendable {
+    enum Answer: Sendable { case negative, tooMany, unknownPages }
+    let answer: Answer
+    init(_ answer: Answer) { self.answer = answer }
+    func pageBecameResident(_ page: Int) {}
+    func pageAccessed(_ page: Int) {}
+    func pageFreed(_ page: Int) {}
+    func selectVictims(into out: UnsafeMutableBufferPointer<Int>) -> Int {
+        switch answer {
+        case .negative: return -1
+        case .tooMany:
+            for k in 0..<out.count { out[k] = k }
+            return out.count + 5
+        case .unknownPages:
+            for k in 0..<out.count { out[k] = 1_000_000 + k }
+            return out.count
+        }
+    }
 }

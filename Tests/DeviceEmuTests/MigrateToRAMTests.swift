@@ -57,6 +57,32 @@ import Testing
         #expect(gpu.counters[.cpuFaults] == 1)
     }
 
+    /// A window of `Int.max` pages (a driver's "the whole VMA") is a valid policy: CPU
+    /// faults bring back the whole VMA, GPU faults map or migrate it, instead of trapping
+    /// on the window's arithmetic.
+    @Test(arguments: [MigrationPolicy.GPUFaultResolution.mapSystemMemory(pages: .max), .migrateToVRAM(pages: .max)])
+    func windowsOfAnyPageCountAreClampedToTheVMA(gpuFault: MigrationPolicy.GPUFaultResolution) throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.cpuFaultGranularity = .faultAround(pages: .max)
+        policy.gpuFault = gpuFault
+        let gpu = try makeDevice(memory, vramMiB: 2, policy: policy)
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 40, seed: 68)
+        let space = try gpu.bind(mm)
+        #expect(try pattern.gpuMismatches(space, a, first: 37, pages: 1).isEmpty)   // GPU fault on page 37
+        #expect(space.mappedPageCount == 40 && gpu.counters[.gpuFaults] == 1)
+        if case .migrateToVRAM = gpuFault {
+            #expect(entryKinds(mm, a, pages: 40) == [.devicePrivate: 40])
+        } else {
+            try gpu.migrateToDevice(mm, range: range(a, pages: 40))
+        }
+        _ = try mm.read(at: a + 37 * 4096, count: 1)                                // CPU fault on page 37
+        #expect(entryKinds(mm, a, pages: 40) == [.present: 40])
+        #expect(gpu.counters[.cpuFaults] == 1 && gpu.counters[.pagesToRAM] == 40)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 40).isEmpty)
+    }
+
     @Test func wholeAllocationBringsBackWhatWasMigratedTogether() throws {
         let memory = try makeMemory(mib: 64)
         var policy = MigrationPolicy()

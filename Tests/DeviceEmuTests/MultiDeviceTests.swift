@@ -48,6 +48,27 @@ import Testing
         #expect(a.counters[.cpuFaults] == 8 && a.vram.inUsePageCount == 0)
     }
 
+    /// As the kernel's `hmm_vma_fault`, one page of the walk that needs a fault makes
+    /// `hmmRangeFault` fault every page from it to the end of the range: B's GPU read of
+    /// page 1 of a 4-page window brings pages 1–3 back from A's VRAM, and not page 0.
+    @Test func aMapSystemWindowFaultsFromTheFaultingPageToItsEnd() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.gpuFault = .mapSystemMemory(pages: 4)
+        let a = try makeDevice(memory, vramMiB: 8, name: "a")
+        let b = try makeDevice(memory, vramMiB: 8, policy: policy, name: "b")
+        defer { try? a.shutdown(); try? b.shutdown() }
+        let (mm, base, pattern) = try makeProcess(memory, pages: 8, seed: 83)
+        let window = base + UInt64((4 - Int(base >> 12) % 4) % 4 * pageSize)   // 4-page aligned
+        try a.migrateToDevice(mm, range: range(base, pages: 8))
+        let bSpace = try b.bind(mm)
+        let first = Int((window - base) >> 12)
+        #expect(try pattern.gpuMismatches(bSpace, base, first: first + 1, pages: 1).isEmpty)
+        #expect(a.counters[.cpuFaults] == 3 && bSpace.mappedPageCount == 3)
+        #expect(mm.pageTableEntry(window).kind == .devicePrivate)
+        #expect(entryKinds(mm, window + UInt64(pageSize), pages: 3) == [.present: 3])
+    }
+
     @Test func devicesCanShareOneEngine() throws {
         let memory = try makeMemory(mib: 64)
         let engine = try DMAEngine(configuration: .init(backend: .memcpy))

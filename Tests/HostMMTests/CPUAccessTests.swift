@@ -34,6 +34,9 @@ import Testing
             try mm.read(at: a + UInt64(pageSize), count: 1)
         }
         #expect(mm.faultCounters[.sigsegv] == 1)
+        #expect("\(HostMMError.segmentationFault(address: a + UInt64(pageSize), reason: .notMapped))"
+                == "SIGSEGV (SEGV_MAPERR) at 0x\(String(a + UInt64(pageSize), radix: 16)): no mapping")
+        #expect("\(HostMMError.mmapLockNotHeld)" == "the caller does not hold the mmap lock")
     }
 
     @Test func writeToReadOnlyMappingRaisesSegvAccErr() throws {
@@ -163,6 +166,7 @@ import Testing
         memory.putPage(page)
         try memory.unregisterPagemap(device.pagemap)
         #expect(memory.pagemap(of: page) == nil)
+        #expect(throws: HostMMError.invalidArgument) { try memory.unregisterPagemap(device.pagemap) }  // twice
     }
 
     @Test func readUnderProtReadMapsTheZeroPageAndMprotectWriteCopiesIt() throws {

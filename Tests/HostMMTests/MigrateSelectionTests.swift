@@ -205,6 +205,28 @@ func withMigrateSetup<T>(_ mm: AddressSpace, _ a: UInt64, pages n: Int, owner: P
         #expect(mm.pageTableEntry(a).kind == .devicePrivate)
     }
 
+    /// The error path the driver guide prescribes after a refused pages step: drop
+    /// `.migrate` from every entry, then finalize. Every source is mapped again with its
+    /// data and every destination goes back to the driver (the guide's earlier path,
+    /// finalize alone, mapped destinations whose page state never moved).
+    @Test func finalizeAfterARefusedPagesStepRestoresEverySource() throws {
+        let (memory, device, mm, a) = try Self.machine(pages: 2)
+        try mm.write(at: a, bytes: pattern(5, count: 2 * pageSize))
+        try withMigrateSetup(mm, a, pages: 2, owner: device.owner, flags: .selectSystem) { args, src, dst in
+            device.copyToDevice(src, dst, 2)
+            memory.unlockPage(dst[1].page!)                                      // the driver's bug
+            #expect(throws: HostMMError.invalidArgument) { try migrateVMAPages(&args) }
+            #expect(src[0].contains(.migrate) && src[1].contains(.migrate))      // the step changed nothing
+            for i in 0..<args.npages { src[i].remove(.migrate) }
+            migrateVMAFinalize(&args)
+        }
+        #expect(mm.pageTableEntry(a).kind == .present && mm.pageTableEntry(a + UInt64(pageSize)).kind == .present)
+        #expect(device.freePageCount == 16)
+        #expect(try mm.read(at: a, count: 2 * pageSize) == pattern(5, count: 2 * pageSize))
+        #expect(memory.diagnostics.unlocksOfUnlockedPages == 1)                  // finalize unlocked the bad one
+        #expect(memory.diagnostics.refcountUnderflowCount == 0)
+    }
+
     @Test func copyOnWritePagesOfAPrivateFileMappingMigrateButCachePagesDoNot() throws {
         let memory = try makeMemory()
         let device = try TestDevice(memory: memory, pageCount: 16)

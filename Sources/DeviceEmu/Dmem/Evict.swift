@@ -86,7 +86,8 @@ extension Device {
         guard count > 0 else { return 0 }
         let victims = UnsafeMutableBufferPointer<Int>.allocate(capacity: count)
         defer { victims.deallocate() }
-        let n = eligible.map { eviction.selectVictims(into: victims, where: $0) } ?? eviction.selectVictims(into: victims)
+        let asked = eligible.map { eviction.selectVictims(into: victims, where: $0) } ?? eviction.selectVictims(into: victims)
+        let n = min(max(asked, 0), count)   // a policy of the user's own may answer out of range
         var pfns: [PFN] = []
         pfns.reserveCapacity(n)
         for k in 0..<n { if let pfn = vram.pfn(atIndex: victims[k]) { pfns.append(pfn) } }

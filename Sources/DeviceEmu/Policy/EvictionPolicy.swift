@@ -19,7 +19,9 @@ public protocol EvictionPolicy: AnyObject, Sendable {
     func pageAccessed(_ page: Int)
     /// The page was freed (migrated away, unmapped, evicted). May name a page never reported resident.
     func pageFreed(_ page: Int)
-    /// Writes up to `out.count` pages to evict, coldest first; returns how many.
+    /// Writes up to `out.count` pages to evict, coldest first; returns how many. The device
+    /// reads a count outside `0...out.count` as the nearest bound and skips indices that
+    /// name no device page.
     func selectVictims(into out: UnsafeMutableBufferPointer<Int>) -> Int
     /// Like `selectVictims(into:)`, taking only pages for which `eligible(page)` holds
     /// (the device passes its minimum-residency test: Xe's timeslice); pages passed over
@@ -30,7 +32,7 @@ public protocol EvictionPolicy: AnyObject, Sendable {
 
 extension EvictionPolicy {
     public func selectVictims(into out: UnsafeMutableBufferPointer<Int>, where eligible: (Int) -> Bool) -> Int {
-        let n = selectVictims(into: out)
+        let n = min(max(selectVictims(into: out), 0), out.count)
         var kept = 0
         for k in 0..<n where eligible(out[k]) {
             out[kept] = out[k]

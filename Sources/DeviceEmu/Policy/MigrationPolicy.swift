@@ -49,6 +49,7 @@ public struct MigrationPolicy: Sendable, Equatable {
     /// once: 1 is nouveau's strict sequence; 2 sets up and commits the next batch while the
     /// previous batch's copies run, overlapping HostMM's work with the copy engine's.
     public var pipelineDepth: Int = 1
+    /// What a CPU fault on a device page brings back (`.page`: nouveau's behaviour).
     public var cpuFaultGranularity: CPUFaultGranularity = .page
     /// Xe's anti-thrash "timeslice": a page migrated to VRAM is not moved out before it
     /// has been resident this long. A CPU fault waits for it (fault-around leaves young
@@ -57,8 +58,11 @@ public struct MigrationPolicy: Sendable, Equatable {
     /// young ones are left. Explicit `migrateRangeToRAM`, `evictAll`, suspend and
     /// teardown ignore it. Zero disables it. See `Dmem/MinimumResidency.swift`.
     public var minimumResidency: Duration = .zero
+    /// Whether a batch of a range migration may move in part (`.bestEffort`: nouveau).
     public var rangeMigration: RangeMigration = .bestEffort
+    /// How a GPU access to an address the device page table does not map is resolved.
     public var gpuFault: GPUFaultResolution = .migrateToVRAM(pages: 16)
+    /// Which kernel API generation migrations to VRAM use (CPU faults always take the three steps).
     public var apiGeneration: APIGeneration = .threeStep
     /// Extra attempts for a hole clear (or a 2017-API copy) that failed after
     /// `migrateVMAPages` had already committed the page, before the CPU clears or copies

@@ -66,16 +66,20 @@ extension GPUAddressSpace {
     }
 
     /// The aligned window of `pages` pages containing `address`, clamped to `[lower, upper)`.
+    /// Any count is valid: a window larger than the address space (`Int.max`: "the whole
+    /// VMA") is clamped without overflowing.
     static func window(_ address: UInt64, pages: Int, _ lower: UInt64, _ upper: UInt64) -> Range<UInt64> {
-        let span = UInt64(max(pages, 1)) << 12
-        let start = max(lower, address - (((address >> 12) % UInt64(max(pages, 1))) << 12))
-        let end = min(upper, start + span)
+        let n = UInt64(max(pages, 1))
+        let start = max(lower, address - (((address >> 12) % n) << 12))
+        let room = upper > start ? (upper - start) >> 12 : 0   // pages from start to upper
+        let end = n < room ? start + (n << 12) : upper
         return start ..< max(end, address + 4096)
     }
 
     /// `hmm_range_fault` + install under the mirror lock, retried while the notifier (or
-    /// the driver's own migrations) invalidated the snapshot. Only the faulting page is
-    /// faulted in; the rest of the window is mapped if already present. Returns entries written.
+    /// the driver's own migrations) invalidated the snapshot. Only the faulting page asks for
+    /// a fault, but `hmmRangeFault` (as `hmm_vma_fault`) faults every page from it to the
+    /// window's end; pages before it are mapped if already present. Returns entries written.
     func mapSystem(_ window: Range<UInt64>, faulting: UInt64, write: Bool, reportOwnPages: Bool) throws(DeviceError) -> Int {
         let n = Int((window.upperBound - window.lowerBound) >> 12)
         let fi = Int((faulting - window.lowerBound) >> 12)

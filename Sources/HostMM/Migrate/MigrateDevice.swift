@@ -39,7 +39,8 @@ extension PhysicalMemory {
 
     /// `migrate_device_pages`: the PFN-path equivalent of `migrateVMAPages`.
     /// - Throws: `.invalidArgument` like `migrateVMAPages`, before changing anything (and
-    ///   `.protocolViolation` in throwing checked mode).
+    ///   `.protocolViolation` in throwing checked mode). As there, remove `.migrate` from
+    ///   every `src` entry before `migrateDeviceFinalize` after a throw.
     public func migrateDevicePages(src: UnsafeMutableBufferPointer<MigratePFN>,
                                    dst: UnsafeMutableBufferPointer<MigratePFN>, npages: Int,
                                    fileID: StaticString = #fileID, line: UInt = #line) throws(HostMMError) {

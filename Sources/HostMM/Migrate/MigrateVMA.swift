@@ -129,6 +129,10 @@ public func migrateVMASetup(_ args: inout MigrateVMA, fileID: StaticString = #fi
 ///   unknown PFN or a page that is not locked (the contract requires locked destinations),
 ///   or when `args` was not set up. In checked mode with `throwsViolations`,
 ///   `.protocolViolation` for any rule the step would break (see `ProtocolRule`).
+///   After a throw, fix `dst` and call it again, or remove `.migrate` from every `src`
+///   entry before `migrateVMAFinalize`: finalize then restores the sources and frees
+///   the destinations. A finalize with entries still marked `.migrate` would map
+///   destinations whose `struct page` state never moved.
 public func migrateVMAPages(_ args: inout MigrateVMA, fileID: StaticString = #fileID, line: UInt = #line) throws(HostMMError) {
     guard let vma = args.vma else { throw .invalidArgument }
     var n = args.npages

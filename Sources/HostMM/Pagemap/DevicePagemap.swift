@@ -126,7 +126,8 @@ extension PhysicalMemory {
 
     /// Removes a pgmap (`memunmap_pages`). Its pages must all be free.
     /// - Throws: `.busy` if any page still has a reference (in checked mode, each such page
-    ///   is reported as `devicePageLeaked`).
+    ///   is reported as `devicePageLeaked`); `.invalidArgument` for a pgmap that is not
+    ///   registered (already unregistered, or registered with another memory).
     public func unregisterPagemap(_ pgmap: DevicePagemap, fileID: StaticString = #fileID, line: UInt = #line) throws(HostMMError) {
         guard pagemap(of: pgmap.firstPFN) === pgmap else { throw .invalidArgument }
         if pgmap.pfns.contains(where: { refcount($0) != 0 }) {
