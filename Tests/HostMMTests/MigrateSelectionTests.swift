@@ -227,6 +227,31 @@ func withMigrateSetup<T>(_ mm: AddressSpace, _ a: UInt64, pages n: Int, owner: P
         #expect(memory.diagnostics.refcountUnderflowCount == 0)
     }
 
+    /// A finalize straight after a refused pages step, or with no pages step at all (the
+    /// kernel would map destinations whose page state never moved, and the CPU would then
+    /// fault on them for ever), restores every source with its data and releases every
+    /// destination.
+    @Test(arguments: [true, false])
+    func finalizeWithoutASuccessfulPagesStepRestoresEverySource(pagesRefused: Bool) throws {
+        let (memory, device, mm, a) = try Self.machine(pages: 2)
+        try mm.write(at: a, bytes: pattern(6, count: 2 * pageSize))
+        try withMigrateSetup(mm, a, pages: 2, owner: device.owner, flags: .selectSystem) { args, src, dst in
+            device.copyToDevice(src, dst, 2)
+            if pagesRefused {
+                memory.unlockPage(dst[1].page!)                                  // the driver's bug
+                #expect(throws: HostMMError.invalidArgument) { try migrateVMAPages(&args) }
+            }
+            migrateVMAFinalize(&args)
+            #expect(!src[0].contains(.migrate) && !src[1].contains(.migrate))
+        }
+        // Checked first: a CPU read of a destination mapped without its page state never ends.
+        try #require(mm.pageTableEntry(a).kind == .present && mm.pageTableEntry(a + UInt64(pageSize)).kind == .present)
+        #expect(device.freePageCount == 16)
+        #expect(try mm.read(at: a, count: 2 * pageSize) == pattern(6, count: 2 * pageSize))
+        #expect(memory.diagnostics.unlocksOfUnlockedPages == (pagesRefused ? 1 : 0))
+        #expect(memory.diagnostics.refcountUnderflowCount == 0)
+    }
+
     @Test func copyOnWritePagesOfAPrivateFileMappingMigrateButCachePagesDoNot() throws {
         let memory = try makeMemory()
         let device = try TestDevice(memory: memory, pageCount: 16)
