@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 @testable import HostMM
 
@@ -51,6 +52,42 @@ import Testing
         memory.unlockPage(locked)
         #expect(mm.pageTableEntry(a + UInt64(pageSize)).kind == .devicePrivate)
         #expect(memory.diagnostics.unlocksOfUnlockedPages == 0)
+    }
+
+    /// Eviction whose pages step threw (or was skipped) and whose driver finalized anyway,
+    /// MIGRATE still set: the kernel would map the RAM destinations, which never received
+    /// the device pages' state. Here every device page stays mapped with its data, and
+    /// every RAM destination is freed.
+    @Test(arguments: [true, false])
+    func finalizeWithoutASuccessfulPagesStepKeepsTheDevicePages(pagesRefused: Bool) throws {
+        let memory = try makeMemory()
+        let device = try TestDevice(memory: memory, pageCount: 4)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 2 * pageSize)
+        let data = pattern(12, count: 2 * pageSize)
+        try mm.write(at: a, bytes: data)
+        try device.migrateToDevice(mm, a, a + UInt64(2 * pageSize))
+        let freeRAM = memory.freeRAMPageCount
+        try withBuffers(4) { src, dst in
+            try memory.migrateDeviceRange(src, start: device.pagemap.firstPFN, npages: 4)
+            for i in 0..<4 where src[i].contains(.migrate) {
+                let ram = try #require(memory.allocPage())
+                memory.lockPage(ram)
+                memcpy(memory.bytes(ram)!, device.bytes(src[i].page!), pageSize)
+                dst[i] = MigratePFN(pfn: ram)
+            }
+            if pagesRefused {
+                memory.unlockPage(dst[1].page!)                                  // the driver's bug
+                #expect(throws: HostMMError.invalidArgument) { try memory.migrateDevicePages(src: src, dst: dst, npages: 4) }
+            }
+            memory.migrateDeviceFinalize(src: src, dst: dst, npages: 4)
+            #expect((0..<4).allSatisfy { !src[$0].contains(.migrate) })
+        }
+        try #require(mm.pageTableEntry(a).kind == .devicePrivate && mm.pageTableEntry(a + UInt64(pageSize)).kind == .devicePrivate)
+        #expect(memory.freeRAMPageCount == freeRAM)
+        #expect(try mm.read(at: a, count: data.count) == data)                  // through migrateToRAM
+        #expect(device.cpuFaults.load(ordering: .relaxed) == 2)
+        #expect(memory.diagnostics.refcountUnderflowCount == 0)
     }
 
     @Test func deviceRangeRejectsUnknownPFNs() throws {

@@ -10,11 +10,16 @@ extension PhysicalMemory {
         guard npages > 0 else { return }
         withUnsafeTemporaryAllocation(of: PFN.self, capacity: 2 * npages) { pairs in
             // Pass 1: decide each source's new page: the destination if it migrated, else itself.
+            // A destination without the source's mapping never went through the pages step
+            // (it threw, or was skipped): mapping it would leave the CPU faulting for ever, so
+            // the entry stays (where the kernel would map it; checked mode reports the step).
             var n = 0
             for i in 0..<npages {
                 guard let page = src[i].page else { continue }
                 var target = page
-                if let newPage = dst[i].page, isKnownPFN(newPage), src[i].contains(.migrate) { target = newPage }
+                if let newPage = dst[i].page, isKnownPFN(newPage), src[i].contains(.migrate) {
+                    if mapping(newPage) == mapping(page) { target = newPage } else { src[i].remove(.migrate) }
+                }
                 pairs[2 * n] = page
                 pairs[2 * n + 1] = target
                 n += 1

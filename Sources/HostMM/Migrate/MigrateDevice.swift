@@ -40,7 +40,8 @@ extension PhysicalMemory {
     /// `migrate_device_pages`: the PFN-path equivalent of `migrateVMAPages`.
     /// - Throws: `.invalidArgument` like `migrateVMAPages`, before changing anything (and
     ///   `.protocolViolation` in throwing checked mode). As there, remove `.migrate` from
-    ///   every `src` entry before `migrateDeviceFinalize` after a throw.
+    ///   every `src` entry before `migrateDeviceFinalize` after a throw (finalize here keeps
+    ///   those sources anyway; the kernel's would map the destinations).
     public func migrateDevicePages(src: UnsafeMutableBufferPointer<MigratePFN>,
                                    dst: UnsafeMutableBufferPointer<MigratePFN>, npages: Int,
                                    fileID: StaticString = #fileID, line: UInt = #line) throws(HostMMError) {

@@ -40,10 +40,6 @@ public struct MigrateVMA {
     /// The device-private page a CPU fault is migrating (`fault_page`): it holds one extra
     /// reference, which the pinned-page checks allow for.
     public var faultPage: PFN?
-    /// Whether `migrateVMAPages` moved the page state since the last setup. Finalize maps a
-    /// destination only then: after a refused (or skipped) pages step the kernel's
-    /// finalize would map destinations that never received their `struct page` state.
-    var pagesStepRan = false
 
     public init(vma: VMA?, start: UInt64, end: UInt64,
                 src: UnsafeMutableBufferPointer<MigratePFN>, dst: UnsafeMutableBufferPointer<MigratePFN>,
@@ -111,7 +107,6 @@ public func migrateVMASetup(_ args: inout MigrateVMA, fileID: StaticString = #fi
     UnsafeMutableBufferPointer(rebasing: args.src[0..<count]).update(repeating: [])
     args.cpages = 0
     args.npages = 0
-    args.pagesStepRan = false
     mm.migrateVMACollect(&args, vma)
     if args.cpages > 0 {
         args.cpages = mm.memory.migrateDeviceUnmap(args.src, args.npages, faultPage: args.faultPage)
@@ -137,7 +132,7 @@ public func migrateVMASetup(_ args: inout MigrateVMA, fileID: StaticString = #fi
 ///   After a throw, fix `dst` and call it again, or remove `.migrate` from every `src`
 ///   entry before `migrateVMAFinalize` (what a kernel driver must do: the kernel's
 ///   finalize would map destinations whose `struct page` state never moved). Here
-///   finalize also restores every source by itself when no pages step ran since setup.
+///   finalize also keeps every such source by itself.
 public func migrateVMAPages(_ args: inout MigrateVMA, fileID: StaticString = #fileID, line: UInt = #line) throws(HostMMError) {
     guard let vma = args.vma else { throw .invalidArgument }
     var n = args.npages
@@ -152,7 +147,6 @@ public func migrateVMAPages(_ args: inout MigrateVMA, fileID: StaticString = #fi
     }
     try vma.memory.validateDestinations(args.src, args.dst, n)
     vma.memory.migrateDevicePagesCore(args.src, args.dst, n, args)
-    args.pagesStepRan = true
 }
 
 /// Completes the migration (`migrate_vma_finalize`): migration entries become entries for
@@ -163,10 +157,10 @@ public func migrateVMAPages(_ args: inout MigrateVMA, fileID: StaticString = #fi
 /// checked mode reports a finalize under a running copy, and every other rule of this
 /// step (see `ProtocolRule`), with `fileID`/`line` as the call site.
 ///
-/// When no pages step ran since setup (it threw, or the driver skipped it), every entry
-/// loses `.migrate` first, so sources are restored and destinations released: the
-/// kernel would map the destinations, whose page state never moved, and a CPU access
-/// of them would then fault for ever.
+/// An entry whose destination never received its source's page state (the pages step
+/// threw, or the driver skipped it) loses `.migrate`: its source is restored and its
+/// destination released. The kernel would map that destination, and a CPU access of it
+/// would then fault for ever.
 public func migrateVMAFinalize(_ args: inout MigrateVMA, fileID: StaticString = #fileID, line: UInt = #line) {
     guard let vma = args.vma else { return }
     var n = min(args.npages, args.src.count, args.dst.count)
@@ -175,9 +169,6 @@ public func migrateVMAFinalize(_ args: inout MigrateVMA, fileID: StaticString = 
                                         site: CallSite(fileID: fileID, line: line))
         guard plan.run else { return }
         n = max(0, min(plan.npages, args.src.count, args.dst.count))
-    }
-    if !args.pagesStepRan {
-        for i in 0..<n where args.src[i].contains(.migrate) { args.src[i].remove(.migrate) }
     }
     vma.memory.migrateDeviceFinalizeCore(args.src, args.dst, n, site: CallSite(fileID: fileID, line: line))
 }
