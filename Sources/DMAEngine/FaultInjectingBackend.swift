@@ -13,13 +13,18 @@ import SystemPackage
 /// `.fence` descriptor still starts only after delayed ones (as after any earlier one),
 /// and one disturbed here only after the wrapped backend finished what it was given.
 ///
-/// Threads: see `CopyBackend`; delayed work runs on Dispatch's global queue.
+/// Threads: see `CopyBackend`; delayed work runs on a serial queue of the backend's own.
+/// Not on Dispatch's global queue: its threads are the ones Swift concurrency (and so a
+/// test runner) blocks on, and on a 2-core machine a 50 ms delay then waited ~1 s for
+/// one of them to come free. A serial queue gets a thread of its own (overcommit).
 final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
     let plan: FaultPlan
     let inner: any CopyBackend
     private var generator: SplitMix64  // used under the channel's submit lock only
     private var count = 0  // idem
     private let delayed = DispatchGroup()
+    /// Runs the delayed copies, in deadline order.
+    private let delivery = DispatchQueue(label: "dmem.fault-injector.delivery")
     /// Delayed descriptors not yet copied (lets a `.fence` descriptor skip the wait when there are none).
     private let delaysOutstanding = Synchronization.Atomic<Int>(0)
 
@@ -97,7 +102,7 @@ final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
             delayed.enter()
             delaysOutstanding.add(1, ordering: .relaxed)
             let nanos = delay.clampedNanoseconds
-            DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(nanos)) { [self] in
+            delivery.asyncAfter(deadline: .now() + .nanoseconds(nanos)) { [self] in
                 MemoryCopy.perform(batch[i])
                 delaysOutstanding.subtract(1, ordering: .releasing)
                 batch.complete(i..<i + 1)

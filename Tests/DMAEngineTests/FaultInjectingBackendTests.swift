@@ -53,4 +53,20 @@ import Testing
         let m = vram.mapping
         #expect(m[0] == 0xEE && m[16] == 0 && m[32] == 0xEE && m[48] == 0xEE && m[49] == 0xEE && m[50] == 0)
     }
+
+    /// A delayed descriptor completes after its delay even while every thread of Dispatch's
+    /// global pool is blocked (here: the test runner's, several of these cases at once, each
+    /// sleeping on its thread). On the global queue a 50 ms delay waited ~1 s on 2 cores.
+    @Test(arguments: 0..<6)
+    func delayedCopiesDoNotWaitForABlockedThreadPool(_ k: Int) throws {
+        let rig = try EngineRig(.init(backend: .faultInjecting(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(20)))]),
+                                                               wrapping: .memcpy)), patternSeed: UInt64(30 + k))
+        defer { rig.engine.shutdown() }
+        try rig.ch.enqueueCopy(from: rig.host(0), to: rig.vram.address(0), length: 4096)
+        let f = try rig.ch.submit()
+        usleep(400_000)  // holds this thread, as a synchronous test or task does
+        #expect(f.isSignaled, "a 20 ms delay had not run after 400 ms")
+        #expect(f.waitForSignal(timeout: .seconds(10)) && f.failures.isEmpty)
+        #expect(same(rig.host.bytes.baseAddress!, rig.vram.mapping.baseAddress!, 4096))
+    }
 }
