@@ -1,4 +1,5 @@
 import DMAEngine
+import Glibc
 import DeviceEmu
 import HostMM
 import Synchronization
@@ -56,22 +57,27 @@ import Testing
         }
         // The CPU reads whole pages (faulting VRAM pages back, restoring exclusive ones)
         // and checks that no counter ever goes backwards.
+        // Its first read is of page 0, in VRAM until the migrator (which waits for that read)
+        // moves it: at least one CPU fault, however the threads are scheduled.
+        let readerStarted = Atomic<Bool>(false)
         let reader = TestThread {
             var seen = [UInt64](repeating: 0, count: pages)
             var n = 0
-            while !stop.load(ordering: .relaxed) && n < 4_000 {
-                n += 1
+            while n == 0 || (!stop.load(ordering: .relaxed) && n < 4_000) {
                 let p = n % pages
+                n += 1
                 do {
                     let bytes = try mm.read(at: a + UInt64(p * pageSize), count: 8)
                     let value = bytes.withUnsafeBytes { $0.load(as: UInt64.self) }
                     if value < seen[p] { failures.add(1, ordering: .relaxed) }
                     seen[p] = value
                 } catch { failures.add(1, ordering: .relaxed) }
+                readerStarted.store(true, ordering: .releasing)
             }
         }
         // Halves of the range go to VRAM and back to RAM, under the atomics.
         let migrator = TestThread {
+            while !readerStarted.load(ordering: .acquiring) { usleep(100) }
             var n = 0
             while !stop.load(ordering: .relaxed) && n < 200 {
                 n += 1
