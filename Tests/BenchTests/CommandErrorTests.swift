@@ -7,15 +7,6 @@ import Testing
 /// What a user sees when a command cannot do its job: a usage error only for bad arguments,
 /// `Error: …` with exit status 1 for a run that fails, never a trap, never exit 0.
 @Suite struct CommandErrorTests {
-    func parseError(_ arguments: [String]) -> String? {
-        do {
-            _ = try DmemBench.parseAsRoot(arguments)
-            return nil
-        } catch {
-            return DmemBench.message(for: error)
-        }
-    }
-
     /// `torture --residency` takes any Double; a huge one used to trap converting to Int.
     @Test func aHugeTortureResidencyIsRefusedNotATrap() {
         for value in ["1e13", "1e30", "inf", "nan", "1001", "-1"] {

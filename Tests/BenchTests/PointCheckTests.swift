@@ -6,16 +6,6 @@ import Testing
 /// parsed, before the first point runs, with the point and the reason; and options that
 /// would be silently ignored or clamped are refused.
 @Suite struct PointCheckTests {
-    /// The message ArgumentParser prints for `arguments`, or nil when they parse.
-    func parseError(_ arguments: [String]) -> String? {
-        do {
-            _ = try DmemBench.parseAsRoot(arguments)
-            return nil
-        } catch {
-            return DmemBench.message(for: error)
-        }
-    }
-
     @Test func crossParameterProblemsFailBeforeTheFirstPoint() {
         #expect(parseError(["run", "copy", "--set", "page-size=3000"])
             == "copy (page-size=3000): total 128M must be a positive multiple of page-size 3000")

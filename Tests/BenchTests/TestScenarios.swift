@@ -1,5 +1,15 @@
 @testable import dmem_bench
 
+/// The message ArgumentParser prints for `arguments`, or nil when they parse.
+func parseError(_ arguments: [String]) -> String? {
+    do {
+        _ = try DmemBench.parseAsRoot(arguments)
+        return nil
+    } catch {
+        return DmemBench.message(for: error)
+    }
+}
+
 /// A scenario for framework tests: returns one record per direction whose numbers are
 /// derived from the parameters and a repeat counter, so aggregates are predictable.
 struct FakeScenario: BenchScenario {

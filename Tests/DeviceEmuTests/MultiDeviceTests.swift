@@ -33,14 +33,21 @@ import Testing
         #expect(try pattern.cpuMismatches(mm, base, pages: pages).isEmpty)
     }
 
-    @Test func gpuOfOneDeviceReadsPagesInAnothersVRAMThroughRAM() throws {
+    /// Devices `a` (default policy) and `b` (GPU faults map 4-page windows of system
+    /// memory) on one memory, and an 8-page process with a pattern.
+    static func twoDevices(seed: UInt64) throws -> (Device, Device, AddressSpace, UInt64, PagePattern) {
         let memory = try makeMemory(mib: 64)
         var policy = MigrationPolicy()
         policy.gpuFault = .mapSystemMemory(pages: 4)
         let a = try makeDevice(memory, vramMiB: 8, name: "a")
         let b = try makeDevice(memory, vramMiB: 8, policy: policy, name: "b")
+        let (mm, base, pattern) = try makeProcess(memory, pages: 8, seed: seed)
+        return (a, b, mm, base, pattern)
+    }
+
+    @Test func gpuOfOneDeviceReadsPagesInAnothersVRAMThroughRAM() throws {
+        let (a, b, mm, base, pattern) = try Self.twoDevices(seed: 82)
         defer { try? a.shutdown(); try? b.shutdown() }
-        let (mm, base, pattern) = try makeProcess(memory, pages: 8, seed: 82)
         try a.migrateToDevice(mm, range: range(base, pages: 8))
         let bSpace = try b.bind(mm)
         // B's hmm_range_fault faults A's device-private page back to RAM (A's migrateToRAM).
@@ -52,13 +59,8 @@ import Testing
     /// `hmmRangeFault` fault every page from it to the end of the range: B's GPU read of
     /// page 1 of a 4-page window brings pages 1–3 back from A's VRAM, and not page 0.
     @Test func aMapSystemWindowFaultsFromTheFaultingPageToItsEnd() throws {
-        let memory = try makeMemory(mib: 64)
-        var policy = MigrationPolicy()
-        policy.gpuFault = .mapSystemMemory(pages: 4)
-        let a = try makeDevice(memory, vramMiB: 8, name: "a")
-        let b = try makeDevice(memory, vramMiB: 8, policy: policy, name: "b")
+        let (a, b, mm, base, pattern) = try Self.twoDevices(seed: 83)
         defer { try? a.shutdown(); try? b.shutdown() }
-        let (mm, base, pattern) = try makeProcess(memory, pages: 8, seed: 83)
         let window = base + UInt64((4 - Int(base >> 12) % 4) % 4 * pageSize)   // 4-page aligned
         try a.migrateToDevice(mm, range: range(base, pages: 8))
         let bSpace = try b.bind(mm)
