@@ -130,9 +130,9 @@ final class IDSlots: @unchecked Sendable {
         var channel: DMAChannel?
         weak var pool: VRAMPool?
 
-        /// Whether the engine finished draining and let go of its pool within 5 s.
+        /// Whether the engine finished draining and let go of its pool within 20 s (a hang guard).
         func drained() -> Bool {
-            for _ in 0..<500 where pool != nil { usleep(10_000) }
+            for _ in 0..<2000 where pool != nil { usleep(10_000) }
             return pool == nil
         }
     }
@@ -162,7 +162,7 @@ final class IDSlots: @unchecked Sendable {
                 }
                 return f
             }()
-            guard returned.wait(timeout: .now() + 5) == .success else { return out }
+            guard returned.wait(timeout: .now() + 20) == .success else { return out }
             out.ran = true
             if onOtherThread.values[0] == 1 { return out }
             withExtendedLifetime((host, fence)) {}

@@ -30,7 +30,7 @@ import Testing
         try fences[5].wait(timeout: .seconds(10))
         #expect(fences.allSatisfy { $0.isSignaled })
         // Callbacks run just after signalling, on the signalling thread: give them a bounded moment.
-        for _ in 0..<5000 where order.withLockedValue({ $0.count }) < 6 { usleep(1000) }
+        for _ in 0..<20_000 where order.withLockedValue({ $0.count }) < 6 { usleep(1000) }
         #expect(order.withLockedValue { $0 } == [1, 2, 3, 4, 5, 6])
         #expect(same(rig.host.bytes.baseAddress!, rig.vram.mapping.baseAddress!, 6 * 4096))
         #expect(rig.ch.lastCompletedTicket == DMATicket(rawValue: 5))

@@ -54,7 +54,7 @@ import Testing
             fences.append(f)
         }
         try fences.last!.wait(timeout: .seconds(10))
-        for _ in 0..<2000 where order.withLockedValue({ $0.count }) < 6 { usleep(1000) }
+        for _ in 0..<20_000 where order.withLockedValue({ $0.count }) < 6 { usleep(1000) }   // callbacks: ≥ 20 s
         #expect(order.withLockedValue { $0 } == [1, 2, 3, 4, 5, 6])
         #expect(rig.link.heldBatches.load(ordering: .relaxed) == 4, "the fills are device-local: not held")
     }
