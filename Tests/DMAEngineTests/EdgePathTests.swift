@@ -1,5 +1,6 @@
 @testable import DMAEngine
 import Dispatch
+import Foundation
 import Glibc
 import SystemPackage
 import Testing
@@ -200,13 +201,13 @@ final class IDSlots: @unchecked Sendable {
         try ch.enqueueCopy(from: vram.address(0), to: DMAAddress(region: h, offset: 0), length: 4096)  // delayed
         let f = try ch.submit()
         let first = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
+        Thread {  // a thread of its own: Dispatch's global queue may be busy with other tests for a while
             engine.shutdown()
             first.signal()
-        }
+        }.start()
         usleep(50_000)  // the first shutdown is draining
         engine.shutdown()
         #expect(f.isSignaled, "after shutdown() returns, nothing writes into host memory any more")
-        #expect(first.wait(timeout: .now() + 10) == .success)
+        #expect(first.wait(timeout: .now() + 20) == .success)
     }
 }
