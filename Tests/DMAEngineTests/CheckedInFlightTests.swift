@@ -13,7 +13,7 @@ import Testing
     }
 
     @Test func copiesCountUntilTheirFenceSignals() throws {
-        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(1), .delay(.milliseconds(300)))]))
+        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(1), .delay(.milliseconds(500)))]))
         defer { rig.engine.shutdown() }
         try rig.ch.enqueueCopy(from: rig.host(0), to: rig.vram.address(0), length: 4096)      // done at once
         try rig.ch.enqueueCopy(from: rig.host(5), to: rig.vram.address(8192), length: 8192)   // delayed
@@ -37,7 +37,7 @@ import Testing
     }
 
     @Test func aDeviceToDeviceCopyReadsOneSideAndWritesTheOther() throws {
-        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(300)))]))
+        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(500)))]))
         defer { rig.engine.shutdown() }
         try rig.ch.enqueueCopy(from: rig.vram.address(0), to: rig.vram.address(65536), length: 4096)
         let fence = try rig.ch.submit()
@@ -48,7 +48,7 @@ import Testing
     }
 
     @Test func offRecordsNothing() throws {
-        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(200)))]), tracking: false)
+        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(500)))]), tracking: false)
         defer { rig.engine.shutdown() }
         try rig.ch.enqueueCopy(from: rig.host(0), to: rig.vram.address(0), length: 4096)
         let fence = try rig.ch.submit()

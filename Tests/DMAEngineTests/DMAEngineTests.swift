@@ -53,7 +53,7 @@ import Testing
     }
 
     @Test func unregisterRefusesPendingWaitsForInFlightAndForgetsTheRegion() throws {
-        let plan = FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(150)))])
+        let plan = FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(500)))])
         let engine = try DMAEngine(configuration: .init(backend: .faultInjecting(plan, wrapping: .ioUring)))
         defer { engine.shutdown() }
         let host = HostBuffer(1 << 16)
@@ -65,7 +65,7 @@ import Testing
         #expect(throws: DMAError.busy("channel 0 has pending descriptors naming \(h); submit or discard them first")) {
             try engine.unregister(h)
         }
-        let fence = try ch.submit()  // delayed 150 ms by the injector
+        let fence = try ch.submit()  // delayed 500 ms by the injector
         #expect(throws: DMAError.timedOut) { try engine.unregister(h, timeout: .milliseconds(1)) }
         #expect(engine.region(h) != nil)
         try engine.unregister(h)  // waits for the delayed copy
@@ -81,21 +81,21 @@ import Testing
     }
 
     /// `unregister`'s timeout bounds the whole wait, not each channel's: copies delayed
-    /// 300 ms on one channel and 600 ms on another outlast a 450 ms timeout (waiting up to
-    /// 450 ms per channel, one after the other, returned at 600 ms instead).
+    /// 600 ms on one channel and 1200 ms on another outlast a 900 ms timeout (waiting up to
+    /// 900 ms per channel, one after the other, returned at 1200 ms instead).
     @Test func unregisterTimeoutBoundsTheWaitOverAllChannels() throws {
         let engine = try DMAEngine(configuration: .init(backend: .memcpy))
         defer { engine.shutdown() }
         let host = HostBuffer(1 << 16)
         let h = try engine.registerHostMemory(host.bytes)
         let vram = try engine.createVRAMPool(size: 1 << 16)
-        for (i, delay) in [300, 600].enumerated() {
+        for (i, delay) in [600, 1200].enumerated() {
             let plan = FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(delay)))])
             let ch = try engine.makeChannel(backend: .faultInjecting(plan, wrapping: .memcpy))
             try ch.enqueueCopy(from: DMAAddress(region: h, offset: i * 4096), to: vram.address(i * 4096), length: 4096)
             _ = try ch.submit()
         }
-        #expect(throws: DMAError.timedOut) { try engine.unregister(h, timeout: .milliseconds(450)) }
+        #expect(throws: DMAError.timedOut) { try engine.unregister(h, timeout: .milliseconds(900)) }
         #expect(engine.region(h) != nil, "a timed-out unregister leaves the region registered")
         try engine.unregister(h)
         #expect(engine.region(h) == nil)

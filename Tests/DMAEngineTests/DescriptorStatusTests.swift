@@ -7,7 +7,7 @@ import Testing
 @Suite struct DescriptorStatusTests {
     @Test func reportsSucceededFailedPendingAndExpired() throws {
         let plan = FaultPlan(rules: [.init(.nth(1), .fail(.badAddress)), .init(.nth(2), .shortCopy(bytes: 10)),
-                                     .init(.nth(4), .delay(.milliseconds(200)))])
+                                     .init(.nth(4), .delay(.milliseconds(500)))])
         let engine = try DMAEngine(configuration: .init(backend: .faultInjecting(plan, wrapping: .ioUring), statusHistory: 8))
         defer { engine.shutdown() }
         let vram = try engine.createVRAMPool(size: 1 << 16)

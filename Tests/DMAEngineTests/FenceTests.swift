@@ -30,7 +30,7 @@ import Testing
         try fences[5].wait(timeout: .seconds(10))
         #expect(fences.allSatisfy { $0.isSignaled })
         // Callbacks run just after signalling, on the signalling thread: give them a bounded moment.
-        for _ in 0..<5000 where order.withLockedValue({ $0.count }) < 6 { usleep(1000) }
+        for _ in 0..<20_000 where order.withLockedValue({ $0.count }) < 6 { usleep(1000) }
         #expect(order.withLockedValue { $0 } == [1, 2, 3, 4, 5, 6])
         #expect(same(rig.host.bytes.baseAddress!, rig.vram.mapping.baseAddress!, 6 * 4096))
         #expect(rig.ch.lastCompletedTicket == DMATicket(rawValue: 5))
@@ -39,7 +39,7 @@ import Testing
     /// `timestamp` (`dma_fence.timestamp`) is nil until the fence signals, then the signal
     /// time: after the delayed copy it waited for, in seqno order, never after its waiter woke.
     @Test func timestampIsTheSignalTimeInTimelineOrder() throws {
-        let delay: UInt64 = 200_000_000
+        let delay: UInt64 = 500_000_000   // outlasts the two submits before `timestamp == nil` is asked
         let rig = try Self.rig(FaultPlan(rules: [.init(.nth(0), .delay(.nanoseconds(Int64(delay))))]))
         defer { rig.engine.shutdown() }
         let submitted = MonotonicTime.now()
@@ -92,7 +92,7 @@ import Testing
     }
 
     @Test func outOfOrderInsideOneBatchStillSignalsOnceAllDone() throws {
-        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(3), .delay(.milliseconds(100)))]))
+        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(3), .delay(.milliseconds(500)))]))  // outlasts any stall before the wait
         defer { rig.engine.shutdown() }
         for i in 0..<8 { try rig.copyPage(i) }
         let f = try rig.ch.submit()

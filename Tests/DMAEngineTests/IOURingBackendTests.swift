@@ -168,7 +168,7 @@ import Testing
                                             flags: .fence)
                 box.withLockedValue { $0 = try? rig.ch.submit() }
             }.start()   // it ends right after its submit
-            for _ in 0..<20_000 where box.withLockedValue({ $0 }) == nil { usleep(100) }
+            for _ in 0..<200_000 where box.withLockedValue({ $0 }) == nil { usleep(100) }   // ≥ 20 s: a hang guard
             fences.append(try #require(box.withLockedValue { $0 }))
         }
         for fence in fences {
@@ -195,7 +195,7 @@ import Testing
             }
             t.start()
         }
-        for _ in 0..<20_000 where fences.withLockedValue({ $0.count }) < 4 { usleep(100) }
+        for _ in 0..<200_000 where fences.withLockedValue({ $0.count }) < 4 { usleep(100) }   // ≥ 20 s: a hang guard
         let kept = fences.withLockedValue { $0 }
         try #require(kept.count == 4)
         let rings = kept.map { ($0.timeline.backend as! IOURingBackend).ring } + [rig.ring]
@@ -250,7 +250,7 @@ import Testing
         // The reaper notices at its next wait; whatever is in flight by then still completes.
         let f = try rig.submitPages(0)
         try f.wait(timeout: .seconds(10))
-        for _ in 0..<400 where rig.ch.health.failure == nil { usleep(5000) }
+        for _ in 0..<4000 where rig.ch.health.failure == nil { usleep(5000) }   // ≥ 20 s: a hang guard
         #expect(rig.ch.health.failure == .badAddress)
         #expect(throws: DMAError.channelFailed(channel: rig.ch.id, .badAddress)) { try rig.submitPages(4) }
         rig.engine.shutdown()

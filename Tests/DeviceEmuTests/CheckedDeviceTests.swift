@@ -152,7 +152,7 @@ import Testing
     @Test func finalizeBeforeTheFenceIsCaughtWithPageAndCallSite() throws {
         let memory = try Self.checkedMemory()
         let driver = try HandRolledDriver(memory: memory,
-                                          plan: FaultPlan(rules: [.init(.rate(1), .delay(.milliseconds(200)))]))
+                                          plan: FaultPlan(rules: [.init(.rate(1), .delay(.milliseconds(500)))]))
         let mm = AddressSpace(memory: memory)
         let a = try mm.mmap(length: 4 * pageSize)
         try PagePattern(seed: 1).fill(mm, a, pages: 3)                          // page 3 stays a hole

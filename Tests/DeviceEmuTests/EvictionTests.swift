@@ -1,5 +1,6 @@
 import DMAEngine
 import DeviceEmu
+import Glibc
 import HostMM
 import NIOConcurrencyHelpers
 import Synchronization
@@ -171,8 +172,12 @@ import Testing
         try PagePattern(seed: 55).fill(mm, a, pages: pages)
         let bad = Atomic<Int>(0)
         let stop = Atomic<Bool>(false)
+        let started = Atomic<Bool>(false)   // set once VRAM holds pages: every access from then on may fault
+        let writerDone = Atomic<Bool>(false)
         // The CPU stamps a counter into the first word of random pages and checks it back.
         let writer = TestThread {
+            defer { writerDone.store(true, ordering: .releasing) }
+            while !started.load(ordering: .acquiring) && !stop.load(ordering: .relaxed) { usleep(100) }
             var rng = SystemRandomNumberGenerator()
             var expected = [UInt64](repeating: 0, count: pages)
             var n: UInt64 = 0
@@ -192,6 +197,13 @@ import Testing
         for round in 0..<12 {
             let quarter = round % 4
             try gpu.migrateToDevice(mm, range: range(a + UInt64(quarter * 512 * pageSize), pages: 512))
+            started.store(true, ordering: .releasing)
+        }
+        // A writer not scheduled during those rounds (a loaded machine) has not met a VRAM
+        // page yet: the last quarter stays in VRAM until it does, or has made all its accesses.
+        let deadline = ContinuousClock.now + .seconds(20)
+        while gpu.counters[.cpuFaults] == 0 && !writerDone.load(ordering: .acquiring) && ContinuousClock.now < deadline {
+            usleep(1000)
         }
         stop.store(true, ordering: .relaxed)
         let joined = writer.join(seconds: 30)

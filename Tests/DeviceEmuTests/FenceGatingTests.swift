@@ -97,6 +97,13 @@ import Testing
         }
         let threads = [reader(1, gpuSide: false), reader(2, gpuSide: false), reader(3, gpuSide: true)]
         for _ in 0..<12 { try gpu.migrateToDevice(mm, range: range(a, pages: pages)) }
+        // CPU readers not scheduled during those rounds (a loaded machine) have pulled no page
+        // back yet: migrate again until one has and its page moved again (bounded).
+        let deadline = ContinuousClock.now + .seconds(20)
+        while gpu.counters[.pagesToDevice] <= pages && ContinuousClock.now < deadline {
+            usleep(1000)
+            try gpu.migrateToDevice(mm, range: range(a, pages: pages))
+        }
         stop.store(true, ordering: .relaxed)
         let joined = threads.map { $0.join(seconds: 30) }
         #expect(joined.allSatisfy { $0 }, "a reader is stuck")

@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import Testing
 @testable import HostMM
 
@@ -52,10 +53,10 @@ import Testing
         mm.notifiers.invalidateStart(range)                           // no interval yet: nothing hit
         let interval = try mm.notifiers.insert(start: a, length: UInt64(4 * pageSize), ops: RecordingMirror())
         let returned = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
+        Thread {  // not Dispatch's global queue: other tests may hold its threads past the 300 ms below
             _ = interval.readBegin()
             returned.signal()
-        }
+        }.start()
         let early = returned.wait(timeout: .now() + .milliseconds(300)) == .success
         mm.notifiers.invalidateEnd(range)
         if !early { returned.wait() }
