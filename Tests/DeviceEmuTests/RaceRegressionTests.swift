@@ -128,6 +128,48 @@ import Testing
         #expect(gpu.checkInvariants().isEmpty)
     }
 
+    /// A GPU entry for a system page survived the device's own migration of that page until
+    /// the driver zapped the collected pages after setup: a GPU write in between changed a
+    /// locked source after setup (checked mode: `source-modified-after-setup`; the copy,
+    /// queued after the zap, still saw the new bytes). The own-migration invalidation now
+    /// zaps the range's system-memory entries at once; the write faults, waits for the
+    /// migration and lands in VRAM.
+    @Test func gpuWriteRightAfterSetupOfItsOwnMigrationDoesNotTouchTheSource() throws {
+        let memory = try PhysicalMemory(ramBytes: 64 << 20, maxDevicePages: 1 << 17, checked: .on)
+        var policy = MigrationPolicy()
+        policy.gpuFault = .mapSystemMemory(pages: 1)
+        let spaceBox = Late<GPUAddressSpace>()
+        let base = Atomic<UInt64>(0)
+        let wrote = Atomic<Bool>(false)
+        let hook = StepHook(matches: { $0.kind == .setupEnd && $0.direction == .toDevice }) {
+            _ = TestThread {
+                guard let space = spaceBox.value else { return }
+                if (try? space.write(at: base.load(ordering: .relaxed), bytes: [0xA5])) != nil {
+                    wrote.store(true, ordering: .releasing)
+                }
+            }
+            // Gives the write its chance (with the fix it waits for the migration instead).
+            for _ in 0..<200 where !wrote.load(ordering: .acquiring) { usleep(5000) }
+        }
+        let gpu = try makeDevice(memory, vramMiB: 4, policy: policy, observer: hook)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 4 * pageSize)
+        try mm.touch(a, length: 4 * pageSize, write: true)
+        base.store(a, ordering: .relaxed)
+        let space = try gpu.bind(mm)
+        spaceBox.value = space
+        try space.write(at: a, bytes: [0x11])                      // the GPU maps the system page
+        #expect(space.entry(at: a).kind == .system)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 4))
+        for _ in 0..<4000 where !wrote.load(ordering: .acquiring) { usleep(5000) }
+        let didWrite = wrote.load(ordering: .acquiring)
+        #expect(didWrite)
+        #expect(memory.checker?.countsByRule == [:], "\(memory.checker?.violations.prefix(3) ?? [])")
+        #expect(try space.read(at: a, count: 1) == [0xA5] && (try mm.read(at: a, count: 1)) == [0xA5])
+        #expect(gpu.checkInvariants().isEmpty)
+    }
+
     /// With the migrate-to-VRAM GPU-fault policy, an atomic faulting on a page another
     /// thread's GPU fault was migrating found neither a VRAM entry nor a device-private CPU
     /// entry (a migration entry), so it took the page device-exclusive — which waited for

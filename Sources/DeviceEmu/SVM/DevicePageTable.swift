@@ -172,6 +172,22 @@ struct DevicePageTable: ~Copyable {
         return removed
     }
 
+    /// Clears the valid entries of the run's pages that are of `kind`; returns how many.
+    mutating func zap(_ start: UInt64, _ npages: Int, kind: DevicePageTableEntry.Kind) -> Int {
+        guard count > 0 else { return 0 }
+        var removed = 0
+        let reverse = self.reverse
+        forEachLeaf(start, npages, create: false) { leaf, first, _, n in
+            for j in 0..<n where DevicePageTableEntry(rawValue: leaf[first + j]).kind == kind {
+                removed += 1
+                if let reverse { reverse.replace(DevicePageTableEntry(rawValue: leaf[first + j]), with: .none, at: 0) }
+                leaf[first + j] = 0
+            }
+        }
+        count -= removed
+        return removed
+    }
+
     /// Writes `entry(k)` for each page `k` of the run where it is not nil; returns how many.
     mutating func map(_ start: UInt64, _ npages: Int, _ entry: (Int) -> DevicePageTableEntry?) -> Int {
         var written = 0, added = 0

@@ -72,6 +72,18 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
     public func invalidate(_ notifier: MMUIntervalNotifier, range: MMUNotifierRange, currentSequence: UInt64) -> Bool {
         if (range.event == .migrate || range.event == .exclusive) && range.owner == device.owner {
             device.counters.add(.ownInvalidationsSkipped)
+            guard range.event == .migrate else { return true }
+            // Its own migration keeps the VRAM entries (the driver updates them itself), but
+            // not the system-memory ones: the migration is about to lock and unmap those
+            // pages and copy them, and a GPU write through a surviving entry would change a
+            // source after setup. GPU faults in flight retry (as for any invalidation).
+            lock.withLock {
+                notifier.setSequence(currentSequence)
+                if !isDetached, range.end > range.start {
+                    _ = table.zap(range.start, Int((range.end - range.start) >> 12), kind: .system)
+                }
+                ownSequence &+= 1
+            }
             return true
         }
         lock.withLock {
