@@ -155,31 +155,15 @@ struct DevicePageTable: ~Copyable {
         }
     }
 
-    /// Clears the entries of the run's pages `k` for which `include(k)`; returns how many
-    /// valid entries were removed.
-    mutating func zap(_ start: UInt64, _ npages: Int, where include: (Int) -> Bool) -> Int {
+    /// Clears the entries of the run's pages `k` for which `include(k, entry)`; returns how
+    /// many valid entries were removed.
+    mutating func zap(_ start: UInt64, _ npages: Int, where include: (Int, DevicePageTableEntry) -> Bool) -> Int {
         guard count > 0 else { return 0 }
         var removed = 0
         let reverse = self.reverse
         forEachLeaf(start, npages, create: false) { leaf, first, k0, n in
-            for j in 0..<n where leaf[first + j] != 0 && include(k0 + j) {
+            for j in 0..<n where leaf[first + j] != 0 && include(k0 + j, DevicePageTableEntry(rawValue: leaf[first + j])) {
                 if leaf[first + j] & 1 != 0 { removed += 1 }
-                if let reverse { reverse.replace(DevicePageTableEntry(rawValue: leaf[first + j]), with: .none, at: 0) }
-                leaf[first + j] = 0
-            }
-        }
-        count -= removed
-        return removed
-    }
-
-    /// Clears the valid entries of the run's pages that are of `kind`; returns how many.
-    mutating func zap(_ start: UInt64, _ npages: Int, kind: DevicePageTableEntry.Kind) -> Int {
-        guard count > 0 else { return 0 }
-        var removed = 0
-        let reverse = self.reverse
-        forEachLeaf(start, npages, create: false) { leaf, first, _, n in
-            for j in 0..<n where DevicePageTableEntry(rawValue: leaf[first + j]).kind == kind {
-                removed += 1
                 if let reverse { reverse.replace(DevicePageTableEntry(rawValue: leaf[first + j]), with: .none, at: 0) }
                 leaf[first + j] = 0
             }

@@ -80,7 +80,7 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
             lock.withLock {
                 notifier.setSequence(currentSequence)
                 if !isDetached, range.end > range.start {
-                    _ = table.zap(range.start, Int((range.end - range.start) >> 12), kind: .system)
+                    _ = table.zap(range.start, Int((range.end - range.start) >> 12)) { _, entry in entry.kind == .system }
                 }
                 ownSequence &+= 1
             }
@@ -100,7 +100,7 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
     /// enqueued, so the GPU cannot write a page whose data is being copied away.
     func zapCollected(_ start: UInt64, _ src: UnsafeBufferPointer<MigratePFN>, _ npages: Int) {
         lock.withLock {
-            if !isDetached { _ = table.zap(start, npages) { src[$0].contains(.migrate) } }
+            if !isDetached { _ = table.zap(start, npages) { k, _ in src[k].contains(.migrate) } }
             ownSequence &+= 1
         }
     }
