@@ -35,6 +35,25 @@ import Testing
         #expect(r["pages_to_device"] == .int(0) && r["pages_to_ram"] == .int(0))
     }
 
+    /// Thrashing mitigation: rounds 1 and 2 migrate; the second CPU phase is each window's
+    /// third change of direction, which pins it in RAM; round 3's GPU faults map it, and
+    /// nothing faults or moves after that. A lapse of a minute makes it independent of speed.
+    @Test func thrashingPolicyPinsEveryWindowAfterTwoRounds() throws {
+        let r = try run([("pages", "256"), ("rounds", "5"), ("window", "16"), ("gpu-fault", "thrashing"),
+                         ("thrash-lapse-ms", "60000"), ("thrash-pin-ms", "60000")])
+        #expect(r["gpu_faults"] == .int(3 * 16))
+        #expect(r["cpu_faults"] == .int(2 * 256))
+        #expect(r["pages_to_device"] == .int(2 * 256) && r["pages_to_ram"] == .int(2 * 256))
+        #expect(r["thrashing_pins"] == .int(16) && r["pinned_faults"] == .int(16))
+        #expect(r["thrash_threshold"] == .int(3) && r["thrash_lapse_ms"] == .int(60000))
+        // A threshold no run of 5 rounds reaches: it migrates every round, as `migrate` does.
+        let never = try run([("pages", "256"), ("rounds", "5"), ("gpu-fault", "thrashing"), ("thrash-threshold", "100"),
+                             ("thrash-lapse-ms", "60000")])
+        #expect(never["cpu_faults"] == .int(5 * 256) && never["thrashing_pins"] == .int(0))
+        // Other policies report no thrashing fields.
+        #expect(try run([("pages", "64"), ("rounds", "1")])["thrashing_pins"] == nil)
+    }
+
     /// With a minimum residency longer than a round, the CPU meets pages the GPU just
     /// brought in and waits for them (Xe's timeslice), and the data still verifies.
     @Test func minimumResidencyMakesTheCPUWait() throws {
@@ -80,6 +99,13 @@ import Testing
         #expect(o.pages == 128 && o.rounds == 2 && o.gpuFault == .map && o.window == 8 && o.faultAround == 4)
         #expect(o.residencyMilliseconds == 3 && o.backend == .memcpy && o.checked)
         #expect(throws: (any Error).self) { _ = try DmemBench.parseAsRoot(["thrash", "--gpu-fault", "evict"]) }
+        let thrashing = try #require(try DmemBench.parseAsRoot([
+            "thrash", "--gpu-fault", "thrashing", "--thrash-threshold", "4", "--thrash-lapse", "50", "--thrash-pin", "0",
+        ]) as? ThrashCommand)
+        let t = try thrashing.options
+        #expect(t.gpuFault == .thrashing && t.thrashThreshold == 4 && t.thrashLapseMilliseconds == 50 && t.thrashPinMilliseconds == 0)
+        #expect(throws: (any Error).self) { _ = try DmemBench.parseAsRoot(["thrash", "--thrash-lapse", "0"]) }
+        #expect(throws: (any Error).self) { _ = try DmemBench.parseAsRoot(["thrash", "--thrash-threshold", "0"]) }
         #expect(throws: (any Error).self) { _ = try DmemBench.parseAsRoot(["thrash", "--pages", "3"]) }
     }
 

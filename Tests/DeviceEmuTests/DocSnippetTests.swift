@@ -234,6 +234,26 @@ final class ToyOps: MigrateVMAOps {
         #expect(gpu.policy.batchPages == 512 && gpu.policy.pipelineDepth == 2)
     }
 
+    /// Section 9: a `ThrashingMitigationPolicy` as the GPU-fault policy, and its statistics.
+    @Test func thrashingPolicy() throws {
+        let memory = try PhysicalMemory(ramBytes: 1 << 30)
+        let gpu = try Device(memory: memory, configuration: Device.Configuration(vramSize: 64 << 20))
+        defer { try? gpu.shutdown() }
+        var t = ThrashingMitigationPolicy.Parameters()   // window 16, threshold 3, lapse 20 ms, pin 300 ms
+        #expect(t.threshold == 3 && t.lapse == .milliseconds(20) && t.pin == .milliseconds(300))
+        t.windowPages = 16
+        let thrashing = try ThrashingMitigationPolicy(t)
+        var p = gpu.policy
+        p.gpuFault = .custom(thrashing)
+        try gpu.setPolicy(p)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 16 * 4096)
+        let view = try gpu.bind(mm)
+        try view.write(at: a, bytes: [1])                 // the GPU fault migrates the window
+        #expect(thrashing.statistics == .init(pins: 0, migrations: 1, pinnedFaults: 0))
+        #expect(gpu.counters[.pagesToDevice] == 16)
+    }
+
     /// Section 11: ToyGPU migrates, faults one page back, and evicts the rest at shutdown.
     @Test func toyGPU() throws {
         let memory = try PhysicalMemory(ramBytes: 64 << 20)

@@ -11,16 +11,22 @@ struct ThrashCommand: ParsableCommand {
             at a time); every byte is verified. Counts are totals over all rounds; round_us and \
             us_per_page (round_us / pages) are the median round, gpu_phase_us and cpu_phase_us the \
             median of each phase on its own (so they need not add up to round_us); gbps is the bytes \
-            both sides touched per round (2 × pages × 4 KiB) over the median round. Compare policies with `dmem-bench run thrash --sweep gpu-fault=migrate,map`.
+            both sides touched per round (2 × pages × 4 KiB) over the median round. With \
+            --gpu-fault thrashing, thrashing_pins counts the windows found ping-ponging and pinned in \
+            RAM, pinned_faults the GPU faults that mapped them. Compare policies with `dmem-bench run \
+            thrash --sweep gpu-fault=migrate,map,thrashing`.
             """
     )
 
     @Option(help: "Pages in the working set (a count; K suffix allowed).") var pages = ByteCount(2048)
     @Option(help: "Rounds of GPU writes then CPU reads.") var rounds = 20
-    @Option(help: "migrate (a GPU fault moves its window to VRAM) or map (it maps the system pages).") var gpuFault = "migrate"
+    @Option(help: "migrate (a GPU fault moves its window to VRAM), map (it maps the system pages) or thrashing (migrate until a window ping-pongs between VRAM and RAM, then map it: nvidia-uvm's thrashing mitigation).") var gpuFault = "migrate"
     @Option(help: "Pages per GPU fault.") var window = 16
     @Option(help: "Pages brought back per CPU fault (1 = nouveau's single page).") var faultAround = 1
     @Option(help: "Minimum residency of a page in VRAM in ms (Xe's anti-thrash timeslice; 0: off).") var residency = 0
+    @Option(help: "--gpu-fault thrashing: direction changes (VRAM ↔ RAM) that pin a window in RAM.") var thrashThreshold = 3
+    @Option(help: "--gpu-fault thrashing: longest gap in ms between two moves of a window that still counts.") var thrashLapse = 20
+    @Option(help: "--gpu-fault thrashing: ms a thrashing window stays in RAM.") var thrashPin = 300
     @Option(help: "iouring, memcpy or mapped.") var backend = "iouring"
     @Flag(help: "Run in checked mode (protocol sanitizer).") var checked = false
     @Flag(help: "Print exactly one JSON object on stdout instead of a table (no file name: redirect it, or use `dmem-bench run … --json FILE`).") var json = false
@@ -30,11 +36,14 @@ struct ThrashCommand: ParsableCommand {
             var o = ThrashOptions()
             o.pages = pages.bytes
             o.rounds = rounds
-            guard let fault = ThrashOptions.GPUFault(rawValue: gpuFault) else { throw ValidationError("--gpu-fault must be migrate or map") }
+            guard let fault = ThrashOptions.GPUFault(rawValue: gpuFault) else { throw ValidationError("--gpu-fault must be migrate, map or thrashing") }
             o.gpuFault = fault
             o.window = window
             o.faultAround = faultAround
             o.residencyMilliseconds = residency
+            o.thrashThreshold = thrashThreshold
+            o.thrashLapseMilliseconds = thrashLapse
+            o.thrashPinMilliseconds = thrashPin
             guard let kind = MigrateOptions.Backend(rawValue: backend) else { throw ValidationError("--backend must be iouring, memcpy or mapped") }
             o.backend = kind
             o.checked = checked
@@ -49,7 +58,7 @@ struct ThrashCommand: ParsableCommand {
         let o = try options
         try ScenarioReport.printSingleRun("thrash", json: json, columns: [
             "pages", "rounds", "gpu_fault", "window", "fault_around", "residency_ms", "backend", "us_per_page",
-            "gpu_phase_us", "cpu_phase_us", "gpu_faults", "cpu_faults", "pages_to_device", "pages_to_ram", "residency_waits", "verified",
-        ]) { try ThrashRun.measure(o, trace: nil, progress: { _ in }) }
+            "gpu_phase_us", "cpu_phase_us", "gpu_faults", "cpu_faults", "pages_to_device", "pages_to_ram", "residency_waits",
+        ] + (o.gpuFault == .thrashing ? ["thrashing_pins", "pinned_faults"] : []) + ["verified"]) { try ThrashRun.measure(o, trace: nil, progress: { _ in }) }
     }
 }

@@ -8,6 +8,9 @@ struct ThrashOptions: Sendable {
         case migrate
         /// Map the system pages of the window (`hmm_range_fault`), leaving them in RAM.
         case map
+        /// Migrate until a window ping-pongs, then map it for a while
+        /// (`ThrashingMitigationPolicy`: nvidia-uvm's thrashing detection and pinning).
+        case thrashing
     }
 
     /// Pages of the working set.
@@ -21,16 +24,35 @@ struct ThrashOptions: Sendable {
     var faultAround = 1
     /// Minimum residency of a page in VRAM in ms (Xe's anti-thrash timeslice; 0: off).
     var residencyMilliseconds = 0
+    /// `gpuFault = .thrashing`: direction changes that pin a window, the longest gap between
+    /// two moves that still counts (ms), and how long a window stays pinned (ms).
+    var thrashThreshold = 3
+    var thrashLapseMilliseconds = 20
+    var thrashPinMilliseconds = 300
     var backend = MigrateOptions.Backend.iouring
     var checked = false
 
-    /// The driver policy these options select.
-    var policy: MigrationPolicy {
+    /// The driver policy these options select; `thrashing` is the policy object of
+    /// `gpuFault = .thrashing` (a new one per call: one run's state and statistics).
+    func policy() throws -> (MigrationPolicy, thrashing: ThrashingMitigationPolicy?) {
         var p = MigrationPolicy()
-        p.gpuFault = gpuFault == .migrate ? .migrateToVRAM(pages: window) : .mapSystemMemory(pages: window)
+        var thrashing: ThrashingMitigationPolicy?
+        switch gpuFault {
+        case .migrate: p.gpuFault = .migrateToVRAM(pages: window)
+        case .map: p.gpuFault = .mapSystemMemory(pages: window)
+        case .thrashing:
+            var t = ThrashingMitigationPolicy.Parameters()
+            t.windowPages = window
+            t.threshold = thrashThreshold
+            t.lapse = .milliseconds(thrashLapseMilliseconds)
+            t.pin = .milliseconds(thrashPinMilliseconds)
+            let policy = try ThrashingMitigationPolicy(t)
+            p.gpuFault = .custom(policy)
+            thrashing = policy
+        }
         p.cpuFaultGranularity = faultAround > 1 ? .faultAround(pages: faultAround) : .page
         p.minimumResidency = .milliseconds(residencyMilliseconds)
-        return p
+        return (p, thrashing)
     }
 
     /// Why these options cannot run, or nil.
@@ -40,6 +62,9 @@ struct ThrashOptions: Sendable {
         if !(1...512).contains(window) { return "window must be in 1...512" }
         if !(1...512).contains(faultAround) { return "fault-around must be in 1...512" }
         if !(0...10_000).contains(residencyMilliseconds) { return "residency-ms must be in 0...10000" }
+        if !(1...100).contains(thrashThreshold) { return "thrash-threshold must be in 1...100" }
+        if !(1...600_000).contains(thrashLapseMilliseconds) { return "thrash-lapse-ms must be in 1...600000" }
+        if !(0...3_600_000).contains(thrashPinMilliseconds) { return "thrash-pin-ms must be in 0...3600000" }
         return nil
     }
 }

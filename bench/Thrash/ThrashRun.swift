@@ -34,8 +34,10 @@ enum ThrashRun {
             memory = try PhysicalMemory(ramBytes: ramBytes, maxDevicePages: vramBytes / 4096 + 4096,
                                         checked: o.checked ? .on : .off)
         } catch { throw failure("cannot create \(MemoryBudget.approximate(ramBytes)) of emulated RAM: \(error)") }
+        let (policy, thrashing): (MigrationPolicy, ThrashingMitigationPolicy?)
+        do { (policy, thrashing) = try o.policy() } catch { throw failure("policy: \(error)") }
         var config = Device.Configuration(name: "thrash", vramSize: vramBytes, backend: o.backend.kind(workers: 2),
-                                          policy: o.policy)
+                                          policy: policy)
         if let trace { config.observer = MigrateObserver(trace: trace) }   // the driver's batches and faults on the timeline
         let gpu: Device
         do { gpu = try Device(memory: memory, configuration: config) } catch {
@@ -116,6 +118,13 @@ enum ThrashRun {
         r.set("us_per_page", roundMedian / 1e3 / Double(o.pages))
         for (name, count) in zip(["gpu_faults", "cpu_faults", "pages_to_device", "pages_to_ram", "residency_waits"], counts) {
             r.set(name, count)
+        }
+        if let stats = thrashing?.statistics {
+            r.set("thrash_threshold", o.thrashThreshold)
+            r.set("thrash_lapse_ms", o.thrashLapseMilliseconds)
+            r.set("thrash_pin_ms", o.thrashPinMilliseconds)
+            r.set("thrashing_pins", stats.pins)
+            r.set("pinned_faults", stats.pinnedFaults)
         }
         r.set("verified", true)
         return r

@@ -234,6 +234,7 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     public func unbind(_ mm: AddressSpace) {
         let space = spaces.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(mm)) }
         space?.detach()
+        if space != nil { policy.gpuFault.customPolicy?.addressSpaceUnbound(ObjectIdentifier(mm)) }
     }
 
     /// The bound view of `mm`, if any.
@@ -248,7 +249,11 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
             defer { table.removeAll() }
             return Array(table.values)
         }
-        for space in all { space.detach() }
+        let custom = policy.gpuFault.customPolicy
+        for space in all {
+            space.detach()
+            custom?.addressSpaceUnbound(ObjectIdentifier(space.mm))
+        }
     }
 
     // MARK: dev_pagemap_ops

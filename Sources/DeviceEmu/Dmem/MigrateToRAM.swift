@@ -49,6 +49,9 @@ extension Device {
                 if k == 0 { result = .sigbus }
             }
         }
+        if moved > 0, let custom = policy.gpuFault.customPolicy {
+            custom.cpuFaultMigratedToRAM(window, pages: moved, addressSpace: ObjectIdentifier(fault.mm))
+        }
         emit(.cpuFaultEnd, .toRAM, begin: t0, address: fault.address, pages: moved)
         return result
     }

@@ -32,6 +32,33 @@ public struct MigrationPolicy: Sendable, Equatable {
         /// Map the system pages of an aligned window of `pages` through `hmmRangeFault`
         /// (nouveau's SVM, test_hmm's dmirror); the data stays where it is.
         case mapSystemMemory(pages: Int)
+        /// Ask `policy` per fault (`GPUFaultPolicy`): a heuristic of your own, or
+        /// `ThrashingMitigationPolicy` (nvidia-uvm's thrashing detection). Two values
+        /// are equal when they name the same object.
+        case custom(any GPUFaultPolicy)
+
+        public static func == (a: Self, b: Self) -> Bool {
+            switch (a, b) {
+            case (.migrateToVRAM(let x), .migrateToVRAM(let y)), (.mapSystemMemory(let x), .mapSystemMemory(let y)): return x == y
+            case (.custom(let x), .custom(let y)): return x === y
+            default: return false
+            }
+        }
+
+        /// The decision for `fault`: the fixed cases as they are, `.custom` by its policy.
+        func decide(_ fault: @autoclosure () -> GPUFaultInfo) -> GPUFaultDecision {
+            switch self {
+            case .migrateToVRAM(let n): return .migrateToVRAM(pages: n)
+            case .mapSystemMemory(let n): return .mapSystemMemory(pages: n)
+            case .custom(let policy): return policy.resolve(fault())
+            }
+        }
+
+        /// The policy object of `.custom`, else nil.
+        var customPolicy: (any GPUFaultPolicy)? {
+            if case .custom(let policy) = self { return policy }
+            return nil
+        }
     }
 
     /// Which generation of the kernel API migrations to VRAM go through.
@@ -89,6 +116,7 @@ public struct MigrationPolicy: Sendable, Equatable {
         if case .faultAround(let n) = cpuFaultGranularity, n < 1 { return false }
         switch gpuFault {
         case .migrateToVRAM(let n), .mapSystemMemory(let n): return n >= 1
+        case .custom: return true
         }
     }
 }

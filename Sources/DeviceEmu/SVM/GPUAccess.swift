@@ -15,6 +15,15 @@ extension GPUAddressSpace {
         /// device-exclusive (no system-wide atomics over the bus in this model).
         case atomic
 
+        /// The kind a `GPUFaultPolicy` is told.
+        var info: GPUFaultInfo.Access {
+            switch self {
+            case .read: return .read
+            case .write: return .write
+            case .atomic: return .atomic
+            }
+        }
+
         func allows(_ e: DevicePageTableEntry) -> Bool {
             switch self {
             case .read: return e.isValid

@@ -1,7 +1,8 @@
 import HostMM
 
-/// GPU fault resolution (`nouveau_svm_fault`, `dmirror_fault`): by policy, migrate a
-/// window around the fault to VRAM, or map the system pages through `hmmRangeFault`
+/// GPU fault resolution (`nouveau_svm_fault`, `dmirror_fault`): by policy (fixed, or a
+/// `GPUFaultPolicy` asked per fault), migrate a window around the fault to VRAM, or map
+/// the system pages through `hmmRangeFault`
 /// under the notifier's sequence protocol; atomics on pages that stay in system memory
 /// take them device-exclusive (`nouveau_atomic_range_fault`).
 extension GPUAddressSpace {
@@ -14,10 +15,12 @@ extension GPUAddressSpace {
               vma.flags.contains(.read) else { throw .fault(address: address) }
         if kind != .read && !vma.flags.contains(.write) { throw .permissionDenied(address: address) }
         let policy = device.policy
+        let decision = policy.gpuFault.decide(
+            GPUFaultInfo(address: address, access: kind.info, vma: vma.start ..< vma.end, addressSpace: ObjectIdentifier(mm)))
         // Entries the migration mapped (it counts them in `deviceMappings` itself), and
         // entries this fault writes itself.
         var migrated = 0, written = 0
-        if case .migrateToVRAM(let pages) = policy.gpuFault {
+        if case .migrateToVRAM(let pages) = decision {
             let window = Self.window(address, pages: pages, vma.start, vma.end)
             // The channels a CPU fault of this size would take: a small window copies on
             // this thread (an engine round trip costs more than the copy here).
@@ -47,7 +50,7 @@ extension GPUAddressSpace {
             }
         } else {
             let pages: Int
-            switch policy.gpuFault {
+            switch decision {
             case .mapSystemMemory(let n): pages = n
             case .migrateToVRAM: pages = 1
             }

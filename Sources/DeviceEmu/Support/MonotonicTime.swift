@@ -3,10 +3,12 @@ import DMAEngine
 /// The `Duration` conversion of observer events and residency times, on the engine's
 /// clock (`CLOCK_MONOTONIC`, also `Fence.timestamp`'s and `dmem-bench`'s traces').
 extension MonotonicTime {
-    /// Nanoseconds of a `Duration`, clamped at zero.
+    /// Nanoseconds of a `Duration`, clamped to `0 ... UInt64.max / 2` (so that adding one
+    /// to a clock reading cannot overflow).
     static func nanoseconds(_ d: Duration) -> UInt64 {
         let (s, atto) = d.components
         guard s >= 0 else { return 0 }
-        return UInt64(s) &* 1_000_000_000 &+ UInt64(max(0, atto) / 1_000_000_000)
+        let (n, overflow) = UInt64(s).multipliedReportingOverflow(by: 1_000_000_000)
+        return overflow ? .max / 2 : min(n + UInt64(max(0, atto) / 1_000_000_000), .max / 2)
     }
 }

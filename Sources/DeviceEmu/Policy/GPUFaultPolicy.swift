@@ -1,0 +1,64 @@
+/// Decides, fault by fault, whether a GPU fault migrates its window to VRAM or maps the
+/// system pages: the seam where fault heuristics vary (nvidia-uvm's `uvm_perf_*`
+/// modules — thrashing detection, prefetch — sit at this point of its fault path).
+///
+/// Set it with `MigrationPolicy.gpuFault = .custom(policy)`. The device asks `resolve`
+/// once per GPU fault and tells the policy when a CPU fault moved pages of an address
+/// space back to RAM (the other half of a ping-pong) and when an address space is
+/// unbound. Give each device its own instance: the calls do not name the device.
+///
+/// Threads: called from any thread, concurrently, with no device lock held (a CPU
+/// fault's call holds the address space's mmap lock for read); implementations lock
+/// internally and never call back into the device or HostMM.
+public protocol GPUFaultPolicy: AnyObject, Sendable {
+    /// How to resolve `fault`. A window of fewer than 1 page is read as 1, one larger
+    /// than the VMA is clamped to it.
+    func resolve(_ fault: GPUFaultInfo) -> GPUFaultDecision
+    /// A CPU fault moved `pages` pages of `range` (its fault window) in `addressSpace` from
+    /// this device's VRAM back to RAM. Not called for evictions, explicit
+    /// `migrateRangeToRAM`, suspend or teardown. The default does nothing.
+    func cpuFaultMigratedToRAM(_ range: Range<UInt64>, pages: Int, addressSpace: ObjectIdentifier)
+    /// The device unbound `addressSpace` (`Device.unbind`, teardown): forget its state,
+    /// as the identifier may name another address space later. The default does nothing.
+    func addressSpaceUnbound(_ addressSpace: ObjectIdentifier)
+}
+
+extension GPUFaultPolicy {
+    public func cpuFaultMigratedToRAM(_ range: Range<UInt64>, pages: Int, addressSpace: ObjectIdentifier) {}
+    public func addressSpaceUnbound(_ addressSpace: ObjectIdentifier) {}
+}
+
+/// One GPU fault, as a `GPUFaultPolicy` sees it.
+public struct GPUFaultInfo: Sendable, Equatable {
+    /// What the faulting GPU access does.
+    public enum Access: Sendable, Equatable {
+        case read, write
+        /// A read-modify-write (`atomicAdd`, `atomicCompareExchange`).
+        case atomic
+    }
+
+    /// The faulting page (4 KiB-aligned).
+    public var address: UInt64
+    public var access: Access
+    /// The VMA the page lies in (a window is clamped to it).
+    public var vma: Range<UInt64>
+    /// The address space (`ObjectIdentifier` of its `AddressSpace`).
+    public var addressSpace: ObjectIdentifier
+
+    public init(address: UInt64, access: Access, vma: Range<UInt64>, addressSpace: ObjectIdentifier) {
+        self.address = address
+        self.access = access
+        self.vma = vma
+        self.addressSpace = addressSpace
+    }
+}
+
+/// What a `GPUFaultPolicy` decided for one fault.
+public enum GPUFaultDecision: Sendable, Equatable {
+    /// Migrate the aligned window of `pages` containing the fault to VRAM; pages that
+    /// cannot move are mapped from system memory.
+    case migrateToVRAM(pages: Int)
+    /// Map the system pages of the aligned window of `pages` (`hmm_range_fault`); the
+    /// data stays where it is (an atomic takes the page device-exclusive).
+    case mapSystemMemory(pages: Int)
+}

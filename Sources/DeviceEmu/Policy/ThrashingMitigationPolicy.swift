@@ -1,0 +1,162 @@
+import DMAEngine
+import NIOConcurrencyHelpers
+
+/// A GPU-fault policy that migrates until a window ping-pongs, then pins it in system
+/// memory for a while: nvidia-uvm's thrashing detection and pinning
+/// (`uvm_perf_thrashing.c`), per fault window instead of per page.
+///
+/// Each window (the aligned `windowPages` around a fault) remembers which way its pages
+/// last moved: to VRAM (a GPU fault this policy resolved by migrating) or back to RAM (a
+/// CPU fault). A change of direction within `lapse` of the window's previous move is a
+/// thrashing event; `threshold` consecutive events pin the window for `pin`: its GPU
+/// faults map the system pages instead, so the GPU reads and writes RAM remotely and the
+/// CPU stops faulting. When the pin expires the window migrates again and is watched
+/// afresh. uvm first throttles the faulting processor (`nap`) and pins only after
+/// repeated throttling; this policy pins at once.
+///
+/// State: one small record per window touched, dropped when its address space is
+/// unbound; records idle for longer than `lapse` and `pin` are pruned as the table grows.
+///
+/// Threads: any; one lock.
+public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendable {
+    /// The tunables (uvm's module parameters of the same names).
+    public struct Parameters: Sendable, Equatable {
+        /// Pages per fault window: what a GPU fault migrates or maps, and the unit
+        /// thrashing is tracked in.
+        public var windowPages: Int = 16
+        /// Consecutive direction changes that make a window thrashing (uvm: 3).
+        public var threshold: Int = 3
+        /// Longest gap between two moves of a window that still counts as thrashing.
+        /// uvm uses 250 µs; migrations here take tens of µs per window and a GPU/CPU
+        /// round over a working set milliseconds, so the default is 20 ms.
+        public var lapse: Duration = .milliseconds(20)
+        /// How long a thrashing window stays in system memory (uvm: 300 ms).
+        public var pin: Duration = .milliseconds(300)
+
+        public init() {}
+
+        /// True when every field is usable (a positive window, threshold and lapse; a pin ≥ 0).
+        public var isValid: Bool {
+            windowPages >= 1 && threshold >= 1 && lapse > .zero && pin >= .zero
+        }
+    }
+
+    /// What the policy did so far.
+    public struct Statistics: Sendable, Equatable {
+        /// Windows found thrashing and pinned (a window pinned twice counts twice).
+        public var pins = 0
+        /// GPU faults resolved by migrating.
+        public var migrations = 0
+        /// GPU faults resolved by mapping system memory because their window was pinned.
+        public var pinnedFaults = 0
+
+        public init(pins: Int = 0, migrations: Int = 0, pinnedFaults: Int = 0) {
+            self.pins = pins
+            self.migrations = migrations
+            self.pinnedFaults = pinnedFaults
+        }
+    }
+
+    public let parameters: Parameters
+
+    private struct Key: Hashable {
+        var space: ObjectIdentifier
+        var window: UInt64
+    }
+
+    private struct Window {
+        /// Which way the window's pages last moved (true: to VRAM).
+        var towardVRAM: Bool
+        var lastMove: UInt64
+        var changes: Int
+        var pinnedUntil: UInt64
+    }
+
+    private let lock = NIOLock()
+    // Guarded by `lock`:
+    private var windows: [Key: Window] = [:]
+    private var stats = Statistics()
+    /// Table size at which idle windows are pruned next (doubles when pruning frees little).
+    private var pruneAt = 4096
+
+    /// - Throws: `DeviceError.invalidArgument` when `parameters` is not valid.
+    public init(_ parameters: Parameters = Parameters()) throws(DeviceError) {
+        guard parameters.isValid else { throw .invalidArgument }
+        self.parameters = parameters
+    }
+
+    public var statistics: Statistics { lock.withLock { stats } }
+
+    /// Windows the policy holds a record of (all address spaces).
+    public var trackedWindows: Int { lock.withLock { windows.count } }
+
+    /// Whether the window holding `address` in `addressSpace` is pinned now.
+    public func isPinned(_ address: UInt64, addressSpace: ObjectIdentifier) -> Bool {
+        lock.withLock { windows[key(address, addressSpace)].map { $0.pinnedUntil > MonotonicTime.now() } ?? false }
+    }
+
+    public func resolve(_ fault: GPUFaultInfo) -> GPUFaultDecision {
+        let pinned = lock.withLock { () -> Bool in
+            // Read under the lock: times stored in the table never exceed `now`.
+            let now = MonotonicTime.now()
+            let k = key(fault.address, fault.addressSpace)
+            if let w = windows[k], w.pinnedUntil > now {
+                stats.pinnedFaults += 1
+                return true
+            }
+            moved(k, towardVRAM: true, now)
+            stats.migrations += 1
+            return false
+        }
+        return pinned ? .mapSystemMemory(pages: parameters.windowPages) : .migrateToVRAM(pages: parameters.windowPages)
+    }
+
+    public func cpuFaultMigratedToRAM(_ range: Range<UInt64>, pages: Int, addressSpace: ObjectIdentifier) {
+        guard pages > 0, !range.isEmpty else { return }
+        let span = UInt64(parameters.windowPages) << 12
+        lock.withLock {
+            let now = MonotonicTime.now()
+            var w = range.lowerBound / span
+            while w <= (range.upperBound - 1) / span {
+                moved(Key(space: addressSpace, window: w), towardVRAM: false, now)
+                w += 1
+            }
+        }
+    }
+
+    public func addressSpaceUnbound(_ addressSpace: ObjectIdentifier) {
+        lock.withLock { windows = windows.filter { $0.key.space != addressSpace } }
+    }
+
+    private func key(_ address: UInt64, _ space: ObjectIdentifier) -> Key {
+        Key(space: space, window: address / (UInt64(parameters.windowPages) << 12))
+    }
+
+    /// Records a move of window `k` (lock held).
+    private func moved(_ k: Key, towardVRAM: Bool, _ now: UInt64) {
+        guard var w = windows[k] else {
+            if windows.count >= pruneAt { prune(now) }
+            windows[k] = Window(towardVRAM: towardVRAM, lastMove: now, changes: 0, pinnedUntil: 0)
+            return
+        }
+        if w.pinnedUntil > now { return }
+        if w.towardVRAM != towardVRAM {
+            w.changes = now - w.lastMove <= MonotonicTime.nanoseconds(parameters.lapse) ? w.changes + 1 : 1
+            w.towardVRAM = towardVRAM
+            if w.changes >= parameters.threshold {
+                w.pinnedUntil = now + MonotonicTime.nanoseconds(parameters.pin)
+                w.changes = 0
+                stats.pins += 1
+            }
+        }
+        w.lastMove = now
+        windows[k] = w
+    }
+
+    /// Drops windows neither pinned nor moved within `lapse` (lock held).
+    private func prune(_ now: UInt64) {
+        let idle = MonotonicTime.nanoseconds(parameters.lapse)
+        windows = windows.filter { $0.value.pinnedUntil > now || now - $0.value.lastMove <= idle }
+        pruneAt = max(4096, windows.count * 2)
+    }
+}

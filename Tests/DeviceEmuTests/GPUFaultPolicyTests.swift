@@ -1,0 +1,260 @@
+import DMAEngine
+import DeviceEmu
+import Glibc
+import HostMM
+import NIOConcurrencyHelpers
+import Testing
+
+/// A `GPUFaultPolicy` that records what it is told and answers with `decide`.
+private final class RecordingPolicy: GPUFaultPolicy, @unchecked Sendable {
+    let decide: @Sendable (GPUFaultInfo) -> GPUFaultDecision
+    let faults = NIOLockedValueBox<[GPUFaultInfo]>([])
+    let cpuMoves = NIOLockedValueBox<[(range: Range<UInt64>, pages: Int, space: ObjectIdentifier)]>([])
+    let unbound = NIOLockedValueBox<[ObjectIdentifier]>([])
+
+    init(_ decide: @escaping @Sendable (GPUFaultInfo) -> GPUFaultDecision) { self.decide = decide }
+
+    func resolve(_ fault: GPUFaultInfo) -> GPUFaultDecision {
+        faults.withLockedValue { $0.append(fault) }
+        return decide(fault)
+    }
+    func cpuFaultMigratedToRAM(_ range: Range<UInt64>, pages: Int, addressSpace: ObjectIdentifier) {
+        cpuMoves.withLockedValue { $0.append((range, pages, addressSpace)) }
+    }
+    func addressSpaceUnbound(_ addressSpace: ObjectIdentifier) { unbound.withLockedValue { $0.append(addressSpace) } }
+}
+
+/// A policy object that records only the default hooks (for the defaults' test).
+private final class MigrateEverything: GPUFaultPolicy {
+    func resolve(_ fault: GPUFaultInfo) -> GPUFaultDecision { .migrateToVRAM(pages: 4) }
+}
+
+private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faultAround: Int = 1) throws -> Device {
+    var p = MigrationPolicy()
+    p.gpuFault = .custom(policy)
+    if faultAround > 1 { p.cpuFaultGranularity = .faultAround(pages: faultAround) }
+    return try makeDevice(memory, vramMiB: 8, policy: p)
+}
+
+@Suite struct GPUFaultPolicyTests {
+    @Test func theDeviceAsksThePolicyPerFaultAndFollowsItsDecision() throws {
+        let memory = try makeMemory(mib: 64)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 32, seed: 51)
+        let half = a + UInt64(16 * pageSize)
+        // Migrate 8-page windows in the first half, map 4-page windows in the second.
+        let policy = RecordingPolicy { $0.address < half ? .migrateToVRAM(pages: 8) : .mapSystemMemory(pages: 4) }
+        let gpu = try device(memory, policy)
+        defer { try? gpu.shutdown() }
+        let space = try gpu.bind(mm)
+        #expect(try space.read(at: a + 5, count: 3) == Array(pattern.page(0)[5..<8]))
+        try space.write(at: half + 9, bytes: [1])
+        _ = try space.atomicAdd(at: half + UInt64(8 * pageSize), 1)
+
+        let faults = policy.faults.withLockedValue { $0 }
+        let vma = a ..< a + UInt64(32 * pageSize)
+        #expect(faults == [
+            GPUFaultInfo(address: a, access: .read, vma: vma, addressSpace: ObjectIdentifier(mm)),
+            GPUFaultInfo(address: half, access: .write, vma: vma, addressSpace: ObjectIdentifier(mm)),
+            GPUFaultInfo(address: half + UInt64(8 * pageSize), access: .atomic, vma: vma, addressSpace: ObjectIdentifier(mm)),
+        ])
+        #expect(gpu.counters[.gpuFaults] == 3)
+        #expect(gpu.residentPages(mm, a, pages: 16) == 8)            // one 8-page window migrated
+        #expect(gpu.residentPages(mm, half, pages: 16) == 0)         // the rest stayed in RAM
+        #expect(space.entry(at: half).kind == .system && space.entry(at: half + UInt64(3 * pageSize)).kind == .system)
+        #expect(space.entry(at: half + UInt64(4 * pageSize)).kind == .none)   // outside the 4-page window
+        #expect(space.entry(at: half + UInt64(8 * pageSize)).kind == .exclusive)
+        #expect(try mm.read(at: half + 9, count: 1) == [1])
+    }
+
+    @Test func decisionsWithWindowsOutOfRangeAreClampedNotTrapped() throws {
+        let memory = try makeMemory(mib: 64)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 16, seed: 52)
+        let answers = NIOLockedValueBox<[GPUFaultDecision]>([.migrateToVRAM(pages: 0), .migrateToVRAM(pages: -7),
+                                                             .mapSystemMemory(pages: Int.max)])
+        let policy = RecordingPolicy { _ in answers.withLockedValue { $0.isEmpty ? .mapSystemMemory(pages: 1) : $0.removeFirst() } }
+        let gpu = try device(memory, policy)
+        defer { try? gpu.shutdown() }
+        let space = try gpu.bind(mm)
+        #expect(try space.read(at: a, count: pageSize) == pattern.page(0))
+        #expect(gpu.residentPages(mm, a, pages: 16) == 1)              // a window of 0 pages is 1
+        #expect(try space.read(at: a + UInt64(pageSize), count: pageSize) == pattern.page(1))
+        #expect(gpu.residentPages(mm, a, pages: 16) == 2)              // so is one of -7
+        #expect(try pattern.gpuMismatches(space, a, pages: 16).isEmpty)
+        #expect(gpu.counters[.gpuFaults] == 3)                         // Int.max: the whole VMA at once
+        #expect(space.mappedPageCount == 16)
+    }
+
+    @Test func cpuFaultsTellThePolicyTheirWindowOthersDoNot() throws {
+        let memory = try makeMemory(mib: 64)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 32, seed: 53)
+        let policy = RecordingPolicy { _ in .migrateToVRAM(pages: 16) }
+        let gpu = try device(memory, policy, faultAround: 4)
+        defer { try? gpu.shutdown() }
+        let space = try gpu.bind(mm)
+        #expect(try pattern.gpuMismatches(space, a, pages: 32).isEmpty)
+        #expect(gpu.residentPages(mm, a, pages: 32) == 32)
+        // A CPU fault brings back its 4-page window and says so.
+        #expect(try mm.read(at: a + UInt64(5 * pageSize), count: pageSize) == pattern.page(5))
+        var moves = policy.cpuMoves.withLockedValue { $0 }
+        #expect(moves.count == 1)
+        #expect(moves.first?.range == a + UInt64(4 * pageSize) ..< a + UInt64(8 * pageSize))
+        #expect(moves.first?.pages == 4 && moves.first?.space == ObjectIdentifier(mm))
+        // An explicit migration back and an eviction are not CPU faults.
+        try gpu.migrateRangeToRAM(mm, range: a ..< a + UInt64(16 * pageSize))
+        _ = gpu.evictAll()
+        #expect(gpu.residentPages(mm, a, pages: 32) == 0)
+        moves = policy.cpuMoves.withLockedValue { $0 }
+        #expect(moves.count == 1)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 32).isEmpty)
+    }
+
+    @Test func unbindAndShutdownTellThePolicy() throws {
+        let memory = try makeMemory(mib: 64)
+        let policy = RecordingPolicy { _ in .mapSystemMemory(pages: 1) }
+        let gpu = try device(memory, policy)
+        let one = AddressSpace(memory: memory), two = AddressSpace(memory: memory)
+        _ = try gpu.bind(one)
+        _ = try gpu.bind(two)
+        gpu.unbind(one)
+        gpu.unbind(one)   // not bound any more: nothing to tell
+        #expect(policy.unbound.withLockedValue { $0 } == [ObjectIdentifier(one)])
+        try gpu.shutdown()
+        #expect(policy.unbound.withLockedValue { $0 } == [ObjectIdentifier(one), ObjectIdentifier(two)])
+    }
+
+    @Test func customResolutionsCompareByIdentityAndAreAlwaysValid() throws {
+        let x = MigrateEverything(), y = MigrateEverything()
+        #expect(MigrationPolicy.GPUFaultResolution.custom(x) == .custom(x))
+        #expect(MigrationPolicy.GPUFaultResolution.custom(x) != .custom(y))
+        #expect(MigrationPolicy.GPUFaultResolution.custom(x) != .migrateToVRAM(pages: 4))
+        let memory = try makeMemory(mib: 64)
+        let gpu = try makeDevice(memory, vramMiB: 8)
+        defer { try? gpu.shutdown() }
+        var p = gpu.policy
+        p.gpuFault = .custom(x)
+        try gpu.setPolicy(p)
+        #expect(gpu.policy == p)
+        // The protocol's default hooks: a policy with only `resolve` works end to end.
+        let (mm, a, pattern) = try makeProcess(memory, pages: 8, seed: 54)
+        let space = try gpu.bind(mm)
+        #expect(try pattern.gpuMismatches(space, a, pages: 8).isEmpty)
+        #expect(gpu.residentPages(mm, a, pages: 8) == 8)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 8).isEmpty)
+        gpu.unbind(mm)
+    }
+}
+
+@Suite struct ThrashingMitigationPolicyTests {
+    private func parameters(window: Int = 16, threshold: Int = 3, lapse: Duration = .seconds(60),
+                            pin: Duration = .seconds(60)) -> ThrashingMitigationPolicy.Parameters {
+        var p = ThrashingMitigationPolicy.Parameters()
+        p.windowPages = window
+        p.threshold = threshold
+        p.lapse = lapse
+        p.pin = pin
+        return p
+    }
+
+    /// GPU writes then CPU reads of the same pages, round after round: the ping-pong the
+    /// policy is for. Returns the CPU faults of each round.
+    private func pingPong(rounds: Int, _ policy: ThrashingMitigationPolicy) throws -> (cpuFaults: [Int], gpuFaults: [Int], vramInUse: Int) {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try device(memory, policy)
+        defer { try? gpu.shutdown() }
+        let pages = 64
+        let (mm, a, _) = try makeProcess(memory, pages: pages, seed: 60)
+        let space = try gpu.bind(mm)
+        var cpu: [Int] = [], gpuFaults: [Int] = []
+        for round in 0..<rounds {
+            let pattern = PagePattern(seed: 61 + UInt64(round))
+            let g0 = gpu.counters[.gpuFaults], c0 = gpu.counters[.cpuFaults]
+            for p in 0..<pages { try space.write(at: a + UInt64(p * pageSize), bytes: pattern.page(p)) }
+            #expect(try pattern.cpuMismatches(mm, a, pages: pages).isEmpty, "round \(round)")
+            gpuFaults.append(gpu.counters[.gpuFaults] - g0)
+            cpu.append(gpu.counters[.cpuFaults] - c0)
+        }
+        let inUse = gpu.vram.inUsePageCount
+        gpu.unbind(mm)
+        return (cpu, gpuFaults, inUse)
+    }
+
+    @Test func aWindowThatPingPongsIsPinnedInSystemMemory() throws {
+        let policy = try ThrashingMitigationPolicy(parameters())
+        let r = try pingPong(rounds: 5, policy)
+        // Rounds 1 and 2 migrate (4 windows each) and fault every page back; the second
+        // CPU phase is each window's third change of direction: pinned. From round 3 the
+        // GPU maps RAM (one fault per window, then none) and the CPU never faults again.
+        #expect(r.gpuFaults == [4, 4, 4, 0, 0])
+        #expect(r.cpuFaults == [64, 64, 0, 0, 0])
+        #expect(r.vramInUse == 0)
+        #expect(policy.statistics == .init(pins: 4, migrations: 8, pinnedFaults: 4))
+    }
+
+    @Test func movesFartherApartThanTheLapseAreNotThrashing() throws {
+        let policy = try ThrashingMitigationPolicy(parameters(lapse: .nanoseconds(1)))
+        let r = try pingPong(rounds: 4, policy)
+        #expect(r.cpuFaults == [64, 64, 64, 64])
+        #expect(policy.statistics == .init(pins: 0, migrations: 16, pinnedFaults: 0))
+    }
+
+    @Test func thePinExpiresAndEachAddressSpaceIsTrackedApart() throws {
+        let policy = try ThrashingMitigationPolicy(parameters(window: 4, threshold: 2, pin: .milliseconds(30)))
+        let one = AddressSpace(memory: try makeMemory(mib: 16)), two = AddressSpace(memory: try makeMemory(mib: 16))
+        let s1 = ObjectIdentifier(one), s2 = ObjectIdentifier(two)
+        let window = 0x10000 as UInt64 ..< 0x14000
+        func fault(_ space: ObjectIdentifier, _ address: UInt64 = 0x11000) -> GPUFaultDecision {
+            policy.resolve(GPUFaultInfo(address: address, access: .write, vma: 0 ..< 1 << 30, addressSpace: space))
+        }
+        #expect(fault(s1) == .migrateToVRAM(pages: 4))
+        policy.cpuFaultMigratedToRAM(window, pages: 1, addressSpace: s1)            // 1st change
+        #expect(fault(s2) == .migrateToVRAM(pages: 4))                               // the other space
+        #expect(fault(s1, 0x13000) == .migrateToVRAM(pages: 4))                      // 2nd change: pinned
+        #expect(policy.isPinned(0x10000, addressSpace: s1) && !policy.isPinned(0x10000, addressSpace: s2))
+        #expect(!policy.isPinned(0x14000, addressSpace: s1))                         // the next window
+        #expect(fault(s1) == .mapSystemMemory(pages: 4))
+        policy.cpuFaultMigratedToRAM(window, pages: 1, addressSpace: s1)            // ignored while pinned
+        usleep(40_000)
+        #expect(!policy.isPinned(0x10000, addressSpace: s1))
+        #expect(fault(s1) == .migrateToVRAM(pages: 4))
+        #expect(policy.statistics == .init(pins: 1, migrations: 4, pinnedFaults: 1))
+        withExtendedLifetime((one, two)) {}
+    }
+
+    @Test func unbindForgetsAnAddressSpacesPins() throws {
+        let policy = try ThrashingMitigationPolicy(parameters(window: 1, threshold: 1))
+        let mm = AddressSpace(memory: try makeMemory(mib: 16))
+        let s = ObjectIdentifier(mm)
+        _ = policy.resolve(GPUFaultInfo(address: 0x1000, access: .read, vma: 0 ..< 0x10000, addressSpace: s))
+        policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)
+        #expect(policy.isPinned(0x1000, addressSpace: s) && policy.trackedWindows == 1)
+        policy.addressSpaceUnbound(s)
+        #expect(!policy.isPinned(0x1000, addressSpace: s) && policy.trackedWindows == 0)
+        withExtendedLifetime(mm) {}
+    }
+
+    @Test func idleWindowsArePrunedAsTheTableGrows() throws {
+        let policy = try ThrashingMitigationPolicy(parameters(window: 1, lapse: .milliseconds(1), pin: .zero))
+        let mm = AddressSpace(memory: try makeMemory(mib: 16))
+        let s = ObjectIdentifier(mm)
+        for w in 0..<4096 as Range<UInt64> {
+            _ = policy.resolve(GPUFaultInfo(address: w << 12, access: .read, vma: 0 ..< 1 << 30, addressSpace: s))
+        }
+        #expect(policy.trackedWindows == 4096)
+        usleep(5_000)
+        _ = policy.resolve(GPUFaultInfo(address: 1 << 29, access: .read, vma: 0 ..< 1 << 30, addressSpace: s))
+        #expect(policy.trackedWindows == 1)
+        withExtendedLifetime(mm) {}
+    }
+
+    @Test func invalidParametersThrow() {
+        var p = ThrashingMitigationPolicy.Parameters()
+        for change: (inout ThrashingMitigationPolicy.Parameters) -> Void in [
+            { $0.windowPages = 0 }, { $0.threshold = 0 }, { $0.lapse = .zero }, { $0.pin = .milliseconds(-1) },
+        ] {
+            p = .init()
+            change(&p)
+            #expect(throws: DeviceError.invalidArgument) { try ThrashingMitigationPolicy(p) }
+        }
+        #expect(ThrashingMitigationPolicy.Parameters().isValid)
+    }
+}
