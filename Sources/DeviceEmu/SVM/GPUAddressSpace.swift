@@ -68,7 +68,8 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
     // MARK: mmu_interval_notifier_ops
 
     /// `invalidate`: zap the overlapping device entries, unless it is this device's own
-    /// migration or exclusive-access request (the driver updates those entries itself).
+    /// migration or exclusive-access request (the driver updates those entries itself);
+    /// its own migration still zaps the range's system-memory entries at once.
     public func invalidate(_ notifier: MMUIntervalNotifier, range: MMUNotifierRange, currentSequence: UInt64) -> Bool {
         if (range.event == .migrate || range.event == .exclusive) && range.owner == device.owner {
             device.counters.add(.ownInvalidationsSkipped)
