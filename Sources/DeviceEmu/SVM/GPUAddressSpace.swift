@@ -8,7 +8,8 @@ import NIOConcurrencyHelpers
 /// covers the whole address space; every invalidation zaps the overlapping device
 /// entries under `lock` — except this device's own migrations (`.migrate` and
 /// `.exclusive` events whose owner is the device), whose entries the driver updates
-/// itself as part of the migration, as `dmirror_interval_invalidate` does.
+/// itself as part of the migration, as `dmirror_interval_invalidate` does; of its own
+/// `.migrate` range only the system-memory entries are zapped at once.
 ///
 /// GPU accesses copy bytes with `lock` held, so an invalidation (which takes it) cannot
 /// complete, and the page cannot be freed or moved, while the GPU touches it.
