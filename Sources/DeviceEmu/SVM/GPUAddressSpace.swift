@@ -8,7 +8,8 @@ import NIOConcurrencyHelpers
 /// covers the whole address space; every invalidation zaps the overlapping device
 /// entries under `lock` — except this device's own migrations (`.migrate` and
 /// `.exclusive` events whose owner is the device), whose entries the driver updates
-/// itself as part of the migration, as `dmirror_interval_invalidate` does.
+/// itself as part of the migration, as `dmirror_interval_invalidate` does; of its own
+/// `.migrate` range only the system-memory entries are zapped at once.
 ///
 /// GPU accesses copy bytes with `lock` held, so an invalidation (which takes it) cannot
 /// complete, and the page cannot be freed or moved, while the GPU touches it.
@@ -68,7 +69,8 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
     // MARK: mmu_interval_notifier_ops
 
     /// `invalidate`: zap the overlapping device entries, unless it is this device's own
-    /// migration or exclusive-access request (the driver updates those entries itself).
+    /// migration or exclusive-access request (the driver updates those entries itself);
+    /// its own migration still zaps the range's system-memory entries at once.
     public func invalidate(_ notifier: MMUIntervalNotifier, range: MMUNotifierRange, currentSequence: UInt64) -> Bool {
         if (range.event == .migrate || range.event == .exclusive) && range.owner == device.owner {
             device.counters.add(.ownInvalidationsSkipped)
