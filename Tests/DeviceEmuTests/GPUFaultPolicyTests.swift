@@ -220,6 +220,41 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
         withExtendedLifetime((one, two)) {}
     }
 
+    /// Four threads ping-pong their own ranges of one address space at once: the policy is
+    /// asked and told concurrently, every round's bytes verify, and every window is pinned.
+    @Test func concurrentPingPongsAreEachPinned() throws {
+        let policy = try ThrashingMitigationPolicy(parameters())
+        let memory = try makeMemory(mib: 64)
+        let gpu = try device(memory, policy)
+        defer { try? gpu.shutdown() }
+        let pages = 64, threads = 4
+        let (mm, a, _) = try makeProcess(memory, pages: pages * threads, seed: 70)
+        let space = try gpu.bind(mm)
+        let mismatches = NIOLockedValueBox<[String]>([])
+        let workers = (0..<threads).map { t in
+            TestThread {
+                let base = a + UInt64(t * pages * pageSize)
+                do {
+                    for round in 0..<5 {
+                        let pattern = PagePattern(seed: 100 + UInt64(t * 10 + round))
+                        for p in 0..<pages { try space.write(at: base + UInt64(p * pageSize), bytes: pattern.page(p)) }
+                        let bad = try pattern.cpuMismatches(mm, base, pages: pages)
+                        if !bad.isEmpty { mismatches.withLockedValue { $0.append("thread \(t) round \(round): \(bad)") } }
+                    }
+                } catch {
+                    mismatches.withLockedValue { $0.append("thread \(t): \(error)") }
+                }
+            }
+        }
+        for w in workers { #expect(w.join()) }
+        #expect(mismatches.withLockedValue { $0 }.isEmpty)
+        #expect(policy.statistics.pins == threads * pages / 16)
+        #expect(policy.trackedWindows == threads * pages / 16)
+        #expect(gpu.residentPages(mm, a, pages: pages * threads) == 0)
+        gpu.unbind(mm)
+        #expect(policy.trackedWindows == 0)
+    }
+
     @Test func unbindForgetsAnAddressSpacesPins() throws {
         let policy = try ThrashingMitigationPolicy(parameters(window: 1, threshold: 1))
         let mm = AddressSpace(memory: try makeMemory(mib: 16))
