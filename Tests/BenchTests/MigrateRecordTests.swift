@@ -67,3 +67,32 @@ import Testing
         #expect(driver + 1 >= steps, "driver \(driver) µs per batch, its steps \(steps) µs")
     }
 }
+
+/// `prefetch=sequential`: the read-back (page by page, front to back) takes readahead-style
+/// growing windows: 4 MiB = 1024 pages fault 11 times (1, 2, 4 … 256, 512, 1).
+@Suite struct MigratePrefetchTests {
+    @Test func sequentialPrefetchCutsTheReadBackFaults() throws {
+        var o = MigrateOptions()
+        o.totalBytes = 4 << 20
+        o.backend = .memcpy
+        o.prefetch = .sequential
+        let r = try MigrateRun.measure(o, trace: nil, progress: { _ in })
+        #expect(r["verified"] == .bool(true))
+        #expect(r["faults"] == .int(11))
+        #expect(r["prefetch"] == .string("sequential"))
+        o.prefetch = .off
+        #expect(try MigrateRun.measure(o, trace: nil, progress: { _ in })["faults"] == .int(1024))
+    }
+
+    @Test func prefetchAndFaultAroundExcludeEachOther() throws {
+        #expect(throws: (any Error).self) { _ = try DmemBench.parseAsRoot(["migrate", "--prefetch", "sequential", "--fault-around", "4"]) }
+        #expect(throws: (any Error).self) { _ = try DmemBench.parseAsRoot(["migrate", "--prefetch", "always"]) }
+        #expect(throws: (any Error).self) { _ = try DmemBench.parseAsRoot(["thrash", "--prefetch", "sequential", "--fault-around", "2"]) }
+        let command = try #require(try DmemBench.parseAsRoot(["migrate", "--prefetch", "sequential"]) as? MigrateCommand)
+        #expect(try command.options.prefetch == .sequential)
+        var t = ThrashOptions()
+        t.prefetch = .sequential
+        t.faultAround = 4
+        #expect(t.problem == "fault-around and prefetch=sequential both size CPU faults: use one of them")
+    }
+}

@@ -13,7 +13,8 @@ struct MigrateCommand: ParsableCommand {
             step): the ceiling ratio_to_device can reach; driver_us_per_batch is the migration's time per \
             batch outside fence waits (setup, allocation, enqueue, pages, map, finalize; with --backend \
             memcpy, which copies inside submit, the copy too). \
-            fault_p50_us/fault_p99_us are CPU reads that faulted (one page each unless --fault-around). \
+            fault_p50_us/fault_p99_us are CPU reads that faulted (one page each unless --fault-around or \
+            --prefetch sequential). \
             The same run is `dmem-bench run migrate` (sweeps, repeats, --trace).
             """
     )
@@ -21,6 +22,7 @@ struct MigrateCommand: ParsableCommand {
     @Option(help: "Bytes migrated (a multiple of 2M).") var total = ByteCount(256 << 20)
     @Option(help: "Pages per migrate_vma batch.") var batch = 512
     @Option(help: "Pages brought back per CPU fault (1 = nouveau's single page).") var faultAround = 1
+    @Option(help: "off, or sequential: CPU-fault windows double along sequential scans up to 512 pages (readahead-style; not with --fault-around).") var prefetch = "off"
     @Option(help: "iouring, memcpy or mapped (--workers threads copy through the VRAM mapping).") var backend = "iouring"
     @Option(help: "Copy path of CPU faults: auto (faults of up to 16 pages copied on the CPU, larger ones through --backend), same (all through --backend), iouring, memcpy or mapped.") var faultBackend = "auto"
     @Option(help: "Batches in flight while migrating to VRAM (1 = nouveau's strict sequence).") var pipeline = 1
@@ -39,6 +41,8 @@ struct MigrateCommand: ParsableCommand {
             o.totalBytes = total.bytes
             o.batchPages = batch
             o.faultAround = faultAround
+            guard let p = MigrateOptions.Prefetch(rawValue: prefetch) else { throw ValidationError("--prefetch must be off or sequential") }
+            o.prefetch = p
             guard let b = MigrateOptions.Backend(rawValue: backend) else {
                 throw ValidationError("--backend must be one of: \(MigrateOptions.Backend.allCases.map(\.rawValue).joined(separator: ", "))")
             }
@@ -69,7 +73,7 @@ struct MigrateCommand: ParsableCommand {
     func run() throws {
         let o = try options
         try ScenarioReport.printSingleRun("migrate", json: json, columns: [
-            "bytes", "batch_pages", "pipeline", "fault_around", "backend", "fault_backend", "to_device_gbps", "memcpy_gbps", "ratio_to_device", "ratio_engine",
+            "bytes", "batch_pages", "pipeline", "fault_around", "prefetch", "backend", "fault_backend", "to_device_gbps", "memcpy_gbps", "ratio_to_device", "ratio_engine",
             "to_ram_fault_gbps", "evict_gbps", "faults", "fault_p50_us", "fault_p99_us", "verified",
         ]) { try MigrateRun.measure(o, trace: nil, progress: { _ in }) }
     }

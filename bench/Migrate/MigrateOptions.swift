@@ -22,8 +22,17 @@ struct MigrateOptions: Sendable {
     var totalBytes = 256 << 20
     /// Pages per migrate_vma batch.
     var batchPages = 512
+    /// How much a CPU fault brings back beyond `faultAround`'s fixed window.
+    enum Prefetch: String, CaseIterable, Sendable {
+        /// `faultAround` pages (1: nouveau's single page).
+        case off
+        /// Readahead-style windows growing along sequential scans (`SequentialPrefetchPolicy`).
+        case sequential
+    }
+
     /// Pages brought back per CPU fault (1: nouveau's single page).
     var faultAround = 1
+    var prefetch = Prefetch.off
     var backend = Backend.iouring
     /// Backend of the CPU-fault channels (nil: the same as `backend`).
     var faultBackend: Backend? = nil
@@ -48,11 +57,11 @@ struct MigrateOptions: Sendable {
 
     var pages: Int { totalBytes / 4096 }
 
-    /// The driver policy these options describe.
-    var policy: MigrationPolicy {
+    /// The driver policy these options describe (a new prefetch policy object per call).
+    func policy() throws(DeviceError) -> MigrationPolicy {
         var p = MigrationPolicy()
         p.batchPages = batchPages
-        p.cpuFaultGranularity = faultAround > 1 ? .faultAround(pages: faultAround) : .page
+        p.cpuFaultGranularity = try Self.cpuFaultGranularity(faultAround: faultAround, prefetch: prefetch)
         p.apiGeneration = api
         p.pipelineDepth = pipeline
         if !faultCPUCopy { p.cpuCopyFaultPages = 0 }
@@ -66,9 +75,26 @@ struct MigrateOptions: Sendable {
         }
         if !(1...4096).contains(batchPages) { return "batch must be in 1...4096" }
         if !(1...512).contains(faultAround) { return "fault-around must be in 1...512" }
+        if let clash = Self.prefetchProblem(faultAround: faultAround, prefetch: prefetch) { return clash }
         if !(1...8).contains(pipeline) { return "pipeline must be in 1...8" }
         if !(1...8).contains(workers) { return "workers must be in 1...8" }
         return VRAMDirectory.problem(vramDirectory)
+    }
+}
+
+extension MigrateOptions {
+    /// What a CPU fault brings back, for `migrate` and `thrash` alike.
+    static func cpuFaultGranularity(faultAround: Int, prefetch: Prefetch) throws(DeviceError) -> MigrationPolicy.CPUFaultGranularity {
+        switch prefetch {
+        case .sequential: return .custom(try SequentialPrefetchPolicy())
+        case .off: return faultAround > 1 ? .faultAround(pages: faultAround) : .page
+        }
+    }
+
+    /// The two ways of sizing CPU faults exclude each other.
+    static func prefetchProblem(faultAround: Int, prefetch: Prefetch) -> String? {
+        prefetch == .sequential && faultAround > 1
+            ? "fault-around and prefetch=sequential both size CPU faults: use one of them" : nil
     }
 }
 

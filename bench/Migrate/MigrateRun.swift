@@ -55,7 +55,9 @@ final class MigrateRun {
                                         checked: o.checked ? .on : .off)
         } catch { throw Self.failure("cannot create \(ByteCount(2 * o.totalBytes)) of emulated RAM: \(error)") }
         observer = MigrateObserver(trace: trace)
-        var config = Device.Configuration(name: "bench", vramSize: o.totalBytes, backend: o.backend.kind(workers: o.workers), policy: o.policy)
+        let policy: MigrationPolicy
+        do { policy = try o.policy() } catch { throw Self.failure("policy: \(error)") }
+        var config = Device.Configuration(name: "bench", vramSize: o.totalBytes, backend: o.backend.kind(workers: o.workers), policy: policy)
         config.observer = observer
         config.faultBackend = o.faultBackend?.kind(workers: o.workers)
         config.vramLayout.directory = o.vramDirectory
@@ -96,6 +98,7 @@ final class MigrateRun {
         r.set("batch_pages", o.batchPages)
         r.set("pipeline", o.pipeline)
         r.set("fault_around", o.faultAround)
+        r.set("prefetch", o.prefetch.rawValue)
         r.set("backend", o.backend.rawValue)
         r.set("fault_backend", o.faultBackendName)
         if o.backend == .mapped || o.faultBackend == .mapped { r.set("workers", o.workers) }

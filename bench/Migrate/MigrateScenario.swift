@@ -11,6 +11,8 @@ struct MigrateScenario: BenchScenario {
         .init("total", .size((2 << 20)...(1 << 36)), default: "256M", help: "bytes migrated (a multiple of 2M)"),
         .init("batch", .integer(1...4096), default: "512", help: "pages per migrate_vma batch (nouveau: 128, then 512)"),
         .init("fault-around", .integer(1...512), default: "1", help: "pages brought back per CPU fault"),
+        .init("prefetch", .choice(MigrateOptions.Prefetch.allCases.map(\.rawValue)), default: "off",
+              help: "sequential: CPU-fault windows double along sequential scans up to 512 pages (readahead-style; not with fault-around)"),
         .init("backend", .choice(MigrateOptions.Backend.allCases.map(\.rawValue)), default: "iouring",
               help: "copy engine backend"),
         .init("fault-backend", .choice(MigrateOptions.faultBackendNames), default: "auto",
@@ -41,6 +43,7 @@ struct MigrateScenario: BenchScenario {
         o.totalBytes = try parameters.size("total")
         o.batchPages = try parameters.int("batch")
         o.faultAround = try parameters.int("fault-around")
+        o.prefetch = MigrateOptions.Prefetch(rawValue: try parameters.string("prefetch")) ?? .off
         o.backend = MigrateOptions.Backend(rawValue: try parameters.string("backend")) ?? .iouring
         _ = o.setFaultBackend(try parameters.string("fault-backend"))
         o.pipeline = try parameters.int("pipeline")

@@ -23,6 +23,7 @@ struct ThrashCommand: ParsableCommand {
     @Option(help: "migrate (a GPU fault moves its window to VRAM), map (it maps the system pages) or thrashing (migrate until a window ping-pongs between VRAM and RAM, then map it: nvidia-uvm's thrashing mitigation).") var gpuFault = "migrate"
     @Option(help: "Pages per GPU fault.") var window = 16
     @Option(help: "Pages brought back per CPU fault (1 = nouveau's single page).") var faultAround = 1
+    @Option(help: "off, or sequential: CPU-fault windows double along sequential scans (readahead-style; not with --fault-around).") var prefetch = "off"
     @Option(help: "Minimum residency of a page in VRAM in ms (Xe's anti-thrash timeslice; 0: off).") var residency = 0
     @Option(help: "--gpu-fault thrashing: direction changes (VRAM ↔ RAM) that pin a window in RAM.") var thrashThreshold = 3
     @Option(help: "--gpu-fault thrashing: longest gap in ms between two moves of a window that still counts.") var thrashLapse = 20
@@ -40,6 +41,8 @@ struct ThrashCommand: ParsableCommand {
             o.gpuFault = fault
             o.window = window
             o.faultAround = faultAround
+            guard let p = MigrateOptions.Prefetch(rawValue: prefetch) else { throw ValidationError("--prefetch must be off or sequential") }
+            o.prefetch = p
             o.residencyMilliseconds = residency
             o.thrashThreshold = thrashThreshold
             o.thrashLapseMilliseconds = thrashLapse
@@ -57,7 +60,7 @@ struct ThrashCommand: ParsableCommand {
     func run() throws {
         let o = try options
         try ScenarioReport.printSingleRun("thrash", json: json, columns: [
-            "pages", "rounds", "gpu_fault", "window", "fault_around", "residency_ms", "backend", "us_per_page",
+            "pages", "rounds", "gpu_fault", "window", "fault_around", "prefetch", "residency_ms", "backend", "us_per_page",
             "gpu_phase_us", "cpu_phase_us", "gpu_faults", "cpu_faults", "pages_to_device", "pages_to_ram", "residency_waits",
         ] + (o.gpuFault == .thrashing ? ["thrashing_pins", "pinned_faults"] : []) + ["verified"]) { try ThrashRun.measure(o, trace: nil, progress: { _ in }) }
     }

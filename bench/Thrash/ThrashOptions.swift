@@ -22,6 +22,7 @@ struct ThrashOptions: Sendable {
     var window = 16
     /// Pages brought back per CPU fault (1 = nouveau's single page).
     var faultAround = 1
+    var prefetch = MigrateOptions.Prefetch.off
     /// Minimum residency of a page in VRAM in ms (Xe's anti-thrash timeslice; 0: off).
     var residencyMilliseconds = 0
     /// `gpuFault = .thrashing`: direction changes that pin a window, the longest gap between
@@ -50,7 +51,7 @@ struct ThrashOptions: Sendable {
             p.gpuFault = .custom(policy)
             thrashing = policy
         }
-        p.cpuFaultGranularity = faultAround > 1 ? .faultAround(pages: faultAround) : .page
+        p.cpuFaultGranularity = try MigrateOptions.cpuFaultGranularity(faultAround: faultAround, prefetch: prefetch)
         p.minimumResidency = .milliseconds(residencyMilliseconds)
         return (p, thrashing)
     }
@@ -61,6 +62,7 @@ struct ThrashOptions: Sendable {
         if !(1...100_000).contains(rounds) { return "rounds must be in 1...100000" }
         if !(1...512).contains(window) { return "window must be in 1...512" }
         if !(1...512).contains(faultAround) { return "fault-around must be in 1...512" }
+        if let clash = MigrateOptions.prefetchProblem(faultAround: faultAround, prefetch: prefetch) { return clash }
         if !(0...10_000).contains(residencyMilliseconds) { return "residency-ms must be in 0...10000" }
         if !(1...100).contains(thrashThreshold) { return "thrash-threshold must be in 1...100" }
         if !(1...600_000).contains(thrashLapseMilliseconds) { return "thrash-lapse-ms must be in 1...600000" }

@@ -105,6 +105,7 @@ enum ThrashRun {
         r.set("gpu_fault", o.gpuFault.rawValue)
         r.set("window", o.window)
         r.set("fault_around", o.faultAround)
+        r.set("prefetch", o.prefetch.rawValue)
         r.set("residency_ms", o.residencyMilliseconds)
         r.set("backend", o.backend.rawValue)
         r.set("checked", o.checked)

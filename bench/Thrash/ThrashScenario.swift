@@ -15,6 +15,8 @@ struct ThrashScenario: BenchScenario {
               help: "a GPU fault migrates its window to VRAM, maps the system pages, or migrates until the window ping-pongs (thrashing)"),
         .init("window", .integer(1...512), default: "16", help: "pages per GPU fault"),
         .init("fault-around", .integer(1...512), default: "1", help: "pages brought back per CPU fault"),
+        .init("prefetch", .choice(MigrateOptions.Prefetch.allCases.map(\.rawValue)), default: "off",
+              help: "sequential: CPU-fault windows double along sequential scans (readahead-style; not with fault-around)"),
         .init("residency-ms", .integer(0...10_000), default: "0", help: "minimum residency in VRAM (Xe's anti-thrash timeslice)"),
         .init("thrash-threshold", .integer(1...100), default: "3",
               help: "gpu-fault=thrashing: direction changes of a window that pin it in RAM"),
@@ -36,6 +38,7 @@ struct ThrashScenario: BenchScenario {
         o.gpuFault = ThrashOptions.GPUFault(rawValue: try parameters.string("gpu-fault")) ?? .migrate
         o.window = try parameters.int("window")
         o.faultAround = try parameters.int("fault-around")
+        o.prefetch = MigrateOptions.Prefetch(rawValue: try parameters.string("prefetch")) ?? .off
         o.residencyMilliseconds = try parameters.int("residency-ms")
         o.thrashThreshold = try parameters.int("thrash-threshold")
         o.thrashLapseMilliseconds = try parameters.int("thrash-lapse-ms")

@@ -234,7 +234,14 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     public func unbind(_ mm: AddressSpace) {
         let space = spaces.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(mm)) }
         space?.detach()
-        if space != nil { policy.gpuFault.customPolicy?.addressSpaceUnbound(ObjectIdentifier(mm)) }
+        if space != nil { policiesForget(mm) }
+    }
+
+    /// Tells the policy objects of `policy` that `mm` is unbound.
+    private func policiesForget(_ mm: AddressSpace) {
+        let policy = self.policy
+        policy.gpuFault.customPolicy?.addressSpaceUnbound(ObjectIdentifier(mm))
+        if case .custom(let custom) = policy.cpuFaultGranularity { custom.addressSpaceUnbound(ObjectIdentifier(mm)) }
     }
 
     /// The bound view of `mm`, if any.
@@ -249,10 +256,9 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
             defer { table.removeAll() }
             return Array(table.values)
         }
-        let custom = policy.gpuFault.customPolicy
         for space in all {
             space.detach()
-            custom?.addressSpaceUnbound(ObjectIdentifier(space.mm))
+            policiesForget(space.mm)
         }
     }
 

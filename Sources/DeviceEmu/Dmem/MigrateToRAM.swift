@@ -195,6 +195,17 @@ extension Device {
         case .wholeAllocation:
             guard let r = Self.allocationRange(memory.zoneDeviceData(fault.page)), r.contains(fault.address) else { return page }
             return max(r.lowerBound, fault.vma.start) ..< min(r.upperBound, fault.vma.end)
+        case .custom(let custom):
+            let info = CPUFaultInfo(address: fault.address, vma: fault.vma.start ..< fault.vma.end,
+                                    addressSpace: ObjectIdentifier(fault.mm),
+                                    allocation: Self.allocationRange(memory.zoneDeviceData(fault.page)))
+            let r = custom.window(for: info)
+            // Page-aligned, inside the VMA, and holding the faulting page; else that page alone.
+            let lower = max(r.lowerBound & ~4095, fault.vma.start)
+            let roundedUp = r.upperBound > UInt64.max - 4095 ? UInt64.max & ~4095 : (r.upperBound + 4095) & ~4095
+            let upper = min(roundedUp, fault.vma.end)
+            guard lower <= fault.address, fault.address < upper else { return page }
+            return lower ..< upper
         }
     }
 }

@@ -13,6 +13,19 @@ public struct MigrationPolicy: Sendable, Equatable {
         /// The whole range the page was migrated with (Intel Xe's drm_pagemap migrates
         /// the whole device allocation back), clamped to the VMA.
         case wholeAllocation
+        /// Ask `policy` per fault (`CPUFaultPolicy`): a heuristic of your own, or
+        /// `SequentialPrefetchPolicy` (readahead-style growing windows for sequential
+        /// scans). Two values are equal when they name the same object.
+        case custom(any CPUFaultPolicy)
+
+        public static func == (a: Self, b: Self) -> Bool {
+            switch (a, b) {
+            case (.page, .page), (.wholeAllocation, .wholeAllocation): return true
+            case (.faultAround(let x), .faultAround(let y)): return x == y
+            case (.custom(let x), .custom(let y)): return x === y
+            default: return false
+            }
+        }
     }
 
     /// How a range migration treats pages that cannot move.
