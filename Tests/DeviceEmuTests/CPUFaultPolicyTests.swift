@@ -137,6 +137,17 @@ private func device(_ memory: PhysicalMemory, _ policy: any CPUFaultPolicy) thro
         #expect(fault(policy, a) == 1)
     }
 
+    /// A maximum of `Int.max` pages: the window keeps doubling (clamped to the VMA) and
+    /// never overflows.
+    @Test func anUnboundedMaximumNeverOverflows() throws {
+        var params = SequentialPrefetchPolicy.Parameters()
+        params.maxPages = .max
+        let policy = try SequentialPrefetchPolicy(params)
+        var p: UInt64 = 0
+        for _ in 0..<70 { p += UInt64(fault(policy, p, vmaPages: 1 << 35)) }
+        #expect(policy.statistics.sequentialFaults == 69)   // all but the first
+    }
+
     @Test func windowsStopAtTheVMAsEnd() throws {
         let policy = try SequentialPrefetchPolicy()
         #expect(fault(policy, 60, vmaPages: 64) == 1)

@@ -284,7 +284,8 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
     @Test func invalidParametersThrow() {
         var p = ThrashingMitigationPolicy.Parameters()
         for change: (inout ThrashingMitigationPolicy.Parameters) -> Void in [
-            { $0.windowPages = 0 }, { $0.threshold = 0 }, { $0.lapse = .zero }, { $0.pin = .milliseconds(-1) },
+            { $0.windowPages = 0 }, { $0.windowPages = 1 << 52 }, { $0.threshold = 0 }, { $0.lapse = .zero },
+            { $0.pin = .milliseconds(-1) },
         ] {
             p = .init()
             change(&p)

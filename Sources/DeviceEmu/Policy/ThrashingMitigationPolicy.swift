@@ -35,9 +35,10 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
 
         public init() {}
 
-        /// True when every field is usable (a positive window, threshold and lapse; a pin ≥ 0).
+        /// True when every field is usable: a window of 1 … 2^35 pages (the whole 47-bit
+        /// address space), a positive threshold and lapse, a pin ≥ 0.
         public var isValid: Bool {
-            windowPages >= 1 && threshold >= 1 && lapse > .zero && pin >= .zero
+            (1...(1 << 35)).contains(windowPages) && threshold >= 1 && lapse > .zero && pin >= .zero
         }
     }
 
