@@ -49,10 +49,13 @@ extension GPUAddressSpace {
                 written += 1
             }
         } else {
+            // After a migration that left the faulting page behind, map the window's pages
+            // that could not move too: each later fault on one of them would try the window's
+            // migration again, and that migration's own invalidation zaps the system entries
+            // mapped so far, so the window would fault page by page forever.
             let pages: Int
             switch decision {
-            case .mapSystemMemory(let n): pages = n
-            case .migrateToVRAM: pages = 1
+            case .mapSystemMemory(let n), .migrateToVRAM(let n): pages = n
             }
             written += try mapSystem(Self.window(address, pages: pages, vma.start, vma.end), faulting: address,
                                      write: kind == .write, reportOwnPages: true)
@@ -125,8 +128,12 @@ extension GPUAddressSpace {
                     let p = pfns[i]
                     guard p.contains(.valid), !p.contains(.error) else { continue }
                     let kind: DevicePageTableEntry.Kind = device.vram.contains(p.pfn) ? .vram : .system
-                    table.set(window.lowerBound + UInt64(i) << 12,
-                              DevicePageTableEntry(pfn: p.pfn, kind: kind, write: p.contains(.write)))
+                    let address = window.lowerBound + UInt64(i) << 12
+                    let e = DevicePageTableEntry(pfn: p.pfn, kind: kind, write: p.contains(.write))
+                    // An entry already holding this value (mapped by the migration this fault
+                    // just ran, or by an earlier fault on the window) is not written again.
+                    guard table.entry(address) != e else { continue }
+                    table.set(address, e)
                     count += 1
                 }
                 return count
