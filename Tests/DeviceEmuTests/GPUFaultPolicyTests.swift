@@ -267,6 +267,25 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
         withExtendedLifetime(mm) {}
     }
 
+    /// A window of 2^52 pages or more (all of a 64-bit address space and beyond) is valid,
+    /// as `.migrateToVRAM(pages: .max)` is: the whole VMA is one window, tracked as one.
+    @Test func windowsAsLargeAsTheAddressSpaceAreOneWindow() throws {
+        for pages in [1 << 52, Int.max] {
+            let policy = try ThrashingMitigationPolicy(parameters(window: pages, threshold: 1))
+            let mm = AddressSpace(memory: try makeMemory(mib: 16))
+            let s = ObjectIdentifier(mm)
+            let vma = 0x10000 as UInt64 ..< 0x100000
+            #expect(policy.resolve(GPUFaultInfo(address: 0x20000, access: .write, vma: vma, addressSpace: s))
+                    == .migrateToVRAM(pages: pages))
+            policy.cpuFaultMigratedToRAM(0x80000 ..< 0x81000, pages: 1, addressSpace: s)
+            #expect(policy.isPinned(0x10000, addressSpace: s) && policy.isPinned(0xff000, addressSpace: s))
+            #expect(policy.resolve(GPUFaultInfo(address: 0xff000, access: .read, vma: vma, addressSpace: s))
+                    == .mapSystemMemory(pages: pages))
+            #expect(policy.trackedWindows == 1 && policy.statistics == .init(pins: 1, migrations: 1, pinnedFaults: 1))
+            withExtendedLifetime(mm) {}
+        }
+    }
+
     @Test func idleWindowsArePrunedAsTheTableGrows() throws {
         let policy = try ThrashingMitigationPolicy(parameters(window: 1, lapse: .milliseconds(1), pin: .zero))
         let mm = AddressSpace(memory: try makeMemory(mib: 16))

@@ -81,7 +81,7 @@ public final class SequentialPrefetchPolicy: CPUFaultPolicy, @unchecked Sendable
             let pages: Int
             let slot: Int
             if let i = streams.firstIndex(where: { $0.end == page }) {
-                pages = min(streams[i].pages * 2, parameters.maxPages)
+                pages = streams[i].pages > parameters.maxPages / 2 ? parameters.maxPages : streams[i].pages * 2
                 slot = i
                 stats.sequentialFaults += 1
             } else if let i = streams.firstIndex(where: { $0.start <= page && page < $0.end }) {

@@ -58,6 +58,9 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
     }
 
     public let parameters: Parameters
+    /// Bytes per window: `windowPages` pages, at most 2^51 of them (2^63 − 4 KiB, more
+    /// than any address space), so that the shift neither wraps nor yields 0.
+    private let span: UInt64
 
     private struct Key: Hashable {
         var space: ObjectIdentifier
@@ -83,6 +86,7 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
     public init(_ parameters: Parameters = Parameters()) throws(DeviceError) {
         guard parameters.isValid else { throw .invalidArgument }
         self.parameters = parameters
+        span = UInt64(min(parameters.windowPages, Int.max >> 12)) << 12
     }
 
     public var statistics: Statistics { lock.withLock { stats } }
@@ -113,7 +117,6 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
 
     public func cpuFaultMigratedToRAM(_ range: Range<UInt64>, pages: Int, addressSpace: ObjectIdentifier) {
         guard pages > 0, !range.isEmpty else { return }
-        let span = UInt64(parameters.windowPages) << 12
         lock.withLock {
             let now = MonotonicTime.now()
             var w = range.lowerBound / span
@@ -129,7 +132,7 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
     }
 
     private func key(_ address: UInt64, _ space: ObjectIdentifier) -> Key {
-        Key(space: space, window: address / (UInt64(parameters.windowPages) << 12))
+        Key(space: space, window: address / span)
     }
 
     /// Records a move of window `k` (lock held).
