@@ -197,6 +197,23 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
         #expect(policy.statistics == .init(pins: 0, migrations: 16, pinnedFaults: 0))
     }
 
+    /// A change of direction later than `lapse` after the previous move is no thrashing
+    /// event: with a threshold of 1 it pins nothing, and it does not count toward the next.
+    @Test func aLateChangeOfDirectionIsNoThrashingEvent() throws {
+        let policy = try ThrashingMitigationPolicy(parameters(window: 1, threshold: 1, lapse: .milliseconds(2)))
+        let mm = AddressSpace(memory: try makeMemory(mib: 16))
+        let s = ObjectIdentifier(mm)
+        let fault = GPUFaultInfo(address: 0x1000, access: .write, vma: 0 ..< 0x10000, addressSpace: s)
+        #expect(policy.resolve(fault) == .migrateToVRAM(pages: 1))
+        usleep(10_000)
+        policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)   // late: not thrashing
+        #expect(!policy.isPinned(0x1000, addressSpace: s))
+        #expect(policy.resolve(fault) == .migrateToVRAM(pages: 1))                   // quick: an event, pinned
+        #expect(policy.isPinned(0x1000, addressSpace: s))
+        #expect(policy.statistics == .init(pins: 1, migrations: 2, pinnedFaults: 0))
+        withExtendedLifetime(mm) {}
+    }
+
     @Test func thePinExpiresAndEachAddressSpaceIsTrackedApart() throws {
         let policy = try ThrashingMitigationPolicy(parameters(window: 4, threshold: 2, pin: .milliseconds(30)))
         let one = AddressSpace(memory: try makeMemory(mib: 16)), two = AddressSpace(memory: try makeMemory(mib: 16))

@@ -144,7 +144,8 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
         }
         if w.pinnedUntil > now { return }
         if w.towardVRAM != towardVRAM {
-            w.changes = now - w.lastMove <= MonotonicTime.nanoseconds(parameters.lapse) ? w.changes + 1 : 1
+            // Only a change within `lapse` is a thrashing event; a later one starts the count over.
+            w.changes = now - w.lastMove <= MonotonicTime.nanoseconds(parameters.lapse) ? w.changes + 1 : 0
             w.towardVRAM = towardVRAM
             if w.changes >= parameters.threshold {
                 w.pinnedUntil = now + MonotonicTime.nanoseconds(parameters.pin)
