@@ -214,6 +214,25 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
         withExtendedLifetime(mm) {}
     }
 
+    /// After its pin expires a window is watched afresh, even when the pin is shorter than
+    /// the lapse: its first move is no thrashing event, so it is not pinned again at once.
+    @Test func anExpiredPinStartsTheCountAfresh() throws {
+        let policy = try ThrashingMitigationPolicy(parameters(window: 1, threshold: 1, pin: .milliseconds(5)))
+        let mm = AddressSpace(memory: try makeMemory(mib: 16))
+        let s = ObjectIdentifier(mm)
+        let fault = GPUFaultInfo(address: 0x1000, access: .write, vma: 0 ..< 0x10000, addressSpace: s)
+        #expect(policy.resolve(fault) == .migrateToVRAM(pages: 1))
+        policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)   // 1st change: pinned
+        #expect(policy.isPinned(0x1000, addressSpace: s))
+        usleep(20_000)
+        #expect(policy.resolve(fault) == .migrateToVRAM(pages: 1))                   // afresh: no event
+        #expect(!policy.isPinned(0x1000, addressSpace: s))
+        policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)   // a change again: pinned
+        #expect(policy.isPinned(0x1000, addressSpace: s))
+        #expect(policy.statistics == .init(pins: 2, migrations: 2, pinnedFaults: 0))
+        withExtendedLifetime(mm) {}
+    }
+
     @Test func thePinExpiresAndEachAddressSpaceIsTrackedApart() throws {
         let policy = try ThrashingMitigationPolicy(parameters(window: 4, threshold: 2, pin: .milliseconds(30)))
         let one = AddressSpace(memory: try makeMemory(mib: 16)), two = AddressSpace(memory: try makeMemory(mib: 16))

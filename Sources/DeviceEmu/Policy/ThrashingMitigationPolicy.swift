@@ -143,6 +143,11 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
             return
         }
         if w.pinnedUntil > now { return }
+        if w.pinnedUntil != 0 {
+            // The pin expired: watched afresh (its first move is no event, even within `lapse`).
+            windows[k] = Window(towardVRAM: towardVRAM, lastMove: now, changes: 0, pinnedUntil: 0)
+            return
+        }
         if w.towardVRAM != towardVRAM {
             // Only a change within `lapse` is a thrashing event; a later one starts the count over.
             w.changes = now - w.lastMove <= MonotonicTime.nanoseconds(parameters.lapse) ? w.changes + 1 : 0
