@@ -322,6 +322,20 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
         }
     }
 
+    /// Durations of centuries are valid and clamp: 18446744073.8 s is below `UInt64.max` ns
+    /// in whole seconds, above it with its fraction.
+    @Test func hugeDurationsClampInsteadOfOverflowing() throws {
+        let huge = Duration.seconds(18_446_744_073) + .milliseconds(800)
+        let policy = try ThrashingMitigationPolicy(parameters(window: 1, threshold: 1, lapse: huge, pin: huge))
+        let mm = AddressSpace(memory: try makeMemory(mib: 16))
+        let s = ObjectIdentifier(mm)
+        #expect(policy.resolve(GPUFaultInfo(address: 0x1000, access: .read, vma: 0 ..< 0x10000, addressSpace: s))
+                == .migrateToVRAM(pages: 1))
+        policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)
+        #expect(policy.isPinned(0x1000, addressSpace: s))
+        withExtendedLifetime(mm) {}
+    }
+
     @Test func idleWindowsArePrunedAsTheTableGrows() throws {
         let policy = try ThrashingMitigationPolicy(parameters(window: 1, lapse: .milliseconds(1), pin: .zero))
         let mm = AddressSpace(memory: try makeMemory(mib: 16))
