@@ -155,6 +155,19 @@ private func device(_ memory: PhysicalMemory, _ policy: any CPUFaultPolicy) thro
         #expect(fault(policy, 63, vmaPages: 64) == 1)   // 4 wanted, 1 left
     }
 
+    /// Parameters near `Int.max` are valid: doubling a window saturates at `maxPages`
+    /// rather than overflowing.
+    @Test func hugeWindowsSaturateInsteadOfOverflowing() throws {
+        var params = SequentialPrefetchPolicy.Parameters()
+        params.initialPages = 1 << 62
+        params.maxPages = .max
+        let policy = try SequentialPrefetchPolicy(params)
+        #expect(fault(policy, 0, vmaPages: 4) == 4)                       // 2^62 wanted, 4 left
+        #expect(fault(policy, 4, vmaPages: 16) == 12)                     // 2^63 wanted: Int.max
+        #expect(fault(policy, 16, vmaPages: 1 << 20) == (1 << 20) - 16)   // Int.max again
+        #expect(policy.statistics == .init(streamsStarted: 1, sequentialFaults: 2, pagesRequested: 1 << 20))
+    }
+
     @Test func unboundAndTooManyAddressSpacesAreForgotten() throws {
         let policy = try SequentialPrefetchPolicy()
         let tokens = (0..<300).map { _ in Token() }

@@ -197,6 +197,42 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
         #expect(policy.statistics == .init(pins: 0, migrations: 16, pinnedFaults: 0))
     }
 
+    /// A change of direction later than `lapse` after the previous move is no thrashing
+    /// event: with a threshold of 1 it pins nothing, and it does not count toward the next.
+    @Test func aLateChangeOfDirectionIsNoThrashingEvent() throws {
+        let policy = try ThrashingMitigationPolicy(parameters(window: 1, threshold: 1, lapse: .milliseconds(2)))
+        let mm = AddressSpace(memory: try makeMemory(mib: 16))
+        let s = ObjectIdentifier(mm)
+        let fault = GPUFaultInfo(address: 0x1000, access: .write, vma: 0 ..< 0x10000, addressSpace: s)
+        #expect(policy.resolve(fault) == .migrateToVRAM(pages: 1))
+        usleep(10_000)
+        policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)   // late: not thrashing
+        #expect(!policy.isPinned(0x1000, addressSpace: s))
+        #expect(policy.resolve(fault) == .migrateToVRAM(pages: 1))                   // quick: an event, pinned
+        #expect(policy.isPinned(0x1000, addressSpace: s))
+        #expect(policy.statistics == .init(pins: 1, migrations: 2, pinnedFaults: 0))
+        withExtendedLifetime(mm) {}
+    }
+
+    /// After its pin expires a window is watched afresh, even when the pin is shorter than
+    /// the lapse: its first move is no thrashing event, so it is not pinned again at once.
+    @Test func anExpiredPinStartsTheCountAfresh() throws {
+        let policy = try ThrashingMitigationPolicy(parameters(window: 1, threshold: 1, pin: .milliseconds(5)))
+        let mm = AddressSpace(memory: try makeMemory(mib: 16))
+        let s = ObjectIdentifier(mm)
+        let fault = GPUFaultInfo(address: 0x1000, access: .write, vma: 0 ..< 0x10000, addressSpace: s)
+        #expect(policy.resolve(fault) == .migrateToVRAM(pages: 1))
+        policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)   // 1st change: pinned
+        #expect(policy.isPinned(0x1000, addressSpace: s))
+        usleep(20_000)
+        #expect(policy.resolve(fault) == .migrateToVRAM(pages: 1))                   // afresh: no event
+        #expect(!policy.isPinned(0x1000, addressSpace: s))
+        policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)   // a change again: pinned
+        #expect(policy.isPinned(0x1000, addressSpace: s))
+        #expect(policy.statistics == .init(pins: 2, migrations: 2, pinnedFaults: 0))
+        withExtendedLifetime(mm) {}
+    }
+
     @Test func thePinExpiresAndEachAddressSpaceIsTrackedApart() throws {
         let policy = try ThrashingMitigationPolicy(parameters(window: 4, threshold: 2, pin: .milliseconds(30)))
         let one = AddressSpace(memory: try makeMemory(mib: 16)), two = AddressSpace(memory: try makeMemory(mib: 16))
@@ -264,6 +300,39 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
         #expect(policy.isPinned(0x1000, addressSpace: s) && policy.trackedWindows == 1)
         policy.addressSpaceUnbound(s)
         #expect(!policy.isPinned(0x1000, addressSpace: s) && policy.trackedWindows == 0)
+        withExtendedLifetime(mm) {}
+    }
+
+    /// A window of 2^52 pages or more (all of a 64-bit address space and beyond) is valid,
+    /// as `.migrateToVRAM(pages: .max)` is: the whole VMA is one window, tracked as one.
+    @Test func windowsAsLargeAsTheAddressSpaceAreOneWindow() throws {
+        for pages in [1 << 52, Int.max] {
+            let policy = try ThrashingMitigationPolicy(parameters(window: pages, threshold: 1))
+            let mm = AddressSpace(memory: try makeMemory(mib: 16))
+            let s = ObjectIdentifier(mm)
+            let vma = 0x10000 as UInt64 ..< 0x100000
+            #expect(policy.resolve(GPUFaultInfo(address: 0x20000, access: .write, vma: vma, addressSpace: s))
+                    == .migrateToVRAM(pages: pages))
+            policy.cpuFaultMigratedToRAM(0x80000 ..< 0x81000, pages: 1, addressSpace: s)
+            #expect(policy.isPinned(0x10000, addressSpace: s) && policy.isPinned(0xff000, addressSpace: s))
+            #expect(policy.resolve(GPUFaultInfo(address: 0xff000, access: .read, vma: vma, addressSpace: s))
+                    == .mapSystemMemory(pages: pages))
+            #expect(policy.trackedWindows == 1 && policy.statistics == .init(pins: 1, migrations: 1, pinnedFaults: 1))
+            withExtendedLifetime(mm) {}
+        }
+    }
+
+    /// Durations of centuries are valid and clamp: 18446744073.8 s is below `UInt64.max` ns
+    /// in whole seconds, above it with its fraction.
+    @Test func hugeDurationsClampInsteadOfOverflowing() throws {
+        let huge = Duration.seconds(18_446_744_073) + .milliseconds(800)
+        let policy = try ThrashingMitigationPolicy(parameters(window: 1, threshold: 1, lapse: huge, pin: huge))
+        let mm = AddressSpace(memory: try makeMemory(mib: 16))
+        let s = ObjectIdentifier(mm)
+        #expect(policy.resolve(GPUFaultInfo(address: 0x1000, access: .read, vma: 0 ..< 0x10000, addressSpace: s))
+                == .migrateToVRAM(pages: 1))
+        policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)
+        #expect(policy.isPinned(0x1000, addressSpace: s))
         withExtendedLifetime(mm) {}
     }
 

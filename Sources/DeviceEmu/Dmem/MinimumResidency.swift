@@ -8,10 +8,10 @@ import HostMM
 /// Who honours it, and how:
 /// - a CPU fault on a young page waits until the page has been resident that long
 ///   (`waitForResidency`, counted in `residencyWaits`);
-/// - a fault-around window (`.faultAround`) waits for the faulting page only; its other
-///   pages still young after that wait stay in VRAM, mapped by the GPU
-///   (`youngNeighboursSkipped`): the CPU did not ask for them, the GPU may still be using
-///   them, and each waits out its own timeslice when the CPU touches it;
+/// - a fault-around window (`.faultAround`, and a `.custom` policy's window) waits for
+///   the faulting page only; its other pages still young after that wait stay in VRAM,
+///   mapped by the GPU (`youngNeighboursSkipped`): the CPU did not ask for them, the GPU
+///   may still be using them, and each waits out its own timeslice when the CPU touches it;
 /// - a whole-allocation fault (`.wholeAllocation`) waits until the youngest page of the
 ///   allocation has come of age, then moves it all: the allocation is the unit, as Xe's
 ///   timeslice is per range (its pages carry the stamps of their own batches, or of a

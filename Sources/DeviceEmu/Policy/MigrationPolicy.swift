@@ -92,8 +92,9 @@ public struct MigrationPolicy: Sendable, Equatable {
     /// What a CPU fault on a device page brings back (`.page`: nouveau's behaviour).
     public var cpuFaultGranularity: CPUFaultGranularity = .page
     /// Xe's anti-thrash "timeslice": a page migrated to VRAM is not moved out before it
-    /// has been resident this long. A CPU fault waits for it (fault-around leaves young
-    /// neighbours in VRAM; a whole-allocation fault waits for the youngest page); eviction
+    /// has been resident this long. A CPU fault waits for it (fault-around and `.custom`
+    /// windows leave young neighbours in VRAM; a whole-allocation fault waits for the
+    /// youngest page); eviction
     /// under VRAM pressure takes older pages first and waits, at most this long, when only
     /// young ones are left. Explicit `migrateRangeToRAM`, `evictAll`, suspend and
     /// teardown ignore it. Zero disables it. See `Dmem/MinimumResidency.swift`.

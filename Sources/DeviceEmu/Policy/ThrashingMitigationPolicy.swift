@@ -59,6 +59,9 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
     }
 
     public let parameters: Parameters
+    /// Bytes per window: `windowPages` pages, at most 2^51 of them (2^63 − 4 KiB, more
+    /// than any address space), so that the shift neither wraps nor yields 0.
+    private let span: UInt64
 
     private struct Key: Hashable {
         var space: ObjectIdentifier
@@ -84,6 +87,7 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
     public init(_ parameters: Parameters = Parameters()) throws(DeviceError) {
         guard parameters.isValid else { throw .invalidArgument }
         self.parameters = parameters
+        span = UInt64(min(parameters.windowPages, Int.max >> 12)) << 12
     }
 
     public var statistics: Statistics { lock.withLock { stats } }
@@ -114,7 +118,6 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
 
     public func cpuFaultMigratedToRAM(_ range: Range<UInt64>, pages: Int, addressSpace: ObjectIdentifier) {
         guard pages > 0, !range.isEmpty else { return }
-        let span = UInt64(parameters.windowPages) << 12
         lock.withLock {
             let now = MonotonicTime.now()
             var w = range.lowerBound / span
@@ -130,7 +133,7 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
     }
 
     private func key(_ address: UInt64, _ space: ObjectIdentifier) -> Key {
-        Key(space: space, window: address / (UInt64(parameters.windowPages) << 12))
+        Key(space: space, window: address / span)
     }
 
     /// Records a move of window `k` (lock held).
@@ -141,8 +144,14 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
             return
         }
         if w.pinnedUntil > now { return }
+        if w.pinnedUntil != 0 {
+            // The pin expired: watched afresh (its first move is no event, even within `lapse`).
+            windows[k] = Window(towardVRAM: towardVRAM, lastMove: now, changes: 0, pinnedUntil: 0)
+            return
+        }
         if w.towardVRAM != towardVRAM {
-            w.changes = now - w.lastMove <= MonotonicTime.nanoseconds(parameters.lapse) ? w.changes + 1 : 1
+            // Only a change within `lapse` is a thrashing event; a later one starts the count over.
+            w.changes = now - w.lastMove <= MonotonicTime.nanoseconds(parameters.lapse) ? w.changes + 1 : 0
             w.towardVRAM = towardVRAM
             if w.changes >= parameters.threshold {
                 w.pinnedUntil = now + MonotonicTime.nanoseconds(parameters.pin)

@@ -9,6 +9,8 @@ extension MonotonicTime {
         let (s, atto) = d.components
         guard s >= 0 else { return 0 }
         let (n, overflow) = UInt64(s).multipliedReportingOverflow(by: 1_000_000_000)
-        return overflow ? .max / 2 : min(n + UInt64(max(0, atto) / 1_000_000_000), .max / 2)
+        // Above `.max / 2` already: clamp before adding the fraction, which could overflow.
+        guard !overflow, n <= .max / 2 else { return .max / 2 }
+        return min(n + UInt64(max(0, atto) / 1_000_000_000), .max / 2)
     }
 }
