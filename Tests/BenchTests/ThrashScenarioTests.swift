@@ -104,8 +104,11 @@ import Testing
         ]) as? ThrashCommand)
         let t = try thrashing.options
         #expect(t.gpuFault == .thrashing && t.thrashThreshold == 4 && t.thrashLapseMilliseconds == 50 && t.thrashPinMilliseconds == 0)
-        #expect(throws: (any Error).self) { _ = try DmemBench.parseAsRoot(["thrash", "--thrash-lapse", "0"]) }
-        #expect(throws: (any Error).self) { _ = try DmemBench.parseAsRoot(["thrash", "--thrash-threshold", "0"]) }
+        #expect(throws: (any Error).self) { _ = try DmemBench.parseAsRoot(["thrash", "--gpu-fault", "thrashing", "--thrash-lapse", "0"]) }
+        #expect(throws: (any Error).self) { _ = try DmemBench.parseAsRoot(["thrash", "--gpu-fault", "thrashing", "--thrash-threshold", "0"]) }
+        // Tuning a policy that is not selected is a mistake, not a no-op.
+        #expect(throws: (any Error).self) { _ = try DmemBench.parseAsRoot(["thrash", "--thrash-pin", "10"]) }
+        #expect(try (DmemBench.parseAsRoot(["thrash", "--gpu-fault", "thrashing"]) as? ThrashCommand)?.options.thrashPinMilliseconds == 300)
         #expect(throws: (any Error).self) { _ = try DmemBench.parseAsRoot(["thrash", "--pages", "3"]) }
     }
 

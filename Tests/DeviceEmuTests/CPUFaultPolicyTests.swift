@@ -42,6 +42,9 @@ private func device(_ memory: PhysicalMemory, _ policy: any CPUFaultPolicy) thro
         ])
         #expect(gpu.counters[.cpuFaults] == 1 && gpu.counters[.pagesToRAM] == 12)
         #expect(gpu.residentPages(mm, a, pages: 64) == 32 - 12)
+        // A CPU write says so (pages 8..<20 are back in RAM; page 30 is still in VRAM).
+        try mm.write(at: a + 30 * page, bytes: pattern.page(30))
+        #expect(policy.faults.withLockedValue { $0.last.map { ($0.address, $0.isWrite) } } ?? (0, false) == (a + 30 * page, true))
         #expect(try pattern.cpuMismatches(mm, a, pages: 64).isEmpty)
     }
 

@@ -25,9 +25,9 @@ struct ThrashCommand: ParsableCommand {
     @Option(help: "Pages brought back per CPU fault (1 = nouveau's single page).") var faultAround = 1
     @Option(help: "off, or sequential: CPU-fault windows double along sequential scans (readahead-style; not with --fault-around).") var prefetch = "off"
     @Option(help: "Minimum residency of a page in VRAM in ms (Xe's anti-thrash timeslice; 0: off).") var residency = 0
-    @Option(help: "--gpu-fault thrashing: direction changes (VRAM ↔ RAM) that pin a window in RAM.") var thrashThreshold = 3
-    @Option(help: "--gpu-fault thrashing: longest gap in ms between two moves of a window that still counts.") var thrashLapse = 20
-    @Option(help: "--gpu-fault thrashing: ms a thrashing window stays in RAM.") var thrashPin = 300
+    @Option(help: "--gpu-fault thrashing: direction changes (VRAM ↔ RAM) that pin a window in RAM (default 3).") var thrashThreshold: Int?
+    @Option(help: "--gpu-fault thrashing: longest gap in ms between two moves of a window that still counts (default 20).") var thrashLapse: Int?
+    @Option(help: "--gpu-fault thrashing: ms a thrashing window stays in RAM; 0 never pins (default 300).") var thrashPin: Int?
     @Option(help: "iouring, memcpy or mapped.") var backend = "iouring"
     @Flag(help: "Run in checked mode (protocol sanitizer).") var checked = false
     @Flag(help: "Print exactly one JSON object on stdout instead of a table (no file name: redirect it, or use `dmem-bench run … --json FILE`).") var json = false
@@ -44,9 +44,12 @@ struct ThrashCommand: ParsableCommand {
             guard let p = MigrateOptions.Prefetch(rawValue: prefetch) else { throw ValidationError("--prefetch must be off or sequential") }
             o.prefetch = p
             o.residencyMilliseconds = residency
-            o.thrashThreshold = thrashThreshold
-            o.thrashLapseMilliseconds = thrashLapse
-            o.thrashPinMilliseconds = thrashPin
+            if o.gpuFault != .thrashing, thrashThreshold != nil || thrashLapse != nil || thrashPin != nil {
+                throw ValidationError("--thrash-threshold, --thrash-lapse and --thrash-pin tune --gpu-fault thrashing only")
+            }
+            if let thrashThreshold { o.thrashThreshold = thrashThreshold }
+            if let thrashLapse { o.thrashLapseMilliseconds = thrashLapse }
+            if let thrashPin { o.thrashPinMilliseconds = thrashPin }
             guard let kind = MigrateOptions.Backend(rawValue: backend) else { throw ValidationError("--backend must be iouring, memcpy or mapped") }
             o.backend = kind
             o.checked = checked

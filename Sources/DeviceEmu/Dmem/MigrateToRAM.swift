@@ -198,7 +198,8 @@ extension Device {
         case .custom(let custom):
             let info = CPUFaultInfo(address: fault.address, vma: fault.vma.start ..< fault.vma.end,
                                     addressSpace: ObjectIdentifier(fault.mm),
-                                    allocation: Self.allocationRange(memory.zoneDeviceData(fault.page)))
+                                    allocation: Self.allocationRange(memory.zoneDeviceData(fault.page)),
+                                    isWrite: fault.isWrite)
             let r = custom.window(for: info)
             // Page-aligned, inside the VMA, and holding the faulting page; else that page alone.
             let lower = max(r.lowerBound & ~4095, fault.vma.start)

@@ -34,11 +34,15 @@ public struct CPUFaultInfo: Sendable, Equatable {
     /// The range the page was migrated to VRAM with, when the device knows it (what
     /// `.wholeAllocation` brings back).
     public var allocation: Range<UInt64>?
+    /// Whether the faulting access writes (`FAULT_FLAG_WRITE`).
+    public var isWrite: Bool
 
-    public init(address: UInt64, vma: Range<UInt64>, addressSpace: ObjectIdentifier, allocation: Range<UInt64>? = nil) {
+    public init(address: UInt64, vma: Range<UInt64>, addressSpace: ObjectIdentifier, allocation: Range<UInt64>? = nil,
+                isWrite: Bool = false) {
         self.address = address
         self.vma = vma
         self.addressSpace = addressSpace
         self.allocation = allocation
+        self.isWrite = isWrite
     }
 }

@@ -1,3 +1,5 @@
+public import HostMM
+
 /// Decides, fault by fault, whether a GPU fault migrates its window to VRAM or maps the
 /// system pages: the seam where fault heuristics vary (nvidia-uvm's `uvm_perf_*`
 /// modules — thrashing detection, prefetch — sit at this point of its fault path).
@@ -42,13 +44,24 @@ public struct GPUFaultInfo: Sendable, Equatable {
     public var access: Access
     /// The VMA the page lies in (a window is clamped to it).
     public var vma: Range<UInt64>
+    /// The VMA's flags: a `.shared` or file-backed VMA's pages cannot migrate to VRAM
+    /// (`migrate_vma_setup` collects anonymous private pages only).
+    public var vmaFlags: VMAFlags
+    /// The CPU page-table entry of the page when the fault was taken (a peek: it may
+    /// change before the fault is resolved): `.none` never touched, `.present` in RAM
+    /// (or the zero page: a write to it faults again), `.devicePrivate` in a device's
+    /// VRAM, `.migration` being migrated, `.deviceExclusive` held for atomics.
+    public var cpuEntry: PageTableEntry.Kind
     /// The address space (`ObjectIdentifier` of its `AddressSpace`).
     public var addressSpace: ObjectIdentifier
 
-    public init(address: UInt64, access: Access, vma: Range<UInt64>, addressSpace: ObjectIdentifier) {
+    public init(address: UInt64, access: Access, vma: Range<UInt64>, vmaFlags: VMAFlags = [.read, .write],
+                cpuEntry: PageTableEntry.Kind = .none, addressSpace: ObjectIdentifier) {
         self.address = address
         self.access = access
         self.vma = vma
+        self.vmaFlags = vmaFlags
+        self.cpuEntry = cpuEntry
         self.addressSpace = addressSpace
     }
 }

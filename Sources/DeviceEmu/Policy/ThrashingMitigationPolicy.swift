@@ -7,11 +7,11 @@ import NIOConcurrencyHelpers
 ///
 /// Each window (the aligned `windowPages` around a fault) remembers which way its pages
 /// last moved: to VRAM (a GPU fault this policy resolved by migrating) or back to RAM (a
-/// CPU fault). A change of direction within `lapse` of the window's previous move is a
-/// thrashing event; `threshold` consecutive events pin the window for `pin`: its GPU
-/// faults map the system pages instead, so the GPU reads and writes RAM remotely and the
-/// CPU stops faulting. When the pin expires the window migrates again and is watched
-/// afresh. uvm first throttles the faulting processor (`nap`) and pins only after
+/// CPU fault on a window it has a record of). A change of direction within `lapse` of the
+/// window's previous move is a thrashing event; `threshold` consecutive events pin the
+/// window for `pin`: its GPU faults — the one whose move completed the run included — map
+/// the system pages instead, so the GPU reads and writes RAM remotely and the CPU stops
+/// faulting. When the pin expires the window migrates again and is watched afresh. uvm first throttles the faulting processor (`nap`) and pins only after
 /// repeated throttling; this policy pins at once.
 ///
 /// State: one small record per window touched, dropped when its address space is
@@ -30,15 +30,16 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
         /// uvm uses 250 µs; migrations here take tens of µs per window and a GPU/CPU
         /// round over a working set milliseconds, so the default is 20 ms.
         public var lapse: Duration = .milliseconds(20)
-        /// How long a thrashing window stays in system memory (uvm: 300 ms).
+        /// How long a thrashing window stays in system memory (uvm: 300 ms). Zero never
+        /// pins (thrashing is still tracked, nothing is counted in `pins`).
         public var pin: Duration = .milliseconds(300)
 
         public init() {}
 
-        /// True when every field is usable: a window of 1 … 2^35 pages (the whole 47-bit
-        /// address space), a positive threshold and lapse, a pin ≥ 0.
+        /// True when every field is usable: a positive window (one larger than the address
+        /// space makes the whole space one window), threshold and lapse; a pin ≥ 0.
         public var isValid: Bool {
-            (1...(1 << 35)).contains(windowPages) && threshold >= 1 && lapse > .zero && pin >= .zero
+            windowPages >= 1 && threshold >= 1 && lapse > .zero && pin >= .zero
         }
     }
 
@@ -105,25 +106,33 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
             // Read under the lock: times stored in the table never exceed `now`.
             let now = MonotonicTime.now()
             let k = key(fault.address, fault.addressSpace)
-            if let w = windows[k], w.pinnedUntil > now {
+            // A pinned window maps; so does the fault whose move pins it (uvm maps the
+            // access that finds the page thrashing rather than migrate it once more).
+            if windows[k].map({ $0.pinnedUntil > now }) == true || moved(k, towardVRAM: true, now) {
                 stats.pinnedFaults += 1
                 return true
             }
-            moved(k, towardVRAM: true, now)
             stats.migrations += 1
             return false
         }
         return pinned ? .mapSystemMemory(pages: parameters.windowPages) : .migrateToVRAM(pages: parameters.windowPages)
     }
 
+    /// Only windows this policy has a record of (it migrated them, or saw them move) are
+    /// updated: the fault window may also cover windows whose pages never were in VRAM.
     public func cpuFaultMigratedToRAM(_ range: Range<UInt64>, pages: Int, addressSpace: ObjectIdentifier) {
         guard pages > 0, !range.isEmpty else { return }
         lock.withLock {
             let now = MonotonicTime.now()
-            var w = range.lowerBound / span
-            while w <= (range.upperBound - 1) / span {
-                moved(Key(space: addressSpace, window: w), towardVRAM: false, now)
-                w += 1
+            let first = range.lowerBound / span, last = (range.upperBound - 1) / span
+            if last - first < UInt64(windows.count) {
+                for w in first...last where windows[Key(space: addressSpace, window: w)] != nil {
+                    _ = moved(Key(space: addressSpace, window: w), towardVRAM: false, now)
+                }
+            } else {
+                // A range wider than the table (a whole-VMA window): walk the records instead.
+                let hit = windows.keys.filter { $0.space == addressSpace && (first...last).contains($0.window) }
+                for k in hit { _ = moved(k, towardVRAM: false, now) }
             }
         }
     }
@@ -136,31 +145,34 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
         Key(space: space, window: address / span)
     }
 
-    /// Records a move of window `k` (lock held).
-    private func moved(_ k: Key, towardVRAM: Bool, _ now: UInt64) {
+    /// Records a move of window `k` (lock held); returns whether this move pinned it.
+    private func moved(_ k: Key, towardVRAM: Bool, _ now: UInt64) -> Bool {
         guard var w = windows[k] else {
             if windows.count >= pruneAt { prune(now) }
             windows[k] = Window(towardVRAM: towardVRAM, lastMove: now, changes: 0, pinnedUntil: 0)
-            return
+            return false
         }
-        if w.pinnedUntil > now { return }
+        if w.pinnedUntil > now { return false }
         if w.pinnedUntil != 0 {
             // The pin expired: watched afresh (its first move is no event, even within `lapse`).
             windows[k] = Window(towardVRAM: towardVRAM, lastMove: now, changes: 0, pinnedUntil: 0)
-            return
+            return false
         }
+        var pinned = false
         if w.towardVRAM != towardVRAM {
             // Only a change within `lapse` is a thrashing event; a later one starts the count over.
             w.changes = now - w.lastMove <= MonotonicTime.nanoseconds(parameters.lapse) ? w.changes + 1 : 0
             w.towardVRAM = towardVRAM
-            if w.changes >= parameters.threshold {
+            if w.changes >= parameters.threshold && parameters.pin > .zero {
                 w.pinnedUntil = now + MonotonicTime.nanoseconds(parameters.pin)
                 w.changes = 0
                 stats.pins += 1
+                pinned = true
             }
         }
         w.lastMove = now
         windows[k] = w
+        return pinned
     }
 
     /// Drops windows neither pinned nor moved within `lapse` (lock held).

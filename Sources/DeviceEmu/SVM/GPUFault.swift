@@ -11,12 +11,14 @@ extension GPUAddressSpace {
         device.counters.add(.gpuFaults)
         let begin = device.stamp()
         device.emit(.gpuFault, .none, address: address)
-        guard let vma = mm.mmapLock.withReadLock({ mm.findVMA(address).map { (start: $0.start, end: $0.end, flags: $0.flags) } }),
-              vma.flags.contains(.read) else { throw .fault(address: address) }
+        guard let vma = mm.mmapLock.withReadLock({
+            mm.findVMA(address).map { (start: $0.start, end: $0.end, flags: $0.flags, entry: mm.pageTableEntry(address).kind) }
+        }), vma.flags.contains(.read) else { throw .fault(address: address) }
         if kind != .read && !vma.flags.contains(.write) { throw .permissionDenied(address: address) }
         let policy = device.policy
         let decision = policy.gpuFault.decide(
-            GPUFaultInfo(address: address, access: kind.info, vma: vma.start ..< vma.end, addressSpace: ObjectIdentifier(mm)))
+            GPUFaultInfo(address: address, access: kind.info, vma: vma.start ..< vma.end, vmaFlags: vma.flags,
+                         cpuEntry: vma.entry, addressSpace: ObjectIdentifier(mm)))
         // Entries the migration mapped (it counts them in `deviceMappings` itself), and
         // entries this fault writes itself.
         var migrated = 0, written = 0
