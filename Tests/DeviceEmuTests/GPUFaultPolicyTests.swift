@@ -11,8 +11,13 @@ private final class RecordingPolicy: GPUFaultPolicy, @unchecked Sendable {
     let faults = NIOLockedValueBox<[GPUFaultInfo]>([])
     let cpuMoves = NIOLockedValueBox<[(range: Range<UInt64>, pages: Int, space: ObjectIdentifier)]>([])
     let unbound = NIOLockedValueBox<[ObjectIdentifier]>([])
+    let resolved = NIOLockedValueBox<[(address: UInt64, decision: GPUFaultDecision, migrated: Int, mapped: Int)]>([])
 
     init(_ decide: @escaping @Sendable (GPUFaultInfo) -> GPUFaultDecision) { self.decide = decide }
+
+    func gpuFaultResolved(_ fault: GPUFaultInfo, decision: GPUFaultDecision, migrated: Int, mapped: Int) {
+        resolved.withLockedValue { $0.append((fault.address, decision, migrated, mapped)) }
+    }
 
     func resolve(_ fault: GPUFaultInfo) -> GPUFaultDecision {
         faults.withLockedValue { $0.append(fault) }
@@ -66,6 +71,11 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
         #expect(space.entry(at: half + UInt64(4 * pageSize)).kind == .none)   // outside the 4-page window
         #expect(space.entry(at: half + UInt64(8 * pageSize)).kind == .exclusive)
         #expect(try mm.read(at: half + 9, count: 1) == [1])
+        // What came of each decision: 8 pages migrated; 4 system pages mapped; 1 exclusive entry.
+        let outcomes = policy.resolved.withLockedValue { $0 }
+        #expect(outcomes.map(\.address) == faults.map(\.address))
+        #expect(outcomes.map(\.migrated) == [8, 0, 0] && outcomes.map(\.mapped) == [0, 4, 1])
+        #expect(outcomes.map(\.decision) == [.migrateToVRAM(pages: 8), .mapSystemMemory(pages: 4), .mapSystemMemory(pages: 4)])
     }
 
     /// The fault tells the policy where the page is (never touched; in this VRAM, once the
@@ -84,6 +94,7 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
         let faults = policy.faults.withLockedValue { $0 }
         #expect(faults.map(\.cpuEntry) == [.none, .none])
         #expect(!faults[0].vmaFlags.contains(.shared) && faults[1].vmaFlags.contains(.shared))
+        #expect(policy.resolved.withLockedValue { $0.map(\.mapped) } == [1, 1])
         // A page in this device's VRAM whose device entry is gone faults as `.devicePrivate`.
         try mm.write(at: fresh + UInt64(pageSize), bytes: [1])
         try gpu.migrateToDevice(mm, range: fresh ..< fresh + UInt64(2 * pageSize))
@@ -91,6 +102,22 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
         let again = try gpu.bind(mm)
         _ = try again.read(at: fresh + UInt64(pageSize), count: 1)
         #expect(policy.faults.withLockedValue { $0.last?.cpuEntry } == .devicePrivate)
+    }
+
+    /// A migration that moves nothing (a shared VMA) is reported as such: the policy learns
+    /// that its window was mapped from system memory instead.
+    @Test func aMigrationThatMovesNothingIsReported() throws {
+        let memory = try makeMemory(mib: 64)
+        let policy = RecordingPolicy { _ in .migrateToVRAM(pages: 4) }
+        let gpu = try device(memory, policy)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let shared = try mm.mmap(.anonymousShared, length: 8 * pageSize)
+        try mm.write(at: shared, bytes: [UInt8](repeating: 3, count: 8 * pageSize))
+        let space = try gpu.bind(mm)
+        #expect(try space.read(at: shared + UInt64(pageSize), count: 1) == [3])
+        let outcomes = policy.resolved.withLockedValue { $0 }
+        #expect(outcomes.count == 1 && outcomes.first?.migrated == 0 && outcomes.first?.mapped == 4)
     }
 
     @Test func decisionsWithWindowsOutOfRangeAreClampedNotTrapped() throws {
@@ -416,5 +443,35 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
             #expect(throws: DeviceError.invalidArgument) { try ThrashingMitigationPolicy(p) }
         }
         #expect(ThrashingMitigationPolicy.Parameters().isValid)
+    }
+}
+
+/// `MigrationPolicy.problem(maxBatch:)` names what `setPolicy` refuses.
+@Suite struct MigrationPolicyProblemTests {
+    @Test func eachInvalidSettingIsNamedAndRefused() throws {
+        #expect(MigrationPolicy().problem() == nil)
+        let cases: [(String, (inout MigrationPolicy) -> Void)] = [
+            ("batchPages 0 is outside 1...4096 (the engine's maxBatch)", { $0.batchPages = 0 }),
+            ("batchPages 5000 is outside 1...4096 (the engine's maxBatch)", { $0.batchPages = 5000 }),
+            ("pipelineDepth 9 is outside 1...8", { $0.pipelineDepth = 9 }),
+            ("committedCopyRetries -1 is negative", { $0.committedCopyRetries = -1 }),
+            ("cpuCopyFaultPages -2 is negative", { $0.cpuCopyFaultPages = -2 }),
+            ("cpuFaultGranularity .faultAround(pages: 0) needs at least 1 page", { $0.cpuFaultGranularity = .faultAround(pages: 0) }),
+            ("gpuFault .migrateToVRAM(pages: 0) needs at least 1 page", { $0.gpuFault = .migrateToVRAM(pages: 0) }),
+            ("gpuFault .mapSystemMemory(pages: -1) needs at least 1 page", { $0.gpuFault = .mapSystemMemory(pages: -1) }),
+        ]
+        let memory = try makeMemory(mib: 64)
+        let gpu = try makeDevice(memory, vramMiB: 8)
+        defer { try? gpu.shutdown() }
+        for (message, change) in cases {
+            var p = MigrationPolicy()
+            change(&p)
+            #expect(p.problem() == message)
+            #expect(throws: DeviceError.invalidArgument) { try gpu.setPolicy(p) }
+        }
+        var negative = MigrationPolicy()
+        negative.minimumResidency = .milliseconds(-1)
+        #expect(negative.problem()?.hasPrefix("minimumResidency") == true)
+        #expect(MigrationPolicy().problem(maxBatch: 256)?.contains("batchPages 512") == true)
     }
 }

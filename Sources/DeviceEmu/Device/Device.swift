@@ -182,7 +182,8 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     /// Replaces the driver's policies; operations that start afterwards use them.
     /// - Throws: `.invalidArgument` for a batch of 0 or above the engine's `maxBatch`, a
     ///   pipeline depth outside 1…8, a fault-around or GPU-fault window of 0 pages, or a
-    ///   negative residency, retry count or CPU-copy limit (`cpuCopyFaultPages`).
+    ///   negative residency, retry count or CPU-copy limit (`cpuCopyFaultPages`);
+    ///   `policy.problem(maxBatch:)` says which.
     public func setPolicy(_ policy: MigrationPolicy) throws(DeviceError) {
         guard policy.isValid(maxBatch: engine.configuration.maxBatch) else { throw .invalidArgument }
         policyBox.withLockedValue { $0 = policy }

@@ -5,7 +5,8 @@ public import HostMM
 /// modules — thrashing detection, prefetch — sit at this point of its fault path).
 ///
 /// Set it with `MigrationPolicy.gpuFault = .custom(policy)`. The device asks `resolve`
-/// once per GPU fault and tells the policy when a CPU fault moved pages of an address
+/// once per GPU fault, reports what came of it (`gpuFaultResolved`), and tells the policy
+/// when a CPU fault moved pages of an address
 /// space back to RAM (the other half of a ping-pong) and when an address space is
 /// unbound. Give each device its own instance: the calls do not name the device.
 ///
@@ -16,6 +17,12 @@ public protocol GPUFaultPolicy: AnyObject, Sendable {
     /// How to resolve `fault`. A window of fewer than 1 page is read as 1, one larger
     /// than the VMA is clamped to it.
     func resolve(_ fault: GPUFaultInfo) -> GPUFaultDecision
+    /// The device resolved `fault` as `decision` said: `migrated` pages moved to VRAM,
+    /// `mapped` device-page-table entries written besides (system pages mapped, or a page
+    /// taken device-exclusive for an atomic). A migration can move fewer pages than its
+    /// window, none when VRAM is exhausted or the VMA is shared. Not called when the fault
+    /// fails (`DeviceError.fault`, `.permissionDenied`…). The default does nothing.
+    func gpuFaultResolved(_ fault: GPUFaultInfo, decision: GPUFaultDecision, migrated: Int, mapped: Int)
     /// A CPU fault moved `pages` pages of `range` (its fault window) in `addressSpace` from
     /// this device's VRAM back to RAM. Not called for evictions, explicit
     /// `migrateRangeToRAM`, suspend or teardown. The default does nothing.
@@ -26,6 +33,7 @@ public protocol GPUFaultPolicy: AnyObject, Sendable {
 }
 
 extension GPUFaultPolicy {
+    public func gpuFaultResolved(_ fault: GPUFaultInfo, decision: GPUFaultDecision, migrated: Int, mapped: Int) {}
     public func cpuFaultMigratedToRAM(_ range: Range<UInt64>, pages: Int, addressSpace: ObjectIdentifier) {}
     public func addressSpaceUnbound(_ addressSpace: ObjectIdentifier) {}
 }

@@ -124,13 +124,22 @@ public struct MigrationPolicy: Sendable, Equatable {
     public init() {}
 
     /// True when every setting is usable with channels of `maxBatch` descriptors.
-    func isValid(maxBatch: Int) -> Bool {
-        guard batchPages >= 1, batchPages <= maxBatch, (1...8).contains(pipelineDepth), committedCopyRetries >= 0,
-              minimumResidency >= .zero, cpuCopyFaultPages >= 0 else { return false }
-        if case .faultAround(let n) = cpuFaultGranularity, n < 1 { return false }
+    func isValid(maxBatch: Int) -> Bool { problem(maxBatch: maxBatch) == nil }
+
+    /// Why `Device.setPolicy` (or `Device.init`) would refuse this policy with
+    /// `.invalidArgument` on an engine whose channels take `maxBatch` descriptors
+    /// (`DMAEngine.Configuration.maxBatch`, 4096 by default), or nil when it is usable.
+    public func problem(maxBatch: Int = 4096) -> String? {
+        if batchPages < 1 || batchPages > maxBatch { return "batchPages \(batchPages) is outside 1...\(maxBatch) (the engine's maxBatch)" }
+        if !(1...8).contains(pipelineDepth) { return "pipelineDepth \(pipelineDepth) is outside 1...8" }
+        if committedCopyRetries < 0 { return "committedCopyRetries \(committedCopyRetries) is negative" }
+        if minimumResidency < .zero { return "minimumResidency \(minimumResidency) is negative" }
+        if cpuCopyFaultPages < 0 { return "cpuCopyFaultPages \(cpuCopyFaultPages) is negative" }
+        if case .faultAround(let n) = cpuFaultGranularity, n < 1 { return "cpuFaultGranularity .faultAround(pages: \(n)) needs at least 1 page" }
         switch gpuFault {
-        case .migrateToVRAM(let n), .mapSystemMemory(let n): return n >= 1
-        case .custom: return true
+        case .migrateToVRAM(let n) where n < 1: return "gpuFault .migrateToVRAM(pages: \(n)) needs at least 1 page"
+        case .mapSystemMemory(let n) where n < 1: return "gpuFault .mapSystemMemory(pages: \(n)) needs at least 1 page"
+        default: return nil
         }
     }
 }

@@ -16,9 +16,9 @@ extension GPUAddressSpace {
         }), vma.flags.contains(.read) else { throw .fault(address: address) }
         if kind != .read && !vma.flags.contains(.write) { throw .permissionDenied(address: address) }
         let policy = device.policy
-        let decision = policy.gpuFault.decide(
-            GPUFaultInfo(address: address, access: kind.info, vma: vma.start ..< vma.end, vmaFlags: vma.flags,
-                         cpuEntry: vma.entry, addressSpace: ObjectIdentifier(mm)))
+        let info = GPUFaultInfo(address: address, access: kind.info, vma: vma.start ..< vma.end, vmaFlags: vma.flags,
+                                cpuEntry: vma.entry, addressSpace: ObjectIdentifier(mm))
+        let decision = policy.gpuFault.decide(info)
         // Entries the migration mapped (it counts them in `deviceMappings` itself), and
         // entries this fault writes itself.
         var migrated = 0, written = 0
@@ -33,6 +33,7 @@ extension GPUAddressSpace {
                 if error == .suspended || error == .shutDown { throw error }
             }
             if kind.allows(entry(at: address)) {
+                policy.gpuFault.customPolicy?.gpuFaultResolved(info, decision: decision, migrated: migrated, mapped: 0)
                 device.emit(.gpuFaultResolved, .none, begin: begin, address: address, pages: migrated)
                 return
             }
@@ -70,6 +71,7 @@ extension GPUAddressSpace {
             }
         }
         device.counters.add(.deviceMappings, written)
+        policy.gpuFault.customPolicy?.gpuFaultResolved(info, decision: decision, migrated: migrated, mapped: written)
         device.emit(.gpuFaultResolved, .none, begin: begin, address: address, pages: migrated + written)
     }
 
