@@ -475,3 +475,98 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
         #expect(MigrationPolicy().problem(maxBatch: 256)?.contains("batchPages 512") == true)
     }
 }
+
+/// Maps on every fault and counts GPU accesses to system memory per 4-page window: the
+/// `threshold`-th asks for the window's migration (an access-counter policy).
+private final class AccessCounter: GPUFaultPolicy, @unchecked Sendable {
+    let threshold: Int
+    let counting: Bool
+    let counts = NIOLockedValueBox<[UInt64: Int]>([:])
+    let seen = NIOLockedValueBox<[GPURemoteAccess]>([])
+
+    init(threshold: Int, counting: Bool = true) {
+        self.threshold = threshold
+        self.counting = counting
+    }
+
+    var countsRemoteAccesses: Bool { counting }
+    func resolve(_ fault: GPUFaultInfo) -> GPUFaultDecision { .mapSystemMemory(pages: 4) }
+    func remoteAccess(_ access: GPURemoteAccess) -> GPURemoteAccessResponse {
+        seen.withLockedValue { $0.append(access) }
+        let n = counts.withLockedValue { c -> Int in
+            c[access.address >> 14, default: 0] += 1
+            return c[access.address >> 14]!
+        }
+        return n == threshold ? .migrateToVRAM(pages: 4) : .none
+    }
+}
+
+@Suite struct RemoteAccessTests {
+    @Test func theThresholdthRemoteAccessMigratesTheWindow() throws {
+        let memory = try makeMemory(mib: 64)
+        let policy = AccessCounter(threshold: 3)
+        var p = MigrationPolicy()
+        p.gpuFault = .custom(policy)
+        let gpu = try makeDevice(memory, vramMiB: 8, policy: p)
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 8, seed: 90)
+        let space = try gpu.bind(mm)
+        // The first read faults and maps pages 0..<4; it is remote access 1 of window 0.
+        #expect(try space.read(at: a, count: pageSize) == pattern.page(0))
+        #expect(try space.read(at: a + UInt64(pageSize), count: pageSize) == pattern.page(1))   // 2
+        #expect(gpu.residentPages(mm, a, pages: 8) == 0)
+        try space.write(at: a + 2 * UInt64(pageSize), bytes: [7])                               // 3: migrate
+        #expect(gpu.residentPages(mm, a, pages: 8) == 4)
+        #expect(space.entry(at: a).kind == .vram)
+        // VRAM accesses are not remote; the other window's are counted from 1 again.
+        #expect(try space.read(at: a + 3 * UInt64(pageSize), count: pageSize) == pattern.page(3))
+        #expect(try space.read(at: a + 4 * UInt64(pageSize), count: pageSize) == pattern.page(4))
+        #expect(gpu.counters[.remoteAccesses] == 4 && gpu.counters[.remoteAccessMigrations] == 1)
+        #expect(gpu.counters[.gpuFaults] == 2)
+        let seen = policy.seen.withLockedValue { $0 }
+        #expect(seen.map(\.access) == [.read, .read, .write, .read])
+        #expect(seen.map(\.address) == [a, a + 4096, a + 8192, a + 16384])
+        #expect(seen.allSatisfy { $0.addressSpace == ObjectIdentifier(mm) })
+        #expect(try mm.read(at: a + 2 * UInt64(pageSize), count: 1) == [7])
+        #expect(try pattern.cpuMismatches(mm, a, pages: 8) == [2])   // the page the GPU wrote
+    }
+
+    @Test func policiesThatDoNotCountAreNotToldAndSetPolicyTogglesIt() throws {
+        let memory = try makeMemory(mib: 64)
+        var p = MigrationPolicy()
+        p.gpuFault = .custom(AccessCounter(threshold: 1, counting: false))
+        let gpu = try makeDevice(memory, vramMiB: 8, policy: p)
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 8, seed: 91)
+        let space = try gpu.bind(mm)
+        #expect(try pattern.gpuMismatches(space, a, pages: 8).isEmpty)
+        #expect(gpu.counters[.remoteAccesses] == 0 && gpu.residentPages(mm, a, pages: 8) == 0)
+        let counting = AccessCounter(threshold: 1)
+        p.gpuFault = .custom(counting)
+        try gpu.setPolicy(p)
+        #expect(try space.read(at: a + 5 * UInt64(pageSize), count: pageSize) == pattern.page(5))   // mapped: remote
+        #expect(gpu.counters[.remoteAccesses] == 1 && gpu.residentPages(mm, a, pages: 8) == 4)
+        p.gpuFault = .mapSystemMemory(pages: 4)
+        try gpu.setPolicy(p)
+        #expect(try space.read(at: a, count: pageSize) == pattern.page(0))
+        #expect(gpu.counters[.remoteAccesses] == 1)
+    }
+
+    /// A migration asked for a window that cannot move (a shared VMA) leaves it mapped.
+    @Test func aWindowThatCannotMoveStaysMapped() throws {
+        let memory = try makeMemory(mib: 64)
+        var p = MigrationPolicy()
+        p.gpuFault = .custom(AccessCounter(threshold: 1))
+        let gpu = try makeDevice(memory, vramMiB: 8, policy: p)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let shared = try mm.mmap(.anonymousShared, length: 4 * pageSize)
+        try mm.write(at: shared, bytes: [5, 6])
+        let space = try gpu.bind(mm)
+        #expect(try space.read(at: shared, count: 2) == [5, 6])
+        #expect(try space.read(at: shared, count: 2) == [5, 6])
+        #expect(gpu.counters[.remoteAccesses] == 2 && gpu.counters[.remoteAccessMigrations] == 1)
+        #expect(gpu.counters[.pagesToDevice] == 0)
+        #expect(space.entry(at: shared).kind == .system)
+    }
+}

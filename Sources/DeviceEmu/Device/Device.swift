@@ -105,6 +105,9 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     private let ownerToken = OwnerToken()
     private let forwarder = PagemapOpsForwarder()
     private let policyBox: NIOLockedValueBox<MigrationPolicy>
+    /// The policy's `GPUFaultPolicy` counts remote accesses: one relaxed load per GPU access
+    /// to system memory when it does not.
+    let countsRemoteAccesses = Synchronization.Atomic<Bool>(false)
     private let spaces = NIOLockedValueBox<[ObjectIdentifier: GPUAddressSpace]>([:])
     /// When each device page (dense index) last became resident, for the minimum-residency policy.
     let residentSince: UnsafeMutablePointer<Synchronization.Atomic<UInt64>>
@@ -136,6 +139,7 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         isCoherent = c.memoryType == .deviceCoherent
         reverseMappings = memory.checker != nil ? ReverseMappings() : nil
         policyBox = NIOLockedValueBox(c.policy)
+        countsRemoteAccesses.store(c.policy.gpuFault.customPolicy?.countsRemoteAccesses ?? false, ordering: .relaxed)
         do {
             hostRegion = try made.registerHostMemory(
                 UnsafeMutableRawBufferPointer(start: memory.baseAddress, count: memory.byteCount), name: "\(c.name)-ram")
@@ -186,7 +190,10 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     ///   `policy.problem(maxBatch:)` says which.
     public func setPolicy(_ policy: MigrationPolicy) throws(DeviceError) {
         guard policy.isValid(maxBatch: engine.configuration.maxBatch) else { throw .invalidArgument }
-        policyBox.withLockedValue { $0 = policy }
+        policyBox.withLockedValue {
+            $0 = policy
+            countsRemoteAccesses.store(policy.gpuFault.customPolicy?.countsRemoteAccesses ?? false, ordering: .relaxed)
+        }
     }
 
     /// Copy channels created so far (one per concurrent batch at most).

@@ -48,6 +48,11 @@ public final class DeviceCounters: @unchecked Sendable {
         case ownInvalidationsSkipped
         /// Device pages freed back to the free list (`pageFree`).
         case pagesFreed
+        /// GPU accesses to system memory through a mapped entry reported to the GPU-fault
+        /// policy (only when it `countsRemoteAccesses`).
+        case remoteAccesses
+        /// Migrations a GPU-fault policy asked for in answer to a remote access.
+        case remoteAccessMigrations
     }
 
     private let counts: UnsafeMutablePointer<Atomic<Int>>

@@ -30,9 +30,21 @@ public protocol GPUFaultPolicy: AnyObject, Sendable {
     /// The device unbound `addressSpace` (`Device.unbind`, teardown): forget its state,
     /// as the identifier may name another address space later. The default does nothing.
     func addressSpaceUnbound(_ addressSpace: ObjectIdentifier)
+    /// Whether the device reports GPU accesses that go to system memory through a mapped
+    /// entry (`remoteAccess`), as GPU access counters do. Read when the policy is set
+    /// (`Device.init`, `setPolicy`). The default is false: such accesses cost nothing.
+    var countsRemoteAccesses: Bool { get }
+    /// A GPU access reached system memory through a mapped entry (no fault: the entry was
+    /// valid), nvidia-uvm's access-counter notification without the hardware's sampling.
+    /// Called after the access, on the accessing thread, once per page touched. Answer
+    /// `.migrateToVRAM(pages:)` to migrate that window now (best effort, as uvm services
+    /// a counter notification); `.none` leaves it mapped. The default answers `.none`.
+    func remoteAccess(_ access: GPURemoteAccess) -> GPURemoteAccessResponse
 }
 
 extension GPUFaultPolicy {
+    public var countsRemoteAccesses: Bool { false }
+    public func remoteAccess(_ access: GPURemoteAccess) -> GPURemoteAccessResponse { .none }
     public func gpuFaultResolved(_ fault: GPUFaultInfo, decision: GPUFaultDecision, migrated: Int, mapped: Int) {}
     public func cpuFaultMigratedToRAM(_ range: Range<UInt64>, pages: Int, addressSpace: ObjectIdentifier) {}
     public func addressSpaceUnbound(_ addressSpace: ObjectIdentifier) {}
@@ -82,4 +94,28 @@ public enum GPUFaultDecision: Sendable, Equatable {
     /// Map the system pages of the aligned window of `pages` (`hmm_range_fault`); the
     /// data stays where it is (an atomic takes the page device-exclusive).
     case mapSystemMemory(pages: Int)
+}
+
+/// One GPU access to system memory through a mapped device-page-table entry.
+public struct GPURemoteAccess: Sendable, Equatable {
+    /// The page accessed (4 KiB-aligned).
+    public var address: UInt64
+    public var access: GPUFaultInfo.Access
+    /// The address space (`ObjectIdentifier` of its `AddressSpace`).
+    public var addressSpace: ObjectIdentifier
+
+    public init(address: UInt64, access: GPUFaultInfo.Access, addressSpace: ObjectIdentifier) {
+        self.address = address
+        self.access = access
+        self.addressSpace = addressSpace
+    }
+}
+
+/// What a `GPUFaultPolicy` wants done about a remote access.
+public enum GPURemoteAccessResponse: Sendable, Equatable {
+    /// Leave the page mapped where it is.
+    case none
+    /// Migrate the aligned window of `pages` holding the page to VRAM now (clamped to the
+    /// VMA; pages that cannot move stay mapped from system memory).
+    case migrateToVRAM(pages: Int)
 }

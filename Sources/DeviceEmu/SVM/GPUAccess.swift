@@ -126,16 +126,20 @@ extension GPUAddressSpace {
     private func accessPage(_ page: UInt64, _ kind: Access, _ body: (UnsafeMutableRawPointer) -> Void) throws(DeviceError) {
         var attempts = 0
         while true {
+            var remote = false
             let probe: Probe = lock.withLock {
                 guard !isDetached else { return .detached }
                 let e = table.entry(page)
                 guard kind.allows(e), let bytes = bytes(of: e) else { return .fault }
                 body(bytes)
                 if e.kind == .vram, let index = device.vram.pageIndex(of: e.pfn) { device.eviction.pageAccessed(index) }
+                remote = e.kind == .system
                 return .done
             }
             switch probe {
-            case .done: return
+            case .done:
+                if remote && device.countsRemoteAccesses.load(ordering: .relaxed) { reportRemoteAccess(page, kind) }
+                return
             case .detached: throw .shutDown
             case .fault: break
             }
@@ -152,5 +156,22 @@ extension GPUAddressSpace {
     private func bytes(of e: DevicePageTableEntry) -> UnsafeMutableRawPointer? {
         if e.kind == .vram { return device.vram.bytes(of: e.pfn) }
         return device.memory.bytes(e.pfn)
+    }
+}
+
+extension GPUAddressSpace {
+    /// Tells the GPU-fault policy about an access that went to system memory, and
+    /// migrates the window it asks for (best effort: errors leave the page mapped where
+    /// it is, as a failed counter-triggered migration does in uvm).
+    func reportRemoteAccess(_ page: UInt64, _ kind: Access) {
+        let policy = device.policy
+        guard let custom = policy.gpuFault.customPolicy else { return }
+        device.counters.add(.remoteAccesses)
+        guard case .migrateToVRAM(let pages) = custom.remoteAccess(
+            GPURemoteAccess(address: page, access: kind.info, addressSpace: ObjectIdentifier(mm))) else { return }
+        guard let vma = mm.mmapLock.withReadLock({ mm.findVMA(page).map { (start: $0.start, end: $0.end) } }) else { return }
+        let window = Self.window(page, pages: pages, vma.start, vma.end)
+        device.counters.add(.remoteAccessMigrations)
+        _ = try? device.migrateToDevice(mm, range: window, channels: device.channels(forFault: window, policy))
     }
 }
