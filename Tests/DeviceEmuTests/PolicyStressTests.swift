@@ -417,6 +417,39 @@ import Testing
         #expect(gpu.vram.inUsePageCount == 0)
         try gpu.shutdown()
     }
+
+    /// An address space's view unbound while GPU threads keep reading remote pages: once
+    /// `unbind` returned and the threads stopped, the policy holds no state for it
+    /// (`addressSpaceUnbound` promises the identifier may name another space later).
+    @Test func unbindForgetsStateOfAccessesInFlight() throws {
+        let memory = try makeMemory(mib: 64)
+        let counting = CountingPolicy(threshold: 1_000_000)   // never migrates: every access stays remote
+        var policy = MigrationPolicy()
+        policy.gpuFault = .custom(counting)
+        let gpu = try makeDevice(memory, vramMiB: 2, policy: policy)
+        for round in 0..<30 {
+            let (mm, a, _) = try makeProcess(memory, pages: 8, seed: UInt64(round))
+            let space = try gpu.bind(mm)
+            _ = try space.read(at: a, count: 8 * pageSize)   // maps all 8 pages
+            let before = counting.lock.withLock { counting.remoteCalls }
+            let threads = (0..<2).map { t in
+                TestThread {
+                    var n = 0
+                    while n < 100_000 {
+                        n += 1
+                        do { _ = try space.read(at: a + UInt64((n + t) % 8 * pageSize), count: 8) } catch { return }
+                    }
+                }
+            }
+            while counting.lock.withLock({ counting.remoteCalls }) < before + 500 { sched_yield() }
+            gpu.unbind(mm)
+            #expect(threads.allSatisfy { $0.join(seconds: 20) })
+            #expect(counting.trackedSpaces == 0, "round \(round): state of an unbound space survived")
+            try mm.munmap(a, length: 8 * pageSize)
+            if counting.trackedSpaces != 0 { break }
+        }
+        try gpu.shutdown()
+    }
 }
 
 /// A custom policy that does not count remote accesses: it must never be told of one.

@@ -239,6 +239,9 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     }
 
     /// Drops the view of `mm`: its device page table is emptied and the notifier removed.
+    /// Waits for the view's GPU accesses in flight to finish (they fail with `.shutDown`
+    /// at their next page), then tells the policies to forget `mm`: no GPU fault or remote
+    /// access of the view reaches them after that.
     public func unbind(_ mm: AddressSpace) {
         let space = spaces.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(mm)) }
         space?.detach()

@@ -30,6 +30,10 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
     var ownSequence: UInt64 = 0
     var isDetached = false
     private(set) var notifier: MMUIntervalNotifier!
+    /// GPU accesses in flight on this view: `detach` waits for them, as nouveau's
+    /// `nouveau_svmm_fini` takes `svmm->mutex` from its fault handler, so that no fault or
+    /// remote-access callback reaches the policies after `unbind` told them to forget.
+    let accesses = OperationGate()
 
     /// One past the highest user address the notifier covers (x86-64 4-level `TASK_SIZE`).
     static let addressLimit: UInt64 = 1 << 47
@@ -43,7 +47,8 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
         } catch { throw .hostMM(error) }
     }
 
-    /// Removes the notifier and empties the table (idempotent).
+    /// Removes the notifier, empties the table and waits for the GPU accesses in flight
+    /// (idempotent). Never called from inside an access.
     func detach() {
         // Emptied and closed to new entries before the notifier goes: once it is removed,
         // invalidations no longer reach this table, so nothing may be left in it then.
@@ -54,6 +59,7 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
         }
         guard !already else { return }
         notifier.remove()
+        accesses.close(to: .shutDown)
     }
 
     // MARK: Inspection
