@@ -239,8 +239,16 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     }
 
     /// Drops the view of `mm`: its device page table is emptied and the notifier removed.
+    /// Waits for the view's GPU accesses in flight to finish (they fail with `.shutDown`
+    /// at their next page), then tells the policies to forget `mm`: no GPU fault or remote
+    /// access of the view reaches them after that.
     public func unbind(_ mm: AddressSpace) {
-        let space = spaces.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(mm)) }
+        // Closed before it can no longer be found (see `GPUAddressSpace.close`).
+        let space = spaces.withLockedValue { table -> GPUAddressSpace? in
+            let space = table.removeValue(forKey: ObjectIdentifier(mm))
+            space?.close()
+            return space
+        }
         space?.detach()
         if space != nil { policiesForget(mm) }
     }
@@ -262,6 +270,7 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     func unbindAll() {
         let all = spaces.withLockedValue { table -> [GPUAddressSpace] in
             defer { table.removeAll() }
+            for space in table.values { space.close() }
             return Array(table.values)
         }
         for space in all {

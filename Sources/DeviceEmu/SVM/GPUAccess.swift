@@ -102,7 +102,8 @@ extension GPUAddressSpace {
     }
 
     /// Walks `[address, address + length)` page by page; `body(bytes, done, n)` runs with
-    /// the mirror lock held on a usable entry. The device gate is held throughout.
+    /// the mirror lock held on a usable entry. The device gate, and the view's access
+    /// gate (which `unbind` drains), are held throughout.
     func access(_ address: UInt64, _ length: Int, _ kind: Access,
                 _ body: (UnsafeMutableRawPointer, Int, Int) -> Void) throws(DeviceError) {
         guard length >= 0, address <= Self.addressLimit, UInt64(length) <= Self.addressLimit - address else {
@@ -111,6 +112,8 @@ extension GPUAddressSpace {
         guard length > 0 else { return }
         try device.gate.enter()
         defer { device.gate.exit() }
+        try accesses.enter()   // `.shutDown` once unbound; `detach` waits for it to exit
+        defer { accesses.exit() }
         var done = 0
         while done < length {
             let addr = address + UInt64(done)

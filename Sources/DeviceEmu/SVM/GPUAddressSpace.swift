@@ -1,5 +1,6 @@
 public import HostMM
 import NIOConcurrencyHelpers
+import Synchronization
 
 /// A device's view of one address space (shared virtual addressing: GPU VA = CPU VA):
 /// its device page table and the MMU interval notifier that keeps it coherent.
@@ -30,6 +31,12 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
     var ownSequence: UInt64 = 0
     var isDetached = false
     private(set) var notifier: MMUIntervalNotifier!
+    /// GPU accesses in flight on this view: `detach` waits for them, as nouveau's
+    /// `nouveau_svmm_fini` takes `svmm->mutex` from its fault handler, so that no fault or
+    /// remote-access callback reaches the policies after `unbind` told them to forget.
+    let accesses = OperationGate()
+    /// Until `detach` removes the notifier (once, though the table may be closed first).
+    private let notifierAttached = Atomic<Bool>(true)
 
     /// One past the highest user address the notifier covers (x86-64 4-level `TASK_SIZE`).
     static let addressLimit: UInt64 = 1 << 47
@@ -43,17 +50,29 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
         } catch { throw .hostMM(error) }
     }
 
-    /// Removes the notifier and empties the table (idempotent).
-    func detach() {
-        // Emptied and closed to new entries before the notifier goes: once it is removed,
-        // invalidations no longer reach this table, so nothing may be left in it then.
-        let already = lock.withLock { () -> Bool in
+    /// Empties the table and closes it to new entries (idempotent); returns whether it
+    /// was already closed. `unbind` calls it while the view is still findable by
+    /// `Device.addressSpace(for:)`: a migration of this device's own (whose invalidation
+    /// keeps VRAM and exclusive entries, the driver zapping them itself through that
+    /// lookup) either finds the view and zaps it, or finds none and the table is empty.
+    @discardableResult
+    func close() -> Bool {
+        lock.withLock { () -> Bool in
             defer { isDetached = true }
             if !isDetached { table.removeAll() }
             return isDetached
         }
-        guard !already else { return }
+    }
+
+    /// Closes the table, removes the notifier and waits for the GPU accesses in flight
+    /// (idempotent). Never called from inside an access.
+    func detach() {
+        // Emptied and closed to new entries before the notifier goes: once it is removed,
+        // invalidations no longer reach this table, so nothing may be left in it then.
+        close()
+        guard notifierAttached.exchange(false, ordering: .acquiringAndReleasing) else { return }
         notifier.remove()
+        accesses.close(to: .shutDown)
     }
 
     // MARK: Inspection
