@@ -1,4 +1,5 @@
 import NIOConcurrencyHelpers
+import Synchronization
 
 /// Counts driver operations in flight (migrations, GPU accesses) and lets `suspend` and
 /// teardown close the device and wait for them to drain — the role of nouveau's
@@ -7,36 +8,38 @@ import NIOConcurrencyHelpers
 /// Operations nest (a GPU fault migrates inside a GPU access): `enter` only counts.
 /// Threads: any.
 final class OperationGate: @unchecked Sendable {
-    enum State: Equatable { case running, suspended, shutDown }
+    enum State: UInt8, Equatable { case running, suspended, shutDown }
 
-    /// Its value is true while no operation is in flight.
-    private let idle = ConditionLock<Bool>(value: true)
-    // Guarded by `idle`'s lock:
-    private var active = 0
-    private var current = State.running
+    // Two atomic operations per enter or exit, a lock only on the way out of a closed
+    // gate. `enter` increments, then reads the state; `close` stores the state, then
+    // reads the count (all sequentially consistent): either the operation sees the gate
+    // closed and backs out, or `close` sees it counted and waits for it.
+    private let active = Atomic<Int>(0)
+    private let current = Atomic<UInt8>(State.running.rawValue)
+    /// Set by an exit that empties a closed gate; `close` takes it and counts again, so a
+    /// stale one from an earlier closing costs one more look, never an early return.
+    private let drained = ConditionLock<Bool>(value: false)
 
-    var state: State {
-        idle.lock()
-        defer { idle.unlock() }
-        return current
-    }
+    var state: State { State(rawValue: current.load(ordering: .sequentiallyConsistent)) ?? .shutDown }
 
     /// Starts an operation. - Throws: `.suspended` / `.shutDown` unless running.
+    @inline(__always)
     func enter() throws(DeviceError) {
-        idle.lock()
-        guard current == .running else {
-            let s = current
-            idle.unlock()
-            throw s == .shutDown ? .shutDown : .suspended
+        active.wrappingAdd(1, ordering: .sequentiallyConsistent)
+        let s = current.load(ordering: .sequentiallyConsistent)
+        if s != State.running.rawValue {
+            exit()
+            throw s == State.shutDown.rawValue ? .shutDown : .suspended
         }
-        active += 1
-        idle.unlock(withValue: false)
     }
 
+    @inline(__always)
     func exit() {
-        idle.lock()
-        active -= 1
-        idle.unlock(withValue: active == 0)
+        let left = active.wrappingSubtract(1, ordering: .sequentiallyConsistent).newValue
+        if left == 0 && current.load(ordering: .sequentiallyConsistent) != State.running.rawValue {
+            drained.lock()
+            drained.unlock(withValue: true)
+        }
     }
 
     /// Runs `body` as one operation.
@@ -48,23 +51,21 @@ final class OperationGate: @unchecked Sendable {
 
     /// Moves to `state` (refusing new operations unless `.running`) — unless shut down,
     /// which is final — and waits until none is in flight. Returns the state it left.
+    /// Callers serialize `close` and `reopen` (the device's lifecycle lock).
     @discardableResult
     func close(to state: State) -> State {
-        idle.lock()
-        let old = current
-        if current != .shutDown { current = state }
-        idle.unlock(withValue: active == 0)
-        idle.lock(whenValue: true)
-        idle.unlock()
+        let old = self.state
+        if old != .shutDown { current.store(state.rawValue, ordering: .sequentiallyConsistent) }
+        while active.load(ordering: .sequentiallyConsistent) != 0 {
+            drained.lock(whenValue: true)
+            drained.unlock(withValue: false)
+        }
         return old
     }
 
     /// Back to `.running` unless shut down; returns whether it is running.
     func reopen() -> Bool {
-        idle.lock()
-        if current == .suspended { current = .running }
-        let running = current == .running
-        idle.unlock(withValue: active == 0)
-        return running
+        if state == .suspended { current.store(State.running.rawValue, ordering: .sequentiallyConsistent) }
+        return state == .running
     }
 }
