@@ -168,13 +168,15 @@ extension GPUAddressSpace {
     /// it is, as a failed counter-triggered migration does in uvm).
     func reportRemoteAccess(_ page: UInt64, _ kind: Access) {
         let policy = device.policy
-        guard let custom = policy.gpuFault.customPolicy else { return }
+        // Asked again of this snapshot: `setPolicy` may have swapped the policy since the
+        // caller read the device's flag.
+        guard let custom = policy.gpuFault.customPolicy, custom.countsRemoteAccesses else { return }
         device.counters.add(.remoteAccesses)
         guard case .migrateToVRAM(let pages) = custom.remoteAccess(
             GPURemoteAccess(address: page, access: kind.info, addressSpace: ObjectIdentifier(mm))) else { return }
+        device.counters.add(.remoteAccessMigrations)
         guard let vma = mm.mmapLock.withReadLock({ mm.findVMA(page).map { (start: $0.start, end: $0.end) } }) else { return }
         let window = Self.window(page, pages: pages, vma.start, vma.end)
-        device.counters.add(.remoteAccessMigrations)
         _ = try? device.migrateToDevice(mm, range: window, channels: device.channels(forFault: window, policy))
     }
 }
