@@ -198,6 +198,14 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
     }
 }
 
+/// A clock the test moves by hand (nanoseconds), so that lapses and pins never depend on
+/// how fast the machine runs.
+private final class ManualClock: Sendable {
+    private let now = NIOLockedValueBox<UInt64>(1_000_000_000)
+    func advance(milliseconds: UInt64) { now.withLockedValue { $0 += milliseconds * 1_000_000 } }
+    var read: @Sendable () -> UInt64 { { [now] in now.withLockedValue { $0 } } }
+}
+
 @Suite struct ThrashingMitigationPolicyTests {
     private func parameters(window: Int = 16, threshold: Int = 3, lapse: Duration = .seconds(60),
                             pin: Duration = .seconds(60)) -> ThrashingMitigationPolicy.Parameters {
@@ -254,12 +262,13 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
     /// A change of direction later than `lapse` after the previous move is no thrashing
     /// event: with a threshold of 1 it pins nothing, and it does not count toward the next.
     @Test func aLateChangeOfDirectionIsNoThrashingEvent() throws {
-        let policy = try ThrashingMitigationPolicy(parameters(window: 1, threshold: 1, lapse: .milliseconds(100)))
+        let clock = ManualClock()
+        let policy = try ThrashingMitigationPolicy(parameters(window: 1, threshold: 1, lapse: .milliseconds(100)), clock: clock.read)
         let mm = AddressSpace(memory: try makeMemory(mib: 16))
         let s = ObjectIdentifier(mm)
         let fault = GPUFaultInfo(address: 0x1000, access: .write, vma: 0 ..< 0x10000, addressSpace: s)
         #expect(policy.resolve(fault) == .migrateToVRAM(pages: 1))
-        usleep(200_000)
+        clock.advance(milliseconds: 101)
         policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)   // late: not thrashing
         #expect(!policy.isPinned(0x1000, addressSpace: s))
         #expect(policy.resolve(fault) == .mapSystemMemory(pages: 1))                 // quick: an event, pinned, mapped
@@ -271,14 +280,15 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
     /// After its pin expires a window is watched afresh, even when the pin is shorter than
     /// the lapse: its first move is no thrashing event, so it is not pinned again at once.
     @Test func anExpiredPinStartsTheCountAfresh() throws {
-        let policy = try ThrashingMitigationPolicy(parameters(window: 1, threshold: 1, pin: .milliseconds(100)))
+        let clock = ManualClock()
+        let policy = try ThrashingMitigationPolicy(parameters(window: 1, threshold: 1, pin: .milliseconds(100)), clock: clock.read)
         let mm = AddressSpace(memory: try makeMemory(mib: 16))
         let s = ObjectIdentifier(mm)
         let fault = GPUFaultInfo(address: 0x1000, access: .write, vma: 0 ..< 0x10000, addressSpace: s)
         #expect(policy.resolve(fault) == .migrateToVRAM(pages: 1))
         policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)   // 1st change: pinned
         #expect(policy.isPinned(0x1000, addressSpace: s))
-        usleep(200_000)
+        clock.advance(milliseconds: 100)
         #expect(policy.resolve(fault) == .migrateToVRAM(pages: 1))                   // afresh: no event
         #expect(!policy.isPinned(0x1000, addressSpace: s))
         policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)   // a change again: pinned
@@ -316,7 +326,8 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
     }
 
     @Test func thePinExpiresAndEachAddressSpaceIsTrackedApart() throws {
-        let policy = try ThrashingMitigationPolicy(parameters(window: 4, threshold: 2, pin: .milliseconds(200)))
+        let clock = ManualClock()
+        let policy = try ThrashingMitigationPolicy(parameters(window: 4, threshold: 2, pin: .milliseconds(200)), clock: clock.read)
         let one = AddressSpace(memory: try makeMemory(mib: 16)), two = AddressSpace(memory: try makeMemory(mib: 16))
         let s1 = ObjectIdentifier(one), s2 = ObjectIdentifier(two)
         let window = 0x10000 as UInt64 ..< 0x14000
@@ -331,7 +342,9 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
         #expect(!policy.isPinned(0x14000, addressSpace: s1))                         // the next window
         #expect(fault(s1) == .mapSystemMemory(pages: 4))
         policy.cpuFaultMigratedToRAM(window, pages: 1, addressSpace: s1)            // ignored while pinned
-        usleep(300_000)
+        clock.advance(milliseconds: 199)
+        #expect(policy.isPinned(0x10000, addressSpace: s1))
+        clock.advance(milliseconds: 1)
         #expect(!policy.isPinned(0x10000, addressSpace: s1))
         #expect(fault(s1) == .migrateToVRAM(pages: 4))
         #expect(policy.statistics == .init(pins: 1, migrations: 3, pinnedFaults: 2))
@@ -419,14 +432,15 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
     }
 
     @Test func idleWindowsArePrunedAsTheTableGrows() throws {
-        let policy = try ThrashingMitigationPolicy(parameters(window: 1, lapse: .milliseconds(1), pin: .zero))
+        let clock = ManualClock()
+        let policy = try ThrashingMitigationPolicy(parameters(window: 1, lapse: .milliseconds(1), pin: .zero), clock: clock.read)
         let mm = AddressSpace(memory: try makeMemory(mib: 16))
         let s = ObjectIdentifier(mm)
         for w in 0..<4096 as Range<UInt64> {
             _ = policy.resolve(GPUFaultInfo(address: w << 12, access: .read, vma: 0 ..< 1 << 30, addressSpace: s))
         }
         #expect(policy.trackedWindows == 4096)
-        usleep(5_000)
+        clock.advance(milliseconds: 2)
         _ = policy.resolve(GPUFaultInfo(address: 1 << 29, access: .read, vma: 0 ..< 1 << 30, addressSpace: s))
         #expect(policy.trackedWindows == 1)
         withExtendedLifetime(mm) {}

@@ -84,10 +84,19 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
     /// Table size at which idle windows are pruned next (doubles when pruning frees little).
     private var pruneAt = 4096
 
+    /// Nanoseconds on a monotonic clock: `lapse` and `pin` are measured on it.
+    private let clock: @Sendable () -> UInt64
+    /// `CLOCK_MONOTONIC` in nanoseconds, the default clock.
+    public static let monotonicClock: @Sendable () -> UInt64 = { MonotonicTime.now() }
+
+    /// - Parameter clock: monotonic nanoseconds (`CLOCK_MONOTONIC` by default); a test
+    ///   or a simulation may pass its own to make the policy independent of real time.
     /// - Throws: `DeviceError.invalidArgument` when `parameters` is not valid.
-    public init(_ parameters: Parameters = Parameters()) throws(DeviceError) {
+    public init(_ parameters: Parameters = Parameters(),
+                clock: @escaping @Sendable () -> UInt64 = monotonicClock) throws(DeviceError) {
         guard parameters.isValid else { throw .invalidArgument }
         self.parameters = parameters
+        self.clock = clock
         span = UInt64(min(parameters.windowPages, Int.max >> 12)) << 12
     }
 
@@ -98,13 +107,13 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
 
     /// Whether the window holding `address` in `addressSpace` is pinned now.
     public func isPinned(_ address: UInt64, addressSpace: ObjectIdentifier) -> Bool {
-        lock.withLock { windows[key(address, addressSpace)].map { $0.pinnedUntil > MonotonicTime.now() } ?? false }
+        lock.withLock { windows[key(address, addressSpace)].map { $0.pinnedUntil > clock() } ?? false }
     }
 
     public func resolve(_ fault: GPUFaultInfo) -> GPUFaultDecision {
         let pinned = lock.withLock { () -> Bool in
             // Read under the lock: times stored in the table never exceed `now`.
-            let now = MonotonicTime.now()
+            let now = clock()
             let k = key(fault.address, fault.addressSpace)
             // A pinned window maps; so does the fault whose move pins it (uvm maps the
             // access that finds the page thrashing rather than migrate it once more).
@@ -123,7 +132,7 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
     public func cpuFaultMigratedToRAM(_ range: Range<UInt64>, pages: Int, addressSpace: ObjectIdentifier) {
         guard pages > 0, !range.isEmpty else { return }
         lock.withLock {
-            let now = MonotonicTime.now()
+            let now = clock()
             let first = range.lowerBound / span, last = (range.upperBound - 1) / span
             if last - first < UInt64(windows.count) {
                 for w in first...last where windows[Key(space: addressSpace, window: w)] != nil {
