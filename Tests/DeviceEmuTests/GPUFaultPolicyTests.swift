@@ -259,14 +259,20 @@ private final class ManualClock: Sendable {
         #expect(policy.statistics == .init(pins: 0, migrations: 16, pinnedFaults: 0))
     }
 
+    /// A policy on a hand-moved clock, and a GPU write fault on page 1 of an address space.
+    private func onePage(_ p: ThrashingMitigationPolicy.Parameters) throws -> (ThrashingMitigationPolicy, ManualClock, GPUFaultInfo) {
+        let clock = ManualClock()
+        let policy = try ThrashingMitigationPolicy(p, clock: clock.read)
+        return (policy, clock, GPUFaultInfo(address: 0x1000, access: .write, vma: 0 ..< 0x10000,
+                                            addressSpace: ObjectIdentifier(Self.space)))
+    }
+    private static let space = ManualClock()   // any object: its identity names the address space
+
     /// A change of direction later than `lapse` after the previous move is no thrashing
     /// event: with a threshold of 1 it pins nothing, and it does not count toward the next.
     @Test func aLateChangeOfDirectionIsNoThrashingEvent() throws {
-        let clock = ManualClock()
-        let policy = try ThrashingMitigationPolicy(parameters(window: 1, threshold: 1, lapse: .milliseconds(100)), clock: clock.read)
-        let mm = AddressSpace(memory: try makeMemory(mib: 16))
-        let s = ObjectIdentifier(mm)
-        let fault = GPUFaultInfo(address: 0x1000, access: .write, vma: 0 ..< 0x10000, addressSpace: s)
+        let (policy, clock, fault) = try onePage(parameters(window: 1, threshold: 1, lapse: .milliseconds(100)))
+        let s = fault.addressSpace
         #expect(policy.resolve(fault) == .migrateToVRAM(pages: 1))
         clock.advance(milliseconds: 101)
         policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)   // late: not thrashing
@@ -274,17 +280,13 @@ private final class ManualClock: Sendable {
         #expect(policy.resolve(fault) == .mapSystemMemory(pages: 1))                 // quick: an event, pinned, mapped
         #expect(policy.isPinned(0x1000, addressSpace: s))
         #expect(policy.statistics == .init(pins: 1, migrations: 1, pinnedFaults: 1))
-        withExtendedLifetime(mm) {}
     }
 
     /// After its pin expires a window is watched afresh, even when the pin is shorter than
     /// the lapse: its first move is no thrashing event, so it is not pinned again at once.
     @Test func anExpiredPinStartsTheCountAfresh() throws {
-        let clock = ManualClock()
-        let policy = try ThrashingMitigationPolicy(parameters(window: 1, threshold: 1, pin: .milliseconds(100)), clock: clock.read)
-        let mm = AddressSpace(memory: try makeMemory(mib: 16))
-        let s = ObjectIdentifier(mm)
-        let fault = GPUFaultInfo(address: 0x1000, access: .write, vma: 0 ..< 0x10000, addressSpace: s)
+        let (policy, clock, fault) = try onePage(parameters(window: 1, threshold: 1, pin: .milliseconds(100)))
+        let s = fault.addressSpace
         #expect(policy.resolve(fault) == .migrateToVRAM(pages: 1))
         policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)   // 1st change: pinned
         #expect(policy.isPinned(0x1000, addressSpace: s))
@@ -294,7 +296,6 @@ private final class ManualClock: Sendable {
         policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)   // a change again: pinned
         #expect(policy.isPinned(0x1000, addressSpace: s))
         #expect(policy.statistics == .init(pins: 2, migrations: 2, pinnedFaults: 0))
-        withExtendedLifetime(mm) {}
     }
 
     /// A CPU fault window covering windows this policy never migrated does not start
