@@ -54,6 +54,16 @@ import Testing
         #expect(try run([("pages", "64"), ("rounds", "1")])["thrashing_pins"] == nil)
     }
 
+    /// A remote-access link is recorded, and a bad one is refused before anything runs.
+    @Test func aRemoteLinkIsRecordedAndABadOneRefused() throws {
+        let r = try run([("pages", "64"), ("rounds", "2"), ("gpu-fault", "map"), ("remote-link", "nvlink")])
+        #expect(r["remote_link"] == .string("nvlink") && r["gpu_faults"] == .int(4))
+        #expect(throws: ScenarioError.self) { _ = try run([("pages", "64"), ("rounds", "1"), ("remote-link", "fast")]) }
+        let command = try #require(try DmemBench.parseAsRoot(["thrash", "--remote-link", "16,5us"]) as? ThrashCommand)
+        #expect(try command.options.remoteLink.text == "16,5us")
+        #expect(throws: (any Error).self) { _ = try DmemBench.parseAsRoot(["thrash", "--remote-link", "0,1us"]) }
+    }
+
     /// With a minimum residency longer than a round, the CPU meets pages the GPU just
     /// brought in and waits for them (Xe's timeslice), and the data still verifies.
     @Test func minimumResidencyMakesTheCPUWait() throws {

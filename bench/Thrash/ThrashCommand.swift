@@ -28,6 +28,8 @@ struct ThrashCommand: ParsableCommand {
     @Option(help: "--gpu-fault thrashing: direction changes (VRAM ↔ RAM) that pin a window in RAM (default 3).") var thrashThreshold: Int?
     @Option(help: "--gpu-fault thrashing: longest gap in ms between two moves of a window that still counts (default 20).") var thrashLapse: Int?
     @Option(help: "--gpu-fault thrashing: ms a thrashing window stays in RAM; 0 never pins (default 300).") var thrashPin: Int?
+    @Option(help: ArgumentHelp("The bus GPU accesses to system memory cross (they cost what VRAM accesses cost without one): \(LinkSpec.help).", valueName: "link"))
+    var remoteLink = "none"
     @Option(help: "iouring, memcpy or mapped.") var backend = "iouring"
     @Flag(help: "Run in checked mode (protocol sanitizer).") var checked = false
     @Flag(help: "Print exactly one JSON object on stdout instead of a table (no file name: redirect it, or use `dmem-bench run … --json FILE`).") var json = false
@@ -53,6 +55,7 @@ struct ThrashCommand: ParsableCommand {
             guard let kind = MigrateOptions.Backend(rawValue: backend) else { throw ValidationError("--backend must be iouring, memcpy or mapped") }
             o.backend = kind
             o.checked = checked
+            do { o.remoteLink = try LinkSpec(parsing: remoteLink) } catch { throw ValidationError(error.message) }
             if let problem = o.problem { throw ValidationError(problem) }
             return o
         }
@@ -65,6 +68,7 @@ struct ThrashCommand: ParsableCommand {
         try ScenarioReport.printSingleRun("thrash", json: json, columns: [
             "pages", "rounds", "gpu_fault", "window", "fault_around", "prefetch", "residency_ms", "backend", "us_per_page",
             "gpu_phase_us", "cpu_phase_us", "gpu_faults", "cpu_faults", "pages_to_device", "pages_to_ram", "residency_waits",
-        ] + (o.gpuFault == .thrashing ? ["thrashing_pins", "pinned_faults"] : []) + ["verified"]) { try ThrashRun.measure(o, trace: nil, progress: { _ in }) }
+        ] + (o.gpuFault == .thrashing ? ["thrashing_pins", "pinned_faults"] : [])
+          + (o.remoteLink.model != nil ? ["remote_link"] : []) + ["verified"]) { try ThrashRun.measure(o, trace: nil, progress: { _ in }) }
     }
 }

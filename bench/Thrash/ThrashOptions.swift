@@ -31,6 +31,8 @@ struct ThrashOptions: Sendable {
     var thrashLapseMilliseconds = 20
     var thrashPinMilliseconds = 300
     var backend = MigrateOptions.Backend.iouring
+    /// The bus GPU accesses to system memory cross (`Device.Configuration.remoteAccessLink`).
+    var remoteLink = LinkSpec.none
     var checked = false
 
     /// The driver policy these options select; `thrashing` is the policy object of

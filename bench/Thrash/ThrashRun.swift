@@ -38,6 +38,7 @@ enum ThrashRun {
         do { (policy, thrashing) = try o.policy() } catch { throw failure("policy: \(error)") }
         var config = Device.Configuration(name: "thrash", vramSize: vramBytes, backend: o.backend.kind(workers: 2),
                                           policy: policy)
+        config.remoteAccessLink = o.remoteLink.model
         if let trace { config.observer = MigrateObserver(trace: trace) }   // the driver's batches and faults on the timeline
         let gpu: Device
         do { gpu = try Device(memory: memory, configuration: config) } catch {
@@ -108,6 +109,7 @@ enum ThrashRun {
         r.set("prefetch", o.prefetch.rawValue)
         r.set("residency_ms", o.residencyMilliseconds)
         r.set("backend", o.backend.rawValue)
+        r.set("remote_link", o.remoteLink.text)
         r.set("checked", o.checked)
         if let checker = memory.checker { r.set("protocol_violations", checker.violationCount) }
         let gpuMedian = median(gpuNanos), cpuMedian = median(cpuNanos)

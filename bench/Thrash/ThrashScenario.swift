@@ -24,6 +24,8 @@ struct ThrashScenario: BenchScenario {
               help: "gpu-fault=thrashing: longest gap between two moves of a window that still counts"),
         .init("thrash-pin-ms", .integer(0...3_600_000), default: "300",
               help: "gpu-fault=thrashing: how long a thrashing window stays in RAM"),
+        .init("remote-link", .text, default: "none",
+              help: "the bus GPU accesses to system memory cross: \(LinkSpec.help)"),
         .init("backend", .choice(MigrateOptions.Backend.allCases.map(\.rawValue)), default: "iouring", help: "copy engine backend"),
         .init("checked", .choice(["off", "on"]), default: "off", help: "checked mode (protocol sanitizer) on the run's memory"),
     ]
@@ -44,6 +46,9 @@ struct ThrashScenario: BenchScenario {
         o.thrashLapseMilliseconds = try parameters.int("thrash-lapse-ms")
         o.thrashPinMilliseconds = try parameters.int("thrash-pin-ms")
         o.backend = MigrateOptions.Backend(rawValue: try parameters.string("backend")) ?? .iouring
+        do { o.remoteLink = try LinkSpec(parsing: try parameters.string("remote-link")) } catch {
+            throw ThrashRun.failure(error.message)
+        }
         o.checked = try parameters.string("checked") == "on"
         return [try ThrashRun.measure(o, trace: context.trace, progress: context.progress)]
     }

@@ -58,6 +58,11 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         public var policy = MigrationPolicy()
         /// Which resident pages VRAM pressure evicts first.
         public var eviction: EvictionPolicyKind = .leastRecentlyUsed
+        /// The bus GPU accesses to system memory cross (through mapped entries, and
+        /// device-exclusive pages): each occupies the link for its latency plus its bytes
+        /// at its bandwidth, and the accessing thread sleeps off what runs more than
+        /// 200 µs ahead. nil (the default): a remote access costs what a VRAM access does.
+        public var remoteAccessLink: LinkModel? = nil
         /// Told about every step; nil costs one check per step.
         public var observer: (any MigrationObserver)? = nil
 
@@ -108,6 +113,8 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     /// The policy's `GPUFaultPolicy` counts remote accesses: one relaxed load per GPU access
     /// to system memory when it does not.
     let countsRemoteAccesses = Synchronization.Atomic<Bool>(false)
+    /// `Configuration.remoteAccessLink`, when set.
+    let remoteLink: RemoteAccessLink?
     private let spaces = NIOLockedValueBox<[ObjectIdentifier: GPUAddressSpace]>([:])
     /// When each device page (dense index) last became resident, for the minimum-residency policy.
     let residentSince: UnsafeMutablePointer<Synchronization.Atomic<UInt64>>
@@ -130,6 +137,10 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         guard c.policy.isValid(maxBatch: made.configuration.maxBatch) else {
             if ownsEngine { made.shutdown() }
             throw .invalidArgument
+        }
+        do { remoteLink = try c.remoteAccessLink.map { (m) throws(DeviceError) in try RemoteAccessLink(m) } } catch {
+            if ownsEngine { made.shutdown() }
+            throw error
         }
         self.memory = memory
         self.engine = made

@@ -53,6 +53,10 @@ public final class DeviceCounters: @unchecked Sendable {
         case remoteAccesses
         /// Migrations a GPU-fault policy asked for in answer to a remote access.
         case remoteAccessMigrations
+        /// Bytes GPU accesses carried over `Configuration.remoteAccessLink`.
+        case remoteLinkBytes
+        /// Times a GPU access slept because it ran more than 200 µs ahead of that link.
+        case remoteLinkWaits
     }
 
     private let counts: UnsafeMutablePointer<Atomic<Int>>

@@ -119,17 +119,18 @@ extension GPUAddressSpace {
             let addr = address + UInt64(done)
             let offset = Int(addr & 4095)
             let n = min(pageSize - offset, length - done)
-            try accessPage(addr & ~4095, kind) { page in body(page + offset, done, n) }
+            try accessPage(addr & ~4095, kind, length: n) { page in body(page + offset, done, n) }
             done += n
         }
     }
 
     private enum Probe { case done, fault, detached }
 
-    private func accessPage(_ page: UInt64, _ kind: Access, _ body: (UnsafeMutableRawPointer) -> Void) throws(DeviceError) {
+    private func accessPage(_ page: UInt64, _ kind: Access, length: Int,
+                            _ body: (UnsafeMutableRawPointer) -> Void) throws(DeviceError) {
         var attempts = 0
         while true {
-            var remote = false
+            var remote = false, overLink = false
             let probe: Probe = lock.withLock {
                 guard !isDetached else { return .detached }
                 let e = table.entry(page)
@@ -137,10 +138,15 @@ extension GPUAddressSpace {
                 body(bytes)
                 if e.kind == .vram, let index = device.vram.pageIndex(of: e.pfn) { device.eviction.pageAccessed(index) }
                 remote = e.kind == .system
+                overLink = remote || e.kind == .exclusive
                 return .done
             }
             switch probe {
             case .done:
+                if overLink, let link = device.remoteLink {
+                    device.counters.add(.remoteLinkBytes, length)
+                    if link.charge(bytes: length, toHost: kind != .read) > 0 { device.counters.add(.remoteLinkWaits) }
+                }
                 if remote && device.countsRemoteAccesses.load(ordering: .relaxed) { reportRemoteAccess(page, kind) }
                 return
             case .detached: throw .shutDown
