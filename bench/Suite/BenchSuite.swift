@@ -27,7 +27,7 @@ struct BenchSuite: Sendable {
         Entry("copy", "page-size=4K,64K coalesce=on,off"),
         Entry("mm", "pages=64K"),
         Entry("migrate", "backend=iouring,mapped batch=2048 pipeline=2"),
-        Entry("thrash", "gpu-fault=migrate,map,thrashing"),
+        Entry("thrash", "remote-link=none,pcie4 gpu-fault=migrate,map,thrashing"),
     ])
 
     /// The jobs of every entry, checked against `registry` (unknown scenarios or keys, bad values).

@@ -30,7 +30,7 @@ struct ThrashScenario: BenchScenario {
         .init("checked", .choice(["off", "on"]), default: "off", help: "checked mode (protocol sanitizer) on the run's memory"),
     ]
     let quickParameters = ["pages": "256", "rounds": "4"]
-    let summaryFields = ["gpu_fault", "us_per_page", "gpu_faults", "cpu_faults", "pages_to_device", "residency_waits", "thrashing_pins"]
+    let summaryFields = ["gpu_fault", "remote_link", "us_per_page", "gpu_faults", "cpu_faults", "pages_to_device", "residency_waits", "thrashing_pins"]
     let caseFields: [String] = []
 
     func run(_ parameters: ScenarioParameters, context: ScenarioContext) throws -> [RunRecord] {
