@@ -59,11 +59,11 @@ public struct MigrationPolicy: Sendable, Equatable {
         }
 
         /// The decision for `fault`: the fixed cases as they are, `.custom` by its policy.
-        func decide(_ fault: @autoclosure () -> GPUFaultInfo) -> GPUFaultDecision {
+        func decide(_ fault: GPUFaultInfo) -> GPUFaultDecision {
             switch self {
             case .migrateToVRAM(let n): return .migrateToVRAM(pages: n)
             case .mapSystemMemory(let n): return .mapSystemMemory(pages: n)
-            case .custom(let policy): return policy.resolve(fault())
+            case .custom(let policy): return policy.resolve(fault)
             }
         }
 
