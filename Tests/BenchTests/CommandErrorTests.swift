@@ -17,6 +17,26 @@ import Testing
         #expect((try? TortureCommand.parse(["--residency", "2.5"]).options.minimumResidency) == .microseconds(2500))
     }
 
+    /// `thrash`'s flags are checked under their own names, not the `run thrash` keys
+    /// (`--residency` used to be refused as "residency-ms").
+    @Test func thrashErrorsNameTheFlags() {
+        #expect(parseError(["thrash", "--residency", "20000"]) == "--residency must be in 0...10000 ms (got 20000)")
+        #expect(parseError(["thrash", "--gpu-fault", "thrashing", "--thrash-lapse", "0"])
+                == "--thrash-lapse must be in 1...600000 ms (got 0)")
+        #expect(parseError(["thrash", "--gpu-fault", "thrashing", "--thrash-pin=-1"])
+                == "--thrash-pin must be in 0...3600000 ms (got -1)")
+        #expect(parseError(["thrash", "--residency", "10000"]) == nil)
+    }
+
+    /// `copy --repeats` and `run --repeat` each take the other's spelling as well.
+    @Test func repeatAndRepeatsAreOneOption() throws {
+        #expect(try CopyCommand.parse(["--repeat", "2"]).repeats == 2)
+        #expect(try CopyCommand.parse(["--repeats", "4"]).repeats == 4)
+        #expect(parseError(["copy", "--repeat", "0"]) == "--repeats must be in 1...100 (got 0)")
+        #expect(parseError(["run", "memcpy", "--repeats", "0"]) == "--repeat must be between 1 and 1000 (got 0)")
+        #expect(parseError(["run", "memcpy", "--repeats", "2"]) == nil)
+    }
+
     /// A run that fails after its arguments were accepted (here: more memory than the machine
     /// has) is not a usage error: no usage line (it used to be the root command's), status 1.
     @Test(.enabled(if: SystemMemory.available().map { $0 < 1 << 40 } ?? false, "needs a machine with less than 1 TiB available"))

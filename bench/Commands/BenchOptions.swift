@@ -2,7 +2,7 @@ import ArgumentParser
 
 /// The options every measuring command shares: repeats, CI sizing, output files, trace.
 struct BenchOptions: ParsableArguments {
-    @Option(name: .customLong("repeat"), help: ArgumentHelp(
+    @Option(name: [.customLong("repeat"), .customLong("repeats")], help: ArgumentHelp(
         "Measure each point N times; numbers are reported as the median with <field>_min/_max.", valueName: "n"))
     var repeats: Int = 1
 

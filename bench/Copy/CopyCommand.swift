@@ -46,7 +46,7 @@ struct CopyCommand: ParsableCommand {
     @Option(help: "Operations in flight per channel (io_uring SQ entries).") var queueDepth = 64
     @Option(help: "Channels, each submitting from its own thread.") var channels = 1
     @Option(help: "Batches in flight per channel before waiting on the oldest fence.") var inflight = 8
-    @Option(help: "Passes per run (the median is reported).") var repeats = 3
+    @Option(name: [.customLong("repeats"), .customLong("repeat")], help: "Passes per run (the median is reported).") var repeats = 3
     @Option(help: "Host memory the frames are scattered over (default 4 × total).") var hostMemory: ByteCount?
     @Option(help: "memfds each VRAM pool is striped over (1: one memfd).") var vramFiles = VRAMPool.Layout.default.files
     @Option(help: "Register host memory as io_uring fixed buffers (pinned) and use the fixed-buffer opcodes: on or off.")

@@ -56,6 +56,14 @@ struct ThrashCommand: ParsableCommand {
             o.backend = kind
             o.checked = checked
             do { o.remoteLink = try LinkSpec(parsing: remoteLink) } catch { throw ValidationError(error.message) }
+            // The options' own checks name the `run thrash` keys; these flags are named differently.
+            if !(0...10_000).contains(residency) { throw ValidationError("--residency must be in 0...10000 ms (got \(residency))") }
+            if let thrashLapse, !(1...600_000).contains(thrashLapse) {
+                throw ValidationError("--thrash-lapse must be in 1...600000 ms (got \(thrashLapse))")
+            }
+            if let thrashPin, !(0...3_600_000).contains(thrashPin) {
+                throw ValidationError("--thrash-pin must be in 0...3600000 ms (got \(thrashPin))")
+            }
             if let problem = o.problem { throw ValidationError(problem) }
             return o
         }
