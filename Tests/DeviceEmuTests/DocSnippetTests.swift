@@ -254,6 +254,27 @@ final class ToyOps: MigrateVMAOps {
         #expect(gpu.counters[.pagesToDevice] == 16)
     }
 
+    /// Section 13: a CPU read pinned at the fence wait finishes only after the driver goes on.
+    @Test func stepProbe() throws {
+        let memory = try PhysicalMemory(ramBytes: 1 << 30)
+        let probe = StepProbe()                      // StepProbe(forwardingTo: tracer) to chain one
+        var config = Device.Configuration(vramSize: 64 << 20)
+        config.observer = probe
+        let gpu = try Device(memory: memory, configuration: config)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 16 * 4096)
+        try mm.write(at: a, bytes: [UInt8](repeating: 7, count: 16 * 4096))
+        // A CPU read of page 3 while the batch waits for its fence:
+        try probe.arm(at: .init(.fenceWaitBegin, direction: .toDevice), hold: .milliseconds(50)) {
+            _ = try? mm.read(at: a + 3 * 4096, count: 8)
+        }
+        try gpu.migrateToDevice(mm, range: a ..< a + 16 * 4096)
+        _ = probe.waitForAction()
+        #expect(probe.outcome == .finishedAfterHold)
+        #expect(gpu.counters[.cpuFaults] == 1, "the read met the page in VRAM after finalize")
+    }
+
     /// Section 11: ToyGPU migrates, faults one page back, and evicts the rest at shutdown.
     @Test func toyGPU() throws {
         let memory = try PhysicalMemory(ramBytes: 64 << 20)
