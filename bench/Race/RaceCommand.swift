@@ -12,8 +12,8 @@ struct RaceCommand: ParsableCommand {
             reports. Then every (step, action) cell runs on a fresh world — checked-mode RAM, one device, \
             a process of --pages pages with a known pattern, migrated in batches of 16 — with a StepProbe \
             that, when the flow reaches the step, runs the action on another thread and holds the driver \
-            there until the action returns or --hold runs out. The action aims at page 1 (the first batch; \
-            the faulting page of the fault flows).
+            there until the action returns or --hold runs out. The action aims at page --target (default 1: \
+            the first batch), which is also the faulting page of the fault flows.
             A cell reads `held` when the action finished while the driver was held at the step, `after` \
             when it could only finish once the step went on (the held thread owned what it needed: the mmap \
             lock, a page lock, an operation in flight) — what each step blocks. It reads `FAIL` unless every \
@@ -25,9 +25,9 @@ struct RaceCommand: ParsableCommand {
 
             Flows:
               to-device   migrateToDevice of the range
-              cpu-fault   range in VRAM, then a CPU read of page 1 (migrate_to_ram)
+              cpu-fault   range in VRAM, then a CPU read of the target page (migrate_to_ram)
               evict       range in VRAM, then evictAll (as suspend and teardown evict)
-              gpu-fault   view bound, GPU read of page 1 (default policy: migrate to VRAM)
+              gpu-fault   view bound, GPU read of the target page (default policy: migrate to VRAM)
             Actions:
             \(RaceAction.allCases.map { "  " + $0.rawValue.padding(toLength: 18, withPad: " ", startingAt: 0) + $0.help }.joined(separator: "\n"))
 
@@ -44,6 +44,8 @@ struct RaceCommand: ParsableCommand {
     @Option(help: "Milliseconds the driver is held at the step for the action (1...5000).") var hold = 20
     @Option(help: "Pages of the process (\(RaceOptions.pageRange.lowerBound)...\(RaceOptions.pageRange.upperBound)).")
     var pages = 32
+    @Option(help: "The page the actions aim at, and the fault flows fault on (default 1: the first batch; 16 and above: a later batch).")
+    var target = 1
     @Option(help: "Copy backend: iouring, memcpy or mapped (2 worker threads through the VRAM mapping).")
     var backend = "iouring"
     @Flag(help: "Print exactly one JSON object on stdout (one record per cell) instead of the tables.") var json = false
@@ -54,6 +56,7 @@ struct RaceCommand: ParsableCommand {
         o.actions = try RaceOptions.list(action, of: RaceAction.self, what: "action")
         o.hold = .milliseconds((1...5000).contains(hold) ? hold : 0)
         o.pages = pages
+        o.target = target
         guard let b = MigrateOptions.Backend(rawValue: backend) else {
             throw RaceOptionError("backend must be one of: \(MigrateOptions.Backend.allCases.map(\.rawValue).joined(separator: ", "))")
         }

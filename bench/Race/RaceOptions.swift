@@ -23,7 +23,7 @@ struct RaceOptions: Sendable {
         if !Self.pageRange.contains(pages) {
             return "pages must be in \(Self.pageRange) (more than one batch of \(RaceWorld.batchPages), at most 2M)"
         }
-        if !(0..<pages).contains(target) { return "the target page must be in 0..<pages" }
+        if !(0..<pages).contains(target) { return "target must be a page of the range: 0..<\(pages)" }
         return nil
     }
 
