@@ -77,20 +77,24 @@ struct RaceMatrix: Sendable {
                 out += row.enumerated().map { i, s in s.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
                     .joined(separator: "  ").trimmingCharacters(in: .whitespaces) + "\n"
             }
-            for p in f.dryRunProblems { out += "  dry run: \(p)\n" }
             out += "\n"
         }
         let fails = failures
         let after = cells.filter { $0.outcome == .after }.count
         out += "\(cells.count) cells in \(String(format: "%.1f", seconds)) s: \(cells.count - fails.count) passed "
             + "(\(after) after the hold), \(fails.count) failed\n"
-        if !fails.isEmpty {
-            out += "\nfailures:\n"
-            for c in fails {
-                out += "  \(c.cell.flow.rawValue) @ \(c.cell.step) × \(c.cell.action.rawValue): "
-                    + c.problems.joined(separator: "; ") + "\n"
-            }
-        }
+        let lines = failureLines
+        if !lines.isEmpty { out += "\nfailures:\n" + lines.map { "  " + $0 + "\n" }.joined() }
         return out
+    }
+
+    /// One line per failing cell (and per problem of a dry run).
+    var failureLines: [String] {
+        flows.flatMap { f in
+            f.dryRunProblems.map { "\(f.flow.rawValue) dry run: \($0)" }
+                + (f.steps.isEmpty ? ["\(f.flow.rawValue): the dry run reported no step"] : [])
+        } + failures.map { c in
+            "\(c.cell.flow.rawValue) @ \(c.cell.step) × \(c.cell.action.rawValue): " + c.problems.joined(separator: "; ")
+        }
     }
 }

@@ -7,11 +7,8 @@ import DMAEngine
 /// needed; rmap finds every mapping, and the invalidation it raises (not marked as this
 /// device's migration) zaps the device page tables.
 extension Device {
-    /// Evicts every in-use page of VRAM (teardown and suspend). A page another migration
-    /// collected is locked until that migration's finalize, which always comes: a pass
-    /// that moved nothing waits for such a page to unlock (`folio_wait_locked`) and does
-    /// not count. Pages that stay pinned (or keep being locked again) through a few
-    /// passes are left in VRAM. `minimumResidency` does not apply:
+    /// Evicts every in-use page of VRAM (teardown and suspend). Pages that stay locked or
+    /// pinned through a few passes are left in VRAM. `minimumResidency` does not apply:
     /// a suspend or teardown cannot wait for pages to age, so young pages go too.
     /// With `policy.pipelineDepth` above 1, that many batches are in flight: the next
     /// batch is collected and its copies submitted while earlier copies run (1, the
@@ -25,7 +22,6 @@ extension Device {
         inFlight.reserveCapacity(depth)
         var evicted = 0
         var pass = 0
-        var lockWaits = 0
         while vram.inUsePageCount > 0 && pass < 20 {
             pass += 1
             var progress = 0
@@ -44,32 +40,10 @@ extension Device {
             }
             while !inFlight.isEmpty { progress += finishEviction(inFlight.removeFirst()).evicted }
             evicted += progress
-            guard progress == 0 else { continue }
-            // Pages collected by a concurrent migration (or eviction) are locked until its
-            // finalize: wait for one rather than spend on it the passes meant for pinned
-            // pages (a suspend would report `.busy` for pages that leave moments later).
-            // Nothing of this eviction is in flight here: it holds no page lock.
-            if lockWaits < Self.evictionLockWaits, let locked = lockedDevicePage() {
-                lockWaits += 1
-                pass -= 1
-                memory.waitOnPageUnlocked(locked)
-            } else {
-                MonotonicTime.sleep(nanoseconds: 1_000_000)
-            }
+            // Pages collected by a concurrent migration are locked for a moment: retry later.
+            if progress == 0 { MonotonicTime.sleep(nanoseconds: 1_000_000) }
         }
         return evicted
-    }
-
-    /// How many times one `evictAll` waits for a locked page before it counts such
-    /// passes again: a bound against migrations that keep locking VRAM pages.
-    static let evictionLockWaits = 1_000
-
-    /// A VRAM page whose page lock is held (by a migration that collected it), if any.
-    private func lockedDevicePage() -> PFN? {
-        for chunk in vram.chunks {
-            for pfn in chunk.pfns where memory.isPageLocked(pfn) { return pfn }
-        }
-        return nil
     }
 
     /// Makes room for `pages` more device pages by evicting cold ones (VRAM pressure).
