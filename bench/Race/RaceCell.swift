@@ -31,6 +31,8 @@ struct RaceCell: Sendable {
         var fired: Bool
         /// Why the cell failed (empty when it passed).
         var problems: [String]
+        /// Documented errors met on the way (the cell may still pass).
+        var notes: [String] = []
         var passed: Bool { problems.isEmpty }
     }
 
@@ -66,7 +68,8 @@ struct RaceCell: Sendable {
         check.childAndInvariants()
         check.tearDown()
         problems += check.problems
-        return Result(cell: self, outcome: problems.isEmpty ? outcome : .fail, fired: fired, problems: problems)
+        return Result(cell: self, outcome: problems.isEmpty ? outcome : .fail, fired: fired, problems: problems,
+                      notes: check.notes)
     }
 }
 

@@ -55,6 +55,7 @@ struct RaceMatrix: Sendable {
             r.set("hold_ms", Double(options.hold.components.seconds) * 1e3 + Double(options.hold.components.attoseconds) / 1e15)
             r.set("passed", c.passed)
             if !c.passed { r.set("problems", c.problems.joined(separator: "; ")) }
+            if !c.notes.isEmpty { r.set("notes", c.notes.joined(separator: "; ")) }
             return r
         }
     }
@@ -83,6 +84,12 @@ struct RaceMatrix: Sendable {
         let after = cells.filter { $0.outcome == .after }.count
         out += "\(cells.count) cells in \(String(format: "%.1f", seconds)) s: \(cells.count - fails.count) passed "
             + "(\(after) after the hold), \(fails.count) failed\n"
+        let noted = cells.filter { $0.passed && !$0.notes.isEmpty }
+        if !noted.isEmpty {
+            out += "\ndocumented errors (the cells passed):\n" + noted.map {
+                "  \($0.cell.flow.rawValue) @ \($0.cell.step) × \($0.cell.action.rawValue): " + $0.notes.joined(separator: "; ") + "\n"
+            }.joined()
+        }
         let lines = failureLines
         if !lines.isEmpty { out += "\nfailures:\n" + lines.map { "  " + $0 + "\n" }.joined() }
         return out
