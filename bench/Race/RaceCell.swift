@@ -64,6 +64,7 @@ struct RaceCell: Sendable {
         var check = RaceCheck(world: w, flow: flow, action: fired ? action : .none)
         check.flowResult(flowResult)
         if fired { check.actionResult(done.withLockedValue { $0 } ?? .done) }
+        check.gpuPages()
         check.pages()
         check.childAndInvariants()
         check.tearDown()
@@ -85,6 +86,7 @@ func raceDryRun(_ flow: RaceFlow, _ o: RaceOptions) throws -> (steps: [RaceStep]
     let steps = w.recorder.steps
     var check = RaceCheck(world: w, flow: flow, action: .none)
     check.flowResult(result)
+    check.gpuPages()
     check.pages()
     check.childAndInvariants()
     check.tearDown()

@@ -66,10 +66,47 @@ struct RaceCheck {
         }
     }
 
+    /// What page `p` must hold now.
+    private func expected(_ p: Int) -> RacePage { p == target && actionTookEffect ? action.targetAfter : .pattern }
+
+    /// Every page through the process's GPU view, when one is bound (by the flow or the
+    /// action): a stale device entry — to a freed, migrated or unmapped page — reads wrong
+    /// here. Runs before the CPU reads, which fault pages back to RAM.
+    mutating func gpuPages() {
+        guard let space = world.gpu.addressSpace(for: world.mm) else { return }
+        for p in 0..<world.pages {
+            let want = expected(p)
+            let a = world.address(p)
+            do {
+                let bytes = try space.read(at: a, count: pageSize)
+                if want == .unmapped {
+                    problems.append("GPU: page \(p) still reads after munmap")
+                } else if bytes != want.bytes(page: p) {
+                    problems.append("GPU: page \(p) is not \(want)\(describe(bytes, page: p))")
+                }
+            } catch {
+                if want != .unmapped || error != .fault(address: a) {
+                    problems.append("GPU read of page \(p) (\(want)): \(error)")
+                }
+            }
+        }
+        if action == .mprotect && actionTookEffect {
+            let a = world.address(target)
+            do {
+                try space.write(at: a, bytes: [1])
+                problems.append("a GPU store to page \(target) succeeded after mprotect(PROT_READ)")
+            } catch {
+                if error != .permissionDenied(address: a) {
+                    problems.append("a GPU store after mprotect(PROT_READ) failed with \(error), not a permission fault")
+                }
+            }
+        }
+    }
+
     /// Every page by a CPU read: the pattern, or for the target what the action left.
     mutating func pages() {
         for p in 0..<world.pages {
-            let want = p == target && actionTookEffect ? action.targetAfter : .pattern
+            let want = expected(p)
             let a = world.address(p)
             do {
                 let bytes = try world.mm.read(at: a, count: pageSize)
