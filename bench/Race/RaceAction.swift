@@ -21,6 +21,7 @@ enum RaceAction: String, CaseIterable, Sendable {
     case unbind
     case suspendResume = "suspend-resume"
     case evictAll = "evict-all"
+    case shutdown
 
     /// The column header of the matrix table.
     var short: String {
@@ -40,6 +41,7 @@ enum RaceAction: String, CaseIterable, Sendable {
         case .unbind: return "unbind"
         case .suspendResume: return "suspend"
         case .evictAll: return "evict"
+        case .shutdown: return "teardown"
         }
     }
 
@@ -61,6 +63,7 @@ enum RaceAction: String, CaseIterable, Sendable {
         case .unbind: return "unbind of the GPU view (bound first if the flow had none)"
         case .suspendResume: return "device suspend (evicts all VRAM), then resume"
         case .evictAll: return "eviction of every VRAM page (evictAll)"
+        case .shutdown: return "device teardown (evicts every page, unbinds every view; nouveau_dmem_fini)"
         }
     }
 
@@ -101,6 +104,7 @@ enum RaceAction: String, CaseIterable, Sendable {
                 defer { try? w.gpu.resume() }
                 try w.gpu.suspend()
             case .evictAll: w.gpu.evictAll()
+            case .shutdown: try w.gpu.shutdown()
             }
             return .done
         } catch {

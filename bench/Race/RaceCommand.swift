@@ -22,9 +22,7 @@ struct RaceCommand: ParsableCommand {
             returned what they should (errors only where documented: a read of an unmapped page, a GPU \
             access whose view was unbound), the model's invariants hold, checked mode saw no broken rule, \
             and teardown returned every page. Exit status 1 if any cell fails. Cells that met a \
-            documented error are listed below the tables (`notes` in --json): e.g. a suspend whose \
-            eviction met pages an eviction or CPU fault held locked past evictAll's retry budget \
-            (about 20 ms) reports .busy, as documented; longer holds show it.
+            documented error are listed below the tables (`notes` in --json).
 
             Flows:
               to-device   migrateToDevice of the range

@@ -26,23 +26,11 @@ enum RaceExpectations {
         }
     }
 
-    /// Whether `action` may fail with `error` while `flow` runs.
-    ///
-    /// - A suspend while an eviction or a CPU fault's `migrateToRAM` (neither passes the
-    ///   device gate the suspend closes and drains) holds VRAM pages locked: the suspend's
-    ///   eviction retries a few passes (about 20 ms) and then, as documented on `evictAll`,
-    ///   leaves pages that stay locked and reports `.busy`. The held flow evicts them itself
-    ///   once it goes on, so the pages are checked as usual. A hold longer than the retry
-    ///   budget gets here (at the default 20 ms it depends on timing). Waiting for locked
-    ///   pages instead is no fix by itself: a page a buggy driver leaked locked would hang
-    ///   teardown (`CheckedDeviceTests.devicePagesNeverFreedAreLeaksAtTeardown`); it needs
-    ///   device-wide tracking of the migrations in flight.
+    /// Whether `action` may fail with `error` while `flow` runs. None may: a suspend or a
+    /// teardown racing a CPU fault or an eviction that holds VRAM pages locked used to
+    /// report `.busy` (and checked mode a leak) after a few passes; they now wait for the
+    /// migrations in flight (`LifecycleRaceTests`).
     static func actionMayFail(_ flow: RaceFlow, _ action: RaceAction, _ error: any Error) -> Bool {
-        switch (flow, action) {
-        case (.evict, .suspendResume), (.cpuFault, .suspendResume):
-            return (error as? DeviceError) == .busy
-        default:
-            return false
-        }
+        false
     }
 }
