@@ -8,11 +8,11 @@ import DMAEngine
 /// device's migration) zaps the device page tables.
 extension Device {
     /// Evicts every in-use page of VRAM (teardown and suspend). A page another migration
-    /// holds locked is left to it: while any migration that passes no device gate is in
-    /// flight (a CPU fault, `migrateRangeToRAM`, another eviction), passes that move
-    /// nothing do not count — teardown waits for it as `memunmap_pages` waits for the
-    /// pgmap's references. Pages that stay locked or pinned through a few passes after
-    /// that are left in VRAM. `minimumResidency` does not apply:
+    /// holds (locked, or referenced by a CPU fault) is left to it: while a migration that
+    /// passes no device gate is in flight (a CPU fault, `migrateRangeToRAM`, another
+    /// eviction), passes that move nothing do not count — teardown waits for it as
+    /// `memunmap_pages` waits for the pgmap's references. Pages that stay locked or pinned
+    /// through a few passes after that are left in VRAM. `minimumResidency` does not apply:
     /// a suspend or teardown cannot wait for pages to age, so young pages go too.
     /// With `policy.pipelineDepth` above 1, that many batches are in flight: the next
     /// batch is collected and its copies submitted while earlier copies run (1, the
@@ -59,8 +59,11 @@ extension Device {
         return evicted
     }
 
-    /// Passes (1 ms each) one `evictAll` waits for other migrations in flight, at most.
-    static let evictionWaitLimit = 30_000
+    /// Passes (1 ms each) one `evictAll` waits for other migrations in flight, at most: a
+    /// pinned page costs that much only while CPU faults keep coming all along. (Which
+    /// pages a fault holds cannot be told from pinned ones: before `migrate_to_ram` locks
+    /// its page, the fault holds a reference, as a pin does.)
+    static let evictionWaitLimit = 10_000
 
     /// Makes room for `pages` more device pages by evicting cold ones (VRAM pressure).
     ///
