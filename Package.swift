@@ -94,7 +94,7 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        .testTarget(name: "BenchTests", dependencies: ["dmem-bench", "DMAEngine"], swiftSettings: strict),
+        .testTarget(name: "BenchTests", dependencies: ["dmem-bench", "DMAEngine", "DeviceEmu", "HostMM"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

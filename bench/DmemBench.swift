@@ -19,7 +19,7 @@ struct DmemBench: ParsableCommand {
               dmem-bench run memcpy --trace t.json   timeline for Perfetto UI
             """,
         subcommands: [SuiteCommand.self, RunCommand.self, ListCommand.self, CopyCommand.self, MMCommand.self, MigrateCommand.self,
-                      ThrashCommand.self, TortureCommand.self],
+                      ThrashCommand.self, TortureCommand.self, RaceCommand.self],
         defaultSubcommand: SuiteCommand.self
     )
 }

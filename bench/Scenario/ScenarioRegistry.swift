@@ -18,6 +18,7 @@ struct ScenarioRegistry: Sendable {
         MigrateScenario(),
         ThrashScenario(),
         TortureScenario(),
+        RaceScenario(),
     ])
 
     var names: [String] { scenarios.map(\.name) }

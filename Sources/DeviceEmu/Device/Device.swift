@@ -119,6 +119,11 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     /// When each device page (dense index) last became resident, for the minimum-residency policy.
     let residentSince: UnsafeMutablePointer<Synchronization.Atomic<UInt64>>
     private let batchCounter = Synchronization.Atomic<UInt64>(0)
+    /// Migrations in flight that hold device pages locked without passing `gate`: CPU
+    /// faults' `migrateToRAM`, `migrateRangeToRAM`, and eviction batches. Teardown and
+    /// suspend wait for them before calling what is left in VRAM pinned or leaked, as
+    /// `memunmap_pages` waits for the pgmap's last reference.
+    let ungatedMigrations = Synchronization.Atomic<Int>(0)
     /// Scratch arrays reused by CPU faults.
     let spareBuffers = BufferCache()
 

@@ -7,8 +7,12 @@ import DMAEngine
 /// needed; rmap finds every mapping, and the invalidation it raises (not marked as this
 /// device's migration) zaps the device page tables.
 extension Device {
-    /// Evicts every in-use page of VRAM (teardown and suspend). Pages that stay locked or
-    /// pinned through a few passes are left in VRAM. `minimumResidency` does not apply:
+    /// Evicts every in-use page of VRAM (teardown and suspend). A page another migration
+    /// holds (locked, or referenced by a CPU fault) is left to it: while a migration that
+    /// passes no device gate is in flight (a CPU fault, `migrateRangeToRAM`, another
+    /// eviction), passes that move nothing do not count — teardown waits for it as
+    /// `memunmap_pages` waits for the pgmap's references. Pages that stay locked or pinned
+    /// through a few passes after that are left in VRAM. `minimumResidency` does not apply:
     /// a suspend or teardown cannot wait for pages to age, so young pages go too.
     /// With `policy.pipelineDepth` above 1, that many batches are in flight: the next
     /// batch is collected and its copies submitted while earlier copies run (1, the
@@ -22,6 +26,7 @@ extension Device {
         inFlight.reserveCapacity(depth)
         var evicted = 0
         var pass = 0
+        var waits = 0
         while vram.inUsePageCount > 0 && pass < 20 {
             pass += 1
             var progress = 0
@@ -40,11 +45,25 @@ extension Device {
             }
             while !inFlight.isEmpty { progress += finishEviction(inFlight.removeFirst()).evicted }
             evicted += progress
-            // Pages collected by a concurrent migration are locked for a moment: retry later.
-            if progress == 0 { MonotonicTime.sleep(nanoseconds: 1_000_000) }
+            guard progress == 0 else { continue }
+            // Pages collected by a concurrent migration are locked until its finalize: retry
+            // later. Nothing of this eviction is in flight here, so any migration counted is
+            // another thread's; while one runs, the pass is not spent (a bound remains,
+            // against migrations that never stop coming).
+            if waits < Self.evictionWaitLimit && ungatedMigrations.load(ordering: .sequentiallyConsistent) > 0 {
+                waits += 1
+                pass -= 1
+            }
+            MonotonicTime.sleep(nanoseconds: 1_000_000)
         }
         return evicted
     }
+
+    /// Passes (1 ms each) one `evictAll` waits for other migrations in flight, at most: a
+    /// pinned page costs that much only while CPU faults keep coming all along. (Which
+    /// pages a fault holds cannot be told from pinned ones: before `migrate_to_ram` locks
+    /// its page, the fault holds a reference, as a pin does.)
+    static let evictionWaitLimit = 10_000
 
     /// Makes room for `pages` more device pages by evicting cold ones (VRAM pressure).
     ///
@@ -141,6 +160,8 @@ extension Device {
     /// locked RAM page and a D2H copy per collected page, `submit()`, `migrateDevicePages`.
     func startEviction(_ b: MigrationBuffers, _ runs: [(PFN, Int)]) -> EvictionStart {
         let batch = nextBatch()
+        // Counted from before collection locks pages until `finishEviction` unlocks them.
+        ungatedMigrations.add(1, ordering: .sequentiallyConsistent)
         emit(.setupBegin, .evict, batch: batch)
         let t0 = stamp()   // after the batch's begin: setup nests inside the batch
         var npages = 0
@@ -154,7 +175,10 @@ extension Device {
         for i in 0..<npages { b.dst[i] = [] }
         let collected = (0..<npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) ? 1 : 0) }
         emit(.setupEnd, .evict, begin: t0, batch: batch, pages: collected)
-        guard collected > 0 else { return .done(collected: 0, evicted: 0) }
+        guard collected > 0 else {
+            ungatedMigrations.subtract(1, ordering: .sequentiallyConsistent)
+            return .done(collected: 0, evicted: 0)
+        }
 
         let fence = enqueueEviction(b, npages, collected: collected)
         let signal = fence.flatMap { observeSignal($0) }
@@ -188,6 +212,7 @@ extension Device {
         let tf = stamp()
         emit(.finalizeBegin, .evict, batch: e.batch, seqno: seqno)
         memory.migrateDeviceFinalize(src: b.src, dst: b.dst, npages: e.npages)
+        ungatedMigrations.subtract(1, ordering: .sequentiallyConsistent)
         emit(.finalizeEnd, .evict, begin: tf, batch: e.batch, seqno: seqno, pages: evicted)
         counters.add(.pagesEvicted, evicted)
         return (e.collected, evicted)

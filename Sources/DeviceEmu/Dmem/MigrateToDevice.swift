@@ -27,15 +27,22 @@ extension Device {
     ///   `.dma` when the copy engine is gone.
     @discardableResult
     public func migrateToDevice(_ mm: AddressSpace, range: Range<UInt64>) throws(DeviceError) -> MigrationResult {
-        try migrateToDevice(mm, range: range, channels: channels)
+        guard !range.isEmpty, range.lowerBound & 4095 == 0, range.upperBound & 4095 == 0 else { throw .invalidArgument }
+        try gate.enter()
+        defer { gate.exit() }
+        return try migrateToDevice(mm, range: range, channels: channels)
     }
 
     /// `migrateToDevice` with its copies on `pool`: a GPU fault's small window takes the
     /// CPU-copy channels, as a small CPU fault does (`MigrationPolicy.cpuCopyFaultPages`).
+    ///
+    /// The caller holds the device gate: the public entry point, or a GPU access (its
+    /// fault's migration is part of the admitted access). Entering the gate again here
+    /// refused the migration of a fault in flight once a `suspend()` had closed the gate
+    /// — while that suspend waited for the very access: nouveau flushes its fault work
+    /// (`nouveau_svm_suspend`) before `nouveau_dmem_suspend` evicts, so the fault finishes.
     func migrateToDevice(_ mm: AddressSpace, range: Range<UInt64>, channels pool: ChannelPool) throws(DeviceError) -> MigrationResult {
         guard !range.isEmpty, range.lowerBound & 4095 == 0, range.upperBound & 4095 == 0 else { throw .invalidArgument }
-        try gate.enter()
-        defer { gate.exit() }
         let policy = self.policy
         let tag = Self.allocationTag(range)
         let depth = policy.apiGeneration == .threeStep ? policy.pipelineDepth : 1

@@ -21,6 +21,8 @@ extension Device {
     /// also when the page could not move because another thread holds it (a concurrent
     /// fault on the same page): the access is retried, as the kernel retries it.
     public func migrateToRAM(_ fault: VMFault) -> VMFaultResult {
+        ungatedMigrations.add(1, ordering: .sequentiallyConsistent)
+        defer { ungatedMigrations.subtract(1, ordering: .sequentiallyConsistent) }
         counters.add(.cpuFaults)
         let t0 = stamp()
         emit(.cpuFaultBegin, .toRAM, address: fault.address)
@@ -62,6 +64,8 @@ extension Device {
     @discardableResult
     public func migrateRangeToRAM(_ mm: AddressSpace, range: Range<UInt64>) throws(DeviceError) -> MigrationResult {
         guard !range.isEmpty, range.lowerBound & 4095 == 0, range.upperBound & 4095 == 0 else { throw .invalidArgument }
+        ungatedMigrations.add(1, ordering: .sequentiallyConsistent)
+        defer { ungatedMigrations.subtract(1, ordering: .sequentiallyConsistent) }
         let policy = self.policy
         let buffers = MigrationBuffers(capacity: policy.batchPages)
         var total = MigrationResult()

@@ -29,8 +29,9 @@ extension GPUAddressSpace {
             do {
                 migrated = try device.migrateToDevice(mm, range: window, channels: device.channels(forFault: window, policy)).migrated
             } catch {
-                // Memory migration refuses (special VMAs, VRAM exhausted…): map instead.
-                if error == .suspended || error == .shutDown { throw error }
+                // Memory migration refuses (special VMAs, VRAM exhausted…): map instead. It
+                // runs inside this access's admission by the device gate, so a suspend or a
+                // teardown that began meanwhile waits for it rather than refusing it.
             }
             if kind.allows(entry(at: address)) {
                 policy.gpuFault.customPolicy?.gpuFaultResolved(info, decision: decision, migrated: migrated, mapped: 0)

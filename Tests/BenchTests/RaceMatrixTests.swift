@@ -1,0 +1,78 @@
+import DeviceEmu
+import HostMM
+import Testing
+@testable import dmem_bench
+
+/// `dmem-bench race`: the whole matrix passes on the model, every flow reaches every step
+/// its dry run listed, the verification does fail on a corrupted page, and bad options
+/// are refused with a clear message.
+@Suite(.timeLimit(.minutes(2))) struct RaceMatrixTests {
+    /// The default matrix (every flow × its steps × every action): no failing cell, and
+    /// the probe fired at every cell's step.
+    @Test func theDefaultMatrixPassesAndReachesEveryStep() throws {
+        let m = try RaceMatrix.run(RaceOptions())
+        #expect(m.failureLines.isEmpty, "\(m.failureLines.prefix(10).joined(separator: "\n"))")
+        #expect(m.passed)
+        #expect(m.flows.map(\.flow) == RaceFlow.allCases)
+        for f in m.flows {
+            #expect(f.cells.count == f.steps.count * RaceAction.allCases.count, "\(f.flow)")
+            let missed = f.cells.filter { !$0.fired }.map { "\($0.cell.step) × \($0.cell.action.rawValue)" }
+            #expect(missed.isEmpty, "\(f.flow): the probe never fired at \(missed)")
+            // Every flow reports whole batches: setup through finalize.
+            let kinds = Set(f.steps.map(\.kind))
+            #expect(kinds.isSuperset(of: [.setupBegin, .setupEnd, .migratePagesBegin, .finalizeEnd]), "\(f.flow): \(f.steps)")
+        }
+        #expect(m.flows.first { $0.flow == .cpuFault }?.steps.first == RaceStep(kind: .cpuFaultBegin, direction: .toRAM))
+        #expect(m.flows.first { $0.flow == .gpuFault }?.steps.first == RaceStep(kind: .gpuFault, direction: .none))
+        // What a held step blocks, for sure: a migration holds the mmap read lock from setup
+        // to finalize, so an munmap (mmap write lock) can only finish after the hold.
+        let toDevice = try #require(m.flows.first { $0.flow == .toDevice })
+        let munmapAtSetupEnd = toDevice.cells.first { $0.cell.step == RaceStep(kind: .setupEnd, direction: .toDevice) && $0.cell.action == .munmap }
+        #expect(munmapAtSetupEnd?.outcome == .after)
+        // One record per cell.
+        #expect(m.records.count == m.cells.count)
+        #expect(m.records.first?["flow"] == .string("to-device") && m.records.first?["passed"] == .bool(true))
+        #expect(m.text.contains("0 failed"))
+    }
+
+    /// A page corrupted behind the model's back fails every cell, with the page named: the
+    /// matrix is not a test that cannot fail.
+    @Test func aCorruptedPageFailsEveryCell() throws {
+        var o = RaceOptions()
+        o.flows = [.toDevice, .cpuFault]
+        o.actions = [.none, .cpuWrite, .gpuAtomic]
+        let m = try RaceMatrix.run(o, sabotage: true)
+        #expect(!m.passed)
+        #expect(!m.cells.isEmpty && m.cells.allSatisfy { $0.outcome == .fail })
+        for c in m.cells {
+            #expect(c.problems.contains { $0.hasPrefix("page 1 is not") }, "\(c.cell.step) × \(c.cell.action.rawValue): \(c.problems)")
+        }
+        #expect(m.text.contains("failures:"))
+        #expect(m.records.allSatisfy { $0["passed"] == .bool(false) && $0["outcome"] == .string("FAIL") })
+    }
+
+    /// An error the shadow model does not expect fails the cell; a documented one does not.
+    @Test func onlyDocumentedErrorsAreAccepted() {
+        let t: UInt64 = 0x10_0000
+        #expect(RaceExpectations.flowMayFail(.cpuFault, .munmap, HostMMError.segmentationFault(address: t, reason: .notMapped), at: t))
+        #expect(!RaceExpectations.flowMayFail(.cpuFault, .munmap, HostMMError.segmentationFault(address: t + 4096, reason: .notMapped), at: t))
+        #expect(!RaceExpectations.flowMayFail(.toDevice, .munmap, HostMMError.segmentationFault(address: t, reason: .notMapped), at: t))
+        #expect(RaceExpectations.flowMayFail(.gpuFault, .unbind, DeviceError.shutDown, at: t))
+        #expect(!RaceExpectations.flowMayFail(.gpuFault, .suspendResume, DeviceError.suspended, at: t))
+    }
+
+    @Test func badOptionsAreRefused() {
+        let flows = RaceFlow.allCases.map(\.rawValue).joined(separator: ", ")
+        #expect(parseError(["race", "--flow", "to-gpu"]) == "unknown flow 'to-gpu': use all or a comma-separated list of \(flows)")
+        #expect(parseError(["race", "--flow", "evict,"])?.hasPrefix("unknown flow '':") == true)
+        #expect(parseError(["race", "--action", "cpu-read,teleport"])?.hasPrefix("unknown action 'teleport':") == true)
+        #expect(parseError(["race", "--hold", "0"]) == "hold must be in 1...5000 ms")
+        #expect(parseError(["race", "--hold", "5001"]) == "hold must be in 1...5000 ms")
+        #expect(parseError(["race", "--pages", "16"])?.hasPrefix("pages must be in 17...512") == true)
+        #expect(parseError(["race", "--target", "32"]) == "target must be a page of the range: 0..<32")
+        #expect(parseError(["race", "--backend", "dma"]) == "backend must be one of: iouring, memcpy, mapped")
+        #expect(parseError(["race", "--flow", "evict,cpu-fault", "--action", "all", "--hold", "5", "--pages", "17"]) == nil)
+        #expect((try? RaceCommand.parse(["--flow", "evict,evict", "--action", "fork"]).options())?.flows == [.evict])
+        #expect(parseError(["run", "race", "--set", "flow=sideways"])?.contains("'sideways' is not a valid value for 'flow'") == true)
+    }
+}

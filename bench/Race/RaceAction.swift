@@ -1,0 +1,124 @@
+import DeviceEmu
+import HostMM
+
+/// An operation the race matrix runs on another thread while the driver is held at a
+/// step; all aim at the world's target page (a page of the first batch, or the faulting page).
+///
+/// Threads: a value; `perform` runs on the probe's action thread.
+enum RaceAction: String, CaseIterable, Sendable {
+    case none
+    case cpuRead = "cpu-read"
+    case cpuWrite = "cpu-write"
+    case gpuRead = "gpu-read"
+    case gpuWrite = "gpu-write"
+    case gpuAtomic = "gpu-atomic"
+    case munmap
+    case dontNeed = "madvise-dontneed"
+    case mprotect = "mprotect-readonly"
+    case fork
+    case migrateToDevice = "migrate-to-device"
+    case migrateToRAM = "migrate-to-ram"
+    case unbind
+    case suspendResume = "suspend-resume"
+    case evictAll = "evict-all"
+    case shutdown
+
+    /// The column header of the matrix table.
+    var short: String {
+        switch self {
+        case .none: return "none"
+        case .cpuRead: return "cpu-rd"
+        case .cpuWrite: return "cpu-wr"
+        case .gpuRead: return "gpu-rd"
+        case .gpuWrite: return "gpu-wr"
+        case .gpuAtomic: return "atomic"
+        case .munmap: return "munmap"
+        case .dontNeed: return "dontneed"
+        case .mprotect: return "mprotect"
+        case .fork: return "fork"
+        case .migrateToDevice: return "migrate"
+        case .migrateToRAM: return "to-ram"
+        case .unbind: return "unbind"
+        case .suspendResume: return "suspend"
+        case .evictAll: return "evict"
+        case .shutdown: return "teardown"
+        }
+    }
+
+    /// One line for the help text.
+    var help: String {
+        switch self {
+        case .none: return "nothing (the flow alone, held at the step)"
+        case .cpuRead: return "CPU read of the target page"
+        case .cpuWrite: return "CPU store of a marker page to the target page"
+        case .gpuRead: return "GPU read of the target page (binding the process's GPU view if needed)"
+        case .gpuWrite: return "GPU store of the marker page to the target page"
+        case .gpuAtomic: return "GPU fetch-add of 1 to the target page's first word"
+        case .munmap: return "munmap of the target page"
+        case .dontNeed: return "MADV_DONTNEED of the target page (it reads zeros after)"
+        case .mprotect: return "mprotect(PROT_READ) of the whole range (a CPU store must then fault)"
+        case .fork: return "fork: the child keeps a copy-on-write copy of every page"
+        case .migrateToDevice: return "migrateToDevice of the same range, concurrently"
+        case .migrateToRAM: return "migrateRangeToRAM of the target page"
+        case .unbind: return "unbind of the GPU view (bound first if the flow had none)"
+        case .suspendResume: return "device suspend (evicts all VRAM), then resume"
+        case .evictAll: return "eviction of every VRAM page (evictAll)"
+        case .shutdown: return "device teardown (evicts every page, unbinds every view; nouveau_dmem_fini)"
+        }
+    }
+
+    /// The target page's content once the action took effect (the others keep the pattern).
+    var targetAfter: RacePage {
+        switch self {
+        case .cpuWrite, .gpuWrite: return .marker
+        case .gpuAtomic: return .incremented
+        case .munmap: return .unmapped
+        case .dontNeed: return .zeros
+        default: return .pattern
+        }
+    }
+
+    /// Runs the action against `w`.
+    func perform(_ w: RaceWorld) -> RaceActionResult {
+        let t = w.address(w.target)
+        do {
+            switch self {
+            case .none: return .done
+            case .cpuRead: return .read(try w.mm.read(at: t, count: pageSize))
+            case .cpuWrite: try w.mm.write(at: t, bytes: RacePage.marker.bytes(page: w.target)!)
+            case .gpuRead: return .read(try w.space().read(at: t, count: pageSize))
+            case .gpuWrite: try w.space().write(at: t, bytes: RacePage.marker.bytes(page: w.target)!)
+            case .gpuAtomic: return .value(try w.space().atomicAdd(at: t, 1))
+            case .munmap: try w.mm.munmap(t, length: pageSize)
+            case .dontNeed: try w.mm.madvise(t, length: pageSize, advice: .dontNeed)
+            case .mprotect: try w.mm.mprotect(w.base, length: w.pages * pageSize, protection: .read)
+            case .fork: w.child = try w.mm.fork()
+            case .migrateToDevice: _ = try w.gpu.migrateToDevice(w.mm, range: w.range)
+            case .migrateToRAM: _ = try w.gpu.migrateRangeToRAM(w.mm, range: t ..< t + UInt64(pageSize))
+            case .unbind:
+                _ = try w.space()
+                w.gpu.unbind(w.mm)
+            case .suspendResume:
+                // A suspend that throws `.busy` leaves the device suspended: resume it all the
+                // same, so the cell's checks meet a running device (the error still fails the cell).
+                defer { try? w.gpu.resume() }
+                try w.gpu.suspend()
+            case .evictAll: w.gpu.evictAll()
+            case .shutdown: try w.gpu.shutdown()
+            }
+            return .done
+        } catch {
+            return .failed(error)
+        }
+    }
+}
+
+/// What a racing action returned.
+enum RaceActionResult: Sendable {
+    case done
+    /// The bytes a read returned.
+    case read([UInt8])
+    /// The old value an atomic returned.
+    case value(UInt64)
+    case failed(any Error)
+}

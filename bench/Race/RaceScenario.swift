@@ -1,0 +1,34 @@
+/// The `race` scenario in the bench framework (`dmem-bench run race --set flow=evict`): the
+/// same matrix as `dmem-bench race`, one record per cell, recorded with the machine's
+/// facts. It measures no bandwidth; its records say which step blocks which action and
+/// whether any cell broke the model.
+///
+/// Threads: `run` joins each cell's action thread before the next.
+struct RaceScenario: BenchScenario {
+    let name = "race"
+    let abstract = "Each racing action pinned at each step of each driver flow (a StepProbe), every page checked."
+    let parameters: [ScenarioParameter] = [
+        .init("flow", .choice(["all"] + RaceFlow.allCases.map(\.rawValue)), default: "all", help: "the driver flow (or all)"),
+        .init("action", .choice(["all"] + RaceAction.allCases.map(\.rawValue)), default: "all",
+              help: "the racing action (or all)"),
+        .init("hold-ms", .integer(1...5000), default: "20", help: "ms the driver is held at the step for the action"),
+        .init("pages", .integer(RaceOptions.pageRange), default: "32", help: "pages of the process (batches of 16)"),
+        .init("backend", .choice(MigrateOptions.Backend.allCases.map(\.rawValue)), default: "iouring", help: "copy backend"),
+    ]
+    let summaryFields = ["outcome", "passed"]
+    let caseFields = ["flow", "step", "action"]
+
+    func run(_ parameters: ScenarioParameters, context: ScenarioContext) throws -> [RunRecord] {
+        var o = RaceOptions()
+        o.flows = try RaceOptions.list(try parameters.string("flow"), of: RaceFlow.self, what: "flow")
+        o.actions = try RaceOptions.list(try parameters.string("action"), of: RaceAction.self, what: "action")
+        o.hold = .milliseconds(try parameters.int("hold-ms"))
+        o.pages = try parameters.int("pages")
+        o.copyBackend = MigrateOptions.Backend(rawValue: try parameters.string("backend")) ?? .iouring
+        let m = try RaceMatrix.run(o, progress: context.progress)
+        guard m.passed else {
+            throw ScenarioError(scenario: name, message: "failing cells:\n" + m.failureLines.joined(separator: "\n"))
+        }
+        return m.records
+    }
+}

@@ -1,0 +1,96 @@
+import DMAEngine
+import DeviceEmu
+import HostMM
+import NIOConcurrencyHelpers
+
+/// The fresh machine of one race-matrix cell: checked-mode emulated RAM, one device whose
+/// observer is a `StepProbe` (forwarding to a `RaceStepRecorder`), and a process whose
+/// `pages` pages carry a known pattern, migrated in batches of 16 so a flow has two batches.
+///
+/// Threads: the matrix's thread builds and tears it down; the probe's action thread reads
+/// it and sets `child` (locked).
+final class RaceWorld: @unchecked Sendable {
+    /// Pages per migrate_vma batch: the racing action aims at the first of the batches.
+    static let batchPages = 16
+    static let vramBytes = 4 << 20
+
+    let memory: PhysicalMemory
+    let gpu: Device
+    let probe: StepProbe
+    let recorder = RaceStepRecorder()
+    let mm: AddressSpace
+    let base: UInt64
+    let pages: Int
+    /// The page the racing actions aim at (and the faulting page of the fault flows).
+    let target: Int
+    /// RAM frames free before the process existed: all of them must come back.
+    let freeRAMAtStart: Int
+    private let forked = NIOLockedValueBox<AddressSpace?>(nil)
+
+    init(pages: Int, target: Int, backend: CopyBackendKind) throws {
+        self.pages = pages
+        self.target = target
+        do {
+            // The process, a forked child's copies, and migration destinations in flight.
+            memory = try PhysicalMemory(ramBytes: (16 << 20) + 3 * pages * pageSize,
+                                        maxDevicePages: Self.vramBytes / pageSize + 4096, checked: .on)
+        } catch { throw RaceFailure("cannot create emulated RAM: \(error)") }
+        var policy = MigrationPolicy()
+        policy.batchPages = Self.batchPages
+        probe = StepProbe(forwardingTo: recorder)
+        var c = Device.Configuration(name: "race", vramSize: Self.vramBytes, backend: backend, policy: policy)
+        c.observer = probe
+        do { gpu = try Device(memory: memory, configuration: c) } catch {
+            throw RaceFailure("cannot create the device: \(error)")   // an io_uring setup error says how to fall back
+        }
+        freeRAMAtStart = memory.freeRAMPageCount
+        mm = AddressSpace(memory: memory)
+        do {
+            base = try mm.mmap(length: pages * pageSize)
+            for p in 0..<pages { try mm.write(at: base + UInt64(p * pageSize), bytes: RacePage.pattern.bytes(page: p)!) }
+        } catch { throw RaceFailure("cannot map the process: \(error)") }
+    }
+
+    var range: Range<UInt64> { base ..< base + UInt64(pages * pageSize) }
+    func address(_ page: Int) -> UInt64 { base + UInt64(page * pageSize) }
+
+    /// The child a `fork` action made, if any.
+    var child: AddressSpace? {
+        get { forked.withLockedValue { $0 } }
+        set { forked.withLockedValue { $0 = newValue } }
+    }
+
+    /// The GPU view of the process, bound now if the flow had not.
+    func space() throws(DeviceError) -> GPUAddressSpace { try gpu.bind(mm) }
+}
+
+/// Records the distinct (kind, direction) steps a flow reports, in order of first report.
+///
+/// Threads: any (locked).
+final class RaceStepRecorder: MigrationObserver, @unchecked Sendable {
+    private let seen = NIOLockedValueBox<[RaceStep]>([])
+
+    func observe(_ event: MigrationEvent) {
+        let step = RaceStep(kind: event.kind, direction: event.direction)
+        seen.withLockedValue { if !$0.contains(step) { $0.append(step) } }
+    }
+
+    /// Forgets what was seen (the flow's preparation) and records from now on.
+    func reset() { seen.withLockedValue { $0.removeAll() } }
+
+    var steps: [RaceStep] { seen.withLockedValue { $0 } }
+}
+
+/// One step of a driver flow: a `MigrationEvent` kind in one direction.
+struct RaceStep: Hashable, Sendable, CustomStringConvertible {
+    var kind: MigrationEvent.Kind
+    var direction: MigrationEvent.Direction
+    var description: String { direction == .none ? "\(kind)" : "\(kind).\(direction)" }
+}
+
+/// A race matrix that could not run (its machine could not be built); a cell's findings
+/// are in its record, not thrown.
+struct RaceFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
