@@ -15,7 +15,7 @@ public enum DeviceError: Error, Equatable, Sendable, CustomStringConvertible {
     case busy
     /// `EAGAIN`-like: the device is suspended; `resume()` it first.
     case suspended
-    /// `ESHUTDOWN`: the device was torn down.
+    /// `ESHUTDOWN`: the device was torn down, or (for a GPU access) its address-space view was unbound.
     case shutDown
     /// `EFAULT`: a GPU access to an address with no (readable) mapping.
     case fault(address: UInt64)
@@ -45,7 +45,7 @@ public enum DeviceError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidArgument: return "invalid argument"
         case .busy: return "device pages still in use"
         case .suspended: return "device is suspended"
-        case .shutDown: return "device was torn down"
+        case .shutDown: return "device was torn down, or the GPU address space was unbound"
         case .fault(let a): return "GPU fault at 0x\(String(a, radix: 16)): no readable mapping"
         case .permissionDenied(let a): return "GPU write to read-only mapping at 0x\(String(a, radix: 16))"
         case .hostMM(let e): return "memory manager: \(e)"
