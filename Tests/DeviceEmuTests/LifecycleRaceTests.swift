@@ -36,7 +36,8 @@ import Testing
                 }
             }
             // Hold the fault until the suspend has closed the gate: it then waits for this access.
-            for _ in 0..<20_000 where !gpu.isSuspended { usleep(100) }
+            var polls = 0
+            while !gpu.isSuspended && polls < 20_000 { usleep(100); polls += 1 }
         }
         let read: Result<[UInt8], DeviceError>
         do { read = .success(try space.read(at: a + UInt64(pageSize), count: pageSize)) } catch { read = .failure(error) }
