@@ -12,8 +12,16 @@ struct RaceOptions: Sendable {
     /// The page the actions aim at (in the first batch).
     var target = 1
     var copyBackend = MigrateOptions.Backend.iouring
+    /// The driver configuration of every world.
+    var configuration = RaceConfiguration()
 
     static let pageRange = 17...512
+
+    /// The configuration's fields and the copy backend, as the text header and each JSON
+    /// record show them.
+    var configurationFields: [(key: String, value: String)] {
+        configuration.fields + [("backend", copyBackend.rawValue)]
+    }
 
     /// Why these options cannot run, or nil.
     var problem: String? {
@@ -24,7 +32,7 @@ struct RaceOptions: Sendable {
             return "pages must be in \(Self.pageRange) (more than one batch of \(RaceWorld.batchPages), at most 2M)"
         }
         if !(0..<pages).contains(target) { return "target must be a page of the range: 0..<\(pages)" }
-        return nil
+        return configuration.problem
     }
 
     /// Parses a comma-separated list of names (or `all`) of `T`'s cases.

@@ -3,8 +3,8 @@ import DeviceEmu
 import HostMM
 import NIOConcurrencyHelpers
 
-/// The fresh machine of one race-matrix cell: checked-mode emulated RAM, one device whose
-/// observer is a `StepProbe` (forwarding to a `RaceStepRecorder`), and a process whose
+/// The fresh machine of one race-matrix cell: checked-mode emulated RAM, one device (in the
+/// matrix's `RaceConfiguration`) whose observer is a `StepProbe` (forwarding to a `RaceStepRecorder`), and a process whose
 /// `pages` pages carry a known pattern, migrated in batches of 16 so a flow has two batches.
 ///
 /// Threads: the matrix's thread builds and tears it down; the probe's action thread reads
@@ -12,7 +12,6 @@ import NIOConcurrencyHelpers
 final class RaceWorld: @unchecked Sendable {
     /// Pages per migrate_vma batch: the racing action aims at the first of the batches.
     static let batchPages = 16
-    static let vramBytes = 4 << 20
 
     let memory: PhysicalMemory
     let gpu: Device
@@ -23,22 +22,24 @@ final class RaceWorld: @unchecked Sendable {
     let pages: Int
     /// The page the racing actions aim at (and the faulting page of the fault flows).
     let target: Int
+    /// The driver configuration the device was built with.
+    let configuration: RaceConfiguration
     /// RAM frames free before the process existed: all of them must come back.
     let freeRAMAtStart: Int
     private let forked = NIOLockedValueBox<AddressSpace?>(nil)
 
-    init(pages: Int, target: Int, backend: CopyBackendKind) throws {
-        self.pages = pages
-        self.target = target
+    init(_ o: RaceOptions) throws {
+        pages = o.pages
+        target = o.target
+        configuration = o.configuration
+        let vramPages = o.configuration.vramPages ?? RaceConfiguration.defaultVRAMPages
         do {
             // The process, a forked child's copies, and migration destinations in flight.
             memory = try PhysicalMemory(ramBytes: (16 << 20) + 3 * pages * pageSize,
-                                        maxDevicePages: Self.vramBytes / pageSize + 4096, checked: .on)
+                                        maxDevicePages: vramPages + 4096, checked: .on)
         } catch { throw RaceFailure("cannot create emulated RAM: \(error)") }
-        var policy = MigrationPolicy()
-        policy.batchPages = Self.batchPages
         probe = StepProbe(forwardingTo: recorder)
-        var c = Device.Configuration(name: "race", vramSize: Self.vramBytes, backend: backend, policy: policy)
+        var c = o.configuration.device(policy: try o.configuration.policy(batchPages: Self.batchPages), backend: o.copyBackend)
         c.observer = probe
         do { gpu = try Device(memory: memory, configuration: c) } catch {
             throw RaceFailure("cannot create the device: \(error)")   // an io_uring setup error says how to fall back
@@ -53,6 +54,13 @@ final class RaceWorld: @unchecked Sendable {
 
     var range: Range<UInt64> { base ..< base + UInt64(pages * pageSize) }
     func address(_ page: Int) -> UInt64 { base + UInt64(page * pageSize) }
+    /// The GPU-fault window of `batchPages` holding the target page: aligned in the address
+    /// space, clamped to the range (as `GPUFault.window` cuts it).
+    var window: Range<UInt64> {
+        let span = UInt64(Self.batchPages * pageSize)
+        let start = max(address(target) / span * span, base)
+        return start ..< min(start / span * span + span, range.upperBound)
+    }
 
     /// The child a `fork` action made, if any.
     var child: AddressSpace? {
