@@ -30,7 +30,10 @@ struct RaceCheck {
     mutating func flowResult(_ r: RaceFlowResult) {
         switch r {
         case .migrated(let n):
-            if action == .none && n != world.pages { problems.append("\(flow.rawValue) moved \(n) of \(world.pages) pages") }
+            // `evict` moves what was in VRAM when it started: the whole range, or under VRAM
+            // pressure (`--vram` below the range) only what fit.
+            let want = flow == .evict ? world.residentAtStart : world.pages
+            if action == .none && n != want { problems.append("\(flow.rawValue) moved \(n) of \(want) pages") }
         case .read(let bytes):
             let before = RacePage.pattern.bytes(page: target)
             let after = action.targetAfter.bytes(page: target)

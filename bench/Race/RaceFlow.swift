@@ -19,16 +19,16 @@ enum RaceFlow: String, CaseIterable, Sendable {
     /// The world before the probe is armed: what the flow starts from.
     ///
     /// Under VRAM pressure (`--vram` below the range) the fault flows start from a VRAM the
-    /// flow itself must contend for: `cpu-fault` migrates the target's batch again after
-    /// the range, so the faulting page is resident (the range's later batches evicted it);
+    /// flow itself must contend for: `cpu-fault` and `evict` migrate the target's batch again
+    /// after the range, so the target page is resident (the range's later batches evicted
+    /// it) and the flow moves it;
     /// `gpu-fault` fills VRAM with the pages outside the fault's window, so resolving the
     /// fault by migration evicts them inside the flow.
     func prepare(_ w: RaceWorld) throws {
         let pressure = w.configuration.underPressure(pages: w.pages)
         switch self {
         case .toDevice: break
-        case .evict: _ = try w.gpu.migrateToDevice(w.mm, range: w.range)
-        case .cpuFault:
+        case .cpuFault, .evict:
             _ = try w.gpu.migrateToDevice(w.mm, range: w.range)
             if pressure { _ = try w.gpu.migrateToDevice(w.mm, range: w.window) }
         case .gpuFault:
@@ -41,6 +41,7 @@ enum RaceFlow: String, CaseIterable, Sendable {
                 }
             }
         }
+        w.residentAtStart = w.gpu.vram.inUsePageCount
     }
 
     /// Whether the flow reports any step in `c`: a CPU access to device-coherent VRAM reads

@@ -24,6 +24,9 @@ final class RaceWorld: @unchecked Sendable {
     let target: Int
     /// The driver configuration the device was built with.
     let configuration: RaceConfiguration
+    /// VRAM pages in use once the flow was prepared (what `evict` must move): set by
+    /// `RaceFlow.prepare` on the matrix's thread before the probe is armed.
+    var residentAtStart = 0
     /// RAM frames free before the process existed: all of them must come back.
     let freeRAMAtStart: Int
     private let forked = NIOLockedValueBox<AddressSpace?>(nil)
