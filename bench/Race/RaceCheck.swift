@@ -159,7 +159,7 @@ struct RaceCheck {
             }
         }
         let invariants = world.memory.checkInvariants(addressSpaces: [world.mm] + (child.map { [$0] } ?? []))
-            + world.gpu.checkInvariants()
+            + world.gpu.checkInvariants() + (world.otherDeviceIfMade?.checkInvariants() ?? [])
         problems += invariants.prefix(5).map { "invariant: \($0)" }
         child?.exit()
         world.child = nil
@@ -173,7 +173,9 @@ struct RaceCheck {
         w.gpu.unbind(w.mm)
         w.mm.exit()
         do { try w.gpu.shutdown() } catch { problems.append("device shutdown: \(error)") }
-        let vram = w.gpu.vram.inUsePageCount
+        let other = w.otherDeviceIfMade
+        do { try other?.shutdown() } catch { problems.append("second device shutdown: \(error)") }
+        let vram = w.gpu.vram.inUsePageCount + (other?.vram.inUsePageCount ?? 0)
         let ram = max(0, w.freeRAMAtStart - w.memory.freeRAMPageCount)
         let checker = w.memory.checker!
         if vram + ram + checker.unfinishedMigrations > 0 {

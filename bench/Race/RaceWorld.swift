@@ -30,16 +30,20 @@ final class RaceWorld: @unchecked Sendable {
     /// RAM frames free before the process existed: all of them must come back.
     let freeRAMAtStart: Int
     private let forked = NIOLockedValueBox<AddressSpace?>(nil)
+    /// The `other-device` action's device, made on first use.
+    private let other = NIOLockedValueBox<Device?>(nil)
+    private let backend: MigrateOptions.Backend
 
     init(_ o: RaceOptions) throws {
         pages = o.pages
         target = o.target
         configuration = o.configuration
+        backend = o.copyBackend
         let vramPages = o.configuration.vramPages ?? RaceConfiguration.defaultVRAMPages
         do {
             // The process, a forked child's copies, and migration destinations in flight.
             memory = try PhysicalMemory(ramBytes: (16 << 20) + 3 * pages * pageSize,
-                                        maxDevicePages: vramPages + 4096, checked: .on)
+                                        maxDevicePages: 2 * vramPages + 4096, checked: .on)
         } catch { throw RaceFailure("cannot create emulated RAM: \(error)") }
         probe = StepProbe(forwardingTo: recorder)
         var c = o.configuration.device(policy: try o.configuration.policy(batchPages: Self.batchPages), backend: o.copyBackend)
@@ -71,25 +75,47 @@ final class RaceWorld: @unchecked Sendable {
         set { forked.withLockedValue { $0 = newValue } }
     }
 
+    /// A second device on the same machine (its own pgmap owner, the same configuration,
+    /// no probe), made now if no action made it yet; nil until then.
+    func otherDevice() throws -> Device {
+        try other.withLockedValue { (d: inout Device?) throws -> Device in
+            if let d { return d }
+            var c = configuration.device(policy: try configuration.policy(batchPages: Self.batchPages), backend: backend)
+            c.name = "race-other"
+            do { d = try Device(memory: memory, configuration: c) } catch { throw RaceFailure("cannot create the second device: \(error)") }
+            return d!
+        }
+    }
+
+    /// The second device, if the `other-device` action made it.
+    var otherDeviceIfMade: Device? { other.withLockedValue { $0 } }
+
     /// The GPU view of the process, bound now if the flow had not.
     func space() throws(DeviceError) -> GPUAddressSpace { try gpu.bind(mm) }
 }
 
-/// Records the distinct (kind, direction) steps a flow reports, in order of first report.
+/// Records the distinct (kind, direction) steps a flow reports, in order of first report,
+/// and every event.
 ///
 /// Threads: any (locked).
 final class RaceStepRecorder: MigrationObserver, @unchecked Sendable {
-    private let seen = NIOLockedValueBox<[RaceStep]>([])
+    private let seen = NIOLockedValueBox<(steps: [RaceStep], events: [MigrationEvent])>(([], []))
 
     func observe(_ event: MigrationEvent) {
         let step = RaceStep(kind: event.kind, direction: event.direction)
-        seen.withLockedValue { if !$0.contains(step) { $0.append(step) } }
+        seen.withLockedValue {
+            if !$0.steps.contains(step) { $0.steps.append(step) }
+            $0.events.append(event)
+        }
     }
 
     /// Forgets what was seen (the flow's preparation) and records from now on.
-    func reset() { seen.withLockedValue { $0.removeAll() } }
+    func reset() { seen.withLockedValue { $0 = ([], []) } }
 
-    var steps: [RaceStep] { seen.withLockedValue { $0 } }
+    var steps: [RaceStep] { seen.withLockedValue { $0.steps } }
+    /// Every event in order of report (which batch reached which step when: what tells a
+    /// pipelined configuration from a strict sequence).
+    var events: [MigrationEvent] { seen.withLockedValue { $0.events } }
 }
 
 /// One step of a driver flow: a `MigrationEvent` kind in one direction.
