@@ -10,9 +10,10 @@ import Testing
     /// Runs `flows` × every step × `actions` in configuration `c`; expects no failing cell
     /// and the probe firing in each.
     private func matrix(_ c: RaceConfiguration, flows: [RaceFlow], actions: [RaceAction],
-                        backend: MigrateOptions.Backend = .iouring) throws -> RaceMatrix {
+                        backend: MigrateOptions.Backend = .iouring, hole: Bool = false) throws -> RaceMatrix {
         var o = RaceOptions()
         o.configuration = c
+        o.targetHole = hole
         o.copyBackend = backend
         o.flows = flows
         o.actions = actions
@@ -30,9 +31,10 @@ import Testing
     }
 
     /// Prepares `flow` on a fresh world of `c` and runs it with nothing armed.
-    private func dryWorld(_ c: RaceConfiguration, _ flow: RaceFlow) throws -> (RaceWorld, RaceFlowResult) {
+    private func dryWorld(_ c: RaceConfiguration, _ flow: RaceFlow, hole: Bool = false) throws -> (RaceWorld, RaceFlowResult) {
         var o = RaceOptions()
         o.configuration = c
+        o.targetHole = hole
         let w = try RaceWorld(o)
         try flow.prepare(w)
         w.recorder.reset()
@@ -132,6 +134,21 @@ import Testing
         #expect(w.gpu.vram.inUsePageCount == w.pages && w.recorder.steps.isEmpty)
     }
 
+    /// A target page that is a hole, migrated through the 2017 API to coherent VRAM: the
+    /// hole is CPU-mapped by the pages step, so its clear must have landed by then
+    /// (`CoherentLegacyRaceTests`; checked mode's `hole-mapped-with-copy-in-flight`).
+    @Test func aHoleInCoherentVRAMThroughThe2017API() throws {
+        var c = RaceConfiguration()
+        c.api = .callbacks2017
+        c.memory = .coherent
+        let m = try matrix(c, flows: [.toDevice], actions: [.none, .cpuRead, .gpuAtomic, .dontNeed, .fork], hole: true)
+        #expect(m.records.allSatisfy { $0["target_hole"] == .string("on") })
+        // Applied: the migration populated exactly one hole.
+        let (w, _) = try dryWorld(c, .toDevice, hole: true)
+        defer { shutDown(w) }
+        #expect(w.targetBase == .zeros && w.gpu.counters[.holesPopulated] == 1)
+    }
+
     @Test func coherentVRAMWithMappedGPUFaults() throws {
         var c = RaceConfiguration()
         c.memory = .coherent
@@ -176,7 +193,7 @@ import Testing
         #expect(parseError(["race", "--vram", "24"]) == "vram must be a multiple of 16 pages in 16...1024")
         #expect(parseError(["race", "--vram", "2048"]) == "vram must be a multiple of 16 pages in 16...1024")
         #expect(parseError(["race", "--api", "2017", "--fault-around", "16", "--memory", "coherent", "--gpu-fault", "map",
-                            "--all-or-nothing", "--vram", "16"]) == nil)
+                            "--all-or-nothing", "--vram", "16", "--hole"]) == nil)
         let o = try? RaceCommand.parse(["--memory", "coherent", "--gpu-fault", "thrashing", "--vram", "32", "--all-or-nothing"]).options()
         #expect(o?.configuration.memory == .coherent && o?.configuration.gpuFault == .thrashing)
         #expect(o?.configuration.vramPages == 32 && o?.configuration.allOrNothing == true)

@@ -9,7 +9,7 @@ import Testing
 /// CPU-reachable (`migrate_vma_insert_page`), before `finalizeAndMap` runs: the driver's
 /// clear must have landed by then, as the three-step flow waits for its fence before
 /// `migrateVMAPages` on coherent VRAM. (Found by `dmem-bench race --api 2017 --memory
-/// coherent --hole`.)
+/// coherent --hole`: checked mode's `hole-mapped-with-copy-in-flight` in most cells.)
 @Suite(.timeLimit(.minutes(1))) struct CoherentLegacyRaceTests {
     /// The mapped backend with no worker started: a copy runs only when someone waits on
     /// its fence, so "not landed yet" is deterministic.

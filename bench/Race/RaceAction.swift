@@ -70,14 +70,15 @@ enum RaceAction: String, CaseIterable, Sendable {
         }
     }
 
-    /// The target page's content once the action took effect (the others keep the pattern).
-    var targetAfter: RacePage {
+    /// The target page's content once the action took effect on a target that held
+    /// `base` (the others keep the pattern).
+    func targetAfter(_ base: RacePage) -> RacePage {
         switch self {
         case .cpuWrite, .gpuWrite: return .marker
-        case .gpuAtomic: return .incremented
+        case .gpuAtomic: return base.incremented
         case .munmap: return .unmapped
         case .dontNeed: return .zeros
-        default: return .pattern
+        default: return base
         }
     }
 

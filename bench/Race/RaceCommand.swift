@@ -57,6 +57,8 @@ struct RaceCommand: ParsableCommand {
     var pages = 32
     @Option(help: "The page the actions aim at, and the fault flows fault on (default 1: the first batch; 16 and above: a later batch).")
     var target = 1
+    @Flag(help: "The target page is never written: a hole, which migrations populate with a cleared page (it reads zeros).")
+    var hole = false
     @Option(help: "Copy backend: iouring, memcpy or mapped (2 worker threads through the VRAM mapping).")
     var backend = "iouring"
     @Option(help: "Driver API of migrations to VRAM: 3step (migrate_vma_setup/pages/finalize) or 2017 (migrate_vma callbacks).")
@@ -80,6 +82,7 @@ struct RaceCommand: ParsableCommand {
         o.hold = .milliseconds((1...5000).contains(hold) ? hold : 0)
         o.pages = pages
         o.target = target
+        o.targetHole = hole
         guard let b = MigrateOptions.Backend(rawValue: backend) else {
             throw RaceOptionError("backend must be one of: \(MigrateOptions.Backend.allCases.map(\.rawValue).joined(separator: ", "))")
         }

@@ -12,6 +12,9 @@ struct RaceOptions: Sendable {
     /// The page the actions aim at (in the first batch).
     var target = 1
     var copyBackend = MigrateOptions.Backend.iouring
+    /// The target page is never written: a hole (`migrate_vma` populates it with a cleared
+    /// page, `migrate_vma_insert_page`), whose content is zeros.
+    var targetHole = false
     /// The driver configuration of every world.
     var configuration = RaceConfiguration()
 
@@ -20,7 +23,7 @@ struct RaceOptions: Sendable {
     /// The configuration's fields and the copy backend, as the text header and each JSON
     /// record show them.
     var configurationFields: [(key: String, value: String)] {
-        configuration.fields + [("backend", copyBackend.rawValue)]
+        configuration.fields + [("backend", copyBackend.rawValue), ("target_hole", targetHole ? "on" : "off")]
     }
 
     /// Why these options cannot run, or nil.

@@ -16,6 +16,7 @@ struct RaceScenario: BenchScenario {
         .init("hold-ms", .integer(1...5000), default: "20", help: "ms the driver is held at the step for the action"),
         .init("pages", .integer(RaceOptions.pageRange), default: "32", help: "pages of the process (batches of 16)"),
         .init("backend", .choice(MigrateOptions.Backend.allCases.map(\.rawValue)), default: "iouring", help: "copy backend"),
+        .init("hole", .flag, default: "off", help: "the target page starts as a hole (never written)"),
         .init("api", .choice(["3step", "2017"]), default: "3step", help: "driver API of migrations to VRAM"),
         .init("pipeline", .integer(1...8), default: "1", help: "batches in flight (3step only)"),
         .init("fault-around", .integer(1...512), default: "1", help: "pages per CPU fault"),
@@ -37,6 +38,7 @@ struct RaceScenario: BenchScenario {
         o.hold = .milliseconds(try parameters.int("hold-ms"))
         o.pages = try parameters.int("pages")
         o.copyBackend = MigrateOptions.Backend(rawValue: try parameters.string("backend")) ?? .iouring
+        o.targetHole = try parameters.flag("hole")
         var c = RaceConfiguration()
         c.api = MigrationPolicy.APIGeneration(name: try parameters.string("api")) ?? .threeStep
         c.pipeline = try parameters.int("pipeline")

@@ -22,6 +22,9 @@ final class RaceWorld: @unchecked Sendable {
     let pages: Int
     /// The page the racing actions aim at (and the faulting page of the fault flows).
     let target: Int
+    /// What the target page starts as: the pattern, or zeros when it is a hole
+    /// (`RaceOptions.targetHole`: never touched, so migrations populate it).
+    let targetBase: RacePage
     /// The driver configuration the device was built with.
     let configuration: RaceConfiguration
     /// VRAM pages in use once the flow was prepared (what `evict` must move): set by
@@ -38,6 +41,7 @@ final class RaceWorld: @unchecked Sendable {
         pages = o.pages
         target = o.target
         configuration = o.configuration
+        targetBase = o.targetHole ? .zeros : .pattern
         backend = o.copyBackend
         let vramPages = o.configuration.vramPages ?? RaceConfiguration.defaultVRAMPages
         do {
@@ -55,7 +59,9 @@ final class RaceWorld: @unchecked Sendable {
         mm = AddressSpace(memory: memory)
         do {
             base = try mm.mmap(length: pages * pageSize)
-            for p in 0..<pages { try mm.write(at: base + UInt64(p * pageSize), bytes: RacePage.pattern.bytes(page: p)!) }
+            for p in 0..<pages where !(o.targetHole && p == target) {
+                try mm.write(at: base + UInt64(p * pageSize), bytes: RacePage.pattern.bytes(page: p)!)
+            }
         } catch { throw RaceFailure("cannot map the process: \(error)") }
     }
 
