@@ -181,6 +181,16 @@ import Testing
         #expect(n == 16 && w.residentAtStart == 16)
     }
 
+    /// Pipelined batches under VRAM pressure: the batch in flight holds the only VRAM, so
+    /// the next one waits for it rather than staying in RAM (`PipelinePressureTests`).
+    @Test func pipelinedBatchesUnderVRAMPressure() throws {
+        var c = RaceConfiguration()
+        c.pipeline = 2
+        c.vramPages = 16
+        let m = try matrix(c, flows: [.toDevice], actions: [.none, .cpuWrite, .munmap, .evictAll])
+        #expect(m.flows.first?.steps.contains(RaceStep(kind: .setupBegin, direction: .evict)) == true)
+    }
+
     @Test func badConfigurationsAreRefused() {
         #expect(parseError(["race", "--api", "2019"]) == "api must be 3step or 2017")
         #expect(parseError(["race", "--pipeline", "0"]) == "pipeline must be in 1...8")
