@@ -38,7 +38,9 @@ struct RaceCommand: ParsableCommand {
             --prefetch, --gpu-fault, --memory, --all-or-nothing, --vram and --backend choose it for every world; \
             the header and each JSON record show it. Where a configuration changes the correct outcome the \
             shadow model follows: with --memory coherent the CPU reads VRAM in place, so cpu-fault has no step; \
-            with --gpu-fault map the GPU fault maps system pages and moves nothing.
+            with --gpu-fault map the GPU fault maps system pages and moves nothing; with --vram below --pages, \
+            evict moves what was resident, and the fault flows start from a full VRAM (see RaceFlow.prepare). \
+            --hole makes the target page a hole (never written: the shadow model starts it as zeros).
 
             Examples:
               dmem-bench race                                     the whole matrix (tens of seconds)
