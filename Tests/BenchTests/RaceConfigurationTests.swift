@@ -191,6 +191,24 @@ import Testing
         #expect(m.flows.first?.steps.contains(RaceStep(kind: .setupBegin, direction: .evict)) == true)
     }
 
+    /// The `other-device` action's device is another pgmap owner: it takes the system pages
+    /// of the range, never this device's (MIGRATE_VMA_SELECT_SYSTEM), and this device's
+    /// migration then leaves its pages alone in turn.
+    @Test func aSecondDeviceTakesOnlySystemPages() throws {
+        let (w, r) = try dryWorld(RaceConfiguration(), .evict)   // the range in this device's VRAM, then evicted
+        defer { shutDown(w) }
+        guard case .migrated(let evicted) = r else { Issue.record("evict: \(r)"); return }
+        #expect(evicted == w.pages)
+        try w.gpu.migrateToDevice(w.mm, range: w.window)             // the target's batch back in this device's VRAM
+        guard case .done = RaceAction.otherDevice.perform(w) else { Issue.record("other-device failed"); return }
+        let other = try #require(w.otherDeviceIfMade)
+        #expect(other.vram.inUsePageCount == w.pages - RaceWorld.batchPages)
+        #expect(w.gpu.vram.inUsePageCount == RaceWorld.batchPages)
+        #expect(try w.gpu.migrateToDevice(w.mm, range: w.range).migrated == 0)
+        for p in 0..<w.pages { #expect(try w.mm.read(at: w.address(p), count: pageSize) == RacePage.pattern.bytes(page: p)) }
+        try other.shutdown()
+    }
+
     @Test func badConfigurationsAreRefused() {
         #expect(parseError(["race", "--api", "2019"]) == "api must be 3step or 2017")
         #expect(parseError(["race", "--pipeline", "0"]) == "pipeline must be in 1...8")
