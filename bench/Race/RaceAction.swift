@@ -17,6 +17,7 @@ enum RaceAction: String, CaseIterable, Sendable {
     case mprotect = "mprotect-readonly"
     case fork
     case migrateToDevice = "migrate-to-device"
+    case otherDevice = "other-device"
     case migrateToRAM = "migrate-to-ram"
     case unbind
     case suspendResume = "suspend-resume"
@@ -37,6 +38,7 @@ enum RaceAction: String, CaseIterable, Sendable {
         case .mprotect: return "mprotect"
         case .fork: return "fork"
         case .migrateToDevice: return "migrate"
+        case .otherDevice: return "2nd-dev"
         case .migrateToRAM: return "to-ram"
         case .unbind: return "unbind"
         case .suspendResume: return "suspend"
@@ -59,6 +61,7 @@ enum RaceAction: String, CaseIterable, Sendable {
         case .mprotect: return "mprotect(PROT_READ) of the whole range (a CPU store must then fault)"
         case .fork: return "fork: the child keeps a copy-on-write copy of every page"
         case .migrateToDevice: return "migrateToDevice of the same range, concurrently"
+        case .otherDevice: return "a second device (another pgmap owner) migrates the range: only system pages, never the first device's"
         case .migrateToRAM: return "migrateRangeToRAM of the target page"
         case .unbind: return "unbind of the GPU view (bound first if the flow had none)"
         case .suspendResume: return "device suspend (evicts all VRAM), then resume"
@@ -67,14 +70,15 @@ enum RaceAction: String, CaseIterable, Sendable {
         }
     }
 
-    /// The target page's content once the action took effect (the others keep the pattern).
-    var targetAfter: RacePage {
+    /// The target page's content once the action took effect on a target that held
+    /// `base` (the others keep the pattern).
+    func targetAfter(_ base: RacePage) -> RacePage {
         switch self {
         case .cpuWrite, .gpuWrite: return .marker
-        case .gpuAtomic: return .incremented
+        case .gpuAtomic: return base.incremented
         case .munmap: return .unmapped
         case .dontNeed: return .zeros
-        default: return .pattern
+        default: return base
         }
     }
 
@@ -94,6 +98,7 @@ enum RaceAction: String, CaseIterable, Sendable {
             case .mprotect: try w.mm.mprotect(w.base, length: w.pages * pageSize, protection: .read)
             case .fork: w.child = try w.mm.fork()
             case .migrateToDevice: _ = try w.gpu.migrateToDevice(w.mm, range: w.range)
+            case .otherDevice: _ = try w.otherDevice().migrateToDevice(w.mm, range: w.range)
             case .migrateToRAM: _ = try w.gpu.migrateRangeToRAM(w.mm, range: t ..< t + UInt64(pageSize))
             case .unbind:
                 _ = try w.space()

@@ -40,7 +40,7 @@ struct RaceCell: Sendable {
     static let actionTimeout: Duration = .seconds(10)
 
     func run(_ o: RaceOptions, sabotage: Bool = false) throws -> Result {
-        let w = try RaceWorld(pages: o.pages, target: o.target, backend: o.copyBackend.kind(workers: 2))
+        let w = try RaceWorld(o)
         var problems: [String] = []
         do { try flow.prepare(w) } catch { problems.append("preparing the flow: \(error)") }
         let done = NIOLockedValueBox<RaceActionResult?>(nil)
@@ -78,12 +78,21 @@ struct RaceCell: Sendable {
 /// (kind, direction) pairs in order of first report. The dry run is judged like a cell
 /// whose action is `none`; its problems are returned too.
 func raceDryRun(_ flow: RaceFlow, _ o: RaceOptions) throws -> (steps: [RaceStep], problems: [String]) {
-    let w = try RaceWorld(pages: o.pages, target: o.target, backend: o.copyBackend.kind(workers: 2))
+    let w = try RaceWorld(o)
     var problems: [String] = []
     do { try flow.prepare(w) } catch { problems.append("preparing the flow: \(error)") }
     w.recorder.reset()
+    let inVRAM = w.gpu.vram.inUsePageCount
     let result = flow.run(w)
     let steps = w.recorder.steps
+    if !flow.reportsSteps(in: o.configuration) {
+        // The configuration makes the flow a plain access (coherent VRAM read in place by
+        // the CPU): nothing may migrate, and no step may be reported.
+        if !steps.isEmpty { problems.append("\(flow.rawValue) reported steps \(steps), expected none in this configuration") }
+        if w.gpu.vram.inUsePageCount != inVRAM {
+            problems.append("\(flow.rawValue) moved pages out of VRAM (\(inVRAM) → \(w.gpu.vram.inUsePageCount) in use)")
+        }
+    }
     var check = RaceCheck(world: w, flow: flow, action: .none)
     check.flowResult(result)
     check.gpuPages()

@@ -30,12 +30,15 @@ struct RaceCheck {
     mutating func flowResult(_ r: RaceFlowResult) {
         switch r {
         case .migrated(let n):
-            if action == .none && n != world.pages { problems.append("\(flow.rawValue) moved \(n) of \(world.pages) pages") }
+            // `evict` moves what was in VRAM when it started: the whole range, or under VRAM
+            // pressure (`--vram` below the range) only what fit.
+            let want = flow == .evict ? world.residentAtStart : world.pages
+            if action == .none && n != want { problems.append("\(flow.rawValue) moved \(n) of \(want) pages") }
         case .read(let bytes):
-            let before = RacePage.pattern.bytes(page: target)
-            let after = action.targetAfter.bytes(page: target)
+            let before = world.targetBase.bytes(page: target)
+            let after = action.targetAfter(world.targetBase).bytes(page: target)
             if bytes != before && bytes != after {
-                problems.append("the flow read page \(target) as neither the pattern nor \(action.targetAfter)")
+                problems.append("the flow read page \(target) as neither \(world.targetBase) nor \(action.targetAfter(world.targetBase))")
             }
         case .failed(let error):
             if RaceExpectations.flowMayFail(flow, action, error, at: world.address(target)) {
@@ -52,9 +55,11 @@ struct RaceCheck {
         switch r {
         case .done: break
         case .read(let bytes):
-            if bytes != RacePage.pattern.bytes(page: target) { problems.append("\(action.rawValue) read page \(target) wrong") }
+            if bytes != world.targetBase.bytes(page: target) {
+                problems.append("\(action.rawValue) read page \(target) as not \(world.targetBase)\(describe(bytes, page: target))")
+            }
         case .value(let v):
-            let want = RacePage.firstWord(target)
+            let want = world.targetBase.firstWord(target)
             if v != want { problems.append("gpu-atomic returned \(hex(v)), the page held \(hex(want))") }
         case .failed(let error):
             actionTookEffect = false
@@ -66,8 +71,12 @@ struct RaceCheck {
         }
     }
 
-    /// What page `p` must hold now.
-    private func expected(_ p: Int) -> RacePage { p == target && actionTookEffect ? action.targetAfter : .pattern }
+    /// What page `p` must hold now: the target what the action left of its start
+    /// (`world.targetBase`: the pattern, or zeros when it started as a hole).
+    private func expected(_ p: Int) -> RacePage {
+        guard p == target else { return .pattern }
+        return actionTookEffect ? action.targetAfter(world.targetBase) : world.targetBase
+    }
 
     /// Every page through the process's GPU view, when one is bound (by the flow or the
     /// action): a stale device entry — to a freed, migrated or unmapped page — reads wrong
@@ -136,7 +145,7 @@ struct RaceCheck {
 
     /// What else the page holds, when it is something the shadow model knows.
     private func describe(_ bytes: [UInt8], page: Int) -> String {
-        for other in [RacePage.pattern, .marker, .incremented, .zeros] where bytes == other.bytes(page: page) {
+        for other in [RacePage.pattern, .marker, .incremented, .zeros, .zerosIncremented] where bytes == other.bytes(page: page) {
             return " (it is \(other))"
         }
         return ""
@@ -149,14 +158,15 @@ struct RaceCheck {
         if let child {
             for p in 0..<world.pages {
                 do {
-                    if try child.read(at: world.address(p), count: pageSize) != RacePage.pattern.bytes(page: p) {
-                        problems.append("the forked child's page \(p) is not the pattern")
+                    let want = p == target ? world.targetBase : .pattern
+                    if try child.read(at: world.address(p), count: pageSize) != want.bytes(page: p) {
+                        problems.append("the forked child's page \(p) is not \(want)")
                     }
                 } catch { problems.append("the forked child's read of page \(p): \(error)") }
             }
         }
         let invariants = world.memory.checkInvariants(addressSpaces: [world.mm] + (child.map { [$0] } ?? []))
-            + world.gpu.checkInvariants()
+            + world.gpu.checkInvariants() + (world.otherDeviceIfMade?.checkInvariants() ?? [])
         problems += invariants.prefix(5).map { "invariant: \($0)" }
         child?.exit()
         world.child = nil
@@ -170,7 +180,9 @@ struct RaceCheck {
         w.gpu.unbind(w.mm)
         w.mm.exit()
         do { try w.gpu.shutdown() } catch { problems.append("device shutdown: \(error)") }
-        let vram = w.gpu.vram.inUsePageCount
+        let other = w.otherDeviceIfMade
+        do { try other?.shutdown() } catch { problems.append("second device shutdown: \(error)") }
+        let vram = w.gpu.vram.inUsePageCount + (other?.vram.inUsePageCount ?? 0)
         let ram = max(0, w.freeRAMAtStart - w.memory.freeRAMPageCount)
         let checker = w.memory.checker!
         if vram + ram + checker.unfinishedMigrations > 0 {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import DeviceEmu
 import Foundation
 
 /// `dmem-bench race`: the deterministic race matrix — every racing action pinned at every
@@ -32,10 +33,21 @@ struct RaceCommand: ParsableCommand {
             Actions:
             \(RaceAction.allCases.map { "  " + $0.rawValue.padding(toLength: 18, withPad: " ", startingAt: 0) + $0.help }.joined(separator: "\n"))
 
+            Driver configuration (default: nouveau's — 3step, pipeline 1, single-page CPU faults, GPU faults \
+            migrating, private VRAM larger than the range, best effort): --api, --pipeline, --fault-around, \
+            --prefetch, --gpu-fault, --memory, --all-or-nothing, --vram and --backend choose it for every world; \
+            the header and each JSON record show it. Where a configuration changes the correct outcome the \
+            shadow model follows: with --memory coherent the CPU reads VRAM in place, so cpu-fault has no step; \
+            with --gpu-fault map the GPU fault maps system pages and moves nothing; with --vram below --pages, \
+            evict moves what was resident, and the fault flows start from a full VRAM (see RaceFlow.prepare). \
+            --hole makes the target page a hole (never written: the shadow model starts it as zeros).
+
             Examples:
               dmem-bench race                                     the whole matrix (tens of seconds)
               dmem-bench race --flow cpu-fault --action munmap,fork
               dmem-bench race --json > cells.json                 one record per cell
+              dmem-bench race --api 2017 --fault-around 16        the callback API, 16-page CPU faults
+              dmem-bench race --memory coherent --gpu-fault map --vram 16
             """
     )
 
@@ -47,8 +59,22 @@ struct RaceCommand: ParsableCommand {
     var pages = 32
     @Option(help: "The page the actions aim at, and the fault flows fault on (default 1: the first batch; 16 and above: a later batch).")
     var target = 1
+    @Flag(help: "The target page is never written: a hole, which migrations populate with a cleared page (it reads zeros).")
+    var hole = false
     @Option(help: "Copy backend: iouring, memcpy or mapped (2 worker threads through the VRAM mapping).")
     var backend = "iouring"
+    @Option(help: "Driver API of migrations to VRAM: 3step (migrate_vma_setup/pages/finalize) or 2017 (migrate_vma callbacks).")
+    var api = "3step"
+    @Option(help: "Batches in flight while migrating to VRAM (1...8; 1 = nouveau's strict sequence; 3step only).") var pipeline = 1
+    @Option(help: "Pages brought back per CPU fault (1...512; 1 = nouveau's single page).") var faultAround = 1
+    @Option(help: "off, or sequential: CPU-fault windows grow along sequential scans (not with --fault-around).") var prefetch = "off"
+    @Option(help: "How a GPU fault is resolved: migrate (its 16-page window to VRAM), map (the system pages, hmm_range_fault) or thrashing (migrate until the window ping-pongs, then map).")
+    var gpuFault = "migrate"
+    @Option(help: "VRAM kind: private (MEMORY_DEVICE_PRIVATE, the CPU faults on it) or coherent (MEMORY_DEVICE_COHERENT, the CPU reads it in place).")
+    var memory = "private"
+    @Flag(help: "Migrate each batch whole or not at all (Xe) instead of best effort.") var allOrNothing = false
+    @Option(help: "VRAM pages, a multiple of 16 in 16...1024 (default 1024); below --pages, migrations evict under VRAM pressure inside the flow.")
+    var vram: Int?
     @Flag(help: "Print exactly one JSON object on stdout (one record per cell) instead of the tables.") var json = false
 
     func options() throws -> RaceOptions {
@@ -58,11 +84,35 @@ struct RaceCommand: ParsableCommand {
         o.hold = .milliseconds((1...5000).contains(hold) ? hold : 0)
         o.pages = pages
         o.target = target
+        o.targetHole = hole
         guard let b = MigrateOptions.Backend(rawValue: backend) else {
             throw RaceOptionError("backend must be one of: \(MigrateOptions.Backend.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         o.copyBackend = b
+        o.configuration = try configuration()
         return o
+    }
+
+    /// The driver configuration the flags name (ranges are checked by `RaceOptions.problem`).
+    func configuration() throws(RaceOptionError) -> RaceConfiguration {
+        var c = RaceConfiguration()
+        guard let a = MigrationPolicy.APIGeneration(name: api) else { throw RaceOptionError("api must be 3step or 2017") }
+        guard let p = MigrateOptions.Prefetch(rawValue: prefetch) else { throw RaceOptionError("prefetch must be off or sequential") }
+        guard let g = ThrashOptions.GPUFault(rawValue: gpuFault) else {
+            throw RaceOptionError("gpu-fault must be one of: \(ThrashOptions.GPUFault.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard let m = RaceConfiguration.Memory(rawValue: memory) else {
+            throw RaceOptionError("memory must be one of: \(RaceConfiguration.Memory.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        c.api = a
+        c.pipeline = pipeline
+        c.faultAround = faultAround
+        c.prefetch = p
+        c.gpuFault = g
+        c.memory = m
+        c.allOrNothing = allOrNothing
+        c.vramPages = vram
+        return c
     }
 
     func validate() throws {

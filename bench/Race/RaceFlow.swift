@@ -17,13 +17,38 @@ enum RaceFlow: String, CaseIterable, Sendable {
     case gpuFault = "gpu-fault"
 
     /// The world before the probe is armed: what the flow starts from.
+    ///
+    /// Under VRAM pressure (`--vram` below the range) the fault flows start from a VRAM the
+    /// flow itself must contend for: `cpu-fault` and `evict` migrate the target's batch again
+    /// after the range, so the target page is resident (the range's later batches evicted
+    /// it) and the flow moves it;
+    /// `gpu-fault` fills VRAM with the pages outside the fault's window, so resolving the
+    /// fault by migration evicts them inside the flow.
     func prepare(_ w: RaceWorld) throws {
+        let pressure = w.configuration.underPressure(pages: w.pages)
         switch self {
         case .toDevice: break
-        case .cpuFault, .evict: _ = try w.gpu.migrateToDevice(w.mm, range: w.range)
-        case .gpuFault: _ = try w.gpu.bind(w.mm)
+        case .cpuFault, .evict:
+            _ = try w.gpu.migrateToDevice(w.mm, range: w.range)
+            if pressure { _ = try w.gpu.migrateToDevice(w.mm, range: w.window) }
+        case .gpuFault:
+            _ = try w.gpu.bind(w.mm)
+            if pressure {
+                let window = w.window
+                if window.lowerBound > w.base { _ = try w.gpu.migrateToDevice(w.mm, range: w.base ..< window.lowerBound) }
+                if window.upperBound < w.range.upperBound {
+                    _ = try w.gpu.migrateToDevice(w.mm, range: window.upperBound ..< w.range.upperBound)
+                }
+            }
         }
+        w.residentAtStart = w.gpu.vram.inUsePageCount
     }
+
+    /// Whether the flow reports any step in `c`: a CPU access to device-coherent VRAM reads
+    /// it in place (`MEMORY_DEVICE_COHERENT` pages are mapped by ordinary CPU entries), so
+    /// the `cpu-fault` flow does not fault — its dry run must report nothing, and it has no
+    /// cells.
+    func reportsSteps(in c: RaceConfiguration) -> Bool { !(self == .cpuFault && c.memory == .coherent) }
 
     /// Runs the flow (on the thread the probe holds).
     func run(_ w: RaceWorld) -> RaceFlowResult {

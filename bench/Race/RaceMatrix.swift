@@ -41,7 +41,10 @@ struct RaceMatrix: Sendable {
 
     var cells: [RaceCell.Result] { flows.flatMap(\.cells) }
     var failures: [RaceCell.Result] { cells.filter { !$0.passed } }
-    var passed: Bool { failures.isEmpty && flows.allSatisfy { $0.dryRunProblems.isEmpty && !$0.steps.isEmpty } }
+    var passed: Bool { failures.isEmpty && flows.allSatisfy { $0.dryRunProblems.isEmpty && !missesSteps($0) } }
+
+    /// A flow whose dry run reported no step though the configuration says it has some.
+    private func missesSteps(_ f: FlowResult) -> Bool { f.steps.isEmpty && f.flow.reportsSteps(in: options.configuration) }
 
     /// One record per cell (`--json`).
     var records: [RunRecord] {
@@ -54,6 +57,7 @@ struct RaceMatrix: Sendable {
             r.set("fired", c.fired)
             r.set("hold_ms", Double(options.hold.components.seconds) * 1e3 + Double(options.hold.components.attoseconds) / 1e15)
             r.set("passed", c.passed)
+            for (key, value) in options.configurationFields { r.set(key, value) }
             if !c.passed { r.set("problems", c.problems.joined(separator: "; ")) }
             if !c.notes.isEmpty { r.set("notes", c.notes.joined(separator: "; ")) }
             return r
@@ -63,9 +67,13 @@ struct RaceMatrix: Sendable {
     /// Per flow, a table (rows: steps, columns: actions; cells `held`, `after`, `FAIL`),
     /// then every failure with its reasons.
     var text: String {
-        var out = ""
+        var out = "configuration: " + options.configurationFields.map { "\($0.key)=\($0.value)" }.joined(separator: " ") + "\n\n"
         for f in flows {
             out += "\(f.flow.rawValue): \(f.steps.count) steps × \(options.actions.count) actions\n"
+            if !f.flow.reportsSteps(in: options.configuration) {
+                out += "  (no step in this configuration: the CPU reads coherent VRAM in place, nothing faults)\n\n"
+                continue
+            }
             let header = ["step"] + options.actions.map(\.short)
             var rows: [[String]] = [header]
             for step in f.steps {
@@ -99,7 +107,7 @@ struct RaceMatrix: Sendable {
     var failureLines: [String] {
         flows.flatMap { f in
             f.dryRunProblems.map { "\(f.flow.rawValue) dry run: \($0)" }
-                + (f.steps.isEmpty ? ["\(f.flow.rawValue): the dry run reported no step"] : [])
+                + (missesSteps(f) ? ["\(f.flow.rawValue): the dry run reported no step"] : [])
         } + failures.map { c in
             "\(c.cell.flow.rawValue) @ \(c.cell.step) × \(c.cell.action.rawValue): " + c.problems.joined(separator: "; ")
         }

@@ -12,8 +12,19 @@ struct RaceOptions: Sendable {
     /// The page the actions aim at (in the first batch).
     var target = 1
     var copyBackend = MigrateOptions.Backend.iouring
+    /// The target page is never written: a hole (`migrate_vma` populates it with a cleared
+    /// page, `migrate_vma_insert_page`), whose content is zeros.
+    var targetHole = false
+    /// The driver configuration of every world.
+    var configuration = RaceConfiguration()
 
     static let pageRange = 17...512
+
+    /// The configuration's fields and the copy backend, as the text header and each JSON
+    /// record show them.
+    var configurationFields: [(key: String, value: String)] {
+        configuration.fields + [("backend", copyBackend.rawValue), ("target_hole", targetHole ? "on" : "off")]
+    }
 
     /// Why these options cannot run, or nil.
     var problem: String? {
@@ -24,7 +35,7 @@ struct RaceOptions: Sendable {
             return "pages must be in \(Self.pageRange) (more than one batch of \(RaceWorld.batchPages), at most 2M)"
         }
         if !(0..<pages).contains(target) { return "target must be a page of the range: 0..<\(pages)" }
-        return nil
+        return configuration.problem
     }
 
     /// Parses a comma-separated list of names (or `all`) of `T`'s cases.

@@ -1,3 +1,5 @@
+import DeviceEmu
+
 /// The `race` scenario in the bench framework (`dmem-bench run race --set flow=evict`): the
 /// same matrix as `dmem-bench race`, one record per cell, recorded with the machine's
 /// facts. It measures no bandwidth; its records say which step blocks which action and
@@ -14,6 +16,17 @@ struct RaceScenario: BenchScenario {
         .init("hold-ms", .integer(1...5000), default: "20", help: "ms the driver is held at the step for the action"),
         .init("pages", .integer(RaceOptions.pageRange), default: "32", help: "pages of the process (batches of 16)"),
         .init("backend", .choice(MigrateOptions.Backend.allCases.map(\.rawValue)), default: "iouring", help: "copy backend"),
+        .init("hole", .flag, default: "off", help: "the target page starts as a hole (never written)"),
+        .init("api", .choice(["3step", "2017"]), default: "3step", help: "driver API of migrations to VRAM"),
+        .init("pipeline", .integer(1...8), default: "1", help: "batches in flight (3step only)"),
+        .init("fault-around", .integer(1...512), default: "1", help: "pages per CPU fault"),
+        .init("prefetch", .choice(MigrateOptions.Prefetch.allCases.map(\.rawValue)), default: "off", help: "CPU-fault prefetch"),
+        .init("gpu-fault", .choice(ThrashOptions.GPUFault.allCases.map(\.rawValue)), default: "migrate",
+              help: "how a GPU fault is resolved"),
+        .init("memory", .choice(RaceConfiguration.Memory.allCases.map(\.rawValue)), default: "private", help: "VRAM kind"),
+        .init("all-or-nothing", .flag, default: "off", help: "migrate each batch whole or not at all"),
+        .init("vram", .integer(RaceConfiguration.vramRange), default: "\(RaceConfiguration.defaultVRAMPages)",
+              help: "VRAM pages (a multiple of 16; below pages: eviction under pressure)"),
     ]
     let summaryFields = ["outcome", "passed"]
     let caseFields = ["flow", "step", "action"]
@@ -25,6 +38,19 @@ struct RaceScenario: BenchScenario {
         o.hold = .milliseconds(try parameters.int("hold-ms"))
         o.pages = try parameters.int("pages")
         o.copyBackend = MigrateOptions.Backend(rawValue: try parameters.string("backend")) ?? .iouring
+        o.targetHole = try parameters.flag("hole")
+        var c = RaceConfiguration()
+        c.api = MigrationPolicy.APIGeneration(name: try parameters.string("api")) ?? .threeStep
+        c.pipeline = try parameters.int("pipeline")
+        c.faultAround = try parameters.int("fault-around")
+        c.prefetch = MigrateOptions.Prefetch(rawValue: try parameters.string("prefetch")) ?? .off
+        c.gpuFault = ThrashOptions.GPUFault(rawValue: try parameters.string("gpu-fault")) ?? .migrate
+        c.memory = RaceConfiguration.Memory(rawValue: try parameters.string("memory")) ?? .private
+        c.allOrNothing = try parameters.flag("all-or-nothing")
+        let vram = try parameters.int("vram")
+        c.vramPages = vram == RaceConfiguration.defaultVRAMPages ? nil : vram
+        o.configuration = c
+        if let problem = o.problem { throw ScenarioError(scenario: name, message: problem) }
         let m = try RaceMatrix.run(o, progress: context.progress)
         guard m.passed else {
             throw ScenarioError(scenario: name, message: "failing cells:\n" + m.failureLines.joined(separator: "\n"))

@@ -3,8 +3,8 @@ import DeviceEmu
 import HostMM
 import NIOConcurrencyHelpers
 
-/// The fresh machine of one race-matrix cell: checked-mode emulated RAM, one device whose
-/// observer is a `StepProbe` (forwarding to a `RaceStepRecorder`), and a process whose
+/// The fresh machine of one race-matrix cell: checked-mode emulated RAM, one device (in the
+/// matrix's `RaceConfiguration`) whose observer is a `StepProbe` (forwarding to a `RaceStepRecorder`), and a process whose
 /// `pages` pages carry a known pattern, migrated in batches of 16 so a flow has two batches.
 ///
 /// Threads: the matrix's thread builds and tears it down; the probe's action thread reads
@@ -12,7 +12,6 @@ import NIOConcurrencyHelpers
 final class RaceWorld: @unchecked Sendable {
     /// Pages per migrate_vma batch: the racing action aims at the first of the batches.
     static let batchPages = 16
-    static let vramBytes = 4 << 20
 
     let memory: PhysicalMemory
     let gpu: Device
@@ -23,22 +22,35 @@ final class RaceWorld: @unchecked Sendable {
     let pages: Int
     /// The page the racing actions aim at (and the faulting page of the fault flows).
     let target: Int
+    /// What the target page starts as: the pattern, or zeros when it is a hole
+    /// (`RaceOptions.targetHole`: never touched, so migrations populate it).
+    let targetBase: RacePage
+    /// The driver configuration the device was built with.
+    let configuration: RaceConfiguration
+    /// VRAM pages in use once the flow was prepared (what `evict` must move): set by
+    /// `RaceFlow.prepare` on the matrix's thread before the probe is armed.
+    var residentAtStart = 0
     /// RAM frames free before the process existed: all of them must come back.
     let freeRAMAtStart: Int
     private let forked = NIOLockedValueBox<AddressSpace?>(nil)
+    /// The `other-device` action's device, made on first use.
+    private let other = NIOLockedValueBox<Device?>(nil)
+    private let backend: MigrateOptions.Backend
 
-    init(pages: Int, target: Int, backend: CopyBackendKind) throws {
-        self.pages = pages
-        self.target = target
+    init(_ o: RaceOptions) throws {
+        pages = o.pages
+        target = o.target
+        configuration = o.configuration
+        targetBase = o.targetHole ? .zeros : .pattern
+        backend = o.copyBackend
+        let vramPages = o.configuration.vramPages ?? RaceConfiguration.defaultVRAMPages
         do {
             // The process, a forked child's copies, and migration destinations in flight.
             memory = try PhysicalMemory(ramBytes: (16 << 20) + 3 * pages * pageSize,
-                                        maxDevicePages: Self.vramBytes / pageSize + 4096, checked: .on)
+                                        maxDevicePages: 2 * vramPages + 4096, checked: .on)
         } catch { throw RaceFailure("cannot create emulated RAM: \(error)") }
-        var policy = MigrationPolicy()
-        policy.batchPages = Self.batchPages
         probe = StepProbe(forwardingTo: recorder)
-        var c = Device.Configuration(name: "race", vramSize: Self.vramBytes, backend: backend, policy: policy)
+        var c = o.configuration.device(policy: try o.configuration.policy(batchPages: Self.batchPages), backend: o.copyBackend)
         c.observer = probe
         do { gpu = try Device(memory: memory, configuration: c) } catch {
             throw RaceFailure("cannot create the device: \(error)")   // an io_uring setup error says how to fall back
@@ -47,12 +59,21 @@ final class RaceWorld: @unchecked Sendable {
         mm = AddressSpace(memory: memory)
         do {
             base = try mm.mmap(length: pages * pageSize)
-            for p in 0..<pages { try mm.write(at: base + UInt64(p * pageSize), bytes: RacePage.pattern.bytes(page: p)!) }
+            for p in 0..<pages where !(o.targetHole && p == target) {
+                try mm.write(at: base + UInt64(p * pageSize), bytes: RacePage.pattern.bytes(page: p)!)
+            }
         } catch { throw RaceFailure("cannot map the process: \(error)") }
     }
 
     var range: Range<UInt64> { base ..< base + UInt64(pages * pageSize) }
     func address(_ page: Int) -> UInt64 { base + UInt64(page * pageSize) }
+    /// The GPU-fault window of `batchPages` holding the target page: aligned in the address
+    /// space, clamped to the range (as `GPUFault.window` cuts it).
+    var window: Range<UInt64> {
+        let span = UInt64(Self.batchPages * pageSize)
+        let start = max(address(target) / span * span, base)
+        return start ..< min(start / span * span + span, range.upperBound)
+    }
 
     /// The child a `fork` action made, if any.
     var child: AddressSpace? {
@@ -60,25 +81,47 @@ final class RaceWorld: @unchecked Sendable {
         set { forked.withLockedValue { $0 = newValue } }
     }
 
+    /// A second device on the same machine (its own pgmap owner, the same configuration,
+    /// no probe), made now if no action made it yet; nil until then.
+    func otherDevice() throws -> Device {
+        try other.withLockedValue { (d: inout Device?) throws -> Device in
+            if let d { return d }
+            var c = configuration.device(policy: try configuration.policy(batchPages: Self.batchPages), backend: backend)
+            c.name = "race-other"
+            do { d = try Device(memory: memory, configuration: c) } catch { throw RaceFailure("cannot create the second device: \(error)") }
+            return d!
+        }
+    }
+
+    /// The second device, if the `other-device` action made it.
+    var otherDeviceIfMade: Device? { other.withLockedValue { $0 } }
+
     /// The GPU view of the process, bound now if the flow had not.
     func space() throws(DeviceError) -> GPUAddressSpace { try gpu.bind(mm) }
 }
 
-/// Records the distinct (kind, direction) steps a flow reports, in order of first report.
+/// Records the distinct (kind, direction) steps a flow reports, in order of first report,
+/// and every event.
 ///
 /// Threads: any (locked).
 final class RaceStepRecorder: MigrationObserver, @unchecked Sendable {
-    private let seen = NIOLockedValueBox<[RaceStep]>([])
+    private let seen = NIOLockedValueBox<(steps: [RaceStep], events: [MigrationEvent])>(([], []))
 
     func observe(_ event: MigrationEvent) {
         let step = RaceStep(kind: event.kind, direction: event.direction)
-        seen.withLockedValue { if !$0.contains(step) { $0.append(step) } }
+        seen.withLockedValue {
+            if !$0.steps.contains(step) { $0.steps.append(step) }
+            $0.events.append(event)
+        }
     }
 
     /// Forgets what was seen (the flow's preparation) and records from now on.
-    func reset() { seen.withLockedValue { $0.removeAll() } }
+    func reset() { seen.withLockedValue { $0 = ([], []) } }
 
-    var steps: [RaceStep] { seen.withLockedValue { $0 } }
+    var steps: [RaceStep] { seen.withLockedValue { $0.steps } }
+    /// Every event in order of report (which batch reached which step when: what tells a
+    /// pipelined configuration from a strict sequence).
+    var events: [MigrationEvent] { seen.withLockedValue { $0.events } }
 }
 
 /// One step of a driver flow: a `MigrationEvent` kind in one direction.

@@ -8,7 +8,8 @@ import DMAEngine
 ///
 /// The callback contract forbids `finalizeAndMap` to change `src` or `dst`, so a copy
 /// failure seen there cannot un-migrate the page (one reason the API was turned upside
-/// down): the copy is redone while the page is still locked (`redoCommitted`).
+/// down): the copy is redone while the page is still locked (`redoCommitted`). With
+/// coherent VRAM the copies are waited for in `allocAndCopy` instead (`waitBeforePages`).
 final class LegacyDmemMigrateOps: MigrateVMAOps {
     unowned let device: Device
     let policy: MigrationPolicy
@@ -30,6 +31,8 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
     var setupBegin: UInt64 = 0
     var pagesBegin: UInt64 = 0
     var finalizeBegin: UInt64 = 0
+    /// Coherent VRAM: `allocAndCopy` already waited for the fence (`waitBeforePages`).
+    var waitedBeforePages = false
     /// `.finalizeBegin` was reported: the caller reports `.finalizeEnd` after `migrateVMA` returns.
     var finalizing = false
 
@@ -110,8 +113,34 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
             for i in 0..<n { if let page = dst[i].page { d.releaseUnused(page); dst[i] = [] } }
             self.error = .dma(error)
         }
+        if d.isCoherent, let fence { waitBeforePages(fence, src, dst) }
         pagesBegin = d.stamp()
         d.emit(.migratePagesBegin, .toDevice, batch: batch, seqno: fence?.seqno ?? 0, address: start)
+    }
+
+    /// Coherent VRAM is CPU-visible: `migrateVMAPages` maps a hole's device page with a
+    /// present CPU entry at once (`migrate_vma_insert_page`; device-public memory in
+    /// 2017), before `finalizeAndMap` runs. So, as the three-step flow does for coherent
+    /// VRAM (amdgpu's order), the copies must be done before `allocAndCopy` returns; a page
+    /// whose copy failed is dropped from `dst` here, while the callback may still change it
+    /// (the source then stays; all or nothing drops the whole batch).
+    private func waitBeforePages(_ fence: Fence, _ src: UnsafeBufferPointer<MigratePFN>,
+                                 _ dst: UnsafeMutableBufferPointer<MigratePFN>) {
+        let d = device
+        let failures = d.waitFence(fence, signal, .toDevice, batch)
+        waitedBeforePages = true
+        guard !failures.isEmpty else { return }
+        for f in failures {
+            let i = Int(slot[f.index])
+            if let page = dst[i].page { d.releaseUnused(page); dst[i] = [] }
+        }
+        result.copyFailures += failures.count
+        d.counters.add(.pagesLeftAfterCopyFailure, failures.count)
+        if policy.rangeMigration == .allOrNothing {
+            for i in 0..<src.count { if let page = dst[i].page { d.releaseUnused(page); dst[i] = [] } }
+            d.counters.add(.batchesRefused)
+            result.refusedBatches = 1
+        }
     }
 
     func finalizeAndMap(vma: VMA, src: UnsafeBufferPointer<MigratePFN>, dst: UnsafeBufferPointer<MigratePFN>,
@@ -126,7 +155,7 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
             if result.collected > 0 { beginFinalize(start) }
             return
         }
-        let failures = d.waitFence(fence, signal, .toDevice, batch)
+        let failures = waitedBeforePages ? [] : d.waitFence(fence, signal, .toDevice, batch)
         var redo: [(source: PFN?, page: PFN)] = []
         for f in failures {
             let i = Int(slot[f.index])

@@ -13,7 +13,9 @@ import DMAEngine
 ///
 /// With `policy.pipelineDepth` > 1 the next batches are set up, copied and committed
 /// (up to `migrateVMAPages`) while earlier batches' copies are in flight; each batch
-/// still waits for its own fence before it is mapped and finalized.
+/// still waits for its own fence before it is mapped and finalized. Under VRAM pressure
+/// that eviction cannot relieve, the batches in flight are finished first (their pages
+/// become evictable), so a pipelined migration moves what a strict sequence would.
 extension Device {
     /// Migrates the pages of `[range)` in `mm` to VRAM, in batches of `policy.batchPages`
     /// (best effort or all-or-nothing per batch, by policy). Pages already in this
@@ -60,7 +62,16 @@ extension Device {
         do {
             try forEachBatch(mm, range, batch: policy.batchPages) { (vma, start, end) throws(DeviceError) in
                 if idle.isEmpty { completeOldest() }
-                reserveVRAM(pages: Int((end - start) >> 12), policy: policy)
+                let need = Int((end - start) >> 12)
+                reserveVRAM(pages: need, policy: policy)
+                // This migration's batches in flight hold their pages locked, so eviction
+                // cannot take them: when nothing else made room, finish them first (as TTM's
+                // eviction waits for a busy buffer's fence). Pipelining must not leave in RAM
+                // what the strict sequence would have moved.
+                while !inFlight.isEmpty && vram.availablePageCount < min(need, vram.pageCount) {
+                    completeOldest()
+                    reserveVRAM(pages: need, policy: policy)
+                }
                 let b = idle.removeLast()
                 defer { if !inFlight.contains(where: { $0.buffers === b }) { idle.append(b) } }
                 switch policy.apiGeneration {

@@ -110,11 +110,26 @@ extension ProtocolChecker {
         if plan.run {
             checkSources(memory, plan, src, site, &found)
             fatal = checkDestinations(memory, plan, src, dst, site, &found)
+            if !fatal { checkCPUVisibleHoles(memory, plan, src, dst, site, &found) }
         }
         if fatal || (mode.throwsViolations && !found.isEmpty) { sessions.releaseDestinations(plan.sessions) }
         if mode.throwsViolations, let first = found.first { throw .protocolViolation(first) }
         if plan.run && !fatal { sessions.mark(plan.sessions, .pagesDone) }
         return plan
+    }
+
+    /// Holes whose destination the pages step maps present for the CPU (anything but
+    /// device-private memory) must have no copy into it in flight.
+    private func checkCPUVisibleHoles(_ memory: PhysicalMemory, _ plan: StepPlan, _ src: Entries, _ dst: Entries,
+                                      _ site: CallSite, _ found: inout [ProtocolViolation]) {
+        let set = currentOracles
+        guard !set.copy.isEmpty else { return }
+        for i in 0..<plan.count(src, dst) where src[i].page == nil && src[i].contains(.migrate) {
+            guard let d = dst[i].page, memory.isKnownPFN(d), memory.zone(d) != .devicePrivate,
+                  copiesInFlight(d, set).contains(.into) else { continue }
+            found.append(report(.holeMappedWithCopyInFlight, pfn: d, address: address(plan, src, i, memory), site: site,
+                                "dst[\(i)] fills a hole with a CPU-reachable page the CPU can read as soon as the pages step maps it, but a copy into it has not completed"))
+        }
     }
 
     /// Finds the sessions `src` covers and the entry count to use; reports steps on arrays

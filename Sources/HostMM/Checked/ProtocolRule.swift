@@ -12,6 +12,11 @@ public enum ProtocolRule: String, CaseIterable, Sendable, CustomStringConvertibl
     /// destination page, or out of a source page, was submitted and its fence had not
     /// signalled: the page is unlocked (and a source freed) under a running copy.
     case finalizeWithCopyInFlight = "finalize-with-copy-in-flight"
+    /// `migrate_vma_pages` inserted a CPU-reachable destination (device-coherent VRAM, or
+    /// RAM) for a hole while a copy into it had not completed: `migrate_vma_insert_page`
+    /// maps such a page present at once, so the CPU can read it before the clear lands.
+    /// Wait for the fence before the pages step (amdgpu's order for coherent VRAM).
+    case holeMappedWithCopyInFlight = "hole-mapped-with-copy-in-flight"
 
     // MARK: Destinations (checked at the pages step)
 

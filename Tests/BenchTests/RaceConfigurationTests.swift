@@ -1,0 +1,230 @@
+import DeviceEmu
+import HostMM
+import Testing
+@testable import dmem_bench
+
+/// `dmem-bench race` over the driver's other configurations: per configuration, a reduced
+/// matrix (the flows and actions the configuration changes, at every step) passes, and the
+/// configuration was really applied — seen in what the driver does, not only in its policy.
+@Suite(.timeLimit(.minutes(2))) struct RaceConfigurationTests {
+    /// Runs `flows` × every step × `actions` in configuration `c`; expects no failing cell
+    /// and the probe firing in each.
+    private func matrix(_ c: RaceConfiguration, flows: [RaceFlow], actions: [RaceAction],
+                        backend: MigrateOptions.Backend = .iouring, hole: Bool = false) throws -> RaceMatrix {
+        var o = RaceOptions()
+        o.configuration = c
+        o.targetHole = hole
+        o.copyBackend = backend
+        o.flows = flows
+        o.actions = actions
+        o.hold = .milliseconds(5)
+        let m = try RaceMatrix.run(o)
+        #expect(m.failureLines.isEmpty, "\(m.failureLines.prefix(10).joined(separator: "\n"))")
+        #expect(m.passed)
+        let missed = m.cells.filter { !$0.fired }.map { "\($0.cell.flow.rawValue) \($0.cell.step) × \($0.cell.action.rawValue)" }
+        #expect(missed.isEmpty, "the probe never fired at \(missed)")
+        // The configuration is in the header and in every record.
+        let fields = o.configurationFields
+        #expect(m.text.hasPrefix("configuration: " + fields.map { "\($0.key)=\($0.value)" }.joined(separator: " ")))
+        for (key, value) in fields { #expect(m.records.allSatisfy { $0[key] == .string(value) }, "\(key)") }
+        return m
+    }
+
+    /// Prepares `flow` on a fresh world of `c` and runs it with nothing armed.
+    private func dryWorld(_ c: RaceConfiguration, _ flow: RaceFlow, hole: Bool = false) throws -> (RaceWorld, RaceFlowResult) {
+        var o = RaceOptions()
+        o.configuration = c
+        o.targetHole = hole
+        let w = try RaceWorld(o)
+        try flow.prepare(w)
+        w.recorder.reset()
+        let r = flow.run(w)
+        return (w, r)
+    }
+
+    private func shutDown(_ w: RaceWorld) {
+        try? w.mm.munmap(w.base, length: w.pages * pageSize)
+        w.gpu.unbind(w.mm)
+        w.mm.exit()
+        try? w.gpu.shutdown()
+    }
+
+    @Test func theCallbackAPIOf2017() throws {
+        var c = RaceConfiguration()
+        c.api = .callbacks2017
+        let m = try matrix(c, flows: [.toDevice], actions: [.none, .cpuWrite, .munmap, .migrateToDevice, .otherDevice])
+        // The 2017 flow reports its steps (alloc_and_copy, then finalize_and_map).
+        let steps = try #require(m.flows.first?.steps)
+        #expect(steps.first == RaceStep(kind: .setupBegin, direction: .toDevice) && steps.last == RaceStep(kind: .finalizeEnd, direction: .toDevice))
+        let (w, r) = try dryWorld(c, .toDevice)
+        defer { shutDown(w) }
+        #expect(w.gpu.policy.apiGeneration == .callbacks2017)
+        guard case .migrated(let n) = r else { Issue.record("to-device: \(r)"); return }
+        #expect(n == w.pages)
+    }
+
+    @Test func pipelinedBatches() throws {
+        var c = RaceConfiguration()
+        c.pipeline = 2
+        _ = try matrix(c, flows: [.toDevice], actions: [.none, .cpuWrite, .gpuAtomic, .munmap, .evictAll], backend: .mapped)
+        // Applied: the second batch is set up before the first one's fence wait ends.
+        let (w, _) = try dryWorld(c, .toDevice)
+        defer { shutDown(w) }
+        let events = w.recorder.events
+        let first = try #require(events.first { $0.kind == .setupBegin }?.batch)
+        let secondSetup = try #require(events.firstIndex { $0.kind == .setupBegin && $0.batch != first })
+        let firstWaitEnd = try #require(events.firstIndex { $0.kind == .fenceWaitEnd && $0.batch == first })
+        #expect(secondSetup < firstWaitEnd)
+    }
+
+    @Test func faultAroundWindows() throws {
+        var c = RaceConfiguration()
+        c.faultAround = 16
+        c.api = .callbacks2017
+        _ = try matrix(c, flows: [.cpuFault], actions: [.none, .cpuWrite, .munmap, .dontNeed, .fork, .migrateToRAM])
+        // Applied: one CPU fault brought the target's 16-page window back.
+        let (w, _) = try dryWorld(c, .cpuFault)
+        defer { shutDown(w) }
+        #expect(w.gpu.vram.inUsePageCount == w.pages - 16)
+    }
+
+    @Test func sequentialPrefetch() throws {
+        var c = RaceConfiguration()
+        c.prefetch = .sequential
+        _ = try matrix(c, flows: [.cpuFault], actions: [.none, .cpuRead, .munmap, .evictAll])
+        let (w, _) = try dryWorld(c, .cpuFault)
+        defer { shutDown(w) }
+        guard case .custom(let p) = w.gpu.policy.cpuFaultGranularity else { Issue.record("no prefetch policy"); return }
+        #expect(p is SequentialPrefetchPolicy)
+    }
+
+    @Test func gpuFaultsMapSystemPages() throws {
+        for mode in [ThrashOptions.GPUFault.map, .thrashing] {
+            var c = RaceConfiguration()
+            c.gpuFault = mode
+            let m = try matrix(c, flows: [.gpuFault], actions: mode == .map ? RaceAction.allCases : [.none, .cpuWrite, .munmap, .unbind])
+            let steps = try #require(m.flows.first?.steps)
+            let (w, _) = try dryWorld(c, .gpuFault)
+            defer { shutDown(w) }
+            if mode == .map {
+                // The fault maps the window's system pages: no migration step, nothing in VRAM.
+                #expect(steps == [RaceStep(kind: .gpuFault, direction: .none), RaceStep(kind: .gpuFaultResolved, direction: .none)])
+                #expect(w.gpu.vram.inUsePageCount == 0)
+            } else {
+                // Thrashing detection migrates a window that has not ping-ponged yet.
+                #expect(steps.contains(RaceStep(kind: .setupBegin, direction: .toDevice)))
+                #expect(w.gpu.vram.inUsePageCount == RaceWorld.batchPages)
+            }
+        }
+    }
+
+    @Test func coherentVRAM() throws {
+        var c = RaceConfiguration()
+        c.memory = .coherent
+        let m = try matrix(c, flows: [.cpuFault, .toDevice], actions: [.none, .cpuRead, .cpuWrite, .gpuAtomic, .fork])
+        // A CPU access to coherent VRAM does not fault: cpu-fault has no step and no cell,
+        // and its read left the range in VRAM (the dry run checks both).
+        let cpu = try #require(m.flows.first { $0.flow == .cpuFault })
+        #expect(cpu.steps.isEmpty && cpu.cells.isEmpty && cpu.dryRunProblems.isEmpty)
+        #expect(m.text.contains("no step in this configuration"))
+        let (w, r) = try dryWorld(c, .cpuFault)
+        defer { shutDown(w) }
+        guard case .read(let bytes) = r else { Issue.record("cpu-fault: \(r)"); return }
+        #expect(bytes == RacePage.pattern.bytes(page: w.target))
+        #expect(w.gpu.vram.inUsePageCount == w.pages && w.recorder.steps.isEmpty)
+    }
+
+    /// A target page that is a hole, migrated through the 2017 API to coherent VRAM: the
+    /// hole is CPU-mapped by the pages step, so its clear must have landed by then
+    /// (`CoherentLegacyRaceTests`; checked mode's `hole-mapped-with-copy-in-flight`).
+    @Test func aHoleInCoherentVRAMThroughThe2017API() throws {
+        var c = RaceConfiguration()
+        c.api = .callbacks2017
+        c.memory = .coherent
+        let m = try matrix(c, flows: [.toDevice], actions: [.none, .cpuRead, .gpuAtomic, .dontNeed, .fork], hole: true)
+        #expect(m.records.allSatisfy { $0["target_hole"] == .string("on") })
+        // Applied: the migration populated exactly one hole.
+        let (w, _) = try dryWorld(c, .toDevice, hole: true)
+        defer { shutDown(w) }
+        #expect(w.targetBase == .zeros && w.gpu.counters[.holesPopulated] == 1)
+    }
+
+    @Test func coherentVRAMWithMappedGPUFaults() throws {
+        var c = RaceConfiguration()
+        c.memory = .coherent
+        c.gpuFault = .map
+        _ = try matrix(c, flows: [.gpuFault, .evict], actions: [.none, .cpuWrite, .gpuWrite, .mprotect, .suspendResume])
+    }
+
+    @Test func allOrNothingBatches() throws {
+        var c = RaceConfiguration()
+        c.allOrNothing = true
+        _ = try matrix(c, flows: [.toDevice], actions: [.none, .cpuWrite, .munmap, .dontNeed, .migrateToDevice, .otherDevice])
+        let (w, _) = try dryWorld(c, .toDevice)
+        defer { shutDown(w) }
+        #expect(w.gpu.policy.rangeMigration == .allOrNothing)
+    }
+
+    /// VRAM of one batch for a range of two: every migration to VRAM evicts inside the flow.
+    @Test func vramPressure() throws {
+        var c = RaceConfiguration()
+        c.vramPages = 16
+        let m = try matrix(c, flows: [.toDevice, .gpuFault, .evict], actions: [.none, .cpuRead, .munmap, .otherDevice])
+        for flow in [RaceFlow.toDevice, .gpuFault] {
+            let steps = try #require(m.flows.first { $0.flow == flow }?.steps)
+            #expect(steps.contains(RaceStep(kind: .setupBegin, direction: .evict)), "\(flow): no eviction in \(steps)")
+        }
+        // evict moves only what fit, including the target's batch.
+        let (w, r) = try dryWorld(c, .evict)
+        defer { shutDown(w) }
+        guard case .migrated(let n) = r else { Issue.record("evict: \(r)"); return }
+        #expect(n == 16 && w.residentAtStart == 16)
+    }
+
+    /// Pipelined batches under VRAM pressure: the batch in flight holds the only VRAM, so
+    /// the next one waits for it rather than staying in RAM (`PipelinePressureTests`).
+    @Test func pipelinedBatchesUnderVRAMPressure() throws {
+        var c = RaceConfiguration()
+        c.pipeline = 2
+        c.vramPages = 16
+        let m = try matrix(c, flows: [.toDevice], actions: [.none, .cpuWrite, .munmap, .evictAll])
+        #expect(m.flows.first?.steps.contains(RaceStep(kind: .setupBegin, direction: .evict)) == true)
+    }
+
+    /// The `other-device` action's device is another pgmap owner: it takes the system pages
+    /// of the range, never this device's (MIGRATE_VMA_SELECT_SYSTEM), and this device's
+    /// migration then leaves its pages alone in turn.
+    @Test func aSecondDeviceTakesOnlySystemPages() throws {
+        let (w, r) = try dryWorld(RaceConfiguration(), .evict)   // the range in this device's VRAM, then evicted
+        defer { shutDown(w) }
+        guard case .migrated(let evicted) = r else { Issue.record("evict: \(r)"); return }
+        #expect(evicted == w.pages)
+        try w.gpu.migrateToDevice(w.mm, range: w.window)             // the target's batch back in this device's VRAM
+        guard case .done = RaceAction.otherDevice.perform(w) else { Issue.record("other-device failed"); return }
+        let other = try #require(w.otherDeviceIfMade)
+        #expect(other.vram.inUsePageCount == w.pages - RaceWorld.batchPages)
+        #expect(w.gpu.vram.inUsePageCount == RaceWorld.batchPages)
+        #expect(try w.gpu.migrateToDevice(w.mm, range: w.range).migrated == 0)
+        for p in 0..<w.pages { #expect(try w.mm.read(at: w.address(p), count: pageSize) == RacePage.pattern.bytes(page: p)) }
+        try other.shutdown()
+    }
+
+    @Test func badConfigurationsAreRefused() {
+        #expect(parseError(["race", "--api", "2019"]) == "api must be 3step or 2017")
+        #expect(parseError(["race", "--pipeline", "0"]) == "pipeline must be in 1...8")
+        #expect(parseError(["race", "--pipeline", "2", "--api", "2017"])?.hasPrefix("pipeline applies to the three-step API only") == true)
+        #expect(parseError(["race", "--fault-around", "513"]) == "fault-around must be in 1...512")
+        #expect(parseError(["race", "--prefetch", "random"]) == "prefetch must be off or sequential")
+        #expect(parseError(["race", "--prefetch", "sequential", "--fault-around", "16"])?.hasPrefix("fault-around and prefetch=sequential") == true)
+        #expect(parseError(["race", "--gpu-fault", "evict"]) == "gpu-fault must be one of: migrate, map, thrashing")
+        #expect(parseError(["race", "--memory", "shared"]) == "memory must be one of: private, coherent")
+        #expect(parseError(["race", "--vram", "24"]) == "vram must be a multiple of 16 pages in 16...1024")
+        #expect(parseError(["race", "--vram", "2048"]) == "vram must be a multiple of 16 pages in 16...1024")
+        #expect(parseError(["race", "--api", "2017", "--fault-around", "16", "--memory", "coherent", "--gpu-fault", "map",
+                            "--all-or-nothing", "--vram", "16", "--hole"]) == nil)
+        let o = try? RaceCommand.parse(["--memory", "coherent", "--gpu-fault", "thrashing", "--vram", "32", "--all-or-nothing"]).options()
+        #expect(o?.configuration.memory == .coherent && o?.configuration.gpuFault == .thrashing)
+        #expect(o?.configuration.vramPages == 32 && o?.configuration.allOrNothing == true)
+        #expect(parseError(["run", "race", "--set", "memory=shared"])?.contains("'shared' is not a valid value for 'memory'") == true)
+    }
+}
