@@ -40,13 +40,17 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
         /// How long the fault and snapshot loops retry invalidated walks before `EBUSY`
         /// (`HMM_RANGE_DEFAULT_TIMEOUT`, 1000 ms).
         public var rangeTimeout: Duration
+        /// Told about every step of the commands (see the type's comment for which);
+        /// nil costs one check per step. A `StepProbe` here pins a race.
+        public var observer: (any MigrationObserver)?
 
         public init(name: String = "dmirror", vramSize: Int = 1 << 30, chunkSize: Int = 256 << 20,
-                    rangeTimeout: Duration = .milliseconds(1000)) {
+                    rangeTimeout: Duration = .milliseconds(1000), observer: (any MigrationObserver)? = nil) {
             self.name = name
             self.vramSize = vramSize
             self.chunkSize = chunkSize
             self.rangeTimeout = rangeTimeout
+            self.observer = observer
         }
     }
 
@@ -63,6 +67,9 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// `MIGRATE_VMA_SELECT_*` for memory of this device (`dmirror_select_device`).
     var selectDevice: MigrateVMA.Flags { kind == .devicePrivate ? .selectDevicePrivate : .selectDeviceCoherent }
     let rangeTimeoutNanoseconds: UInt64
+    /// `configuration.observer`, read once per step.
+    let observer: (any MigrationObserver)?
+    private let batchCounter = Atomic<UInt64>(0)
 
     private let engine: DMAEngine
     private let ownsEngine: Bool
@@ -96,6 +103,7 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
         self.configuration = c
         owner = PgmapOwner(ownerToken)
         rangeTimeoutNanoseconds = MonotonicTime.nanoseconds(c.rangeTimeout)
+        observer = c.observer
         reverseMappings = memory.checker != nil ? ReverseMappings() : nil
         do {
             vram = try DeviceMemory(memory: memory, engine: self.engine,
@@ -159,6 +167,24 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
         if memory.isRAM(pfn) { return memory.baseAddress + Int(pfn.rawValue) * pageSize }
         return vram.bytes(of: pfn) ?? memory.bytes(pfn)   // lock-free for this device's pages
     }
+
+    // MARK: Observer
+
+    /// Reports one step to the observer; nothing is built when there is none.
+    @inline(__always)
+    func emit(_ kind: MigrationEvent.Kind, _ direction: MigrationEvent.Direction, begin: UInt64 = 0,
+              batch: UInt64 = 0, address: UInt64 = 0, pages: @autoclosure () -> Int = 0) {
+        guard let observer else { return }
+        observer.observe(MigrationEvent(kind: kind, direction: direction, time: MonotonicTime.now(), beginTime: begin,
+                                        batch: batch, address: address, pages: pages()))
+    }
+
+    /// A timestamp for a `…Begin` event, or 0 when nobody observes.
+    @inline(__always)
+    func stamp() -> UInt64 { observer == nil ? 0 : MonotonicTime.now() }
+
+    /// The next device-wide batch number (1, 2, …).
+    func nextBatch() -> UInt64 { batchCounter.wrappingAdd(1, ordering: .relaxed).newValue }
 
     // MARK: dev_pagemap_ops
 

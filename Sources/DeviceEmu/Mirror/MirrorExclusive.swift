@@ -6,7 +6,8 @@ extension Mirror {
     /// Takes `npages` pages at `address` for device atomics, one page at a time: each is
     /// faulted in writable, its CPU entry becomes a device-exclusive entry (an
     /// `.exclusive` invalidation with no owner, which every mirror obeys), and the mirror
-    /// maps it tagged atomic. The first failure stops the walk; pages already taken stay
+    /// maps it tagged atomic; each page taken is reported as `deviceExclusive`. The first
+    /// failure stops the walk; pages already taken stay
     /// exclusive. Then the range is read back through the mirror into `buffer`.
     /// - Returns: `cpages` = pages read back (`npages`), `faults` 0.
     /// - Throws: `.fault` (no VMA, no write permission), `.notSupported` (shared memory,
@@ -22,6 +23,9 @@ extension Mirror {
             while addr < end {
                 let page: PFN
                 do throws(HostMMError) { page = try mm.makeDeviceExclusive(addr) } catch { throw MirrorError(error) }
+                // Reported with the page locked, its CPU entry already device-exclusive and
+                // the mirror's atomic entry not yet written (`dmirror_atomic_map` follows).
+                device.emit(.deviceExclusive, .none, address: addr)
                 lock.withLock {
                     if !isClosed { table.set(addr, DevicePageTableEntry(pfn: page, kind: .exclusive, write: false)) }
                 }
