@@ -80,6 +80,9 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
     private let mirrors = NIOLockedValueBox<[UInt64: WeakMirror]>([:])
     private let nextMirrorID = Atomic<UInt64>(1)
     private let isShutDown = Atomic<Bool>(false)
+    /// Migration batches (to the device, to system memory, CPU faults, evictions) between
+    /// their setup and their finalize: the ones holding device pages locked.
+    private let migrationsInFlight = Atomic<Int>(0)
     /// Checked mode only: what every mirror's page table maps (see `DeviceMappingOracle`).
     let reverseMappings: ReverseMappings?
 
@@ -132,15 +135,40 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
         return mirror
     }
 
-    /// Evicts every device page, closes nothing, unregisters the chunks and, if the device
-    /// made its engine, shuts the engine down. Pages that cannot be evicted (pinned) keep
-    /// their chunk registered. Idempotent; also run by `deinit`.
+    /// Refuses new device allocations, waits for the migrations in flight (at most 10 s),
+    /// then evicts every device page, closes nothing, unregisters the chunks and, if the
+    /// device made its engine, shuts the engine down. Waiting is what `memunmap_pages` does
+    /// for the pgmap's references: a batch between setup and finalize (or a CPU fault, from
+    /// the handler's page lock to its return) holds its device pages locked, and an
+    /// eviction that skipped them would leave them behind. Pages that cannot be evicted
+    /// (pinned) cost 20 passes of 1 ms and keep their chunk registered. Idempotent; also run by
+    /// `deinit`. Not from an observer: the migration it reports from would be waited for.
     public func shutdown() {
-        guard !isShutDown.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        evictAll()
+        guard !isShutDown.exchange(true, ordering: .sequentiallyConsistent) else { return }
+        waitForMigrations()
+        // A CPU fault holds its page locked and referenced a moment longer than its batch:
+        // until `migrateToRAM` has returned. A few more passes, 1 ms apart, see it freed.
+        for _ in 0..<20 {
+            evictAll()
+            guard vram.inUsePageCount > 0 else { break }
+            MonotonicTime.sleep(nanoseconds: 1_000_000)
+            waitForMigrations()
+        }
         try? vram.retire()
         if ownsEngine { engine.shutdown() }
     }
+
+    /// Waits (1 ms polls, 10 s at most) until no migration batch is in flight.
+    private func waitForMigrations() {
+        for _ in 0..<10_000 where migrationsInFlight.load(ordering: .sequentiallyConsistent) > 0 {
+            MonotonicTime.sleep(nanoseconds: 1_000_000)
+        }
+    }
+
+    /// Counts a migration batch from before its setup (`enterMigration`) to after its
+    /// finalize (`leaveMigration`), for `shutdown`.
+    func enterMigration() { migrationsInFlight.add(1, ordering: .sequentiallyConsistent) }
+    func leaveMigration() { migrationsInFlight.subtract(1, ordering: .sequentiallyConsistent) }
 
     /// Device pages in use (allocated and not yet freed).
     public var inUsePageCount: Int { vram.inUsePageCount }
@@ -151,12 +179,31 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
 
     func forget(_ id: UInt64) { _ = mirrors.withLockedValue { $0.removeValue(forKey: id) } }
 
+    /// The open mirrors of `mm` other than `mirror`: the ones a page of this device leaving
+    /// the device must also be erased from. test_hmm erases the page only from the mirror
+    /// that issued the migration (or, on a CPU fault, migrated the page), and its notifier
+    /// ignores the device's own migrations, so another open of the same mm that mapped the
+    /// page (it migrated it, or read it through `dmirror_fault`) keeps an entry to a page
+    /// about to be freed — a dangling pointer in the kernel. The model erases it there too,
+    /// as the notifier would without its owner filter.
+    func mirrors(of mm: AddressSpace?, besides mirror: Mirror?) -> [Mirror] {
+        guard let mm else { return [] }
+        return mirrors.withLockedValue { all in
+            all.values.compactMap { slot in
+                guard let m = slot.mirror, m !== mirror, m.mm === mm else { return nil }
+                return m
+            }
+        }
+    }
+
     // MARK: Page allocation (dmirror_devmem_alloc_page)
 
     /// A free device page, locked with refcount 1, whose data the caller fills; nil when
     /// device memory is exhausted.
     func allocPage() -> PFN? {
-        guard !isShutDown.load(ordering: .relaxed) else { return nil }
+        // Sequentially consistent with `shutdown`: either it sees this batch in flight, or
+        // this batch sees the device shut down.
+        guard !isShutDown.load(ordering: .sequentiallyConsistent) else { return nil }
         return vram.allocPage()
     }
 

@@ -15,6 +15,8 @@ extension Mirror {
     ///   gone; `.noEntry` if an entry vanished before the read-back.
     public func makeExclusive(_ address: UInt64, npages: Int,
                               into buffer: UnsafeMutableRawBufferPointer? = nil) throws(MirrorError) -> MirrorResult {
+        try beginCommand()
+        defer { endCommand() }
         let end = try checkRange(address, npages)
         let mm = try liveMM(orElse: .invalidArgument)
         let memory = device.memory
@@ -43,6 +45,8 @@ extension Mirror {
     /// - Throws: `.permissionDenied` (`EPERM`) while some entry is tagged atomic.
     @discardableResult
     public func checkExclusive(_ address: UInt64, npages: Int) throws(MirrorError) -> MirrorResult {
+        try beginCommand()
+        defer { endCommand() }
         let end = try checkRange(address, npages)
         // Walk the populated entries, not every address of the range: the range may be
         // far larger than anything mapped (dmirror_check_atomic's per-page loop, bounded).

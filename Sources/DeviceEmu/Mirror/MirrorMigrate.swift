@@ -23,6 +23,8 @@ extension Mirror {
     ///   allocation failure); `.fault` for a short buffer.
     public func migrateToDevice(_ address: UInt64, npages: Int,
                                 into buffer: UnsafeMutableRawBufferPointer? = nil) throws(MirrorError) -> MirrorResult {
+        try beginCommand()
+        defer { endCommand() }
         let end = try checkRange(address, npages)
         let mm = try liveMM(orElse: .invalidArgument)
         try forEachMigrateBatch(mm, address, end) { (args: inout MigrateVMA) throws(MirrorError) in
@@ -39,6 +41,8 @@ extension Mirror {
     ///   that is gone; `.outOfMemory` when a system page cannot be had (or the one-shot
     ///   allocation failure is armed): that batch stays on the device.
     public func migrateToSystem(_ address: UInt64, npages: Int) throws(MirrorError) -> MirrorResult {
+        try beginCommand()
+        defer { endCommand() }
         let end = try checkRange(address, npages)
         let mm = try liveMM(orElse: .invalidArgument)
         var cpages = 0
@@ -75,6 +79,8 @@ extension Mirror {
     /// setup, alloc_and_copy (CPU copies, complete when `copiesSubmitted` is reported: there
     /// is no fence), `migrate_vma_pages`, finalize_and_map (`deviceMap`), finalize.
     private func migrateBatchToDevice(_ args: inout MigrateVMA) throws(MirrorError) {
+        device.enterMigration()
+        defer { device.leaveMigration() }
         let batch = device.nextBatch()
         device.emit(.setupBegin, .toDevice, batch: batch, address: args.start)
         let t0 = device.stamp()
@@ -147,6 +153,15 @@ extension Mirror {
     func erase(_ address: UInt64) {
         lock.withLock { table.set(address, .none) }
     }
+
+    /// Drops the entry for `address` if it maps `page` (a device page leaving the device
+    /// that this open mapped without having migrated it).
+    func erase(_ address: UInt64, ifMapping page: PFN) {
+        lock.withLock {
+            let e = table.entry(address)
+            if e.isValid && e.pfn == page { table.set(address, .none) }
+        }
+    }
 }
 
 extension MirrorDevice {
@@ -158,6 +173,8 @@ extension MirrorDevice {
     /// - Throws: the setup's or `migrate_vma_pages`' error; `.outOfMemory` when a system
     ///   page could not be had (the batch is finalized, nothing moved).
     func migrateBatchToSystem(_ args: inout MigrateVMA, clearing mirror: Mirror?) throws(MirrorError) -> Int {
+        enterMigration()
+        defer { leaveMigration() }
         let batch = nextBatch()
         emit(.setupBegin, .toRAM, batch: batch, address: args.start)
         let t0 = stamp()
@@ -212,9 +229,12 @@ extension MirrorDevice {
             args.dst[i] = d
         }
         // The entry goes before the copy, so the device cannot write behind it (`xa_erase`).
+        let opens = mirrors(of: args.vma?.mm, besides: mirror)
         for i in 0..<args.npages {
             guard let ram = args.dst[i].page, let page = args.src[i].page, let from = dataPointer(page) else { continue }
-            mirror?.erase(args.start + UInt64(i) << 12)
+            let address = args.start + UInt64(i) << 12
+            mirror?.erase(address)
+            for other in opens { other.erase(address, ifMapping: page) }
             memcpy(memory.bytes(ram)!, from, pageSize)
         }
     }

@@ -4,6 +4,9 @@ import HostMM
 /// one page comes back to system memory — no fault-around, unlike DeviceEmu's `Device`.
 extension MirrorDevice {
     func devmemFault(_ fault: VMFault) -> VMFaultResult {
+        // In flight for `shutdown` from here: HostMM already holds the page locked.
+        enterMigration()
+        defer { leaveMigration() }
         // The mirror that migrated the page: its table loses the entry (this device's own
         // migration does not invalidate its mirrors). Gone only if it closed meanwhile.
         let owning = mirror(id: memory.zoneDeviceData(fault.page))

@@ -14,6 +14,8 @@ extension Mirror {
     /// - Returns: cpages 0, faults 0.
     @discardableResult
     public func release(_ address: UInt64, npages: Int) throws(MirrorError) -> MirrorResult {
+        try beginCommand()
+        defer { endCommand() }
         _ = try checkRange(address, npages)
         device.evictAll()
         return MirrorResult(cpages: 0, faults: 0)
@@ -53,6 +55,8 @@ extension MirrorDevice {
                        _ dst: UnsafeMutableBufferPointer<MigratePFN>) -> Int {
         src.update(repeating: [])
         dst.update(repeating: [])
+        enterMigration()
+        defer { leaveMigration() }
         let batch = nextBatch()
         emit(.setupBegin, .evict, batch: batch)
         let t0 = stamp()
