@@ -21,6 +21,19 @@ final class MirrorRaceRig: @unchecked Sendable {
     let fd1: Mirror
     /// Processes forked by an action (exited at teardown).
     let children = NIOLockedValueBox<[AddressSpace]>([])
+    /// Checked-mode rules the kernel itself breaks in this interleaving, at pages of the
+    /// range only: two opens of one device share its owner, so one open's migration never
+    /// invalidates the other, whose entries keep naming pages that moved
+    /// (`device-pte-maps-migrated-page`, reproduced faithfully: see `CheckedDeviceTests`).
+    var kernelQuirks: Set<ProtocolRule> = []
+
+    /// The violations that are not an expected kernel quirk at a page of the range.
+    var unexpectedViolations: [ProtocolViolation] {
+        let range = a ..< a + UInt64(Self.pages * pageSize)
+        return (memory.checker?.violations ?? []).filter { v in
+            !(kernelQuirks.contains(v.rule) && v.address.map { range.contains($0) } == true)
+        }
+    }
 
     init(kind: MemoryType = .devicePrivate, seed: UInt64 = 7) throws {
         memory = try PhysicalMemory(ramBytes: 32 << 20, maxDevicePages: 1 << 14, checked: .on)
@@ -56,7 +69,7 @@ final class MirrorRaceRig: @unchecked Sendable {
         #expect(problems.isEmpty, "\(note): \(problems.prefix(3))", sourceLocation: sourceLocation)
         let own = device.checkInvariants()
         #expect(own.isEmpty, "\(note): \(own.prefix(3))", sourceLocation: sourceLocation)
-        let violations = memory.checker?.violations ?? []
+        let violations = unexpectedViolations
         #expect(violations.isEmpty, "\(note): \(violations.prefix(3))", sourceLocation: sourceLocation)
     }
 
@@ -71,7 +84,7 @@ final class MirrorRaceRig: @unchecked Sendable {
         mm.exit()
         device.shutdown()
         #expect(device.inUsePageCount == 0, "\(note): device pages leaked", sourceLocation: sourceLocation)
-        let violations = memory.checker?.violations ?? []
+        let violations = unexpectedViolations
         #expect(violations.isEmpty, "\(note): \(violations.prefix(3))", sourceLocation: sourceLocation)
         #expect(memory.diagnostics.refcountUnderflowCount == 0 && memory.diagnostics.unlocksOfUnlockedPages == 0,
                 "\(note)", sourceLocation: sourceLocation)

@@ -21,11 +21,12 @@ import Testing
 
     /// Runs `flow` held at each of its steps by `action`, then `check`, then the quiescent
     /// checks and the teardown.
-    func pinEachStep(_ flow: MirrorFlow, kind: MemoryType = .devicePrivate,
+    func pinEachStep(_ flow: MirrorFlow, kind: MemoryType = .devicePrivate, kernelQuirks: Set<ProtocolRule> = [],
                      _ action: @escaping @Sendable (MirrorRaceRig) -> Void,
                      check: (MirrorRaceRig, MigrationEvent.Kind, MirrorFlow.Outcome, String) throws -> Void) throws {
         for step in flow.steps {
             let rig = try MirrorRaceRig(kind: kind)
+            rig.kernelQuirks = kernelQuirks
             try flow.prepare(rig)
             try rig.probe.arm(at: .init(step, direction: flow.direction), hold: Self.hold) { action(rig) }
             let outcome = flow.run(rig)

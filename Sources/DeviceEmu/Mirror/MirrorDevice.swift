@@ -179,23 +179,6 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
 
     func forget(_ id: UInt64) { _ = mirrors.withLockedValue { $0.removeValue(forKey: id) } }
 
-    /// The open mirrors of `mm` other than `mirror`: the ones a page of this device leaving
-    /// the device must also be erased from. test_hmm erases the page only from the mirror
-    /// that issued the migration (or, on a CPU fault, migrated the page), and its notifier
-    /// ignores the device's own migrations, so another open of the same mm that mapped the
-    /// page (it migrated it, or read it through `dmirror_fault`) keeps an entry to a page
-    /// about to be freed — a dangling pointer in the kernel. The model erases it there too,
-    /// as the notifier would without its owner filter.
-    func mirrors(of mm: AddressSpace?, besides mirror: Mirror?) -> [Mirror] {
-        guard let mm else { return [] }
-        return mirrors.withLockedValue { all in
-            all.values.compactMap { slot in
-                guard let m = slot.mirror, m !== mirror, m.mm === mm else { return nil }
-                return m
-            }
-        }
-    }
-
     // MARK: Page allocation (dmirror_devmem_alloc_page)
 
     /// A free device page, locked with refcount 1, whose data the caller fills; nil when

@@ -153,15 +153,6 @@ extension Mirror {
     func erase(_ address: UInt64) {
         lock.withLock { table.set(address, .none) }
     }
-
-    /// Drops the entry for `address` if it maps `page` (a device page leaving the device
-    /// that this open mapped without having migrated it).
-    func erase(_ address: UInt64, ifMapping page: PFN) {
-        lock.withLock {
-            let e = table.entry(address)
-            if e.isValid && e.pfn == page { table.set(address, .none) }
-        }
-    }
 }
 
 extension MirrorDevice {
@@ -229,12 +220,9 @@ extension MirrorDevice {
             args.dst[i] = d
         }
         // The entry goes before the copy, so the device cannot write behind it (`xa_erase`).
-        let opens = mirrors(of: args.vma?.mm, besides: mirror)
         for i in 0..<args.npages {
             guard let ram = args.dst[i].page, let page = args.src[i].page, let from = dataPointer(page) else { continue }
-            let address = args.start + UInt64(i) << 12
-            mirror?.erase(address)
-            for other in opens { other.erase(address, ifMapping: page) }
+            mirror?.erase(args.start + UInt64(i) << 12)
             memcpy(memory.bytes(ram)!, from, pageSize)
         }
     }
