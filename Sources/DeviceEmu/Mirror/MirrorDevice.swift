@@ -26,6 +26,27 @@ import Synchronization
 /// rather than in a separately allocated system page; `release` evicts every chunk but
 /// keeps it registered.
 ///
+/// With `Configuration.observer` set, the commands report their steps as `MigrationEvent`s
+/// (the kinds `Device` reports; `batch` numbers are device-wide, `seqno` 0 and `channel`
+/// -1 throughout: test_hmm copies with the CPU, inside alloc_and_copy, so a batch has no
+/// fence and `copiesSubmitted` is reported once its copies are done):
+/// - `migrateToDevice`, per batch of 512 pages, direction `.toDevice`: `setupBegin`,
+///   `setupEnd` (pages collected), `copiesSubmitted` (pages copied or cleared),
+///   `migratePagesBegin`, `migratePagesEnd`, `deviceMap` (finalize_and_map's entries),
+///   `finalizeBegin`, `finalizeEnd`. The read-back reports nothing.
+/// - `migrateToSystem`, per batch, direction `.toRAM`: the same without `deviceMap`; when
+///   a system page cannot be had, `setupEnd` is followed by `finalizeBegin`/`End`.
+/// - A CPU fault (`dmirror_devmem_fault`): `cpuFaultBegin`, one `.toRAM` batch of one page
+///   as above, `cpuFaultEnd` (pages moved).
+/// - `release`, `close()` and `shutdown()` evict by PFN, 512 at a time, direction `.evict`:
+///   `setupBegin`, `setupEnd`, then, when pages were collected, `copiesSubmitted`,
+///   `migratePagesBegin`, `migratePagesEnd`, `finalizeBegin`, `finalizeEnd`.
+/// - `read` and `write`, per `dmirror_fault` (a missing or read-only entry): `gpuFault`
+///   (`address` = the first page faulted) and, once stored, `gpuFaultResolved` (pages);
+///   a fault that fails reports no resolution.
+/// - `makeExclusive`: `deviceExclusive` per page taken, before the mirror maps it.
+/// - `snapshot`, `checkExclusive`, `setFlags` and `mmap` report nothing.
+///
 /// Threads: any. `pageFree` and `migrateToRAM` are HostMM callbacks and run on whichever
 /// thread frees a page or faults.
 public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
