@@ -12,7 +12,7 @@ extension MirrorRaceTests {
     @Test(arguments: MirrorFlow.allCases)
     func theOtherOpenMigratingToTheDevice(_ flow: MirrorFlow) throws {
         let results = NIOLockedValueBox<[String]>([])
-        try pinEachStep(flow, { rig in
+        try pinEachStep(flow, hold: Self.longHold, { rig in
             do throws(MirrorError) { _ = try rig.fd1.migrateToDevice(rig.a, npages: MirrorRaceRig.pages) } catch {
                 if error != .noEntry { results.withLockedValue { $0.append("\(error)") } }
             }
@@ -31,7 +31,7 @@ extension MirrorRaceTests {
     @Test(arguments: MirrorFlow.allCases)
     func theOtherOpenMigratingToSystem(_ flow: MirrorFlow) throws {
         let results = NIOLockedValueBox<[String]>([])
-        try pinEachStep(flow, kernelQuirks: [.devicePTEMapsMigratedPage], { rig in
+        try pinEachStep(flow, kernelQuirks: [.devicePTEMapsMigratedPage], hold: Self.longHold, { rig in
             do { _ = try rig.fd1.migrateToSystem(rig.a, npages: MirrorRaceRig.pages) } catch {
                 results.withLockedValue { $0.append("\(error)") }
             }
@@ -49,7 +49,7 @@ extension MirrorRaceTests {
     @Test(arguments: MirrorFlow.allCases)
     func aSnapshotDuringTheFlow(_ flow: MirrorFlow) throws {
         let snapshots = NIOLockedValueBox<[Result<[MirrorProtection], MirrorError>]>([])
-        try pinEachStep(flow, { rig in
+        try pinEachStep(flow, hold: Self.longHold, { rig in
             let r: Result<[MirrorProtection], MirrorError>
             do throws(MirrorError) { r = .success(try rig.fd1.snapshot(rig.a, npages: MirrorRaceRig.pages)) } catch { r = .failure(error) }
             snapshots.withLockedValue { $0.append(r) }
@@ -68,7 +68,7 @@ extension MirrorRaceTests {
     /// skipped, as `migrate_device_range`'s try-lock skips them; the pattern survives.
     @Test(arguments: MirrorFlow.allCases)
     func releaseDuringTheFlow(_ flow: MirrorFlow) throws {
-        try pinEachStep(flow, { rig in
+        try pinEachStep(flow, hold: Self.longHold, { rig in
             _ = try? rig.fd1.release(rig.a, npages: 1)
         }) { rig, _, outcome, note in
             #expect(rig.probe.outcome == .finishedWhileHeld, "\(note): \(rig.probe.outcome)")

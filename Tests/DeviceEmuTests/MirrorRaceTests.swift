@@ -17,18 +17,22 @@ import Testing
 /// a CPU access to one sleeps until finalize; `MADV_DONTNEED` and the other open (read
 /// lock, try-locks) run while the flow is held.
 @Suite(.timeLimit(.minutes(1))) struct MirrorRaceTests {
+    /// For actions that block on what the held flow holds: the flow goes on after it.
     static let hold: Duration = .milliseconds(40)
+    /// For actions expected to finish while the flow is held: long enough never to run out
+    /// (the flow waits only until the action returns), so `finishedWhileHeld` is no timing.
+    static let longHold: Duration = .seconds(10)
 
     /// Runs `flow` held at each of its steps by `action`, then `check`, then the quiescent
     /// checks and the teardown.
     func pinEachStep(_ flow: MirrorFlow, kind: MemoryType = .devicePrivate, kernelQuirks: Set<ProtocolRule> = [],
-                     _ action: @escaping @Sendable (MirrorRaceRig) -> Void,
+                     hold: Duration = Self.hold, _ action: @escaping @Sendable (MirrorRaceRig) -> Void,
                      check: (MirrorRaceRig, MigrationEvent.Kind, MirrorFlow.Outcome, String) throws -> Void) throws {
         for step in flow.steps {
             let rig = try MirrorRaceRig(kind: kind)
             rig.kernelQuirks = kernelQuirks
             try flow.prepare(rig)
-            try rig.probe.arm(at: .init(step, direction: flow.direction), hold: Self.hold) { action(rig) }
+            try rig.probe.arm(at: .init(step, direction: flow.direction), hold: hold) { action(rig) }
             let outcome = flow.run(rig)
             let note = "\(flow) held at \(step)"
             rig.checkQuiescent(note)
