@@ -112,13 +112,13 @@ import Testing
         #expect(failures.withLockedValue { $0 }.isEmpty)
     }
 
-    /// `MADV_DONTNEED` in the middle of a flow: every page reads as zero afterwards, the
-    /// device's pages of the range are gone (or, zapped before a migration to the device
-    /// collected them, the holes migrated as zeroed device pages), nothing leaks.
+    /// `MADV_DONTNEED` in the middle of a flow: every page reads as zero afterwards and
+    /// nothing leaks. (In the model the zap waits for the flow: see the next test, and the
+    /// test_hmm quirk it shows, tolerated here at the range's pages only.)
     @Test(arguments: MirrorFlow.allCases)
     func madviseDontNeedDuringTheFlowLeavesZeros(_ flow: MirrorFlow) throws {
         let failures = NIOLockedValueBox<[String]>([])
-        try pinEachStep(flow, { rig in
+        try pinEachStep(flow, kernelQuirks: Self.dontNeedQuirks(flow), { rig in
             do { try rig.mm.madvise(rig.a, length: MirrorRaceRig.pages * pageSize, advice: .dontNeed) } catch {
                 failures.withLockedValue { $0.append("\(error)") }
             }
@@ -137,19 +137,38 @@ import Testing
     /// The kernel's interleaving: `MADV_DONTNEED` takes the mmap lock for read
     /// (`madvise_need_mmap_write` is false for it), so it zaps the range — migration
     /// entries included — while the flow is held, and a faulting read retried after the
-    /// zap reads zeros.
+    /// zap reads zeros. Held between setup and finalize, MIGRATE_TO_DEV maps freed pages in
+    /// the mirror (above) and its read-back copies their stale bytes: `cpages == npages`.
+    /// A zap of MIGRATE_TO_DEV's migration entries leaves its new device pages unmapped,
+    /// so finalize frees them; but test_hmm's finalize_and_map stores them in the mirror
+    /// first, with no notifier-sequence check: the mirror keeps entries to freed pages (a
+    /// dangling pointer in the kernel's test driver, to be reproduced faithfully like G7's;
+    /// checked mode reports exactly that).
     @Test(.disabled("""
-        HostMM's madvise takes the mmap lock for write (documented there as 'stricter than \
-        the kernel's read mode … changes nothing observable'): it waits for the flow, so the \
-        zap never meets the flow's migration entries. Making it a reader is a HostMM change.
+        HostMM's madvise takes the mmap lock for write (documented there as stricter than the \
+        kernel's read mode), so the zap waits for the flow. Taking it for read (one line in \
+        Madvise.swift) makes this test pass (checked then), but fails dmem-bench's RaceMatrixTests: \
+        'gpu-fault @ setupEnd.toDevice × madvise-dontneed: GPU: page 1 is not zeros' — \
+        Device (nouveau) maps a batch whose migration entries were zapped. Left to Device's owner.
         """), arguments: MirrorFlow.allCases)
     func madviseDontNeedZapsTheRangeWhileTheFlowIsHeld(_ flow: MirrorFlow) throws {
-        try pinEachStep(flow, { rig in
+        try pinEachStep(flow, kernelQuirks: Self.dontNeedQuirks(flow), hold: Self.longHold, { rig in
             try? rig.mm.madvise(rig.a, length: MirrorRaceRig.pages * pageSize, advice: .dontNeed)
         }) { rig, step, outcome, note in
             #expect(rig.probe.outcome == .finishedWhileHeld, "\(note): \(rig.probe.outcome)")
             if flow == .cpuFault { #expect(outcome == .bytes(Self.zeros), "\(note): \(outcome)") }
+            let between: Set<MigrationEvent.Kind> = [.setupEnd, .copiesSubmitted, .migratePagesBegin, .migratePagesEnd]
+            if flow == .migrateToDevice && between.contains(step) {
+                #expect(outcome == .cpages(MirrorRaceRig.pages), "\(note): \(outcome)")
+                let dangling = rig.memory.checker?.violations.filter { $0.rule == .devicePTEMapsFreedPage }.count ?? 0
+                #expect(dangling == MirrorRaceRig.pages, "\(note): \(dangling) dangling entries")
+            }
         }
+    }
+
+    /// What test_hmm itself gets wrong when `MADV_DONTNEED` meets a migration to the device.
+    static func dontNeedQuirks(_ flow: MirrorFlow) -> Set<ProtocolRule> {
+        flow == .migrateToDevice ? [.devicePTEMapsFreedPage] : []
     }
 
     /// `fork` takes the mmap lock for write: it runs after the flow; parent and child both
