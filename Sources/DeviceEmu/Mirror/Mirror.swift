@@ -23,11 +23,16 @@ public final class Mirror: @unchecked Sendable {
     /// kernel's `mmget_not_zero` would).
     public weak let mm: AddressSpace?
     let id: UInt64
-    /// `dmirror->mutex`: guards `table` and `isClosed`.
+    /// `dmirror->mutex`: guards `table`, `isClosed`, `isClosing` and `commandsInFlight`.
     let lock = NIOLock()
     /// `dmirror->pt`: entries hold no page reference; the notifier keeps them valid.
     var table = DevicePageTable()
+    /// The release has run (notifier removed, table emptied).
     var isClosed = false
+    /// `close()` was called: no new command starts; the release runs when the last
+    /// command in flight returns (the file reference an ioctl holds).
+    private var isClosing = false
+    private var commandsInFlight = 0
     /// `dmirror->flags`.
     private let flagBits = Atomic<UInt64>(0)
     private(set) var notifier: MMUIntervalNotifier!
@@ -49,15 +54,25 @@ public final class Mirror: @unchecked Sendable {
 
     deinit { close() }
 
-    /// `dmirror_fops_release`: removes the notifier, evicts every page of the device (from
-    /// every mirror and process, as the kernel does since it stopped leaking them), and
-    /// empties the page table. Later commands throw `.invalidArgument`. Idempotent.
+    /// `close()` of the descriptor: later commands throw `.invalidArgument`, and
+    /// `dmirror_fops_release` runs — now, or, while commands are in flight, when the last
+    /// of them returns (an ioctl holds a reference to the file, so in the kernel the release
+    /// cannot overtake it; those commands complete as if the descriptor were open). The
+    /// release removes the notifier, empties the page table and evicts every page of the
+    /// device (from every mirror and process, as the kernel does since it stopped leaking
+    /// them). Idempotent.
     public func close() {
-        let already: Bool = lock.withLock {
-            defer { isClosed = true }
-            return isClosed
+        let releaseNow: Bool = lock.withLock {
+            guard !isClosing else { return false }
+            isClosing = true
+            return commandsInFlight == 0
         }
-        guard !already else { return }
+        if releaseNow { releaseFile() }
+    }
+
+    /// `dmirror_fops_release`.
+    private func releaseFile() {
+        lock.withLock { isClosed = true }
         notifier.remove()
         // Emptied before the eviction (as the kernel's xa_destroy follows the notifier's
         // removal): without its notifier the table would keep entries of evicted pages.
@@ -66,8 +81,30 @@ public final class Mirror: @unchecked Sendable {
         device.forget(id)
     }
 
-    /// True after `close()`.
-    public var isOpen: Bool { lock.withLock { !isClosed } }
+    /// Enters a command (the ioctl's `fdget`): `.invalidArgument` once `close()` was called.
+    func beginCommand() throws(MirrorError) {
+        let entered: Bool = lock.withLock {
+            guard !isClosing else { return false }
+            commandsInFlight += 1
+            return true
+        }
+        guard entered else { throw .invalidArgument }
+    }
+
+    /// Leaves a command (`fdput`); the last one out of a closed descriptor releases it.
+    func endCommand() {
+        let release: Bool = lock.withLock {
+            commandsInFlight -= 1
+            return commandsInFlight == 0 && isClosing && !isClosed
+        }
+        if release { releaseFile() }
+    }
+
+    /// False once `close()` was called.
+    public var isOpen: Bool { lock.withLock { !isClosing } }
+
+    /// True once the release has run.
+    var isReleased: Bool { lock.withLock { isClosed } }
 
     /// The mirror's entry for `address`, for tests: nil when missing, else the page it
     /// maps and its tag (`.write` for `DPT_XA_TAG_WRITE`, `.atomic` for `DPT_XA_TAG_ATOMIC`).

@@ -26,6 +26,27 @@ import Synchronization
 /// rather than in a separately allocated system page; `release` evicts every chunk but
 /// keeps it registered.
 ///
+/// With `Configuration.observer` set, the commands report their steps as `MigrationEvent`s
+/// (the kinds `Device` reports; `batch` numbers are device-wide, `seqno` 0 and `channel`
+/// -1 throughout: test_hmm copies with the CPU, inside alloc_and_copy, so a batch has no
+/// fence and `copiesSubmitted` is reported once its copies are done):
+/// - `migrateToDevice`, per batch of 512 pages, direction `.toDevice`: `setupBegin`,
+///   `setupEnd` (pages collected), `copiesSubmitted` (pages copied or cleared),
+///   `migratePagesBegin`, `migratePagesEnd`, `deviceMap` (finalize_and_map's entries),
+///   `finalizeBegin`, `finalizeEnd`. The read-back reports nothing.
+/// - `migrateToSystem`, per batch, direction `.toRAM`: the same without `deviceMap`; when
+///   a system page cannot be had, `setupEnd` is followed by `finalizeBegin`/`End`.
+/// - A CPU fault (`dmirror_devmem_fault`): `cpuFaultBegin`, one `.toRAM` batch of one page
+///   as above, `cpuFaultEnd` (pages moved).
+/// - `release`, `close()` and `shutdown()` evict by PFN, 512 at a time, direction `.evict`:
+///   `setupBegin`, `setupEnd`, then, when pages were collected, `copiesSubmitted`,
+///   `migratePagesBegin`, `migratePagesEnd`, `finalizeBegin`, `finalizeEnd`.
+/// - `read` and `write`, per `dmirror_fault` (a missing or read-only entry): `gpuFault`
+///   (`address` = the first page faulted) and, once stored, `gpuFaultResolved` (pages);
+///   a fault that fails reports no resolution.
+/// - `makeExclusive`: `deviceExclusive` per page taken, before the mirror maps it.
+/// - `snapshot`, `checkExclusive`, `setFlags` and `mmap` report nothing.
+///
 /// Threads: any. `pageFree` and `migrateToRAM` are HostMM callbacks and run on whichever
 /// thread frees a page or faults.
 public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
@@ -40,13 +61,17 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
         /// How long the fault and snapshot loops retry invalidated walks before `EBUSY`
         /// (`HMM_RANGE_DEFAULT_TIMEOUT`, 1000 ms).
         public var rangeTimeout: Duration
+        /// Told about every step of the commands (see the type's comment for which);
+        /// nil costs one check per step. A `StepProbe` here pins a race.
+        public var observer: (any MigrationObserver)?
 
         public init(name: String = "dmirror", vramSize: Int = 1 << 30, chunkSize: Int = 256 << 20,
-                    rangeTimeout: Duration = .milliseconds(1000)) {
+                    rangeTimeout: Duration = .milliseconds(1000), observer: (any MigrationObserver)? = nil) {
             self.name = name
             self.vramSize = vramSize
             self.chunkSize = chunkSize
             self.rangeTimeout = rangeTimeout
+            self.observer = observer
         }
     }
 
@@ -63,6 +88,9 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// `MIGRATE_VMA_SELECT_*` for memory of this device (`dmirror_select_device`).
     var selectDevice: MigrateVMA.Flags { kind == .devicePrivate ? .selectDevicePrivate : .selectDeviceCoherent }
     let rangeTimeoutNanoseconds: UInt64
+    /// `configuration.observer`, read once per step.
+    let observer: (any MigrationObserver)?
+    private let batchCounter = Atomic<UInt64>(0)
 
     private let engine: DMAEngine
     private let ownsEngine: Bool
@@ -73,6 +101,9 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
     private let mirrors = NIOLockedValueBox<[UInt64: WeakMirror]>([:])
     private let nextMirrorID = Atomic<UInt64>(1)
     private let isShutDown = Atomic<Bool>(false)
+    /// Migration batches (to the device, to system memory, CPU faults, evictions) between
+    /// their setup and their finalize: the ones holding device pages locked.
+    private let migrationsInFlight = Atomic<Int>(0)
     /// Checked mode only: what every mirror's page table maps (see `DeviceMappingOracle`).
     let reverseMappings: ReverseMappings?
 
@@ -96,6 +127,7 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
         self.configuration = c
         owner = PgmapOwner(ownerToken)
         rangeTimeoutNanoseconds = MonotonicTime.nanoseconds(c.rangeTimeout)
+        observer = c.observer
         reverseMappings = memory.checker != nil ? ReverseMappings() : nil
         do {
             vram = try DeviceMemory(memory: memory, engine: self.engine,
@@ -124,15 +156,40 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
         return mirror
     }
 
-    /// Evicts every device page, closes nothing, unregisters the chunks and, if the device
-    /// made its engine, shuts the engine down. Pages that cannot be evicted (pinned) keep
-    /// their chunk registered. Idempotent; also run by `deinit`.
+    /// Refuses new device allocations, waits for the migrations in flight (at most 10 s),
+    /// then evicts every device page, closes nothing, unregisters the chunks and, if the
+    /// device made its engine, shuts the engine down. Waiting is what `memunmap_pages` does
+    /// for the pgmap's references: a batch between setup and finalize (or a CPU fault, from
+    /// the handler's page lock to its return) holds its device pages locked, and an
+    /// eviction that skipped them would leave them behind. Pages that cannot be evicted
+    /// (pinned) cost 20 passes of 1 ms and keep their chunk registered. Idempotent; also run by
+    /// `deinit`. Not from an observer: the migration it reports from would be waited for.
     public func shutdown() {
-        guard !isShutDown.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        evictAll()
+        guard !isShutDown.exchange(true, ordering: .sequentiallyConsistent) else { return }
+        waitForMigrations()
+        // A CPU fault holds its page locked and referenced a moment longer than its batch:
+        // until `migrateToRAM` has returned. A few more passes, 1 ms apart, see it freed.
+        for _ in 0..<20 {
+            evictAll()
+            guard vram.inUsePageCount > 0 else { break }
+            MonotonicTime.sleep(nanoseconds: 1_000_000)
+            waitForMigrations()
+        }
         try? vram.retire()
         if ownsEngine { engine.shutdown() }
     }
+
+    /// Waits (1 ms polls, 10 s at most) until no migration batch is in flight.
+    private func waitForMigrations() {
+        for _ in 0..<10_000 where migrationsInFlight.load(ordering: .sequentiallyConsistent) > 0 {
+            MonotonicTime.sleep(nanoseconds: 1_000_000)
+        }
+    }
+
+    /// Counts a migration batch from before its setup (`enterMigration`) to after its
+    /// finalize (`leaveMigration`), for `shutdown`.
+    func enterMigration() { migrationsInFlight.add(1, ordering: .sequentiallyConsistent) }
+    func leaveMigration() { migrationsInFlight.subtract(1, ordering: .sequentiallyConsistent) }
 
     /// Device pages in use (allocated and not yet freed).
     public var inUsePageCount: Int { vram.inUsePageCount }
@@ -148,7 +205,9 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// A free device page, locked with refcount 1, whose data the caller fills; nil when
     /// device memory is exhausted.
     func allocPage() -> PFN? {
-        guard !isShutDown.load(ordering: .relaxed) else { return nil }
+        // Sequentially consistent with `shutdown`: either it sees this batch in flight, or
+        // this batch sees the device shut down.
+        guard !isShutDown.load(ordering: .sequentiallyConsistent) else { return nil }
         return vram.allocPage()
     }
 
@@ -159,6 +218,24 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
         if memory.isRAM(pfn) { return memory.baseAddress + Int(pfn.rawValue) * pageSize }
         return vram.bytes(of: pfn) ?? memory.bytes(pfn)   // lock-free for this device's pages
     }
+
+    // MARK: Observer
+
+    /// Reports one step to the observer; nothing is built when there is none.
+    @inline(__always)
+    func emit(_ kind: MigrationEvent.Kind, _ direction: MigrationEvent.Direction, begin: UInt64 = 0,
+              batch: UInt64 = 0, address: UInt64 = 0, pages: @autoclosure () -> Int = 0) {
+        guard let observer else { return }
+        observer.observe(MigrationEvent(kind: kind, direction: direction, time: MonotonicTime.now(), beginTime: begin,
+                                        batch: batch, address: address, pages: pages()))
+    }
+
+    /// A timestamp for a `…Begin` event, or 0 when nobody observes.
+    @inline(__always)
+    func stamp() -> UInt64 { observer == nil ? 0 : MonotonicTime.now() }
+
+    /// The next device-wide batch number (1, 2, …).
+    func nextBatch() -> UInt64 { batchCounter.wrappingAdd(1, ordering: .relaxed).newValue }
 
     // MARK: dev_pagemap_ops
 

@@ -6,7 +6,8 @@ extension Mirror {
     /// Takes `npages` pages at `address` for device atomics, one page at a time: each is
     /// faulted in writable, its CPU entry becomes a device-exclusive entry (an
     /// `.exclusive` invalidation with no owner, which every mirror obeys), and the mirror
-    /// maps it tagged atomic. The first failure stops the walk; pages already taken stay
+    /// maps it tagged atomic; each page taken is reported as `deviceExclusive`. The first
+    /// failure stops the walk; pages already taken stay
     /// exclusive. Then the range is read back through the mirror into `buffer`.
     /// - Returns: `cpages` = pages read back (`npages`), `faults` 0.
     /// - Throws: `.fault` (no VMA, no write permission), `.notSupported` (shared memory,
@@ -14,6 +15,8 @@ extension Mirror {
     ///   gone; `.noEntry` if an entry vanished before the read-back.
     public func makeExclusive(_ address: UInt64, npages: Int,
                               into buffer: UnsafeMutableRawBufferPointer? = nil) throws(MirrorError) -> MirrorResult {
+        try beginCommand()
+        defer { endCommand() }
         let end = try checkRange(address, npages)
         let mm = try liveMM(orElse: .invalidArgument)
         let memory = device.memory
@@ -22,6 +25,9 @@ extension Mirror {
             while addr < end {
                 let page: PFN
                 do throws(HostMMError) { page = try mm.makeDeviceExclusive(addr) } catch { throw MirrorError(error) }
+                // Reported with the page locked, its CPU entry already device-exclusive and
+                // the mirror's atomic entry not yet written (`dmirror_atomic_map` follows).
+                device.emit(.deviceExclusive, .none, address: addr)
                 lock.withLock {
                     if !isClosed { table.set(addr, DevicePageTableEntry(pfn: page, kind: .exclusive, write: false)) }
                 }
@@ -39,6 +45,8 @@ extension Mirror {
     /// - Throws: `.permissionDenied` (`EPERM`) while some entry is tagged atomic.
     @discardableResult
     public func checkExclusive(_ address: UInt64, npages: Int) throws(MirrorError) -> MirrorResult {
+        try beginCommand()
+        defer { endCommand() }
         let end = try checkRange(address, npages)
         // Walk the populated entries, not every address of the range: the range may be
         // far larger than anything mapped (dmirror_check_atomic's per-page loop, bounded).

@@ -8,10 +8,14 @@ extension Mirror {
     static let faultBatch = 32
 
     /// `dmirror_fault`: faults `[start, end)` in for read (or write) and stores each page in
-    /// the table, writable where the CPU mapping is. Stops at the first error.
+    /// the table, writable where the CPU mapping is. Stops at the first error. Reported as
+    /// `gpuFault` (`address` = `start`) and, when every batch is stored, `gpuFaultResolved`
+    /// (`pages` = entries written); a fault that fails reports no resolution.
     /// - Throws: `.fault` (no readable mapping, a failed fault, the address space gone),
     ///   `.permissionDenied` (write fault in a read-only VMA), `.busy` (timeout), `.outOfMemory`.
     func fault(_ start: UInt64, _ end: UInt64, write: Bool) throws(MirrorError) {
+        let t0 = device.stamp()
+        device.emit(.gpuFault, .none, address: start)
         let mm = try liveMM(orElse: .fault)
         let pfns = UnsafeMutableBufferPointer<HMMPFN>.allocate(capacity: Self.faultBatch)
         defer { pfns.deallocate() }
@@ -21,6 +25,7 @@ extension Mirror {
             try rangeFault(mm, addr, next, write: write, pfns)
             addr = next
         }
+        device.emit(.gpuFaultResolved, .none, begin: t0, address: start, pages: pageCount(start, end))
     }
 
     /// `dmirror_range_fault`: one batch, retried on `.busy` and on a stale sequence until

@@ -23,15 +23,13 @@ extension Mirror {
     ///   allocation failure); `.fault` for a short buffer.
     public func migrateToDevice(_ address: UInt64, npages: Int,
                                 into buffer: UnsafeMutableRawBufferPointer? = nil) throws(MirrorError) -> MirrorResult {
+        try beginCommand()
+        defer { endCommand() }
         let end = try checkRange(address, npages)
         let mm = try liveMM(orElse: .invalidArgument)
         try forEachMigrateBatch(mm, address, end) { (args: inout MigrateVMA) throws(MirrorError) in
             args.flags = .selectSystem
-            try migrateVMASetupChecked(&args)
-            allocAndCopyToDevice(&args)
-            defer { migrateVMAFinalize(&args) }
-            do throws(HostMMError) { try migrateVMAPages(&args) } catch { throw MirrorError(error) }
-            finalizeAndMap(args)
+            try migrateBatchToDevice(&args)
         }
         return try readBack(address, end, into: buffer)
     }
@@ -43,16 +41,14 @@ extension Mirror {
     ///   that is gone; `.outOfMemory` when a system page cannot be had (or the one-shot
     ///   allocation failure is armed): that batch stays on the device.
     public func migrateToSystem(_ address: UInt64, npages: Int) throws(MirrorError) -> MirrorResult {
+        try beginCommand()
+        defer { endCommand() }
         let end = try checkRange(address, npages)
         let mm = try liveMM(orElse: .invalidArgument)
         var cpages = 0
         try forEachMigrateBatch(mm, address, end) { (args: inout MigrateVMA) throws(MirrorError) in
             args.flags = device.selectDevice
-            try migrateVMASetupChecked(&args)
-            defer { migrateVMAFinalize(&args) }
-            try device.allocAndCopyToSystem(&args, clearing: self)
-            do throws(HostMMError) { try migrateVMAPages(&args) } catch { throw MirrorError(error) }
-            for i in 0..<args.npages where args.src[i].page != nil && args.src[i].contains(.migrate) { cpages += 1 }
+            cpages += try device.migrateBatchToSystem(&args, clearing: self)
         }
         return MirrorResult(cpages: cpages, faults: 0)
     }
@@ -79,15 +75,45 @@ extension Mirror {
         }
     }
 
-    private func migrateVMASetupChecked(_ args: inout MigrateVMA) throws(MirrorError) {
+    /// One batch of `dmirror_migrate_to_device`, each step reported (direction `.toDevice`):
+    /// setup, alloc_and_copy (CPU copies, complete when `copiesSubmitted` is reported: there
+    /// is no fence), `migrate_vma_pages`, finalize_and_map (`deviceMap`), finalize.
+    private func migrateBatchToDevice(_ args: inout MigrateVMA) throws(MirrorError) {
+        device.enterMigration()
+        defer { device.leaveMigration() }
+        let batch = device.nextBatch()
+        device.emit(.setupBegin, .toDevice, batch: batch, address: args.start)
+        let t0 = device.stamp()
         do { try migrateVMASetup(&args) } catch { throw MirrorError(error) }
+        device.emit(.setupEnd, .toDevice, begin: t0, batch: batch, address: args.start, pages: args.cpages)
+        let copied = allocAndCopyToDevice(&args)
+        device.emit(.copiesSubmitted, .toDevice, batch: batch, address: args.start, pages: copied)
+        var failure: MirrorError?
+        let tp = device.stamp()
+        device.emit(.migratePagesBegin, .toDevice, batch: batch, address: args.start)
+        do throws(HostMMError) { try migrateVMAPages(&args) } catch { failure = MirrorError(error) }
+        if failure == nil {
+            device.emit(.migratePagesEnd, .toDevice, begin: tp, batch: batch, address: args.start,
+                        pages: Self.committed(args))
+            let mapped = finalizeAndMap(args)
+            device.emit(.deviceMap, .toDevice, batch: batch, address: args.start, pages: mapped)
+        }
+        device.finalizeReported(&args, .toDevice, batch: batch)
+        if let failure { throw failure }
+    }
+
+    /// Entries whose page moved (or whose hole was filled): MIGRATE kept and a destination.
+    static func committed(_ args: MigrateVMA) -> Int {
+        (0..<args.npages).reduce(0) { $0 + (args.src[$1].contains(.migrate) && args.dst[$1].page != nil ? 1 : 0) }
     }
 
     /// `dmirror_migrate_alloc_and_copy`: a device page per collected entry, filled from the
     /// source (or cleared for a hole), owned by this mirror; writable when the source was,
     /// or for a hole in a writable VMA. An allocation failure leaves the page where it is.
-    private func allocAndCopyToDevice(_ args: inout MigrateVMA) {
+    /// Returns the pages copied or cleared.
+    private func allocAndCopyToDevice(_ args: inout MigrateVMA) -> Int {
         let writableVMA = args.vma?.flags.contains(.write) ?? false
+        var copied = 0
         for i in 0..<args.npages where args.src[i].contains(.migrate) {
             let source = args.src[i].page
             if let source, !device.memory.isRAM(source) { continue }   // a device page: never with selectSystem
@@ -102,19 +128,24 @@ extension Mirror {
             var d = MigratePFN(pfn: page)
             if args.src[i].contains(.write) || (source == nil && writableVMA) { d.insert(.write) }
             args.dst[i] = d
+            copied += 1
         }
+        return copied
     }
 
     /// `dmirror_migrate_finalize_and_map`: the pages that moved enter the table (the
-    /// device's own migration did not invalidate it).
-    private func finalizeAndMap(_ args: MigrateVMA) {
+    /// device's own migration did not invalidate it). Returns the entries written.
+    private func finalizeAndMap(_ args: MigrateVMA) -> Int {
         lock.withLock {
-            guard !isClosed else { return }
+            guard !isClosed else { return 0 }
+            var mapped = 0
             for i in 0..<args.npages where args.src[i].contains(.migrate) {
                 guard let page = args.dst[i].page else { continue }
                 table.set(args.start + UInt64(i) << 12,
                           DevicePageTableEntry(pfn: page, kind: .vram, write: args.dst[i].contains(.write)))
+                mapped += 1
             }
+            return mapped
         }
     }
 
@@ -125,6 +156,49 @@ extension Mirror {
 }
 
 extension MirrorDevice {
+    /// One batch back to system memory, as `dmirror_migrate_to_system` and
+    /// `dmirror_devmem_fault` both run it, each step reported (direction `.toRAM`): setup,
+    /// alloc_and_copy (CPU copies, done when `copiesSubmitted` is reported; none when the
+    /// allocation failed), `migrate_vma_pages`, finalize.
+    /// - Returns: pages that moved (`dmirror_successful_migrated_pages`).
+    /// - Throws: the setup's or `migrate_vma_pages`' error; `.outOfMemory` when a system
+    ///   page could not be had (the batch is finalized, nothing moved).
+    func migrateBatchToSystem(_ args: inout MigrateVMA, clearing mirror: Mirror?) throws(MirrorError) -> Int {
+        enterMigration()
+        defer { leaveMigration() }
+        let batch = nextBatch()
+        emit(.setupBegin, .toRAM, batch: batch, address: args.start)
+        let t0 = stamp()
+        do { try migrateVMASetup(&args) } catch { throw MirrorError(error) }
+        emit(.setupEnd, .toRAM, begin: t0, batch: batch, address: args.start, pages: args.cpages)
+        var failure: MirrorError?
+        do throws(MirrorError) {
+            try allocAndCopyToSystem(&args, clearing: mirror)
+            emit(.copiesSubmitted, .toRAM, batch: batch, address: args.start, pages: Mirror.committed(args))
+            let tp = stamp()
+            emit(.migratePagesBegin, .toRAM, batch: batch, address: args.start)
+            do throws(HostMMError) { try migrateVMAPages(&args) } catch { throw MirrorError(error) }
+            emit(.migratePagesEnd, .toRAM, begin: tp, batch: batch, address: args.start, pages: Mirror.committed(args))
+        } catch {
+            failure = error
+        }
+        var moved = 0
+        for i in 0..<args.npages where args.src[i].page != nil && args.src[i].contains(.migrate) { moved += 1 }
+        finalizeReported(&args, .toRAM, batch: batch)
+        if let failure { throw failure }
+        return moved
+    }
+
+    /// `migrate_vma_finalize` between `finalizeBegin` and `finalizeEnd` (`pages` = entries
+    /// that ended up migrated).
+    func finalizeReported(_ args: inout MigrateVMA, _ direction: MigrationEvent.Direction, batch: UInt64) {
+        let migrated = Mirror.committed(args)
+        let tf = stamp()
+        emit(.finalizeBegin, direction, batch: batch, address: args.start)
+        migrateVMAFinalize(&args)
+        emit(.finalizeEnd, direction, begin: tf, batch: batch, address: args.start, pages: migrated)
+    }
+
     /// `dmirror_devmem_fault_alloc_and_copy`: a locked system page per collected device
     /// page, the entry dropped from `mirror`'s table, then the data copied. When a page
     /// cannot be had (or `mirror`'s one-shot failure is armed) the whole batch is left on

@@ -4,6 +4,9 @@ import HostMM
 /// one page comes back to system memory — no fault-around, unlike DeviceEmu's `Device`.
 extension MirrorDevice {
     func devmemFault(_ fault: VMFault) -> VMFaultResult {
+        // In flight for `shutdown` from here: HostMM already holds the page locked.
+        enterMigration()
+        defer { leaveMigration() }
         // The mirror that migrated the page: its table loses the entry (this device's own
         // migration does not invalidate its mirrors). Gone only if it closed meanwhile.
         let owning = mirror(id: memory.zoneDeviceData(fault.page))
@@ -15,11 +18,14 @@ extension MirrorDevice {
         let start = fault.address & ~UInt64(pageSize - 1)
         var args = MigrateVMA(vma: fault.vma, start: start, end: start + UInt64(pageSize), src: src, dst: dst,
                               pgmapOwner: owner, flags: selectDevice, faultPage: fault.page)
-        do { try migrateVMASetup(&args) } catch { return .sigbus }
-        defer { migrateVMAFinalize(&args) }
-        do { try allocAndCopyToSystem(&args, clearing: owning) } catch { return .oom }
-        do { try migrateVMAPages(&args) } catch { return .sigbus }
+        let t0 = stamp()
+        emit(.cpuFaultBegin, .toRAM, address: fault.address)
+        var moved = 0
+        defer { emit(.cpuFaultEnd, .toRAM, begin: t0, address: fault.address, pages: moved) }
         // Not collected (its lock was busy): nothing moved, the CPU retries the access.
+        do throws(MirrorError) { moved = try migrateBatchToSystem(&args, clearing: owning) } catch {
+            return error == .outOfMemory ? .oom : .sigbus
+        }
         return .done
     }
 }

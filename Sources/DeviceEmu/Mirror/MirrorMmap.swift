@@ -9,7 +9,9 @@ extension Mirror {
     /// - Throws: `.invalidArgument` for a closed mirror, a non-positive length or an
     ///   address space that is gone; `.outOfMemory` when pages run out.
     public func mmap(length: Int, protection: Protection = .readWrite) throws(MirrorError) -> UInt64 {
-        guard isOpen, length > 0 else { throw .invalidArgument }
+        try beginCommand()
+        defer { endCommand() }
+        guard length > 0 else { throw .invalidArgument }
         let mm = try liveMM(orElse: .invalidArgument)
         let memory = device.memory
         let address: UInt64

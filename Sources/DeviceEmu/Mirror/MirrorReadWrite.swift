@@ -6,14 +6,14 @@ import HostMM
 /// The ioctl entry checks, and the READ, WRITE and FLAGS commands (`dmirror_read`,
 /// `dmirror_write`, `dmirror_fops_unlocked_ioctl`).
 extension Mirror {
-    /// The checks every command passes first: an open mirror, a page-aligned `address`,
+    /// The checks every command passes first, once `beginCommand` has found the mirror
+    /// open (the ioctl's `fdget`): a page-aligned `address`,
     /// a positive `npages`, and `address < address + (npages << 12)` in wrapping 64-bit
     /// arithmetic (so `npages == 0`, negative counts and wrap-around are refused; a
     /// negative count used to pass the wrap check at low addresses). Returns the end; like
     /// the kernel's `size = npages << PAGE_SHIFT`, the shift truncates, so every command
     /// works on `pageCount(address, end)` pages, not on `npages`.
     func checkRange(_ address: UInt64, _ npages: Int) throws(MirrorError) -> UInt64 {
-        guard isOpen else { throw .invalidArgument }
         guard address & 4095 == 0, npages > 0 else { throw .invalidArgument }
         let end = address &+ (UInt64(bitPattern: Int64(npages)) &<< 12)
         guard address < end else { throw .invalidArgument }
@@ -51,7 +51,7 @@ extension Mirror {
         defer { bounce.deallocate() }
         var cpages = 0
         guard doRead(address, end, base: address, bounce.baseAddress!, &cpages) else {
-            throw isOpen ? .noEntry : .invalidArgument
+            throw isReleased ? .invalidArgument : .noEntry
         }
         try copyOut(bounce, to: buffer)
         return MirrorResult(cpages: cpages, faults: 0)
@@ -64,13 +64,15 @@ extension Mirror {
     /// - Throws: `.fault` for `PROT_NONE`, holes or a short buffer; `.busy`; `.outOfMemory`;
     ///   `.invalidArgument` from the entry checks. `buffer` is untouched on error.
     public func read(_ address: UInt64, npages: Int, into buffer: UnsafeMutableRawBufferPointer) throws(MirrorError) -> MirrorResult {
+        try beginCommand()
+        defer { endCommand() }
         let end = try checkRange(address, npages)
         let bounce = try makeBounce(pageCount(address, end))
         defer { bounce.deallocate() }
         var cpages = 0, faults = 0
         var start = address
         while !doRead(start, end, base: address, bounce.baseAddress!, &cpages) {
-            guard isOpen else { throw .invalidArgument }
+            guard !isReleased else { throw .invalidArgument }
             start = address + UInt64(cpages) << 12
             try fault(start, end, write: false)
             faults += 1
@@ -87,6 +89,8 @@ extension Mirror {
     /// - Throws: `.permissionDenied` for a read-only VMA; `.fault` for `PROT_NONE`, holes or
     ///   a short buffer (checked before anything is done); `.busy`; `.outOfMemory`.
     public func write(_ address: UInt64, npages: Int, from buffer: UnsafeRawBufferPointer) throws(MirrorError) -> MirrorResult {
+        try beginCommand()
+        defer { endCommand() }
         let end = try checkRange(address, npages)
         let bounce = try makeBounce(pageCount(address, end))
         defer { bounce.deallocate() }
@@ -95,7 +99,7 @@ extension Mirror {
         var cpages = 0, faults = 0
         var start = address
         while !doWrite(start, end, base: address, UnsafeRawPointer(bounce.baseAddress!), &cpages) {
-            guard isOpen else { throw .invalidArgument }
+            guard !isReleased else { throw .invalidArgument }
             start = address + UInt64(cpages) << 12
             try fault(start, end, write: true)
             faults += 1
@@ -108,6 +112,8 @@ extension Mirror {
     /// - Returns: cpages 0, faults 0.
     @discardableResult
     public func setFlags(_ address: UInt64 = 0, npages: Int) throws(MirrorError) -> MirrorResult {
+        try beginCommand()
+        defer { endCommand() }
         _ = try checkRange(address, npages)
         storeFlags(MirrorFlags(rawValue: UInt64(bitPattern: Int64(npages))))
         return MirrorResult(cpages: 0, faults: 0)

@@ -14,6 +14,8 @@ extension Mirror {
     /// - Returns: cpages 0, faults 0.
     @discardableResult
     public func release(_ address: UInt64, npages: Int) throws(MirrorError) -> MirrorResult {
+        try beginCommand()
+        defer { endCommand() }
         _ = try checkRange(address, npages)
         device.evictAll()
         return MirrorResult(cpages: 0, faults: 0)
@@ -46,24 +48,43 @@ extension MirrorDevice {
         return moved
     }
 
-    /// `dmirror_device_evict_chunk` for `count` PFNs from `first`.
+    /// `dmirror_device_evict_chunk` for `count` PFNs from `first`, each step reported
+    /// (direction `.evict`): `migrate_device_range`, the CPU copies, `migrate_device_pages`
+    /// and `migrate_device_finalize`. A batch that collects nothing reports its setup only.
     private func evict(_ first: PFN, _ count: Int, _ src: UnsafeMutableBufferPointer<MigratePFN>,
                        _ dst: UnsafeMutableBufferPointer<MigratePFN>) -> Int {
         src.update(repeating: [])
         dst.update(repeating: [])
-        do { try memory.migrateDeviceRange(src, start: first, npages: count) } catch { return 0 }
+        enterMigration()
+        defer { leaveMigration() }
+        let batch = nextBatch()
+        emit(.setupBegin, .evict, batch: batch)
+        let t0 = stamp()
+        do { try memory.migrateDeviceRange(src, start: first, npages: count) } catch { src.update(repeating: []) }
+        let collected = (0..<count).reduce(0) { $0 + (src[$1].contains(.migrate) ? 1 : 0) }
+        emit(.setupEnd, .evict, begin: t0, batch: batch, pages: collected)
+        guard collected > 0 else { return 0 }
+        var copied = 0
         for i in 0..<count where src[i].contains(.migrate) {
             // __GFP_NOFAIL in the kernel: a page that cannot get RAM stays on the device.
             guard let page = src[i].page, let from = dataPointer(page), let ram = memory.allocPage() else { continue }
             memory.lockPage(ram)
             memcpy(memory.bytes(ram)!, from, pageSize)
             dst[i] = MigratePFN(pfn: ram)
+            copied += 1
         }
+        emit(.copiesSubmitted, .evict, batch: batch, pages: copied)
+        let tp = stamp()
+        emit(.migratePagesBegin, .evict, batch: batch)
         do { try memory.migrateDevicePages(src: src, dst: dst, npages: count) } catch {
             for i in 0..<count { src[i].remove(.migrate) }
         }
-        let moved = (0..<count).reduce(0) { $0 + (src[$1].contains(.migrate) ? 1 : 0) }
+        let moved = (0..<count).reduce(0) { $0 + (src[$1].contains(.migrate) && dst[$1].page != nil ? 1 : 0) }
+        emit(.migratePagesEnd, .evict, begin: tp, batch: batch, pages: moved)
+        let tf = stamp()
+        emit(.finalizeBegin, .evict, batch: batch)
         memory.migrateDeviceFinalize(src: src, dst: dst, npages: count)
+        emit(.finalizeEnd, .evict, begin: tf, batch: batch, pages: moved)
         return moved
     }
 }

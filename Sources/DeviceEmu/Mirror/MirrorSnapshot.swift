@@ -13,6 +13,8 @@ extension Mirror {
     ///   keeps being invalidated past the timeout; `.fault` for a short buffer (batches
     ///   already reported stay written, as with `copy_to_user`).
     public func snapshot(_ address: UInt64, npages: Int, into buffer: UnsafeMutableRawBufferPointer) throws(MirrorError) -> MirrorResult {
+        try beginCommand()
+        defer { endCommand() }
         let end = try checkRange(address, npages)
         let mm = try liveMM(orElse: .invalidArgument)
         let pfns = UnsafeMutableBufferPointer<HMMPFN>.allocate(capacity: Self.faultBatch)

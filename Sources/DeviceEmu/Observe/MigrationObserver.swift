@@ -2,7 +2,7 @@
 /// faults and evictions, with the fence seqno that ties copies to `finalize`.
 ///
 /// The hook a trace recorder, a protocol checker or a test attaches to
-/// (`Device.Configuration.observer`). When no observer is set the driver pays one
+/// (`Device.Configuration.observer`, `MirrorDevice.Configuration.observer`). When no observer is set the driver pays one
 /// nil check per step.
 ///
 /// Threads: `observe` is called on the thread doing the step (a migrating thread, a
@@ -23,6 +23,8 @@ public struct MigrationEvent: Sendable, Equatable {
         /// After setup; `pages` = pages collected (`cpages`).
         case setupEnd
         /// The batch's copies and clears were submitted; `pages` = descriptors, `seqno` = the fence.
+        /// (A driver that copies with the CPU, as `MirrorDevice` does, reports it once the
+        /// copies are done, with no fence: `seqno` 0, and no fence steps follow.)
         case copiesSubmitted
         /// Before `migrateVMAPages` / `migrateDevicePages`.
         case migratePagesBegin

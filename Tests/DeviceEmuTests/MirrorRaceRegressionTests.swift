@@ -1,0 +1,54 @@
+import DeviceEmu
+import HostMM
+import NIOConcurrencyHelpers
+import Testing
+
+/// Model bugs `MirrorRaceTests` found, each reduced to its smallest interleaving.
+@Suite(.timeLimit(.minutes(1))) struct MirrorRaceRegressionTests {
+    /// `close()` while the open's MIGRATE_TO_DEV was between its copies and its finalize:
+    /// the release ran at once, so the command failed with `EINVAL` and its 16 pages stayed
+    /// on the device after the close had "evicted everything". An ioctl holds the file, so
+    /// in the kernel the release runs after the command, which completes normally.
+    @Test func closeDuringAMigrationReleasesWhenTheCommandReturns() throws {
+        let rig = try MirrorRaceRig()
+        try rig.probe.arm(at: .init(.deviceMap, direction: .toDevice), hold: .milliseconds(20)) { rig.fd0.close() }
+        #expect(try rig.fd0.migrateToDevice(rig.a, npages: MirrorRaceRig.pages).cpages == MirrorRaceRig.pages)
+        #expect(rig.probe.waitForAction())
+        #expect(!rig.fd0.isOpen)
+        #expect(throws: MirrorError.invalidArgument) { try rig.fd0.migrateToSystem(rig.a, npages: 1) }
+        #expect(rig.device.inUsePageCount == 0, "the release did not evict the command's pages")
+        #expect(rig.patternMismatches().isEmpty)
+        rig.teardown("close at deviceMap")
+    }
+
+    /// `shutdown()` while a migration held its new device pages locked (after
+    /// `migrate_vma_pages`): the eviction skipped them, `retire` failed, and checked mode
+    /// reported `device-page-leaked`. Shutdown now waits for migrations in flight.
+    @Test func shutdownWaitsForAMigrationInFlight() throws {
+        let rig = try MirrorRaceRig()
+        try rig.probe.arm(at: .init(.migratePagesEnd, direction: .toDevice), hold: .milliseconds(20)) {
+            rig.device.shutdown()
+        }
+        _ = try? rig.fd0.migrateToDevice(rig.a, npages: MirrorRaceRig.pages)
+        #expect(rig.probe.waitForAction())
+        #expect(rig.probe.outcome == .finishedAfterHold)
+        #expect(rig.device.inUsePageCount == 0)
+        #expect(rig.memory.checker?.violations.isEmpty == true, "\(rig.memory.checker?.violations.prefix(2) ?? [])")
+        #expect(rig.patternMismatches().isEmpty)
+        rig.teardown("shutdown at migratePagesEnd")
+    }
+
+    /// The same for a CPU fault reported done (`cpuFaultEnd`) but not yet returned: HostMM
+    /// still held the device page locked and referenced.
+    @Test func shutdownWaitsForACPUFaultToReturn() throws {
+        let rig = try MirrorRaceRig()
+        try rig.fd0.migrateToDevice(rig.a, npages: MirrorRaceRig.pages)
+        try rig.probe.arm(at: .init(.cpuFaultEnd, direction: .toRAM), hold: .milliseconds(20)) { rig.device.shutdown() }
+        #expect(rig.cpuPage(MirrorRaceRig.hot) == rig.pattern.page(MirrorRaceRig.hot))
+        #expect(rig.probe.waitForAction())
+        #expect(rig.device.inUsePageCount == 0)
+        #expect(rig.memory.checker?.violations.isEmpty == true, "\(rig.memory.checker?.violations.prefix(2) ?? [])")
+        #expect(rig.patternMismatches().isEmpty)
+        rig.teardown("shutdown at cpuFaultEnd")
+    }
+}
