@@ -181,8 +181,10 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
 
     /// Waits (1 ms polls, 10 s at most) until no migration batch is in flight.
     private func waitForMigrations() {
-        for _ in 0..<10_000 where migrationsInFlight.load(ordering: .sequentiallyConsistent) > 0 {
+        var polls = 0
+        while polls < 10_000 && migrationsInFlight.load(ordering: .sequentiallyConsistent) > 0 {
             MonotonicTime.sleep(nanoseconds: 1_000_000)
+            polls += 1
         }
     }
 
