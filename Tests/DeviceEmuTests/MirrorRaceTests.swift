@@ -144,13 +144,7 @@ import Testing
     /// first, with no notifier-sequence check: the mirror keeps entries to freed pages (a
     /// dangling pointer in the kernel's test driver, to be reproduced faithfully like G7's;
     /// checked mode reports exactly that).
-    @Test(.disabled("""
-        HostMM's madvise takes the mmap lock for write (documented there as stricter than the \
-        kernel's read mode), so the zap waits for the flow. Taking it for read (one line in \
-        Madvise.swift) makes this test pass (checked then), but fails dmem-bench's RaceMatrixTests: \
-        'gpu-fault @ setupEnd.toDevice × madvise-dontneed: GPU: page 1 is not zeros' — \
-        Device (nouveau) maps a batch whose migration entries were zapped. Left to Device's owner.
-        """), arguments: MirrorFlow.allCases)
+    @Test(arguments: MirrorFlow.allCases)
     func madviseDontNeedZapsTheRangeWhileTheFlowIsHeld(_ flow: MirrorFlow) throws {
         try pinEachStep(flow, kernelQuirks: Self.dontNeedQuirks(flow), hold: Self.longHold, { rig in
             try? rig.mm.madvise(rig.a, length: MirrorRaceRig.pages * pageSize, advice: .dontNeed)

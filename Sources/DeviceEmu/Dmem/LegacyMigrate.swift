@@ -16,6 +16,9 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
     let mm: AddressSpace
     /// The device page table of `mm`, looked up once the batch is collected (`allocAndCopy`).
     var space: GPUAddressSpace?
+    /// The view's invalidation mark from before setup, and the view it came from.
+    let before: GPUAddressSpace?
+    let mark: RecentInvalidations.Mark?
     let tag: UInt64
     let batch: UInt64
     let slot: UnsafeMutableBufferPointer<Int32>
@@ -42,6 +45,8 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
         self.channels = channels
         self.policy = policy
         self.mm = mm
+        before = device.addressSpace(for: mm)
+        mark = before?.invalidationMark()
         self.tag = tag
         self.batch = batch
         self.slot = buffers.slot
@@ -163,7 +168,8 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
         }
         d.redoCommitted(redo, policy)
         if let space {
-            let mapped = space.mapMigrated(start, src, dst, n, holesWritable: writable)
+            let mapped = space.mapMigrated(start, src, dst, n, holesWritable: writable,
+                                           since: space === before ? mark : nil)
             d.counters.add(.deviceMappings, mapped)
             d.emit(.deviceMap, .toDevice, batch: batch, seqno: fence.seqno, address: start, pages: mapped)
         }

@@ -103,6 +103,8 @@ extension Device {
         let batch: UInt64
         let policy: MigrationPolicy
         let space: GPUAddressSpace?
+        /// The view's invalidation mark from before setup (nil: map nothing).
+        let since: RecentInvalidations.Mark?
         let holesWritable: Bool
     }
 
@@ -118,6 +120,10 @@ extension Device {
                             _ policy: MigrationPolicy, _ mm: AddressSpace, _ tag: UInt64,
                             _ pool: ChannelPool) throws(DeviceError) -> BatchStart {
         let batch = nextBatch()
+        // Where the view's foreign invalidations stand before setup: one that removes a
+        // collected page's migration entry before finalize must keep it off the GPU.
+        let before = addressSpace(for: mm)
+        let mark = before?.invalidationMark()
         emit(.setupBegin, .toDevice, batch: batch, address: start)
         let t0 = stamp()   // after the batch's begin: setup nests inside the batch
         var args = MigrateVMA(vma: vma, start: start, end: end, src: b.src, dst: b.dst,
@@ -138,6 +144,8 @@ extension Device {
         // have mapped a page collected here) is zapped only by this call.
         let space = addressSpace(for: mm)
         space?.zapCollected(start, UnsafeBufferPointer(b.src), args.npages)
+        // A view bound after the mark knows nothing of the invalidations before: no mapping.
+        let since = space != nil && space === before ? mark : nil
 
         // alloc_and_copy: a locked device page per MIGRATE entry, a copy or a clear into it.
         let want = (0..<args.npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) ? 1 : 0) }
@@ -159,7 +167,7 @@ extension Device {
         }
         try migrateVMAPagesInFlight(&args, b, fence, .toDevice, batch: batch, address: start)
         return .inFlight(BatchToDevice(args: args, out: out, buffers: b, fence: fence, signal: isCoherent ? nil : signal,
-                                       batch: batch, policy: policy, space: space,
+                                       batch: batch, policy: policy, space: space, since: since,
                                        holesWritable: vma.flags.contains(.write)))
     }
 
@@ -173,7 +181,7 @@ extension Device {
         }
         if let space = f.space {
             let mapped = space.mapMigrated(f.args.start, UnsafeBufferPointer(b.src), UnsafeBufferPointer(b.dst),
-                                           f.args.npages, holesWritable: f.holesWritable)
+                                           f.args.npages, holesWritable: f.holesWritable, since: f.since)
             counters.add(.deviceMappings, mapped)
             emit(.deviceMap, .toDevice, batch: f.batch, seqno: f.fence.seqno, address: f.args.start, pages: mapped)
         }

@@ -29,6 +29,10 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
     /// Bumped whenever the driver changes entries for its own migrations (which the
     /// notifier's sequence does not see): a GPU fault's snapshot is stale if it moved.
     var ownSequence: UInt64 = 0
+    /// Invalidations that were not this device's own (munmap, `MADV_DONTNEED`, mprotect,
+    /// fork, another device's migration…), and the ranges of the latest of them: a
+    /// migration batch maps its pages only if none overlapped it since its setup began.
+    private var foreignInvalidations = RecentInvalidations()
     var isDetached = false
     private(set) var notifier: MMUIntervalNotifier!
     /// GPU accesses in flight on this view: `detach` waits for them, as nouveau's
@@ -109,6 +113,7 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
         }
         lock.withLock {
             notifier.setSequence(currentSequence)
+            foreignInvalidations.record(range.start ..< range.end)
             _ = table.zap(range.start, range.end)
         }
         device.counters.add(.invalidations)
@@ -126,15 +131,34 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
         }
     }
 
+    /// Where the foreign invalidations stand, for a migration about to set up a batch
+    /// (`mmu_interval_read_begin`); pass it to `mapMigrated`.
+    func invalidationMark() -> RecentInvalidations.Mark {
+        lock.withLock { foreignInvalidations.mark }
+    }
+
     /// Maps the pages that migrated to VRAM (`src[i]` kept `.migrate`, `dst[i]` valid);
     /// returns the entries written. Holes get write permission when the VMA allows it.
+    ///
+    /// `since` is the mark taken before the batch's setup (nil: the view was bound after
+    /// it, so nothing is known of the invalidations before). Pages that a foreign
+    /// invalidation covered since then are not mapped (`mmu_interval_read_retry`): an
+    /// `MADV_DONTNEED` or munmap between setup and finalize removes the migration entry,
+    /// so the CPU no longer maps the new page and finalize frees it; an entry here would
+    /// keep the GPU on a freed VRAM page. nouveau's `nouveau_pfns_map` maps without this
+    /// check. The GPU faults on what was left unmapped and resolves it afresh.
     func mapMigrated(_ start: UInt64, _ src: UnsafeBufferPointer<MigratePFN>,
-                     _ dst: UnsafeBufferPointer<MigratePFN>, _ npages: Int, holesWritable: Bool) -> Int {
+                     _ dst: UnsafeBufferPointer<MigratePFN>, _ npages: Int, holesWritable: Bool,
+                     since: RecentInvalidations.Mark?) -> Int {
         lock.withLock {
-            guard !isDetached else { return 0 }
+            guard !isDetached, let since else { return 0 }
             ownSequence &+= 1
+            let batch = start ..< start + UInt64(npages) << 12
+            let stale = foreignInvalidations.overlapping(batch, since: since)
+            if stale == .all { return 0 }
             return table.map(start, npages) { i in
                 guard src[i].contains(.migrate), let page = dst[i].page else { return nil }
+                if stale == .some && foreignInvalidations.covers(start + UInt64(i) << 12, since: since) { return nil }
                 let write = src[i].page == nil ? holesWritable : src[i].contains(.write)
                 return DevicePageTableEntry(pfn: page, kind: .vram, write: write)
             }

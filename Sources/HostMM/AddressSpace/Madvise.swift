@@ -18,8 +18,9 @@ public enum MadviseAdvice: Sendable, Equatable {
 /// `madvise()` (`do_madvise`, `madvise_dontneed_free`, `madvise_free_pte_range`).
 extension AddressSpace {
     /// Applies `advice` to `[address, address + length)`, VMA by VMA. An empty length
-    /// does nothing. Takes the mmap lock (write mode, which is stricter than the kernel's
-    /// read mode for these advices and changes nothing observable).
+    /// does nothing. Takes the mmap lock for read, as the kernel does for these advices
+    /// (`madvise_need_mmap_write`): a `.dontNeed` may meet a migration between its setup
+    /// and its finalize, and zap the migration entries it installed.
     ///
     /// `.dontNeed` zaps the entries under a `.clear` invalidation: pages lose the
     /// mapping's reference, device pages go back to their driver's `pageFree` when it was
@@ -37,7 +38,7 @@ extension AddressSpace {
         guard address <= UInt64.max - len else { throw .invalidArgument }
         guard len > 0 else { return }
         let end = address + len
-        try mmapLock.withWriteLock { () throws(HostMMError) in
+        try mmapLock.withReadLock { () throws(HostMMError) in
             var covered = address
             var hole = false
             for vma in vmas where vma.end > address && vma.start < end {

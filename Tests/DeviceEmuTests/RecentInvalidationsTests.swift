@@ -1,0 +1,29 @@
+@testable import DeviceEmu
+import Testing
+
+/// `RecentInvalidations`, the ranges a batch checks at map time.
+@Suite struct RecentInvalidationsTests {
+    @Test func tellsNoneSomeAndAll() {
+        var r = RecentInvalidations()
+        let mark = r.mark
+        #expect(r.overlapping(0x10000 ..< 0x20000, since: mark) == .none)
+        r.record(0x30000 ..< 0x31000)
+        #expect(r.overlapping(0x10000 ..< 0x20000, since: mark) == .none)
+        r.record(0x11000 ..< 0x12000)
+        #expect(r.overlapping(0x10000 ..< 0x20000, since: mark) == .some)
+        #expect(r.covers(0x11000, since: mark) && !r.covers(0x12000, since: mark))
+        #expect(r.overlapping(0x10000 ..< 0x20000, since: r.mark) == .none, "a later mark sees none")
+        r.record(0 ..< 0x40000)
+        #expect(r.overlapping(0x10000 ..< 0x20000, since: mark) == .all)
+    }
+
+    @Test func tooManyToTellIsAll() {
+        var r = RecentInvalidations()
+        let mark = r.mark
+        for k in 0..<RecentInvalidations.capacity { r.record(UInt64(0x100000 + k * 0x1000) ..< UInt64(0x101000 + k * 0x1000)) }
+        #expect(r.overlapping(0x10000 ..< 0x20000, since: mark) == .none, "capacity ranges are all still known")
+        r.record(0x900000 ..< 0x901000)
+        #expect(r.overlapping(0x10000 ..< 0x20000, since: mark) == .all)
+        #expect(r.covers(0x10000, since: mark))
+    }
+}
