@@ -15,7 +15,7 @@ extension Device {
         lifecycle.lock()
         defer { lifecycle.unlock() }
         guard gate.close(to: .suspended) != .shutDown else { throw .shutDown }
-        evictAll()
+        evictEverything(waitingForOthers: true)
         if vram.inUsePageCount > 0 { throw .busy }
     }
 
@@ -40,7 +40,7 @@ extension Device {
         lifecycle.lock()
         defer { lifecycle.unlock() }
         gate.close(to: .shutDown)
-        evictAll()
+        evictEverything(waitingForOthers: true)
         unbindAll()
         try vram.retire()
         if ownsEngine { engine.shutdown() } else { try? engine.unregister(hostRegion) }

@@ -7,18 +7,23 @@ import DMAEngine
 /// needed; rmap finds every mapping, and the invalidation it raises (not marked as this
 /// device's migration) zaps the device page tables.
 extension Device {
-    /// Evicts every in-use page of VRAM (teardown and suspend). A page another migration
-    /// holds (locked, or referenced by a CPU fault) is left to it: while a migration that
-    /// passes no device gate is in flight (a CPU fault, `migrateRangeToRAM`, another
-    /// eviction), passes that move nothing do not count — teardown waits for it as
-    /// `memunmap_pages` waits for the pgmap's references. Pages that stay locked or pinned
-    /// through a few passes after that are left in VRAM. `minimumResidency` does not apply:
-    /// a suspend or teardown cannot wait for pages to age, so young pages go too.
-    /// With `policy.pipelineDepth` above 1, that many batches are in flight: the next
-    /// batch is collected and its copies submitted while earlier copies run (1, the
-    /// default, is nouveau's one batch after another). Returns pages evicted.
+    /// Evicts every in-use page of VRAM, as suspend and teardown do, but best effort: a
+    /// page another migration holds locked (or a CPU fault references) through a few
+    /// passes, about 20 ms, is left in VRAM, as is a pinned one. `minimumResidency` does
+    /// not apply: young pages go too. With `policy.pipelineDepth` above 1, that many
+    /// batches are in flight: the next batch is collected and its copies submitted while
+    /// earlier copies run (1, the default, is nouveau's one batch after another). Returns
+    /// pages evicted.
     @discardableResult
-    public func evictAll() -> Int {
+    public func evictAll() -> Int { evictEverything(waitingForOthers: false) }
+
+    /// `evictAll` for suspend and teardown (the device gate closed): while a migration that
+    /// passes no device gate is in flight (a CPU fault, `migrateRangeToRAM`, an eviction),
+    /// passes that move nothing do not count — teardown waits for it as `memunmap_pages`
+    /// waits for the pgmap's references (10 s at most). Pages that stay locked or pinned
+    /// through a few passes after that are left in VRAM.
+    @discardableResult
+    func evictEverything(waitingForOthers: Bool) -> Int {
         let policy = self.policy
         let depth = max(1, policy.pipelineDepth)
         let buffers = (0..<depth).map { _ in MigrationBuffers(capacity: policy.batchPages) }
@@ -50,7 +55,8 @@ extension Device {
             // later. Nothing of this eviction is in flight here, so any migration counted is
             // another thread's; while one runs, the pass is not spent (a bound remains,
             // against migrations that never stop coming).
-            if waits < Self.evictionWaitLimit && ungatedMigrations.load(ordering: .sequentiallyConsistent) > 0 {
+            if waitingForOthers && waits < Self.evictionWaitLimit
+                && ungatedMigrations.load(ordering: .sequentiallyConsistent) > 0 {
                 waits += 1
                 pass -= 1
             }
