@@ -7,7 +7,9 @@
 ///
 /// Threads: `observe` is called on the thread doing the step (a migrating thread, a
 /// faulting CPU thread, a GPU access). Keep it short and never call back into the
-/// device from it.
+/// device from it. (`StepProbe` blocks it on purpose, while an action on another thread
+/// calls into the device; it bounds the wait, since the action may need what the
+/// reporting thread holds.)
 public protocol MigrationObserver: AnyObject, Sendable {
     func observe(_ event: MigrationEvent)
 }
