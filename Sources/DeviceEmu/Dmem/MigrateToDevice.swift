@@ -270,7 +270,7 @@ extension Device {
 
     /// Entries whose `struct page` state moved (or whose hole was filled).
     func committedCount(_ b: MigrationBuffers, _ npages: Int) -> Int {
-        (0..<npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) && b.dst[$1].page != nil ? 1 : 0) }
+        committedEntries(b.src, b.dst, npages)
     }
 
     /// `migrateVMAPages` of a batch whose copies are submitted, between its observer events

@@ -104,7 +104,7 @@ extension Mirror {
 
     /// Entries whose page moved (or whose hole was filled): MIGRATE kept and a destination.
     static func committed(_ args: MigrateVMA) -> Int {
-        (0..<args.npages).reduce(0) { $0 + (args.src[$1].contains(.migrate) && args.dst[$1].page != nil ? 1 : 0) }
+        committedEntries(args.src, args.dst, args.npages)
     }
 
     /// `dmirror_migrate_alloc_and_copy`: a device page per collected entry, filled from the

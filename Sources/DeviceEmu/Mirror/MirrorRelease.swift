@@ -79,7 +79,7 @@ extension MirrorDevice {
         do { try memory.migrateDevicePages(src: src, dst: dst, npages: count) } catch {
             for i in 0..<count { src[i].remove(.migrate) }
         }
-        let moved = (0..<count).reduce(0) { $0 + (src[$1].contains(.migrate) && dst[$1].page != nil ? 1 : 0) }
+        let moved = committedEntries(src, dst, count)
         emit(.migratePagesEnd, .evict, begin: tp, batch: batch, pages: moved)
         let tf = stamp()
         emit(.finalizeBegin, .evict, batch: batch)
