@@ -139,10 +139,11 @@ final class IDSlots: @unchecked Sendable {
     }
 
     /// Submits one H2D page whose fence signals on a completion thread, and runs `body` in its callback,
-    /// which holds the only reference to the engine. Retries (at most 20 engines) while the fence
-    /// signalled before the callback was added, which runs it on the test's own thread and proves nothing.
+    /// which holds the only reference to the engine. Retries (at most 200 engines) while the fence
+    /// signalled before the callback was added, which runs it on the test's own thread and proves nothing
+    /// (a `mapped` worker can finish the 4 KiB copy first many times in a row: 20 tries ran out once).
     func onCompletionThread(_ variant: Variant, _ body: @escaping @Sendable (DMAEngine) -> Void) throws -> Outcome {
-        for _ in 0..<20 {
+        for _ in 0..<200 {
             let returned = DispatchSemaphore(value: 0)
             let onOtherThread = IDSlots(1)
             let caller = Int(bitPattern: UInt(pthread_self()))
