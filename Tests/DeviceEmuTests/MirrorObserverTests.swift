@@ -58,7 +58,7 @@ import Testing
 
     @Test func aCPUFaultReportsOneToRAMBatchOfOnePageInsideItsFault() throws {
         let rig = try Rig()
-        try rig.mirror.migrateToDevice(rig.a, npages: 8)
+        _ = try rig.mirror.migrateToDevice(rig.a, npages: 8)
         let from = rig.log.all.count
         #expect(try rig.mm.read(at: rig.a + 2 * UInt64(pageSize), count: pageSize) == rig.pattern.page(2))
         #expect(rig.kinds(from: from) == [.cpuFaultBegin] + Self.batchToRAM + [.cpuFaultEnd])
@@ -72,7 +72,7 @@ import Testing
 
     @Test func migrateToSystemReportsToRAMBatches() throws {
         let rig = try Rig()
-        try rig.mirror.migrateToDevice(rig.a, npages: 8)
+        _ = try rig.mirror.migrateToDevice(rig.a, npages: 8)
         let from = rig.log.all.count
         #expect(try rig.mirror.migrateToSystem(rig.a, npages: 8).cpages == 8)
         #expect(rig.kinds(from: from) == Self.batchToRAM)
@@ -83,7 +83,7 @@ import Testing
 
     @Test func anAllocationFailureToSystemReportsNoCopiesButFinalizes() throws {
         let rig = try Rig()
-        try rig.mirror.migrateToDevice(rig.a, npages: 8)
+        _ = try rig.mirror.migrateToDevice(rig.a, npages: 8)
         try rig.mirror.setFlags(.failAllocation)
         let from = rig.log.all.count
         #expect(throws: MirrorError.outOfMemory) { try rig.mirror.migrateToSystem(rig.a, npages: 8) }
@@ -94,7 +94,7 @@ import Testing
 
     @Test func releaseReportsEvictionBatches() throws {
         let rig = try Rig()
-        try rig.mirror.migrateToDevice(rig.a, npages: 8)
+        _ = try rig.mirror.migrateToDevice(rig.a, npages: 8)
         let from = rig.log.all.count
         try rig.mirror.release(rig.a, npages: 1)
         let events = Array(rig.log.all[from...])

@@ -42,7 +42,7 @@ import Testing
     /// still held the device page locked and referenced.
     @Test func shutdownWaitsForACPUFaultToReturn() throws {
         let rig = try MirrorRaceRig()
-        try rig.fd0.migrateToDevice(rig.a, npages: MirrorRaceRig.pages)
+        _ = try rig.fd0.migrateToDevice(rig.a, npages: MirrorRaceRig.pages)
         try rig.probe.arm(at: .init(.cpuFaultEnd, direction: .toRAM), hold: .milliseconds(20)) { rig.device.shutdown() }
         #expect(rig.cpuPage(MirrorRaceRig.hot) == rig.pattern.page(MirrorRaceRig.hot))
         #expect(rig.probe.waitForAction())

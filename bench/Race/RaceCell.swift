@@ -29,6 +29,8 @@ struct RaceCell: Sendable {
         var outcome: Outcome
         /// Whether the flow reached the step (the probe fired).
         var fired: Bool
+        /// The report the driver was held at (which batch, which address), if it fired.
+        var event: MigrationEvent? = nil
         /// Why the cell failed (empty when it passed).
         var problems: [String]
         /// Documented errors met on the way (the cell may still pass).
@@ -45,7 +47,7 @@ struct RaceCell: Sendable {
         do { try flow.prepare(w) } catch { problems.append("preparing the flow: \(error)") }
         let done = NIOLockedValueBox<RaceActionResult?>(nil)
         let action = self.action
-        try w.probe.arm(at: .init(step.kind, direction: step.direction), hold: o.hold) {
+        try w.probe.arm(at: .init(step.kind, direction: step.direction, occurrence: o.occurrence), hold: o.hold) {
             let r = action.perform(w)
             done.withLockedValue { $0 = r }
         }
@@ -54,10 +56,11 @@ struct RaceCell: Sendable {
             // The world stays as it is: its action thread still runs in it.
             return Result(cell: self, outcome: .fail, fired: true, problems: ["action hung (no return in \(Self.actionTimeout))"])
         }
-        let fired = w.probe.firedAt != nil
+        let event = w.probe.firedAt
+        let fired = event != nil
         if !fired {
             w.probe.disarm()
-            problems.append("the flow never reached \(step)")
+            problems.append("the flow never reached \(step)" + (o.occurrence > 1 ? " a \(ordinal(o.occurrence)) time" : ""))
         }
         let outcome: Outcome = w.probe.outcome == .finishedAfterHold ? .after : .held
         if sabotage { try? w.mm.write(at: w.address(w.target) + 8, bytes: [0x5A]) }
@@ -69,15 +72,22 @@ struct RaceCell: Sendable {
         check.childAndInvariants()
         check.tearDown()
         problems += check.problems
-        return Result(cell: self, outcome: problems.isEmpty ? outcome : .fail, fired: fired, problems: problems,
-                      notes: check.notes)
+        return Result(cell: self, outcome: problems.isEmpty ? outcome : .fail, fired: fired, event: event,
+                      problems: problems, notes: check.notes)
     }
 }
 
+/// "2nd", "3rd", "11th": how a cell names the report it waited for.
+private func ordinal(_ n: Int) -> String {
+    let suffix = (11...13).contains(n % 100) ? "th" : [1: "st", 2: "nd", 3: "rd"][n % 10] ?? "th"
+    return "\(n)\(suffix)"
+}
+
 /// The steps `flow` reports, found by running it once with nothing armed: the distinct
-/// (kind, direction) pairs in order of first report. The dry run is judged like a cell
-/// whose action is `none`; its problems are returned too.
-func raceDryRun(_ flow: RaceFlow, _ o: RaceOptions) throws -> (steps: [RaceStep], problems: [String]) {
+/// (kind, direction) pairs in order of first report, and every report in order (how often
+/// each step comes: `--occurrence`). The dry run is judged like a cell whose action is
+/// `none`; its problems are returned too.
+func raceDryRun(_ flow: RaceFlow, _ o: RaceOptions) throws -> (steps: [RaceStep], events: [RaceStep], problems: [String]) {
     let w = try RaceWorld(o)
     var problems: [String] = []
     do { try flow.prepare(w) } catch { problems.append("preparing the flow: \(error)") }
@@ -85,6 +95,7 @@ func raceDryRun(_ flow: RaceFlow, _ o: RaceOptions) throws -> (steps: [RaceStep]
     let inVRAM = w.gpu.vram.inUsePageCount
     let result = flow.run(w)
     let steps = w.recorder.steps
+    let events = w.recorder.events.map { RaceStep(kind: $0.kind, direction: $0.direction) }
     if !flow.reportsSteps(in: o.configuration) {
         // The configuration makes the flow a plain access (coherent VRAM read in place by
         // the CPU): nothing may migrate, and no step may be reported.
@@ -99,5 +110,5 @@ func raceDryRun(_ flow: RaceFlow, _ o: RaceOptions) throws -> (steps: [RaceStep]
     check.pages()
     check.childAndInvariants()
     check.tearDown()
-    return (steps, problems + check.problems)
+    return (steps, events, problems + check.problems)
 }

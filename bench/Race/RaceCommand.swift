@@ -22,8 +22,14 @@ struct RaceCommand: ParsableCommand {
             DONTNEED, SIGSEGV after munmap; a forked child keeps the pattern), the flow and the action \
             returned what they should (errors only where documented: a read of an unmapped page, a GPU \
             access whose view was unbound), the model's invariants hold, checked mode saw no broken rule, \
-            and teardown returned every page. Exit status 1 if any cell fails. Cells that met a \
+            and teardown returned every page. Exit status 1 if any cell fails; each failure is followed by \
+            a `rerun:` line, the command that runs that one cell again (`rerun` in --json). Cells that met a \
             documented error are listed below the tables (`notes` in --json).
+            --step narrows the rows to steps named as the table names them (fenceWaitBegin.toDevice; a kind \
+            alone, such as setupEnd, selects it in every direction). --occurrence N holds at the Nth report of \
+            each step instead of the first: with the default two batches, --occurrence 2 holds the second \
+            batch's steps (aim --target at it, 16 and above, to race on its pages); rows are the steps the dry \
+            run reported at least N times.
 
             Flows:
               to-device   migrateToDevice of the range
@@ -46,6 +52,9 @@ struct RaceCommand: ParsableCommand {
               dmem-bench race                                     the whole matrix (tens of seconds)
               dmem-bench race --flow cpu-fault --action munmap,fork
               dmem-bench race --json > cells.json                 one record per cell
+              dmem-bench race --flow to-device --step fenceWaitBegin,finalizeBegin --action cpu-write,munmap
+              dmem-bench race --flow to-device --pipeline 2 --occurrence 2 --target 20
+                                                                  the second batch, while the first is in flight
               dmem-bench race --api 2017 --fault-around 16        the callback API, 16-page CPU faults
               dmem-bench race --memory coherent --gpu-fault map --vram 16
             """
@@ -54,6 +63,10 @@ struct RaceCommand: ParsableCommand {
     @Option(help: "Flows: all, or a comma-separated list of \(RaceFlow.allCases.map(\.rawValue).joined(separator: ", ")).")
     var flow = "all"
     @Option(help: "Racing actions: all, or a comma-separated list (see above).") var action = "all"
+    @Option(help: "Steps to hold at: all, or a comma-separated list of names as the table rows show them (fenceWaitBegin.toDevice; a kind alone, e.g. setupEnd, in every direction).")
+    var step = "all"
+    @Option(help: "Hold at the Nth report of each step (\(RaceOptions.occurrenceRange.lowerBound)...\(RaceOptions.occurrenceRange.upperBound); 2: the second batch's steps).")
+    var occurrence = 1
     @Option(help: "Milliseconds the driver is held at the step for the action (1...5000).") var hold = 20
     @Option(help: "Pages of the process (\(RaceOptions.pageRange.lowerBound)...\(RaceOptions.pageRange.upperBound)).")
     var pages = 32
@@ -81,6 +94,8 @@ struct RaceCommand: ParsableCommand {
         var o = RaceOptions()
         o.flows = try RaceOptions.list(flow, of: RaceFlow.self, what: "flow")
         o.actions = try RaceOptions.list(action, of: RaceAction.self, what: "action")
+        o.steps = try RaceStepFilter.parse(step)
+        o.occurrence = occurrence
         o.hold = .milliseconds((1...5000).contains(hold) ? hold : 0)
         o.pages = pages
         o.target = target

@@ -77,6 +77,21 @@ struct RaceConfiguration: Sendable, Equatable {
         return nil
     }
 
+    /// The `dmem-bench race` flags that choose this configuration (none for the default).
+    var arguments: [String] {
+        let d = RaceConfiguration()
+        var a: [String] = []
+        if api != d.api { a += ["--api", api.name] }
+        if pipeline != d.pipeline { a += ["--pipeline", "\(pipeline)"] }
+        if faultAround != d.faultAround { a += ["--fault-around", "\(faultAround)"] }
+        if prefetch != d.prefetch { a += ["--prefetch", prefetch.rawValue] }
+        if gpuFault != d.gpuFault { a += ["--gpu-fault", gpuFault.rawValue] }
+        if memory != d.memory { a += ["--memory", memory.rawValue] }
+        if allOrNothing { a.append("--all-or-nothing") }
+        if let vramPages { a += ["--vram", "\(vramPages)"] }
+        return a
+    }
+
     /// `key=value` pairs, in flag order: the text header and every JSON record show them.
     var fields: [(key: String, value: String)] {
         [("api", api.name), ("pipeline", "\(pipeline)"), ("fault_around", "\(faultAround)"),

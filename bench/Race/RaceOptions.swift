@@ -1,12 +1,17 @@
 /// The settings of one race matrix (`dmem-bench race` flags, or the `race` scenario's parameters).
 ///
 /// Threads: immutable value; any thread.
-struct RaceOptions: Sendable {
+struct RaceOptions: Sendable, Equatable {
     var flows = RaceFlow.allCases
     var actions = RaceAction.allCases
+    /// The steps held at (`--step`); nil: every step each flow's dry run reports.
+    var steps: RaceStepFilter?
+    /// Hold at this report of the step (`--occurrence`; 2: the second batch's, when the
+    /// flow has two). Rows are the steps the dry run reported at least this often.
+    var occurrence = 1
     /// How long the driver is held at a step for the action (longer: an action blocked by
     /// the held thread is told apart from a slow one more surely; every `after` cell costs it).
-    var hold: Duration = .milliseconds(20)
+    var hold: Duration = RaceOptions.defaultHold
     /// Pages of the process; batches of `RaceWorld.batchPages`, so above 16 there are two batches.
     var pages = 32
     /// The page the actions aim at (in the first batch).
@@ -19,6 +24,8 @@ struct RaceOptions: Sendable {
     var configuration = RaceConfiguration()
 
     static let pageRange = 17...512
+    static let occurrenceRange = 1...64
+    static let defaultHold: Duration = .milliseconds(20)
 
     /// The configuration's fields and the copy backend, as the text header and each JSON
     /// record show them.
@@ -35,7 +42,28 @@ struct RaceOptions: Sendable {
             return "pages must be in \(Self.pageRange) (more than one batch of \(RaceWorld.batchPages), at most 2M)"
         }
         if !(0..<pages).contains(target) { return "target must be a page of the range: 0..<\(pages)" }
+        if !Self.occurrenceRange.contains(occurrence) { return "occurrence must be in \(Self.occurrenceRange)" }
         return configuration.problem
+    }
+
+    /// Hold in whole milliseconds, as `--hold` takes it.
+    var holdMilliseconds: Int {
+        Int(hold.components.seconds) * 1000 + Int(hold.components.attoseconds / 1_000_000_000_000_000)
+    }
+
+    /// The `dmem-bench race` arguments that run one cell of these options again: its flow,
+    /// step and action, and every setting that differs from the default (a failing cell's
+    /// `rerun` line).
+    func rerunArguments(flow: RaceFlow, step: RaceStep, action: RaceAction) -> [String] {
+        var a = ["--flow", flow.rawValue, "--step", step.description, "--action", action.rawValue]
+        let d = RaceOptions()
+        if occurrence != d.occurrence { a += ["--occurrence", "\(occurrence)"] }
+        if hold != d.hold { a += ["--hold", "\(holdMilliseconds)"] }
+        if pages != d.pages { a += ["--pages", "\(pages)"] }
+        if target != d.target { a += ["--target", "\(target)"] }
+        if targetHole { a.append("--hole") }
+        if copyBackend != d.copyBackend { a += ["--backend", copyBackend.rawValue] }
+        return a + configuration.arguments
     }
 
     /// Parses a comma-separated list of names (or `all`) of `T`'s cases.

@@ -13,8 +13,14 @@ struct RaceScenario: BenchScenario {
         .init("flow", .choice(["all"] + RaceFlow.allCases.map(\.rawValue)), default: "all", help: "the driver flow (or all)"),
         .init("action", .choice(["all"] + RaceAction.allCases.map(\.rawValue)), default: "all",
               help: "the racing action (or all)"),
+        .init("step", .text, default: "all",
+              help: "the steps held at: all, or names as the table rows show them (fenceWaitBegin.toDevice; setupEnd: every direction), comma-separated"),
+        .init("occurrence", .integer(RaceOptions.occurrenceRange), default: "1",
+              help: "hold at the Nth report of each step (2: the second batch's)"),
         .init("hold-ms", .integer(1...5000), default: "20", help: "ms the driver is held at the step for the action"),
         .init("pages", .integer(RaceOptions.pageRange), default: "32", help: "pages of the process (batches of 16)"),
+        .init("target", .integer(0...(RaceOptions.pageRange.upperBound - 1)), default: "1",
+              help: "the page the actions aim at and the fault flows fault on (16 and above: the second batch)"),
         .init("backend", .choice(MigrateOptions.Backend.allCases.map(\.rawValue)), default: "iouring", help: "copy backend"),
         .init("hole", .flag, default: "off", help: "the target page starts as a hole (never written)"),
         .init("api", .choice(["3step", "2017"]), default: "3step", help: "driver API of migrations to VRAM"),
@@ -35,8 +41,12 @@ struct RaceScenario: BenchScenario {
         var o = RaceOptions()
         o.flows = try RaceOptions.list(try parameters.string("flow"), of: RaceFlow.self, what: "flow")
         o.actions = try RaceOptions.list(try parameters.string("action"), of: RaceAction.self, what: "action")
+        let stepNames = try parameters.string("step")
+        do { o.steps = try RaceStepFilter.parse(stepNames) } catch { throw ScenarioError(scenario: name, message: error.description) }
+        o.occurrence = try parameters.int("occurrence")
         o.hold = .milliseconds(try parameters.int("hold-ms"))
         o.pages = try parameters.int("pages")
+        o.target = try parameters.int("target")
         o.copyBackend = MigrateOptions.Backend(rawValue: try parameters.string("backend")) ?? .iouring
         o.targetHole = try parameters.flag("hole")
         var c = RaceConfiguration()

@@ -60,7 +60,7 @@ public struct MigrationEvent: Sendable, Equatable {
     }
 
     /// What a batch moves.
-    public enum Direction: UInt8, Sendable {
+    public enum Direction: UInt8, Sendable, CaseIterable {
         /// System memory → VRAM (`nouveau_dmem_migrate_vma`).
         case toDevice
         /// VRAM → system memory on a CPU fault or request (`nouveau_dmem_migrate_to_ram`).
