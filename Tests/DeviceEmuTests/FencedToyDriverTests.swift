@@ -178,4 +178,61 @@ import Testing
         try gpu.shutdown()
         #expect(memory.checker?.violations == [])
     }
+
+    /// GUP on a device-private page brings it home through the toy's `migrateToRAM`; a
+    /// pinned page then stays out of every migration until it is unpinned.
+    @Test func aPinnedPageComesHomeAndStaysThereUntilUnpinned() throws {
+        let memory = try PhysicalMemory(ramBytes: 32 << 20, maxDevicePages: 1 << 14, checked: .on)
+        let gpu = try FencedToyGPU(memory: memory, vramBytes: 2 << 20, backend: .memcpy)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 8 * pageSize)
+        let pattern = PagePattern(seed: 8)
+        try pattern.fill(mm, a, pages: 8)
+        let end = a + UInt64(8 * pageSize), page3 = a + UInt64(3 * pageSize)
+        #expect(try gpu.migrateToDevice(mm, a, end) == 8)
+
+        let pinned = try mm.pinUserPages(page3, count: 1, write: true)
+        #expect(mm.faultCounters[.devicePrivate] == 1)
+        #expect(mm.pageTableEntry(page3).kind == .present && mm.pageTableEntry(page3).pfn == pinned[0])
+        #expect(pattern.matches(3, try #require(memory.bytes(pinned[0]))))
+        #expect(gpu.vram.inUsePageCount == 7)
+
+        #expect(try gpu.migrateToDevice(mm, a, end) == 0, "the only system page left is pinned")
+        #expect(mm.pageTableEntry(page3).pfn == pinned[0])
+        memory.unpinUserPages(pinned)
+        #expect(try gpu.migrateToDevice(mm, a, end) == 1)
+        #expect(entryKinds(mm, a, pages: 8) == [.devicePrivate: 8])
+        try gpu.shutdown()
+        #expect(try pattern.cpuMismatches(mm, a, pages: 8).isEmpty)
+        #expect(memory.checker?.violations == [])
+    }
+
+    /// Eviction by PFN (`migrate_device_range`) reaches a page that fork shared through
+    /// rmap: both processes end up on the same RAM page, still copy-on-write.
+    @Test func evictionMovesAForkSharedPageForBothProcesses() throws {
+        let memory = try PhysicalMemory(ramBytes: 32 << 20, maxDevicePages: 1 << 14, checked: .on)
+        let gpu = try FencedToyGPU(memory: memory, vramBytes: 2 << 20, backend: .memcpy)
+        let parent = AddressSpace(memory: memory)
+        let a = try parent.mmap(length: 4 * pageSize)
+        let pattern = PagePattern(seed: 10)
+        try pattern.fill(parent, a, pages: 4)
+        #expect(try gpu.migrateToDevice(parent, a, a + UInt64(4 * pageSize)) == 4)
+        let child = try parent.fork()
+
+        try gpu.shutdown()
+        #expect(entryKinds(parent, a, pages: 4) == [.present: 4])
+        #expect(entryKinds(child, a, pages: 4) == [.present: 4])
+        for k in 0..<4 {
+            let va = a + UInt64(k * pageSize)
+            #expect(parent.pageTableEntry(va).pfn == child.pageTableEntry(va).pfn)
+            #expect(!parent.pageTableEntry(va).isWritable && !child.pageTableEntry(va).isWritable)
+        }
+        #expect(parent.faultCounters[.devicePrivate] == 0 && child.faultCounters[.devicePrivate] == 0)
+        try parent.write(at: a, bytes: [0x11])
+        #expect(try child.read(at: a, count: pageSize) == pattern.page(0))
+        #expect(try pattern.cpuMismatches(child, a, pages: 4).isEmpty)
+        #expect(try parent.read(at: a, count: 1) == [0x11])
+        child.exit()
+        #expect(memory.checker?.violations == [])
+    }
 }
