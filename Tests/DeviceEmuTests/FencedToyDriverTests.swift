@@ -235,4 +235,27 @@ import Testing
         child.exit()
         #expect(memory.checker?.violations == [])
     }
+
+    /// A device page the driver allocated and lost: eviction cannot take it (it is still
+    /// locked), `retire` refuses with `.busy` and checked mode names it; handed back with
+    /// unlock + put (`page_free` → `freePage`), teardown completes.
+    @Test func aLostDevicePageIsReportedAtTeardown() throws {
+        let memory = try PhysicalMemory(ramBytes: 32 << 20, maxDevicePages: 1 << 14, checked: .on)
+        let gpu = try FencedToyGPU(memory: memory, vramBytes: 2 << 20, backend: .memcpy)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 4 * pageSize)
+        #expect(try gpu.migrateToDevice(mm, a, a + UInt64(4 * pageSize)) == 4)
+        let lost = try #require(gpu.vram.allocPage())
+
+        #expect(throws: DeviceError.busy) { try gpu.shutdown() }
+        let leaks = memory.checker?.violations.filter { $0.rule == .devicePageLeaked } ?? []
+        #expect(leaks.map(\.pfn) == [lost])
+        #expect(entryKinds(mm, a, pages: 4) == [.present: 4], "the other pages were evicted")
+
+        memory.unlockPage(lost)
+        memory.putPage(lost)
+        #expect(gpu.vram.inUsePageCount == 0)
+        try gpu.shutdown()
+        #expect(gpu.vram.chunks.isEmpty)
+    }
 }
