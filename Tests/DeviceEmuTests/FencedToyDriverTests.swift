@@ -258,4 +258,42 @@ import Testing
         try gpu.shutdown()
         #expect(gpu.vram.chunks.isEmpty)
     }
+
+    /// Guide section 13: a driver of its own reports `MigrationEvent`s and a `StepProbe`
+    /// holds it. A CPU write while the toy waits for its fence sleeps on the page lock until
+    /// finalize, then faults the page home and lands; the same write before setup lands
+    /// first and migrates with the page.
+    @Test(arguments: [MigrationEvent.Kind.fenceWaitBegin, .setupBegin])
+    func aCPUWriteHeldAgainstTheToysSteps(step: MigrationEvent.Kind) throws {
+        let memory = try PhysicalMemory(ramBytes: 32 << 20, maxDevicePages: 1 << 14, checked: .on)
+        let probe = StepProbe()
+        let slow = LinkModel(gigabytesPerSecond: 26, latency: .milliseconds(20))
+        let gpu = try FencedToyGPU(memory: memory, vramBytes: 2 << 20, backend: .linkModel(slow, wrapping: .memcpy),
+                                   observer: probe)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 8 * pageSize)
+        let pattern = PagePattern(seed: 12)
+        try pattern.fill(mm, a, pages: 8)
+        let target = a + UInt64(2 * pageSize)
+        try probe.arm(at: .init(step, direction: .toDevice), hold: .milliseconds(50)) {
+            try? mm.write(at: target, bytes: [0xC3, 0x3C])
+        }
+        #expect(try gpu.migrateToDevice(mm, a, a + UInt64(8 * pageSize)) == 8)
+        #expect(probe.waitForAction())
+        var expected = pattern.page(2)
+        expected.replaceSubrange(0..<2, with: [0xC3, 0x3C])
+        if step == .fenceWaitBegin {
+            #expect(probe.outcome == .finishedAfterHold, "the page is locked behind its migration entry")
+            #expect(mm.faultCounters[.devicePrivate] == 1, "then the write faulted it home")
+            #expect(mm.pageTableEntry(target).kind == .present)
+        } else {
+            #expect(probe.outcome == .finishedWhileHeld, "nothing is locked before setup")
+            #expect(mm.faultCounters[.devicePrivate] == 0)
+            #expect(mm.pageTableEntry(target).kind == .devicePrivate)
+            #expect(try #require(gpu.vram.bytes(of: mm.pageTableEntry(target).pfn)).load(as: UInt16.self) == 0x3CC3)
+        }
+        #expect(try mm.read(at: target, count: pageSize) == expected)
+        try gpu.shutdown()
+        #expect(memory.checker?.violations == [])
+    }
 }

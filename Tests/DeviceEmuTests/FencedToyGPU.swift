@@ -23,13 +23,17 @@ final class FencedToyGPU: DevicePagemapOps, InFlightCopyOracle, @unchecked Senda
     let hostRegion: RegionID
     let vram: DeviceMemory
     let finalizeBeforeFence: Bool
+    /// Told of the steps of `migrateToDevice` (guide section 13: a probe can hold them).
+    let observer: (any MigrationObserver)?
     var owner: PgmapOwner { vram.owner }
     private let token = OwnerToken()
     private final class OwnerToken: Sendable {}
 
-    init(memory: PhysicalMemory, vramBytes: Int, backend: CopyBackendKind, finalizeBeforeFence: Bool = false) throws {
+    init(memory: PhysicalMemory, vramBytes: Int, backend: CopyBackendKind, finalizeBeforeFence: Bool = false,
+         observer: (any MigrationObserver)? = nil) throws {
         self.memory = memory
         self.finalizeBeforeFence = finalizeBeforeFence
+        self.observer = observer
         var config = DMAEngine.Configuration(backend: backend)
         config.tracksInFlightCopies = true                  // for the checked-mode oracle
         engine = try DMAEngine(configuration: config)
@@ -47,6 +51,10 @@ final class FencedToyGPU: DevicePagemapOps, InFlightCopyOracle, @unchecked Senda
     /// The engine address of any PFN: a RAM frame in the host region, or a VRAM page.
     func dmaAddress(_ pfn: PFN) -> DMAAddress {
         vram.dmaAddress(of: pfn) ?? DMAAddress(region: hostRegion, offset: Int(pfn.physicalAddress))
+    }
+
+    private func report(_ kind: MigrationEvent.Kind, at address: UInt64) {
+        observer?.observe(MigrationEvent(kind: kind, direction: .toDevice, time: MonotonicTime.now(), address: address))
     }
 
     // MARK: dev_pagemap_ops
@@ -104,6 +112,7 @@ final class FencedToyGPU: DevicePagemapOps, InFlightCopyOracle, @unchecked Senda
         defer { mm.mmapLock.readUnlock() }
         var args = MigrateVMA(vma: mm.findVMA(start), start: start, end: end, src: src, dst: dst,
                               pgmapOwner: owner, flags: .selectSystem)
+        report(.setupBegin, at: start)
         try migrateVMASetup(&args)
         var submitted: Fence?
         do {
@@ -128,10 +137,14 @@ final class FencedToyGPU: DevicePagemapOps, InFlightCopyOracle, @unchecked Senda
         }
         guard let fence = submitted else { preconditionFailure("submitted above") }
         if finalizeBeforeFence {
+            report(.finalizeBegin, at: start)
             migrateVMAFinalize(&args)                         // the bug: unlocks and frees under the copy
+            report(.fenceWaitBegin, at: start)
             try fence.wait()
         } else {
+            report(.fenceWaitBegin, at: start)
             try fence.wait()
+            report(.finalizeBegin, at: start)
             migrateVMAFinalize(&args)
         }
         return (0..<args.npages).reduce(0) { $0 + (src[$1].contains(.migrate) ? 1 : 0) }
