@@ -67,4 +67,28 @@ import Testing
         #expect(w.gpu.counters[.pagesToRAM] == 17, "the next fault moved one page")
         #expect(w.gpu.residentPages(w.mm, w.base, pages: 32) == 15)
     }
+
+    /// The batch ceiling `setPolicy` checks is the engine's `maxBatch`, fixed when the
+    /// device made its engine (4096, or the creation policy's larger batch): ask
+    /// `problem(maxBatch:)` with it, not the default.
+    @Test func theBatchCeilingIsTheEnginesFromCreation() throws {
+        let memory = try makeMemory(mib: 32)
+        let small = try makeDevice(memory, vramMiB: 4, name: "small")
+        defer { try? small.shutdown() }
+        var p = small.policy
+        p.batchPages = 8192
+        #expect(throws: DeviceError.invalidArgument) { try small.setPolicy(p) }
+        #expect(small.policy.batchPages == 512)
+
+        var big = MigrationPolicy()
+        big.batchPages = 8192
+        let large = try makeDevice(memory, vramMiB: 4, policy: big, name: "large")
+        defer { try? large.shutdown() }
+        #expect(large.engine.configuration.maxBatch == 8192)
+        p.batchPages = 6000
+        #expect(p.problem() != nil, "the default ceiling is 4096")
+        #expect(p.problem(maxBatch: large.engine.configuration.maxBatch) == nil)
+        try large.setPolicy(p)
+        #expect(large.policy.batchPages == 6000)
+    }
 }
