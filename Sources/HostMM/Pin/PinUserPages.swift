@@ -9,7 +9,7 @@ import Glibc
 extension AddressSpace {
     /// `pin_user_pages`: faults in `count` pages from `address` (for write if `write`;
     /// device-private pages come back to RAM through `migrateToRAM`) and adds
-    /// `gupPinCountingBias` to each one's refcount. Release with `unpinUserPages`.
+    /// `gupPinCountingBias` to each one's refcount. Release with `PhysicalMemory.unpinUserPages`.
     /// Takes the mmap lock for read.
     /// - Throws: `.fault` (`EFAULT`) for an address with no VMA, a `VM_IO`/`VM_PFNMAP`
     ///   VMA, a VMA without read (for `write`: write) permission, or a fault that
