@@ -43,12 +43,15 @@ public final class DMAEngine: @unchecked Sendable {
         public var logger = Logger(label: "dmem.dma")
 
         public init(backend: CopyBackendKind = .ioUring, queueDepth: Int = 64, coalescing: Bool = true,
-                    maxBatch: Int = 4096, statusHistory: Int = 1 << 16) {
+                    maxBatch: Int = 4096, statusHistory: Int = 1 << 16, tracksInFlightCopies: Bool = false,
+                    fixedBuffers: Bool = false) {
             self.backend = backend
             self.queueDepth = queueDepth
             self.coalescing = coalescing
             self.maxBatch = maxBatch
             self.statusHistory = statusHistory
+            self.tracksInFlightCopies = tracksInFlightCopies
+            self.fixedBuffers = fixedBuffers
         }
     }
 

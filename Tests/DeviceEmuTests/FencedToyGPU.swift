@@ -34,9 +34,8 @@ final class FencedToyGPU: DevicePagemapOps, InFlightCopyOracle, @unchecked Senda
         self.memory = memory
         self.finalizeBeforeFence = finalizeBeforeFence
         self.observer = observer
-        var config = DMAEngine.Configuration(backend: backend)
-        config.tracksInFlightCopies = true                  // for the checked-mode oracle
-        engine = try DMAEngine(configuration: config)
+        // Tracking in-flight copies answers the checked-mode oracle.
+        engine = try DMAEngine(configuration: .init(backend: backend, tracksInFlightCopies: true))
         hostRegion = try engine.registerHostMemory(
             UnsafeMutableRawBufferPointer(start: memory.baseAddress, count: memory.byteCount), name: "toy-ram")
         channel = try engine.makeChannel(name: "toy")
