@@ -45,7 +45,7 @@ struct ScenarioParameter: Sendable, Equatable {
             return .success(String(n))
         case .size(let range):
             guard let size = ByteCount(parsing: value) else {
-                return .failure(.init("'\(value)' is not a valid value for '\(key)' (expected a size such as 4096, 4K, 2M, 1G)"))
+                return .failure(.init("'\(value)' is not a valid value for '\(key)': \(ByteCount.reason(rejecting: value))"))
             }
             guard range.contains(size.bytes) else {
                 return .failure(.init("'\(value)' is out of range for '\(key)' (\(ByteCount(range.lowerBound))...\(ByteCount(range.upperBound)))"))
