@@ -30,6 +30,15 @@ import Testing
         }
     }
 
+    /// `total=4097` used to run one 4 KiB page and label it total=4097.
+    @Test func refusesATotalThatIsNotAWholeNumberOfPages() throws {
+        #expect(throws: ScenarioError(scenario: "memcpy", message: "total 4097 is not a multiple of page-size 4K")) {
+            try run([("total", "4097")])
+        }
+        #expect(parseError(["run", "memcpy", "--set", "total=12K", "page-size=8K"])
+                == "memcpy (total=12K page-size=8K): total 12K is not a multiple of page-size 8K")
+    }
+
     @Test func scatterLayoutPicksDistinctPagesInsideTheSpanDeterministically() {
         let a = ScatterLayout(pageSize: 4096, count: 100, spanBytes: 1 << 20, seed: 9)
         let b = ScatterLayout(pageSize: 4096, count: 100, spanBytes: 1 << 20, seed: 9)
