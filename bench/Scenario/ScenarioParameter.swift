@@ -67,6 +67,12 @@ struct ScenarioParameter: Sendable, Equatable {
         }
     }
 
+    /// How many words a `.choice` parameter takes (0 for other kinds).
+    var choiceCount: Int {
+        if case .choice(let words) = kind { return words.count }
+        return 0
+    }
+
     /// "integer 1...4096", "size 4K...1G", "h2d|d2h", "on|off", "text": for `dmem-bench list`.
     var kindDescription: String {
         switch kind {
