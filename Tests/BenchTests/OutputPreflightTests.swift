@@ -83,4 +83,25 @@ import Testing
         #expect(try String(contentsOfFile: target, encoding: .utf8).hasPrefix("scenario,repeats,"))
         #expect(OutputFile.isReplaceable(target) && !OutputFile.isReplaceable(link) && !OutputFile.isReplaceable("/dev/null"))
     }
+
+    /// Permission bits say nothing to root: a directory no file can be created in (here /proc)
+    /// used to pass the check and lose the results after the runs.
+    @Test func aDirectoryThatTakesNoFilesFailsBeforeTheFirstRun() throws {
+        let fake = FakeScenario()
+        let jobs = [BenchJob(scenario: fake, parameters: try ScenarioParameters(for: fake))]
+        #expect(throws: OutputError.self) { try session(["--json", "/proc/dmem-bench.json"]).execute(jobs) }
+        #expect(fake.counter.calls == 0)
+        #expect(OutputFile.cannotWrite("/proc/dmem-bench.json") != nil)
+        #expect(OutputFile.cannotWrite("/dev/null") == nil)
+        #expect(OutputFile.cannotWrite(FileManager.default.temporaryDirectory.appendingPathComponent("r.json").path) == nil)
+    }
+
+    /// Two outputs on one path: the later write replaced the earlier one without a word.
+    @Test func twoOutputsOnOneFileAreRefused() {
+        #expect(parseError(["run", "memcpy", "--csv", "r.csv", "--json", "./r.csv"])
+                == "--json and --csv name the same file (\(FileManager.default.currentDirectoryPath)/r.csv): one would overwrite the other")
+        #expect(parseError(["run", "memcpy", "--json", "/tmp/a/../r.json", "--trace", "/tmp/r.json"])
+                == "--json and --trace name the same file (/tmp/r.json): one would overwrite the other")
+        #expect(parseError(["run", "memcpy", "--json", "-", "--trace", "t.json", "--csv", "r.csv"]) == nil)
+    }
 }

@@ -62,9 +62,11 @@ struct BenchSession {
                 throw OutputError("cannot write the \(what) file \(path): \(error.localizedDescription)")
             }
             var isDirectory: ObjCBool = false
-            let exists = manager.fileExists(atPath: path, isDirectory: &isDirectory)
-            guard !isDirectory.boolValue, manager.isWritableFile(atPath: exists ? OutputFile.permissionPath(for: path) : parent) else {
-                throw OutputError("cannot write the \(what) file \(path): \(isDirectory.boolValue ? "it is a directory" : "permission denied")")
+            if manager.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+                throw OutputError("cannot write the \(what) file \(path): it is a directory")
+            }
+            if let reason = OutputFile.cannotWrite(path) {
+                throw OutputError("cannot write the \(what) file \(path): \(reason)")
             }
         }
         if let directory = options.plot {

@@ -16,11 +16,21 @@ enum OutputFile {
         try data.write(to: url, options: isReplaceable(path) ? .atomic : [])
     }
 
-    /// The path whose write permission a write to `path` needs: its directory when the file
-    /// is replaced by a rename, else the file itself.
-    static func permissionPath(for path: String) -> String {
-        guard isReplaceable(path) else { return path }
-        return URL(fileURLWithPath: path).deletingLastPathComponent().path
+    /// Why `write` to `path` would fail, or nil, found without touching `path`: a temporary
+    /// file is created and removed in its directory (the rename needs that; permission bits
+    /// alone say nothing to root, nor about /proc or a read-only mount), or an existing
+    /// device or symlink is checked for write access.
+    static func cannotWrite(_ path: String) -> String? {
+        guard isReplaceable(path) else {
+            return access(path, W_OK) == 0 ? nil : String(cString: strerror(errno))
+        }
+        let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        var template = Array((directory + "/.dmem-bench-probe-XXXXXX").utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard fd >= 0 else { return String(cString: strerror(errno)) }
+        close(fd)
+        template.withUnsafeBufferPointer { _ = unlink($0.baseAddress!) }
+        return nil
     }
 
     /// True when `path` does not exist, or is a regular file (not a symlink, device or FIFO)
