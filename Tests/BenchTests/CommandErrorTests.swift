@@ -73,6 +73,15 @@ import Testing
         #expect(BenchSession.verificationFailure(passed) == nil)
     }
 
+    /// Range errors of migrate, torture and race say what was given, and torture's names its flag.
+    @Test func rangeErrorsSayWhatWasGiven() {
+        #expect(parseError(["migrate", "--batch", "0"]) == "batch must be in 1...4096 (got 0)")
+        #expect(parseError(["migrate", "--pipeline", "9"]) == "pipeline must be in 1...8 (got 9)")
+        #expect(parseError(["torture", "--threads", "65"]) == "threads must be in 1...64 (got 65)")
+        #expect(parseError(["torture", "--pages-per-thread", "0"]) == "pages-per-thread must be in 64...262144 (got 0)")
+        #expect(parseError(["torture", "--vram", "3M"]) == "vram must be a positive multiple of 2M (got 3M)")
+    }
+
     /// `mm --pages` and `thrash --pages` take the K/M counts the scenario keys (and the suite) use.
     @Test func pageCountsTakeTheSuffixesOfTheScenarioKeys() throws {
         let mm = try #require(try DmemBench.parseAsRoot(["mm", "--pages", "4K"]) as? MMCommand)
