@@ -1,5 +1,6 @@
 import ArgumentParser
 import DMAEngine
+import Foundation
 
 /// `dmem-bench copy`: the copy engine alone, scattered host frames ↔ contiguous VRAM pages.
 ///
@@ -105,8 +106,13 @@ struct CopyCommand: ParsableCommand {
         // not as a usage error: the arguments passed `validate`.
         let records = try CopyScenario.run(try options())
         print(output(records))
-        if records.contains(where: { $0["verified"] == .bool(false) }) {
-            throw ExitCode(2)
+        // Bytes that did not survive fail the command as every other one does (status 1, it
+        // was 2 here alone), with the FAIL rows named on stderr.
+        let failed = records.filter { $0["verified"] == .bool(false) }
+        if !failed.isEmpty {
+            let names = failed.map { "\($0["direction"]?.formatted() ?? "?") coalesce \($0["coalesce"] == .bool(true) ? "on" : "off")" }
+            FileHandle.standardError.write(Data("dmem-bench: error: copy: verification failed (bytes moved do not match) in \(names.joined(separator: "; "))\n".utf8))
+            throw ExitCode.failure
         }
     }
 }
