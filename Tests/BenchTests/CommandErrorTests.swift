@@ -82,6 +82,22 @@ import Testing
         #expect(parseError(["torture", "--vram", "3M"]) == "vram must be a positive multiple of 2M (got 3M)")
     }
 
+    /// Flags that cannot act are refused instead of ignored: fixed buffers off io_uring (copy
+    /// and migrate accepted them, torture did not), and outputs of a suite dry run (no file was written).
+    @Test func flagsThatCannotActAreRefused() {
+        #expect(parseError(["copy", "--fixed-buffers", "on", "--backend", "memcpy"])
+                == "fixed buffers are io_uring's: use them with the iouring backend")
+        #expect(parseError(["run", "copy", "--set", "fixed-buffers=on", "backend=mapped"])
+                == "copy (fixed-buffers=on backend=mapped): fixed buffers are io_uring's: use them with the iouring backend")
+        #expect(parseError(["copy", "--fixed-buffers", "on"]) == nil)
+        #expect(parseError(["migrate", "--fixed-buffers", "on", "--backend", "mapped"])
+                == "fixed buffers are io_uring's: use them with the iouring backend or fault-backend")
+        #expect(parseError(["migrate", "--fixed-buffers", "on", "--backend", "mapped", "--fault-backend", "iouring"]) == nil)
+        #expect(parseError(["suite", "--dry-run", "--json", "r.json", "--repeat", "3"])
+                == "--dry-run measures nothing, so --json, --repeat would do nothing: leave out one or the other")
+        #expect(parseError(["suite", "--dry-run", "--quick"]) == nil)
+    }
+
     /// `mm --pages` and `thrash --pages` take the K/M counts the scenario keys (and the suite) use.
     @Test func pageCountsTakeTheSuffixesOfTheScenarioKeys() throws {
         let mm = try #require(try DmemBench.parseAsRoot(["mm", "--pages", "4K"]) as? MMCommand)

@@ -21,6 +21,13 @@ struct SuiteCommand: ParsableCommand {
     @OptionGroup var options: BenchOptions
 
     func validate() throws {
+        if dryRun {
+            let ignored = [("--json", options.json != nil), ("--csv", options.csv != nil), ("--plot", options.plot != nil),
+                           ("--trace", options.trace != nil), ("--repeat", options.repeats != 1)].filter(\.1).map(\.0)
+            if !ignored.isEmpty {
+                throw ValidationError("--dry-run measures nothing, so \(ignored.joined(separator: ", ")) would do nothing: leave out one or the other")
+            }
+        }
         do { _ = try jobs() } catch { throw error.validationError }
     }
 

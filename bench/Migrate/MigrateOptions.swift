@@ -78,6 +78,9 @@ struct MigrateOptions: Sendable {
         if let clash = Self.prefetchProblem(faultAround: faultAround, prefetch: prefetch) { return clash }
         if !(1...8).contains(pipeline) { return "pipeline must be in 1...8 (got \(pipeline))" }
         if !(1...8).contains(workers) { return "workers must be in 1...8 (got \(workers))" }
+        if fixedBuffers && backend != .iouring && (faultBackend ?? backend) != .iouring {
+            return "fixed buffers are io_uring's: use them with the iouring backend or fault-backend"
+        }
         return VRAMDirectory.problem(vramDirectory)
     }
 }
