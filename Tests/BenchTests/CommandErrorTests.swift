@@ -98,6 +98,13 @@ import Testing
         #expect(parseError(["suite", "--dry-run", "--quick"]) == nil)
     }
 
+    /// A mistyped command is named as such, not as the suite's "2 unexpected arguments".
+    @Test func anUnknownCommandIsNamed() {
+        #expect(parseError(["lsit"]) == "unknown command 'lsit' (commands: suite, run, list, copy, mm, migrate, thrash, torture, race; see dmem-bench --help)")
+        #expect(parseError(["rn", "memcpy"])?.hasPrefix("unknown command 'rn'") == true)
+        #expect(parseError(["--dry-run", "--quick"]) == nil)
+    }
+
     /// `mm --pages` and `thrash --pages` take the K/M counts the scenario keys (and the suite) use.
     @Test func pageCountsTakeTheSuffixesOfTheScenarioKeys() throws {
         let mm = try #require(try DmemBench.parseAsRoot(["mm", "--pages", "4K"]) as? MMCommand)
