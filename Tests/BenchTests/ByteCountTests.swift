@@ -30,4 +30,17 @@ import Testing
             #expect(ByteCount(parsing: ByteCount(bytes).description)?.bytes == bytes)
         }
     }
+
+    /// A size flag that does not parse says why (it used to be only "The value '-8M' is invalid").
+    @Test func badSizeFlagsSayWhy() {
+        #expect(parseError(["copy", "--total=-8M"])
+                == "The value '-8M' is invalid for '--total <total>': a size cannot be negative")
+        #expect(parseError(["migrate", "--total", "99999999999T"])
+                == "The value '99999999999T' is invalid for '--total <total>': too large (a size must be below 8 EiB)")
+        #expect(parseError(["torture", "--vram", "4Q"])
+                == "The value '4Q' is invalid for '--vram <vram>': expected a size such as 4096, 4K, 2M or 1G (K/M/G/T are binary)")
+        #expect(parseError(["run", "copy", "--set", "total=-8M"])
+                == "'-8M' is not a valid value for 'total': a size cannot be negative")
+        #expect(parseError(["copy", "--total", "8M", "--page-size", "64K", "--host-memory", "32M"]) == nil)
+    }
 }

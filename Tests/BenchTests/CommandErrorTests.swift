@@ -73,6 +73,38 @@ import Testing
         #expect(BenchSession.verificationFailure(passed) == nil)
     }
 
+    /// Range errors of migrate, torture and race say what was given, and torture's names its flag.
+    @Test func rangeErrorsSayWhatWasGiven() {
+        #expect(parseError(["migrate", "--batch", "0"]) == "batch must be in 1...4096 (got 0)")
+        #expect(parseError(["migrate", "--pipeline", "9"]) == "pipeline must be in 1...8 (got 9)")
+        #expect(parseError(["torture", "--threads", "65"]) == "threads must be in 1...64 (got 65)")
+        #expect(parseError(["torture", "--pages-per-thread", "0"]) == "pages-per-thread must be in 64...262144 (got 0)")
+        #expect(parseError(["torture", "--vram", "3M"]) == "vram must be a positive multiple of 2M (got 3M)")
+    }
+
+    /// Flags that cannot act are refused instead of ignored: fixed buffers off io_uring (copy
+    /// and migrate accepted them, torture did not), and outputs of a suite dry run (no file was written).
+    @Test func flagsThatCannotActAreRefused() {
+        #expect(parseError(["copy", "--fixed-buffers", "on", "--backend", "memcpy"])
+                == "fixed buffers are io_uring's: use them with the iouring backend")
+        #expect(parseError(["run", "copy", "--set", "fixed-buffers=on", "backend=mapped"])
+                == "copy (fixed-buffers=on backend=mapped): fixed buffers are io_uring's: use them with the iouring backend")
+        #expect(parseError(["copy", "--fixed-buffers", "on"]) == nil)
+        #expect(parseError(["migrate", "--fixed-buffers", "on", "--backend", "mapped"])
+                == "fixed buffers are io_uring's: use them with the iouring backend or fault-backend")
+        #expect(parseError(["migrate", "--fixed-buffers", "on", "--backend", "mapped", "--fault-backend", "iouring"]) == nil)
+        #expect(parseError(["suite", "--dry-run", "--json", "r.json", "--repeat", "3"])
+                == "--dry-run measures nothing, so --json, --repeat would do nothing: leave out one or the other")
+        #expect(parseError(["suite", "--dry-run", "--quick"]) == nil)
+    }
+
+    /// A mistyped command is named as such, not as the suite's "2 unexpected arguments".
+    @Test func anUnknownCommandIsNamed() {
+        #expect(parseError(["lsit"]) == "unknown command 'lsit' (commands: suite, run, list, copy, mm, migrate, thrash, torture, race; see dmem-bench --help)")
+        #expect(parseError(["rn", "memcpy"])?.hasPrefix("unknown command 'rn'") == true)
+        #expect(parseError(["--dry-run", "--quick"]) == nil)
+    }
+
     /// `mm --pages` and `thrash --pages` take the K/M counts the scenario keys (and the suite) use.
     @Test func pageCountsTakeTheSuffixesOfTheScenarioKeys() throws {
         let mm = try #require(try DmemBench.parseAsRoot(["mm", "--pages", "4K"]) as? MMCommand)

@@ -30,6 +30,15 @@ import Testing
         }
     }
 
+    /// `total=4097` used to run one 4 KiB page and label it total=4097.
+    @Test func refusesATotalThatIsNotAWholeNumberOfPages() throws {
+        #expect(throws: ScenarioError(scenario: "memcpy", message: "total 4097 is not a multiple of page-size 4K")) {
+            try run([("total", "4097")])
+        }
+        #expect(parseError(["run", "memcpy", "--set", "total=12K", "page-size=8K"])
+                == "memcpy (total=12K page-size=8K): total 12K is not a multiple of page-size 8K")
+    }
+
     @Test func scatterLayoutPicksDistinctPagesInsideTheSpanDeterministically() {
         let a = ScatterLayout(pageSize: 4096, count: 100, spanBytes: 1 << 20, seed: 9)
         let b = ScatterLayout(pageSize: 4096, count: 100, spanBytes: 1 << 20, seed: 9)
@@ -109,8 +118,26 @@ import Testing
         let lines = table.text.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
         #expect(lines.count == 2 + 5)
         #expect(lines[4].prefix(6) == ["copy", "h2d", "6.00", "8.00", "0.75"])  // scenario, case, GB/s, memcpy, ratio
-        #expect(lines[5].prefix(6) == ["migrate", "to_device", "3.00", "4.00", "0.70", "fault"])
-        #expect(lines[5][6...10] == ["5.00", "6.00", "7.00", "8.00", "9.00"])
-        #expect(lines[6].prefix(4) == ["to_ram_fault", "1.00", "4.00", "0.25"])
+        // The fault latency is on the row of the fault read-back (it used to sit beside to_device).
+        #expect(lines[5] == ["migrate", "to_device", "3.00", "4.00", "0.70"])
+        #expect(lines[6].prefix(5) == ["to_ram_fault", "1.00", "4.00", "0.25", "fault"])
+        #expect(lines[6][5...9] == ["5.00", "6.00", "7.00", "8.00", "9.00"])
+    }
+
+    @Test func latenciesGoOnTheRowOfTheirThroughputElseInOrder() {
+        #expect(SummaryTable.latencyRows(["batch"], throughput: ["gbps"]) == [0: "batch"])
+        #expect(SummaryTable.latencyRows(["fault"], throughput: ["to_device_gbps", "to_ram_fault_gbps", "evict_gbps"]) == [1: "fault"])
+        #expect(SummaryTable.latencyRows(["fault", "batch"], throughput: ["to_device_gbps", "to_ram_fault_gbps"])
+                == [1: "fault", 0: "batch"])
+        #expect(SummaryTable.latencyRows(["a", "b", "c"], throughput: ["gbps"]) == [0: "a", 1: "b", 2: "c"])
+        #expect(SummaryTable.latencyRows(["round"], throughput: []) == [0: "round"])
+    }
+
+    /// Ratios below 0.1 keep three decimals: a fault-bound read-back at 0.0046 of memcpy read "0.00".
+    @Test func smallRatiosKeepTheirDigits() {
+        #expect(SummaryTable.formatRatio(0.0046) == "0.005")
+        #expect(SummaryTable.formatRatio(0.046) == "0.046")
+        #expect(SummaryTable.formatRatio(0.97) == "0.97")
+        #expect(SummaryTable.formatRatio(1.25) == "1.25")
     }
 }

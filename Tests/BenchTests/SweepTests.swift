@@ -78,7 +78,7 @@ import ArgumentParser
         ("queue-depth=1,2", "unknown parameter 'queue-depth' for scenario 'fake' (known: batch, page-size, direction, coalesce, label)"),
         ("batch=1,x", "'x' is not a valid value for 'batch' (expected an integer)"),
         ("batch=0", "'0' is out of range for 'batch' (1...4096)"),
-        ("page-size=4Q", "'4Q' is not a valid value for 'page-size' (expected a size such as 4096, 4K, 2M, 1G)"),
+        ("page-size=4Q", "'4Q' is not a valid value for 'page-size': expected a size such as 4096, 4K, 2M or 1G (K/M/G/T are binary)"),
         ("page-size=1G", "'1G' is out of range for 'page-size' (4K...2M)"),
         ("direction=sideways", "'sideways' is not a valid value for 'direction' (expected one of: h2d, d2h, d2d)"),
         ("coalesce=maybe", "'maybe' is not a valid value for 'coalesce' (expected on or off)"),

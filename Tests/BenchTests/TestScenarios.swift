@@ -27,6 +27,8 @@ struct FakeScenario: BenchScenario {
     var gbpsByRepeat: [Double] = [1, 3, 2]
     /// What every record reports as `verified` (false: the bytes did not survive).
     var verified = true
+    /// The call (0-based) that throws instead of measuring, if any.
+    var failingCall: Int? = nil
     let counter = Counter()
 
     final class Counter: @unchecked Sendable {
@@ -37,6 +39,7 @@ struct FakeScenario: BenchScenario {
     func run(_ parameters: ScenarioParameters, context: ScenarioContext) throws -> [RunRecord] {
         let call = counter.calls
         counter.calls += 1
+        if call == failingCall { throw ScenarioError(scenario: name, message: "injected failure") }
         var r = RunRecord()
         r.set("direction", try parameters.string("direction"))
         r.set("page_size", try parameters.size("page-size"))

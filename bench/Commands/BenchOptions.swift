@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// The options every measuring command shares: repeats, CI sizing, output files, trace.
 struct BenchOptions: ParsableArguments {
@@ -35,6 +36,14 @@ struct BenchOptions: ParsableArguments {
         guard (1...1000).contains(repeats) else { throw ValidationError("--repeat must be between 1 and 1000 (got \(repeats))") }
         guard traceCapacity > 0 else { throw ValidationError("--trace-capacity must be positive (got \(traceCapacity))") }
         if json == "-" && csv == "-" { throw ValidationError("--json and --csv cannot both write to stdout ('-')") }
+        let files = [("--json", json), ("--csv", csv), ("--trace", trace)].compactMap { flag, path in
+            path.flatMap { $0 == "-" ? nil : (flag, URL(fileURLWithPath: $0).standardizedFileURL.path) }
+        }
+        for (i, first) in files.enumerated() {
+            if let second = files[(i + 1)...].first(where: { $0.1 == first.1 }) {
+                throw ValidationError("\(first.0) and \(second.0) name the same file (\(first.1)): one would overwrite the other")
+            }
+        }
     }
 }
 

@@ -3,7 +3,8 @@ import Foundation
 
 /// One invocation's measuring: runs the jobs, then writes the summary table, the JSON/CSV
 /// files, the trace and the plots that `BenchOptions` asked for. Outputs are written even
-/// when a point fails (with the points measured before it), then the command fails.
+/// when a point fails (with the points measured before it; the JSON says `"complete":false`
+/// and the error), then the command fails.
 ///
 /// Threads: the command's thread.
 struct BenchSession {
@@ -23,7 +24,8 @@ struct BenchSession {
             failure = error
             results = error.completed
         }
-        let document = ResultsDocument(command: Self.commandLine, machine: .gather(), results: results)
+        let document = ResultsDocument(command: Self.commandLine, machine: .gather(), results: results,
+                                       error: failure.map { "\($0)" })
         try writeOutputs(document, trace: trace, progress: progress)
         if let failure {
             FileHandle.standardError.write(Data("dmem-bench: error: \(failure)\n".utf8))
@@ -60,9 +62,11 @@ struct BenchSession {
                 throw OutputError("cannot write the \(what) file \(path): \(error.localizedDescription)")
             }
             var isDirectory: ObjCBool = false
-            let exists = manager.fileExists(atPath: path, isDirectory: &isDirectory)
-            guard !isDirectory.boolValue, manager.isWritableFile(atPath: exists ? path : parent) else {
-                throw OutputError("cannot write the \(what) file \(path): \(isDirectory.boolValue ? "it is a directory" : "permission denied")")
+            if manager.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+                throw OutputError("cannot write the \(what) file \(path): it is a directory")
+            }
+            if let reason = OutputFile.cannotWrite(path) {
+                throw OutputError("cannot write the \(what) file \(path): \(reason)")
             }
         }
         if let directory = options.plot {

@@ -20,7 +20,22 @@ struct SuiteCommand: ParsableCommand {
 
     @OptionGroup var options: BenchOptions
 
+    /// Words after `dmem-bench` that name no command: the suite (the default command) would
+    /// call a mistyped `dmem-bench lsit` "2 unexpected arguments".
+    @Argument(help: .hidden) var unknownCommand: [String] = []
+
     func validate() throws {
+        if let word = unknownCommand.first {
+            let names = DmemBench.configuration.subcommands.compactMap { $0.configuration.commandName }
+            throw ValidationError("unknown command '\(word)' (commands: \(names.joined(separator: ", ")); see dmem-bench --help)")
+        }
+        if dryRun {
+            let ignored = [("--json", options.json != nil), ("--csv", options.csv != nil), ("--plot", options.plot != nil),
+                           ("--trace", options.trace != nil), ("--repeat", options.repeats != 1)].filter(\.1).map(\.0)
+            if !ignored.isEmpty {
+                throw ValidationError("--dry-run measures nothing, so \(ignored.joined(separator: ", ")) would do nothing: leave out one or the other")
+            }
+        }
         do { _ = try jobs() } catch { throw error.validationError }
     }
 

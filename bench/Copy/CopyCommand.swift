@@ -1,5 +1,6 @@
 import ArgumentParser
 import DMAEngine
+import Foundation
 
 /// `dmem-bench copy`: the copy engine alone, scattered host frames ↔ contiguous VRAM pages.
 ///
@@ -38,16 +39,16 @@ struct CopyCommand: ParsableCommand {
     }
 
     @Option(help: "h2d, d2h or d2d (default: all three).") var direction: Direction?
-    @Option(help: "Bytes per page (descriptor).") var pageSize = ByteCount(4096)
+    @Option(help: "Bytes per page (descriptor). (default: 4K)", transform: ByteCount.argument) var pageSize = ByteCount(4096)
     @Option(help: "Pages per submitted batch (one fence each).") var batch = 512
-    @Option(help: "Bytes copied per pass.") var total = ByteCount(256 << 20)
+    @Option(help: "Bytes copied per pass. (default: 256M)", transform: ByteCount.argument) var total = ByteCount(256 << 20)
     @Option(help: "iouring, memcpy, or mapped (2 worker threads memcpy through the VRAM mapping).") var backend = Backend.iouring
     @Option(help: "on or off (default: both).") var coalesce: OnOff?
     @Option(help: "Operations in flight per channel (io_uring SQ entries).") var queueDepth = 64
     @Option(help: "Channels, each submitting from its own thread.") var channels = 1
     @Option(help: "Batches in flight per channel before waiting on the oldest fence.") var inflight = 8
     @Option(name: [.customLong("repeats"), .customLong("repeat")], help: "Passes per run (the median is reported).") var repeats = 3
-    @Option(help: "Host memory the frames are scattered over (default 4 × total).") var hostMemory: ByteCount?
+    @Option(help: "Host memory the frames are scattered over (default 4 × total).", transform: ByteCount.argument) var hostMemory: ByteCount?
     @Option(help: "memfds each VRAM pool is striped over (1: one memfd).") var vramFiles = VRAMPool.Layout.default.files
     @Option(help: "Register host memory as io_uring fixed buffers (pinned) and use the fixed-buffer opcodes: on or off.")
     var fixedBuffers = OnOff.off
@@ -105,8 +106,13 @@ struct CopyCommand: ParsableCommand {
         // not as a usage error: the arguments passed `validate`.
         let records = try CopyScenario.run(try options())
         print(output(records))
-        if records.contains(where: { $0["verified"] == .bool(false) }) {
-            throw ExitCode(2)
+        // Bytes that did not survive fail the command as every other one does (status 1, it
+        // was 2 here alone), with the FAIL rows named on stderr.
+        let failed = records.filter { $0["verified"] == .bool(false) }
+        if !failed.isEmpty {
+            let names = failed.map { "\($0["direction"]?.formatted() ?? "?") coalesce \($0["coalesce"] == .bool(true) ? "on" : "off")" }
+            FileHandle.standardError.write(Data("dmem-bench: error: copy: verification failed (bytes moved do not match) in \(names.joined(separator: "; "))\n".utf8))
+            throw ExitCode.failure
         }
     }
 }

@@ -60,6 +60,10 @@ enum CopyScenario {
         }
         guard !o.coalesce.isEmpty else { throw error("coalesce needs on, off or both") }
         if let problem = VRAMDirectory.problem(o.vramLayout.directory) { throw error(problem) }
+        if o.fixedBuffers && o.backendName != "iouring" {
+            // The memcpy and mapped backends issue no io_uring operation to register them for.
+            throw error("fixed buffers are io_uring's: use them with the iouring backend")
+        }
         if let host = o.hostBytes, host < o.totalBytes {
             throw error("host-memory \(ByteCount(host)) is smaller than total \(ByteCount(o.totalBytes)): the frames of one pass must fit in it")
         }

@@ -13,7 +13,7 @@ struct MMCommand: ParsableCommand {
             """
     )
 
-    @Option(help: "Pages to migrate (a count; K/M suffixes allowed; default 64K).") var pages: ByteCount?
+    @Option(help: "Pages to migrate (a count; K/M suffixes allowed; default 64K).", transform: ByteCount.argument) var pages: ByteCount?
     @Option(help: "Pages per migrate_vma batch.") var batch = 512
     @Flag(help: "Run 1Ki, 16Ki, 256Ki and 4Mi pages (flatness check).") var sweep = false
     @Flag(help: "Run in checked mode (protocol sanitizer): reports its cost and protocol_violations.") var checked = false

@@ -15,7 +15,7 @@ struct MemcpyScenario: BenchScenario {
     let abstract = "Plain memcpy of scattered pages to a contiguous buffer and back: the same-run ceiling."
     let parameters: [ScenarioParameter] = [
         .init("page-size", .size(64...(1 << 30)), default: "4K", help: "bytes per page (a multiple of 8)"),
-        .init("total", .size(4096...(1 << 36)), default: "256M", help: "bytes copied each way"),
+        .init("total", .size(4096...(1 << 36)), default: "256M", help: "bytes copied each way (a multiple of page-size)"),
         .init("span", .size(4096...(1 << 40)), default: "1G", help: "address range the source pages are scattered over (≥ total)"),
         .init("batch", .integer(1...(1 << 24)), default: "512", help: "pages per timed batch (the latency sample)"),
         .init("seed", .integer(0...Int.max), default: "1", help: "seed of the page scatter and data pattern"),
@@ -27,13 +27,17 @@ struct MemcpyScenario: BenchScenario {
     }
 
     /// Why this point cannot run, or nil: a page size the copy loop cannot take, a total below
-    /// one page, or a span given explicitly that cannot hold the pages.
+    /// one page or not a whole number of pages, or a span given explicitly that cannot hold the pages.
     static func problem(_ parameters: ScenarioParameters) throws(ParameterValueError) -> String? {
         let pageSize = try parameters.size("page-size")
         let total = try parameters.size("total")
         let span = try parameters.size("span")
         if pageSize % 8 != 0 { return "page-size \(ByteCount(pageSize)) is not a multiple of 8" }
         if total < pageSize { return "total \(ByteCount(total)) is smaller than one page (\(ByteCount(pageSize)))" }
+        if total % pageSize != 0 {
+            // It would copy total / page-size whole pages while the label said total.
+            return "total \(ByteCount(total)) is not a multiple of page-size \(ByteCount(pageSize))"
+        }
         if parameters.explicitKeys.contains("span") && span < total {
             return "span \(ByteCount(span)) is smaller than total \(ByteCount(total)): the pages must fit in it"
         }

@@ -19,7 +19,7 @@ struct MigrateCommand: ParsableCommand {
             """
     )
 
-    @Option(help: "Bytes migrated (a multiple of 2M).") var total = ByteCount(256 << 20)
+    @Option(help: "Bytes migrated (a multiple of 2M). (default: 256M)", transform: ByteCount.argument) var total = ByteCount(256 << 20)
     @Option(help: "Pages per migrate_vma batch.") var batch = 512
     @Option(help: "Pages brought back per CPU fault (1 = nouveau's single page).") var faultAround = 1
     @Option(help: "off, or sequential: CPU-fault windows double along sequential scans up to 512 pages (readahead-style; not with --fault-around).") var prefetch = "off"

@@ -73,11 +73,14 @@ struct MigrateOptions: Sendable {
         if totalBytes < 4096 * 16 || totalBytes % (2 << 20) != 0 {
             return "total \(ByteCount(totalBytes)) must be a positive multiple of 2M"
         }
-        if !(1...4096).contains(batchPages) { return "batch must be in 1...4096" }
-        if !(1...512).contains(faultAround) { return "fault-around must be in 1...512" }
+        if !(1...4096).contains(batchPages) { return "batch must be in 1...4096 (got \(batchPages))" }
+        if !(1...512).contains(faultAround) { return "fault-around must be in 1...512 (got \(faultAround))" }
         if let clash = Self.prefetchProblem(faultAround: faultAround, prefetch: prefetch) { return clash }
-        if !(1...8).contains(pipeline) { return "pipeline must be in 1...8" }
-        if !(1...8).contains(workers) { return "workers must be in 1...8" }
+        if !(1...8).contains(pipeline) { return "pipeline must be in 1...8 (got \(pipeline))" }
+        if !(1...8).contains(workers) { return "workers must be in 1...8 (got \(workers))" }
+        if fixedBuffers && backend != .iouring && (faultBackend ?? backend) != .iouring {
+            return "fixed buffers are io_uring's: use them with the iouring backend or fault-backend"
+        }
         return VRAMDirectory.problem(vramDirectory)
     }
 }

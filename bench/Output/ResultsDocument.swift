@@ -5,11 +5,13 @@ import Foundation
 ///
 /// JSON shape (`format` 1):
 /// ```
-/// {"tool":"dmem-bench","format":1,"command":"…","machine":{…},
+/// {"tool":"dmem-bench","format":1,"command":"…","complete":true,"machine":{…},
 ///  "runs":[{"scenario":"memcpy","params":{"page-size":"4K",…},"repeats":1,<fields…>,"samples":[…]}]}
 /// ```
 /// `samples` (the per-repeat records) is present only when `repeats > 1`. Record fields
 /// named like the reserved keys (`scenario`, `params`, `repeats`, `samples`) are dropped.
+/// When a point failed, `complete` is false, `error` says which point and why, and `runs`
+/// holds only the points measured before it (a CSV cannot say so: check the exit status).
 ///
 /// CSV: one header line, then one row per run: `scenario, repeats, param_<key>…,
 /// <fields…>, machine_<fact>…` (the union of every run's params and fields, first-seen
@@ -22,11 +24,14 @@ struct ResultsDocument: Sendable {
     var command: String
     var machine: MachineFacts
     var results: [BenchResult]
+    /// Why the invocation stopped before its last point, or nil when every point ran.
+    var error: String? = nil
 
     // MARK: JSON
 
     var json: String {
-        var lines = ["{\"tool\":\"dmem-bench\",\"format\":1,\"command\":\(JSONText.quote(command)),"]
+        var lines = ["{\"tool\":\"dmem-bench\",\"format\":1,\"command\":\(JSONText.quote(command)),"
+            + "\"complete\":\(error == nil)," + (error.map { "\"error\":\(JSONText.quote($0))," } ?? "")]
         lines.append("\"machine\":\(machine.json),")
         lines.append("\"runs\":[")
         lines.append(results.map { "  " + Self.json(of: $0) }.joined(separator: ",\n"))
@@ -93,12 +98,12 @@ struct ResultsDocument: Sendable {
 
     // MARK: Files
 
-    /// Writes `text` to `path`, or to stdout when `path` is `-`.
+    /// Writes `text` to `path` (`OutputFile`: a regular file atomically), or to stdout when `path` is `-`.
     static func write(_ text: String, to path: String) throws {
         if path == "-" {
             FileHandle.standardOutput.write(Data(text.utf8))
         } else {
-            try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+            try OutputFile.write(Data(text.utf8), to: path)
         }
     }
 }

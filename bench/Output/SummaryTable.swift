@@ -70,6 +70,7 @@ struct SummaryTable {
         case .bool(false)?: "FAIL"
         default: ""
         }
+        let latencyRows = Self.latencyRows(latency, throughput: throughput)
         return (0..<max(1, throughput.count, latency.count)).map { i in
             var caseParts = base
             var cells: [String]
@@ -83,8 +84,7 @@ struct SummaryTable {
             } else {
                 cells = showSpread ? ["-", "-", "-", "-"] : ["-", "-", "-"]
             }
-            if i < latency.count {
-                let prefix = latency[i]
+            if let prefix = latencyRows[i] {
                 cells.append(prefix)
                 for suffix in ["p50", "p90", "p99", "p99_9", "max"] { cells.append(format(record["\(prefix)_\(suffix)_us"])) }
             } else {
@@ -94,6 +94,26 @@ struct SummaryTable {
             let label = caseParts.filter { !$0.isEmpty }.joined(separator: " ")
             return [i == 0 ? result.scenario : "", label.isEmpty ? "default" : label] + cells
         }
+    }
+
+    /// Which row shows each latency: the row of the throughput it belongs to when a throughput
+    /// field names it (migrate's `fault` latency on the `to_ram_fault` row, not beside
+    /// `to_device`), else the first row left, in order.
+    static func latencyRows(_ prefixes: [String], throughput: [String]) -> [Int: String] {
+        var rows: [Int: String] = [:]
+        var unmatched: [String] = []
+        for prefix in prefixes {
+            let owner = throughput.indices.first { i in
+                rows[i] == nil && throughput[i].dropLast("gbps".count).split(separator: "_").contains(Substring(prefix))
+            }
+            if let owner { rows[owner] = prefix } else { unmatched.append(prefix) }
+        }
+        var row = 0
+        for prefix in unmatched {
+            while rows[row] != nil { row += 1 }
+            rows[row] = prefix
+        }
+        return rows
     }
 
     /// The record's own baseline (`memcpy_gbps`) or, for records without one, the median GB/s
@@ -111,9 +131,14 @@ struct SummaryTable {
 
     private func ratio(_ record: RunRecord, field: String, baseline: Double?) -> String {
         let stem = field == "gbps" ? "" : "_" + field.dropLast("_gbps".count)
-        if let own = record["ratio\(stem)"]?.numeric { return format(.double(own)) }
+        if let own = record["ratio\(stem)"]?.numeric { return Self.formatRatio(own) }
         guard let baseline, baseline > 0, let value = record[field]?.numeric else { return "-" }
-        return format(.double(value / baseline))
+        return Self.formatRatio(value / baseline)
+    }
+
+    /// Two decimals, three below 0.1 (a fault-bound read-back at 0.005 of memcpy read 0.00).
+    static func formatRatio(_ ratio: Double) -> String {
+        RunRecord.Value.double(ratio).formatted(digits: ratio.isFinite && abs(ratio) < 0.1 ? 3 : 2)
     }
 
     private func spread(_ record: RunRecord, _ field: String) -> String {

@@ -32,12 +32,9 @@ struct RaceCommand: ParsableCommand {
             run reported at least N times.
 
             Flows:
-              to-device   migrateToDevice of the range
-              cpu-fault   range in VRAM, then a CPU read of the target page (migrate_to_ram)
-              evict       range in VRAM, then evictAll (as suspend and teardown evict)
-              gpu-fault   view bound, GPU read of the target page (default policy: migrate to VRAM)
+            \(Self.flows.map { HelpText.term($0.0, $0.1, column: 14) }.joined(separator: "\n"))
             Actions:
-            \(RaceAction.allCases.map { "  " + $0.rawValue.padding(toLength: 18, withPad: " ", startingAt: 0) + $0.help }.joined(separator: "\n"))
+            \(RaceAction.allCases.map { HelpText.term($0.rawValue, $0.help, column: 21) }.joined(separator: "\n"))
 
             Driver configuration (default: nouveau's — 3step, pipeline 1, single-page CPU faults, GPU faults \
             migrating, private VRAM larger than the range, best effort): --api, --pipeline, --fault-around, \
@@ -49,16 +46,29 @@ struct RaceCommand: ParsableCommand {
             --hole makes the target page a hole (never written: the shadow model starts it as zeros).
 
             Examples:
-              dmem-bench race                                     the whole matrix (tens of seconds)
-              dmem-bench race --flow cpu-fault --action munmap,fork
-              dmem-bench race --json > cells.json                 one record per cell
-              dmem-bench race --flow to-device --step fenceWaitBegin,finalizeBegin --action cpu-write,munmap
-              dmem-bench race --flow to-device --pipeline 2 --occurrence 2 --target 20
-                                                                  the second batch, while the first is in flight
-              dmem-bench race --api 2017 --fault-around 16        the callback API, 16-page CPU faults
-              dmem-bench race --memory coherent --gpu-fault map --vram 16
+            \(Self.examples.map { HelpText.term($0.0, $0.1, column: 40) }.joined(separator: "\n"))
             """
     )
+
+    /// The flows as the help text describes them.
+    static let flows = [
+        ("to-device", "migrateToDevice of the range"),
+        ("cpu-fault", "range in VRAM, then a CPU read of the target page (migrate_to_ram)"),
+        ("evict", "range in VRAM, then evictAll (as suspend and teardown evict)"),
+        ("gpu-fault", "view bound, GPU read of the target page (default policy: migrate to VRAM)"),
+    ]
+
+    /// The examples of the help text: command, what it does.
+    static let examples = [
+        ("dmem-bench race", "the whole matrix (tens of seconds)"),
+        ("dmem-bench race --flow cpu-fault --action munmap,fork", ""),
+        ("dmem-bench race --json > cells.json", "one record per cell"),
+        ("dmem-bench race --flow to-device --step fenceWaitBegin --action cpu-write", ""),
+        ("dmem-bench race --flow to-device --pipeline 2 --occurrence 2 --target 20",
+         "the second batch, while the first is in flight"),
+        ("dmem-bench race --api 2017 --fault-around 16", "the callback API, 16-page CPU faults"),
+        ("dmem-bench race --memory coherent --gpu-fault map --vram 16", ""),
+    ]
 
     @Option(help: "Flows: all, or a comma-separated list of \(RaceFlow.allCases.map(\.rawValue).joined(separator: ", ")).")
     var flow = "all"

@@ -65,14 +65,14 @@ struct RaceConfiguration: Sendable, Equatable {
 
     /// Why this configuration cannot run, or nil.
     var problem: String? {
-        if !(1...8).contains(pipeline) { return "pipeline must be in 1...8" }
-        if !(1...512).contains(faultAround) { return "fault-around must be in 1...512" }
+        if !(1...8).contains(pipeline) { return "pipeline must be in 1...8 (got \(pipeline))" }
+        if !(1...512).contains(faultAround) { return "fault-around must be in 1...512 (got \(faultAround))" }
         if let clash = MigrateOptions.prefetchProblem(faultAround: faultAround, prefetch: prefetch) { return clash }
         if api == .callbacks2017 && pipeline > 1 {
             return "pipeline applies to the three-step API only (the 2017 callbacks migrate one batch at a time): use --api 3step"
         }
         if let v = vramPages, !Self.vramRange.contains(v) || v % RaceWorld.batchPages != 0 {
-            return "vram must be a multiple of \(RaceWorld.batchPages) pages in \(Self.vramRange)"
+            return "vram must be a multiple of \(RaceWorld.batchPages) pages in \(Self.vramRange) (got \(v))"
         }
         return nil
     }

@@ -45,7 +45,7 @@ struct ScenarioParameter: Sendable, Equatable {
             return .success(String(n))
         case .size(let range):
             guard let size = ByteCount(parsing: value) else {
-                return .failure(.init("'\(value)' is not a valid value for '\(key)' (expected a size such as 4096, 4K, 2M, 1G)"))
+                return .failure(.init("'\(value)' is not a valid value for '\(key)': \(ByteCount.reason(rejecting: value))"))
             }
             guard range.contains(size.bytes) else {
                 return .failure(.init("'\(value)' is out of range for '\(key)' (\(ByteCount(range.lowerBound))...\(ByteCount(range.upperBound)))"))
@@ -65,6 +65,12 @@ struct ScenarioParameter: Sendable, Equatable {
         case .text:
             return .success(value)
         }
+    }
+
+    /// How many words a `.choice` parameter takes (0 for other kinds).
+    var choiceCount: Int {
+        if case .choice(let words) = kind { return words.count }
+        return 0
     }
 
     /// "integer 1...4096", "size 4K...1G", "h2d|d2h", "on|off", "text": for `dmem-bench list`.

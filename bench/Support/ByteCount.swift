@@ -17,19 +17,20 @@ struct ByteCount: Equatable, Sendable, CustomStringConvertible {
             digits = digits.dropLast()
         }
         guard !digits.isEmpty, digits.allSatisfy(\.isNumber), let value = Int(digits) else { return nil }
-        let shift: Int
-        switch unitPart.uppercased() {
-        case "", "B": shift = 0
-        case "K", "KB", "KI", "KIB": shift = 10
-        case "M", "MB", "MI", "MIB": shift = 20
-        case "G", "GB", "GI", "GIB": shift = 30
-        case "T", "TB", "TI", "TIB": shift = 40
-        default: return nil
-        }
+        guard let shift = Self.suffixShifts[unitPart.uppercased()] else { return nil }
         let (result, overflow) = value.multipliedReportingOverflow(by: 1 << shift)
         guard !overflow else { return nil }
         self.bytes = result
     }
+
+    /// The accepted suffixes (upper-cased) and their binary shifts.
+    static let suffixShifts: [String: Int] = [
+        "": 0, "B": 0,
+        "K": 10, "KB": 10, "KI": 10, "KIB": 10,
+        "M": 20, "MB": 20, "MI": 20, "MIB": 20,
+        "G": 30, "GB": 30, "GI": 30, "GIB": 30,
+        "T": 40, "TB": 40, "TI": 40, "TIB": 40,
+    ]
 
     /// The shortest exact binary-suffixed spelling: 4096 → "4K", 268435456 → "256M".
     var description: String {
@@ -42,4 +43,30 @@ struct ByteCount: Equatable, Sendable, CustomStringConvertible {
 
 extension ByteCount: ExpressibleByArgument {
     init?(argument: String) { self.init(parsing: argument) }
+
+    /// Parses a command-line size or says why it is not one; the transform of every size
+    /// flag, so that `--total=-8M` reads "The value '-8M' is invalid for '--total <total>':
+    /// a size cannot be negative" instead of giving no reason.
+    static func argument(_ text: String) throws(ByteCountError) -> ByteCount {
+        guard let size = ByteCount(parsing: text) else { throw ByteCountError(Self.reason(rejecting: text)) }
+        return size
+    }
+
+    /// Why `text` is not a size (`ByteCount(parsing:)` returned nil).
+    static func reason(rejecting text: String) -> String {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        if trimmed.hasPrefix("-") { return "a size cannot be negative" }
+        let digits = trimmed.prefix { $0.isASCII && $0.isNumber }
+        let suffix = trimmed.dropFirst(digits.count).uppercased()
+        if !digits.isEmpty, Self.suffixShifts[suffix] != nil {
+            return "too large (a size must be below 8 EiB)"   // well-formed, so it overflowed
+        }
+        return "expected a size such as 4096, 4K, 2M or 1G (K/M/G/T are binary)"
+    }
+}
+
+/// A command-line size that does not parse; the description is the reason.
+struct ByteCountError: Error, Equatable, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
 }

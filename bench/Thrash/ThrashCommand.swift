@@ -18,7 +18,7 @@ struct ThrashCommand: ParsableCommand {
             """
     )
 
-    @Option(help: "Pages in the working set (a count; K suffix allowed).") var pages = ByteCount(2048)
+    @Option(help: "Pages in the working set (a count; K suffix allowed). (default: 2K)", transform: ByteCount.argument) var pages = ByteCount(2048)
     @Option(help: "Rounds of GPU writes then CPU reads.") var rounds = 20
     @Option(help: "migrate (a GPU fault moves its window to VRAM), map (it maps the system pages) or thrashing (migrate until a window ping-pongs between VRAM and RAM, then map it: nvidia-uvm's thrashing mitigation).") var gpuFault = "migrate"
     @Option(help: "Pages per GPU fault.") var window = 16

@@ -27,7 +27,7 @@ struct TortureCommand: ParsableCommand {
     @Option(help: "Probability per copy descriptor of an injected failure, short copy or delay (0 turns injection off).")
     var injectRate = 0.01
     @Option(help: "Pages each thread owns.") var pagesPerThread = 1024
-    @Option(help: "VRAM bytes (a multiple of 2M; keep it below threads × pages for exhaustion).") var vram = ByteCount(4 << 20)
+    @Option(help: "VRAM bytes (a multiple of 2M; keep it below threads × pages for exhaustion). (default: 4M)", transform: ByteCount.argument) var vram = ByteCount(4 << 20)
     @Option(help: "Minimum residency of a page in VRAM in ms (Xe's anti-thrash timeslice; 0: off): CPU faults and eviction under pressure wait for young pages.")
     var residency = 0.0
     @Option(help: ArgumentHelp("Put VRAM in unnamed files in this directory instead of memfds.", valueName: "dir"))

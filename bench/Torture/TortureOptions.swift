@@ -45,13 +45,13 @@ struct TortureOptions: Sendable {
     /// Why these options cannot run, or nil.
     var problem: String? {
         if !(seconds > 0 && seconds <= 86_400) { return "seconds must be in (0, 86400]" }
-        if !(1...64).contains(threads) { return "threads must be in 1...64" }
-        if !(0...1).contains(injectRate) { return "inject-rate must be in 0...1" }
+        if !(1...64).contains(threads) { return "threads must be in 1...64 (got \(threads))" }
+        if !(0...1).contains(injectRate) { return "inject-rate must be in 0...1 (got \(injectRate))" }
         if !(1...16).contains(regionsPerThread) { return "regions per thread must be in 1...16" }
         if pagesPerThread < regionsPerThread * 16 || pagesPerThread > 1 << 18 {
-            return "pages per thread must be in \(regionsPerThread * 16)...\(1 << 18)"
+            return "pages-per-thread must be in \(regionsPerThread * 16)...\(1 << 18) (got \(pagesPerThread))"
         }
-        if vramBytes < 2 << 20 || vramBytes % (2 << 20) != 0 { return "vram must be a positive multiple of 2M" }
+        if vramBytes < 2 << 20 || vramBytes % (2 << 20) != 0 { return "vram must be a positive multiple of 2M (got \(ByteCount(vramBytes)))" }
         if minimumResidency < .zero || minimumResidency > .seconds(1) { return "residency must be in 0...1000 ms" }
         if fixedBuffers && copyBackend != .iouring { return "fixed buffers are io_uring's: use them with the iouring backend" }
         return VRAMDirectory.problem(vramDirectory)

@@ -39,9 +39,9 @@ extension TraceRecorder {
         return out.data
     }
 
-    /// Writes the trace to `path`.
+    /// Writes the trace to `path` (`OutputFile`: a regular file atomically).
     func writeJSON(to path: String, metadata: [String: String] = [:]) throws {
-        try jsonData(metadata: metadata).write(to: URL(fileURLWithPath: path))
+        try OutputFile.write(jsonData(metadata: metadata), to: path)
     }
 
     /// Events by start time; at equal times the longer span first so nesting reads naturally,
