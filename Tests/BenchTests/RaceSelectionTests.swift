@@ -149,4 +149,17 @@ import Testing
         let bad = try ScenarioParameters(for: scenario, overrides: [("step", "setupBegin.up")])
         #expect(throws: ScenarioError.self) { try scenario.run(bad, context: ScenarioContext()) }
     }
+
+    /// `run race --quick` holds 5 ms per cell (an `after` cell costs its hold), unless the
+    /// job set its own hold.
+    @Test func quickRunsHoldBriefly() throws {
+        let scenario = RaceScenario()
+        let selection = [("flow", "to-device"), ("action", "none"), ("step", "setupBegin")]
+        let quick = try BenchRunner(quick: true).run([BenchJob(scenario: scenario,
+            parameters: try ScenarioParameters(for: scenario, overrides: selection))])
+        #expect(quick.map { $0.record["hold_ms"] } == [.double(5)])
+        let explicit = try BenchRunner(quick: true).run([BenchJob(scenario: scenario,
+            parameters: try ScenarioParameters(for: scenario, overrides: selection + [("hold-ms", "7")]))])
+        #expect(explicit.map { $0.record["hold_ms"] } == [.double(7)])
+    }
 }

@@ -34,6 +34,9 @@ struct RaceScenario: BenchScenario {
         .init("vram", .integer(RaceConfiguration.vramRange), default: "\(RaceConfiguration.defaultVRAMPages)",
               help: "VRAM pages (a multiple of 16; below pages: eviction under pressure)"),
     ]
+    /// CI-sized: each `after` cell costs its hold, so a short hold halves the matrix's time
+    /// (every cell is still judged; only `held` vs `after` is told apart less surely).
+    let quickParameters = ["hold-ms": "5"]
     let summaryFields = ["outcome", "passed"]
     let caseFields = ["flow", "step", "action"]
 
