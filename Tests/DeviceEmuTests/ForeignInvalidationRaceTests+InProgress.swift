@@ -31,8 +31,9 @@ extension ForeignInvalidationRaceTests {
         }
     }
 
-    @Test func aDontNeedStillZappingWhenTheBatchBeginsKeepsThePageOffTheGPU() throws {
-        let w = try World()
+    @Test(arguments: [MigrationPolicy.APIGeneration.threeStep, .callbacks2017])
+    func aDontNeedStillZappingWhenTheBatchBeginsKeepsThePageOffTheGPU(api: MigrationPolicy.APIGeneration) throws {
+        let w = try World(api: api)
         // Without the wait, the probe releases the zap at once; with it, the batch waits
         // for the blocker's limit before its setup begins.
         let blocker = InvalidationBlocker(limit: .seconds(1))
