@@ -145,7 +145,7 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
     func invalidationMark() -> RecentInvalidations.Mark {
         while true {
             let seq = notifier.readBegin()
-            if let mark = lock.withLock({ notifier.readRetry(seq) ? nil : foreignInvalidations.mark }) {
+            if let mark = lock.withLock({ notifier.readRetry(seq) ? nil : foreignInvalidations.mark() }) {
                 return mark
             }
         }
