@@ -133,8 +133,22 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
 
     /// Where the foreign invalidations stand, for a migration about to set up a batch
     /// (`mmu_interval_read_begin`); pass it to `mapMigrated`.
+    ///
+    /// Waits first for an invalidation in progress to end, as `mmu_interval_read_begin`
+    /// does: `invalidate` runs at `invalidate_range_start`, before the page tables change,
+    /// so a mark taken after its record but before its zap would count an `MADV_DONTNEED`
+    /// as over whose zap then removes a migration entry this batch's setup installs. If
+    /// another invalidation reached this view meanwhile, the wait starts over (the
+    /// sequence check under `lock`, as `mmu_interval_read_retry`). The caller may hold
+    /// the mmap lock for read and earlier batches' pages: no invalidation body waits for
+    /// either (writers of the mmap lock cannot be running, page locks are tried).
     func invalidationMark() -> RecentInvalidations.Mark {
-        lock.withLock { foreignInvalidations.mark }
+        while true {
+            let seq = notifier.readBegin()
+            if let mark = lock.withLock({ notifier.readRetry(seq) ? nil : foreignInvalidations.mark() }) {
+                return mark
+            }
+        }
     }
 
     /// Maps the pages that migrated to VRAM (`src[i]` kept `.migrate`, `dst[i]` valid);

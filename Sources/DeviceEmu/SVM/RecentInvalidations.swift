@@ -3,7 +3,10 @@
 /// and `mmu_interval_read_retry`, per range instead of per notifier, so that an
 /// invalidation elsewhere in the address space does not cost the batch its mapping.
 ///
-/// Keeps the last `capacity` ranges; a batch that saw more go by assumes the worst.
+/// Keeps the last `capacity` ranges; a batch that saw more go by assumes the worst. A
+/// range that touches the latest one widens it when no mark was taken in between (no
+/// batch can tell them apart): eviction and rmap walks invalidate page by page
+/// (`try_to_migrate_one`), and a run of them would otherwise fill the record in one go.
 /// Threads: guarded by the view's lock; allocates once, at creation.
 struct RecentInvalidations {
     /// Where the invalidations stood when a batch began.
@@ -23,12 +26,26 @@ struct RecentInvalidations {
     static let capacity = 8
     private var sequence: UInt64 = 0
     private var ranges = [Range<UInt64>](repeating: 0 ..< 0, count: capacity)
+    /// A mark was taken since the latest range was recorded (or none was): the next range
+    /// may not widen it.
+    private var markedSinceLatest = true
 
-    var mark: Mark { Mark(sequence: sequence) }
+    /// Where the invalidations stand now.
+    mutating func mark() -> Mark {
+        markedSinceLatest = true
+        return Mark(sequence: sequence)
+    }
 
     mutating func record(_ range: Range<UInt64>) {
+        let latest = Int(sequence % UInt64(Self.capacity))
+        let r = ranges[latest]
+        if !markedSinceLatest && range.lowerBound <= r.upperBound && r.lowerBound <= range.upperBound {
+            ranges[latest] = min(r.lowerBound, range.lowerBound) ..< max(r.upperBound, range.upperBound)
+            return
+        }
         sequence &+= 1
         ranges[Int(sequence % UInt64(Self.capacity))] = range
+        markedSinceLatest = false
     }
 
     /// The ranges recorded after `mark`, newest first; nil when some were overwritten.
