@@ -253,6 +253,9 @@ public final class DeviceMemory: @unchecked Sendable {
     var freeListSnapshot: [PFN] { lock.withLock { (0..<freeCount).map { freeStack[$0] } } }
     /// The chunks registered so far, in registration order.
     public var chunks: [Chunk] { lock.withLock { chunkList } }
+    /// CPU faults holding one of this memory's pages right now (`DevicePagemap.faultsInFlight`
+    /// summed over the chunks): an eviction that finds pages busy waits while it is not 0.
+    public var faultsInFlight: Int { chunks.reduce(0) { $0 + $1.pagemap.faultsInFlight } }
     /// `freePage` calls for foreign PFNs and pages found in use when allocated: 0 in a correct driver.
     public var strayFreeCount: Int { strayFrees.load(ordering: .relaxed) }
 

@@ -56,7 +56,7 @@ extension Device {
             // another thread's; while one runs, the pass is not spent (a bound remains,
             // against migrations that never stop coming).
             if waitingForOthers && waits < Self.evictionWaitLimit
-                && ungatedMigrations.load(ordering: .sequentiallyConsistent) > 0 {
+                && (ungatedMigrations.load(ordering: .sequentiallyConsistent) > 0 || vram.faultsInFlight > 0) {
                 waits += 1
                 pass -= 1
             }
@@ -66,9 +66,9 @@ extension Device {
     }
 
     /// Passes (1 ms each) one `evictAll` waits for other migrations in flight, at most: a
-    /// pinned page costs that much only while CPU faults keep coming all along. (Which
-    /// pages a fault holds cannot be told from pinned ones: before `migrate_to_ram` locks
-    /// its page, the fault holds a reference, as a pin does.)
+    /// pinned page costs that much only while CPU faults keep coming all along. (A page a
+    /// fault holds looks pinned — a reference — so while the pgmaps count a fault in flight,
+    /// `DevicePagemap.faultsInFlight`, or a migration runs, the passes are not spent.)
     static let evictionWaitLimit = 10_000
 
     /// Makes room for `pages` more device pages by evicting cold ones (VRAM pressure).

@@ -167,8 +167,8 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
     public func shutdown() {
         guard !isShutDown.exchange(true, ordering: .sequentiallyConsistent) else { return }
         waitForMigrations()
-        // A CPU fault holds its page locked and referenced a moment longer than its batch:
-        // until `migrateToRAM` has returned. A few more passes, 1 ms apart, see it freed.
+        // A page still busy is pinned (faults in flight were waited for): a few more passes,
+        // 1 ms apart, for one unpinned meanwhile.
         for _ in 0..<20 {
             evictAll()
             guard vram.inUsePageCount > 0 else { break }
@@ -179,10 +179,11 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
         if ownsEngine { engine.shutdown() }
     }
 
-    /// Waits (1 ms polls, 10 s at most) until no migration batch is in flight.
+    /// Waits (1 ms polls, 10 s at most) until no migration batch is in flight and no CPU
+    /// fault holds a device page (`DeviceMemory.faultsInFlight`).
     private func waitForMigrations() {
         var polls = 0
-        while polls < 10_000 && migrationsInFlight.load(ordering: .sequentiallyConsistent) > 0 {
+        while polls < 10_000 && (migrationsInFlight.load(ordering: .sequentiallyConsistent) > 0 || vram.faultsInFlight > 0) {
             MonotonicTime.sleep(nanoseconds: 1_000_000)
             polls += 1
         }

@@ -122,6 +122,11 @@ extension AddressSpace {
     private func doDevicePrivateFault(_ vma: VMA, _ leaf: PTETable, _ i: Int, _ addr: UInt64,
                                       _ orig: PageTableEntry, write: Bool) throws(HostMMError) {
         let page = orig.pfn
+        // Counted before the reference is taken and after it is dropped (the defers run in
+        // reverse order): an eviction that finds the page busy sees the fault in flight.
+        let pagemap = memory.pagemap(of: page)
+        pagemap?.faultReferences.add(1, ordering: .sequentiallyConsistent)
+        defer { pagemap?.faultReferences.subtract(1, ordering: .sequentiallyConsistent) }
         let held: Bool = leaf.lock.withLock {
             guard leaf[i] == orig else { return false }
             memory.getPage(page)
@@ -129,7 +134,7 @@ extension AddressSpace {
         }
         guard held else { return }
         defer { memory.putPage(page) }
-        guard let pgmap = memory.pagemap(of: page) else { throw .busError(address: addr) }
+        guard let pgmap = pagemap else { throw .busError(address: addr) }
         faultCounters.count(.devicePrivate)
         switch pgmap.ops.migrateToRAM(VMFault(mm: self, vma: vma, address: addr, page: page, isWrite: write)) {
         case .done: return

@@ -12,7 +12,7 @@ public enum MemoryType: Sendable, Equatable {
 
 /// A registered range of device PFNs (`struct dev_pagemap` after `memremap_pages`).
 ///
-/// Immutable after registration; any thread may read it.
+/// Immutable after registration but for `faultsInFlight` (atomic); any thread may read it.
 public final class DevicePagemap: @unchecked Sendable {
     public let type: MemoryType
     /// First PFN of the range.
@@ -26,6 +26,15 @@ public final class DevicePagemap: @unchecked Sendable {
     /// CPU-visible bytes of a device-coherent range (`pageCount * pageSize`), nil for private.
     public let coherentBytes: UnsafeMutableRawPointer?
     let slot: Int
+    /// CPU faults holding a reference on one of this pgmap's pages (see `faultsInFlight`).
+    let faultReferences = Synchronization.Atomic<Int>(0)
+
+    /// CPU faults on this pgmap's pages in flight: counted from before the fault takes its
+    /// page reference until after it drops it (`do_swap_page`'s `get_page` … `put_page`
+    /// around `migrate_to_ram`), so that while a fault holds a page, this is not 0. A
+    /// driver evicting the pgmap waits for it, as `memunmap_pages` waits for the
+    /// pgmap's references (`pgmap->ref`): such a page is busy for a moment, not pinned.
+    public var faultsInFlight: Int { faultReferences.load(ordering: .sequentiallyConsistent) }
 
     init(type: MemoryType, firstPFN: PFN, pageCount: Int, owner: PgmapOwner,
          ops: any DevicePagemapOps, coherentBytes: UnsafeMutableRawPointer?, slot: Int) {
