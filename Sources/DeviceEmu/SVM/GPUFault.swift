@@ -172,6 +172,17 @@ extension GPUAddressSpace {
     /// (`nouveau_atomic_range_fault`, `dmirror_exclusive`). The mmap lock is held until the
     /// entry is installed: once dropped, an munmap could zap the CPU entry, and raise its
     /// invalidation, before the device entry exists, which would then map an unmapped page.
+    /// An invalidation that needs only the mmap read lock (`MADV_DONTNEED`) can still zap
+    /// the new device-exclusive entry, and free the page, before the device entry exists:
+    /// its notifier call found nothing to zap. So the entry is installed only if, under the
+    /// mirror lock, the CPU entry is still this device-exclusive entry and no invalidation
+    /// began since it was checked (`mmu_interval_read_begin` / `_read_retry`, as
+    /// `nouveau_atomic_range_fault` does). nouveau reads the sequence before
+    /// `make_device_exclusive`; it is read after here, because the write fault-in inside it
+    /// (a copy-on-write break, the restore of this device's own earlier exclusive entry that
+    /// a failed try left behind) raises invalidations of its own, which would fail every
+    /// retry. `readBegin` waits for an invalidation in progress, so a zap that began before
+    /// it has ended when the CPU entry is checked.
     func makeExclusive(_ address: UInt64) throws(DeviceError) {
         mm.mmapLock.readLock()
         defer { mm.mmapLock.readUnlock() }
@@ -186,10 +197,14 @@ extension GPUAddressSpace {
             throw .hostMM(error)
         }
         device.emit(.deviceExclusive, .none, address: address)
+        let seq = notifier.readBegin()
+        let pte = mm.pageTableEntry(address)
+        let stillExclusive = pte.kind == .deviceExclusive && pte.pfn == page
         // Installed before the page is unlocked: a CPU access restoring the entry takes the
-        // page lock first, then invalidates, so it cannot slip between.
+        // page lock first, then invalidates, so it cannot slip between. Not installed, the
+        // replay faults again and takes the page afresh.
         lock.withLock {
-            if !isDetached {
+            if !isDetached && stillExclusive && !notifier.readRetry(seq) {
                 table.set(address, DevicePageTableEntry(pfn: page, kind: .exclusive, write: true))
                 ownSequence &+= 1
             }
