@@ -5,7 +5,8 @@ import DMAEngine
 /// `nouveau_dmem_migrate_to_ram` (the pgmap's CPU-fault handler) and dmirror's
 /// "migrate to system" command.
 ///
-/// Per batch: `migrateVMASetup` with SELECT_DEVICE_PRIVATE, owner = this device (and
+/// Per batch: `migrateVMASetup` with SELECT_DEVICE_PRIVATE (SELECT_DEVICE_COHERENT for
+/// coherent VRAM), owner = this device (and
 /// `faultPage` on a fault) → a locked RAM page per collected device page, a D2H copy
 /// into it → `submit()` → `migrateVMAPages` → wait for the fence → `migrateVMAFinalize`.
 /// The device page-table entries of collected pages are zapped before the copy is
@@ -100,8 +101,10 @@ extension Device {
         let batch = nextBatch()
         emit(.setupBegin, .toRAM, batch: batch, address: start)
         let t0 = stamp()   // after the batch's begin: setup nests inside the batch
+        // This device's own kind of page (`dmirror_select_device`): coherent VRAM is never
+        // faulted on, but `migrateRangeToRAM` must select it.
         var args = MigrateVMA(vma: vma, start: start, end: end, src: b.src, dst: b.dst, pgmapOwner: owner,
-                              flags: .selectDevicePrivate, faultPage: faultPage)
+                              flags: isCoherent ? .selectDeviceCoherent : .selectDevicePrivate, faultPage: faultPage)
         do { try migrateVMASetup(&args) } catch { throw .hostMM(error) }
         emit(.setupEnd, .toRAM, begin: t0, batch: batch, address: start, pages: args.cpages)
         var out = ToRAMOutcome(collected: args.cpages)
