@@ -45,3 +45,41 @@ import Testing
         #expect(memory.checker?.countsByRule == [:], "\(memory.checker?.violations.prefix(3) ?? [])")
     }
 }
+
+/// An mprotect(PROT_READ) after the atomic fault checked the VMA but before
+/// `make_device_exclusive` makes the write GUP fail (`check_vma_flags`): the atomic must
+/// report what it reports when the VMA was read-only from the start, `.permissionDenied`,
+/// not `.fault` ("no readable mapping" of a readable page). (Found by `dmem-bench race
+/// --flow gpu-atomic --gpu-fault thrashing --vram 16`, where the window is the mmap lock
+/// released between the fault's migration and its exclusive-access path.)
+@Suite(.timeLimit(.minutes(1))) struct DeviceExclusivePermissionTests {
+    /// Maps system memory, but first makes the whole range read-only: it stands in for a
+    /// thread whose mprotect lands between the fault's VMA check and the exclusive-access
+    /// path (the decision is asked with no lock held).
+    final class ProtectingPolicy: GPUFaultPolicy, @unchecked Sendable {
+        let mm: AddressSpace
+        let base: UInt64
+        init(_ mm: AddressSpace, _ base: UInt64) { (self.mm, self.base) = (mm, base) }
+        func resolve(_ fault: GPUFaultInfo) -> GPUFaultDecision {
+            try? mm.mprotect(base, length: 16 * pageSize, protection: .read)
+            return .mapSystemMemory(pages: 1)
+        }
+    }
+
+    @Test func anAtomicAfterMprotectReadOnlyIsAPermissionFault() throws {
+        let memory = try PhysicalMemory(ramBytes: 64 << 20, maxDevicePages: 1 << 14, checked: .on)
+        let (mm, base, pattern) = try makeProcess(memory, pages: 16, seed: 31)
+        var policy = MigrationPolicy()
+        policy.gpuFault = .custom(ProtectingPolicy(mm, base))
+        let gpu = try makeDevice(memory, vramMiB: 4, policy: policy)
+        let space = try gpu.bind(mm)
+        let target = base + UInt64(pageSize)
+        #expect(throws: DeviceError.permissionDenied(address: target)) { try space.atomicAdd(at: target, 1) }
+        #expect(try mm.read(at: target, count: pageSize) == pattern.page(1))
+        #expect(mm.pageTableEntry(target).kind == .present)
+        gpu.unbind(mm)
+        try mm.munmap(base, length: 16 * pageSize)
+        try gpu.shutdown()
+        #expect(memory.checker?.countsByRule == [:])
+    }
+}

@@ -190,6 +190,11 @@ extension GPUAddressSpace {
         do {
             page = try mm.makeDeviceExclusive(address, owner: device.owner)
         } catch .fault, .segmentationFault, .busError {
+            // GUP's `check_vma_flags`: a VMA made read-only since the fault checked it (an
+            // mprotect in between) refuses the write as the fault refuses it up front.
+            if let vma = mm.findVMA(address), vma.flags.contains(.read), !vma.flags.contains(.write) {
+                throw .permissionDenied(address: address)
+            }
             throw .fault(address: address)
         } catch .busy {
             return  // the entry changed underneath: the replay faults again
