@@ -7,47 +7,16 @@ import Testing
 /// matrix (the flows and actions the configuration changes, at every step) passes, and the
 /// configuration was really applied — seen in what the driver does, not only in its policy.
 @Suite(.timeLimit(.minutes(2))) struct RaceConfigurationTests {
-    /// Runs `flows` × every step × `actions` in configuration `c`; expects no failing cell
-    /// and the probe firing in each.
     private func matrix(_ c: RaceConfiguration, flows: [RaceFlow], actions: [RaceAction],
                         backend: MigrateOptions.Backend = .iouring, hole: Bool = false) throws -> RaceMatrix {
-        var o = RaceOptions()
-        o.configuration = c
-        o.targetHole = hole
-        o.copyBackend = backend
-        o.flows = flows
-        o.actions = actions
-        o.hold = .milliseconds(5)
-        let m = try RaceMatrix.run(o)
-        #expect(m.failureLines.isEmpty, "\(m.failureLines.prefix(10).joined(separator: "\n"))")
-        #expect(m.passed)
-        let missed = m.cells.filter { !$0.fired }.map { "\($0.cell.flow.rawValue) \($0.cell.step) × \($0.cell.action.rawValue)" }
-        #expect(missed.isEmpty, "the probe never fired at \(missed)")
-        // The configuration is in the header and in every record.
-        let fields = o.configurationFields
-        #expect(m.text.hasPrefix("configuration: " + fields.map { "\($0.key)=\($0.value)" }.joined(separator: " ")))
-        for (key, value) in fields { #expect(m.records.allSatisfy { $0[key] == .string(value) }, "\(key)") }
-        return m
+        try raceMatrix(c, flows: flows, actions: actions, backend: backend, hole: hole)
     }
 
-    /// Prepares `flow` on a fresh world of `c` and runs it with nothing armed.
     private func dryWorld(_ c: RaceConfiguration, _ flow: RaceFlow, hole: Bool = false) throws -> (RaceWorld, RaceFlowResult) {
-        var o = RaceOptions()
-        o.configuration = c
-        o.targetHole = hole
-        let w = try RaceWorld(o)
-        try flow.prepare(w)
-        w.recorder.reset()
-        let r = flow.run(w)
-        return (w, r)
+        try raceDryWorld(c, flow, hole: hole)
     }
 
-    private func shutDown(_ w: RaceWorld) {
-        try? w.mm.munmap(w.base, length: w.pages * pageSize)
-        w.gpu.unbind(w.mm)
-        w.mm.exit()
-        try? w.gpu.shutdown()
-    }
+    private func shutDown(_ w: RaceWorld) { raceShutDown(w) }
 
     @Test func theCallbackAPIOf2017() throws {
         var c = RaceConfiguration()

@@ -8,9 +8,13 @@ import Testing
 /// are refused with a clear message.
 @Suite(.timeLimit(.minutes(2))) struct RaceMatrixTests {
     /// The default matrix (every flow × its steps × every action): no failing cell, and
-    /// the probe fired at every cell's step.
+    /// the probe fired at every cell's step. Held 5 ms per cell (`--quick`), as each
+    /// `after` cell costs its hold: the eight flows' matrix then takes what the first four
+    /// took at the default 20 ms.
     @Test func theDefaultMatrixPassesAndReachesEveryStep() throws {
-        let m = try RaceMatrix.run(RaceOptions())
+        var o = RaceOptions()
+        o.hold = .milliseconds(5)
+        let m = try RaceMatrix.run(o)
         #expect(m.failureLines.isEmpty, "\(m.failureLines.prefix(10).joined(separator: "\n"))")
         #expect(m.passed)
         #expect(m.flows.map(\.flow) == RaceFlow.allCases)
@@ -23,7 +27,16 @@ import Testing
             #expect(kinds.isSuperset(of: [.setupBegin, .setupEnd, .migratePagesBegin, .finalizeEnd]), "\(f.flow): \(f.steps)")
         }
         #expect(m.flows.first { $0.flow == .cpuFault }?.steps.first == RaceStep(kind: .cpuFaultBegin, direction: .toRAM))
-        #expect(m.flows.first { $0.flow == .gpuFault }?.steps.first == RaceStep(kind: .gpuFault, direction: .none))
+        for flow in [RaceFlow.gpuFault, .gpuAtomic, .gpuWrite] {
+            #expect(m.flows.first { $0.flow == flow }?.steps.first == RaceStep(kind: .gpuFault, direction: .none), "\(flow)")
+        }
+        // The explicit migration back and the suspend are batches of their own kinds.
+        #expect(m.flows.first { $0.flow == .migrateToRAM }?.steps.first == RaceStep(kind: .setupBegin, direction: .toRAM))
+        #expect(m.flows.first { $0.flow == .suspend }?.steps.first == RaceStep(kind: .setupBegin, direction: .evict))
+        // The device gate is closed while suspend evicts: a GPU access racing it fails with
+        // the documented `.suspended` (a note, not a failure).
+        let suspend = try #require(m.flows.first { $0.flow == .suspend })
+        #expect(suspend.cells.filter { $0.cell.action == .gpuRead }.allSatisfy { $0.notes.contains { $0.contains("suspended") } })
         // What a held step blocks, for sure: a migration holds the mmap read lock from setup
         // to finalize, so an munmap (mmap write lock) can only finish after the hold.
         let toDevice = try #require(m.flows.first { $0.flow == .toDevice })
@@ -39,8 +52,9 @@ import Testing
     /// matrix is not a test that cannot fail.
     @Test func aCorruptedPageFailsEveryCell() throws {
         var o = RaceOptions()
-        o.flows = [.toDevice, .cpuFault]
+        o.flows = [.toDevice, .cpuFault, .gpuAtomic, .gpuWrite, .migrateToRAM, .suspend]
         o.actions = [.none, .cpuWrite, .gpuAtomic]
+        o.hold = .milliseconds(5)
         let m = try RaceMatrix.run(o, sabotage: true)
         #expect(!m.passed)
         #expect(!m.cells.isEmpty && m.cells.allSatisfy { $0.outcome == .fail })
@@ -59,6 +73,13 @@ import Testing
         #expect(!RaceExpectations.flowMayFail(.toDevice, .munmap, HostMMError.segmentationFault(address: t, reason: .notMapped), at: t))
         #expect(RaceExpectations.flowMayFail(.gpuFault, .unbind, DeviceError.shutDown, at: t))
         #expect(!RaceExpectations.flowMayFail(.gpuFault, .suspendResume, DeviceError.suspended, at: t))
+        #expect(RaceExpectations.flowMayFail(.gpuAtomic, .mprotect, DeviceError.permissionDenied(address: t), at: t))
+        #expect(!RaceExpectations.flowMayFail(.gpuAtomic, .mprotect, DeviceError.fault(address: t), at: t))
+        #expect(!RaceExpectations.flowMayFail(.gpuFault, .mprotect, DeviceError.permissionDenied(address: t), at: t))
+        #expect(RaceExpectations.flowMayFail(.suspend, .shutdown, DeviceError.shutDown, at: t))
+        #expect(RaceExpectations.actionMayFail(.suspend, .gpuAtomic, DeviceError.suspended))
+        #expect(!RaceExpectations.actionMayFail(.evict, .gpuAtomic, DeviceError.suspended))
+        #expect(!RaceExpectations.actionMayFail(.suspend, .cpuRead, DeviceError.suspended))
     }
 
     @Test func badOptionsAreRefused() {

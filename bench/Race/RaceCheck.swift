@@ -15,6 +15,11 @@ struct RaceCheck {
     private(set) var notes: [String] = []
     /// False when the action failed (with an expected error): it then changed nothing.
     private var actionTookEffect = true
+    /// False when the flow failed (with an expected error): its store, if any, did not happen.
+    private var flowTookEffect = true
+    /// What the target was found to hold by the first read that matched the shadow model:
+    /// every later read must agree (the GPU view and the CPU must see the same page).
+    private var settledTarget: RacePage?
 
     init(world: RaceWorld, flow: RaceFlow, action: RaceAction) {
         self.world = world
@@ -24,23 +29,30 @@ struct RaceCheck {
 
     private var target: Int { world.target }
     private func hex(_ a: UInt64) -> String { "0x" + String(a, radix: 16) }
+    private func names(_ pages: [RacePage]) -> String { pages.map(\.description).joined(separator: " or ") }
 
-    /// The flow's own result: a migration of every page when nothing raced; a read of the
-    /// target page seeing it before or after the action; an error only where expected.
+    /// The flow's own result: a migration of every page when nothing raced; a read (or the
+    /// old word of an atomic) of the target page seeing it before or after the action; an
+    /// error only where expected.
     mutating func flowResult(_ r: RaceFlowResult) {
+        let seen = RaceShadow.seenByFlow(world.targetBase, action: action)
         switch r {
         case .migrated(let n):
-            // `evict` moves what was in VRAM when it started: the whole range, or under VRAM
-            // pressure (`--vram` below the range) only what fit.
-            let want = flow == .evict ? world.residentAtStart : world.pages
+            // A migrating flow moves the whole range, or back what was in VRAM when it
+            // started (under VRAM pressure, `--vram` below the range, only what fit).
+            let want = flow.pagesMoved(world)
             if action == .none && n != want { problems.append("\(flow.rawValue) moved \(n) of \(want) pages") }
         case .read(let bytes):
-            let before = world.targetBase.bytes(page: target)
-            let after = action.targetAfter(world.targetBase).bytes(page: target)
-            if bytes != before && bytes != after {
-                problems.append("the flow read page \(target) as neither \(world.targetBase) nor \(action.targetAfter(world.targetBase))")
+            if !seen.contains(where: { $0.bytes(page: target) == bytes }) {
+                problems.append("the flow read page \(target) as not \(names(seen))\(describe(bytes, page: target))")
             }
+        case .value(let v):
+            if !seen.contains(where: { $0.firstWord(target) == v }) {
+                problems.append("the flow's atomic returned \(hex(v)), the page held \(seen.map { hex($0.firstWord(target)) }.joined(separator: " or "))")
+            }
+        case .wrote: break
         case .failed(let error):
+            flowTookEffect = false
             if RaceExpectations.flowMayFail(flow, action, error, at: world.address(target)) {
                 notes.append("the flow failed as documented: \(error)")
             } else {
@@ -49,18 +61,20 @@ struct RaceCheck {
         }
     }
 
-    /// The action's own result: reads see the pattern (the flows write nothing), the
-    /// atomic returns the pattern's word, errors only where expected.
+    /// The action's own result: reads see the start (or the flow's store), the atomic
+    /// returns the word found there, errors only where expected.
     mutating func actionResult(_ r: RaceActionResult) {
+        let seen = RaceShadow.seenByAction(world.targetBase, flow: flow)
         switch r {
         case .done: break
         case .read(let bytes):
-            if bytes != world.targetBase.bytes(page: target) {
-                problems.append("\(action.rawValue) read page \(target) as not \(world.targetBase)\(describe(bytes, page: target))")
+            if !seen.contains(where: { $0.bytes(page: target) == bytes }) {
+                problems.append("\(action.rawValue) read page \(target) as not \(names(seen))\(describe(bytes, page: target))")
             }
         case .value(let v):
-            let want = world.targetBase.firstWord(target)
-            if v != want { problems.append("gpu-atomic returned \(hex(v)), the page held \(hex(want))") }
+            if !seen.contains(where: { $0.firstWord(target) == v }) {
+                problems.append("gpu-atomic returned \(hex(v)), the page held \(seen.map { hex($0.firstWord(target)) }.joined(separator: " or "))")
+            }
         case .failed(let error):
             actionTookEffect = false
             if RaceExpectations.actionMayFail(flow, action, error) {
@@ -71,11 +85,26 @@ struct RaceCheck {
         }
     }
 
-    /// What page `p` must hold now: the target what the action left of its start
-    /// (`world.targetBase`: the pattern, or zeros when it started as a hole).
-    private func expected(_ p: Int) -> RacePage {
-        guard p == target else { return .pattern }
-        return actionTookEffect ? action.targetAfter(world.targetBase) : world.targetBase
+    /// What page `p` may hold now: the pattern, or for the target what the flow and the
+    /// action left of its start (`world.targetBase`: the pattern, or zeros for a hole).
+    private func expected(_ p: Int) -> [RacePage] {
+        guard p == target else { return [.pattern] }
+        if let settledTarget { return [settledTarget] }
+        return RaceShadow.target(world.targetBase, flow: flow, flowTookEffect: flowTookEffect,
+                                 action: action, actionTookEffect: actionTookEffect)
+    }
+
+    /// Checks one read of page `p` (`bytes`, or nil when it faulted as unmapped) against the
+    /// shadow model; returns the problem, if any. The target's first match settles it.
+    private mutating func judge(_ p: Int, _ bytes: [UInt8]?, by who: String) -> String? {
+        let want = expected(p)
+        guard let bytes else { return want == [.unmapped] ? nil : "\(who)page \(p) (\(names(want))) faults as unmapped" }
+        if want.contains(.unmapped) { return "\(who)page \(p) still reads after munmap" }
+        guard let match = want.first(where: { $0.bytes(page: p) == bytes }) else {
+            return "\(who)page \(p) is not \(names(want))\(describe(bytes, page: p))"
+        }
+        if p == target { settledTarget = match }
+        return nil
     }
 
     /// Every page through the process's GPU view, when one is bound (by the flow or the
@@ -84,18 +113,12 @@ struct RaceCheck {
     mutating func gpuPages() {
         guard let space = world.gpu.addressSpace(for: world.mm) else { return }
         for p in 0..<world.pages {
-            let want = expected(p)
             let a = world.address(p)
             do {
-                let bytes = try space.read(at: a, count: pageSize)
-                if want == .unmapped {
-                    problems.append("GPU: page \(p) still reads after munmap")
-                } else if bytes != want.bytes(page: p) {
-                    problems.append("GPU: page \(p) is not \(want)\(describe(bytes, page: p))")
-                }
+                if let problem = judge(p, try space.read(at: a, count: pageSize), by: "GPU: ") { problems.append(problem) }
             } catch {
-                if want != .unmapped || error != .fault(address: a) {
-                    problems.append("GPU read of page \(p) (\(want)): \(error)")
+                if expected(p) != [.unmapped] || error != .fault(address: a) {
+                    problems.append("GPU read of page \(p) (\(names(expected(p)))): \(error)")
                 }
             }
         }
@@ -115,18 +138,12 @@ struct RaceCheck {
     /// Every page by a CPU read: the pattern, or for the target what the action left.
     mutating func pages() {
         for p in 0..<world.pages {
-            let want = expected(p)
             let a = world.address(p)
             do {
-                let bytes = try world.mm.read(at: a, count: pageSize)
-                if want == .unmapped {
-                    problems.append("page \(p) still reads after munmap")
-                } else if bytes != want.bytes(page: p) {
-                    problems.append("page \(p) is not \(want)\(describe(bytes, page: p))")
-                }
+                if let problem = judge(p, try world.mm.read(at: a, count: pageSize), by: "") { problems.append(problem) }
             } catch {
-                if want != .unmapped || error != .segmentationFault(address: a, reason: .notMapped) {
-                    problems.append("CPU read of page \(p) (\(want)): \(error)")
+                if expected(p) != [.unmapped] || error != .segmentationFault(address: a, reason: .notMapped) {
+                    problems.append("CPU read of page \(p) (\(names(expected(p)))): \(error)")
                 }
             }
         }
@@ -145,22 +162,24 @@ struct RaceCheck {
 
     /// What else the page holds, when it is something the shadow model knows.
     private func describe(_ bytes: [UInt8], page: Int) -> String {
-        for other in [RacePage.pattern, .marker, .incremented, .zeros, .zerosIncremented] where bytes == other.bytes(page: page) {
+        for other in RacePage.known where bytes == other.bytes(page: page) {
             return " (it is \(other))"
         }
         return ""
     }
 
-    /// A forked child sees the pattern on every page (nothing writes after the fork);
+    /// A forked child sees the pattern on every page, and the target as it started or as
+    /// the flow's store left it (the actions never write the child);
     /// then HostMM's invariants over both processes and the device's. The child exits.
     mutating func childAndInvariants() {
         let child = world.child
         if let child {
             for p in 0..<world.pages {
                 do {
-                    let want = p == target ? world.targetBase : .pattern
-                    if try child.read(at: world.address(p), count: pageSize) != want.bytes(page: p) {
-                        problems.append("the forked child's page \(p) is not \(want)")
+                    let want = p == target ? RaceShadow.inChild(world.targetBase, flow: flow, flowTookEffect: flowTookEffect) : [.pattern]
+                    let bytes = try child.read(at: world.address(p), count: pageSize)
+                    if !want.contains(where: { $0.bytes(page: p) == bytes }) {
+                        problems.append("the forked child's page \(p) is not \(names(want))\(describe(bytes, page: p))")
                     }
                 } catch { problems.append("the forked child's read of page \(p): \(error)") }
             }

@@ -32,7 +32,7 @@ struct RaceCommand: ParsableCommand {
             run reported at least N times.
 
             Flows:
-            \(Self.flows.map { HelpText.term($0.0, $0.1, column: 14) }.joined(separator: "\n"))
+            \(Self.flows.map { HelpText.term($0.0, $0.1, column: 18) }.joined(separator: "\n"))
             Actions:
             \(RaceAction.allCases.map { HelpText.term($0.rawValue, $0.help, column: 21) }.joined(separator: "\n"))
 
@@ -41,8 +41,12 @@ struct RaceCommand: ParsableCommand {
             --prefetch, --gpu-fault, --memory, --all-or-nothing, --vram and --backend choose it for every world; \
             the header and each JSON record show it. Where a configuration changes the correct outcome the \
             shadow model follows: with --memory coherent the CPU reads VRAM in place, so cpu-fault has no step; \
-            with --gpu-fault map the GPU fault maps system pages and moves nothing; with --vram below --pages, \
-            evict moves what was resident, and the fault flows start from a full VRAM (see RaceFlow.prepare). \
+            with --gpu-fault map the GPU fault maps system pages and moves nothing (and gpu-atomic takes the \
+            page device-exclusive); with --vram below --pages, evict, migrate-to-ram and suspend move what was \
+            resident, and the fault flows start from a full VRAM (see RaceFlow.prepare). The GPU stores of \
+            gpu-write and gpu-atomic and a racing store, DONTNEED or munmap leave the target as one applied after \
+            the other, in either order (RaceShadow); while suspend holds the device suspended, GPU accesses and \
+            migrations to VRAM fail with `suspended`, as documented. \
             --hole makes the target page a hole (never written: the shadow model starts it as zeros).
 
             Examples:
@@ -56,6 +60,10 @@ struct RaceCommand: ParsableCommand {
         ("cpu-fault", "range in VRAM, then a CPU read of the target page (migrate_to_ram)"),
         ("evict", "range in VRAM, then evictAll (as suspend and teardown evict)"),
         ("gpu-fault", "view bound, GPU read of the target page (default policy: migrate to VRAM)"),
+        ("gpu-atomic", "view bound, GPU fetch-add on the target page (migrates; with --gpu-fault map, make_device_exclusive)"),
+        ("gpu-write", "view bound, GPU store of the marker page to the target page (a write fault)"),
+        ("migrate-to-ram", "range in VRAM, then migrateRangeToRAM of it (dmirror's MIGRATE_TO_SYS, not a fault)"),
+        ("suspend", "range in VRAM, then suspend + resume (the device gate closes, then all VRAM is evicted)"),
     ]
 
     /// The examples of the help text: command, what it does.
@@ -68,6 +76,7 @@ struct RaceCommand: ParsableCommand {
          "the second batch, while the first is in flight"),
         ("dmem-bench race --api 2017 --fault-around 16", "the callback API, 16-page CPU faults"),
         ("dmem-bench race --memory coherent --gpu-fault map --vram 16", ""),
+        ("dmem-bench race --flow gpu-atomic --gpu-fault map", "atomics on system pages: held at make_device_exclusive"),
     ]
 
     @Option(help: "Flows: all, or a comma-separated list of \(RaceFlow.allCases.map(\.rawValue).joined(separator: ", ")).")

@@ -8,29 +8,46 @@ import HostMM
 enum RaceExpectations {
     /// Whether `flow` may fail with `error` while `action` races it.
     ///
-    /// - The fault flows' read of a page the action unmapped: SIGSEGV (SEGV_MAPERR) for
+    /// - The fault flows' access to a page the action unmapped: SIGSEGV (SEGV_MAPERR) for
     ///   the CPU, a GPU fault (`.fault`) for the GPU, as `hmm_range_fault` returns -EFAULT
     ///   for an address with no VMA.
-    /// - The GPU fault flow when its view is unbound under it: `.shutDown` (the view's
+    /// - The GPU flows when their view is unbound under them: `.shutDown` (the view's
     ///   accesses in flight fail at their next page).
+    /// - The GPU stores (`gpu-write`, `gpu-atomic`) after `mprotect(PROT_READ)`:
+    ///   `.permissionDenied`, the GPU fault on a VMA without `VM_WRITE` (nouveau's
+    ///   `hmm_range_fault` with `HMM_PFN_REQ_WRITE` returns -EPERM).
+    /// - `suspend` when a teardown took the device between its suspend and its resume:
+    ///   the resume throws `.shutDown` (teardown is final).
     static func flowMayFail(_ flow: RaceFlow, _ action: RaceAction, _ error: any Error, at target: UInt64) -> Bool {
         switch (flow, action) {
         case (.cpuFault, .munmap):
             return (error as? HostMMError) == .segmentationFault(address: target, reason: .notMapped)
-        case (.gpuFault, .munmap):
+        case (.gpuFault, .munmap), (.gpuAtomic, .munmap), (.gpuWrite, .munmap):
             return (error as? DeviceError) == .fault(address: target)
-        case (.gpuFault, .unbind):
+        case (.gpuFault, .unbind), (.gpuAtomic, .unbind), (.gpuWrite, .unbind), (.suspend, .shutdown):
             return (error as? DeviceError) == .shutDown
+        case (.gpuAtomic, .mprotect), (.gpuWrite, .mprotect):
+            return (error as? DeviceError) == .permissionDenied(address: target)
         default:
             return false
         }
     }
 
-    /// Whether `action` may fail with `error` while `flow` runs. None may: a suspend or a
-    /// teardown racing a CPU fault or an eviction that holds VRAM pages locked used to
-    /// report `.busy` (and checked mode a leak) after a few passes; they now wait for the
-    /// migrations in flight (`LifecycleRaceTests`).
+    /// Whether `action` may fail with `error` while `flow` runs.
+    ///
+    /// - While the `suspend` flow holds the device suspended, the operations its gate admits
+    ///   — GPU accesses and migrations to VRAM — fail with `.suspended` (`OperationGate`: a
+    ///   suspended GPU takes no work, as nouveau's runtime-suspended device runs no channel).
+    ///
+    /// Nothing else may: a suspend or a teardown racing a CPU fault or an eviction that
+    /// holds VRAM pages locked used to report `.busy` (and checked mode a leak) after a few
+    /// passes; they now wait for the migrations in flight (`LifecycleRaceTests`).
     static func actionMayFail(_ flow: RaceFlow, _ action: RaceAction, _ error: any Error) -> Bool {
-        false
+        switch (flow, action) {
+        case (.suspend, .gpuRead), (.suspend, .gpuWrite), (.suspend, .gpuAtomic), (.suspend, .migrateToDevice):
+            return (error as? DeviceError) == .suspended
+        default:
+            return false
+        }
     }
 }

@@ -1,38 +1,47 @@
 import HostMM
 
 /// The shadow model of one page in a race-matrix cell: the content the flow and the racing
-/// action imply. The flows only move pages; the actions are the only writers.
+/// action imply — one of the process's contents (`Base`) with its first 64-bit word raised
+/// by the GPU fetch-adds of 1 that reached it (`adds`).
 ///
 /// Threads: a value; any thread.
-enum RacePage: Equatable, Sendable, CustomStringConvertible {
-    /// The process's pattern (what every page starts with).
-    case pattern
-    /// The racing store's marker page.
-    case marker
-    /// The pattern with its first 64-bit word incremented (a GPU fetch-add of 1).
-    case incremented
-    /// Zeros: anonymous memory after `MADV_DONTNEED`, or never touched (a hole).
-    case zeros
-    /// Zeros with the first 64-bit word 1 (a GPU fetch-add of 1 to a hole).
-    case zerosIncremented
-    /// No mapping: a CPU access is SIGSEGV (SEGV_MAPERR).
-    case unmapped
+struct RacePage: Hashable, Sendable, CustomStringConvertible {
+    enum Base: Hashable, Sendable {
+        /// The process's pattern (what every page starts with).
+        case pattern
+        /// The racing store's marker page (a CPU or GPU store of it).
+        case marker
+        /// Zeros: anonymous memory after `MADV_DONTNEED`, or never touched (a hole).
+        case zeros
+        /// No mapping: a CPU access is SIGSEGV (SEGV_MAPERR).
+        case unmapped
+    }
+
+    var base: Base
+    /// GPU fetch-adds of 1 applied to the first word since `base` was written.
+    var adds: UInt64 = 0
+
+    static let pattern = RacePage(base: .pattern)
+    static let marker = RacePage(base: .marker)
+    static let zeros = RacePage(base: .zeros)
+    static let unmapped = RacePage(base: .unmapped)
+    /// The pattern with its first word incremented (a GPU fetch-add of 1).
+    static let incremented = RacePage(base: .pattern, adds: 1)
 
     /// The 4 KiB page `page` must hold (nil: unmapped).
     func bytes(page: Int) -> [UInt8]? {
         var out = [UInt8](repeating: 0, count: pageSize)
-        let key: UInt64
-        switch self {
+        switch base {
         case .unmapped: return nil
-        case .zeros: return out
-        case .zerosIncremented:
-            out.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(1), as: UInt64.self) }
-            return out
-        case .marker: key = TorturePattern.key(worker: 1, generation: 0, page: page, version: 1)
-        case .pattern, .incremented: key = TorturePattern.key(worker: 0, generation: 0, page: page, version: 1)
+        case .zeros: break
+        case .marker:
+            out.withUnsafeMutableBytes { TorturePattern.fill($0.baseAddress!, key: TorturePattern.key(worker: 1, generation: 0, page: page, version: 1)) }
+        case .pattern:
+            out.withUnsafeMutableBytes { TorturePattern.fill($0.baseAddress!, key: TorturePattern.key(worker: 0, generation: 0, page: page, version: 1)) }
         }
-        out.withUnsafeMutableBytes { TorturePattern.fill($0.baseAddress!, key: key) }
-        if self == .incremented { out.withUnsafeMutableBytes { $0.storeBytes(of: RacePage.pattern.firstWord(page) &+ 1, as: UInt64.self) } }
+        if adds > 0 {
+            out.withUnsafeMutableBytes { $0.storeBytes(of: $0.load(as: UInt64.self) &+ adds, as: UInt64.self) }
+        }
         return out
     }
 
@@ -41,17 +50,24 @@ enum RacePage: Equatable, Sendable, CustomStringConvertible {
         (bytes(page: page) ?? [UInt8](repeating: 0, count: 8)).withUnsafeBytes { $0.load(as: UInt64.self) }
     }
 
-    /// The page after a GPU fetch-add of 1 to its first word.
-    var incremented: RacePage { self == .zeros ? .zerosIncremented : .incremented }
+    /// The page after a GPU fetch-add of 1 to its first word (an unmapped page stays so:
+    /// the access faults).
+    var incremented: RacePage { base == .unmapped ? self : RacePage(base: base, adds: adds + 1) }
+
+    /// The page after a store of the whole marker page (an unmapped page stays so).
+    var overwrittenByMarker: RacePage { base == .unmapped ? self : .marker }
+
+    /// Every content a cell can leave a page in (to name what a wrong page holds instead).
+    static let known: [RacePage] = [Base.pattern, .marker, .zeros].flatMap { b in (0...2).map { RacePage(base: b, adds: $0) } }
 
     var description: String {
-        switch self {
-        case .pattern: return "the pattern"
-        case .marker: return "the marker"
-        case .incremented: return "the pattern + 1"
-        case .zeros: return "zeros"
-        case .zerosIncremented: return "zeros + 1"
+        let name: String
+        switch base {
+        case .pattern: name = "the pattern"
+        case .marker: name = "the marker"
+        case .zeros: name = "zeros"
         case .unmapped: return "unmapped"
         }
+        return adds == 0 ? name : "\(name) + \(adds)"
     }
 }

@@ -1,0 +1,127 @@
+import DeviceEmu
+import HostMM
+import Testing
+@testable import dmem_bench
+
+/// The flows that write the target or leave VRAM without a fault (`gpu-atomic`,
+/// `gpu-write`, `migrate-to-ram`, `suspend`) across the driver configurations that change
+/// them: per configuration a reduced matrix passes, and the configuration shows in what
+/// the flow did. The shadow model's rules for two writers are checked on their own.
+@Suite(.timeLimit(.minutes(2))) struct RaceFlowConfigurationTests {
+    private let writers: [RaceAction] = [.none, .cpuRead, .cpuWrite, .gpuAtomic, .munmap, .dontNeed, .mprotect, .fork]
+
+    /// Two writers of the target end as one applied after the other, in either order; a
+    /// writer that failed changed nothing.
+    @Test func theShadowModelAppliesBothWritersInEitherOrder() {
+        let markerPlus1 = RacePage(base: .marker, adds: 1)
+        #expect(RaceShadow.target(.pattern, flow: .gpuAtomic, flowTookEffect: true, action: .cpuWrite, actionTookEffect: true)
+            == [.marker, markerPlus1])
+        #expect(RaceShadow.target(.pattern, flow: .gpuAtomic, flowTookEffect: true, action: .gpuAtomic, actionTookEffect: true)
+            == [RacePage(base: .pattern, adds: 2)])
+        #expect(RaceShadow.target(.pattern, flow: .gpuWrite, flowTookEffect: true, action: .dontNeed, actionTookEffect: true)
+            == [.zeros, .marker])
+        #expect(RaceShadow.target(.pattern, flow: .gpuWrite, flowTookEffect: true, action: .munmap, actionTookEffect: true) == [.unmapped])
+        #expect(RaceShadow.target(.zeros, flow: .gpuAtomic, flowTookEffect: false, action: .cpuRead, actionTookEffect: true) == [.zeros])
+        #expect(RaceShadow.target(.pattern, flow: .evict, flowTookEffect: true, action: .gpuAtomic, actionTookEffect: true) == [.incremented])
+        #expect(RaceShadow.inChild(.pattern, flow: .gpuWrite, flowTookEffect: true) == [.pattern, .marker])
+        #expect(RaceShadow.seenByFlow(.pattern, action: .dontNeed) == [.pattern, .zeros])
+        #expect(RacePage(base: .zeros, adds: 1).firstWord(0) == 1 && RacePage.unmapped.incremented == .unmapped)
+    }
+
+    /// The default policy migrates the atomic's window; the flows' stores land once.
+    @Test func theGPUStoresByDefault() throws {
+        _ = try raceMatrix(RaceConfiguration(), flows: [.gpuAtomic, .gpuWrite], actions: writers + [.unbind, .suspendResume])
+        let (w, r) = try raceDryWorld(RaceConfiguration(), .gpuAtomic)
+        defer { raceShutDown(w) }
+        guard case .value(let old) = r else { Issue.record("gpu-atomic: \(r)"); return }
+        #expect(old == RacePage.pattern.firstWord(w.target))
+        #expect(try w.mm.read(at: w.address(w.target), count: pageSize) == RacePage.incremented.bytes(page: w.target))
+    }
+
+    /// `--gpu-fault map`: the atomic takes the system page device-exclusive, and the matrix
+    /// holds it at `make_device_exclusive` (every action; `DeviceExclusiveRaceTests`).
+    @Test func atomicsOnMappedSystemPagesTakeThemDeviceExclusive() throws {
+        for hole in [false, true] {
+            var c = RaceConfiguration()
+            c.gpuFault = .map
+            let m = try raceMatrix(c, flows: [.gpuAtomic, .gpuWrite], actions: RaceAction.allCases, hole: hole)
+            let steps = try #require(m.flows.first?.steps)
+            #expect(steps == [RaceStep(kind: .gpuFault, direction: .none), RaceStep(kind: .deviceExclusive, direction: .none),
+                              RaceStep(kind: .gpuFaultResolved, direction: .none)])
+            let (w, _) = try raceDryWorld(c, .gpuAtomic, hole: hole)
+            defer { raceShutDown(w) }
+            #expect(w.gpu.addressSpace(for: w.mm)?.entry(at: w.address(w.target)).kind == .exclusive)
+            #expect(w.mm.pageTableEntry(w.address(w.target)).kind == .deviceExclusive)
+            #expect(w.gpu.vram.inUsePageCount == 0)
+        }
+    }
+
+    @Test func thrashingDetection() throws {
+        var c = RaceConfiguration()
+        c.gpuFault = .thrashing
+        _ = try raceMatrix(c, flows: [.gpuAtomic, .gpuWrite], actions: [.none, .cpuWrite, .munmap, .dontNeed, .mprotect])
+    }
+
+    /// Coherent VRAM: `migrateRangeToRAM` selects it (`CoherentMigrateToRAMTests`), and
+    /// suspend evicts it.
+    @Test func coherentVRAM() throws {
+        var c = RaceConfiguration()
+        c.memory = .coherent
+        _ = try raceMatrix(c, flows: [.migrateToRAM, .suspend, .gpuAtomic], actions: [.none, .cpuRead, .cpuWrite, .gpuAtomic, .fork])
+        let (w, r) = try raceDryWorld(c, .migrateToRAM)
+        defer { raceShutDown(w) }
+        guard case .migrated(let n) = r else { Issue.record("migrate-to-ram: \(r)"); return }
+        #expect(n == w.pages && w.gpu.vram.inUsePageCount == 0)
+    }
+
+    @Test func theCallbackAPIOf2017AndPipelinedBatches() throws {
+        var c = RaceConfiguration()
+        c.api = .callbacks2017
+        _ = try raceMatrix(c, flows: [.gpuAtomic, .gpuWrite], actions: [.none, .cpuWrite, .munmap, .migrateToDevice])
+        c = RaceConfiguration()
+        c.pipeline = 2
+        _ = try raceMatrix(c, flows: [.suspend, .migrateToRAM, .gpuWrite], actions: [.none, .cpuWrite, .gpuRead, .evictAll])
+    }
+
+    /// VRAM of one batch: the GPU flows evict inside the flow; migrate-to-ram and suspend
+    /// move what was resident.
+    @Test func vramPressure() throws {
+        var c = RaceConfiguration()
+        c.vramPages = 16
+        let m = try raceMatrix(c, flows: [.gpuAtomic, .gpuWrite, .migrateToRAM, .suspend], actions: [.none, .cpuRead, .munmap, .gpuAtomic])
+        for flow in [RaceFlow.gpuAtomic, .gpuWrite] {
+            let steps = try #require(m.flows.first { $0.flow == flow }?.steps)
+            #expect(steps.contains(RaceStep(kind: .setupBegin, direction: .evict)), "\(flow): no eviction in \(steps)")
+        }
+        let (w, r) = try raceDryWorld(c, .suspend)
+        defer { raceShutDown(w) }
+        guard case .migrated(let n) = r else { Issue.record("suspend: \(r)"); return }
+        #expect(n == 16 && w.residentAtStart == 16 && !w.gpu.isSuspended)
+    }
+
+    @Test func aHoleAndTheMappedBackend() throws {
+        _ = try raceMatrix(RaceConfiguration(), flows: [.gpuAtomic, .gpuWrite], actions: [.none, .cpuRead, .dontNeed, .gpuAtomic, .fork], hole: true)
+        _ = try raceMatrix(RaceConfiguration(), flows: [.migrateToRAM, .suspend], actions: [.none, .cpuWrite, .gpuWrite, .shutdown], backend: .mapped)
+    }
+
+    /// `--occurrence 2 --target 20`: migrate-to-ram and suspend move two batches; the matrix
+    /// holds the second while the action races on its pages.
+    @Test func theSecondBatch() throws {
+        var o = RaceOptions()
+        o.flows = [.migrateToRAM, .suspend]
+        o.actions = [.none, .cpuWrite, .munmap, .gpuAtomic]
+        o.occurrence = 2
+        o.target = 20
+        o.hold = .milliseconds(5)
+        let m = try RaceMatrix.run(o)
+        #expect(m.failureLines.isEmpty, "\(m.failureLines.prefix(10).joined(separator: "\n"))")
+        for f in m.flows { #expect(!f.steps.isEmpty, "\(f.flow)") }
+        #expect(m.cells.allSatisfy { $0.fired })
+        // Held at the second batch: migrate-to-ram's setup, pages and finalize steps report
+        // the batch's first address (the fence steps report none).
+        let w = try RaceWorld(o)
+        defer { raceShutDown(w) }
+        let held = m.cells.filter { $0.cell.flow == .migrateToRAM }.compactMap { $0.event?.address }.filter { $0 != 0 }
+        #expect(!held.isEmpty && held.allSatisfy { $0 == w.address(16) }, "\(held) vs \(w.address(16))")
+    }
+}

@@ -1,0 +1,48 @@
+import DeviceEmu
+import HostMM
+import Testing
+@testable import dmem_bench
+
+// Shared by the race-matrix suites (RaceConfigurationTests, RaceFlowConfigurationTests).
+
+/// Runs `flows` × every step × `actions` in configuration `c`; expects no failing cell
+/// and the probe firing in each.
+func raceMatrix(_ c: RaceConfiguration, flows: [RaceFlow], actions: [RaceAction],
+                backend: MigrateOptions.Backend = .iouring, hole: Bool = false) throws -> RaceMatrix {
+    var o = RaceOptions()
+    o.configuration = c
+    o.targetHole = hole
+    o.copyBackend = backend
+    o.flows = flows
+    o.actions = actions
+    o.hold = .milliseconds(5)
+    let m = try RaceMatrix.run(o)
+    #expect(m.failureLines.isEmpty, "\(m.failureLines.prefix(10).joined(separator: "\n"))")
+    #expect(m.passed)
+    let missed = m.cells.filter { !$0.fired }.map { "\($0.cell.flow.rawValue) \($0.cell.step) × \($0.cell.action.rawValue)" }
+    #expect(missed.isEmpty, "the probe never fired at \(missed)")
+    // The configuration is in the header and in every record.
+    let fields = o.configurationFields
+    #expect(m.text.hasPrefix("configuration: " + fields.map { "\($0.key)=\($0.value)" }.joined(separator: " ")))
+    for (key, value) in fields { #expect(m.records.allSatisfy { $0[key] == .string(value) }, "\(key)") }
+    return m
+}
+
+/// Prepares `flow` on a fresh world of `c` and runs it with nothing armed.
+func raceDryWorld(_ c: RaceConfiguration, _ flow: RaceFlow, hole: Bool = false) throws -> (RaceWorld, RaceFlowResult) {
+    var o = RaceOptions()
+    o.configuration = c
+    o.targetHole = hole
+    let w = try RaceWorld(o)
+    try flow.prepare(w)
+    w.recorder.reset()
+    let r = flow.run(w)
+    return (w, r)
+}
+
+func raceShutDown(_ w: RaceWorld) {
+    try? w.mm.munmap(w.base, length: w.pages * pageSize)
+    w.gpu.unbind(w.mm)
+    w.mm.exit()
+    try? w.gpu.shutdown()
+}
