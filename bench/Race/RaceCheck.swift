@@ -94,11 +94,10 @@ struct RaceCheck {
                                  action: action, actionTookEffect: actionTookEffect)
     }
 
-    /// Checks one read of page `p` (`bytes`, or nil when it faulted as unmapped) against the
-    /// shadow model; returns the problem, if any. The target's first match settles it.
-    private mutating func judge(_ p: Int, _ bytes: [UInt8]?, by who: String) -> String? {
+    /// Checks the bytes a read of page `p` returned against the shadow model; returns the
+    /// problem, if any. The target's first match settles it.
+    private mutating func judge(_ p: Int, _ bytes: [UInt8], by who: String) -> String? {
         let want = expected(p)
-        guard let bytes else { return want == [.unmapped] ? nil : "\(who)page \(p) (\(names(want))) faults as unmapped" }
         if want.contains(.unmapped) { return "\(who)page \(p) still reads after munmap" }
         guard let match = want.first(where: { $0.bytes(page: p) == bytes }) else {
             return "\(who)page \(p) is not \(names(want))\(describe(bytes, page: p))"
