@@ -416,7 +416,7 @@ import Testing
             // A stuck thread holds the device gate (a GPU access) or waits for it (unbind):
             // `unbind`/`shutdown` below would wait for it forever and hang the whole run.
             // Fail here, naming what a GPU fault could be waiting on.
-            Issue.record("a thread is stuck (churn and evictor joined: \(joined)); \(stuckPages(memory, mm, a, pages: 64))")
+            Issue.record("a thread is stuck (churn and evictor joined: \(joined)); \(stuckPages(memory, mm, a, pages: 64)); \(lockedVRAMPages(gpu)); invariants: \(gpu.checkInvariants().prefix(4)); unlocks of unlocked pages: \(memory.diagnostics.unlocksOfUnlockedPages)")
             return
         }
         gpu.unbind(mm)
@@ -492,4 +492,17 @@ private func stuckPages(_ memory: PhysicalMemory, _ mm: AddressSpace, _ a: UInt6
         return "page \(p): \(pte.kind) pfn \(pte.pfn.rawValue) locked \(locked) refcount \(memory.refcount(pte.pfn))"
     }
     return lines.isEmpty ? "no migration entry or locked page" : lines.joined(separator: "; ")
+}
+
+/// This device's VRAM pages that are locked (a GPU fault waits on its own locked page: a
+/// migration into it that has not finalized), with their refcounts.
+private func lockedVRAMPages(_ gpu: Device) -> String {
+    var lines: [String] = []
+    for chunk in gpu.vram.chunks {
+        for raw in chunk.pfns.lowerBound.rawValue ..< chunk.pfns.upperBound.rawValue {
+            let pfn = PFN(raw)
+            if gpu.memory.isPageLocked(pfn) { lines.append("VRAM pfn \(raw) locked, refcount \(gpu.memory.refcount(pfn))") }
+        }
+    }
+    return lines.isEmpty ? "no locked VRAM page" : lines.joined(separator: "; ")
 }
