@@ -409,9 +409,16 @@ import Testing
         }
         let joined = [churn, evictor].allSatisfy { $0.join(seconds: 30) }
         stop.store(true, ordering: .relaxed)
-        #expect(joined && readers.allSatisfy { $0.join(seconds: 30) }, "a thread is stuck")
+        let readersJoined = readers.allSatisfy { $0.join(seconds: 30) }
         #expect(problems.withLockedValue { $0 }.isEmpty, "\(problems.withLockedValue { $0.prefix(3) })")
         #expect(memory.checker?.countsByRule == [:], "\(memory.checker?.violations.prefix(3) ?? [])")
+        guard joined && readersJoined else {
+            // A stuck thread holds the device gate (a GPU access) or waits for it (unbind):
+            // `unbind`/`shutdown` below would wait for it forever and hang the whole run.
+            // Fail here, naming what a GPU fault could be waiting on.
+            Issue.record("a thread is stuck (churn and evictor joined: \(joined)); \(stuckPages(memory, mm, a, pages: 64)); \(lockedVRAMPages(gpu)); invariants: \(gpu.checkInvariants().prefix(4)); unlocks of unlocked pages: \(memory.diagnostics.unlocksOfUnlockedPages)")
+            return
+        }
         gpu.unbind(mm)
         gpu.evictAll()
         #expect(gpu.vram.inUsePageCount == 0)
@@ -473,4 +480,29 @@ struct SplitMix {
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return Int((z ^ (z >> 31)) % UInt64(bound))
     }
+}
+
+/// The process's pages a stuck GPU fault or CPU access may be waiting on: migration entries
+/// (`hmm_range_fault` sleeps on their page lock, `migration_entry_wait`) and locked pages.
+private func stuckPages(_ memory: PhysicalMemory, _ mm: AddressSpace, _ a: UInt64, pages: Int) -> String {
+    let lines = (0..<pages).compactMap { p -> String? in
+        let pte = mm.pageTableEntry(a + UInt64(p * pageSize))
+        let locked = pte.kind != .none && memory.isPageLocked(pte.pfn)
+        guard pte.kind == .migration || locked else { return nil }
+        return "page \(p): \(pte.kind) pfn \(pte.pfn.rawValue) locked \(locked) refcount \(memory.refcount(pte.pfn))"
+    }
+    return lines.isEmpty ? "no migration entry or locked page" : lines.joined(separator: "; ")
+}
+
+/// This device's VRAM pages that are locked (a GPU fault waits on its own locked page: a
+/// migration into it that has not finalized), with their refcounts.
+private func lockedVRAMPages(_ gpu: Device) -> String {
+    var lines: [String] = []
+    for chunk in gpu.vram.chunks {
+        for raw in chunk.pfns.lowerBound.rawValue ..< chunk.pfns.upperBound.rawValue {
+            let pfn = PFN(raw)
+            if gpu.memory.isPageLocked(pfn) { lines.append("VRAM pfn \(raw) locked, refcount \(gpu.memory.refcount(pfn))") }
+        }
+    }
+    return lines.isEmpty ? "no locked VRAM page" : lines.joined(separator: "; ")
 }
