@@ -8,8 +8,8 @@ import Testing
 /// configuration was really applied — seen in what the driver does, not only in its policy.
 @Suite(.timeLimit(.minutes(2))) struct RaceConfigurationTests {
     private func matrix(_ c: RaceConfiguration, flows: [RaceFlow], actions: [RaceAction],
-                        backend: MigrateOptions.Backend = .iouring, hole: Bool = false) throws -> RaceMatrix {
-        try raceMatrix(c, flows: flows, actions: actions, backend: backend, hole: hole)
+                        backend: MigrateOptions.Backend = .iouring, hole: Bool = false) async throws -> RaceMatrix {
+        try await raceMatrix(c, flows: flows, actions: actions, backend: backend, hole: hole)
     }
 
     private func dryWorld(_ c: RaceConfiguration, _ flow: RaceFlow, hole: Bool = false) throws -> (RaceWorld, RaceFlowResult) {
@@ -18,10 +18,10 @@ import Testing
 
     private func shutDown(_ w: RaceWorld) { raceShutDown(w) }
 
-    @Test func theCallbackAPIOf2017() throws {
+    @Test func theCallbackAPIOf2017() async throws {
         var c = RaceConfiguration()
         c.api = .callbacks2017
-        let m = try matrix(c, flows: [.toDevice], actions: [.none, .cpuWrite, .munmap, .migrateToDevice, .otherDevice])
+        let m = try await matrix(c, flows: [.toDevice], actions: [.none, .cpuWrite, .munmap, .migrateToDevice, .otherDevice])
         // The 2017 flow reports its steps (alloc_and_copy, then finalize_and_map).
         let steps = try #require(m.flows.first?.steps)
         #expect(steps.first == RaceStep(kind: .setupBegin, direction: .toDevice) && steps.last == RaceStep(kind: .finalizeEnd, direction: .toDevice))
@@ -32,10 +32,10 @@ import Testing
         #expect(n == w.pages)
     }
 
-    @Test func pipelinedBatches() throws {
+    @Test func pipelinedBatches() async throws {
         var c = RaceConfiguration()
         c.pipeline = 2
-        _ = try matrix(c, flows: [.toDevice], actions: [.none, .cpuWrite, .gpuAtomic, .munmap, .evictAll], backend: .mapped)
+        _ = try await matrix(c, flows: [.toDevice], actions: [.none, .cpuWrite, .gpuAtomic, .munmap, .evictAll], backend: .mapped)
         // Applied: the second batch is set up before the first one's fence wait ends.
         let (w, _) = try dryWorld(c, .toDevice)
         defer { shutDown(w) }
@@ -46,32 +46,32 @@ import Testing
         #expect(secondSetup < firstWaitEnd)
     }
 
-    @Test func faultAroundWindows() throws {
+    @Test func faultAroundWindows() async throws {
         var c = RaceConfiguration()
         c.faultAround = 16
         c.api = .callbacks2017
-        _ = try matrix(c, flows: [.cpuFault], actions: [.none, .cpuWrite, .munmap, .dontNeed, .fork, .migrateToRAM])
+        _ = try await matrix(c, flows: [.cpuFault], actions: [.none, .cpuWrite, .munmap, .dontNeed, .fork, .migrateToRAM])
         // Applied: one CPU fault brought the target's 16-page window back.
         let (w, _) = try dryWorld(c, .cpuFault)
         defer { shutDown(w) }
         #expect(w.gpu.vram.inUsePageCount == w.pages - 16)
     }
 
-    @Test func sequentialPrefetch() throws {
+    @Test func sequentialPrefetch() async throws {
         var c = RaceConfiguration()
         c.prefetch = .sequential
-        _ = try matrix(c, flows: [.cpuFault], actions: [.none, .cpuRead, .munmap, .evictAll])
+        _ = try await matrix(c, flows: [.cpuFault], actions: [.none, .cpuRead, .munmap, .evictAll])
         let (w, _) = try dryWorld(c, .cpuFault)
         defer { shutDown(w) }
         guard case .custom(let p) = w.gpu.policy.cpuFaultGranularity else { Issue.record("no prefetch policy"); return }
         #expect(p is SequentialPrefetchPolicy)
     }
 
-    @Test func gpuFaultsMapSystemPages() throws {
+    @Test func gpuFaultsMapSystemPages() async throws {
         for mode in [ThrashOptions.GPUFault.map, .thrashing] {
             var c = RaceConfiguration()
             c.gpuFault = mode
-            let m = try matrix(c, flows: [.gpuFault], actions: mode == .map ? RaceAction.allCases : [.none, .cpuWrite, .munmap, .unbind])
+            let m = try await matrix(c, flows: [.gpuFault], actions: mode == .map ? RaceAction.allCases : [.none, .cpuWrite, .munmap, .unbind])
             let steps = try #require(m.flows.first?.steps)
             let (w, _) = try dryWorld(c, .gpuFault)
             defer { shutDown(w) }
@@ -87,10 +87,10 @@ import Testing
         }
     }
 
-    @Test func coherentVRAM() throws {
+    @Test func coherentVRAM() async throws {
         var c = RaceConfiguration()
         c.memory = .coherent
-        let m = try matrix(c, flows: [.cpuFault, .toDevice], actions: [.none, .cpuRead, .cpuWrite, .gpuAtomic, .fork])
+        let m = try await matrix(c, flows: [.cpuFault, .toDevice], actions: [.none, .cpuRead, .cpuWrite, .gpuAtomic, .fork])
         // A CPU access to coherent VRAM does not fault: cpu-fault has no step and no cell,
         // and its read left the range in VRAM (the dry run checks both).
         let cpu = try #require(m.flows.first { $0.flow == .cpuFault })
@@ -106,11 +106,11 @@ import Testing
     /// A target page that is a hole, migrated through the 2017 API to coherent VRAM: the
     /// hole is CPU-mapped by the pages step, so its clear must have landed by then
     /// (`CoherentLegacyRaceTests`; checked mode's `hole-mapped-with-copy-in-flight`).
-    @Test func aHoleInCoherentVRAMThroughThe2017API() throws {
+    @Test func aHoleInCoherentVRAMThroughThe2017API() async throws {
         var c = RaceConfiguration()
         c.api = .callbacks2017
         c.memory = .coherent
-        let m = try matrix(c, flows: [.toDevice], actions: [.none, .cpuRead, .gpuAtomic, .dontNeed, .fork], hole: true)
+        let m = try await matrix(c, flows: [.toDevice], actions: [.none, .cpuRead, .gpuAtomic, .dontNeed, .fork], hole: true)
         #expect(m.records.allSatisfy { $0["target_hole"] == .string("on") })
         // Applied: the migration populated exactly one hole.
         let (w, _) = try dryWorld(c, .toDevice, hole: true)
@@ -118,27 +118,27 @@ import Testing
         #expect(w.targetBase == .zeros && w.gpu.counters[.holesPopulated] == 1)
     }
 
-    @Test func coherentVRAMWithMappedGPUFaults() throws {
+    @Test func coherentVRAMWithMappedGPUFaults() async throws {
         var c = RaceConfiguration()
         c.memory = .coherent
         c.gpuFault = .map
-        _ = try matrix(c, flows: [.gpuFault, .evict], actions: [.none, .cpuWrite, .gpuWrite, .mprotect, .suspendResume])
+        _ = try await matrix(c, flows: [.gpuFault, .evict], actions: [.none, .cpuWrite, .gpuWrite, .mprotect, .suspendResume])
     }
 
-    @Test func allOrNothingBatches() throws {
+    @Test func allOrNothingBatches() async throws {
         var c = RaceConfiguration()
         c.allOrNothing = true
-        _ = try matrix(c, flows: [.toDevice], actions: [.none, .cpuWrite, .munmap, .dontNeed, .migrateToDevice, .otherDevice])
+        _ = try await matrix(c, flows: [.toDevice], actions: [.none, .cpuWrite, .munmap, .dontNeed, .migrateToDevice, .otherDevice])
         let (w, _) = try dryWorld(c, .toDevice)
         defer { shutDown(w) }
         #expect(w.gpu.policy.rangeMigration == .allOrNothing)
     }
 
     /// VRAM of one batch for a range of two: every migration to VRAM evicts inside the flow.
-    @Test func vramPressure() throws {
+    @Test func vramPressure() async throws {
         var c = RaceConfiguration()
         c.vramPages = 16
-        let m = try matrix(c, flows: [.toDevice, .gpuFault, .evict], actions: [.none, .cpuRead, .munmap, .otherDevice])
+        let m = try await matrix(c, flows: [.toDevice, .gpuFault, .evict], actions: [.none, .cpuRead, .munmap, .otherDevice])
         for flow in [RaceFlow.toDevice, .gpuFault] {
             let steps = try #require(m.flows.first { $0.flow == flow }?.steps)
             #expect(steps.contains(RaceStep(kind: .setupBegin, direction: .evict)), "\(flow): no eviction in \(steps)")
@@ -152,11 +152,11 @@ import Testing
 
     /// Pipelined batches under VRAM pressure: the batch in flight holds the only VRAM, so
     /// the next one waits for it rather than staying in RAM (`PipelinePressureTests`).
-    @Test func pipelinedBatchesUnderVRAMPressure() throws {
+    @Test func pipelinedBatchesUnderVRAMPressure() async throws {
         var c = RaceConfiguration()
         c.pipeline = 2
         c.vramPages = 16
-        let m = try matrix(c, flows: [.toDevice], actions: [.none, .cpuWrite, .munmap, .evictAll])
+        let m = try await matrix(c, flows: [.toDevice], actions: [.none, .cpuWrite, .munmap, .evictAll])
         #expect(m.flows.first?.steps.contains(RaceStep(kind: .setupBegin, direction: .evict)) == true)
     }
 

@@ -29,8 +29,8 @@ import Testing
     }
 
     /// The default policy migrates the atomic's window; the flows' stores land once.
-    @Test func theGPUStoresByDefault() throws {
-        _ = try raceMatrix(RaceConfiguration(), flows: [.gpuAtomic, .gpuWrite], actions: writers + [.unbind, .suspendResume])
+    @Test func theGPUStoresByDefault() async throws {
+        _ = try await raceMatrix(RaceConfiguration(), flows: [.gpuAtomic, .gpuWrite], actions: writers + [.unbind, .suspendResume])
         let (w, r) = try raceDryWorld(RaceConfiguration(), .gpuAtomic)
         defer { raceShutDown(w) }
         guard case .value(let old) = r else { Issue.record("gpu-atomic: \(r)"); return }
@@ -40,11 +40,11 @@ import Testing
 
     /// `--gpu-fault map`: the atomic takes the system page device-exclusive, and the matrix
     /// holds it at `make_device_exclusive` (every action; `DeviceExclusiveRaceTests`).
-    @Test func atomicsOnMappedSystemPagesTakeThemDeviceExclusive() throws {
+    @Test func atomicsOnMappedSystemPagesTakeThemDeviceExclusive() async throws {
         for hole in [false, true] {
             var c = RaceConfiguration()
             c.gpuFault = .map
-            let m = try raceMatrix(c, flows: [.gpuAtomic, .gpuWrite], actions: RaceAction.allCases, hole: hole)
+            let m = try await raceMatrix(c, flows: [.gpuAtomic, .gpuWrite], actions: RaceAction.allCases, hole: hole)
             let steps = try #require(m.flows.first?.steps)
             #expect(steps == [RaceStep(kind: .gpuFault, direction: .none), RaceStep(kind: .deviceExclusive, direction: .none),
                               RaceStep(kind: .gpuFaultResolved, direction: .none)])
@@ -56,39 +56,39 @@ import Testing
         }
     }
 
-    @Test func thrashingDetection() throws {
+    @Test func thrashingDetection() async throws {
         var c = RaceConfiguration()
         c.gpuFault = .thrashing
-        _ = try raceMatrix(c, flows: [.gpuAtomic, .gpuWrite], actions: [.none, .cpuWrite, .munmap, .dontNeed, .mprotect])
+        _ = try await raceMatrix(c, flows: [.gpuAtomic, .gpuWrite], actions: [.none, .cpuWrite, .munmap, .dontNeed, .mprotect])
     }
 
     /// Coherent VRAM: `migrateRangeToRAM` selects it (`CoherentMigrateToRAMTests`), and
     /// suspend evicts it.
-    @Test func coherentVRAM() throws {
+    @Test func coherentVRAM() async throws {
         var c = RaceConfiguration()
         c.memory = .coherent
-        _ = try raceMatrix(c, flows: [.migrateToRAM, .suspend, .gpuAtomic], actions: [.none, .cpuRead, .cpuWrite, .gpuAtomic, .fork])
+        _ = try await raceMatrix(c, flows: [.migrateToRAM, .suspend, .gpuAtomic], actions: [.none, .cpuRead, .cpuWrite, .gpuAtomic, .fork])
         let (w, r) = try raceDryWorld(c, .migrateToRAM)
         defer { raceShutDown(w) }
         guard case .migrated(let n) = r else { Issue.record("migrate-to-ram: \(r)"); return }
         #expect(n == w.pages && w.gpu.vram.inUsePageCount == 0)
     }
 
-    @Test func theCallbackAPIOf2017AndPipelinedBatches() throws {
+    @Test func theCallbackAPIOf2017AndPipelinedBatches() async throws {
         var c = RaceConfiguration()
         c.api = .callbacks2017
-        _ = try raceMatrix(c, flows: [.gpuAtomic, .gpuWrite], actions: [.none, .cpuWrite, .munmap, .migrateToDevice])
+        _ = try await raceMatrix(c, flows: [.gpuAtomic, .gpuWrite], actions: [.none, .cpuWrite, .munmap, .migrateToDevice])
         c = RaceConfiguration()
         c.pipeline = 2
-        _ = try raceMatrix(c, flows: [.suspend, .migrateToRAM, .gpuWrite], actions: [.none, .cpuWrite, .gpuRead, .evictAll])
+        _ = try await raceMatrix(c, flows: [.suspend, .migrateToRAM, .gpuWrite], actions: [.none, .cpuWrite, .gpuRead, .evictAll])
     }
 
     /// VRAM of one batch: the GPU flows evict inside the flow; migrate-to-ram and suspend
     /// move what was resident.
-    @Test func vramPressure() throws {
+    @Test func vramPressure() async throws {
         var c = RaceConfiguration()
         c.vramPages = 16
-        let m = try raceMatrix(c, flows: [.gpuAtomic, .gpuWrite, .migrateToRAM, .suspend], actions: [.none, .cpuRead, .munmap, .gpuAtomic])
+        let m = try await raceMatrix(c, flows: [.gpuAtomic, .gpuWrite, .migrateToRAM, .suspend], actions: [.none, .cpuRead, .munmap, .gpuAtomic])
         for flow in [RaceFlow.gpuAtomic, .gpuWrite] {
             let steps = try #require(m.flows.first { $0.flow == flow }?.steps)
             #expect(steps.contains(RaceStep(kind: .setupBegin, direction: .evict)), "\(flow): no eviction in \(steps)")
@@ -99,21 +99,21 @@ import Testing
         #expect(n == 16 && w.residentAtStart == 16 && !w.gpu.isSuspended)
     }
 
-    @Test func aHoleAndTheMappedBackend() throws {
-        _ = try raceMatrix(RaceConfiguration(), flows: [.gpuAtomic, .gpuWrite], actions: [.none, .cpuRead, .dontNeed, .gpuAtomic, .fork], hole: true)
-        _ = try raceMatrix(RaceConfiguration(), flows: [.migrateToRAM, .suspend], actions: [.none, .cpuWrite, .gpuWrite, .shutdown], backend: .mapped)
+    @Test func aHoleAndTheMappedBackend() async throws {
+        _ = try await raceMatrix(RaceConfiguration(), flows: [.gpuAtomic, .gpuWrite], actions: [.none, .cpuRead, .dontNeed, .gpuAtomic, .fork], hole: true)
+        _ = try await raceMatrix(RaceConfiguration(), flows: [.migrateToRAM, .suspend], actions: [.none, .cpuWrite, .gpuWrite, .shutdown], backend: .mapped)
     }
 
     /// `--occurrence 2 --target 20`: migrate-to-ram and suspend move two batches; the matrix
     /// holds the second while the action races on its pages.
-    @Test func theSecondBatch() throws {
+    @Test func theSecondBatch() async throws {
         var o = RaceOptions()
         o.flows = [.migrateToRAM, .suspend]
         o.actions = [.none, .cpuWrite, .munmap, .gpuAtomic]
         o.occurrence = 2
         o.target = 20
         o.hold = .milliseconds(5)
-        let m = try RaceMatrix.run(o)
+        let m = try await runMatrix(o)
         #expect(m.failureLines.isEmpty, "\(m.failureLines.prefix(10).joined(separator: "\n"))")
         for f in m.flows { #expect(!f.steps.isEmpty, "\(f.flow)") }
         #expect(m.cells.allSatisfy { $0.fired })

@@ -11,10 +11,10 @@ import Testing
     /// the probe fired at every cell's step. Held 5 ms per cell (`--quick`), as each
     /// `after` cell costs its hold: the eight flows' matrix then takes what the first four
     /// took at the default 20 ms.
-    @Test func theDefaultMatrixPassesAndReachesEveryStep() throws {
+    @Test func theDefaultMatrixPassesAndReachesEveryStep() async throws {
         var o = RaceOptions()
         o.hold = .milliseconds(5)
-        let m = try RaceMatrix.run(o)
+        let m = try await runMatrix(o)
         #expect(m.failureLines.isEmpty, "\(m.failureLines.prefix(10).joined(separator: "\n"))")
         #expect(m.passed)
         #expect(m.flows.map(\.flow) == RaceFlow.allCases)
@@ -50,12 +50,12 @@ import Testing
 
     /// A page corrupted behind the model's back fails every cell, with the page named: the
     /// matrix is not a test that cannot fail.
-    @Test func aCorruptedPageFailsEveryCell() throws {
+    @Test func aCorruptedPageFailsEveryCell() async throws {
         var o = RaceOptions()
         o.flows = [.toDevice, .cpuFault, .gpuAtomic, .gpuWrite, .migrateToRAM, .suspend]
         o.actions = [.none, .cpuWrite, .gpuAtomic]
         o.hold = .milliseconds(5)
-        let m = try RaceMatrix.run(o, sabotage: true)
+        let m = try await runMatrix(o, sabotage: true)
         #expect(!m.passed)
         #expect(!m.cells.isEmpty && m.cells.allSatisfy { $0.outcome == .fail })
         for c in m.cells {

@@ -13,12 +13,12 @@ import Testing
 
     /// `--step` keeps only the named steps, in the order the flow reports them; a kind
     /// without a direction matches it in every direction.
-    @Test func stepNamesSelectTheRows() throws {
+    @Test func stepNamesSelectTheRows() async throws {
         var o = RaceOptions()
         o.flows = [.toDevice, .cpuFault]
         o.actions = [.none, .cpuWrite]
         o.steps = try RaceStepFilter.parse("fenceWaitBegin.toDevice,setupEnd")
-        let m = try RaceMatrix.run(o)
+        let m = try await runMatrix(o)
         #expect(m.passed, "\(m.failureLines)")
         #expect(m.flows.map(\.steps) == [[Self.step(.setupEnd), Self.step(.fenceWaitBegin)], [Self.step(.setupEnd, .toRAM)]])
         #expect(m.cells.count == 6 && m.cells.allSatisfy(\.fired))
@@ -28,15 +28,15 @@ import Testing
 
     /// `--occurrence 2` holds the driver at the second report of a step: with two batches,
     /// the second batch's (its own batch number and first address), not the first's.
-    @Test func occurrenceTwoHoldsTheSecondBatch() throws {
+    @Test func occurrenceTwoHoldsTheSecondBatch() async throws {
         var o = RaceOptions()
         o.flows = [.toDevice]
         o.actions = [.none]
         o.steps = try RaceStepFilter.parse("setupBegin.toDevice,finalizeEnd.toDevice")
         o.target = 20
-        let first = try RaceMatrix.run(o)
+        let first = try await runMatrix(o)
         o.occurrence = 2
-        let second = try RaceMatrix.run(o)
+        let second = try await runMatrix(o)
         #expect(first.passed && second.passed, "\(first.failureLines + second.failureLines)")
         let a = first.cells.compactMap(\.event), b = second.cells.compactMap(\.event)
         #expect(a.count == 2 && b.count == 2)
@@ -49,19 +49,19 @@ import Testing
 
     /// A second batch's step while the first is still in flight (pipeline 2): a CPU write to
     /// the second batch's page at each of its steps, every page judged.
-    @Test func aPipelinedSecondBatchPassesEveryStep() throws {
+    @Test func aPipelinedSecondBatchPassesEveryStep() async throws {
         var o = RaceOptions()
         o.flows = [.toDevice]
         o.actions = [.cpuWrite, .munmap]
         o.occurrence = 2
         o.target = 20
         o.configuration.pipeline = 2
-        let m = try RaceMatrix.run(o)
+        let m = try await runMatrix(o)
         #expect(m.passed, "\(m.failureLines.prefix(6))")
         #expect(m.flows[0].steps.count >= 8 && m.cells.allSatisfy(\.fired))
     }
 
-    @Test func badSelectionsAreRefused() throws {
+    @Test func badSelectionsAreRefused() async throws {
         let bogus = parseError(["race", "--step", "bogus"])
         #expect(bogus?.hasPrefix("unknown step 'bogus': use all or a comma-separated list of steps") == true)
         #expect(bogus?.contains("kinds: setupBegin, setupEnd,") == true)
@@ -80,12 +80,12 @@ import Testing
         o.flows = [.gpuFault]
         o.actions = [.none]
         o.steps = try RaceStepFilter.parse("cpuFaultBegin")
-        let notReported = #expect(throws: RaceFailure.self) { try RaceMatrix.run(o) }
+        let notReported = await #expect(throws: RaceFailure.self) { try await runMatrix(o) }
         #expect(notReported?.description.hasPrefix("step 'cpuFaultBegin' is not reported by gpu-fault in this configuration; they report: gpu-fault: gpuFault ") == true)
         o.flows = [.cpuFault]
         o.steps = nil
         o.occurrence = 2
-        let once = #expect(throws: RaceFailure.self) { try RaceMatrix.run(o) }
+        let once = await #expect(throws: RaceFailure.self) { try await runMatrix(o) }
         #expect(once?.description.hasPrefix("no step of cpu-fault is reported at least 2 times") == true)
     }
 
@@ -124,13 +124,13 @@ import Testing
     }
 
     /// A failing cell prints the command that runs it alone (text and JSON).
-    @Test func aFailingCellSaysHowToRunItAgain() throws {
+    @Test func aFailingCellSaysHowToRunItAgain() async throws {
         var o = RaceOptions()
         o.flows = [.cpuFault]
         o.actions = [.cpuRead]
         o.steps = try RaceStepFilter.parse("finalizeBegin")
         o.configuration.faultAround = 2
-        let m = try RaceMatrix.run(o, sabotage: true)
+        let m = try await runMatrix(o, sabotage: true)
         #expect(!m.passed && m.cells.count == 1)
         let rerun = "dmem-bench race --flow cpu-fault --step finalizeBegin.toRAM --action cpu-read --fault-around 2"
         #expect(m.text.contains("\n    rerun: \(rerun)\n"), "\(m.text)")

@@ -1,14 +1,28 @@
 import DeviceEmu
+import Foundation
 import HostMM
 import Testing
 @testable import dmem_bench
 
 // Shared by the race-matrix suites (RaceConfigurationTests, RaceFlowConfigurationTests).
 
+/// `RaceMatrix.run` on a thread of its own, the test suspended meanwhile. A matrix runs for
+/// seconds without suspending; run on Swift Testing's cooperative threads (one per core:
+/// two here) two of them leave no thread to start other tests' bodies or to fire their
+/// time limits, which then expire though the tests never ran (seen: five HostMM tests
+/// "exceeded 60 s" at once).
+func runMatrix(_ o: RaceOptions, sabotage: Bool = false) async throws -> RaceMatrix {
+    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<RaceMatrix, any Error>) in
+        Thread.detachNewThread {
+            continuation.resume(with: Result { try RaceMatrix.run(o, sabotage: sabotage) })
+        }
+    }
+}
+
 /// Runs `flows` × every step × `actions` in configuration `c`; expects no failing cell
 /// and the probe firing in each.
 func raceMatrix(_ c: RaceConfiguration, flows: [RaceFlow], actions: [RaceAction],
-                backend: MigrateOptions.Backend = .iouring, hole: Bool = false) throws -> RaceMatrix {
+                backend: MigrateOptions.Backend = .iouring, hole: Bool = false) async throws -> RaceMatrix {
     var o = RaceOptions()
     o.configuration = c
     o.targetHole = hole
@@ -16,7 +30,7 @@ func raceMatrix(_ c: RaceConfiguration, flows: [RaceFlow], actions: [RaceAction]
     o.flows = flows
     o.actions = actions
     o.hold = .milliseconds(5)
-    let m = try RaceMatrix.run(o)
+    let m = try await runMatrix(o)
     #expect(m.failureLines.isEmpty, "\(m.failureLines.prefix(10).joined(separator: "\n"))")
     #expect(m.passed)
     let missed = m.cells.filter { !$0.fired }.map { "\($0.cell.flow.rawValue) \($0.cell.step) × \($0.cell.action.rawValue)" }
