@@ -6,7 +6,7 @@ import Testing
 /// `dmem-bench race` over the driver's other configurations: per configuration, a reduced
 /// matrix (the flows and actions the configuration changes, at every step) passes, and the
 /// configuration was really applied — seen in what the driver does, not only in its policy.
-@Suite(.timeLimit(.minutes(2))) struct RaceConfigurationTests {
+@Suite(.serialized, .timeLimit(.minutes(2))) struct RaceConfigurationTests {
     private func matrix(_ c: RaceConfiguration, flows: [RaceFlow], actions: [RaceAction],
                         backend: MigrateOptions.Backend = .iouring, hole: Bool = false) async throws -> RaceMatrix {
         try await raceMatrix(c, flows: flows, actions: actions, backend: backend, hole: hole)

@@ -7,7 +7,7 @@ import Testing
 /// `gpu-write`, `migrate-to-ram`, `suspend`) across the driver configurations that change
 /// them: per configuration a reduced matrix passes, and the configuration shows in what
 /// the flow did. The shadow model's rules for two writers are checked on their own.
-@Suite(.timeLimit(.minutes(2))) struct RaceFlowConfigurationTests {
+@Suite(.serialized, .timeLimit(.minutes(2))) struct RaceFlowConfigurationTests {
     private let writers: [RaceAction] = [.none, .cpuRead, .cpuWrite, .gpuAtomic, .munmap, .dontNeed, .mprotect, .fork]
 
     /// Two writers of the target end as one applied after the other, in either order; a

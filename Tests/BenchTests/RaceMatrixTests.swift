@@ -6,7 +6,7 @@ import Testing
 /// `dmem-bench race`: the whole matrix passes on the model, every flow reaches every step
 /// its dry run listed, the verification does fail on a corrupted page, and bad options
 /// are refused with a clear message.
-@Suite(.timeLimit(.minutes(2))) struct RaceMatrixTests {
+@Suite(.serialized, .timeLimit(.minutes(2))) struct RaceMatrixTests {
     /// The default matrix (every flow × its steps × every action): no failing cell, and
     /// the probe fired at every cell's step. Held 5 ms per cell (`--quick`), as each
     /// `after` cell costs its hold: the eight flows' matrix then takes what the first four

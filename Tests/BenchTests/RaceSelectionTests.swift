@@ -6,7 +6,7 @@ import Testing
 /// `dmem-bench race --step` / `--occurrence` and the `rerun:` line: narrowing the matrix to
 /// the cells a driver author cares about, holding a later batch's steps, and running one
 /// failing cell again with the same configuration.
-@Suite(.timeLimit(.minutes(2))) struct RaceSelectionTests {
+@Suite(.serialized, .timeLimit(.minutes(2))) struct RaceSelectionTests {
     private static func step(_ kind: MigrationEvent.Kind, _ direction: MigrationEvent.Direction = .toDevice) -> RaceStep {
         RaceStep(kind: kind, direction: direction)
     }

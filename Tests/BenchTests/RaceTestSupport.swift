@@ -10,7 +10,8 @@ import Testing
 /// seconds without suspending; run on Swift Testing's cooperative threads (one per core:
 /// two here) two of them leave no thread to start other tests' bodies or to fire their
 /// time limits, which then expire though the tests never ran (seen: five HostMM tests
-/// "exceeded 60 s" at once).
+/// "exceeded 60 s" at once). Off the pool nothing bounds how many run at once, so the race
+/// suites are `.serialized`: one matrix per suite at a time.
 func runMatrix(_ o: RaceOptions, sabotage: Bool = false) async throws -> RaceMatrix {
     try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<RaceMatrix, any Error>) in
         Thread.detachNewThread {
