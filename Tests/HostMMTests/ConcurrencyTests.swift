@@ -61,6 +61,42 @@ func eventually(seconds: Double = 10, _ condition: () -> Bool) -> Bool {
         #expect(device.cpuFaults.load(ordering: .relaxed) >= 1)
     }
 
+    /// `putPageAndWaitOnUnlocked` (`put_and_wait_on_page_locked`) on a page that is not
+    /// locked drops the reference and returns; the last reference frees the page.
+    @Test func putAndWaitOnAnUnlockedPageDropsTheReference() throws {
+        let memory = try makeMemory()
+        let free = memory.freeRAMPageCount
+        let page = try #require(memory.allocPage())
+        memory.getPage(page)
+        memory.putPageAndWaitOnUnlocked(page)
+        #expect(memory.refcount(page) == 1)
+        memory.putPageAndWaitOnUnlocked(page)
+        #expect(memory.refcount(page) == 0 && memory.freeRAMPageCount == free)
+    }
+
+    /// A sleeper on a locked page does not keep its reference while asleep (a migration
+    /// checking the page's count does not see it), and the holder's unlock wakes it.
+    @Test func putAndWaitSleepsWithoutItsReferenceUntilTheUnlock() throws {
+        let memory = try makeMemory()
+        let free = memory.freeRAMPageCount
+        let page = try #require(memory.allocPage())
+        memory.lockPage(page)
+        memory.getPage(page)                                   // the waiter's
+        let returned = Atomic<Bool>(false)
+        let waiter = TestThread {
+            memory.putPageAndWaitOnUnlocked(page)
+            returned.store(true, ordering: .releasing)
+        }
+        #expect(eventually { memory.refcount(page) == 1 })     // dropped once queued
+        usleep(20_000)
+        let early = returned.load(ordering: .acquiring)
+        #expect(!early)                                        // still asleep: the page is locked
+        memory.unlockPage(page)
+        memory.putPage(page)                                   // the last reference: freed
+        #expect(waiter.join())
+        #expect(memory.freeRAMPageCount == free && memory.diagnostics.refcountUnderflowCount == 0)
+    }
+
     @Test func twoCPUsFaultingTheSameDevicePageBothSeeItsData() throws {
         let memory = try makeMemory()
         let device = try TestDevice(memory: memory, pageCount: 16)

@@ -120,9 +120,12 @@ extension GPUAddressSpace {
             }
             // A page of this VRAM still locked is a hole `migrateVMAPages` already inserted,
             // whose clear may be in flight (the fence gates finalize, which unlocks it):
-            // wait for it rather than map VRAM the copy engine has not reached yet.
+            // wait for it rather than map VRAM the copy engine has not reached yet. The
+            // snapshot holds no reference: take one first (a page freed since is not waited
+            // for), else the page could be freed and reused under the sleeper, and its new
+            // owner's unlock would not wake it.
             if let busy = lockedOwnPage(pfns) {
-                device.memory.waitOnPageUnlocked(busy)
+                if device.memory.getPageUnlessZero(busy) { device.memory.putPageAndWaitOnUnlocked(busy) }
                 continue
             }
             let installed: Int? = lock.withLock {

@@ -111,10 +111,20 @@ extension AddressSpace {
 
     /// `migration_entry_wait`: sleep until the migrating page is unlocked, then retry.
     private func migrationEntryWait(_ leaf: PTETable, _ i: Int, _ orig: PageTableEntry) {
-        let still = leaf.lock.withLock { leaf[i] == orig }
-        guard still else { return }
-        faultCounters.count(.migrationWait)
-        memory.waitOnPageUnlocked(orig.pfn)
+        waitOnMigrationEntry(leaf, i, orig) { faultCounters.count(.migrationWait) }
+    }
+
+    /// `__migration_entry_wait`: if entry `i` of `leaf` is still the migration entry `orig`,
+    /// take a reference to its page under the page-table lock (the migration holds one
+    /// until it unlocks the page, so the page is the one the entry names), run `willWait`,
+    /// and sleep until the page is unlocked (`put_and_wait_on_page_locked`). Without that
+    /// reference the page could be unlocked, freed and reused before this thread sleeps,
+    /// and the new owner's unlock would not wake it.
+    func waitOnMigrationEntry(_ leaf: PTETable, _ i: Int, _ orig: PageTableEntry, willWait: () -> Void = {}) {
+        let held = leaf.lock.withLock { leaf[i] == orig && memory.getPageUnlessZero(orig.pfn) }
+        guard held else { return }
+        willWait()
+        memory.putPageAndWaitOnUnlocked(orig.pfn)
     }
 
     /// `do_swap_page` on a device-private entry: hold a reference and ask the pgmap's

@@ -119,7 +119,7 @@ struct HMMWalker {
             case .migration:
                 guard needFault(range, i, cpu: []) != .none else { range.hmmPFNs[i] = []; break }
                 last = a
-                mm.memory.waitOnPageUnlocked(pte.pfn)
+                mm.waitOnMigrationEntry(leaf, PTETable.index(a), pte)
                 return false
             case .devicePrivate, .deviceExclusive:
                 let need = needFault(range, i, cpu: [])

@@ -43,8 +43,13 @@ extension PhysicalMemory {
     /// True while the page lock is held (`folio_test_locked`).
     public func isPageLocked(_ pfn: PFN) -> Bool { flags(pfn).contains(.locked) }
 
-    /// `folio_wait_locked()`: sleeps until the page is unlocked, without taking the lock
-    /// (what a CPU fault does on a migration entry, `migration_entry_wait_on_locked`).
+    /// `folio_wait_locked()`: sleeps until the page is unlocked, without taking the lock.
+    ///
+    /// The caller must hold a reference to the page for the whole wait (the kernel never
+    /// waits "against a page without get_page()"): a page freed meanwhile has its flags
+    /// reset — `PG_waiters` with them — so once reused and locked again, its unlock would
+    /// not wake this thread. To wait without keeping the reference while asleep, use
+    /// `putPageAndWaitOnUnlocked`.
     public func waitOnPageUnlocked(_ pfn: PFN) {
         guard checked(pfn), isPageLocked(pfn) else { return }
         let q = queue(pfn)
@@ -53,6 +58,32 @@ extension PhysicalMemory {
             if done && q.sleepers == 0 { clearFlags(pfn, .waiters) }
             return done
         })
+    }
+
+    /// `put_and_wait_on_page_locked()` (`folio_put_wait_locked`): drops a reference the
+    /// caller took to reach the page (`get_page_unless_zero` under the page-table lock, as
+    /// `__migration_entry_wait` does) and sleeps until the page is unlocked — or until any
+    /// wake of its hashed queue: the caller retries whatever it was doing either way.
+    ///
+    /// The reference goes only after `PG_waiters` is set and the lock seen held: whoever
+    /// holds the lock holds a reference too and unlocks before dropping it, so the page
+    /// cannot be freed (its flags reset) and reused before that unlock wakes this thread.
+    /// Once the reference is gone the page is not looked at again: it may have been freed
+    /// and locked anew by another owner, who would not wake a sleeper whose `PG_waiters`
+    /// the free erased. The sleeper holds no reference that would make `migrateMapping`
+    /// refuse the very migration it waits for. Frees the page if that reference was the last.
+    public func putPageAndWaitOnUnlocked(_ pfn: PFN, fileID: StaticString = #fileID, line: UInt = #line) {
+        guard checked(pfn) else { return }
+        let site = CallSite(fileID: fileID, line: line)
+        let q = queue(pfn)
+        var last = false
+        q.waitOnce(prepare: { setWaiters(pfn) }, until: {
+            let unlocked = !isPageLocked(pfn)
+            if unlocked && q.sleepers == 0 { clearFlags(pfn, .waiters) }
+            last = dropReference(pfn, count: 1, site: site)
+            return unlocked
+        })
+        if last { freePage(pfn, site: site) }
     }
 
     /// The cold path of unlocking a page that was not locked: count and report it.

@@ -51,6 +51,21 @@ final class WaitQueue: @unchecked Sendable {
         pthread_mutex_unlock(mutex)
     }
 
+    /// Sleeps at most once: `prepare` then `done` run under the mutex, and unless `done`
+    /// returned true, waits for the next wake (or a spurious one) and returns without
+    /// checking again — a waiter that may no longer touch what it waited on (the `DROP`
+    /// behaviour of `folio_wait_bit_common`).
+    func waitOnce(prepare: () -> Void, until done: () -> Bool) {
+        pthread_mutex_lock(mutex)
+        prepare()
+        if !done() {
+            sleepers += 1
+            pthread_cond_wait(cond, mutex)
+            sleepers -= 1
+        }
+        pthread_mutex_unlock(mutex)
+    }
+
     /// Wakes every sleeper (`wake_up_all`).
     func wakeAll() {
         pthread_mutex_lock(mutex)
