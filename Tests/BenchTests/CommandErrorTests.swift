@@ -69,6 +69,32 @@ import Testing
         #expect(parseError(["copy", "--batch", "x"]) == "The value 'x' is invalid for '--batch <batch>': expected an integer")
     }
 
+    /// `copy` and `run copy` share their checks; each names the setting as its user typed
+    /// it: `--host-memory`/`--repeats` (flags) or `span`/`passes` (keys).
+    @Test func copyErrorsNameWhatTheUserTyped() {
+        #expect(parseError(["copy", "--total", "8M", "--host-memory", "4M"])
+                == "--host-memory 4M is smaller than --total 8M: the frames of one pass must fit in it")
+        #expect(parseError(["run", "copy", "--set", "total=8M", "span=4M"])
+                == "copy (total=8M span=4M): span 4M is smaller than total 8M: the frames of one pass must fit in it")
+        #expect(parseError(["copy", "--page-size", "3000", "--total", "8M"])
+                == "--total 8M must be a positive multiple of --page-size 3000")
+        #expect(parseError(["copy", "--queue-depth", "0"]) == "--queue-depth must be in 1...4096 (got 0)")
+        var o = CopyOptions()
+        o.repeats = 0
+        #expect(throws: ScenarioError(scenario: "copy", message: "passes must be in 1...100 (got 0)")) { try CopyScenario.validate(o) }
+        o.naming = .commandFlags
+        #expect(throws: ScenarioError(scenario: "copy", message: "--repeats must be in 1...100 (got 0)")) { try CopyScenario.validate(o) }
+        o.repeats = 3
+        o.hostBytes = 4096
+        #expect(throws: ScenarioError(scenario: "copy", message: "--host-memory 4K is smaller than --total 256M: the frames of one pass must fit in it")) {
+            try CopyScenario.validate(o)
+        }
+        o.naming = .scenarioKeys
+        #expect(throws: ScenarioError(scenario: "copy", message: "span 4K is smaller than total 256M: the frames of one pass must fit in it")) {
+            try CopyScenario.validate(o)
+        }
+    }
+
     /// A run that fails after its arguments were accepted (here: more memory than the machine
     /// has) is not a usage error: no usage line (it used to be the root command's), status 1.
     @Test(.enabled(if: SystemMemory.available().map { $0 < 1 << 40 } ?? false, "needs a machine with less than 1 TiB available"))

@@ -76,6 +76,7 @@ struct CopyCommand: ParsableCommand {
         o.vramLayout.directory = vramDir
         o.fixedBuffers = fixedBuffers == .on
         o.link = try LinkSpec(parsing: link)
+        o.naming = .commandFlags
         return o
     }
 
@@ -91,7 +92,6 @@ struct CopyCommand: ParsableCommand {
     }
 
     func validate() throws {
-        guard (1...100).contains(repeats) else { throw ValidationError("--repeats must be in 1...100 (got \(repeats))") }
         do {
             try CopyScenario.validate(try options())
         } catch let error as ParameterValueError {
