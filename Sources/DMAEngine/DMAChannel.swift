@@ -133,8 +133,9 @@ public final class DMAChannel: @unchecked Sendable {
         let src = try resolve(source, length)
         let dst = try resolve(destination, length)
         // By the CPU address, not the region: memory registered twice (or a VRAM pool's
-        // mapping registered as host memory) is one range under two region ids. One memfd
-        // adopted twice (two mappings of the same file) is not caught.
+        // mapping registered as host memory) is one range under two region ids. A file adopted
+        // twice as a pool (two mappings of it) is refused at registration (`DMAEngine.adopt`);
+        // host memory that is another mapping of a pool's file is not caught.
         let from = UInt(bitPattern: src.pointer), to = UInt(bitPattern: dst.pointer)
         if from < to + UInt(length), to < from + UInt(length) {
             throw .overlappingRange(source: source, destination: destination, length: length)

@@ -70,6 +70,8 @@ public final class DMAEngine: @unchecked Sendable {
     /// The id the next channel gets (reserved under the lock: concurrent `makeChannel` calls never share one).
     private var nextChannelID = 0
     private var pools: [RegionID: VRAMPool] = [:]
+    /// The region each file of a registered pool backs, by file identity (see `adopt`).
+    private var poolFiles: [FileIdentity: RegionID] = [:]
     private var isShutDown = false
     /// True once the first `shutdown()` finished draining (a later or concurrent call waits for it).
     private let drained = ConditionLock<Bool>(value: false)
@@ -139,6 +141,12 @@ public final class DMAEngine: @unchecked Sendable {
     /// Registers an existing memfd (or other mappable file) of at least `size` bytes as a VRAM pool.
     /// The engine duplicates `fd`; the caller keeps its own descriptor. The pool is that one
     /// file (`VRAMPool.Layout.singleFile`), not populated.
+    ///
+    /// Throws `.busy` if the file (by identity, not by descriptor) already backs a pool of this
+    /// engine: two regions over one memory would let a copy overlap itself unseen, since
+    /// `DMAChannel.enqueueCopy` compares CPU addresses and the two mappings differ. The kernel
+    /// refuses a second claim of one physical range the same way (`request_mem_region`, EBUSY).
+    /// Unregister the first pool to adopt the file again.
     public func registerVRAMPool(fd: FileDescriptor, size: Int, name: String = "vram") throws(DMAError) -> VRAMPool {
         guard size > 0 else { throw .invalidArgument("VRAM pool size must be positive") }
         try checkOpen()
@@ -158,10 +166,24 @@ public final class DMAEngine: @unchecked Sendable {
         return try adopt(VRAMPool.Storage(files: [own], base: base, mappedLength: mapped, layout: layout), size: size, name: name)
     }
 
+    /// Registers a pool's storage; `.busy` if one of its files already backs a pool (every pool
+    /// maps each of its files from offset 0, so a file adopted twice always overlaps itself).
     private func adopt(_ storage: VRAMPool.Storage, size: Int, name: String) throws(DMAError) -> VRAMPool {
+        let identities = storage.files.compactMap(FileIdentity.init)
         guard let id = regions.reserveID() else {
             storage.release()
             throw .invalidArgument("no region ids left in this engine")
+        }
+        // Checked and claimed under one lock: two registrations of one file racing cannot both pass.
+        let conflict = lock.withLock { () -> (FileIdentity, RegionID)? in
+            for identity in identities { if let owner = poolFiles[identity] { return (identity, owner) } }
+            for identity in identities { poolFiles[identity] = id }
+            return nil
+        }
+        if let (identity, owner) = conflict {
+            storage.release()
+            throw .busy("the file with inode \(identity.inode) already backs \(owner) (\(regions.info(owner)?.name ?? "?")): "
+                        + "a second registration would alias its bytes under two regions")
         }
         let pool = VRAMPool(region: id, name: name, size: size, storage: storage)
         regions.fill(id, RegionEntry(base: pool.base, length: size, layout: pool.fileLayout, kind: .vram, active: true), name: name)
@@ -199,6 +221,7 @@ public final class DMAEngine: @unchecked Sendable {
         regions.remove(id)
         lock.withLock {
             pools.removeValue(forKey: id)
+            poolFiles = poolFiles.filter { $0.value != id }
             if let slots = fixedRegistry?.remove(id), !slots.isEmpty {
                 for channel in channels { channel.backend.removeFixedBuffers(slots: slots) }
             }
@@ -252,7 +275,7 @@ public final class DMAEngine: @unchecked Sendable {
         let taken = lock.withLock { () -> ([DMAChannel], [RegionID: VRAMPool])? in
             guard !isShutDown else { return nil }
             isShutDown = true
-            defer { self.pools.removeAll() }
+            defer { self.pools.removeAll(); self.poolFiles.removeAll() }
             return (channels, self.pools)
         }
         guard let (all, pools) = taken else {
@@ -289,5 +312,21 @@ extension CopyBackendKind {
         case .memcpy, .mappedWorkers, .custom: return false
         case .faultInjecting(_, let inner), .linkModel(_, let inner): return inner.usesIOURing
         }
+    }
+}
+
+/// What makes two descriptors one file: the `st_dev` and `st_ino` of `fstat`.
+///
+/// Threads: a value; any thread.
+struct FileIdentity: Hashable, Sendable {
+    var device: UInt64
+    var inode: UInt64
+
+    /// The identity of `fd`'s file; nil if `fstat` fails (a descriptor the engine cannot compare).
+    init?(_ fd: FileDescriptor) {
+        var st = stat()
+        guard fstat(fd.rawValue, &st) == 0 else { return nil }
+        device = UInt64(st.st_dev)
+        inode = UInt64(st.st_ino)
     }
 }

@@ -37,6 +37,64 @@ import Testing
         #expect(parseError(["run", "memcpy", "--repeats", "2"]) == nil)
     }
 
+    /// A negative value after a space reads as the value, as after '=': ArgumentParser took
+    /// `-1` in `--batch -1` for a flag and said only "Missing value for '--batch <batch>'".
+    @Test func aNegativeValueAfterASpaceGetsTheErrorOfTheEqualsForm() {
+        let cases: [(arguments: [String], error: String)] = [
+            (["migrate", "--batch", "-1"], "batch must be in 1...4096 (got -1)"),
+            (["copy", "--total", "-8M"], "The value '-8M' is invalid for '--total <total>': a size cannot be negative"),
+            (["torture", "--residency", "-1"], "residency must be in 0...1000 ms"),
+            (["torture", "--residency", "-inf"], "residency must be in 0...1000 ms"),
+            (["thrash", "--gpu-fault", "thrashing", "--thrash-pin", "-1"], "--thrash-pin must be in 0...3600000 ms (got -1)"),
+            (["run", "memcpy", "--repeat", "-2"], "--repeat must be between 1 and 1000 (got -2)"),
+            (["race", "--hold", "-5"], "hold must be in 1...5000 ms"),
+        ]
+        for (arguments, error) in cases {
+            #expect(parseError(arguments) == error, "\(arguments)")
+            let joined = Array(arguments.dropLast(2)) + ["\(arguments[arguments.count - 2])=\(arguments.last!)"]
+            #expect(parseError(joined) == error, "\(joined)")
+        }
+    }
+
+    /// A flag where a numeric value should be is a missing value, not eaten as the value
+    /// (`.unconditional` parsing would take it) nor read as a bad number.
+    @Test func aFlagAfterANumericOptionIsAMissingValue() {
+        #expect(parseError(["migrate", "--batch", "--json"])
+                == "The value '--json' is invalid for '--batch <batch>': that is a flag: the value is missing")
+        #expect(parseError(["copy", "--total", "--json"])
+                == "The value '--json' is invalid for '--total <total>': that is a flag: the value is missing")
+        #expect(parseError(["torture", "--seconds", "-h"])
+                == "The value '-h' is invalid for '--seconds <seconds>': that is a flag: the value is missing")
+        #expect(parseError(["migrate", "--batch"]) == "Missing value for '--batch <batch>'")
+        #expect(parseError(["copy", "--batch", "x"]) == "The value 'x' is invalid for '--batch <batch>': expected an integer")
+    }
+
+    /// `copy` and `run copy` share their checks; each names the setting as its user typed
+    /// it: `--host-memory`/`--repeats` (flags) or `span`/`passes` (keys).
+    @Test func copyErrorsNameWhatTheUserTyped() {
+        #expect(parseError(["copy", "--total", "8M", "--host-memory", "4M"])
+                == "--host-memory 4M is smaller than --total 8M: the frames of one pass must fit in it")
+        #expect(parseError(["run", "copy", "--set", "total=8M", "span=4M"])
+                == "copy (total=8M span=4M): span 4M is smaller than total 8M: the frames of one pass must fit in it")
+        #expect(parseError(["copy", "--page-size", "3000", "--total", "8M"])
+                == "--total 8M must be a positive multiple of --page-size 3000")
+        #expect(parseError(["copy", "--queue-depth", "0"]) == "--queue-depth must be in 1...4096 (got 0)")
+        var o = CopyOptions()
+        o.repeats = 0
+        #expect(throws: ScenarioError(scenario: "copy", message: "passes must be in 1...100 (got 0)")) { try CopyScenario.validate(o) }
+        o.naming = .commandFlags
+        #expect(throws: ScenarioError(scenario: "copy", message: "--repeats must be in 1...100 (got 0)")) { try CopyScenario.validate(o) }
+        o.repeats = 3
+        o.hostBytes = 4096
+        #expect(throws: ScenarioError(scenario: "copy", message: "--host-memory 4K is smaller than --total 256M: the frames of one pass must fit in it")) {
+            try CopyScenario.validate(o)
+        }
+        o.naming = .scenarioKeys
+        #expect(throws: ScenarioError(scenario: "copy", message: "span 4K is smaller than total 256M: the frames of one pass must fit in it")) {
+            try CopyScenario.validate(o)
+        }
+    }
+
     /// A run that fails after its arguments were accepted (here: more memory than the machine
     /// has) is not a usage error: no usage line (it used to be the root command's), status 1.
     @Test(.enabled(if: SystemMemory.available().map { $0 < 1 << 40 } ?? false, "needs a machine with less than 1 TiB available"))

@@ -97,7 +97,7 @@ import Testing
         o.totalBytes = 1 << 20
         o.hostBytes = 1024
         #expect(throws: ScenarioError(scenario: "copy",
-                                      message: "host-memory 1K is smaller than total 1M: the frames of one pass must fit in it")) {
+                                      message: "span 1K is smaller than total 1M: the frames of one pass must fit in it")) {
             try CopyScenario.validate(o)
         }
         o.hostBytes = 1 << 20

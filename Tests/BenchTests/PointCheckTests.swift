@@ -33,9 +33,9 @@ import Testing
     }
 
     @Test func copyCommandRangesAreCheckedAtParseTime() {
-        #expect(parseError(["copy", "--batch", "0"]) == "batch must be in 1...1048576 (got 0)")
-        #expect(parseError(["copy", "--batch", "2000000", "--total", "4M"]) == "batch must be in 1...1048576 (got 2000000)")
-        #expect(parseError(["copy", "--channels", "65"]) == "channels must be in 1...64 (got 65)")
+        #expect(parseError(["copy", "--batch", "0"]) == "--batch must be in 1...1048576 (got 0)")
+        #expect(parseError(["copy", "--batch", "2000000", "--total", "4M"]) == "--batch must be in 1...1048576 (got 2000000)")
+        #expect(parseError(["copy", "--channels", "65"]) == "--channels must be in 1...64 (got 65)")
         #expect(parseError(["copy", "--repeats", "0"]) == "--repeats must be in 1...100 (got 0)")
         #expect(parseError(["copy", "--batch", "64", "--total", "4M"]) == nil)
     }

@@ -40,6 +40,38 @@ import Testing
         #expect(pread(raw, &byte, 1, 15) == 1 && byte == 0x5A)
     }
 
+    /// One file adopted twice is one memory under two regions: the overlap check compares CPU
+    /// addresses, and the two mappings differ, so a copy between them that overlaps in the
+    /// file got through. The second registration is refused (EBUSY, as a conflicting
+    /// `request_mem_region`), whichever way the file comes back: the caller's fd again, the
+    /// pool's own descriptor, or a file of a created pool. Once unregistered it may be adopted again.
+    @Test func aFileAdoptedTwiceIsRefused() throws {
+        let engine = try DMAEngine(configuration: .init(backend: .memcpy))
+        defer { engine.shutdown() }
+        let raw = cu_memfd_create("given", cu_mfd_cloexec())
+        try #require(raw >= 0)
+        defer { close(raw) }
+        #expect(ftruncate(raw, 1 << 16) == 0)
+        var st = stat()
+        try #require(fstat(raw, &st) == 0)
+        let pool = try engine.registerVRAMPool(fd: FileDescriptor(rawValue: raw), size: 1 << 16, name: "given")
+        func aliased(_ inode: ino_t, _ owner: VRAMPool) -> DMAError {
+            .busy("the file with inode \(inode) already backs \(owner.region) (\(owner.name)): "
+                  + "a second registration would alias its bytes under two regions")
+        }
+        #expect(throws: aliased(st.st_ino, pool)) { try engine.registerVRAMPool(fd: FileDescriptor(rawValue: raw), size: 1 << 12) }
+        #expect(throws: aliased(st.st_ino, pool)) { try engine.registerVRAMPool(fd: pool.files[0], size: 1 << 16) }
+        let made = try engine.createVRAMPool(size: 1 << 22, name: "made", layout: VRAMPool.Layout(files: 2, populate: false))
+        try #require(made.files.count == 2)
+        var second = stat()
+        try #require(fstat(made.files[1].rawValue, &second) == 0)
+        #expect(throws: aliased(second.st_ino, made)) { try engine.registerVRAMPool(fd: made.files[1], size: 1 << 12) }
+        #expect(engine.region(RegionID(rawValue: made.region.rawValue + 1)) == nil)   // nothing half-registered
+        try engine.unregister(pool.region)
+        let again = try engine.registerVRAMPool(fd: FileDescriptor(rawValue: raw), size: 1 << 16, name: "again")
+        #expect(engine.region(again.region)?.name == "again")
+    }
+
     @Test func registrationRejectsEmptyMemory() throws {
         let engine = try DMAEngine(configuration: .init(backend: .memcpy))
         defer { engine.shutdown() }

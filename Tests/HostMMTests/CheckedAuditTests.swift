@@ -155,6 +155,45 @@ import Testing
         #expect(try rig.dataIntact())
     }
 
+    /// The PFN path (eviction): a second `migrateDeviceRange` on arrays whose migration ran its
+    /// pages step but was never finalized. Recording mode finishes that migration into the
+    /// destinations its pages step took (they used to stay locked and referenced for ever: the
+    /// PFN path's setup has no `dst` to find them in), and the driver's `dst` array, which the
+    /// PFN path's setup does not clear, still names them: with `clears` false the driver sets
+    /// only the entries it migrates again (none: the pages are in RAM now), so its finalize
+    /// meets the stale ones, which are dropped instead of released a second time.
+    @Test(arguments: [false, true])
+    func setupBeforeFinalizeOnThePFNPathLeavesNoDestinationBehind(clears: Bool) throws {
+        let rig = try CheckedRig(pages: 4)
+        try rig.device.migrateToDevice(rig.mm, rig.a, rig.a + UInt64(4 * pageSize))
+        let free = rig.memory.freeRAMPageCount
+        var collected: [Int] = []
+        try withBuffers(64) { src, dst in
+            func evict() throws {
+                try rig.memory.migrateDeviceRange(src, start: rig.device.pagemap.firstPFN, npages: 64)
+                if clears { for i in 0..<64 { dst[i] = [] } }
+                collected.append((0..<64).filter { src[$0].contains(.migrate) }.count)
+                for i in 0..<64 where src[i].contains(.migrate) {
+                    let ram = rig.memory.allocPage()!
+                    rig.memory.lockPage(ram)
+                    memcpy(rig.memory.bytes(ram)!, rig.device.bytes(src[i].page!), pageSize)
+                    dst[i] = MigratePFN(pfn: ram)
+                }
+                try rig.memory.migrateDevicePages(src: src, dst: dst, npages: 64)
+            }
+            try evict()
+            try evict()                                                          // the bug: the first is never finalized
+            rig.memory.migrateDeviceFinalize(src: src, dst: dst, npages: 64)
+        }
+        #expect(collected == [4, 0])                                             // the first eviction was finished
+        #expect(rig.rules == [.setupBeforeFinalize: 1])
+        #expect(Self.consistent(rig) == [])
+        #expect(rig.checker.unfinishedMigrations == 0)
+        #expect(rig.memory.freeRAMPageCount == free - 4)                         // the four pages, nothing else held
+        #expect(rig.device.freePageCount == 64)
+        #expect(try rig.dataIntact())
+    }
+
     @Test func sourceWrittenBetweenPagesAndFinalizeOnTheLastPage() throws {
         let rig = try CheckedRig(pages: 8)
         var line: UInt = 0

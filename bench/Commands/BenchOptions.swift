@@ -3,8 +3,8 @@ import Foundation
 
 /// The options every measuring command shares: repeats, CI sizing, output files, trace.
 struct BenchOptions: ParsableArguments {
-    @Option(name: [.customLong("repeat"), .customLong("repeats")], help: ArgumentHelp(
-        "Measure each point N times; numbers are reported as the median with <field>_min/_max.", valueName: "n"))
+    @Option(name: [.customLong("repeat"), .customLong("repeats")], parsing: .unconditional, help: ArgumentHelp(
+        "Measure each point N times; numbers are reported as the median with <field>_min/_max.", valueName: "n"), transform: NumberArgument.int)
     var repeats: Int = 1
 
     @Flag(help: "CI-sized runs: smaller totals for every parameter you did not set (each scenario defines them).")
@@ -26,7 +26,7 @@ struct BenchOptions: ParsableArguments {
         valueName: "file"))
     var trace: String?
 
-    @Option(help: ArgumentHelp("Trace events kept before further ones are dropped.", valueName: "n"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Trace events kept before further ones are dropped.", valueName: "n"), transform: NumberArgument.int)
     var traceCapacity: Int = 1 << 20
 
     @Flag(help: "No progress line on stderr.")

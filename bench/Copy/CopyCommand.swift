@@ -39,17 +39,17 @@ struct CopyCommand: ParsableCommand {
     }
 
     @Option(help: "h2d, d2h or d2d (default: all three).") var direction: Direction?
-    @Option(help: "Bytes per page (descriptor). (default: 4K)", transform: ByteCount.argument) var pageSize = ByteCount(4096)
-    @Option(help: "Pages per submitted batch (one fence each).") var batch = 512
-    @Option(help: "Bytes copied per pass. (default: 256M)", transform: ByteCount.argument) var total = ByteCount(256 << 20)
+    @Option(parsing: .unconditional, help: "Bytes per page (descriptor). (default: 4K)", transform: ByteCount.argument) var pageSize = ByteCount(4096)
+    @Option(parsing: .unconditional, help: "Pages per submitted batch (one fence each).", transform: NumberArgument.int) var batch = 512
+    @Option(parsing: .unconditional, help: "Bytes copied per pass. (default: 256M)", transform: ByteCount.argument) var total = ByteCount(256 << 20)
     @Option(help: "iouring, memcpy, or mapped (2 worker threads memcpy through the VRAM mapping).") var backend = Backend.iouring
     @Option(help: "on or off (default: both).") var coalesce: OnOff?
-    @Option(help: "Operations in flight per channel (io_uring SQ entries).") var queueDepth = 64
-    @Option(help: "Channels, each submitting from its own thread.") var channels = 1
-    @Option(help: "Batches in flight per channel before waiting on the oldest fence.") var inflight = 8
-    @Option(name: [.customLong("repeats"), .customLong("repeat")], help: "Passes per run (the median is reported).") var repeats = 3
-    @Option(help: "Host memory the frames are scattered over (default 4 × total).", transform: ByteCount.argument) var hostMemory: ByteCount?
-    @Option(help: "memfds each VRAM pool is striped over (1: one memfd).") var vramFiles = VRAMPool.Layout.default.files
+    @Option(parsing: .unconditional, help: "Operations in flight per channel (io_uring SQ entries).", transform: NumberArgument.int) var queueDepth = 64
+    @Option(parsing: .unconditional, help: "Channels, each submitting from its own thread.", transform: NumberArgument.int) var channels = 1
+    @Option(parsing: .unconditional, help: "Batches in flight per channel before waiting on the oldest fence.", transform: NumberArgument.int) var inflight = 8
+    @Option(name: [.customLong("repeats"), .customLong("repeat")], parsing: .unconditional, help: "Passes per run (the median is reported).", transform: NumberArgument.int) var repeats = 3
+    @Option(parsing: .unconditional, help: "Host memory the frames are scattered over (default 4 × total).", transform: ByteCount.argument) var hostMemory: ByteCount?
+    @Option(parsing: .unconditional, help: "memfds each VRAM pool is striped over (1: one memfd).", transform: NumberArgument.int) var vramFiles = VRAMPool.Layout.default.files
     @Option(help: "Register host memory as io_uring fixed buffers (pinned) and use the fixed-buffer opcodes: on or off.")
     var fixedBuffers = OnOff.off
     @Option(help: ArgumentHelp("Put VRAM in unnamed files in this directory instead of memfds, e.g. a tmpfs mounted with huge=always (README \"Performance\").", valueName: "dir"))
@@ -76,6 +76,7 @@ struct CopyCommand: ParsableCommand {
         o.vramLayout.directory = vramDir
         o.fixedBuffers = fixedBuffers == .on
         o.link = try LinkSpec(parsing: link)
+        o.naming = .commandFlags
         return o
     }
 
@@ -91,7 +92,6 @@ struct CopyCommand: ParsableCommand {
     }
 
     func validate() throws {
-        guard (1...100).contains(repeats) else { throw ValidationError("--repeats must be in 1...100 (got \(repeats))") }
         do {
             try CopyScenario.validate(try options())
         } catch let error as ParameterValueError {

@@ -29,6 +29,25 @@ struct CopyOptions: Sendable {
     /// Register host memory as io_uring fixed buffers (`DMAEngine.Configuration.fixedBuffers`).
     var fixedBuffers = false
     var seed: UInt64 = 0xD11A
+    /// What errors call each setting: the surface that built these options names it as its user typed it.
+    var naming: Naming = .scenarioKeys
+
+    /// The names of the settings in errors: `dmem-bench copy`'s flags or the `copy` scenario's keys
+    /// (`run copy --set …`, the suite), which differ beyond the dashes for two of them.
+    ///
+    /// Threads: a value; any thread.
+    enum Naming: Sendable {
+        case commandFlags
+        case scenarioKeys
+
+        /// The name of the setting whose scenario key is `key` (`span` is `--host-memory`, `passes` is `--repeats`).
+        func callAt(_ key: String) -> String {
+            switch self {
+            case .scenarioKeys: return key
+            case .commandFlags: return "--" + (["span": "host-memory", "passes": "repeats"][key] ?? key)
+            }
+        }
+    }
 
     /// The backend the engine's channels get: `backend`, behind the link model if there is one.
     var engineBackend: CopyBackendKind {

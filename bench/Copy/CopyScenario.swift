@@ -42,18 +42,21 @@ enum CopyScenario {
         return records
     }
 
+    /// Checks one point, naming each setting as `o.naming` says (flags for `dmem-bench copy`,
+    /// keys for `run copy` and the suite).
     static func validate(_ o: CopyOptions) throws(ScenarioError) {
-        guard o.pageSize > 0 else { throw error("page-size must be positive") }
+        let name = o.naming.callAt
+        guard o.pageSize > 0 else { throw error("\(name("page-size")) must be positive") }
         guard o.totalBytes >= o.pageSize, o.totalBytes % o.pageSize == 0 else {
-            throw error("total \(ByteCount(o.totalBytes)) must be a positive multiple of page-size \(ByteCount(o.pageSize))")
+            throw error("\(name("total")) \(ByteCount(o.totalBytes)) must be a positive multiple of \(name("page-size")) \(ByteCount(o.pageSize))")
         }
-        let limits: [(name: String, value: Int, range: ClosedRange<Int>)] = [
+        let limits: [(key: String, value: Int, range: ClosedRange<Int>)] = [
             ("batch", o.batchPages, 1...DMAEngine.maxBatchLimit), ("queue-depth", o.queueDepth, 1...4096),
             ("channels", o.channels, 1...64), ("inflight", o.inflightBatches, 1...4096), ("passes", o.repeats, 1...100),
             ("vram-files", o.vramLayout.files, 1...VRAMPool.Layout.maxFiles),
         ]
         for limit in limits where !limit.range.contains(limit.value) {
-            throw error("\(limit.name) must be in \(limit.range.lowerBound)...\(limit.range.upperBound) (got \(limit.value))")
+            throw error("\(name(limit.key)) must be in \(limit.range.lowerBound)...\(limit.range.upperBound) (got \(limit.value))")
         }
         guard !o.directions.isEmpty, !o.directions.contains(.hostToHost) else {
             throw error("the copy scenario measures h2d, d2h and d2d")
@@ -65,7 +68,7 @@ enum CopyScenario {
             throw error("fixed buffers are io_uring's: use them with the iouring backend")
         }
         if let host = o.hostBytes, host < o.totalBytes {
-            throw error("host-memory \(ByteCount(host)) is smaller than total \(ByteCount(o.totalBytes)): the frames of one pass must fit in it")
+            throw error("\(name("span")) \(ByteCount(host)) is smaller than \(name("total")) \(ByteCount(o.totalBytes)): the frames of one pass must fit in it")
         }
     }
 

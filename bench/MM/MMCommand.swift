@@ -13,8 +13,8 @@ struct MMCommand: ParsableCommand {
             """
     )
 
-    @Option(help: "Pages to migrate (a count; K/M suffixes allowed; default 64K).", transform: ByteCount.argument) var pages: ByteCount?
-    @Option(help: "Pages per migrate_vma batch.") var batch = 512
+    @Option(parsing: .unconditional, help: "Pages to migrate (a count; K/M suffixes allowed; default 64K).", transform: ByteCount.argument) var pages: ByteCount?
+    @Option(parsing: .unconditional, help: "Pages per migrate_vma batch.", transform: NumberArgument.int) var batch = 512
     @Flag(help: "Run 1Ki, 16Ki, 256Ki and 4Mi pages (flatness check).") var sweep = false
     @Flag(help: "Run in checked mode (protocol sanitizer): reports its cost and protocol_violations.") var checked = false
     @Flag(help: "Print exactly one JSON object on stdout instead of a table (no file name: redirect it, or use `dmem-bench run … --json FILE`).") var json = false

@@ -19,14 +19,14 @@ struct MigrateCommand: ParsableCommand {
             """
     )
 
-    @Option(help: "Bytes migrated (a multiple of 2M). (default: 256M)", transform: ByteCount.argument) var total = ByteCount(256 << 20)
-    @Option(help: "Pages per migrate_vma batch.") var batch = 512
-    @Option(help: "Pages brought back per CPU fault (1 = nouveau's single page).") var faultAround = 1
+    @Option(parsing: .unconditional, help: "Bytes migrated (a multiple of 2M). (default: 256M)", transform: ByteCount.argument) var total = ByteCount(256 << 20)
+    @Option(parsing: .unconditional, help: "Pages per migrate_vma batch.", transform: NumberArgument.int) var batch = 512
+    @Option(parsing: .unconditional, help: "Pages brought back per CPU fault (1 = nouveau's single page).", transform: NumberArgument.int) var faultAround = 1
     @Option(help: "off, or sequential: CPU-fault windows double along sequential scans up to 512 pages (readahead-style; not with --fault-around).") var prefetch = "off"
     @Option(help: "iouring, memcpy or mapped (--workers threads copy through the VRAM mapping).") var backend = "iouring"
     @Option(help: "Copy path of CPU faults: auto (faults of up to 16 pages copied on the CPU, larger ones through --backend), same (all through --backend), iouring, memcpy or mapped.") var faultBackend = "auto"
-    @Option(help: "Batches in flight while migrating to VRAM (1 = nouveau's strict sequence).") var pipeline = 1
-    @Option(help: "Worker threads of the mapped backend (default 2; only with --backend or --fault-backend mapped).") var workers: Int?
+    @Option(parsing: .unconditional, help: "Batches in flight while migrating to VRAM (1 = nouveau's strict sequence).", transform: NumberArgument.int) var pipeline = 1
+    @Option(parsing: .unconditional, help: "Worker threads of the mapped backend (default 2; only with --backend or --fault-backend mapped).", transform: NumberArgument.int) var workers: Int?
     @Option(help: "3step (migrate_vma_setup/pages/finalize) or 2017 (migrate_vma callbacks).") var api = "3step"
     @Option(help: "Register System RAM as io_uring fixed buffers (pinned) and use the fixed-buffer opcodes: on or off.")
     var fixedBuffers = "off"

@@ -84,12 +84,12 @@ struct RaceCommand: ParsableCommand {
     @Option(help: "Racing actions: all, or a comma-separated list (see above).") var action = "all"
     @Option(help: "Steps to hold at: all, or a comma-separated list of names as the table rows show them (fenceWaitBegin.toDevice; a kind alone, e.g. setupEnd, in every direction).")
     var step = "all"
-    @Option(help: "Hold at the Nth report of each step (\(RaceOptions.occurrenceRange.lowerBound)...\(RaceOptions.occurrenceRange.upperBound); 2: the second batch's steps).")
+    @Option(parsing: .unconditional, help: "Hold at the Nth report of each step (\(RaceOptions.occurrenceRange.lowerBound)...\(RaceOptions.occurrenceRange.upperBound); 2: the second batch's steps).", transform: NumberArgument.int)
     var occurrence = 1
-    @Option(help: "Milliseconds the driver is held at the step for the action (1...5000).") var hold = 20
-    @Option(help: "Pages of the process (\(RaceOptions.pageRange.lowerBound)...\(RaceOptions.pageRange.upperBound)).")
+    @Option(parsing: .unconditional, help: "Milliseconds the driver is held at the step for the action (1...5000).", transform: NumberArgument.int) var hold = 20
+    @Option(parsing: .unconditional, help: "Pages of the process (\(RaceOptions.pageRange.lowerBound)...\(RaceOptions.pageRange.upperBound)).", transform: NumberArgument.int)
     var pages = 32
-    @Option(help: "The page the actions aim at, and the fault flows fault on (default 1: the first batch; 16 and above: a later batch).")
+    @Option(parsing: .unconditional, help: "The page the actions aim at, and the fault flows fault on (default 1: the first batch; 16 and above: a later batch).", transform: NumberArgument.int)
     var target = 1
     @Flag(help: "The target page is never written: a hole, which migrations populate with a cleared page (it reads zeros).")
     var hole = false
@@ -97,15 +97,15 @@ struct RaceCommand: ParsableCommand {
     var backend = "iouring"
     @Option(help: "Driver API of migrations to VRAM: 3step (migrate_vma_setup/pages/finalize) or 2017 (migrate_vma callbacks).")
     var api = "3step"
-    @Option(help: "Batches in flight while migrating to VRAM (1...8; 1 = nouveau's strict sequence; 3step only).") var pipeline = 1
-    @Option(help: "Pages brought back per CPU fault (1...512; 1 = nouveau's single page).") var faultAround = 1
+    @Option(parsing: .unconditional, help: "Batches in flight while migrating to VRAM (1...8; 1 = nouveau's strict sequence; 3step only).", transform: NumberArgument.int) var pipeline = 1
+    @Option(parsing: .unconditional, help: "Pages brought back per CPU fault (1...512; 1 = nouveau's single page).", transform: NumberArgument.int) var faultAround = 1
     @Option(help: "off, or sequential: CPU-fault windows grow along sequential scans (not with --fault-around).") var prefetch = "off"
     @Option(help: "How a GPU fault is resolved: migrate (its 16-page window to VRAM), map (the system pages, hmm_range_fault) or thrashing (migrate until the window ping-pongs, then map).")
     var gpuFault = "migrate"
     @Option(help: "VRAM kind: private (MEMORY_DEVICE_PRIVATE, the CPU faults on it) or coherent (MEMORY_DEVICE_COHERENT, the CPU reads it in place).")
     var memory = "private"
     @Flag(help: "Migrate each batch whole or not at all (Xe) instead of best effort.") var allOrNothing = false
-    @Option(help: "VRAM pages, a multiple of 16 in 16...1024 (default 1024); below --pages, migrations evict under VRAM pressure inside the flow.")
+    @Option(parsing: .unconditional, help: "VRAM pages, a multiple of 16 in 16...1024 (default 1024); below --pages, migrations evict under VRAM pressure inside the flow.", transform: NumberArgument.int)
     var vram: Int?
     @Flag(help: "Print exactly one JSON object on stdout (one record per cell) instead of the tables.") var json = false
 

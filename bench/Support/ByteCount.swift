@@ -47,7 +47,10 @@ extension ByteCount: ExpressibleByArgument {
     /// Parses a command-line size or says why it is not one; the transform of every size
     /// flag, so that `--total=-8M` reads "The value '-8M' is invalid for '--total <total>':
     /// a size cannot be negative" instead of giving no reason.
+    /// Size flags parse `.unconditional` (see `NumberArgument`): a flag where the size should
+    /// be (`--total --json`) is a missing value, not a negative size.
     static func argument(_ text: String) throws(ByteCountError) -> ByteCount {
+        if NumberArgument.looksLikeFlag(text) { throw ByteCountError(NumberArgument.flagInsteadOfValue) }
         guard let size = ByteCount(parsing: text) else { throw ByteCountError(Self.reason(rejecting: text)) }
         return size
     }

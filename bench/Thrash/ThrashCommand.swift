@@ -18,16 +18,16 @@ struct ThrashCommand: ParsableCommand {
             """
     )
 
-    @Option(help: "Pages in the working set (a count; K suffix allowed). (default: 2K)", transform: ByteCount.argument) var pages = ByteCount(2048)
-    @Option(help: "Rounds of GPU writes then CPU reads.") var rounds = 20
+    @Option(parsing: .unconditional, help: "Pages in the working set (a count; K suffix allowed). (default: 2K)", transform: ByteCount.argument) var pages = ByteCount(2048)
+    @Option(parsing: .unconditional, help: "Rounds of GPU writes then CPU reads.", transform: NumberArgument.int) var rounds = 20
     @Option(help: "migrate (a GPU fault moves its window to VRAM), map (it maps the system pages) or thrashing (migrate until a window ping-pongs between VRAM and RAM, then map it: nvidia-uvm's thrashing mitigation).") var gpuFault = "migrate"
-    @Option(help: "Pages per GPU fault.") var window = 16
-    @Option(help: "Pages brought back per CPU fault (1 = nouveau's single page).") var faultAround = 1
+    @Option(parsing: .unconditional, help: "Pages per GPU fault.", transform: NumberArgument.int) var window = 16
+    @Option(parsing: .unconditional, help: "Pages brought back per CPU fault (1 = nouveau's single page).", transform: NumberArgument.int) var faultAround = 1
     @Option(help: "off, or sequential: CPU-fault windows double along sequential scans (readahead-style; not with --fault-around).") var prefetch = "off"
-    @Option(help: "Minimum residency of a page in VRAM in ms (Xe's anti-thrash timeslice; 0: off).") var residency = 0
-    @Option(help: "--gpu-fault thrashing: direction changes (VRAM ↔ RAM) that pin a window in RAM (default 3).") var thrashThreshold: Int?
-    @Option(help: "--gpu-fault thrashing: longest gap in ms between two moves of a window that still counts (default 20).") var thrashLapse: Int?
-    @Option(help: "--gpu-fault thrashing: ms a thrashing window stays in RAM; 0 never pins (default 300).") var thrashPin: Int?
+    @Option(parsing: .unconditional, help: "Minimum residency of a page in VRAM in ms (Xe's anti-thrash timeslice; 0: off).", transform: NumberArgument.int) var residency = 0
+    @Option(parsing: .unconditional, help: "--gpu-fault thrashing: direction changes (VRAM ↔ RAM) that pin a window in RAM (default 3).", transform: NumberArgument.int) var thrashThreshold: Int?
+    @Option(parsing: .unconditional, help: "--gpu-fault thrashing: longest gap in ms between two moves of a window that still counts (default 20).", transform: NumberArgument.int) var thrashLapse: Int?
+    @Option(parsing: .unconditional, help: "--gpu-fault thrashing: ms a thrashing window stays in RAM; 0 never pins (default 300).", transform: NumberArgument.int) var thrashPin: Int?
     @Option(help: ArgumentHelp("The bus GPU accesses to system memory cross (they cost what VRAM accesses cost without one): \(LinkSpec.help).", valueName: "link"))
     var remoteLink = "none"
     @Option(help: "iouring, memcpy or mapped.") var backend = "iouring"

@@ -21,14 +21,14 @@ struct TortureCommand: ParsableCommand {
             """
     )
 
-    @Option(help: "Seconds of random operations (the final check and teardown come after).") var seconds = 30.0
-    @Option(help: "Worker threads (each its own process).") var threads = 4
-    @Option(help: "Seed of the operations and of the fault injection.") var seed: UInt64 = 1
-    @Option(help: "Probability per copy descriptor of an injected failure, short copy or delay (0 turns injection off).")
+    @Option(parsing: .unconditional, help: "Seconds of random operations (the final check and teardown come after).", transform: NumberArgument.double) var seconds = 30.0
+    @Option(parsing: .unconditional, help: "Worker threads (each its own process).", transform: NumberArgument.int) var threads = 4
+    @Option(parsing: .unconditional, help: "Seed of the operations and of the fault injection.", transform: NumberArgument.uint64) var seed: UInt64 = 1
+    @Option(parsing: .unconditional, help: "Probability per copy descriptor of an injected failure, short copy or delay (0 turns injection off).", transform: NumberArgument.double)
     var injectRate = 0.01
-    @Option(help: "Pages each thread owns.") var pagesPerThread = 1024
-    @Option(help: "VRAM bytes (a multiple of 2M; keep it below threads × pages for exhaustion). (default: 4M)", transform: ByteCount.argument) var vram = ByteCount(4 << 20)
-    @Option(help: "Minimum residency of a page in VRAM in ms (Xe's anti-thrash timeslice; 0: off): CPU faults and eviction under pressure wait for young pages.")
+    @Option(parsing: .unconditional, help: "Pages each thread owns.", transform: NumberArgument.int) var pagesPerThread = 1024
+    @Option(parsing: .unconditional, help: "VRAM bytes (a multiple of 2M; keep it below threads × pages for exhaustion). (default: 4M)", transform: ByteCount.argument) var vram = ByteCount(4 << 20)
+    @Option(parsing: .unconditional, help: "Minimum residency of a page in VRAM in ms (Xe's anti-thrash timeslice; 0: off): CPU faults and eviction under pressure wait for young pages.", transform: NumberArgument.double)
     var residency = 0.0
     @Option(help: ArgumentHelp("Put VRAM in unnamed files in this directory instead of memfds.", valueName: "dir"))
     var vramDir: String?

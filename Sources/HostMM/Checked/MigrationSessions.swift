@@ -34,6 +34,10 @@ final class MigrationSessions: @unchecked Sendable {
         /// (0 until its first claim; guarded by the sessions' lock).
         var destinations: [PFN] = []
         var claimID: UInt32 = 0
+        /// The `dst` entries its pages step accepted (entry index, entry), kept until it is
+        /// finalized: what recording mode finalizes it with when a new setup on the PFN path
+        /// (whose setup has no `dst` array) abandons it.
+        var pagesStepDestinations: [(index: Int32, entry: MigratePFN)] = []
 
         init(base: UInt, count: Int, collected: Int, start: UInt64?, site: CallSite) {
             self.base = base
@@ -124,6 +128,7 @@ final class MigrationSessions: @unchecked Sendable {
             for s in sessions {
                 s.phase = .finalized
                 dropClaims(s)
+                s.pagesStepDestinations = []
                 guard live[s.base] === s else { continue }
                 live[s.base] = nil
                 remember(s)
@@ -177,6 +182,26 @@ final class MigrationSessions: @unchecked Sendable {
         claimants[s.claimID] = nil
         s.claimID = 0
         s.destinations = []
+    }
+
+    /// Destinations recording mode finalized when it finished an abandoned migration on the
+    /// PFN path, by the address of the `src` array the new setup got (index into it, page):
+    /// the driver's `dst` array still names them.
+    private var recovered: [UInt: [(index: Int, page: PFN)]] = [:]
+
+    /// Records the destinations `finishAbandoned` finalized for arrays at `base`.
+    func noteRecovered(_ base: UInt, _ pages: [(index: Int, page: PFN)]) {
+        lock.withLock { recovered[base] = pages.isEmpty ? nil : pages }
+    }
+
+    /// The destinations recorded for arrays at `base`; `take` forgets them (their finalize).
+    func recovered(_ base: UInt, take: Bool) -> [(index: Int, page: PFN)] {
+        lock.withLock { take ? recovered.removeValue(forKey: base) ?? [] : recovered[base] ?? [] }
+    }
+
+    /// Records what `s`'s pages step accepted as destinations.
+    func setPagesStepDestinations(_ s: Session, _ entries: [(index: Int32, entry: MigratePFN)]) {
+        lock.withLock { s.pagesStepDestinations = entries }
     }
 
     /// Sets the phase of `sessions` under the lock.

@@ -58,18 +58,33 @@ extension ProtocolChecker {
     /// restored unless the pages step ran; `dst` entries still allocated and locked are
     /// finalized with it (used or released), others are left alone. A migration whose
     /// entries reach past `src` is left as it is (its entries cannot be read safely).
+    ///
+    /// The PFN path's setup has no `dst`: the destinations are those the pages step accepted.
+    /// The driver's `dst` array, which that setup does not clear, still names them; they are
+    /// noted so that the new migration's pages step and finalize drop those stale entries
+    /// (`dropRecoveredDestinations`) instead of releasing the pages a second time.
     private func finishAbandoned(_ memory: PhysicalMemory, _ s: Session, _ src: Entries, _ dst: Entries?,
                                  _ site: CallSite) {
         let off = s.offset(in: UInt(bitPattern: src.baseAddress!))
         guard off >= 0, off + s.count <= src.count else { return }
         let old = Entries(rebasing: src[off ..< off + s.count])
+        let recorded = dst == nil ? s.pagesStepDestinations : []
         withUnsafeTemporaryAllocation(of: MigratePFN.self, capacity: s.count) { targets in
             targets.initialize(repeating: [])
+            func usable(_ page: PFN) -> Bool {
+                memory.isValid(page) && memory.refcount(page) > 0 && memory.isPageLocked(page)
+            }
             for i in 0..<s.count {
-                guard let dst, off + i < dst.count, let page = dst[off + i].page, memory.isValid(page),
-                      memory.refcount(page) > 0, memory.isPageLocked(page) else { continue }
+                guard let dst, off + i < dst.count, let page = dst[off + i].page, usable(page) else { continue }
                 targets[i] = dst[off + i]
             }
+            var finalized: [(index: Int, page: PFN)] = []
+            for (i, entry) in recorded where Int(i) < s.count {
+                guard let page = entry.page, usable(page) else { continue }
+                targets[Int(i)] = entry
+                finalized.append((off + Int(i), page))
+            }
+            if dst == nil { sessions.noteRecovered(UInt(bitPattern: src.baseAddress!), finalized) }
             if s.phase == .setUp {
                 for i in 0..<s.count { old[i].remove(.migrate) }
             }
@@ -99,6 +114,7 @@ extension ProtocolChecker {
     /// Before the pages step: order, arrays, source contents, destinations.
     func willRunPages(_ memory: PhysicalMemory, _ src: Entries, _ dst: Entries, npages: Int, exact: Bool,
                       site: CallSite) throws(HostMMError) -> StepPlan {
+        dropRecoveredDestinations(src, dst, npages, take: false)   // whatever the plan: the pages step validates dst
         var found: [ProtocolViolation] = []
         var plan = locate(src, dst, npages, exact: exact, twice: .pagesTwice, without: .pagesWithoutSetup, site, &found)
         if plan.run, let done = plan.sessions.first(where: { $0.phase != .setUp }) {
@@ -114,8 +130,39 @@ extension ProtocolChecker {
         }
         if fatal || (mode.throwsViolations && !found.isEmpty) { sessions.releaseDestinations(plan.sessions) }
         if mode.throwsViolations, let first = found.first { throw .protocolViolation(first) }
-        if plan.run && !fatal { sessions.mark(plan.sessions, .pagesDone) }
+        if plan.run && !fatal {
+            sessions.mark(plan.sessions, .pagesDone)
+            recordPagesStepDestinations(plan, src, dst)
+        }
         return plan
+    }
+
+    /// Keeps, per session, the destinations its pages step accepted (for `finishAbandoned`).
+    private func recordPagesStepDestinations(_ plan: StepPlan, _ src: Entries, _ dst: Entries) {
+        let base = UInt(bitPattern: src.baseAddress!), n = plan.count(src, dst)
+        for s in plan.sessions {
+            let off = s.offset(in: base)
+            let lo = max(off, 0), hi = min(off + s.count, n)
+            var entries: [(index: Int32, entry: MigratePFN)] = []
+            for i in lo ..< max(lo, hi) where dst[i].page != nil && src[i].contains(.migrate) {
+                entries.append((Int32(i - off), dst[i]))
+            }
+            sessions.setPagesStepDestinations(s, entries)
+        }
+    }
+
+    /// Drops `dst` entries that still name a destination recording mode already finalized
+    /// (`finishAbandoned` on the PFN path) where `src` does not migrate: the driver's stale
+    /// copy of the abandoned migration's array, which finalize would otherwise release again.
+    /// An entry whose `src` migrates is the driver's new choice (a freed page may come back
+    /// from the allocator at once) and is kept. `take` (finalize) forgets the record.
+    private func dropRecoveredDestinations(_ src: Entries, _ dst: Entries, _ count: Int, take: Bool) {
+        guard let p = src.baseAddress else { return }
+        let n = max(0, min(count, src.count, dst.count))
+        for (i, page) in sessions.recovered(UInt(bitPattern: p), take: take)
+        where i < n && dst[i].page == page && !src[i].contains(.migrate) {
+            dst[i] = []
+        }
     }
 
     /// Holes whose destination the pages step maps present for the CPU (anything but
@@ -258,6 +305,7 @@ extension ProtocolChecker {
     /// that moved, source contents. Closes the sessions.
     func willFinalize(_ memory: PhysicalMemory, _ src: Entries, _ dst: Entries, npages: Int, exact: Bool,
                       site: CallSite) -> StepPlan {
+        dropRecoveredDestinations(src, dst, npages, take: true)    // whatever the plan: finalize releases dst
         var found: [ProtocolViolation] = []
         let plan = locate(src, dst, npages, exact: exact, twice: .finalizeTwice, without: .finalizeWithoutSetup,
                           site, &found)
