@@ -1,5 +1,5 @@
 import DMAEngine
-import DeviceEmu
+@testable import DeviceEmu
 import Foundation
 import HostMM
 import NIOConcurrencyHelpers
@@ -90,6 +90,34 @@ import Testing
         var expected = w.pattern.page(5)
         expected.replaceSubrange(0..<marker.count, with: marker)
         #expect(try w.mm.read(at: target, count: pageSize) == expected)
+    }
+
+    /// The hold counts from the action's start: an action thread slow to get a CPU (here
+    /// started 100 ms late, a loaded machine) still runs while the driver is held, and
+    /// finishes while held. Before, the hold ran from the thread's creation: the driver
+    /// went on after 10 ms and the action met the step already passed (the race matrix's
+    /// suspend × gpu-read cells then saw a resumed device, not `.suspended`).
+    @Test func theHoldCountsFromTheActionsStartNotItsThreadsCreation() throws {
+        let memory = try makeMemory(mib: 32)
+        let probe = StepProbe(forwardingTo: nil) { body in
+            Thread.detachNewThread {
+                usleep(100_000)
+                body()
+            }
+        }
+        var policy = MigrationPolicy()
+        policy.batchPages = 16
+        let gpu = try makeDevice(memory, vramMiB: 4, policy: policy, observer: probe)
+        defer { try? gpu.shutdown() }
+        let (mm, base, _) = try makeProcess(memory, pages: 32, seed: 13)
+        let seen = NIOLockedValueBox<StepProbe.Outcome?>(nil)
+        try probe.arm(at: .init(.setupBegin, direction: .toDevice), hold: .milliseconds(10)) {
+            seen.withLockedValue { $0 = probe.outcome }
+        }
+        #expect(try gpu.migrateToDevice(mm, range: range(base, pages: 32)).migrated == 32)
+        #expect(probe.waitForAction())
+        #expect(seen.withLockedValue { $0 } == .runningWhileHeld, "the action ran after the driver went on")
+        #expect(probe.outcome == .finishedWhileHeld)
     }
 
     @Test func aDirectionFilterSkipsOtherFlowsAndANeverReachedStepWaitsForNothing() throws {

@@ -5,8 +5,9 @@ import NIOConcurrencyHelpers
 
 /// Pins one interleaving of a race: when the driver reaches a chosen step, runs an
 /// action on a thread of its own and holds the driver at that step until the action
-/// returns or `hold` runs out. Modelled on a kprobe whose pre-handler blocks: the
-/// kernel developer's way of widening a race window to a known place.
+/// returns or `hold`, counted from the action's start, runs out. Modelled on a kprobe
+/// whose pre-handler blocks: the kernel developer's way of widening a race window to a
+/// known place.
 ///
 /// Install it as `Device.Configuration.observer` (it forwards every event to `next`),
 /// then `arm` it once the objects the action needs exist. It fires once per arming,
@@ -66,9 +67,17 @@ public final class StepProbe: MigrationObserver, @unchecked Sendable {
     private var state = Outcome.idle
     private var heldEvent: MigrationEvent?
     private var finished: DispatchSemaphore?
+    /// Starts the action's thread (tests substitute a slow start).
+    private let startThread: @Sendable (@escaping @Sendable () -> Void) -> Void
 
-    public init(forwardingTo next: (any MigrationObserver)? = nil) {
+    public convenience init(forwardingTo next: (any MigrationObserver)? = nil) {
+        self.init(forwardingTo: next) { Thread.detachNewThread($0) }
+    }
+
+    init(forwardingTo next: (any MigrationObserver)?,
+         startThread: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void) {
         self.next = next
+        self.startThread = startThread
     }
 
     /// Arms the probe: `action` runs at the `trigger`'s event, and the driver waits at that
@@ -132,8 +141,10 @@ public final class StepProbe: MigrationObserver, @unchecked Sendable {
             return (action, hold, done)
         }
         guard let (action, hold, done) = fire else { return }
+        let started = DispatchSemaphore(value: 0)
         let returned = DispatchSemaphore(value: 0)
-        Thread.detachNewThread { [self] in
+        startThread { [self] in
+            started.signal()
             action()
             lock.withLock {
                 state = state == .runningWhileHeld ? .finishedWhileHeld : .finishedAfterHold
@@ -141,11 +152,20 @@ public final class StepProbe: MigrationObserver, @unchecked Sendable {
             returned.signal()
             done.signal()
         }
+        // The hold counts from the action's start, not from its thread's creation: on a
+        // loaded machine a new thread may wait for a CPU longer than the hold, and the
+        // driver would go on before the action ran at all (a "while held" cell silently
+        // testing the order after the step). Bounded, against a thread that never starts.
+        _ = started.wait(timeout: .now() + Self.interval(Self.startTimeout))
         let inTime = returned.wait(timeout: .now() + Self.interval(hold)) == .success
         if !inTime {
             lock.withLock { if state == .runningWhileHeld { state = .runningAfterHold } }
         }
     }
+
+    /// How long the held driver waits for the action's thread to start before its hold
+    /// begins anyway.
+    static let startTimeout: Duration = .seconds(10)
 
     private static func interval(_ d: Duration) -> DispatchTimeInterval {
         let ns = MonotonicTime.nanoseconds(d)
