@@ -64,7 +64,7 @@ extension Device {
     /// - Throws: `.invalidArgument` for an empty or unaligned range, `.hostMM` when setup refuses a VMA.
     @discardableResult
     public func migrateRangeToRAM(_ mm: AddressSpace, range: Range<UInt64>) throws(DeviceError) -> MigrationResult {
-        guard !range.isEmpty, range.lowerBound & 4095 == 0, range.upperBound & 4095 == 0 else { throw .invalidArgument }
+        try Self.checkPageRange(range)
         ungatedMigrations.add(1, ordering: .sequentiallyConsistent)
         defer { ungatedMigrations.subtract(1, ordering: .sequentiallyConsistent) }
         let policy = self.policy
