@@ -32,9 +32,12 @@ enum RaceShadow {
     static func seenByFlow(_ base: RacePage, action: RaceAction) -> [RacePage] { unique([base, action.targetAfter(base)]) }
 
     /// What a forked child's copy of the target holds: the fork copies the page before or
-    /// after the flow's store (the actions never write the child).
-    static func inChild(_ base: RacePage, flow: RaceFlow, flowTookEffect: Bool) -> [RacePage] {
-        unique([base, flowTookEffect ? flow.targetAfter(base) : base])
+    /// after the flow's store; `cow-write-child` then stores the marker in the child (the
+    /// other actions never write the child: `cow-write`'s store in the parent breaks COW).
+    static func inChild(_ base: RacePage, flow: RaceFlow, flowTookEffect: Bool,
+                        action: RaceAction, actionTookEffect: Bool) -> [RacePage] {
+        if action == .cowWriteChild && actionTookEffect { return [.marker] }
+        return unique([base, flowTookEffect ? flow.targetAfter(base) : base])
     }
 
     private static func unique(_ pages: [RacePage]) -> [RacePage] {
