@@ -21,6 +21,7 @@ enum RaceAction: String, CaseIterable, Sendable {
     case cowWriteChild = "cow-write-child"
     case pin
     case mremap
+    case mremapDontUnmap = "mremap-dontunmap"
     case migrateToDevice = "migrate-to-device"
     case otherDevice = "other-device"
     case migrateToRAM = "migrate-to-ram"
@@ -47,6 +48,7 @@ enum RaceAction: String, CaseIterable, Sendable {
         case .cowWriteChild: return "cow-chld"
         case .pin: return "pin"
         case .mremap: return "mremap"
+        case .mremapDontUnmap: return "dontunmap"
         case .migrateToDevice: return "migrate"
         case .otherDevice: return "2nd-dev"
         case .migrateToRAM: return "to-ram"
@@ -75,6 +77,7 @@ enum RaceAction: String, CaseIterable, Sendable {
         case .cowWriteChild: return "fork, then a CPU store of the marker to the target in the child"
         case .pin: return "long-term pin of the target (FOLL_LONGTERM; unpinned after the checks)"
         case .mremap: return "mremap of the range to a new address (MREMAP_MAYMOVE|MREMAP_FIXED)"
+        case .mremapDontUnmap: return "mremap with MREMAP_DONTUNMAP: the old range stays mapped, empty (zeros)"
         case .migrateToDevice: return "migrateToDevice of the same range, concurrently"
         case .otherDevice: return "a second device (another pgmap owner) migrates the range: only system pages, never the first device's"
         case .migrateToRAM: return "migrateRangeToRAM of the target page"
@@ -119,6 +122,7 @@ enum RaceAction: String, CaseIterable, Sendable {
                 try (self == .cowWrite ? w.mm : child).write(at: t, bytes: RacePage.marker.bytes(page: w.target)!)
             case .pin: w.pinned = try w.mm.pinUserPages(t, count: 1, write: true, longterm: true)
             case .mremap: try w.moveRange()
+            case .mremapDontUnmap: try w.moveRange(dontUnmap: true)
             case .migrateToDevice: _ = try w.gpu.migrateToDevice(w.mm, range: w.range)
             case .otherDevice: _ = try w.otherDevice().migrateToDevice(w.mm, range: w.range)
             case .migrateToRAM: _ = try w.gpu.migrateRangeToRAM(w.mm, range: t ..< t + UInt64(pageSize))

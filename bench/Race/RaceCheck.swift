@@ -116,15 +116,7 @@ struct RaceCheck {
         if world.moved {
             // Read the old addresses first, while no fault at the new ones has refreshed
             // anything: a device entry the move did not invalidate still reads there.
-            for p in 0..<world.pages {
-                let a = world.originalAddress(p)
-                do {
-                    _ = try space.read(at: a, count: pageSize)
-                    problems.append("GPU: page \(p) still reads at its old address \(hex(a)) after mremap")
-                } catch {
-                    if error != .fault(address: a) { problems.append("GPU read of page \(p)'s old address after mremap: \(error)") }
-                }
-            }
+            for p in 0..<world.pages { oldAddress(p, by: "GPU: ") { a throws(DeviceError) in try space.read(at: a, count: pageSize) } }
         }
         for p in 0..<world.pages {
             let a = world.address(p)
@@ -152,17 +144,8 @@ struct RaceCheck {
     /// Every page by a CPU read: the pattern, or for the target what the action left.
     mutating func pages() {
         if world.moved {
-            for p in 0..<world.pages {
-                let a = world.originalAddress(p)
-                do {
-                    _ = try world.mm.read(at: a, count: pageSize)
-                    problems.append("page \(p) still reads at its old address \(hex(a)) after mremap")
-                } catch {
-                    if error != .segmentationFault(address: a, reason: .notMapped) {
-                        problems.append("CPU read of page \(p)'s old address after mremap: \(error), not SEGV_MAPERR")
-                    }
-                }
-            }
+            let mm = world.mm
+            for p in 0..<world.pages { oldAddress(p, by: "") { a throws(HostMMError) in try mm.read(at: a, count: pageSize) } }
         }
         for p in 0..<world.pages {
             let a = world.address(p)
@@ -183,6 +166,29 @@ struct RaceCheck {
                 if error != .segmentationFault(address: a, reason: .accessDenied) {
                     problems.append("a CPU store after mprotect(PROT_READ) failed with \(error), not SEGV_ACCERR")
                 }
+            }
+        }
+    }
+
+    /// Page `p`'s address before the range moved, read by `read`: after `mremap` nothing is
+    /// mapped there (SIGSEGV for the CPU, a GPU fault — no device entry may survive the
+    /// move); after `mremap-dontunmap` the old range is mapped and empty (zeros, or what
+    /// the flow's access wrote there after the move).
+    private mutating func oldAddress<E: Error & Equatable>(_ p: Int, by who: String, _ read: (UInt64) throws(E) -> [UInt8]) {
+        let a = world.originalAddress(p)
+        let mapped = action == .mremapDontUnmap
+        let want = p == target ? RaceShadow.inOldRange(flow: flow, flowTookEffect: flowTookEffect) : [.zeros]
+        do {
+            let bytes = try read(a)
+            if !mapped {
+                problems.append("\(who)page \(p) still reads at its old address \(hex(a)) after mremap\(describe(bytes, page: p))")
+            } else if !want.contains(where: { $0.bytes(page: p) == bytes }) {
+                problems.append("\(who)page \(p)'s old address \(hex(a)) is not \(names(want)) after mremap-dontunmap\(describe(bytes, page: p))")
+            }
+        } catch {
+            let unmapped: any Error = who.isEmpty ? HostMMError.segmentationFault(address: a, reason: .notMapped) : DeviceError.fault(address: a)
+            if mapped || (unmapped as? E) != error {
+                problems.append("\(who)read of page \(p)'s old address \(hex(a)) after \(action.rawValue): \(error)")
             }
         }
     }

@@ -80,10 +80,16 @@ final class RaceWorld: @unchecked Sendable {
     /// Page `page`'s address before an `mremap` action moved the range.
     func originalAddress(_ page: Int) -> UInt64 { originalBase + UInt64(page * pageSize) }
 
-    /// The `mremap` action: maps a new range of the same size (finding free address space,
-    /// as a process would) and moves the range onto it with `MREMAP_MAYMOVE|MREMAP_FIXED`.
-    func moveRange() throws(HostMMError) {
+    /// The `mremap` actions: `MREMAP_MAYMOVE|MREMAP_FIXED` onto a new range of the same size
+    /// (mapped first, finding free address space as a process would); or with `dontUnmap`,
+    /// `MREMAP_MAYMOVE|MREMAP_DONTUNMAP`, which leaves the old range mapped and empty.
+    func moveRange(dontUnmap: Bool = false) throws(HostMMError) {
         let length = pages * pageSize
+        if dontUnmap {
+            let to = try mm.mremap(originalBase, oldLength: length, newLength: length, flags: [.mayMove, .dontUnmap])
+            movedBase.withLockedValue { $0 = to }
+            return
+        }
         let to = try mm.mmap(length: length)
         do {
             _ = try mm.mremap(originalBase, oldLength: length, newLength: length, flags: [.mayMove, .fixed], newAddress: to)
