@@ -50,7 +50,7 @@ import Testing
         var c = RaceConfiguration()
         c.faultAround = 16
         c.api = .callbacks2017
-        _ = try await matrix(c, flows: [.cpuFault], actions: [.none, .cpuWrite, .munmap, .dontNeed, .fork, .migrateToRAM])
+        _ = try await matrix(c, flows: [.cpuFault], actions: [.none, .cpuWrite, .munmap, .dontNeed, .fork, .migrateToRAM, .pin, .cowWrite, .mremap])
         // Applied: one CPU fault brought the target's 16-page window back.
         let (w, _) = try dryWorld(c, .cpuFault)
         defer { shutDown(w) }
@@ -90,7 +90,8 @@ import Testing
     @Test func coherentVRAM() async throws {
         var c = RaceConfiguration()
         c.memory = .coherent
-        let m = try await matrix(c, flows: [.cpuFault, .toDevice], actions: [.none, .cpuRead, .cpuWrite, .gpuAtomic, .fork])
+        let m = try await matrix(c, flows: [.cpuFault, .toDevice],
+                                 actions: [.none, .cpuRead, .cpuWrite, .gpuAtomic, .fork, .pin, .mremap, .cowWrite])
         // A CPU access to coherent VRAM does not fault: cpu-fault has no step and no cell,
         // and its read left the range in VRAM (the dry run checks both).
         let cpu = try #require(m.flows.first { $0.flow == .cpuFault })
@@ -138,7 +139,8 @@ import Testing
     @Test func vramPressure() async throws {
         var c = RaceConfiguration()
         c.vramPages = 16
-        let m = try await matrix(c, flows: [.toDevice, .gpuFault, .evict], actions: [.none, .cpuRead, .munmap, .otherDevice])
+        let m = try await matrix(c, flows: [.toDevice, .gpuFault, .evict],
+                                 actions: [.none, .cpuRead, .munmap, .otherDevice, .pin, .mremapDontUnmap, .cowWriteChild])
         for flow in [RaceFlow.toDevice, .gpuFault] {
             let steps = try #require(m.flows.first { $0.flow == flow }?.steps)
             #expect(steps.contains(RaceStep(kind: .setupBegin, direction: .evict)), "\(flow): no eviction in \(steps)")

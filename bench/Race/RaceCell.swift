@@ -69,6 +69,7 @@ struct RaceCell: Sendable {
         if fired { check.actionResult(done.withLockedValue { $0 } ?? .done) }
         check.gpuPages()
         check.pages()
+        check.pinnedPages()
         check.childAndInvariants()
         check.tearDown()
         problems += check.problems

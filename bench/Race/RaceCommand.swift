@@ -47,6 +47,11 @@ struct RaceCommand: ParsableCommand {
             gpu-write and gpu-atomic and a racing store, DONTNEED or munmap leave the target as one applied after \
             the other, in either order (RaceShadow); while suspend holds the device suspended, GPU accesses and \
             migrations to VRAM fail with `suspended`, as documented. \
+            A pinned target must stay the page the process maps, holding what it reads (migration refuses \
+            it; a pin takes a VRAM page back to RAM first; a long-term pin of coherent VRAM may fail with \
+            EBUSY); after mremap the old addresses fault for the CPU and the GPU (with MREMAP_DONTUNMAP they \
+            read zeros) and the checks read the new ones; cow-write stores in the parent, cow-write-child in \
+            the child, and the other keeps its copy. \
             --hole makes the target page a hole (never written: the shadow model starts it as zeros).
 
             Examples:

@@ -20,9 +20,10 @@ enum RaceExpectations {
     ///   the resume throws `.shutDown` (teardown is final).
     static func flowMayFail(_ flow: RaceFlow, _ action: RaceAction, _ error: any Error, at target: UInt64) -> Bool {
         switch (flow, action) {
-        case (.cpuFault, .munmap):
+        case (.cpuFault, .munmap), (.cpuFault, .mremap):
             return (error as? HostMMError) == .segmentationFault(address: target, reason: .notMapped)
-        case (.gpuFault, .munmap), (.gpuAtomic, .munmap), (.gpuWrite, .munmap):
+        case (.gpuFault, .munmap), (.gpuAtomic, .munmap), (.gpuWrite, .munmap),
+             (.gpuFault, .mremap), (.gpuAtomic, .mremap), (.gpuWrite, .mremap):
             return (error as? DeviceError) == .fault(address: target)
         case (.gpuFault, .unbind), (.gpuAtomic, .unbind), (.gpuWrite, .unbind), (.suspend, .shutdown):
             return (error as? DeviceError) == .shutDown
@@ -39,6 +40,12 @@ enum RaceExpectations {
     ///   — GPU accesses and migrations to VRAM — fail with `.suspended` (`OperationGate`: a
     ///   suspended GPU takes no work, as nouveau's runtime-suspended device runs no channel).
     ///
+    /// - A long-term `pin` of a device-coherent page moves it to RAM first
+    ///   (`migrate_device_coherent_folio`), which fails with `.busy` while another holder
+    ///   keeps a reference — a migration that just mapped the page and has not yet dropped
+    ///   its own — and `__gup_longterm_locked` retries only `-EAGAIN`: the pin returns EBUSY
+    ///   (device-private pages come back through `migrate_to_ram` and never fail so).
+    ///
     /// Nothing else may: a suspend or a teardown racing a CPU fault or an eviction that
     /// holds VRAM pages locked used to report `.busy` (and checked mode a leak) after a few
     /// passes; they now wait for the migrations in flight (`LifecycleRaceTests`).
@@ -46,6 +53,8 @@ enum RaceExpectations {
         switch (flow, action) {
         case (.suspend, .gpuRead), (.suspend, .gpuWrite), (.suspend, .gpuAtomic), (.suspend, .migrateToDevice):
             return (error as? DeviceError) == .suspended
+        case (_, .pin):
+            return (error as? HostMMError) == .busy
         default:
             return false
         }
