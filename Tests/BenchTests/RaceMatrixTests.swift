@@ -7,48 +7,55 @@ import Testing
 /// its dry run listed, the verification does fail on a corrupted page, and bad options
 /// are refused with a clear message.
 ///
-/// Three minutes: the default matrix (2093 cells since pin, mremap, mremap-dontunmap,
-/// cow-write, cow-write-child and madvise-free joined) takes ~30 s alone in a debug build,
-/// but took 98 s in a loaded BenchTests run on two shared cores.
+/// Three minutes per test (per flow for the default matrix): the default matrix (2093
+/// cells since pin, mremap, mremap-dontunmap, cow-write, cow-write-child and
+/// madvise-free joined) takes ~30 s alone in a debug build, but took 98 s in a loaded
+/// BenchTests run on two shared cores, and 320 s with three other builds beside it — one
+/// flow at a time, each under its own limit, as its cases run one after another.
 @Suite(.serialized, .timeLimit(.minutes(3))) struct RaceMatrixTests {
-    /// The default matrix (every flow × its steps × every action): no failing cell, and
-    /// the probe fired at every cell's step. Held 5 ms per cell (`--quick`), as each
-    /// `after` cell costs its hold: the eight flows' matrix then takes what the first four
-    /// took at the default 20 ms.
-    @Test func theDefaultMatrixPassesAndReachesEveryStep() async throws {
+    /// The default matrix (every flow × its steps × every action), one flow per case: no
+    /// failing cell, and the probe fired at every cell's step. Held 5 ms per cell
+    /// (`--quick`), as each `after` cell costs its hold.
+    @Test(arguments: RaceFlow.allCases)
+    func theDefaultMatrixPassesAndReachesEveryStep(flow: RaceFlow) async throws {
         var o = RaceOptions()
         o.hold = .milliseconds(5)
+        o.flows = [flow]
         let m = try await runMatrix(o)
         #expect(m.failureLines.isEmpty, "\(m.failureLines.prefix(10).joined(separator: "\n"))")
         #expect(m.passed)
-        #expect(m.flows.map(\.flow) == RaceFlow.allCases)
-        for f in m.flows {
-            #expect(f.cells.count == f.steps.count * RaceAction.allCases.count, "\(f.flow)")
-            let missed = f.cells.filter { !$0.fired }.map { "\($0.cell.step) × \($0.cell.action.rawValue)" }
-            #expect(missed.isEmpty, "\(f.flow): the probe never fired at \(missed)")
-            // Every flow reports whole batches: setup through finalize.
-            let kinds = Set(f.steps.map(\.kind))
-            #expect(kinds.isSuperset(of: [.setupBegin, .setupEnd, .migratePagesBegin, .finalizeEnd]), "\(f.flow): \(f.steps)")
+        #expect(m.flows.map(\.flow) == [flow])
+        let f = try #require(m.flows.first)
+        #expect(f.cells.count == f.steps.count * RaceAction.allCases.count, "\(f.flow)")
+        let missed = f.cells.filter { !$0.fired }.map { "\($0.cell.step) × \($0.cell.action.rawValue)" }
+        #expect(missed.isEmpty, "\(f.flow): the probe never fired at \(missed)")
+        // Every flow reports whole batches: setup through finalize.
+        let kinds = Set(f.steps.map(\.kind))
+        #expect(kinds.isSuperset(of: [.setupBegin, .setupEnd, .migratePagesBegin, .finalizeEnd]), "\(f.flow): \(f.steps)")
+        switch flow {
+        case .cpuFault:
+            #expect(f.steps.first == RaceStep(kind: .cpuFaultBegin, direction: .toRAM))
+        case .gpuFault, .gpuAtomic, .gpuWrite:
+            #expect(f.steps.first == RaceStep(kind: .gpuFault, direction: .none), "\(flow)")
+        case .migrateToRAM:
+            // The explicit migration back and the suspend are batches of their own kinds.
+            #expect(f.steps.first == RaceStep(kind: .setupBegin, direction: .toRAM))
+        case .suspend:
+            #expect(f.steps.first == RaceStep(kind: .setupBegin, direction: .evict))
+            // The device gate is closed while suspend evicts: a GPU access racing it fails
+            // with the documented `.suspended` (a note, not a failure).
+            #expect(f.cells.filter { $0.cell.action == .gpuRead }.allSatisfy { $0.notes.contains { $0.contains("suspended") } })
+        case .toDevice:
+            // What a held step blocks, for sure: a migration holds the mmap read lock from
+            // setup to finalize, so an munmap (mmap write lock) can only finish after the hold.
+            let munmapAtSetupEnd = f.cells.first { $0.cell.step == RaceStep(kind: .setupEnd, direction: .toDevice) && $0.cell.action == .munmap }
+            #expect(munmapAtSetupEnd?.outcome == .after)
+            #expect(m.records.first?["flow"] == .string("to-device") && m.records.first?["passed"] == .bool(true))
+        case .evict:
+            break
         }
-        #expect(m.flows.first { $0.flow == .cpuFault }?.steps.first == RaceStep(kind: .cpuFaultBegin, direction: .toRAM))
-        for flow in [RaceFlow.gpuFault, .gpuAtomic, .gpuWrite] {
-            #expect(m.flows.first { $0.flow == flow }?.steps.first == RaceStep(kind: .gpuFault, direction: .none), "\(flow)")
-        }
-        // The explicit migration back and the suspend are batches of their own kinds.
-        #expect(m.flows.first { $0.flow == .migrateToRAM }?.steps.first == RaceStep(kind: .setupBegin, direction: .toRAM))
-        #expect(m.flows.first { $0.flow == .suspend }?.steps.first == RaceStep(kind: .setupBegin, direction: .evict))
-        // The device gate is closed while suspend evicts: a GPU access racing it fails with
-        // the documented `.suspended` (a note, not a failure).
-        let suspend = try #require(m.flows.first { $0.flow == .suspend })
-        #expect(suspend.cells.filter { $0.cell.action == .gpuRead }.allSatisfy { $0.notes.contains { $0.contains("suspended") } })
-        // What a held step blocks, for sure: a migration holds the mmap read lock from setup
-        // to finalize, so an munmap (mmap write lock) can only finish after the hold.
-        let toDevice = try #require(m.flows.first { $0.flow == .toDevice })
-        let munmapAtSetupEnd = toDevice.cells.first { $0.cell.step == RaceStep(kind: .setupEnd, direction: .toDevice) && $0.cell.action == .munmap }
-        #expect(munmapAtSetupEnd?.outcome == .after)
         // One record per cell.
         #expect(m.records.count == m.cells.count)
-        #expect(m.records.first?["flow"] == .string("to-device") && m.records.first?["passed"] == .bool(true))
         #expect(m.text.contains("0 failed"))
     }
 
