@@ -55,7 +55,8 @@ struct RaceCheck {
         case .failed(let error):
             flowTookEffect = false
             // The flow aimed at the target where it was when the flow started.
-            if RaceExpectations.flowMayFail(flow, action, error, at: world.originalAddress(target)) {
+            if RaceExpectations.flowMayFail(flow, action, error, at: world.originalAddress(target))
+                || RaceExpectations.outOfRAM(error, world.configuration, at: world.originalAddress(target)) {
                 notes.append("the flow failed as documented: \(error)")
             } else {
                 problems.append("the flow failed: \(error)")
@@ -79,7 +80,8 @@ struct RaceCheck {
             }
         case .failed(let error):
             actionTookEffect = false
-            if RaceExpectations.actionMayFail(flow, action, error) {
+            if RaceExpectations.actionMayFail(flow, action, error)
+                || RaceExpectations.outOfRAM(error, world.configuration, at: world.address(target)) {
                 notes.append("\(action.rawValue) failed as documented: \(error)")
             } else {
                 problems.append("\(action.rawValue) failed: \(error)")

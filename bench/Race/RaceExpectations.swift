@@ -34,6 +34,22 @@ enum RaceExpectations {
         }
     }
 
+    /// Whether `error` is System RAM running out under `--ram` (`c.ramPressure`), which any
+    /// flow or action that needs a frame may meet, having changed nothing: ENOMEM from a CPU
+    /// fault (the dmem driver's `migrate_to_ram` or a COW with no frame: VM_FAULT_OOM), a
+    /// GPU fault's `hmm_range_fault`, a pin, a fork, and from suspend or teardown, whose
+    /// eviction stops short (nouveau's `__GFP_NOFAIL` cannot fail; the model reports it and
+    /// leaves the pages in VRAM, retryable).
+    /// A GPU access whose fault needs a frame (`hmm_range_fault` faulting a page in for a
+    /// store) fails with `.fault` at the target: `hmm_vma_fault` returns -EFAULT for every
+    /// VM_FAULT_ERROR, VM_FAULT_OOM included.
+    static func outOfRAM(_ error: any Error, _ c: RaceConfiguration, at target: UInt64) -> Bool {
+        guard c.ramPressure else { return false }
+        if (error as? HostMMError) == .outOfMemory { return true }
+        guard let e = error as? DeviceError else { return false }
+        return e == .hostMM(.outOfMemory) || e == .fault(address: target)
+    }
+
     /// Whether `action` may fail with `error` while `flow` runs.
     ///
     /// - While the `suspend` flow holds the device suspended, the operations its gate admits

@@ -38,6 +38,8 @@ final class RaceWorld: @unchecked Sendable {
     private let movedBase = NIOLockedValueBox<UInt64?>(nil)
     /// The pages a `pin` action pinned (unpinned by the cell's check).
     private let pins = NIOLockedValueBox<[PFN]>([])
+    /// The frames `squeezeRAM` took (`--ram`), until `releaseRAM`.
+    private let ballast = NIOLockedValueBox<[PFN]>([])
     /// The `other-device` action's device, made on first use.
     private let other = NIOLockedValueBox<Device?>(nil)
     private let backend: MigrateOptions.Backend
@@ -68,6 +70,20 @@ final class RaceWorld: @unchecked Sendable {
                 try mm.write(at: originalBase + UInt64(p * pageSize), bytes: RacePage.pattern.bytes(page: p)!)
             }
         } catch { throw RaceFailure("cannot map the process: \(error)") }
+    }
+
+    /// With `--ram N`, takes every free RAM frame but N (after the flow's preparation): the
+    /// flow and the action run short of System RAM. Nothing without `--ram`.
+    func squeezeRAM() {
+        guard let leave = configuration.ramPages else { return }
+        var taken: [PFN] = []
+        while memory.freeRAMPageCount > leave, let p = memory.allocPage() { taken.append(p) }
+        ballast.withLockedValue { $0 += taken }
+    }
+
+    /// Gives back what `squeezeRAM` took (before the checks, which fault every page back).
+    func releaseRAM() {
+        for p in ballast.withLockedValue({ b in defer { b = [] }; return b }) { memory.putPage(p) }
     }
 
     /// Where the range is mapped now: a flow reads it once, when it starts (a racing
