@@ -93,12 +93,14 @@ import Testing
         #expect(RaceExpectations.flowMayFail(.gpuWrite, .mremap, DeviceError.fault(address: t), at: t))
         #expect(!RaceExpectations.flowMayFail(.gpuWrite, .mremapDontUnmap, DeviceError.fault(address: t), at: t))
         #expect(!RaceExpectations.flowMayFail(.toDevice, .mremap, HostMMError.fault, at: t))
-        #expect(RaceExpectations.actionMayFail(.toDevice, .pin, HostMMError.busy))
-        #expect(!RaceExpectations.actionMayFail(.toDevice, .pin, HostMMError.fault))
-        #expect(!RaceExpectations.actionMayFail(.toDevice, .cowWrite, HostMMError.busy))
-        #expect(RaceExpectations.actionMayFail(.suspend, .gpuAtomic, DeviceError.suspended))
-        #expect(!RaceExpectations.actionMayFail(.evict, .gpuAtomic, DeviceError.suspended))
-        #expect(!RaceExpectations.actionMayFail(.suspend, .cpuRead, DeviceError.suspended))
+        // EBUSY from a long-term pin only on device-coherent memory (migrate_device_coherent_folio).
+        #expect(RaceExpectations.actionMayFail(.toDevice, .pin, HostMMError.busy, memory: .coherent))
+        #expect(!RaceExpectations.actionMayFail(.toDevice, .pin, HostMMError.busy, memory: .private))
+        #expect(!RaceExpectations.actionMayFail(.toDevice, .pin, HostMMError.fault, memory: .coherent))
+        #expect(!RaceExpectations.actionMayFail(.toDevice, .cowWrite, HostMMError.busy, memory: .coherent))
+        #expect(RaceExpectations.actionMayFail(.suspend, .gpuAtomic, DeviceError.suspended, memory: .private))
+        #expect(!RaceExpectations.actionMayFail(.evict, .gpuAtomic, DeviceError.suspended, memory: .private))
+        #expect(!RaceExpectations.actionMayFail(.suspend, .cpuRead, DeviceError.suspended, memory: .private))
     }
 
     @Test func badOptionsAreRefused() {

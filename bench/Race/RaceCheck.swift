@@ -80,7 +80,7 @@ struct RaceCheck {
             }
         case .failed(let error):
             actionTookEffect = false
-            if RaceExpectations.actionMayFail(flow, action, error)
+            if RaceExpectations.actionMayFail(flow, action, error, memory: world.configuration.memory)
                 || RaceExpectations.outOfRAM(error, world.configuration, at: world.address(target)) {
                 notes.append("\(action.rawValue) failed as documented: \(error)")
             } else {

@@ -65,12 +65,13 @@ enum RaceExpectations {
     /// Nothing else may: a suspend or a teardown racing a CPU fault or an eviction that
     /// holds VRAM pages locked used to report `.busy` (and checked mode a leak) after a few
     /// passes; they now wait for the migrations in flight (`LifecycleRaceTests`).
-    static func actionMayFail(_ flow: RaceFlow, _ action: RaceAction, _ error: any Error) -> Bool {
+    static func actionMayFail(_ flow: RaceFlow, _ action: RaceAction, _ error: any Error,
+                              memory: RaceConfiguration.Memory) -> Bool {
         switch (flow, action) {
         case (.suspend, .gpuRead), (.suspend, .gpuWrite), (.suspend, .gpuAtomic), (.suspend, .migrateToDevice):
             return (error as? DeviceError) == .suspended
         case (_, .pin):
-            return (error as? HostMMError) == .busy
+            return memory == .coherent && (error as? HostMMError) == .busy
         default:
             return false
         }
