@@ -170,7 +170,9 @@ extension Device {
             do {
                 // Setup selected this device's pages, so each has a VRAM address; one without
                 // is not this device's page (EINVAL) and stays where it is, like a failed enqueue.
-                guard let from = vram.dmaAddress(of: source) else { throw DeviceError.invalidArgument }
+                guard let from = vram.dmaAddress(of: source) else {
+                    throw DeviceError.invalidArgument(reason: "\(source) is not in this device's VRAM")
+                }
                 try channel.enqueueCopy(from: from, to: ramAddress(ram), length: pageSize)
             } catch {
                 memory.unlockPage(ram)

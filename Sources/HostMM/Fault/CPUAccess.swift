@@ -32,7 +32,7 @@ extension AddressSpace {
     /// before it, as one `read(at:into:)` would), rather than trapping on an allocation
     /// of `count` bytes.
     public func read(at address: UInt64, count: Int) throws(HostMMError) -> [UInt8] {
-        guard count >= 0 else { throw .invalidArgument }
+        guard count >= 0 else { throw .invalidArgument(reason: "negative count \(count)") }
         var out = [UInt8](repeating: 0, count: mappedLength(at: address, upTo: count))
         var failure: HostMMError?
         out.withUnsafeMutableBytes { b in
@@ -89,7 +89,7 @@ extension AddressSpace {
     /// runs with the page-table lock held and a usable entry.
     func access(_ address: UInt64, _ length: Int, write: Bool,
                 _ body: (UnsafeMutableRawPointer, Int, Int, Int) -> Void) throws(HostMMError) {
-        guard length >= 0 else { throw .invalidArgument }
+        guard length >= 0 else { throw .invalidArgument(reason: "negative length \(length)") }
         guard length > 0 else { return }
         try mmapLock.withReadLock { () throws(HostMMError) in
             var done = 0

@@ -19,7 +19,7 @@ extension AddressSpace {
     ///   the page is not anonymous (shmem, page cache) or the VMA is hugetlb;
     ///   `.outOfMemory`; `.busy` if the entry kept changing underneath; `.mmapLockNotHeld`.
     public func makeDeviceExclusive(_ address: UInt64, owner: PgmapOwner? = nil) throws(HostMMError) -> PFN {
-        guard address.isPageAligned else { throw .invalidArgument }
+        guard address.isPageAligned else { throw .invalidArgument(reason: "address \(address.hex) is not page-aligned") }
         guard mmapLock.isLocked else { throw .mmapLockNotHeld }
         // check_vma_flags for a write GUP.
         guard let vma = findVMA(address), vma.flags.contains(.write),
