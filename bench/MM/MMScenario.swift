@@ -12,7 +12,8 @@ import HostMM
 enum MMScenario {
     /// Runs the scenario; throws if any page failed to migrate or fault back.
     static func run(pages: Int, batch: Int, faultSamples: Int = 4096, checked: Bool = false) throws -> RunRecord {
-        guard pages > 0, batch > 0 else { throw HostMMError.invalidArgument }
+        guard pages > 0 else { throw HostMMError.invalidArgument(reason: "pages must be positive (got \(pages))") }
+        guard batch > 0 else { throw HostMMError.invalidArgument(reason: "batch must be positive (got \(batch))") }
         let samples = min(pages, faultSamples)
         let ramBytes = (64 << 20) + 4 * batch * 4096 + samples * 4096
         let memory = try PhysicalMemory(ramBytes: ramBytes, maxDevicePages: pages + 1024, prefault: true,
