@@ -90,15 +90,14 @@ enum RaceExpectations {
 struct RaceQuirk: Sendable {
     /// The kernel behaviour, and where it is.
     var why: String
-    /// The problems the quirk explains: the mirror's read of the target, and checked
-    /// mode's report of the mirror entry left to a freed page.
+    /// The beginnings of the problems the quirk explains.
     var signatures: [String]
 
     func covers(_ problem: String) -> Bool { signatures.contains { problem.hasPrefix($0) } }
 
     /// The known quirk of `flow` raced by `action` on `target`, if any.
     ///
-    /// Both are `MADV_DONTNEED` windows in which dmirror stores a page into its table with
+    /// The first two are `MADV_DONTNEED` windows in which dmirror stores a page into its table with
     /// no notifier sequence check, after the zap's invalidation has come and gone: the
     /// entry then names a page the zap freed, and a READ returns its stale bytes.
     /// - `dmirror_migrate_finalize_and_map` (MIGRATE_TO_DEV, between `migrate_vma_setup`
@@ -109,6 +108,14 @@ struct RaceQuirk: Sendable {
     ///   device-exclusive entry, and the folio's last reference goes with the command's
     ///   `folio_put`). `make_device_exclusive`'s contract asks the caller to re-validate with
     ///   an MMU notifier sequence; test_hmm does not.
+    ///
+    /// The third is dmirror's own table during its own MIGRATE_TO_SYS: the unmap's
+    /// `MMU_NOTIFY_MIGRATE` names the device as owner, so `dmirror_interval_invalidate`
+    /// keeps the entries, and `dmirror_devmem_fault_alloc_and_copy` erases each only just
+    /// before copying its page. A WRITE of the same open in between stores into the
+    /// source page after `migrate_vma_setup`: the copy that follows carries it (nothing is
+    /// lost), but checked mode sees a source that changed after setup — where it can
+    /// (coherent memory: the source bytes are CPU-reachable).
     static func known(_ flow: RaceFlow, _ action: RaceAction, target: Int) -> RaceQuirk? {
         let signatures = ["mirror: page \(target) is not ", "protocol: protocol violation [device-pte-maps-freed-page]"]
         switch (flow, action) {
@@ -118,6 +125,10 @@ struct RaceQuirk: Sendable {
         case (.mirrorExclusive, .dontNeed):
             return RaceQuirk(why: "faithful to test_hmm: dmirror_atomic_map maps a page a racing MADV_DONTNEED "
                              + "freed after make_device_exclusive (no notifier sequence check)", signatures: signatures)
+        case (.mirrorToSystem, .gpuWrite):
+            return RaceQuirk(why: "faithful to test_hmm: its own migration leaves its pt entries (dmirror_interval_invalidate "
+                             + "skips MMU_NOTIFY_MIGRATE of its owner) until alloc_and_copy erases each before its copy",
+                             signatures: ["protocol: protocol violation [source-modified-after-setup]"])
         default:
             return nil
         }
