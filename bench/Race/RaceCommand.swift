@@ -32,7 +32,7 @@ struct RaceCommand: ParsableCommand {
             run reported at least N times.
 
             Flows:
-            \(Self.flows.map { HelpText.term($0.0, $0.1, column: 18) }.joined(separator: "\n"))
+            \(Self.flows.map { HelpText.term($0.0, $0.1, column: 20) }.joined(separator: "\n"))
             Actions:
             \(RaceAction.allCases.map { HelpText.term($0.rawValue, $0.help, column: 21) }.joined(separator: "\n"))
 
@@ -69,7 +69,7 @@ struct RaceCommand: ParsableCommand {
         ("gpu-write", "view bound, GPU store of the marker page to the target page (a write fault)"),
         ("migrate-to-ram", "range in VRAM, then migrateRangeToRAM of it (dmirror's MIGRATE_TO_SYS, not a fault)"),
         ("suspend", "range in VRAM, then suspend + resume (the device gate closes, then all VRAM is evicted)"),
-        ("mirror-to-device", "--driver mirror: MIGRATE_TO_DEV of the range, then its read-back"),
+        ("mirror-to-device", "(--driver mirror) MIGRATE_TO_DEV of the range, then its read-back"),
         ("mirror-cpu-fault", "range migrated by the mirror, then a CPU read of the target (dmirror_devmem_fault)"),
         ("mirror-to-sys", "range migrated by the mirror, then MIGRATE_TO_SYS of it"),
         ("mirror-release", "range migrated by the mirror, then RELEASE (evicts the device)"),

@@ -18,8 +18,8 @@ enum RaceExpectations {
     ///   `hmm_range_fault` with `HMM_PFN_REQ_WRITE` returns -EPERM); dmirror's WRITE the
     ///   same, its READ, WRITE and EXCLUSIVE `EFAULT` after munmap (no VMA), EXCLUSIVE
     ///   `EFAULT` after mprotect (GUP for write fails).
-    /// - MIGRATE_TO_DEV: `ENOENT` from its read-back when an action took a page out of the
-    ///   mirror (`mirrorMigrationMayMiss`).
+    /// - MIGRATE_TO_DEV and EXCLUSIVE: `ENOENT` from their read-back when an action took a
+    ///   page out of the mirror (`readBackMayMiss`).
     /// - `suspend` when a teardown took the device between its suspend and its resume:
     ///   the resume throws `.shutDown` (teardown is final).
     static func flowMayFail(_ flow: RaceFlow, _ action: RaceAction, _ error: any Error, at target: UInt64) -> Bool {
@@ -32,25 +32,29 @@ enum RaceExpectations {
             return (error as? DeviceError) == .shutDown
         case (.gpuAtomic, .mprotect), (.gpuWrite, .mprotect):
             return (error as? DeviceError) == .permissionDenied(address: target)
-        case (.mirrorRead, .munmap), (.mirrorWrite, .munmap), (.mirrorExclusive, .munmap), (.mirrorExclusive, .mprotect):
+        case (.mirrorRead, .munmap), (.mirrorWrite, .munmap):
             return (error as? MirrorError) == .fault
+        case (.mirrorExclusive, .munmap), (.mirrorExclusive, .mprotect):
+            // Before the page is taken, GUP for write fails; after, the read-back misses it.
+            return (error as? MirrorError) == .fault || readBackMayMiss(action, error)
         case (.mirrorWrite, .mprotect):
             return (error as? MirrorError) == .permissionDenied
-        case (.mirrorToDevice, _):
-            return mirrorMigrationMayMiss(action, error)
+        case (.mirrorToDevice, _), (.mirrorExclusive, _):
+            return readBackMayMiss(action, error)
         default:
             return false
         }
     }
 
-    /// MIGRATE_TO_DEV ends with a read-back through the mirror that faults nothing and
-    /// returns `ENOENT` when any page of the range is not in the mirror
-    /// (`dmirror_migrate_to_device` → `dmirror_do_read`). Every action that moves, unmaps,
-    /// zaps, write-protects or takes a page of the range meanwhile — or holds its lock, so
-    /// the setup skips it, or shuts the device so nothing is allocated — leaves it out.
-    /// Only the GPU accesses of the same open (they fault into its table) and `close()`
-    /// (the command holds the file: the release waits for it) cannot.
-    private static func mirrorMigrationMayMiss(_ action: RaceAction, _ error: any Error) -> Bool {
+    /// MIGRATE_TO_DEV and EXCLUSIVE end with a read-back through the mirror, after the
+    /// mmap lock is dropped, that faults nothing and returns `ENOENT` when any page of the
+    /// range is not in the mirror (`dmirror_migrate_to_device`, `dmirror_exclusive` →
+    /// `dmirror_do_read`). Every action that moves, unmaps, zaps, write-protects, restores
+    /// or takes a page of the range meanwhile — or holds its lock, so a migration's setup
+    /// skips it, or shuts the device so nothing is allocated — leaves it out. Only the GPU
+    /// accesses of the same open (they fault into its table) and `close()` (the command
+    /// holds the file: the release waits for it) cannot.
+    private static func readBackMayMiss(_ action: RaceAction, _ error: any Error) -> Bool {
         switch action {
         case .none, .gpuRead, .gpuWrite, .unbind: return false
         default: return (error as? MirrorError) == .noEntry
@@ -73,7 +77,7 @@ enum RaceExpectations {
         case (_, .migrateToDevice) where flow.driver == .mirror:
             // The concurrent MIGRATE_TO_DEV skips the pages the flow holds locked (or
             // has just moved): its read-back misses them.
-            return mirrorMigrationMayMiss(action, error)
+            return readBackMayMiss(action, error)
         case (.suspend, .gpuRead), (.suspend, .gpuWrite), (.suspend, .gpuAtomic), (.suspend, .migrateToDevice):
             return (error as? DeviceError) == .suspended
         default:
