@@ -30,7 +30,10 @@ public struct DMAAddress: Hashable, Sendable, CustomStringConvertible {
         DMAAddress(region: region, offset: offset &+ bytes)
     }
 
-    public var description: String { "\(region)+0x\(String(offset, radix: 16))" }
+    /// `region#N+0x1000`; an offset below zero (never valid: `enqueue…` refuses it) as `-0x…`.
+    public var description: String {
+        offset < 0 ? "\(region)-0x\(String(offset.magnitude, radix: 16))" : "\(region)+0x\(String(offset, radix: 16))"
+    }
 }
 
 /// A channel-local, monotonically increasing descriptor number (DPDK dmadev's `ring_idx`).

@@ -80,8 +80,10 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
     /// Blocks until the fence signals. Models `dma_fence_wait_timeout()`.
     ///
     /// Throws `.timedOut` if `timeout` expires first, and `.copyFailed` if
-    /// any of the fence's descriptors failed. A nil timeout waits forever.
+    /// any of the fence's descriptors failed. A nil timeout waits forever; zero polls;
+    /// a negative one is `.invalidArgument` (`EINVAL`, as the kernel's), signalled or not.
     public func wait(timeout: Duration? = nil) throws(DMAError) {
+        if let timeout, timeout < .zero { throw .invalidArgument("fence wait timeout \(timeout) is negative") }
         guard waitForSignal(timeout: timeout) else { throw .timedOut }
         if let error { throw error }
     }

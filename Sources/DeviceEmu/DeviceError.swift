@@ -5,12 +5,15 @@ public import SystemPackage
 /// Errors of the device model, named after the errno a GPU driver would return.
 ///
 /// Bad input never traps or corrupts state: it throws one of these before anything
-/// changes. Cases without a payload compare equal with `==`.
+/// changes. `==` compares the kind and the payload, except `.invalidArgument`'s reason,
+/// which is for people: every `.invalidArgument(reason:)` equals `.invalidArgument`, and
+/// `catch .invalidArgument` / `case .invalidArgument:` match whatever the reason.
 public enum DeviceError: Error, Equatable, Sendable, CustomStringConvertible {
     /// `EINVAL`: a malformed argument (unaligned or empty range, bad configuration, a
-    /// batch larger than the copy channel accepts, an invalid policy). Binding an address
-    /// space twice is not an error: `Device.bind` returns the existing view.
-    case invalidArgument
+    /// batch larger than the copy channel accepts, an invalid policy), with what was
+    /// wrong (the description prints it). Binding an address space twice is not an
+    /// error: `Device.bind` returns the existing view.
+    case invalidArgument(reason: String)
     /// `EBUSY`: device pages are still in use (teardown could not evict them all).
     case busy
     /// `EAGAIN`-like: the device is suspended; `resume()` it first.
@@ -25,6 +28,26 @@ public enum DeviceError: Error, Equatable, Sendable, CustomStringConvertible {
     case hostMM(HostMMError)
     /// The copy engine refused an operation or a copy failed.
     case dma(DMAError)
+
+    /// `EINVAL` without a reason (equal to every `.invalidArgument(reason:)`).
+    public static var invalidArgument: DeviceError { .invalidArgument(reason: "") }
+
+    /// What was wrong, for an `.invalidArgument` that says; nil otherwise.
+    public var reason: String? {
+        if case .invalidArgument(let why) = self, !why.isEmpty { return why }
+        return nil
+    }
+
+    public static func == (a: DeviceError, b: DeviceError) -> Bool {
+        switch (a, b) {
+        case (.invalidArgument, .invalidArgument), (.busy, .busy), (.suspended, .suspended), (.shutDown, .shutDown):
+            return true
+        case (.fault(let x), .fault(let y)), (.permissionDenied(let x), .permissionDenied(let y)): return x == y
+        case (.hostMM(let x), .hostMM(let y)): return x == y
+        case (.dma(let x), .dma(let y)): return x == y
+        default: return false
+        }
+    }
 
     /// The errno a kernel driver would return for this error.
     public var errno: Errno {
@@ -42,7 +65,7 @@ public enum DeviceError: Error, Equatable, Sendable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .invalidArgument: return "invalid argument"
+        case .invalidArgument(let why): return why.isEmpty ? "invalid argument" : "invalid argument: \(why)"
         case .busy: return "device pages still in use"
         case .suspended: return "device is suspended"
         case .shutDown: return "device was torn down, or the GPU address space was unbound"

@@ -1,11 +1,15 @@
 /// Errors of the memory-manager model, named after the errno or signal the kernel
 /// would produce.
 ///
-/// Bad input never traps or corrupts state: it throws one of these. Cases without
-/// a payload compare equal with `==`, so tests and drivers can switch on them.
+/// Bad input never traps or corrupts state: it throws one of these. `==` compares the
+/// kind and the payload, except `.invalidArgument`'s reason, which is for people: every
+/// `.invalidArgument(reason:)` equals `.invalidArgument`, and `catch .invalidArgument` /
+/// `case .invalidArgument:` match whatever the reason, so tests and drivers can switch on them.
 public enum HostMMError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// `EINVAL`: an argument is malformed (unaligned, empty, outside the VMA, wrong kind).
-    case invalidArgument
+    /// `EINVAL`: an argument is malformed (unaligned, empty, outside the VMA, wrong kind),
+    /// with which check failed (the description prints it). The kernel returns a bare
+    /// `EINVAL`; the reason is this model's addition for the driver author.
+    case invalidArgument(reason: String)
     /// `EBUSY`: the object is in use, or an MMU notifier invalidated the range (retry).
     case busy
     /// `EFAULT`: the address range is not (or cannot be made) accessible.
@@ -27,6 +31,28 @@ public enum HostMMError: Error, Equatable, Sendable, CustomStringConvertible {
     /// and changed nothing. The kernel has no errno for it (it would corrupt or leak).
     case protocolViolation(ProtocolViolation)
 
+    /// `EINVAL` without a reason (equal to every `.invalidArgument(reason:)`).
+    public static var invalidArgument: HostMMError { .invalidArgument(reason: "") }
+
+    /// What was wrong, for an `.invalidArgument` that says; nil otherwise.
+    public var reason: String? {
+        if case .invalidArgument(let why) = self, !why.isEmpty { return why }
+        return nil
+    }
+
+    public static func == (a: HostMMError, b: HostMMError) -> Bool {
+        switch (a, b) {
+        case (.invalidArgument, .invalidArgument), (.busy, .busy), (.fault, .fault),
+             (.permissionDenied, .permissionDenied), (.outOfMemory, .outOfMemory),
+             (.notSupported, .notSupported), (.mmapLockNotHeld, .mmapLockNotHeld):
+            return true
+        case (.segmentationFault(let x, let r), .segmentationFault(let y, let s)): return x == y && r == s
+        case (.busError(let x), .busError(let y)): return x == y
+        case (.protocolViolation(let x), .protocolViolation(let y)): return x == y
+        default: return false
+        }
+    }
+
     /// Why a `SIGSEGV` was raised (`SEGV_MAPERR` versus `SEGV_ACCERR`).
     public enum SegvReason: Sendable, Equatable {
         /// `SEGV_MAPERR`: no mapping at the address.
@@ -38,7 +64,7 @@ public enum HostMMError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The errno or signal, in words, with addresses in hex.
     public var description: String {
         switch self {
-        case .invalidArgument: return "invalid argument (EINVAL)"
+        case .invalidArgument(let why): return why.isEmpty ? "invalid argument (EINVAL)" : "invalid argument (EINVAL): \(why)"
         case .busy: return "busy (EBUSY)"
         case .fault: return "bad address (EFAULT)"
         case .permissionDenied: return "operation not permitted (EPERM)"
@@ -52,4 +78,9 @@ public enum HostMMError: Error, Equatable, Sendable, CustomStringConvertible {
         case .protocolViolation(let v): return v.description
         }
     }
+}
+
+extension UInt64 {
+    /// `0x…` in lower-case hex, for the reasons of `.invalidArgument` (built on the error path only).
+    var hex: String { "0x" + String(self, radix: 16) }
 }

@@ -29,7 +29,7 @@ import Testing
     @Test func listPutsLongValueListsBelowTheTable() {
         let text = ListCommand.text(registry: .standard, suite: .standard)
         let race = text.split(separator: "\n").drop { !$0.hasPrefix("race:") }.prefix { !$0.isEmpty }
-        #expect(race.contains { $0.hasPrefix("  action ") && $0.contains("one of 19, below") })
+        #expect(race.contains { $0.hasPrefix("  action ") && $0.contains("one of \(RaceAction.allCases.count + 1), below") })
         #expect(race.contains { $0.hasPrefix("  action: all none cpu-read") })
         #expect(race.allSatisfy { !$0.contains("|migrate-to-device|") })
         let table = race.filter { $0.hasPrefix("  flow ") || $0.hasPrefix("  pages ") }

@@ -50,7 +50,7 @@ import Testing
         var c = RaceConfiguration()
         c.faultAround = 16
         c.api = .callbacks2017
-        _ = try await matrix(c, flows: [.cpuFault], actions: [.none, .cpuWrite, .munmap, .dontNeed, .fork, .migrateToRAM])
+        _ = try await matrix(c, flows: [.cpuFault], actions: [.none, .cpuWrite, .munmap, .dontNeed, .fork, .migrateToRAM, .pin, .cowWrite, .mremap])
         // Applied: one CPU fault brought the target's 16-page window back.
         let (w, _) = try dryWorld(c, .cpuFault)
         defer { shutDown(w) }
@@ -90,7 +90,8 @@ import Testing
     @Test func coherentVRAM() async throws {
         var c = RaceConfiguration()
         c.memory = .coherent
-        let m = try await matrix(c, flows: [.cpuFault, .toDevice], actions: [.none, .cpuRead, .cpuWrite, .gpuAtomic, .fork])
+        let m = try await matrix(c, flows: [.cpuFault, .toDevice],
+                                 actions: [.none, .cpuRead, .cpuWrite, .gpuAtomic, .fork, .pin, .mremap, .cowWrite])
         // A CPU access to coherent VRAM does not fault: cpu-fault has no step and no cell,
         // and its read left the range in VRAM (the dry run checks both).
         let cpu = try #require(m.flows.first { $0.flow == .cpuFault })
@@ -138,7 +139,8 @@ import Testing
     @Test func vramPressure() async throws {
         var c = RaceConfiguration()
         c.vramPages = 16
-        let m = try await matrix(c, flows: [.toDevice, .gpuFault, .evict], actions: [.none, .cpuRead, .munmap, .otherDevice])
+        let m = try await matrix(c, flows: [.toDevice, .gpuFault, .evict],
+                                 actions: [.none, .cpuRead, .munmap, .otherDevice, .pin, .mremapDontUnmap, .cowWriteChild])
         for flow in [RaceFlow.toDevice, .gpuFault] {
             let steps = try #require(m.flows.first { $0.flow == flow }?.steps)
             #expect(steps.contains(RaceStep(kind: .setupBegin, direction: .evict)), "\(flow): no eviction in \(steps)")
@@ -178,6 +180,23 @@ import Testing
         try other.shutdown()
     }
 
+    /// System RAM for two pages while the range goes back: evict, migrate-to-ram and
+    /// suspend move what fits and leave the rest in VRAM with its data; the CPU fault, a COW
+    /// and suspend or teardown meet ENOMEM (documented notes, not failures), and every frame
+    /// and device page comes back at teardown.
+    @Test func ramPressure() async throws {
+        var c = RaceConfiguration()
+        c.ramPages = 2
+        let m = try await matrix(c, flows: [.cpuFault, .evict, .migrateToRAM, .suspend],
+                                 actions: [.none, .cpuWrite, .cowWriteChild, .pin, .suspendResume, .shutdown])
+        let notes = m.cells.flatMap(\.notes)
+        #expect(notes.contains { $0.contains("out of memory") }, "no cell met ENOMEM: \(notes.prefix(5))")
+        let (w, r) = try dryWorld(c, .migrateToRAM)
+        defer { shutDown(w) }
+        guard case .migrated(let n) = r else { Issue.record("migrate-to-ram: \(r)"); return }
+        #expect(n == 2 && w.gpu.vram.inUsePageCount == w.pages - 2)
+    }
+
     @Test func badConfigurationsAreRefused() {
         #expect(parseError(["race", "--api", "2019"]) == "api must be 3step or 2017")
         #expect(parseError(["race", "--pipeline", "0"]) == "pipeline must be in 1...8 (got 0)")
@@ -189,6 +208,8 @@ import Testing
         #expect(parseError(["race", "--memory", "shared"]) == "memory must be one of: private, coherent")
         #expect(parseError(["race", "--vram", "24"]) == "vram must be a multiple of 16 pages in 16...1024 (got 24)")
         #expect(parseError(["race", "--vram", "2048"]) == "vram must be a multiple of 16 pages in 16...1024 (got 2048)")
+        #expect(parseError(["race", "--ram", "-1"]) == "ram must be in 0...4096 pages (got -1)")
+        #expect((try? RaceCommand.parse(["--ram", "0"]).options())?.configuration.ramPages == 0)
         #expect(parseError(["race", "--api", "2017", "--fault-around", "16", "--memory", "coherent", "--gpu-fault", "map",
                             "--all-or-nothing", "--vram", "16", "--hole"]) == nil)
         let o = try? RaceCommand.parse(["--memory", "coherent", "--gpu-fault", "thrashing", "--vram", "32", "--all-or-nothing"]).options()

@@ -8,7 +8,8 @@ import Testing
 /// them: per configuration a reduced matrix passes, and the configuration shows in what
 /// the flow did. The shadow model's rules for two writers are checked on their own.
 @Suite(.serialized, .timeLimit(.minutes(2))) struct RaceFlowConfigurationTests {
-    private let writers: [RaceAction] = [.none, .cpuRead, .cpuWrite, .gpuAtomic, .munmap, .dontNeed, .mprotect, .fork]
+    private let writers: [RaceAction] = [.none, .cpuRead, .cpuWrite, .gpuAtomic, .munmap, .dontNeed, .mprotect, .fork,
+                                         .cowWrite, .mremapDontUnmap]
 
     /// Two writers of the target end as one applied after the other, in either order; a
     /// writer that failed changed nothing.
@@ -23,7 +24,18 @@ import Testing
         #expect(RaceShadow.target(.pattern, flow: .gpuWrite, flowTookEffect: true, action: .munmap, actionTookEffect: true) == [.unmapped])
         #expect(RaceShadow.target(.zeros, flow: .gpuAtomic, flowTookEffect: false, action: .cpuRead, actionTookEffect: true) == [.zeros])
         #expect(RaceShadow.target(.pattern, flow: .evict, flowTookEffect: true, action: .gpuAtomic, actionTookEffect: true) == [.incremented])
-        #expect(RaceShadow.inChild(.pattern, flow: .gpuWrite, flowTookEffect: true) == [.pattern, .marker])
+        #expect(RaceShadow.inChild(.pattern, flow: .gpuWrite, flowTookEffect: true, action: .fork, actionTookEffect: true)
+            == [.pattern, .marker])
+        // cow-write stores in the parent only; cow-write-child in the child only.
+        #expect(RaceShadow.target(.pattern, flow: .evict, flowTookEffect: true, action: .cowWrite, actionTookEffect: true) == [.marker])
+        #expect(RaceShadow.inChild(.pattern, flow: .evict, flowTookEffect: true, action: .cowWrite, actionTookEffect: true) == [.pattern])
+        #expect(RaceShadow.target(.pattern, flow: .evict, flowTookEffect: true, action: .cowWriteChild, actionTookEffect: true) == [.pattern])
+        #expect(RaceShadow.inChild(.pattern, flow: .gpuWrite, flowTookEffect: true, action: .cowWriteChild, actionTookEffect: true) == [.marker])
+        // After mremap-dontunmap the flow's store lands on the moved page or in the emptied old range.
+        #expect(RaceShadow.target(.pattern, flow: .gpuWrite, flowTookEffect: true, action: .mremapDontUnmap, actionTookEffect: true)
+            == [.pattern, .marker])
+        #expect(RaceShadow.inOldRange(flow: .gpuAtomic, flowTookEffect: true) == [.zeros, RacePage(base: .zeros, adds: 1)])
+        #expect(RaceShadow.seenByFlow(.pattern, action: .mremapDontUnmap) == [.pattern, .zeros])
         #expect(RaceShadow.seenByFlow(.pattern, action: .dontNeed) == [.pattern, .zeros])
         #expect(RacePage(base: .zeros, adds: 1).firstWord(0) == 1 && RacePage.unmapped.incremented == .unmapped)
     }

@@ -51,7 +51,9 @@ func raceDryWorld(_ c: RaceConfiguration, _ flow: RaceFlow, hole: Bool = false) 
     let w = try RaceWorld(o)
     try flow.prepare(w)
     w.recorder.reset()
+    w.squeezeRAM()   // `--ram`: the flow runs short of RAM, as in a cell
     let r = flow.run(w)
+    w.releaseRAM()
     return (w, r)
 }
 

@@ -101,6 +101,31 @@ import Testing
         #expect(same(rig.host.bytes.baseAddress!, rig.vram.mapping.baseAddress!, 8 * 4096))
     }
 
+    /// `dma_fence_wait_timeout` refuses a negative timeout with `EINVAL`, signalled or not;
+    /// zero polls. (A negative one read as a poll: `.timedOut`, or success once signalled.)
+    @Test func aNegativeWaitTimeoutIsInvalid() throws {
+        let rig = try Self.rig(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(200)))]))
+        defer { rig.engine.shutdown() }
+        try rig.copyPage(0)
+        let f = try rig.ch.submit()
+        #expect(throws: DMAError.invalidArgument("fence wait timeout -0.001 seconds is negative")) {
+            try f.wait(timeout: .milliseconds(-1))
+        }
+        #expect(throws: DMAError.timedOut) { try f.wait(timeout: .zero) }
+        try f.wait(timeout: .seconds(10))
+        #expect(throws: DMAError.invalidArgument("fence wait timeout -1.0 seconds is negative")) {
+            try f.wait(timeout: .seconds(-1))
+        }
+        try f.wait(timeout: .zero)
+    }
+
+    /// A negative offset (which `enqueue…` refuses) prints with its sign, not as `0x-…`.
+    @Test func aNegativeOffsetPrintsWithItsSign() {
+        let a = DMAAddress(region: RegionID(rawValue: 3), offset: 0x2000)
+        #expect(a.description == "region#3+0x2000")
+        #expect(a.advanced(by: -0x3000).description == "region#3-0x1000")
+    }
+
     @Test func asyncWaitAndLateCallback() async throws {
         let rig = try Self.rig(FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(20)))]))
         defer { rig.engine.shutdown() }

@@ -21,6 +21,27 @@ import Testing
         #expect(gpu.counters[.cpuFaults] == pages && space.mappedPageCount == 0)
     }
 
+    /// A count past the mapping is a GPU fault at the mapping's end (or EINVAL past the
+    /// GPU's address limit), as the same access through `read(at:into:)` is; it trapped
+    /// before, allocating `count` bytes up front.
+    @Test func readOfACountPastTheMappingFaultsInsteadOfTrapping() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try makeDevice(memory, vramMiB: 8)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 2 * pageSize)
+        try mm.write(at: a, bytes: [5, 6, 7])
+        let space = try gpu.bind(mm)
+        let end = a + UInt64(2 * pageSize)
+        #expect(throws: DeviceError.fault(address: end)) { try space.read(at: a, count: 1 << 44) }
+        #expect(throws: DeviceError.fault(address: end)) { try space.read(at: a, count: 2 * pageSize + 1) }
+        #expect(throws: DeviceError.invalidArgument) { try space.read(at: a, count: .max) }
+        #expect(throws: DeviceError.invalidArgument) { try space.read(at: .max - 2, count: 8) }
+        let back = try space.read(at: a, count: 2 * pageSize)
+        #expect(back.count == 2 * pageSize && back.prefix(4) == [5, 6, 7, 0])
+        #expect(try space.read(at: a, count: 0).isEmpty)
+    }
+
     /// A GPU fault whose window migrated but whose own page stayed (pinned) counted the
     /// migration's entries twice in `deviceMappings`: once when the batch mapped them, again
     /// with the fault's own mapping.

@@ -78,6 +78,28 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
         #expect(outcomes.map(\.decision) == [.migrateToVRAM(pages: 8), .mapSystemMemory(pages: 4), .mapSystemMemory(pages: 4)])
     }
 
+    /// What driver-guide §9 tells a policy that counts faults per page: a mapped read of a
+    /// page the CPU wrote is writable (no second fault for a store); a read of a page never
+    /// touched maps the zero page read-only, and the store faults again.
+    @Test func aStoreAfterAMappedReadFaultsAgainOnlyOnTheZeroPage() throws {
+        let memory = try makeMemory(mib: 64)
+        let policy = RecordingPolicy { _ in .mapSystemMemory(pages: 1) }
+        let gpu = try device(memory, policy)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 2 * pageSize)
+        let fresh = a + UInt64(pageSize)
+        try mm.write(at: a, bytes: [1])
+        let space = try gpu.bind(mm)
+        _ = try space.read(at: a, count: 1)
+        try space.write(at: a, bytes: [2])
+        #expect(policy.faults.withLockedValue { $0.map(\.address) } == [a])
+        _ = try space.read(at: fresh, count: 1)
+        try space.write(at: fresh, bytes: [3])
+        #expect(policy.faults.withLockedValue { $0.map { [$0.address: $0.access] } } == [[a: .read], [fresh: .read], [fresh: .write]])
+        #expect(try mm.read(at: a, count: 1) == [2] && mm.read(at: fresh, count: 1) == [3])
+    }
+
     /// The fault tells the policy where the page is (never touched; in this VRAM, once the
     /// device's own entry is gone) and what the VMA is (shared or not).
     @Test func theFaultSaysWhereThePageIsAndWhatTheVMAIs() throws {

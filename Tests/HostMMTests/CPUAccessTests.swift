@@ -39,6 +39,34 @@ import Testing
         #expect("\(HostMMError.mmapLockNotHeld)" == "the caller does not hold the mmap lock")
     }
 
+    /// A count past the mapping faults where the mapping ends, as a load there would; it
+    /// trapped before ("failed to allocate … bytes") because the array was allocated at
+    /// `count` bytes before the first page was touched.
+    @Test func readOfACountPastTheMappingFaultsInsteadOfTrapping() throws {
+        let mm = AddressSpace(memory: try makeMemory())
+        let a = try mm.mmap(length: 2 * pageSize)
+        try mm.write(at: a, bytes: [1, 2, 3])
+        let end = a + UInt64(2 * pageSize)
+        #expect(mm.mappedLength(at: a, upTo: .max) == 2 * pageSize)
+        #expect(mm.mappedLength(at: a + 10, upTo: 5) == 5)
+        #expect(mm.mappedLength(at: end, upTo: .max) == 0)
+        #expect(mm.mappedLength(at: .max - 1, upTo: .max) == 0)
+        for count in [Int.max, 1 << 44, 2 * pageSize + 1] {
+            #expect(throws: HostMMError.segmentationFault(address: end, reason: .notMapped)) {
+                try mm.read(at: a, count: count)
+            }
+        }
+        #expect(mm.faultCounters[.sigsegv] == 3)
+        #expect(try mm.read(at: a, count: 2 * pageSize).prefix(4) == [1, 2, 3, 0])
+        // A mapping right after the first one: the read crosses into it.
+        let b = try mm.mmap(length: pageSize, at: end)
+        #expect(b == end)
+        try mm.write(at: b, bytes: [9])
+        #expect(mm.mappedLength(at: a, upTo: .max) == 3 * pageSize)
+        let all = try mm.read(at: a, count: 3 * pageSize)
+        #expect(all.count == 3 * pageSize && all[2 * pageSize] == 9)
+    }
+
     @Test func writeToReadOnlyMappingRaisesSegvAccErr() throws {
         let mm = AddressSpace(memory: try makeMemory())
         let a = try mm.mmap(length: pageSize, protection: .read)

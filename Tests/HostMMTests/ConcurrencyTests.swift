@@ -97,6 +97,29 @@ func eventually(seconds: Double = 10, _ condition: () -> Bool) -> Bool {
         #expect(memory.freeRAMPageCount == free && memory.diagnostics.refcountUnderflowCount == 0)
     }
 
+    /// The unlock that wakes a page's sleepers clears `PG_waiters` (`folio_wake_bit`): a
+    /// put-and-wait sleeper may not touch the page once woken, so nobody else would, and
+    /// every later unlock of the page took the queue's mutex to wake no one.
+    @Test func theWakingUnlockClearsThePageWaitersBit() throws {
+        let memory = try makeMemory()
+        let page = try #require(memory.allocPage())
+        memory.lockPage(page)
+        memory.getPage(page)                                   // the waiter's
+        let waiter = TestThread { memory.putPageAndWaitOnUnlocked(page) }
+        #expect(eventually { memory.flags(page).contains(.waiters) && memory.refcount(page) == 1 })
+        memory.unlockPage(page)
+        #expect(waiter.join())
+        #expect(!memory.flags(page).contains(.waiters))
+        // A sleeper still waiting sets it again: a second locker queued behind a third holder.
+        memory.lockPage(page)
+        let locker = TestThread { memory.lockPage(page); memory.unlockPage(page) }
+        #expect(eventually { memory.flags(page).contains(.waiters) })
+        memory.unlockPage(page)
+        #expect(locker.join())
+        #expect(!memory.flags(page).contains(.locked) && !memory.flags(page).contains(.waiters))
+        memory.putPage(page)
+    }
+
     @Test func twoCPUsFaultingTheSameDevicePageBothSeeItsData() throws {
         let memory = try makeMemory()
         let device = try TestDevice(memory: memory, pageCount: 16)

@@ -12,7 +12,8 @@ extension RaceAction {
         do {
             let m = try w.openMirror()
             switch self {
-            case .none, .cpuRead, .cpuWrite, .munmap, .dontNeed, .mprotect, .fork, .otherDevice:
+            case .none, .cpuRead, .cpuWrite, .munmap, .dontNeed, .free, .mprotect, .fork, .cowWrite, .cowWriteChild, .pin,
+                 .mremap, .mremapDontUnmap, .otherDevice:
                 return perform(w)
             case .gpuRead: return .read(try w.mirrorRead(m, page: w.target))
             case .gpuWrite:

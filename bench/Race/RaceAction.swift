@@ -14,8 +14,14 @@ enum RaceAction: String, CaseIterable, Sendable {
     case gpuAtomic = "gpu-atomic"
     case munmap
     case dontNeed = "madvise-dontneed"
+    case free = "madvise-free"
     case mprotect = "mprotect-readonly"
     case fork
+    case cowWrite = "cow-write"
+    case cowWriteChild = "cow-write-child"
+    case pin
+    case mremap
+    case mremapDontUnmap = "mremap-dontunmap"
     case migrateToDevice = "migrate-to-device"
     case otherDevice = "other-device"
     case migrateToRAM = "migrate-to-ram"
@@ -47,8 +53,14 @@ enum RaceAction: String, CaseIterable, Sendable {
         case .gpuAtomic: return "atomic"
         case .munmap: return "munmap"
         case .dontNeed: return "dontneed"
+        case .free: return "free"
         case .mprotect: return "mprotect"
         case .fork: return "fork"
+        case .cowWrite: return "cow-wr"
+        case .cowWriteChild: return "cow-chld"
+        case .pin: return "pin"
+        case .mremap: return "mremap"
+        case .mremapDontUnmap: return "dontunmap"
         case .migrateToDevice: return "migrate"
         case .otherDevice: return "2nd-dev"
         case .migrateToRAM: return "to-ram"
@@ -71,8 +83,14 @@ enum RaceAction: String, CaseIterable, Sendable {
         case .gpuAtomic: return "GPU fetch-add of 1 to the target page's first word"
         case .munmap: return "munmap of the target page"
         case .dontNeed: return "MADV_DONTNEED of the target page (it reads zeros after)"
+        case .free: return "MADV_FREE of the target page (no reclaim: it keeps its data)"
         case .mprotect: return "mprotect(PROT_READ) of the whole range (a CPU store must then fault)"
         case .fork: return "fork: the child keeps a copy-on-write copy of every page"
+        case .cowWrite: return "fork, then a CPU store of the marker to the target in the parent (COW fault)"
+        case .cowWriteChild: return "fork, then a CPU store of the marker to the target in the child"
+        case .pin: return "long-term pin of the target (FOLL_LONGTERM; unpinned after the checks)"
+        case .mremap: return "mremap of the range to a new address (MREMAP_MAYMOVE|MREMAP_FIXED)"
+        case .mremapDontUnmap: return "mremap with MREMAP_DONTUNMAP: the old range stays mapped, empty (zeros)"
         case .migrateToDevice: return "migrateToDevice of the same range, concurrently (mirror: MIGRATE_TO_DEV)"
         case .otherDevice: return "a second device (another pgmap owner) migrates the range: only system pages, never the first device's"
         case .migrateToRAM: return "migrateRangeToRAM of the target page (mirror: MIGRATE_TO_SYS)"
@@ -88,7 +106,7 @@ enum RaceAction: String, CaseIterable, Sendable {
     /// `base` (the others keep the pattern).
     func targetAfter(_ base: RacePage) -> RacePage {
         switch self {
-        case .cpuWrite, .gpuWrite: return .marker
+        case .cpuWrite, .gpuWrite, .cowWrite: return .marker
         case .gpuAtomic: return base.incremented
         case .munmap: return .unmapped
         case .dontNeed: return .zeros
@@ -100,7 +118,8 @@ enum RaceAction: String, CaseIterable, Sendable {
     /// and the second (nouveau-style) device's migration.
     var actsOnTheProcess: Bool {
         switch self {
-        case .none, .cpuRead, .cpuWrite, .munmap, .dontNeed, .mprotect, .fork, .otherDevice: return true
+        case .none, .cpuRead, .cpuWrite, .munmap, .dontNeed, .free, .mprotect, .fork, .cowWrite, .cowWriteChild, .pin,
+             .mremap, .mremapDontUnmap, .otherDevice: return true
         default: return false
         }
     }
@@ -119,8 +138,16 @@ enum RaceAction: String, CaseIterable, Sendable {
             case .gpuAtomic: return .value(try w.space().atomicAdd(at: t, 1))
             case .munmap: try w.mm.munmap(t, length: pageSize)
             case .dontNeed: try w.mm.madvise(t, length: pageSize, advice: .dontNeed)
+            case .free: try w.mm.madvise(t, length: pageSize, advice: .free)
             case .mprotect: try w.mm.mprotect(w.base, length: w.pages * pageSize, protection: .read)
             case .fork: w.child = try w.mm.fork()
+            case .cowWrite, .cowWriteChild:
+                let child = try w.mm.fork()
+                w.child = child
+                try (self == .cowWrite ? w.mm : child).write(at: t, bytes: RacePage.marker.bytes(page: w.target)!)
+            case .pin: w.pinned = try w.mm.pinUserPages(t, count: 1, write: true, longterm: true)
+            case .mremap: try w.moveRange()
+            case .mremapDontUnmap: try w.moveRange(dontUnmap: true)
             case .migrateToDevice: _ = try w.gpu.migrateToDevice(w.mm, range: w.range)
             case .otherDevice: _ = try w.otherDevice().migrateToDevice(w.mm, range: w.range)
             case .migrateToRAM: _ = try w.gpu.migrateRangeToRAM(w.mm, range: t ..< t + UInt64(pageSize))

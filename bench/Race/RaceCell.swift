@@ -45,6 +45,7 @@ struct RaceCell: Sendable {
         let w = try RaceWorld(o)
         var problems: [String] = []
         do { try flow.prepare(w) } catch { problems.append("preparing the flow: \(error)") }
+        w.squeezeRAM()
         let done = NIOLockedValueBox<RaceActionResult?>(nil)
         let action = self.action
         try w.probe.arm(at: .init(step.kind, direction: step.direction, occurrence: o.occurrence), hold: o.hold) {
@@ -56,6 +57,7 @@ struct RaceCell: Sendable {
             // The world stays as it is: its action thread still runs in it.
             return Result(cell: self, outcome: .fail, fired: true, problems: ["action hung (no return in \(Self.actionTimeout))"])
         }
+        w.releaseRAM()
         let event = w.probe.firedAt
         let fired = event != nil
         if !fired {
@@ -69,6 +71,7 @@ struct RaceCell: Sendable {
         if fired { check.actionResult(done.withLockedValue { $0 } ?? .done) }
         check.gpuPages()
         check.pages()
+        check.pinnedPages()
         check.childAndInvariants()
         check.tearDown()
         problems += check.problems
@@ -93,7 +96,9 @@ func raceDryRun(_ flow: RaceFlow, _ o: RaceOptions) throws -> (steps: [RaceStep]
     do { try flow.prepare(w) } catch { problems.append("preparing the flow: \(error)") }
     w.recorder.reset()
     let inVRAM = w.vramInUse
+    w.squeezeRAM()
     let result = flow.run(w)
+    w.releaseRAM()
     let steps = w.recorder.steps
     let events = w.recorder.events.map { RaceStep(kind: $0.kind, direction: $0.direction) }
     if !flow.reportsSteps(in: o.configuration) {

@@ -1,4 +1,5 @@
 import DeviceEmu
+import Foundation
 import HostMM
 
 /// Judges one race-matrix cell after its flow and action returned: collects every
@@ -53,7 +54,9 @@ struct RaceCheck {
         case .wrote: break
         case .failed(let error):
             flowTookEffect = false
-            if RaceExpectations.flowMayFail(flow, action, error, at: world.address(target)) {
+            // The flow aimed at the target where it was when the flow started.
+            if RaceExpectations.flowMayFail(flow, action, error, at: world.originalAddress(target))
+                || RaceExpectations.outOfRAM(error, world.configuration, at: world.originalAddress(target)) {
                 notes.append("the flow failed as documented: \(error)")
             } else {
                 problems.append("the flow failed: \(error)")
@@ -77,7 +80,8 @@ struct RaceCheck {
             }
         case .failed(let error):
             actionTookEffect = false
-            if RaceExpectations.actionMayFail(flow, action, error) {
+            if RaceExpectations.actionMayFail(flow, action, error, memory: world.configuration.memory)
+                || RaceExpectations.outOfRAM(error, world.configuration, at: world.address(target)) {
                 notes.append("\(action.rawValue) failed as documented: \(error)")
             } else {
                 problems.append("\(action.rawValue) failed: \(error)")
@@ -112,6 +116,11 @@ struct RaceCheck {
     mutating func gpuPages() {
         if world.mirror != nil { return mirrorPages() }
         guard let space = world.gpu.addressSpace(for: world.mm) else { return }
+        if world.moved {
+            // Read the old addresses first, while no fault at the new ones has refreshed
+            // anything: a device entry the move did not invalidate still reads there.
+            for p in 0..<world.pages { oldAddress(p, by: "GPU: ") { a throws(DeviceError) in try space.read(at: a, count: pageSize) } }
+        }
         for p in 0..<world.pages {
             let a = world.address(p)
             do {
@@ -170,6 +179,10 @@ struct RaceCheck {
 
     /// Every page by a CPU read: the pattern, or for the target what the action left.
     mutating func pages() {
+        if world.moved {
+            let mm = world.mm
+            for p in 0..<world.pages { oldAddress(p, by: "") { a throws(HostMMError) in try mm.read(at: a, count: pageSize) } }
+        }
         for p in 0..<world.pages {
             let a = world.address(p)
             do {
@@ -193,6 +206,61 @@ struct RaceCheck {
         }
     }
 
+    /// Page `p`'s address before the range moved, read by `read`: after `mremap` nothing is
+    /// mapped there (SIGSEGV for the CPU, a GPU fault — no device entry may survive the
+    /// move); after `mremap-dontunmap` the old range is mapped and empty (zeros, or what
+    /// the flow's access wrote there after the move).
+    private mutating func oldAddress<E: Error & Equatable>(_ p: Int, by who: String, _ read: (UInt64) throws(E) -> [UInt8]) {
+        let a = world.originalAddress(p)
+        let mapped = action == .mremapDontUnmap
+        let want = p == target ? RaceShadow.inOldRange(flow: flow, flowTookEffect: flowTookEffect) : [.zeros]
+        do {
+            let bytes = try read(a)
+            if !mapped {
+                problems.append("\(who)page \(p) still reads at its old address \(hex(a)) after mremap\(describe(bytes, page: p))")
+            } else if !want.contains(where: { $0.bytes(page: p) == bytes }) {
+                problems.append("\(who)page \(p)'s old address \(hex(a)) is not \(names(want)) after mremap-dontunmap\(describe(bytes, page: p))")
+            }
+        } catch {
+            let unmapped: any Error = who.isEmpty ? HostMMError.segmentationFault(address: a, reason: .notMapped) : DeviceError.fault(address: a)
+            if mapped || (unmapped as? E) != error {
+                problems.append("\(who)read of page \(p)'s old address \(hex(a)) after \(action.rawValue): \(error)")
+            }
+        }
+    }
+
+    /// A page the `pin` action pinned is still the page the process maps at the target
+    /// (migration must refuse a page with references it cannot account for, and a pin
+    /// takes a device-private page back to RAM first), and it holds what the CPU reads
+    /// there; then the pin is released.
+    mutating func pinnedPages() {
+        let w = world
+        let pinned = w.pinned
+        guard !pinned.isEmpty else { return }
+        defer {
+            w.memory.unpinUserPages(pinned)
+            w.pinned = []
+        }
+        let a = w.address(target)
+        for page in pinned {
+            guard let from = w.memory.bytes(page) else {
+                problems.append("the pinned page \(page) of page \(target) is not CPU-reachable (zone \(w.memory.zone(page)))")
+                continue
+            }
+            do {
+                let mapped = try w.mm.getUserPages(a, count: 1, write: false)
+                defer { for m in mapped { w.memory.putPage(m) } }
+                if mapped != [page] { problems.append("page \(target) maps \(mapped), not its pinned page \(page): a pinned page moved") }
+                let bytes = try w.mm.read(at: a, count: pageSize)
+                if !bytes.withUnsafeBytes({ memcmp($0.baseAddress!, from, pageSize) == 0 }) {
+                    problems.append("the pinned page \(page) does not hold what page \(target) reads\(describe(bytes, page: target))")
+                }
+            } catch {
+                problems.append("checking the pinned page of page \(target): \(error)")
+            }
+        }
+    }
+
     /// What else the page holds, when it is something the shadow model knows.
     private func describe(_ bytes: [UInt8], page: Int) -> String {
         for other in RacePage.known where bytes == other.bytes(page: page) {
@@ -209,7 +277,8 @@ struct RaceCheck {
         if let child {
             for p in 0..<world.pages {
                 do {
-                    let want = p == target ? RaceShadow.inChild(world.targetBase, flow: flow, flowTookEffect: flowTookEffect) : [.pattern]
+                    let want = p == target ? RaceShadow.inChild(world.targetBase, flow: flow, flowTookEffect: flowTookEffect,
+                                                                 action: action, actionTookEffect: actionTookEffect) : [.pattern]
                     let bytes = try child.read(at: world.address(p), count: pageSize)
                     if !want.contains(where: { $0.bytes(page: p) == bytes }) {
                         problems.append("the forked child's page \(p) is not \(names(want))\(describe(bytes, page: p))")

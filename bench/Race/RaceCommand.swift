@@ -38,15 +38,23 @@ struct RaceCommand: ParsableCommand {
 
             Driver configuration (default: nouveau's — 3step, pipeline 1, single-page CPU faults, GPU faults \
             migrating, private VRAM larger than the range, best effort): --api, --pipeline, --fault-around, \
-            --prefetch, --gpu-fault, --memory, --all-or-nothing, --vram and --backend choose it for every world; \
+            --prefetch, --gpu-fault, --memory, --all-or-nothing, --vram, --ram and --backend choose it for every world; \
             the header and each JSON record show it. Where a configuration changes the correct outcome the \
             shadow model follows: with --memory coherent the CPU reads VRAM in place, so cpu-fault has no step; \
             with --gpu-fault map the GPU fault maps system pages and moves nothing (and gpu-atomic takes the \
             page device-exclusive); with --vram below --pages, evict, migrate-to-ram and suspend move what was \
-            resident, and the fault flows start from a full VRAM (see RaceFlow.prepare). The GPU stores of \
+            resident, and the fault flows start from a full VRAM (see RaceFlow.prepare); with --ram N only N \
+            RAM frames are free while the flow and the action run: evict and migrate-to-ram move at most N pages \
+            and leave the rest in VRAM with their data, and an access, COW, pin, suspend or teardown that needs \
+            a frame may fail with ENOMEM (out of memory), having changed nothing. The GPU stores of \
             gpu-write and gpu-atomic and a racing store, DONTNEED or munmap leave the target as one applied after \
             the other, in either order (RaceShadow); while suspend holds the device suspended, GPU accesses and \
             migrations to VRAM fail with `suspended`, as documented. \
+            A pinned target must stay the page the process maps, holding what it reads (migration refuses \
+            it; a pin takes a VRAM page back to RAM first; a long-term pin of coherent VRAM may fail with \
+            EBUSY); after mremap the old addresses fault for the CPU and the GPU (with MREMAP_DONTUNMAP they \
+            read zeros) and the checks read the new ones; cow-write stores in the parent, cow-write-child in \
+            the child, and the other keeps its copy. \
             --hole makes the target page a hole (never written: the shadow model starts it as zeros).
             --driver mirror runs the mirror-* flows on lib/test_hmm.c's dmirror device instead (one open of \
             the process; --memory only): the GPU actions become its commands (gpu-read READ, gpu-write WRITE, \
@@ -88,6 +96,7 @@ struct RaceCommand: ParsableCommand {
          "the second batch, while the first is in flight"),
         ("dmem-bench race --api 2017 --fault-around 16", "the callback API, 16-page CPU faults"),
         ("dmem-bench race --memory coherent --gpu-fault map --vram 16", ""),
+        ("dmem-bench race --ram 4 --vram 16", "System RAM and VRAM both short"),
         ("dmem-bench race --flow gpu-atomic --gpu-fault map", "atomics on system pages: held at make_device_exclusive"),
         ("dmem-bench race --driver mirror", "the test_hmm device's commands"),
     ]
@@ -122,6 +131,8 @@ struct RaceCommand: ParsableCommand {
     @Flag(help: "Migrate each batch whole or not at all (Xe) instead of best effort.") var allOrNothing = false
     @Option(parsing: .unconditional, help: "VRAM pages, a multiple of 16 in 16...1024 (default 1024); below --pages, migrations evict under VRAM pressure inside the flow.", transform: NumberArgument.int)
     var vram: Int?
+    @Option(parsing: .unconditional, help: "System RAM frames left free when the flow starts (\(RaceConfiguration.ramRange)); the rest is held until the checks, so migrations to RAM, CPU faults, COW, pins, suspend and teardown run out of RAM (default: plenty).", transform: NumberArgument.int)
+    var ram: Int?
     @Flag(help: "Print exactly one JSON object on stdout (one record per cell) instead of the tables.") var json = false
 
     func options() throws -> RaceOptions {
@@ -163,6 +174,7 @@ struct RaceCommand: ParsableCommand {
         c.memory = m
         c.allOrNothing = allOrNothing
         c.vramPages = vram
+        c.ramPages = ram
         return c
     }
 

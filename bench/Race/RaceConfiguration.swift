@@ -3,7 +3,7 @@ import HostMM
 
 /// The driver configuration of every world of one race matrix: the `MigrationPolicy`
 /// settings and the kind and size of VRAM a driver author chooses (`dmem-bench race
-/// --api/--pipeline/--fault-around/--prefetch/--gpu-fault/--memory/--all-or-nothing/--vram`,
+/// --api/--pipeline/--fault-around/--prefetch/--gpu-fault/--memory/--all-or-nothing/--vram/--ram`,
 /// named like `migrate`'s and `thrash`'s flags). The default is nouveau's: three-step API,
 /// one batch in flight, single-page CPU faults, GPU faults migrating their window,
 /// device-private VRAM larger than the range, best-effort batches.
@@ -41,8 +41,19 @@ struct RaceConfiguration: Sendable, Equatable {
     /// batch (16 pages), so a range larger than VRAM evicts under pressure inside the flow.
     var vramPages: Int?
 
+    /// System RAM frames left free when the flow starts (nil: plenty). Set, a ballast takes
+    /// every other free frame after the flow's preparation and gives them back before the
+    /// checks, so the flow and the action run out of RAM: migrations back to RAM move what
+    /// fits and leave the rest in VRAM, intact; a CPU fault, a COW, a pin, suspend and
+    /// teardown may fail with ENOMEM (`RaceExpectations`).
+    var ramPages: Int?
+
     static let defaultVRAMPages = 1024
     static let vramRange = 16...1024
+    static let ramRange = 0...4096
+
+    /// True when `--ram` squeezes System RAM: out-of-memory errors are documented outcomes.
+    var ramPressure: Bool { ramPages != nil }
 
     /// True when VRAM is smaller than a range of `pages`: migrations evict under pressure.
     func underPressure(pages: Int) -> Bool { (vramPages ?? Self.defaultVRAMPages) < pages }
@@ -87,6 +98,7 @@ struct RaceConfiguration: Sendable, Equatable {
         if let v = vramPages, !Self.vramRange.contains(v) || v % RaceWorld.batchPages != 0 {
             return "vram must be a multiple of \(RaceWorld.batchPages) pages in \(Self.vramRange) (got \(v))"
         }
+        if let r = ramPages, !Self.ramRange.contains(r) { return "ram must be in \(Self.ramRange) pages (got \(r))" }
         return nil
     }
 
@@ -112,6 +124,7 @@ struct RaceConfiguration: Sendable, Equatable {
         if memory != d.memory { a += ["--memory", memory.rawValue] }
         if allOrNothing { a.append("--all-or-nothing") }
         if let vramPages { a += ["--vram", "\(vramPages)"] }
+        if let ramPages { a += ["--ram", "\(ramPages)"] }
         return a
     }
 
@@ -121,5 +134,6 @@ struct RaceConfiguration: Sendable, Equatable {
          ("prefetch", prefetch.rawValue), ("gpu_fault", gpuFault.rawValue), ("memory", memory.rawValue),
          ("range_migration", allOrNothing ? "all-or-nothing" : "best-effort"),
          ("vram_pages", "\(vramPages ?? Self.defaultVRAMPages)")]
+            + (ramPages.map { [("ram_pages", "\($0)")] } ?? [])
     }
 }

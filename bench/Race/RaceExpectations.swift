@@ -16,7 +16,7 @@ enum RaceExpectations {
     /// - The GPU stores (`gpu-write`, `gpu-atomic`) after `mprotect(PROT_READ)`:
     ///   `.permissionDenied`, the GPU fault on a VMA without `VM_WRITE` (nouveau's
     ///   `hmm_range_fault` with `HMM_PFN_REQ_WRITE` returns -EPERM); dmirror's WRITE the
-    ///   same, its READ, WRITE and EXCLUSIVE `EFAULT` after munmap (no VMA), EXCLUSIVE
+    ///   same, its READ, WRITE and EXCLUSIVE `EFAULT` after munmap or mremap (no VMA), EXCLUSIVE
     ///   `EFAULT` after mprotect (GUP for write fails).
     /// - MIGRATE_TO_DEV and EXCLUSIVE: `ENOENT` from their read-back when an action took a
     ///   page out of the mirror (`readBackMayMiss`).
@@ -24,17 +24,18 @@ enum RaceExpectations {
     ///   the resume throws `.shutDown` (teardown is final).
     static func flowMayFail(_ flow: RaceFlow, _ action: RaceAction, _ error: any Error, at target: UInt64) -> Bool {
         switch (flow, action) {
-        case (.cpuFault, .munmap):
+        case (.cpuFault, .munmap), (.cpuFault, .mremap):
             return (error as? HostMMError) == .segmentationFault(address: target, reason: .notMapped)
-        case (.gpuFault, .munmap), (.gpuAtomic, .munmap), (.gpuWrite, .munmap):
+        case (.gpuFault, .munmap), (.gpuAtomic, .munmap), (.gpuWrite, .munmap),
+             (.gpuFault, .mremap), (.gpuAtomic, .mremap), (.gpuWrite, .mremap):
             return (error as? DeviceError) == .fault(address: target)
         case (.gpuFault, .unbind), (.gpuAtomic, .unbind), (.gpuWrite, .unbind), (.suspend, .shutdown):
             return (error as? DeviceError) == .shutDown
         case (.gpuAtomic, .mprotect), (.gpuWrite, .mprotect):
             return (error as? DeviceError) == .permissionDenied(address: target)
-        case (.mirrorRead, .munmap), (.mirrorWrite, .munmap):
+        case (.mirrorRead, .munmap), (.mirrorWrite, .munmap), (.mirrorRead, .mremap), (.mirrorWrite, .mremap):
             return (error as? MirrorError) == .fault
-        case (.mirrorExclusive, .munmap), (.mirrorExclusive, .mprotect):
+        case (.mirrorExclusive, .munmap), (.mirrorExclusive, .mremap), (.mirrorExclusive, .mprotect):
             // Before the page is taken, GUP for write fails; after, the read-back misses it.
             return (error as? MirrorError) == .fault || readBackMayMiss(action, error)
         case (.mirrorWrite, .mprotect):
@@ -61,6 +62,22 @@ enum RaceExpectations {
         }
     }
 
+    /// Whether `error` is System RAM running out under `--ram` (`c.ramPressure`), which any
+    /// flow or action that needs a frame may meet, having changed nothing: ENOMEM from a CPU
+    /// fault (the dmem driver's `migrate_to_ram` or a COW with no frame: VM_FAULT_OOM), a
+    /// GPU fault's `hmm_range_fault`, a pin, a fork, and from suspend or teardown, whose
+    /// eviction stops short (nouveau's `__GFP_NOFAIL` cannot fail; the model reports it and
+    /// leaves the pages in VRAM, retryable).
+    /// A GPU access whose fault needs a frame (`hmm_range_fault` faulting a page in for a
+    /// store) fails with `.fault` at the target: `hmm_vma_fault` returns -EFAULT for every
+    /// VM_FAULT_ERROR, VM_FAULT_OOM included.
+    static func outOfRAM(_ error: any Error, _ c: RaceConfiguration, at target: UInt64) -> Bool {
+        guard c.ramPressure else { return false }
+        if (error as? HostMMError) == .outOfMemory { return true }
+        guard let e = error as? DeviceError else { return false }
+        return e == .hostMM(.outOfMemory) || e == .fault(address: target)
+    }
+
     /// Whether `action` may fail with `error` while `flow` runs.
     ///
     /// - While the `suspend` flow holds the device suspended, the operations its gate admits
@@ -68,11 +85,17 @@ enum RaceExpectations {
     ///   suspended GPU takes no work, as nouveau's runtime-suspended device runs no channel).
     ///
     /// - `--driver mirror`: a concurrent MIGRATE_TO_DEV may miss pages (`ENOENT`, above).
+    /// - A long-term `pin` of a device-coherent page moves it to RAM first
+    ///   (`migrate_device_coherent_folio`), which fails with `.busy` while another holder
+    ///   keeps a reference — a migration that just mapped the page and has not yet dropped
+    ///   its own — and `__gup_longterm_locked` retries only `-EAGAIN`: the pin returns EBUSY
+    ///   (device-private pages come back through `migrate_to_ram` and never fail so).
     ///
     /// Nothing else may: a suspend or a teardown racing a CPU fault or an eviction that
     /// holds VRAM pages locked used to report `.busy` (and checked mode a leak) after a few
     /// passes; they now wait for the migrations in flight (`LifecycleRaceTests`).
-    static func actionMayFail(_ flow: RaceFlow, _ action: RaceAction, _ error: any Error) -> Bool {
+    static func actionMayFail(_ flow: RaceFlow, _ action: RaceAction, _ error: any Error,
+                              memory: RaceConfiguration.Memory) -> Bool {
         switch (flow, action) {
         case (_, .migrateToDevice) where flow.driver == .mirror:
             // The concurrent MIGRATE_TO_DEV skips the pages the flow holds locked (or
@@ -80,6 +103,8 @@ enum RaceExpectations {
             return readBackMayMiss(action, error)
         case (.suspend, .gpuRead), (.suspend, .gpuWrite), (.suspend, .gpuAtomic), (.suspend, .migrateToDevice):
             return (error as? DeviceError) == .suspended
+        case (_, .pin):
+            return memory == .coherent && (error as? HostMMError) == .busy
         default:
             return false
         }

@@ -138,8 +138,12 @@ enum RaceFlow: String, CaseIterable, Sendable {
     }
 
     /// The pages a migrating flow moves when nothing races it: the whole range to VRAM, or
-    /// back what was resident when it started (under VRAM pressure only what fit).
-    func pagesMoved(_ w: RaceWorld) -> Int { self == .toDevice || self == .mirrorToDevice ? w.pages : w.residentAtStart }
+    /// back what was resident when it started (under VRAM pressure only what fit; with
+    /// `--ram N`, at most N: the pages no frame was left for stay in VRAM).
+    func pagesMoved(_ w: RaceWorld) -> Int {
+        if self == .toDevice || self == .mirrorToDevice { return w.pages }
+        return min(w.residentAtStart, w.configuration.ramPages ?? .max)
+    }
 
     /// The target page's content once the flow took effect on a target that held `base`:
     /// the GPU stores write it, every other flow only moves it.

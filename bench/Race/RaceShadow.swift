@@ -20,7 +20,16 @@ enum RaceShadow {
                        action: RaceAction, actionTookEffect: Bool) -> [RacePage] {
         let f = { (p: RacePage) in flowTookEffect ? flow.targetAfter(p) : p }
         let a = { (p: RacePage) in actionTookEffect ? action.targetAfter(p) : p }
+        // A flow's access that comes after `mremap-dontunmap` lands in the old, emptied
+        // range (`inOldRange`), not on the moved page.
+        if action == .mremapDontUnmap && actionTookEffect { return unique([base, f(base)]) }
         return unique([a(f(base)), f(a(base))])
+    }
+
+    /// What the target's old address reads after `mremap-dontunmap` left the old range
+    /// mapped and empty: zeros, or zeros the flow's access wrote to if it came after.
+    static func inOldRange(flow: RaceFlow, flowTookEffect: Bool) -> [RacePage] {
+        unique([.zeros, flowTookEffect ? flow.targetAfter(.zeros) : .zeros])
     }
 
     /// What the action's read of the target may see: the start, or the flow's store if the
@@ -29,12 +38,17 @@ enum RaceShadow {
 
     /// What the flow's access to the target may see (a fault flow's read, the old word of
     /// `gpu-atomic`): the start, or what the action left if it got there first.
-    static func seenByFlow(_ base: RacePage, action: RaceAction) -> [RacePage] { unique([base, action.targetAfter(base)]) }
+    static func seenByFlow(_ base: RacePage, action: RaceAction) -> [RacePage] {
+        unique([base, action.targetAfter(base)] + (action == .mremapDontUnmap ? [.zeros] : []))
+    }
 
     /// What a forked child's copy of the target holds: the fork copies the page before or
-    /// after the flow's store (the actions never write the child).
-    static func inChild(_ base: RacePage, flow: RaceFlow, flowTookEffect: Bool) -> [RacePage] {
-        unique([base, flowTookEffect ? flow.targetAfter(base) : base])
+    /// after the flow's store; `cow-write-child` then stores the marker in the child (the
+    /// other actions never write the child: `cow-write`'s store in the parent breaks COW).
+    static func inChild(_ base: RacePage, flow: RaceFlow, flowTookEffect: Bool,
+                        action: RaceAction, actionTookEffect: Bool) -> [RacePage] {
+        if action == .cowWriteChild && actionTookEffect { return [.marker] }
+        return unique([base, flowTookEffect ? flow.targetAfter(base) : base])
     }
 
     private static func unique(_ pages: [RacePage]) -> [RacePage] {

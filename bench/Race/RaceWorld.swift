@@ -24,7 +24,8 @@ final class RaceWorld: @unchecked Sendable {
     let probe: StepProbe
     let recorder = RaceStepRecorder()
     let mm: AddressSpace
-    let base: UInt64
+    /// Where the range was mapped at first (the `mremap` action moves it away from here).
+    let originalBase: UInt64
     let pages: Int
     /// The page the racing actions aim at (and the faulting page of the fault flows).
     let target: Int
@@ -39,6 +40,12 @@ final class RaceWorld: @unchecked Sendable {
     /// RAM frames free before the process existed: all of them must come back.
     let freeRAMAtStart: Int
     private let forked = NIOLockedValueBox<AddressSpace?>(nil)
+    /// Where the range is mapped now (`originalBase` until an `mremap` action moved it).
+    private let movedBase = NIOLockedValueBox<UInt64?>(nil)
+    /// The pages a `pin` action pinned (unpinned by the cell's check).
+    private let pins = NIOLockedValueBox<[PFN]>([])
+    /// The frames `squeezeRAM` took (`--ram`), until `releaseRAM`.
+    private let ballast = NIOLockedValueBox<[PFN]>([])
     /// The `other-device` action's device, made on first use.
     private let other = NIOLockedValueBox<Device?>(nil)
     private let backend: MigrateOptions.Backend
@@ -75,16 +82,63 @@ final class RaceWorld: @unchecked Sendable {
         freeRAMAtStart = memory.freeRAMPageCount
         mm = AddressSpace(memory: memory)
         do {
-            base = try mm.mmap(length: pages * pageSize)
+            originalBase = try mm.mmap(length: pages * pageSize)
             for p in 0..<pages where !(o.targetHole && p == target) {
-                try mm.write(at: base + UInt64(p * pageSize), bytes: RacePage.pattern.bytes(page: p)!)
+                try mm.write(at: originalBase + UInt64(p * pageSize), bytes: RacePage.pattern.bytes(page: p)!)
             }
         } catch { throw RaceFailure("cannot map the process: \(error)") }
         do { mirror = try dmirror?.open(mm) } catch { throw RaceFailure("cannot open the dmirror device: \(error)") }
     }
 
+    /// With `--ram N`, takes every free RAM frame but N (after the flow's preparation): the
+    /// flow and the action run short of System RAM. Nothing without `--ram`.
+    func squeezeRAM() {
+        guard let leave = configuration.ramPages else { return }
+        var taken: [PFN] = []
+        while memory.freeRAMPageCount > leave, let p = memory.allocPage() { taken.append(p) }
+        ballast.withLockedValue { $0 += taken }
+    }
+
+    /// Gives back what `squeezeRAM` took (before the checks, which fault every page back).
+    func releaseRAM() {
+        for p in ballast.withLockedValue({ b in defer { b = [] }; return b }) { memory.putPage(p) }
+    }
+
+    /// Where the range is mapped now: a flow reads it once, when it starts (a racing
+    /// `mremap` moves the range under it); the checks read it after the action.
+    var base: UInt64 { movedBase.withLockedValue { $0 } ?? originalBase }
+    /// Whether an `mremap` action moved the range.
+    var moved: Bool { base != originalBase }
     var range: Range<UInt64> { base ..< base + UInt64(pages * pageSize) }
     func address(_ page: Int) -> UInt64 { base + UInt64(page * pageSize) }
+    /// Page `page`'s address before an `mremap` action moved the range.
+    func originalAddress(_ page: Int) -> UInt64 { originalBase + UInt64(page * pageSize) }
+
+    /// The `mremap` actions: `MREMAP_MAYMOVE|MREMAP_FIXED` onto a new range of the same size
+    /// (mapped first, finding free address space as a process would); or with `dontUnmap`,
+    /// `MREMAP_MAYMOVE|MREMAP_DONTUNMAP`, which leaves the old range mapped and empty.
+    func moveRange(dontUnmap: Bool = false) throws(HostMMError) {
+        let length = pages * pageSize
+        if dontUnmap {
+            let to = try mm.mremap(originalBase, oldLength: length, newLength: length, flags: [.mayMove, .dontUnmap])
+            movedBase.withLockedValue { $0 = to }
+            return
+        }
+        let to = try mm.mmap(length: length)
+        do {
+            _ = try mm.mremap(originalBase, oldLength: length, newLength: length, flags: [.mayMove, .fixed], newAddress: to)
+        } catch {
+            try? mm.munmap(to, length: length)
+            throw error
+        }
+        movedBase.withLockedValue { $0 = to }
+    }
+
+    /// The pages a `pin` action pinned and has not released.
+    var pinned: [PFN] {
+        get { pins.withLockedValue { $0 } }
+        set { pins.withLockedValue { $0 = newValue } }
+    }
     /// The GPU-fault window of `batchPages` holding the target page: aligned in the address
     /// space, clamped to the range (as `GPUFault.window` cuts it).
     var window: Range<UInt64> {

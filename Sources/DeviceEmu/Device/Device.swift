@@ -139,9 +139,9 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         ownsEngine = engine == nil
         let made: DMAEngine
         if let given = engine { made = given } else { made = try Self.makeEngine(c, tracking: memory.checker != nil) }
-        guard c.policy.isValid(maxBatch: made.configuration.maxBatch) else {
+        if let problem = c.policy.problem(maxBatch: made.configuration.maxBatch) {
             if ownsEngine { made.shutdown() }
-            throw .invalidArgument
+            throw .invalidArgument(reason: "policy: \(problem)")
         }
         do { remoteLink = try c.remoteAccessLink.map { (m) throws(DeviceError) in try RemoteAccessLink(m) } } catch {
             if ownsEngine { made.shutdown() }
@@ -205,7 +205,9 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     ///   negative residency, retry count or CPU-copy limit (`cpuCopyFaultPages`);
     ///   `policy.problem(maxBatch:)` says which.
     public func setPolicy(_ policy: MigrationPolicy) throws(DeviceError) {
-        guard policy.isValid(maxBatch: engine.configuration.maxBatch) else { throw .invalidArgument }
+        if let problem = policy.problem(maxBatch: engine.configuration.maxBatch) {
+            throw .invalidArgument(reason: "policy: \(problem)")
+        }
         policyBox.withLockedValue {
             $0 = policy
             countsRemoteAccesses.store(policy.gpuFault.customPolicy?.countsRemoteAccesses ?? false, ordering: .relaxed)

@@ -95,7 +95,10 @@ public final class DeviceMemory: @unchecked Sendable {
                 owner: PgmapOwner, ops: any DevicePagemapOps) throws(DeviceError) {
         let c = configuration
         guard c.size > 0, c.chunkSize > 0, c.chunkSize % pageSize == 0, c.size % c.chunkSize == 0,
-              c.poolSize >= c.chunkSize, c.poolSize % c.chunkSize == 0 else { throw .invalidArgument }
+              c.poolSize >= c.chunkSize, c.poolSize % c.chunkSize == 0 else {
+            throw .invalidArgument(reason: "VRAM size \(c.size) must be a positive multiple of chunkSize \(c.chunkSize) "
+                                   + "(itself a positive multiple of \(pageSize)), and poolSize \(c.poolSize) a multiple of chunkSize")
+        }
         // More VRAM than HostMM has device PFNs for could never be registered: refuse it
         // before creating (and populating) pools for it.
         guard c.size / pageSize <= memory.maxPFN - memory.ramPageCount else { throw .hostMM(.outOfMemory) }

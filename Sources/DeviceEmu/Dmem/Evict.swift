@@ -15,15 +15,18 @@ extension Device {
     /// earlier copies run (1, the default, is nouveau's one batch after another). Returns
     /// pages evicted.
     @discardableResult
-    public func evictAll() -> Int { evictEverything(waitingForOthers: false) }
+    public func evictAll() -> Int { evictEverything(waitingForOthers: false).evicted }
 
     /// `evictAll` for suspend and teardown (the device gate closed): while a migration that
     /// passes no device gate is in flight (a CPU fault, `migrateRangeToRAM`, an eviction),
     /// passes that move nothing do not count — teardown waits for it as `memunmap_pages`
     /// waits for the pgmap's references (10 s at most). Pages that stay locked or pinned
-    /// through a few passes after that are left in VRAM.
+    /// through a few passes after that are left in VRAM. `outOfRAM` is true when the last
+    /// pass left pages in VRAM for want of a RAM frame: the kernel's `evict_chunk`
+    /// allocates with `__GFP_NOFAIL` and cannot fail, the model returns instead (every page
+    /// left stays mapped in VRAM with its data, and a later pass retries it).
     @discardableResult
-    func evictEverything(waitingForOthers: Bool) -> Int {
+    func evictEverything(waitingForOthers: Bool) -> (evicted: Int, outOfRAM: Bool) {
         let policy = self.policy
         let depth = max(1, policy.pipelineDepth)
         let buffers = (0..<depth).map { _ in MigrationBuffers(capacity: policy.batchPages) }
@@ -32,24 +35,33 @@ extension Device {
         var evicted = 0
         var pass = 0
         var waits = 0
+        var outOfRAM = false
         while vram.inUsePageCount > 0 && pass < 20 {
             pass += 1
             var progress = 0
+            var withoutRAM = 0
             for chunk in vram.chunks {
                 var first = chunk.pfns.lowerBound
                 while first < chunk.pfns.upperBound {
                     let count = min(policy.batchPages, chunk.pfns.upperBound - first)
-                    if inFlight.count == depth { progress += finishEviction(inFlight.removeFirst()).evicted }
+                    if inFlight.count == depth {
+                        let r = finishEviction(inFlight.removeFirst())
+                        (progress, withoutRAM) = (progress + r.evicted, withoutRAM + r.withoutRAM)
+                    }
                     let free = buffers.first { b in !inFlight.contains { $0.buffers === b } } ?? buffers[0]
                     switch startEviction(free, [(first, count)]) {
-                    case .done(_, let done): progress += done
+                    case .done(_, let done, let short): (progress, withoutRAM) = (progress + done, withoutRAM + short)
                     case .inFlight(let e): inFlight.append(e)
                     }
                     first = first + count
                 }
             }
-            while !inFlight.isEmpty { progress += finishEviction(inFlight.removeFirst()).evicted }
+            while !inFlight.isEmpty {
+                let r = finishEviction(inFlight.removeFirst())
+                (progress, withoutRAM) = (progress + r.evicted, withoutRAM + r.withoutRAM)
+            }
             evicted += progress
+            outOfRAM = withoutRAM > 0
             guard progress == 0 else { continue }
             // Pages collected by a concurrent migration are locked until its finalize: retry
             // later. Nothing of this eviction is in flight here, so any migration counted is
@@ -62,7 +74,7 @@ extension Device {
             }
             MonotonicTime.sleep(nanoseconds: 1_000_000)
         }
-        return evicted
+        return (evicted, outOfRAM)
     }
 
     /// Passes (1 ms each) one `evictAll` waits for other migrations in flight, at most: a
@@ -138,9 +150,9 @@ extension Device {
 
     /// Evicts the pages of `runs` (contiguous PFN runs, at most `batchPages` in all)
     /// in one batch with one fence: `startEviction` then `finishEviction`.
-    func evictRuns(_ b: MigrationBuffers, _ runs: [(PFN, Int)]) -> (collected: Int, evicted: Int) {
+    func evictRuns(_ b: MigrationBuffers, _ runs: [(PFN, Int)]) -> (collected: Int, evicted: Int, withoutRAM: Int) {
         switch startEviction(b, runs) {
-        case .done(let collected, let evicted): return (collected, evicted)
+        case .done(let collected, let evicted, let withoutRAM): return (collected, evicted, withoutRAM)
         case .inFlight(let e): return finishEviction(e)
         }
     }
@@ -154,11 +166,13 @@ extension Device {
         let fence: Fence?
         let signal: SignalStamp?
         let batch: UInt64
+        /// Collected pages no RAM frame was left for (they stay in VRAM).
+        let withoutRAM: Int
     }
 
     enum EvictionStart {
         /// Nothing was collected (or nothing is left to wait for).
-        case done(collected: Int, evicted: Int)
+        case done(collected: Int, evicted: Int, withoutRAM: Int)
         case inFlight(EvictionInFlight)
     }
 
@@ -183,10 +197,10 @@ extension Device {
         emit(.setupEnd, .evict, begin: t0, batch: batch, pages: collected)
         guard collected > 0 else {
             ungatedMigrations.subtract(1, ordering: .sequentiallyConsistent)
-            return .done(collected: 0, evicted: 0)
+            return .done(collected: 0, evicted: 0, withoutRAM: 0)
         }
 
-        let fence = enqueueEviction(b, npages, collected: collected)
+        let (fence, withoutRAM) = enqueueEviction(b, npages, collected: collected)
         let signal = fence.flatMap { observeSignal($0) }
         let seqno = fence?.seqno ?? 0
         if let fence {
@@ -200,12 +214,12 @@ extension Device {
         }
         emit(.migratePagesEnd, .evict, begin: tp, batch: batch, seqno: seqno, pages: committedCount(b, npages))
         return .inFlight(EvictionInFlight(buffers: b, npages: npages, collected: collected, fence: fence,
-                                          signal: signal, batch: batch))
+                                          signal: signal, batch: batch, withoutRAM: withoutRAM))
     }
 
     /// The second half: wait for the batch's copies (a failed one leaves its page in
     /// VRAM), then `migrateDeviceFinalize`.
-    func finishEviction(_ e: EvictionInFlight) -> (collected: Int, evicted: Int) {
+    func finishEviction(_ e: EvictionInFlight) -> (collected: Int, evicted: Int, withoutRAM: Int) {
         let b = e.buffers
         let seqno = e.fence?.seqno ?? 0
         if let fence = e.fence {
@@ -221,17 +235,18 @@ extension Device {
         ungatedMigrations.subtract(1, ordering: .sequentiallyConsistent)
         emit(.finalizeEnd, .evict, begin: tf, batch: e.batch, seqno: seqno, pages: evicted)
         counters.add(.pagesEvicted, evicted)
-        return (e.collected, evicted)
+        return (e.collected, evicted, e.withoutRAM)
     }
 
     /// A locked RAM page and a D2H copy per collected page, submitted; nil (and no
-    /// destinations) when no channel could take them.
-    private func enqueueEviction(_ b: MigrationBuffers, _ npages: Int, collected: Int) -> Fence? {
+    /// destinations) when no channel could take them. Also returns how many collected
+    /// pages got no RAM frame (RAM exhausted).
+    private func enqueueEviction(_ b: MigrationBuffers, _ npages: Int, collected: Int) -> (Fence?, withoutRAM: Int) {
         let got = memory.allocPages(into: UnsafeMutableBufferPointer(rebasing: b.pages[0..<collected]))
         DeviceMemory.ascend(UnsafeMutableBufferPointer(rebasing: b.pages[0..<got]))  // RAM pages in order: iovecs merge
         guard let channel = try? channels.checkout() else {
             for k in 0..<got { memory.putPage(b.pages[k]) }
-            return nil
+            return (nil, collected - got)
         }
         var next = 0, descriptors = 0
         for i in 0..<npages where b.src[i].contains(.migrate) {
@@ -253,6 +268,6 @@ extension Device {
         if fence == nil {
             for i in 0..<npages { if let ram = b.dst[i].page { releaseUnused(ram); b.dst[i] = [] } }
         }
-        return fence
+        return (fence, collected - got)
     }
 }

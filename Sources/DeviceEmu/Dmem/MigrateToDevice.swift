@@ -17,6 +17,15 @@ import DMAEngine
 /// that eviction cannot relieve, the batches in flight are finished first (their pages
 /// become evictable), so a pipelined migration moves what a strict sequence would.
 extension Device {
+    /// Refuses an empty or unaligned range with the reason (`migrate_vma_setup`'s first EINVAL checks).
+    static func checkPageRange(_ range: Range<UInt64>) throws(DeviceError) {
+        let hex = { (a: UInt64) in "0x" + String(a, radix: 16) }
+        guard !range.isEmpty else { throw .invalidArgument(reason: "empty range \(hex(range.lowerBound))..<\(hex(range.upperBound))") }
+        guard range.lowerBound & 4095 == 0, range.upperBound & 4095 == 0 else {
+            throw .invalidArgument(reason: "range \(hex(range.lowerBound))..<\(hex(range.upperBound)) is not page-aligned (4096)")
+        }
+    }
+
     /// Migrates the pages of `[range)` in `mm` to VRAM, in batches of `policy.batchPages`
     /// (best effort or all-or-nothing per batch, by policy). Pages already in this
     /// device's VRAM, pinned, locked, file-backed or otherwise unmovable stay where they
@@ -29,7 +38,7 @@ extension Device {
     ///   `.dma` when the copy engine is gone.
     @discardableResult
     public func migrateToDevice(_ mm: AddressSpace, range: Range<UInt64>) throws(DeviceError) -> MigrationResult {
-        guard !range.isEmpty, range.lowerBound & 4095 == 0, range.upperBound & 4095 == 0 else { throw .invalidArgument }
+        try Self.checkPageRange(range)
         try gate.enter()
         defer { gate.exit() }
         return try migrateToDevice(mm, range: range, channels: channels)
@@ -44,7 +53,7 @@ extension Device {
     /// — while that suspend waited for the very access: nouveau flushes its fault work
     /// (`nouveau_svm_suspend`) before `nouveau_dmem_suspend` evicts, so the fault finishes.
     func migrateToDevice(_ mm: AddressSpace, range: Range<UInt64>, channels pool: ChannelPool) throws(DeviceError) -> MigrationResult {
-        guard !range.isEmpty, range.lowerBound & 4095 == 0, range.upperBound & 4095 == 0 else { throw .invalidArgument }
+        try Self.checkPageRange(range)
         let policy = self.policy
         let tag = Self.allocationTag(range)
         let depth = policy.apiGeneration == .threeStep ? policy.pipelineDepth : 1

@@ -64,7 +64,7 @@ extension Device {
     /// - Throws: `.invalidArgument` for an empty or unaligned range, `.hostMM` when setup refuses a VMA.
     @discardableResult
     public func migrateRangeToRAM(_ mm: AddressSpace, range: Range<UInt64>) throws(DeviceError) -> MigrationResult {
-        guard !range.isEmpty, range.lowerBound & 4095 == 0, range.upperBound & 4095 == 0 else { throw .invalidArgument }
+        try Self.checkPageRange(range)
         ungatedMigrations.add(1, ordering: .sequentiallyConsistent)
         defer { ungatedMigrations.subtract(1, ordering: .sequentiallyConsistent) }
         let policy = self.policy
@@ -122,7 +122,7 @@ extension Device {
         addressSpace(for: mm)?.zapCollected(start, UnsafeBufferPointer(b.src), args.npages)
         let faultIndex = faultPage.flatMap { fp in (0..<args.npages).first { b.src[$0].page == fp } }
 
-        let (fence, descriptors) = try enqueueToRAM(b, &args, pool)
+        let (fence, descriptors) = try enqueueToRAM(b, &args, pool, faultIndex: faultIndex)
         if let fi = faultIndex, b.dst[fi].page == nil { out.faultPageWithoutRAM = true }
         let signal = observeSignal(fence)
         emit(.copiesSubmitted, .toRAM, batch: batch, seqno: fence.seqno, channel: fence.channelID,
@@ -147,9 +147,11 @@ extension Device {
     }
 
     /// A locked RAM page and a D2H copy per collected device page; returns the fence and
-    /// the descriptor count.
-    private func enqueueToRAM(_ b: MigrationBuffers, _ args: inout MigrateVMA,
-                              _ pool: ChannelPool) throws(DeviceError) -> (Fence, Int) {
+    /// the descriptor count. When RAM holds fewer pages than were collected, the faulting
+    /// page (`faultIndex`) gets one first: a fault-around window degrades to the page the
+    /// access needs instead of failing it while neighbours move.
+    private func enqueueToRAM(_ b: MigrationBuffers, _ args: inout MigrateVMA, _ pool: ChannelPool,
+                              faultIndex: Int?) throws(DeviceError) -> (Fence, Int) {
         let want = (0..<args.npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) && b.src[$1].page != nil ? 1 : 0) }
         let got = memory.allocPages(into: UnsafeMutableBufferPointer(rebasing: b.pages[0..<want]))
         DeviceMemory.ascend(UnsafeMutableBufferPointer(rebasing: b.pages[0..<got]))  // RAM pages in order: iovecs merge
@@ -161,24 +163,30 @@ extension Device {
         }
         for k in 0..<got { memory.lockPage(b.pages[k]) }
         var next = 0, descriptors = 0
-        for i in 0..<args.npages where b.src[i].contains(.migrate) {
-            guard let source = b.src[i].page, next < got else { continue }
+        func enqueue(_ i: Int) {
+            guard b.src[i].contains(.migrate), let source = b.src[i].page, next < got else { return }
             let ram = b.pages[next]
             next += 1
             do {
                 // Setup selected this device's pages, so each has a VRAM address; one without
                 // is not this device's page (EINVAL) and stays where it is, like a failed enqueue.
-                guard let from = vram.dmaAddress(of: source) else { throw DeviceError.invalidArgument }
+                guard let from = vram.dmaAddress(of: source) else {
+                    throw DeviceError.invalidArgument(reason: "\(source) is not in this device's VRAM")
+                }
                 try channel.enqueueCopy(from: from, to: ramAddress(ram), length: pageSize)
             } catch {
                 memory.unlockPage(ram)
                 memory.putPage(ram)
-                continue
+                return
             }
             b.slot[descriptors] = Int32(i)
             descriptors += 1
             b.dst[i] = MigratePFN(pfn: ram)
         }
+        // Short of RAM, the faulting page first; otherwise address order (iovecs merge).
+        let first = got < want ? faultIndex : nil
+        if let first { enqueue(first) }
+        for i in 0..<args.npages where i != first { enqueue(i) }
         for k in next..<got { memory.unlockPage(b.pages[k]); memory.putPage(b.pages[k]) }
         let fence: Fence
         do { fence = try channel.submit() } catch {

@@ -88,7 +88,7 @@ public final class Mirror: @unchecked Sendable {
             commandsInFlight += 1
             return true
         }
-        guard entered else { throw .invalidArgument }
+        guard entered else { throw .invalidArgument(reason: "the mirror is closed") }
     }
 
     /// Leaves a command (`fdput`); the last one out of a closed descriptor releases it.
@@ -149,6 +149,9 @@ public final class Mirror: @unchecked Sendable {
     // MARK: Helpers of the commands
 
     /// The live address space, or the error the command returns when it is gone.
+    /// The reason of the `EINVAL` of a command on a mirror whose address space is gone.
+    static let addressSpaceGone = "the mirrored address space has exited"
+
     func liveMM(orElse error: MirrorError) throws(MirrorError) -> AddressSpace {
         guard let mm, !mm.hasExited else { throw error }
         return mm

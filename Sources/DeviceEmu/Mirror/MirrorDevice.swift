@@ -114,7 +114,9 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
     public init(memory: PhysicalMemory, kind: MemoryType = .devicePrivate,
                 configuration: Configuration = Configuration(), engine: DMAEngine? = nil) throws(MirrorError) {
         let c = configuration
-        guard c.vramSize > 0, c.chunkSize > 0 else { throw .invalidArgument }
+        guard c.vramSize > 0, c.chunkSize > 0 else {
+            throw .invalidArgument(reason: "vramSize \(c.vramSize) and chunkSize \(c.chunkSize) must be positive")
+        }
         if let engine {
             self.engine = engine
             ownsEngine = false
@@ -137,7 +139,8 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
                                     owner: owner, ops: forwarder)
         } catch {
             if ownsEngine { self.engine.shutdown() }
-            throw error == .invalidArgument ? .invalidArgument : .outOfMemory
+            if case .invalidArgument(let why) = error { throw .invalidArgument(reason: why) }
+            throw .outOfMemory
         }
         forwarder.target = self
         memory.checker?.register(self as any DeviceMappingOracle)
@@ -149,7 +152,8 @@ public final class MirrorDevice: DevicePagemapOps, @unchecked Sendable {
     /// interval notifier over the whole address space.
     /// - Throws: `.invalidArgument` after `shutdown` or when `mm` has exited.
     public func open(_ mm: AddressSpace) throws(MirrorError) -> Mirror {
-        guard !isShutDown.load(ordering: .acquiring), !mm.hasExited else { throw .invalidArgument }
+        guard !isShutDown.load(ordering: .acquiring) else { throw .invalidArgument(reason: "the device was shut down") }
+        guard !mm.hasExited else { throw .invalidArgument(reason: Mirror.addressSpaceGone) }
         let id = nextMirrorID.wrappingAdd(1, ordering: .relaxed).oldValue
         let mirror = try Mirror(device: self, mm: mm, id: id)
         mirrors.withLockedValue { $0[id] = WeakMirror(mirror) }

@@ -18,7 +18,7 @@ extension Mirror {
         try beginCommand()
         defer { endCommand() }
         let end = try checkRange(address, npages)
-        let mm = try liveMM(orElse: .invalidArgument)
+        let mm = try liveMM(orElse: .invalidArgument(reason: Self.addressSpaceGone))
         let memory = device.memory
         try mm.mmapLock.withReadLock { () throws(MirrorError) in
             var addr = address

@@ -71,7 +71,7 @@ extension Mirror {
     /// bytes are the data (the kernel would store the device page and read garbage).
     private func storeFaulted(_ start: UInt64, _ pfns: UnsafeBufferPointer<HMMPFN>, write: Bool) throws(MirrorError) {
         // Closed meanwhile: the notifier is gone, nothing may enter the table any more.
-        guard !isClosed else { throw .invalidArgument }
+        guard !isClosed else { throw .invalidArgument(reason: "the mirror was closed during the fault") }
         for (i, entry) in pfns.enumerated() {
             let writable = entry.contains(.write)
             // "Cannot happen": HMM faulted for write but did not report the page writable.

@@ -26,7 +26,7 @@ extension Mirror {
         try beginCommand()
         defer { endCommand() }
         let end = try checkRange(address, npages)
-        let mm = try liveMM(orElse: .invalidArgument)
+        let mm = try liveMM(orElse: .invalidArgument(reason: Self.addressSpaceGone))
         try forEachMigrateBatch(mm, address, end) { (args: inout MigrateVMA) throws(MirrorError) in
             args.flags = .selectSystem
             try migrateBatchToDevice(&args)
@@ -44,7 +44,7 @@ extension Mirror {
         try beginCommand()
         defer { endCommand() }
         let end = try checkRange(address, npages)
-        let mm = try liveMM(orElse: .invalidArgument)
+        let mm = try liveMM(orElse: .invalidArgument(reason: Self.addressSpaceGone))
         var cpages = 0
         try forEachMigrateBatch(mm, address, end) { (args: inout MigrateVMA) throws(MirrorError) in
             args.flags = device.selectDevice
@@ -64,7 +64,9 @@ extension Mirror {
         try mm.mmapLock.withReadLock { () throws(MirrorError) in
             var addr = start
             while addr < end {
-                guard let vma = mm.findVMA(addr), vma.flags.contains(.read) else { throw .invalidArgument }
+                guard let vma = mm.findVMA(addr), vma.flags.contains(.read) else {
+                    throw .invalidArgument(reason: "0x\(String(addr, radix: 16)) is not in a readable VMA")
+                }
                 let next = min(end, vma.end, addr + UInt64(Self.migrateBatch * pageSize))
                 src.update(repeating: [])
                 dst.update(repeating: [])

@@ -11,8 +11,8 @@ extension Mirror {
     public func mmap(length: Int, protection: Protection = .readWrite) throws(MirrorError) -> UInt64 {
         try beginCommand()
         defer { endCommand() }
-        guard length > 0 else { throw .invalidArgument }
-        let mm = try liveMM(orElse: .invalidArgument)
+        guard length > 0 else { throw .invalidArgument(reason: "length \(length) is not positive") }
+        let mm = try liveMM(orElse: .invalidArgument(reason: Self.addressSpaceGone))
         let memory = device.memory
         let address: UInt64
         do { address = try mm.mmap(.special(.mixedMap), length: length, protection: protection) } catch {

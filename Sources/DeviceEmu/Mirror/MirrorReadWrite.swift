@@ -14,9 +14,12 @@ extension Mirror {
     /// the kernel's `size = npages << PAGE_SHIFT`, the shift truncates, so every command
     /// works on `pageCount(address, end)` pages, not on `npages`.
     func checkRange(_ address: UInt64, _ npages: Int) throws(MirrorError) -> UInt64 {
-        guard address & 4095 == 0, npages > 0 else { throw .invalidArgument }
+        guard address & 4095 == 0 else { throw .invalidArgument(reason: "address 0x\(String(address, radix: 16)) is not page-aligned") }
+        guard npages > 0 else { throw .invalidArgument(reason: "npages \(npages) is not positive") }
         let end = address &+ (UInt64(bitPattern: Int64(npages)) &<< 12)
-        guard address < end else { throw .invalidArgument }
+        guard address < end else {
+            throw .invalidArgument(reason: "npages \(npages) at 0x\(String(address, radix: 16)) wraps around the address space")
+        }
         return end
     }
 
@@ -51,7 +54,7 @@ extension Mirror {
         defer { bounce.deallocate() }
         var cpages = 0
         guard doRead(address, end, base: address, bounce.baseAddress!, &cpages) else {
-            throw isReleased ? .invalidArgument : .noEntry
+            throw isReleased ? .invalidArgument(reason: "the mirror was released") : .noEntry
         }
         try copyOut(bounce, to: buffer)
         return MirrorResult(cpages: cpages, faults: 0)
@@ -72,7 +75,7 @@ extension Mirror {
         var cpages = 0, faults = 0
         var start = address
         while !doRead(start, end, base: address, bounce.baseAddress!, &cpages) {
-            guard !isReleased else { throw .invalidArgument }
+            guard !isReleased else { throw .invalidArgument(reason: "the mirror was released") }
             start = address + UInt64(cpages) << 12
             try fault(start, end, write: false)
             faults += 1
@@ -99,7 +102,7 @@ extension Mirror {
         var cpages = 0, faults = 0
         var start = address
         while !doWrite(start, end, base: address, UnsafeRawPointer(bounce.baseAddress!), &cpages) {
-            guard !isReleased else { throw .invalidArgument }
+            guard !isReleased else { throw .invalidArgument(reason: "the mirror was released") }
             start = address + UInt64(cpages) << 12
             try fault(start, end, write: true)
             faults += 1

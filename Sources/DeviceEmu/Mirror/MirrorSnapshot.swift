@@ -16,7 +16,7 @@ extension Mirror {
         try beginCommand()
         defer { endCommand() }
         let end = try checkRange(address, npages)
-        let mm = try liveMM(orElse: .invalidArgument)
+        let mm = try liveMM(orElse: .invalidArgument(reason: Self.addressSpaceGone))
         let pfns = UnsafeMutableBufferPointer<HMMPFN>.allocate(capacity: Self.faultBatch)
         defer { pfns.deallocate() }
         var cpages = 0

@@ -86,10 +86,13 @@ public final class StepProbe: MigrationObserver, @unchecked Sendable {
     ///   `occurrence` below 1 or a negative `hold`.
     public func arm(at trigger: Trigger, hold: Duration = .milliseconds(100),
                     action: @escaping @Sendable () -> Void) throws(DeviceError) {
-        guard trigger.occurrence >= 1, hold >= .zero else { throw .invalidArgument }
+        guard trigger.occurrence >= 1 else { throw .invalidArgument(reason: "occurrence \(trigger.occurrence) is below 1") }
+        guard hold >= .zero else { throw .invalidArgument(reason: "hold \(hold) is negative") }
         lock.lock()
         defer { lock.unlock() }
-        guard state != .runningWhileHeld && state != .runningAfterHold else { throw .invalidArgument }
+        guard state != .runningWhileHeld && state != .runningAfterHold else {
+            throw .invalidArgument(reason: "an earlier action is still running")
+        }
         self.trigger = trigger
         self.action = action
         self.hold = hold

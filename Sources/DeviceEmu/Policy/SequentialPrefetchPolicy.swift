@@ -27,8 +27,14 @@ public final class SequentialPrefetchPolicy: CPUFaultPolicy, @unchecked Sendable
         public init() {}
 
         /// True when `1 ≤ initialPages ≤ maxPages` and `streams` is in 1…64.
-        public var isValid: Bool {
-            initialPages >= 1 && maxPages >= initialPages && (1...64).contains(streams)
+        public var isValid: Bool { problem == nil }
+
+        /// Why `SequentialPrefetchPolicy.init` would refuse these parameters, or nil.
+        public var problem: String? {
+            if initialPages < 1 { return "initialPages \(initialPages) is below 1" }
+            if maxPages < initialPages { return "maxPages \(maxPages) is below initialPages \(initialPages)" }
+            if !(1...64).contains(streams) { return "streams \(streams) is outside 1...64" }
+            return nil
         }
     }
 
@@ -65,7 +71,7 @@ public final class SequentialPrefetchPolicy: CPUFaultPolicy, @unchecked Sendable
 
     /// - Throws: `DeviceError.invalidArgument` when `parameters` is not valid.
     public init(_ parameters: Parameters = Parameters()) throws(DeviceError) {
-        guard parameters.isValid else { throw .invalidArgument }
+        if let problem = parameters.problem { throw .invalidArgument(reason: "prefetch parameters: \(problem)") }
         self.parameters = parameters
     }
 

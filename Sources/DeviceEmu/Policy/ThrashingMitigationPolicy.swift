@@ -38,8 +38,15 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
 
         /// True when every field is usable: a positive window (one larger than the address
         /// space makes the whole space one window), threshold and lapse; a pin ≥ 0.
-        public var isValid: Bool {
-            windowPages >= 1 && threshold >= 1 && lapse > .zero && pin >= .zero
+        public var isValid: Bool { problem == nil }
+
+        /// Why `ThrashingMitigationPolicy.init` would refuse these parameters, or nil.
+        public var problem: String? {
+            if windowPages < 1 { return "windowPages \(windowPages) is below 1" }
+            if threshold < 1 { return "threshold \(threshold) is below 1" }
+            if lapse <= .zero { return "lapse \(lapse) is not positive" }
+            if pin < .zero { return "pin \(pin) is negative" }
+            return nil
         }
     }
 
@@ -94,7 +101,7 @@ public final class ThrashingMitigationPolicy: GPUFaultPolicy, @unchecked Sendabl
     /// - Throws: `DeviceError.invalidArgument` when `parameters` is not valid.
     public init(_ parameters: Parameters = Parameters(),
                 clock: @escaping @Sendable () -> UInt64 = monotonicClock) throws(DeviceError) {
-        guard parameters.isValid else { throw .invalidArgument }
+        if let problem = parameters.problem { throw .invalidArgument(reason: "thrashing parameters: \(problem)") }
         self.parameters = parameters
         self.clock = clock
         span = UInt64(min(parameters.windowPages, Int.max >> 12)) << 12

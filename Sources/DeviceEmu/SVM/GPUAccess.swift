@@ -51,14 +51,29 @@ extension GPUAddressSpace {
     }
 
     /// Reads `count` bytes at `address` with the GPU.
+    ///
+    /// The array grows with what the CPU address space maps (`AddressSpace.mappedLength`),
+    /// so a `count` past the mapping throws the `.fault` of the first unmapped address
+    /// rather than trapping on an allocation of `count` bytes.
     public func read(at address: UInt64, count: Int) throws(DeviceError) -> [UInt8] {
-        guard count >= 0 else { throw .invalidArgument }
-        var out = [UInt8](repeating: 0, count: count)
-        var failure: DeviceError?
-        out.withUnsafeMutableBytes { b in
-            do throws(DeviceError) { try read(at: address, into: b) } catch { failure = error }
+        guard count >= 0, address <= Self.addressLimit, UInt64(count) <= Self.addressLimit - address else {
+            throw Self.outsideAddressLimit(address, count)
         }
-        if let failure { throw failure }
+        var out: [UInt8] = []
+        var failure: DeviceError?
+        while out.count < count {
+            // A stretch with no mapping is read one byte at a time: the GPU faults on it.
+            let at = address + UInt64(out.count)
+            let start = out.count
+            let n = max(mm.mappedLength(at: at, upTo: count - start), 1)
+            out.append(contentsOf: repeatElement(0, count: n))
+            out.withUnsafeMutableBytes { b in
+                do throws(DeviceError) {
+                    try read(at: at, into: UnsafeMutableRawBufferPointer(rebasing: b[start ..< start + n]))
+                } catch { failure = error }
+            }
+            if let failure { throw failure }
+        }
         return out
     }
 
@@ -74,7 +89,7 @@ extension GPUAddressSpace {
     /// Atomically adds `value` to the 8-byte word at `address` (8-byte aligned); returns
     /// the previous value. The page is made VRAM-resident or device-exclusive first.
     public func atomicAdd(at address: UInt64, _ value: UInt64) throws(DeviceError) -> UInt64 {
-        guard address & 7 == 0 else { throw .invalidArgument }
+        guard address & 7 == 0 else { throw .invalidArgument(reason: "atomic at 0x\(String(address, radix: 16)) is not 8-byte aligned") }
         var old: UInt64 = 0
         try access(address, 8, .atomic) { page, _, _ in
             let word = page.assumingMemoryBound(to: UInt64.self)
@@ -88,7 +103,7 @@ extension GPUAddressSpace {
     /// `expected`; returns whether it did and the value found.
     public func atomicCompareExchange(at address: UInt64, expected: UInt64,
                                       desired: UInt64) throws(DeviceError) -> (exchanged: Bool, original: UInt64) {
-        guard address & 7 == 0 else { throw .invalidArgument }
+        guard address & 7 == 0 else { throw .invalidArgument(reason: "atomic at 0x\(String(address, radix: 16)) is not 8-byte aligned") }
         var result = (exchanged: false, original: UInt64(0))
         try access(address, 8, .atomic) { page, _, _ in
             let word = page.assumingMemoryBound(to: UInt64.self)
@@ -101,13 +116,19 @@ extension GPUAddressSpace {
         return result
     }
 
+    /// The EINVAL of an access with a negative length or past the GPU's 47-bit address space.
+    static func outsideAddressLimit(_ address: UInt64, _ length: Int) -> DeviceError {
+        .invalidArgument(reason: length < 0 ? "negative length \(length)"
+                         : "\(length) bytes at 0x\(String(address, radix: 16)) leave the GPU's address space (2^47)")
+    }
+
     /// Walks `[address, address + length)` page by page; `body(bytes, done, n)` runs with
     /// the mirror lock held on a usable entry. The device gate, and the view's access
     /// gate (which `unbind` drains), are held throughout.
     func access(_ address: UInt64, _ length: Int, _ kind: Access,
                 _ body: (UnsafeMutableRawPointer, Int, Int) -> Void) throws(DeviceError) {
         guard length >= 0, address <= Self.addressLimit, UInt64(length) <= Self.addressLimit - address else {
-            throw .invalidArgument
+            throw Self.outsideAddressLimit(address, length)
         }
         guard length > 0 else { return }
         try device.gate.enter()

@@ -27,7 +27,10 @@ final class RemoteAccessLink: Sendable {
     /// - Throws: `.invalidArgument` for a bandwidth that is not a positive finite number,
     ///   or a negative latency.
     init(_ model: LinkModel) throws(DeviceError) {
-        guard model.bytesPerSecond.isFinite, model.bytesPerSecond > 0, model.latency >= .zero else { throw .invalidArgument }
+        guard model.bytesPerSecond.isFinite, model.bytesPerSecond > 0 else {
+            throw .invalidArgument(reason: "remote access link: bytesPerSecond \(model.bytesPerSecond) is not a positive finite number")
+        }
+        guard model.latency >= .zero else { throw .invalidArgument(reason: "remote access link: latency \(model.latency) is negative") }
         self.model = model
         latency = MonotonicTime.nanoseconds(model.latency)
     }

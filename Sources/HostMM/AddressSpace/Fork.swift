@@ -14,7 +14,7 @@ extension AddressSpace {
     public func fork() throws(HostMMError) -> AddressSpace {
         let child = AddressSpace(memory: memory)
         try mmapLock.withWriteLock { () throws(HostMMError) in
-            guard !hasExited else { throw .invalidArgument }
+            guard !hasExited else { throw .invalidArgument(reason: "the address space has exited") }
             child.mmapBase = mmapBase
             for vma in vmas {
                 let copy = VMA(mm: child, start: vma.start, end: vma.end, pgoff: vma.pgoff,

@@ -10,11 +10,12 @@ extension AddressSpace {
     ///   for an unaligned address, a `VM_PFNMAP` VMA, or a page that is free, anonymous,
     ///   device-private or not a known frame; `.busy` if the entry is already populated.
     public func insertPage(_ address: UInt64, page: PFN) throws(HostMMError) {
-        guard address.isPageAligned else { throw .invalidArgument }
+        guard address.isPageAligned else { throw .invalidArgument(reason: "address \(address.hex) is not page-aligned") }
         try mmapLock.withWriteLock { () throws(HostMMError) in
             guard let vma = findVMA(address) else { throw .fault }
-            guard !vma.flags.contains(.pfnMap), page != memory.zeroPFN, memory.isKnownPFN(page), memory.bytes(page) != nil,
-                  memory.refcount(page) > 0, !memory.isAnon(page) else { throw .invalidArgument }
+            guard !vma.flags.contains(.pfnMap) else { throw .invalidArgument(reason: "\(vma) is VM_PFNMAP") }
+            guard page != memory.zeroPFN, memory.isKnownPFN(page), memory.bytes(page) != nil,
+                  memory.refcount(page) > 0, !memory.isAnon(page) else { throw memory.uninsertable(page) }
             if !vma.flags.contains(.mixedMap) { withRootsLocked(vma) { vma.flags.insert(.mixedMap) } }
             guard let leaf = pageTable.leaf(address, create: true) else { throw .outOfMemory }
             let i = PTETable.index(address)
@@ -29,5 +30,17 @@ extension AddressSpace {
             }
             guard inserted else { throw .busy }
         }
+    }
+}
+
+extension PhysicalMemory {
+    /// The EINVAL of a page `vm_insert_page` refuses, saying which rule it breaks.
+    fileprivate func uninsertable(_ page: PFN) -> HostMMError {
+        let why = page == zeroPFN ? "is the shared zero page"
+            : !isKnownPFN(page) ? "is not a known frame"
+            : bytes(page) == nil ? "is device-private (not CPU-reachable)"
+            : refcount(page) <= 0 ? "is free (refcount 0)"
+            : "is anonymous"
+        return .invalidArgument(reason: "page \(page) \(why)")
     }
 }

@@ -33,9 +33,10 @@ extension AddressSpace {
     ///   `.outOfMemory` (`ENOMEM`) when part of the range is not mapped — after applying
     ///   the advice to the mapped parts, as the kernel does.
     public func madvise(_ address: UInt64, length: Int, advice: MadviseAdvice) throws(HostMMError) {
-        guard address.isPageAligned, length >= 0 else { throw .invalidArgument }
+        guard address.isPageAligned else { throw .invalidArgument(reason: "address \(address.hex) is not page-aligned") }
+        guard length >= 0 else { throw .invalidArgument(reason: "negative length \(length)") }
         let len = (UInt64(length) + pageOffsetMask) & ~pageOffsetMask
-        guard address <= UInt64.max - len else { throw .invalidArgument }
+        guard address <= UInt64.max - len else { throw .invalidArgument(reason: "\(len) bytes at \(address.hex) wrap around") }
         guard len > 0 else { return }
         let end = address + len
         try mmapLock.withReadLock { () throws(HostMMError) in
@@ -57,13 +58,15 @@ extension AddressSpace {
             return
         case .dontNeed, .free:
             // madvise_dontneed_free_valid_vma / can_madv_lru_vma.
-            guard vma.flags.isDisjoint(with: [.locked, .pfnMap, .hugetlb]) else { throw .invalidArgument }
+            guard vma.flags.isDisjoint(with: [.locked, .pfnMap, .hugetlb]) else {
+                throw .invalidArgument(reason: "\(advice == .free ? "MADV_FREE" : "MADV_DONTNEED") on VM_LOCKED, VM_PFNMAP or hugetlb \(vma)")
+            }
         }
         if advice == .dontNeed {
             notifiers.invalidating(start, end, .clear) { zapRange(vma, start, end) }
             return
         }
-        guard vma.isAnonymous else { throw .invalidArgument }
+        guard vma.isAnonymous else { throw .invalidArgument(reason: "MADV_FREE on \(vma), which is not private anonymous memory") }
         notifiers.invalidating(start, end, .clear) { markLazyFree(vma, start, end) }
     }
 

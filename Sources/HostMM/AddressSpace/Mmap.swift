@@ -45,18 +45,24 @@ extension AddressSpace {
     ///   address, or bad special flags; `.outOfMemory` when no address room is left.
     public func mmap(_ kind: MappingKind = .anonymousPrivate, length: Int,
                      protection: Protection = .readWrite, at address: UInt64? = nil) throws(HostMMError) -> UInt64 {
-        guard length > 0, length <= Int(PageTable.addressLimit) else { throw .invalidArgument }
+        guard length > 0 else { throw .invalidArgument(reason: "length \(length) is not positive") }
+        guard length <= Int(PageTable.addressLimit) else {
+            throw .invalidArgument(reason: "length \(length) exceeds the address space (\(PageTable.addressLimit.hex))")
+        }
         let size = (UInt64(length) + pageOffsetMask) & ~pageOffsetMask
         if case .special(let f) = kind, f.isDisjoint(with: .special) || !VMAFlags.special.union(.shared).isSuperset(of: f) {
-            throw .invalidArgument
+            throw .invalidArgument(reason: "special flags \(UInt64(f.rawValue).hex) must include a VM_SPECIAL bit and nothing "
+                                   + "but VM_SPECIAL bits and VM_SHARED")
         }
-        if case .file(_, let off, _) = kind, off < 0 { throw .invalidArgument }
+        if case .file(_, let off, _) = kind, off < 0 { throw .invalidArgument(reason: "negative file offset \(off)") }
         return try mmapLock.withWriteLock { () throws(HostMMError) -> UInt64 in
-            guard !hasExited else { throw .invalidArgument }
+            guard !hasExited else { throw .invalidArgument(reason: "the address space has exited") }
             let start: UInt64
             if let fixed = address {
-                guard fixed.isPageAligned, fixed < PageTable.addressLimit,
-                      size <= PageTable.addressLimit - fixed else { throw .invalidArgument }
+                guard fixed.isPageAligned else { throw .invalidArgument(reason: "fixed address \(fixed.hex) is not page-aligned") }
+                guard fixed < PageTable.addressLimit, size <= PageTable.addressLimit - fixed else {
+                    throw .invalidArgument(reason: "\(size) bytes at \(fixed.hex) are past the address space (\(PageTable.addressLimit.hex))")
+                }
                 try unmapLocked(fixed, fixed + size)
                 start = fixed
             } else {
@@ -111,9 +117,18 @@ extension AddressSpace {
     /// goes are handed to the driver's `pageFree`). Unmapped holes are fine.
     /// - Throws: `.invalidArgument` for an unaligned address or a zero length.
     public func munmap(_ address: UInt64, length: Int) throws(HostMMError) {
-        guard address.isPageAligned, length > 0, address < PageTable.addressLimit else { throw .invalidArgument }
+        try Self.checkRange(address, length)
         let end = min(PageTable.addressLimit, address + ((UInt64(length) + pageOffsetMask) & ~pageOffsetMask))
         try mmapLock.withWriteLock { () throws(HostMMError) in try unmapLocked(address, end) }
+    }
+
+    /// The EINVAL checks `munmap` and `mprotect` share: aligned, non-empty, below the address limit.
+    static func checkRange(_ address: UInt64, _ length: Int) throws(HostMMError) {
+        guard address.isPageAligned else { throw .invalidArgument(reason: "address \(address.hex) is not page-aligned") }
+        guard length > 0 else { throw .invalidArgument(reason: "length \(length) is not positive") }
+        guard address < PageTable.addressLimit else {
+            throw .invalidArgument(reason: "address \(address.hex) is past the address space (\(PageTable.addressLimit.hex))")
+        }
     }
 
     /// Unmaps `[start, end)` with the mmap lock held for write.
@@ -138,7 +153,7 @@ extension AddressSpace {
     ///   when part of the range is not mapped — after changing the VMAs before the first
     ///   hole, as the kernel does (nothing changes when `address` itself is unmapped).
     public func mprotect(_ address: UInt64, length: Int, protection: Protection) throws(HostMMError) {
-        guard address.isPageAligned, length > 0, address < PageTable.addressLimit else { throw .invalidArgument }
+        try Self.checkRange(address, length)
         let end = min(PageTable.addressLimit, address + ((UInt64(length) + pageOffsetMask) & ~pageOffsetMask))
         try mmapLock.withWriteLock { () throws(HostMMError) in
             var cursor = address

@@ -34,11 +34,7 @@ extension AddressSpace {
     ///   (zero old length), which this model does not do.
     public func mremap(_ oldAddress: UInt64, oldLength: Int, newLength: Int, flags: MremapFlags = [],
                        newAddress: UInt64 = 0) throws(HostMMError) -> UInt64 {
-        guard MremapFlags.all.isSuperset(of: flags),
-              !flags.contains(.fixed) || flags.contains(.mayMove),
-              !flags.contains(.dontUnmap) || (flags.contains(.mayMove) && oldLength == newLength),
-              oldAddress.isPageAligned, oldLength >= 0, newLength > 0,
-              newLength <= Int(PageTable.addressLimit), oldLength <= Int(PageTable.addressLimit) else { throw .invalidArgument }
+        try Self.checkMremapArguments(oldAddress, oldLength, newLength, flags)
         let oldLen = (UInt64(oldLength) + pageOffsetMask) & ~pageOffsetMask
         let newLen = (UInt64(newLength) + pageOffsetMask) & ~pageOffsetMask
         return try mmapLock.withWriteLock { () throws(HostMMError) -> UInt64 in
@@ -69,26 +65,55 @@ extension AddressSpace {
         }
     }
 
+    /// The argument checks at the top of `mremap` (`EINVAL` before any lookup).
+    private static func checkMremapArguments(_ oldAddress: UInt64, _ oldLength: Int, _ newLength: Int,
+                                             _ flags: MremapFlags) throws(HostMMError) {
+        guard MremapFlags.all.isSuperset(of: flags) else {
+            throw .invalidArgument(reason: "unknown flags \(UInt64(flags.subtracting(.all).rawValue).hex)")
+        }
+        guard !flags.contains(.fixed) || flags.contains(.mayMove) else {
+            throw .invalidArgument(reason: "MREMAP_FIXED without MREMAP_MAYMOVE")
+        }
+        guard !flags.contains(.dontUnmap) || flags.contains(.mayMove) else {
+            throw .invalidArgument(reason: "MREMAP_DONTUNMAP without MREMAP_MAYMOVE")
+        }
+        guard !flags.contains(.dontUnmap) || oldLength == newLength else {
+            throw .invalidArgument(reason: "MREMAP_DONTUNMAP with newLength \(newLength) != oldLength \(oldLength)")
+        }
+        guard oldAddress.isPageAligned else { throw .invalidArgument(reason: "oldAddress \(oldAddress.hex) is not page-aligned") }
+        guard oldLength >= 0 else { throw .invalidArgument(reason: "negative oldLength \(oldLength)") }
+        guard newLength > 0 else { throw .invalidArgument(reason: "newLength \(newLength) is not positive") }
+        guard newLength <= Int(PageTable.addressLimit), oldLength <= Int(PageTable.addressLimit) else {
+            throw .invalidArgument(reason: "length \(max(oldLength, newLength)) exceeds the address space (\(PageTable.addressLimit.hex))")
+        }
+    }
+
     /// `resize_is_valid` and the `MREMAP_DONTUNMAP` checks of `do_mremap`.
     private func checkResize(_ vma: VMA, _ addr: UInt64, _ oldLen: UInt64, _ newLen: UInt64,
                              _ flags: MremapFlags) throws(HostMMError) {
         if oldLen == 0 {
             // Duplicating a mapping: only shared ones may, and that is not modelled.
-            throw vma.flags.contains(.shared) ? .notSupported : .invalidArgument
+            throw vma.flags.contains(.shared) ? .notSupported
+                : .invalidArgument(reason: "oldLength 0 (duplicate) of private \(vma): only shared mappings may be duplicated")
         }
-        if vma.flags.contains(.hugetlb) { throw .invalidArgument }
+        if vma.flags.contains(.hugetlb) { throw .invalidArgument(reason: "\(vma) is hugetlb") }
         guard oldLen <= vma.end - addr else { throw .fault }
-        if flags.contains(.dontUnmap) && !vma.flags.isDisjoint(with: [.dontExpand, .pfnMap]) { throw .invalidArgument }
+        if flags.contains(.dontUnmap) && !vma.flags.isDisjoint(with: [.dontExpand, .pfnMap]) {
+            throw .invalidArgument(reason: "MREMAP_DONTUNMAP on VM_DONTEXPAND/VM_PFNMAP \(vma)")
+        }
         if newLen > oldLen && !vma.flags.isDisjoint(with: [.dontExpand, .pfnMap]) { throw .fault }
     }
 
     /// `mremap_to`'s checks of a fixed destination.
     private func checkFixedTarget(_ old: UInt64, _ oldLen: UInt64, _ new: UInt64, _ newLen: UInt64) throws(HostMMError) {
-        guard new.isPageAligned, newLen <= PageTable.addressLimit, new <= PageTable.addressLimit - newLen else {
-            throw .invalidArgument
+        guard new.isPageAligned else { throw .invalidArgument(reason: "newAddress \(new.hex) is not page-aligned") }
+        guard newLen <= PageTable.addressLimit, new <= PageTable.addressLimit - newLen else {
+            throw .invalidArgument(reason: "target \(new.hex) + \(newLen) bytes is past the address space (\(PageTable.addressLimit.hex))")
         }
         // The ranges must not overlap.
-        guard new + newLen <= old || old + oldLen <= new else { throw .invalidArgument }
+        guard new + newLen <= old || old + oldLen <= new else {
+            throw .invalidArgument(reason: "target \(new.hex)..<\((new + newLen).hex) overlaps the source \(old.hex)..<\((old + oldLen).hex)")
+        }
     }
 
     /// Extends `vma` when the old range ends it and the room after it is free.

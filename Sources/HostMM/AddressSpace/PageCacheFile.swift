@@ -72,11 +72,17 @@ public final class PageCacheFile: @unchecked Sendable {
         }
     }
 
+    /// The EINVAL of a read or write of `count` bytes at `offset` that leaves the file.
+    private func outsideFile(_ offset: Int, _ count: Int) -> HostMMError {
+        .invalidArgument(reason: offset < 0 ? "negative offset \(offset)" : count < 0 ? "negative count \(count)"
+                         : "\(count) bytes at offset \(offset) leave the file's \(pageCount * pageSize) bytes")
+    }
+
     /// Writes into the file through its page cache (`write(2)`).
     /// - Throws: `.invalidArgument` for a range outside the file (or past `Int.max`).
     public func write(offset: Int, _ bytes: [UInt8]) throws(HostMMError) {
         guard offset >= 0, offset <= pageCount * pageSize, bytes.count <= pageCount * pageSize - offset else {
-            throw .invalidArgument
+            throw outsideFile(offset, bytes.count)
         }
         var done = 0
         while done < bytes.count {
@@ -94,7 +100,7 @@ public final class PageCacheFile: @unchecked Sendable {
     /// - Throws: `.invalidArgument` for a range outside the file (or past `Int.max`).
     public func read(offset: Int, count: Int) throws(HostMMError) -> [UInt8] {
         guard offset >= 0, count >= 0, offset <= pageCount * pageSize, count <= pageCount * pageSize - offset else {
-            throw .invalidArgument
+            throw outsideFile(offset, count)
         }
         var out = [UInt8](repeating: 0, count: count)
         var done = 0

@@ -9,12 +9,19 @@ extension AddressSpace {
     ///   `.pfnMap` VMA, `address` is aligned, and every frame is RAM or device-coherent
     ///   (CPU-reachable); `.busy` if an entry is already populated.
     public func remapPFNRange(_ address: UInt64, pfn: PFN, count: Int) throws(HostMMError) {
-        guard address.isPageAligned, count > 0, address < PageTable.addressLimit,
-              UInt64(count) <= (PageTable.addressLimit - address) >> pageShift else { throw .invalidArgument }
+        guard address.isPageAligned else { throw .invalidArgument(reason: "address \(address.hex) is not page-aligned") }
+        guard count > 0 else { throw .invalidArgument(reason: "page count \(count) is not positive") }
+        guard address < PageTable.addressLimit, UInt64(count) <= (PageTable.addressLimit - address) >> pageShift else {
+            throw .invalidArgument(reason: "\(count) pages at \(address.hex) are past the address space (\(PageTable.addressLimit.hex))")
+        }
         let end = address + UInt64(count) << pageShift
         try mmapLock.withWriteLock { () throws(HostMMError) in
-            guard let vma = findVMA(address), vma.flags.contains(.pfnMap), end <= vma.end else { throw .invalidArgument }
-            for k in 0..<count where memory.bytes(pfn + k) == nil { throw .invalidArgument }
+            guard let vma = findVMA(address) else { throw .invalidArgument(reason: "no VMA contains \(address.hex)") }
+            guard vma.flags.contains(.pfnMap) else { throw .invalidArgument(reason: "\(vma) is not VM_PFNMAP") }
+            guard end <= vma.end else { throw .invalidArgument(reason: "end \(end.hex) is past the VMA's end \(vma.end.hex)") }
+            for k in 0..<count where memory.bytes(pfn + k) == nil {
+                throw .invalidArgument(reason: "\(pfn + k) is not CPU-reachable (neither RAM nor device-coherent)")
+            }
             var busy = false
             forEachLeaf(address, end, create: true) { leaf, i, _ in if !leaf[i].isNone { busy = true } }
             guard !busy else { throw .busy }

@@ -26,15 +26,48 @@ extension AddressSpace {
     }
 
     /// Reads `count` bytes at `address`.
+    ///
+    /// The array grows with what is mapped, so a `count` past the mapping throws the
+    /// `.segmentationFault` of the first unmapped address (after faulting in the pages
+    /// before it, as one `read(at:into:)` would), rather than trapping on an allocation
+    /// of `count` bytes.
     public func read(at address: UInt64, count: Int) throws(HostMMError) -> [UInt8] {
-        guard count >= 0 else { throw .invalidArgument }
-        var out = [UInt8](repeating: 0, count: count)
+        guard count >= 0 else { throw .invalidArgument(reason: "negative count \(count)") }
+        var out = [UInt8](repeating: 0, count: mappedLength(at: address, upTo: count))
         var failure: HostMMError?
         out.withUnsafeMutableBytes { b in
             do throws(HostMMError) { try read(at: address, into: b) } catch { failure = error }
         }
         if let failure { throw failure }
+        while out.count < count {
+            // Unmapped at `at` when measured: a load faults there, unless a racing mmap filled it.
+            let at = address &+ UInt64(out.count)
+            let start = out.count
+            let n = max(mappedLength(at: at, upTo: count - start), 1)
+            out.append(contentsOf: repeatElement(0, count: n))
+            out.withUnsafeMutableBytes { b in
+                do throws(HostMMError) {
+                    try read(at: at, into: UnsafeMutableRawBufferPointer(rebasing: b[start ..< start + n]))
+                } catch { failure = error }
+            }
+            if let failure { throw failure }
+        }
         return out
+    }
+
+    /// How many bytes from `address`, at most `limit`, lie in VMAs with no gap between
+    /// them: how far an access can go before it meets an unmapped address (protections
+    /// are not looked at). 0 when `address` is not mapped. Takes the mmap lock for read;
+    /// the answer may be stale once it returns. Use it to size a buffer before a read.
+    public func mappedLength(at address: UInt64, upTo limit: Int) -> Int {
+        guard limit > 0 else { return 0 }
+        return mmapLock.withReadLock { () -> Int in
+            var covered: UInt64 = 0
+            while covered < UInt64(limit), let vma = findVMA(address &+ covered), address &+ covered >= address {
+                covered = vma.end - address
+            }
+            return Int(min(covered, UInt64(limit)))
+        }
     }
 
     /// Writes `bytes` at `address`.
@@ -56,7 +89,7 @@ extension AddressSpace {
     /// runs with the page-table lock held and a usable entry.
     func access(_ address: UInt64, _ length: Int, write: Bool,
                 _ body: (UnsafeMutableRawPointer, Int, Int, Int) -> Void) throws(HostMMError) {
-        guard length >= 0 else { throw .invalidArgument }
+        guard length >= 0 else { throw .invalidArgument(reason: "negative length \(length)") }
         guard length > 0 else { return }
         try mmapLock.withReadLock { () throws(HostMMError) in
             var done = 0

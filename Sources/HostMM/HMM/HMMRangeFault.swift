@@ -14,8 +14,14 @@
 ///   read-only VMA; `.invalidArgument` for an unaligned/empty range or a short buffer;
 ///   `.mmapLockNotHeld`; `.fault` when the notifier's address space no longer exists.
 public func hmmRangeFault(_ range: inout HMMRange) throws(HostMMError) {
-    guard range.start.isPageAligned, range.end.isPageAligned, range.start < range.end,
-          range.hmmPFNs.count >= Int((range.end - range.start) >> pageShift) else { throw .invalidArgument }
+    guard range.start.isPageAligned else { throw .invalidArgument(reason: "start \(range.start.hex) is not page-aligned") }
+    guard range.end.isPageAligned else { throw .invalidArgument(reason: "end \(range.end.hex) is not page-aligned") }
+    guard range.start < range.end else {
+        throw .invalidArgument(reason: "empty range: end \(range.end.hex) is not above start \(range.start.hex)")
+    }
+    guard range.hmmPFNs.count >= Int((range.end - range.start) >> pageShift) else {
+        throw .invalidArgument(reason: "hmmPFNs has \(range.hmmPFNs.count) entries for \(Int((range.end - range.start) >> pageShift)) pages")
+    }
     guard let mm = range.notifier.mm else { throw .fault }
     guard mm.mmapLock.isLocked else { throw .mmapLockNotHeld }
     var walker = HMMWalker(mm: mm, last: range.start)

@@ -33,11 +33,23 @@ extension PhysicalMemory {
     /// `folio_unlock()`: releases the lock and wakes sleepers if `PG_waiters` is set.
     /// Unlocking a page that is not locked is counted in `diagnostics` (and reported with
     /// `fileID`/`line` in checked mode).
+    ///
+    /// The waker clears `PG_waiters` under the queue's mutex before the wake, as
+    /// `folio_wake_bit` does once no waiter of the page is left: every sleeper of the
+    /// queue wakes, and each one still waiting sets it again before it checks. Without
+    /// this a sleeper that may not touch the page after its wake (`putPageAndWaitOnUnlocked`)
+    /// left the bit set, and every later unlock of the page took the mutex to wake no one.
     public func unlockPage(_ pfn: PFN, fileID: StaticString = #fileID, line: UInt = #line) {
         guard checked(pfn) else { return }
         let old = meta[Int(pfn.rawValue)].flags.bitwiseAnd(~PageFlags.locked.rawValue, ordering: .sequentiallyConsistent).oldValue
         if old & PageFlags.locked.rawValue == 0 { unlockedUnlocked(pfn, CallSite(fileID: fileID, line: line)) }
-        if old & PageFlags.waiters.rawValue != 0 { queue(pfn).wakeAll() }
+        if old & PageFlags.waiters.rawValue != 0 { wakeWaiters(pfn) }
+    }
+
+    /// The contended half of `unlockPage`: clears `PG_waiters` and wakes the page's queue.
+    @inline(never)
+    private func wakeWaiters(_ pfn: PFN) {
+        queue(pfn).wakeAll(before: { clearFlags(pfn, .waiters) })
     }
 
     /// True while the page lock is held (`folio_test_locked`).

@@ -50,8 +50,17 @@ public final class PhysicalMemory: @unchecked Sendable {
     /// default it follows the `DMEM_CHECKED` environment variable.
     public init(ramBytes: Int = 4 << 30, maxDevicePages: Int = 1 << 24, prefault: Bool = false,
                 checked: CheckedMode = .fromEnvironment) throws(HostMMError) {
-        guard ramBytes >= 2 * pageSize, ramBytes % pageSize == 0, maxDevicePages >= 0,
-              maxDevicePages < Int(UInt32.max) - ramBytes / pageSize else { throw .invalidArgument }
+        guard ramBytes >= 2 * pageSize else {
+            throw .invalidArgument(reason: "ramBytes \(ramBytes) is less than 2 pages (\(2 * pageSize))")
+        }
+        guard ramBytes % pageSize == 0 else {
+            throw .invalidArgument(reason: "ramBytes \(ramBytes) is not a multiple of the page size \(pageSize)")
+        }
+        guard maxDevicePages >= 0 else { throw .invalidArgument(reason: "negative maxDevicePages \(maxDevicePages)") }
+        guard maxDevicePages < Int(UInt32.max) - ramBytes / pageSize else {
+            throw .invalidArgument(reason: "\(ramBytes / pageSize) RAM pages + maxDevicePages \(maxDevicePages) "
+                                   + "do not fit 32-bit PFNs (< \(UInt32.max))")
+        }
         ramPageCount = ramBytes / pageSize
         byteCount = ramBytes
         maxPFN = ramPageCount + maxDevicePages

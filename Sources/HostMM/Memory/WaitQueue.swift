@@ -66,9 +66,11 @@ final class WaitQueue: @unchecked Sendable {
         pthread_mutex_unlock(mutex)
     }
 
-    /// Wakes every sleeper (`wake_up_all`).
-    func wakeAll() {
+    /// Wakes every sleeper (`wake_up_all`); `before` runs under the mutex first (e.g. to
+    /// clear `PG_waiters`: every sleeper is woken, and those still waiting set it again).
+    func wakeAll(before: () -> Void = {}) {
         pthread_mutex_lock(mutex)
+        before()
         pthread_cond_broadcast(cond)
         pthread_mutex_unlock(mutex)
     }

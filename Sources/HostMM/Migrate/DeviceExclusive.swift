@@ -25,7 +25,7 @@ extension AddressSpace {
     ///   page lock (16 times); `.mmapLockNotHeld`. A fault that makes no progress (another
     ///   fault holds the page) is retried until it does, as GUP retries.
     public func makeDeviceExclusive(_ address: UInt64, owner: PgmapOwner? = nil) throws(HostMMError) -> PFN {
-        guard address.isPageAligned else { throw .invalidArgument }
+        guard address.isPageAligned else { throw .invalidArgument(reason: "address \(address.hex) is not page-aligned") }
         guard mmapLock.isLocked else { throw .mmapLockNotHeld }
         // check_vma_flags for a write GUP.
         guard let vma = findVMA(address), vma.flags.contains(.write),

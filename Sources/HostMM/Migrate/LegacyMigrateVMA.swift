@@ -33,10 +33,13 @@ public func migrateVMA(ops: (any MigrateVMAOps)?, vma: VMA?, start: UInt64, end:
                        fileID: StaticString = #fileID, line: UInt = #line) throws(HostMMError) {
     let start = start.pageAlignedDown
     let end = end.pageAlignedDown
-    guard let vma, vma.flags.isDisjoint(with: VMAFlags.special.union([.hugetlb, .dax])) else { throw .invalidArgument }
-    guard start >= vma.start, start < vma.end else { throw .invalidArgument }
-    guard end > vma.start, end <= vma.end else { throw .invalidArgument }
-    guard let ops, src.baseAddress != nil, dst.baseAddress != nil, start < end else { throw .invalidArgument }
+    guard let vma else { throw .invalidArgument(reason: "no VMA (vma is nil)") }
+    try vma.checkMigratable()
+    try vma.checkHolds(start: start, end: end)
+    guard let ops else { throw .invalidArgument(reason: "no ops (ops is nil)") }
+    guard src.baseAddress != nil else { throw .invalidArgument(reason: "src array is missing (no base address)") }
+    guard dst.baseAddress != nil else { throw .invalidArgument(reason: "dst array is missing (no base address)") }
+    guard start < end else { throw .invalidArgument(reason: "end \(end.hex) is not above start \(start.hex)") }
 
     var flags: MigrateVMA.Flags = .selectSystem
     if pgmapOwner != nil { flags.insert(.selectDevicePrivate) }

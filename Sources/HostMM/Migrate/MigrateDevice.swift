@@ -13,8 +13,10 @@ extension PhysicalMemory {
     ///   `.protocolViolation` when `src` still holds a migration never finalized.
     public func migrateDeviceRange(_ src: UnsafeMutableBufferPointer<MigratePFN>, start: PFN, npages: Int,
                                    fileID: StaticString = #fileID, line: UInt = #line) throws(HostMMError) {
-        guard npages > 0, src.count >= npages, isValid(start), isValid(start + (npages - 1)) else {
-            throw .invalidArgument
+        guard npages > 0 else { throw .invalidArgument(reason: "npages \(npages) is not positive") }
+        guard src.count >= npages else { throw .invalidArgument(reason: "src has \(src.count) entries for \(npages) pages") }
+        guard isValid(start), isValid(start + (npages - 1)) else {
+            throw .invalidArgument(reason: "PFNs \(start)...\(start + (npages - 1)) are not all RAM or a registered pgmap")
         }
         if let checker { try checker.willSetup(self, src, nil, count: npages, site: CallSite(fileID: fileID, line: line)) }
         for i in 0..<npages {

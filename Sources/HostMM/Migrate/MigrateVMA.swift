@@ -84,20 +84,29 @@ public struct MigrateVMA {
 /// `fileID`/`line` name the driver's call in checked mode's reports.
 public func migrateVMASetup(_ args: inout MigrateVMA, fileID: StaticString = #fileID, line: UInt = #line) throws(HostMMError) {
     let nrPages = Int64(bitPattern: args.end &- args.start) >> Int64(pageShift)
+    let (asked, askedEnd) = (args.start, args.end)
     args.start = args.start.pageAlignedDown
     args.end = args.end.pageAlignedDown
-    guard let vma = args.vma, vma.flags.isDisjoint(with: VMAFlags.special.union([.hugetlb, .dax])) else {
-        throw .invalidArgument
+    guard let vma = args.vma else { throw .invalidArgument(reason: "no VMA (args.vma is nil)") }
+    try vma.checkMigratable()
+    guard nrPages > 0 else {
+        throw .invalidArgument(reason: askedEnd < asked ? "end \(askedEnd.hex) is before start \(asked.hex)"
+                               : "range \(asked.hex)..<\(askedEnd.hex) is shorter than a page")
     }
-    guard nrPages > 0 else { throw .invalidArgument }
-    guard args.start >= vma.start, args.start < vma.end else { throw .invalidArgument }
-    guard args.end > vma.start, args.end <= vma.end else { throw .invalidArgument }
-    guard args.src.baseAddress != nil, args.dst.baseAddress != nil else { throw .invalidArgument }
-    guard let mm = vma.mm else { throw .invalidArgument }
-    if let fault = args.faultPage, !mm.memory.isDevicePrivate(fault) { throw .invalidArgument }
+    try vma.checkHolds(start: args.start, end: args.end)
+    guard args.src.baseAddress != nil else { throw .invalidArgument(reason: "src array is missing (no base address)") }
+    guard args.dst.baseAddress != nil else { throw .invalidArgument(reason: "dst array is missing (no base address)") }
+    guard let mm = vma.mm else { throw .invalidArgument(reason: "\(vma)'s address space is gone") }
+    if let fault = args.faultPage, !mm.memory.isDevicePrivate(fault) {
+        throw .invalidArgument(reason: "faultPage \(fault) is not a device-private page")
+    }
     let count = Int((args.end - args.start) >> pageShift)
-    guard vma.isAttached, MigrateVMA.Flags.all.isSuperset(of: args.flags),
-          args.src.count >= count, args.dst.count >= count else { throw .invalidArgument }
+    guard vma.isAttached else { throw .invalidArgument(reason: "\(vma) is detached (unmapped)") }
+    guard MigrateVMA.Flags.all.isSuperset(of: args.flags) else {
+        throw .invalidArgument(reason: "unknown flags \(UInt64(args.flags.subtracting(.all).rawValue).hex)")
+    }
+    guard args.src.count >= count else { throw .invalidArgument(reason: "src has \(args.src.count) entries for \(count) pages") }
+    guard args.dst.count >= count else { throw .invalidArgument(reason: "dst has \(args.dst.count) entries for \(count) pages") }
     guard mm.mmapLock.isLocked else { throw .mmapLockNotHeld }
     if let checker = mm.memory.checker {
         try checker.willSetup(mm.memory, args.src, args.dst, count: count, site: CallSite(fileID: fileID, line: line))
@@ -134,7 +143,7 @@ public func migrateVMASetup(_ args: inout MigrateVMA, fileID: StaticString = #fi
 ///   finalize would map destinations whose `struct page` state never moved). Here
 ///   finalize also keeps every such source by itself.
 public func migrateVMAPages(_ args: inout MigrateVMA, fileID: StaticString = #fileID, line: UInt = #line) throws(HostMMError) {
-    guard let vma = args.vma else { throw .invalidArgument }
+    guard let vma = args.vma else { throw .invalidArgument(reason: "args were not set up (args.vma is nil)") }
     var n = args.npages
     if let checker = vma.memory.checker {
         let plan = try checker.willRunPages(vma.memory, args.src, args.dst, npages: n, exact: true,
@@ -173,14 +182,47 @@ public func migrateVMAFinalize(_ args: inout MigrateVMA, fileID: StaticString = 
     vma.memory.migrateDeviceFinalizeCore(args.src, args.dst, n, site: CallSite(fileID: fileID, line: line))
 }
 
+extension VMA {
+    /// Refuses a VMA migration cannot use: hugetlb, DAX or `VM_SPECIAL` (`migrate_vma_setup`).
+    func checkMigratable() throws(HostMMError) {
+        let refused = flags.intersection(VMAFlags.special.union([.hugetlb, .dax]))
+        guard refused.isEmpty else {
+            let names: [(VMAFlags, String)] = [(.hugetlb, "VM_HUGETLB"), (.dax, "DAX"), (.io, "VM_IO"), (.pfnMap, "VM_PFNMAP"),
+                                               (.mixedMap, "VM_MIXEDMAP"), (.dontExpand, "VM_DONTEXPAND")]
+            let named = names.filter { refused.contains($0.0) }.map(\.1).joined(separator: "|")
+            throw .invalidArgument(reason: "\(self) is \(named): migration refuses hugetlb, DAX and VM_SPECIAL VMAs")
+        }
+    }
+
+    /// Refuses a migration range whose start or end lies outside this VMA (`migrate_vma_setup`).
+    func checkHolds(start: UInt64, end: UInt64) throws(HostMMError) {
+        guard start >= self.start, start < self.end else {
+            throw .invalidArgument(reason: start < self.start ? "start \(start.hex) is before the VMA's start \(self.start.hex)"
+                                   : "start \(start.hex) is not below the VMA's end \(self.end.hex)")
+        }
+        guard end > self.start, end <= self.end else {
+            throw .invalidArgument(reason: end > self.end ? "end \(end.hex) is past the VMA's end \(self.end.hex)"
+                                   : "end \(end.hex) is not above the VMA's start \(self.start.hex)")
+        }
+    }
+}
+
 extension PhysicalMemory {
+    /// The EINVAL of a `dst` entry the pages step cannot take; which rule it breaks.
+    func badDestination(_ i: Int, _ page: PFN) -> HostMMError {
+        let what = !isValid(page) ? "is not a known PFN" : !isPageLocked(page) ? "is not locked" : "is free (refcount 0)"
+        return .invalidArgument(reason: "dst[\(i)] \(page) \(what)")
+    }
+
     /// Rejects destination arrays the pages step could not process safely.
     func validateDestinations(_ src: UnsafeMutableBufferPointer<MigratePFN>,
                               _ dst: UnsafeMutableBufferPointer<MigratePFN>, _ npages: Int) throws(HostMMError) {
-        guard npages >= 0, src.count >= npages, dst.count >= npages else { throw .invalidArgument }
+        guard npages >= 0 else { throw .invalidArgument(reason: "npages \(npages) is negative") }
+        guard src.count >= npages else { throw .invalidArgument(reason: "src has \(src.count) entries for \(npages) pages") }
+        guard dst.count >= npages else { throw .invalidArgument(reason: "dst has \(dst.count) entries for \(npages) pages") }
         for i in 0..<npages {
             guard let page = dst[i].page else { continue }
-            guard isValid(page), isPageLocked(page), refcount(page) > 0 else { throw .invalidArgument }
+            guard isValid(page), isPageLocked(page), refcount(page) > 0 else { throw badDestination(i, page) }
         }
     }
 }

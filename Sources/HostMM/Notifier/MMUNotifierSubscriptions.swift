@@ -24,7 +24,8 @@ public final class MMUNotifierSubscriptions: @unchecked Sendable {
     /// (`mmu_interval_notifier_insert`).
     /// - Throws: `.invalidArgument` for an empty or overflowing range.
     public func insert(start: UInt64, length: UInt64, ops: any MMUIntervalNotifierOps) throws(HostMMError) -> MMUIntervalNotifier {
-        guard length > 0, start <= UInt64.max - length else { throw .invalidArgument }
+        guard length > 0 else { throw .invalidArgument(reason: "empty range: length 0 at \(start.hex)") }
+        guard start <= UInt64.max - length else { throw .invalidArgument(reason: "\(length) bytes at \(start.hex) wrap around") }
         return lock.withLock {
             // No invalidation running: an odd seq different from the mm's (never "busy").
             // Any invalidation running, even one that hit no interval (it may be tearing

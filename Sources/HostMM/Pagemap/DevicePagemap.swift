@@ -118,8 +118,11 @@ extension PhysicalMemory {
     public func registerPagemap(type: MemoryType, pageCount: Int, owner: PgmapOwner,
                                 ops: any DevicePagemapOps,
                                 coherentBytes: UnsafeMutableRawPointer? = nil) throws(HostMMError) -> DevicePagemap {
-        guard pageCount > 0 else { throw .invalidArgument }
-        guard (type == .deviceCoherent) == (coherentBytes != nil) else { throw .invalidArgument }
+        guard pageCount > 0 else { throw .invalidArgument(reason: "pageCount \(pageCount) is not positive") }
+        guard (type == .deviceCoherent) == (coherentBytes != nil) else {
+            throw .invalidArgument(reason: type == .deviceCoherent ? "a device-coherent pgmap needs coherentBytes"
+                                   : "a device-private pgmap must not pass coherentBytes")
+        }
         let pgmap = try pagemaps.register(pageCount: pageCount) { first, slot in
             DevicePagemap(type: type, firstPFN: first, pageCount: pageCount, owner: owner,
                           ops: ops, coherentBytes: coherentBytes, slot: slot)
@@ -138,7 +141,9 @@ extension PhysicalMemory {
     ///   is reported as `devicePageLeaked`); `.invalidArgument` for a pgmap that is not
     ///   registered (already unregistered, or registered with another memory).
     public func unregisterPagemap(_ pgmap: DevicePagemap, fileID: StaticString = #fileID, line: UInt = #line) throws(HostMMError) {
-        guard pagemap(of: pgmap.firstPFN) === pgmap else { throw .invalidArgument }
+        guard pagemap(of: pgmap.firstPFN) === pgmap else {
+            throw .invalidArgument(reason: "the pgmap at \(pgmap.firstPFN) is not registered with this memory")
+        }
         if pgmap.pfns.contains(where: { refcount($0) != 0 }) {
             checker?.reportLeaks(self, pgmap, site: CallSite(fileID: fileID, line: line))
             throw .busy
@@ -156,7 +161,7 @@ extension PhysicalMemory {
     /// page has nothing to move and lets go (it must not undo the evictor's reference).
     /// - Throws: `.invalidArgument` for a non-device PFN, `.busy` if the page is in use.
     public func zoneDevicePageInit(_ pfn: PFN) throws(HostMMError) {
-        guard pfn.rawValue < pfnLimit, isZoneDevice(pfn) else { throw .invalidArgument }
+        guard pfn.rawValue < pfnLimit, isZoneDevice(pfn) else { throw .invalidArgument(reason: "\(pfn) is not a device page") }
         let (exchanged, _) = meta[Int(pfn.rawValue)].refcount.compareExchange(
             expected: 0, desired: 1, ordering: .acquiringAndReleasing)
         guard exchanged else { throw .busy }

@@ -31,7 +31,8 @@ extension AddressSpace {
 
     private func grabPages(_ address: UInt64, _ count: Int, write: Bool, references: Int32,
                            longterm: Bool = false) throws(HostMMError) -> [PFN] {
-        guard address.isPageAligned, count > 0 else { throw .invalidArgument }
+        guard address.isPageAligned else { throw .invalidArgument(reason: "address \(address.hex) is not page-aligned") }
+        guard count > 0 else { throw .invalidArgument(reason: "page count \(count) is not positive") }
         var pages: [PFN] = []
         do throws(HostMMError) {
             for i in 0..<count {
