@@ -62,4 +62,6 @@ func raceShutDown(_ w: RaceWorld) {
     w.gpu.unbind(w.mm)
     w.mm.exit()
     try? w.gpu.shutdown()
+    w.mirror?.close()
+    w.dmirror?.shutdown()
 }

@@ -51,4 +51,28 @@ import Testing
         #expect(rig.patternMismatches().isEmpty)
         rig.teardown("shutdown at cpuFaultEnd")
     }
+
+    /// EXCLUSIVE while a CPU fault was bringing the same device page back (held at
+    /// `cpuFaultBegin`: the fault holds the page): `make_device_exclusive`'s GUP loop saw
+    /// its own fault make no progress 16 times and gave up with `EBUSY`. GUP retries for as
+    /// long as `faultin_page` returns 0 (`do_swap_page`'s trylock failing), so the command
+    /// waits for the fault and takes the page (found by `dmem-bench race --driver mirror
+    /// --flow mirror-cpu-fault --action exclusive`).
+    @Test func exclusiveWaitsForACPUFaultOnTheSamePage() throws {
+        let rig = try MirrorRaceRig()
+        _ = try rig.fd0.migrateToDevice(rig.a, npages: MirrorRaceRig.pages)
+        let hot = rig.address(MirrorRaceRig.hot)
+        let result = NIOLockedValueBox<Result<MirrorResult, MirrorError>?>(nil)
+        try rig.probe.arm(at: .init(.cpuFaultBegin, direction: .toRAM), hold: .milliseconds(20)) {
+            let r: Result<MirrorResult, MirrorError>
+            do throws(MirrorError) { r = .success(try rig.fd1.makeExclusive(hot, npages: 1)) } catch { r = .failure(error) }
+            result.withLockedValue { $0 = r }
+        }
+        #expect(rig.cpuPage(MirrorRaceRig.hot) == rig.pattern.page(MirrorRaceRig.hot))
+        #expect(rig.probe.waitForAction())
+        #expect(result.withLockedValue { $0 } == .success(MirrorResult(cpages: 1, faults: 0)))
+        #expect(rig.fd1.entry(at: hot)?.tag == .atomic)
+        #expect(rig.patternMismatches().isEmpty)
+        rig.teardown("exclusive at cpuFaultBegin")
+    }
 }

@@ -29,6 +29,18 @@ enum RaceAction: String, CaseIterable, Sendable {
     case suspendResume = "suspend-resume"
     case evictAll = "evict-all"
     case shutdown
+    /// `HMM_DMIRROR_EXCLUSIVE` of the target page (`--driver mirror` only).
+    case exclusive
+
+    /// Whether the action exists on `driver`: dmirror has no GPU atomics and no suspend;
+    /// only dmirror has the EXCLUSIVE command.
+    func applies(to driver: RaceConfiguration.Driver) -> Bool {
+        switch self {
+        case .gpuAtomic, .suspendResume: return driver == .nouveau
+        case .exclusive: return driver == .mirror
+        default: return true
+        }
+    }
 
     /// The column header of the matrix table.
     var short: String {
@@ -56,6 +68,7 @@ enum RaceAction: String, CaseIterable, Sendable {
         case .suspendResume: return "suspend"
         case .evictAll: return "evict"
         case .shutdown: return "teardown"
+        case .exclusive: return "excl"
         }
     }
 
@@ -65,8 +78,8 @@ enum RaceAction: String, CaseIterable, Sendable {
         case .none: return "nothing (the flow alone, held at the step)"
         case .cpuRead: return "CPU read of the target page"
         case .cpuWrite: return "CPU store of a marker page to the target page"
-        case .gpuRead: return "GPU read of the target page (binding the process's GPU view if needed)"
-        case .gpuWrite: return "GPU store of the marker page to the target page"
+        case .gpuRead: return "GPU read of the target page (binding the process's GPU view if needed; mirror: READ)"
+        case .gpuWrite: return "GPU store of the marker page to the target page (mirror: WRITE)"
         case .gpuAtomic: return "GPU fetch-add of 1 to the target page's first word"
         case .munmap: return "munmap of the target page"
         case .dontNeed: return "MADV_DONTNEED of the target page (it reads zeros after)"
@@ -78,13 +91,14 @@ enum RaceAction: String, CaseIterable, Sendable {
         case .pin: return "long-term pin of the target (FOLL_LONGTERM; unpinned after the checks)"
         case .mremap: return "mremap of the range to a new address (MREMAP_MAYMOVE|MREMAP_FIXED)"
         case .mremapDontUnmap: return "mremap with MREMAP_DONTUNMAP: the old range stays mapped, empty (zeros)"
-        case .migrateToDevice: return "migrateToDevice of the same range, concurrently"
+        case .migrateToDevice: return "migrateToDevice of the same range, concurrently (mirror: MIGRATE_TO_DEV)"
         case .otherDevice: return "a second device (another pgmap owner) migrates the range: only system pages, never the first device's"
-        case .migrateToRAM: return "migrateRangeToRAM of the target page"
-        case .unbind: return "unbind of the GPU view (bound first if the flow had none)"
+        case .migrateToRAM: return "migrateRangeToRAM of the target page (mirror: MIGRATE_TO_SYS)"
+        case .unbind: return "unbind of the GPU view (bound first if the flow had none; mirror: close of the open)"
         case .suspendResume: return "device suspend (evicts all VRAM), then resume"
-        case .evictAll: return "eviction of every VRAM page (evictAll)"
-        case .shutdown: return "device teardown (evicts every page, unbinds every view; nouveau_dmem_fini)"
+        case .evictAll: return "eviction of every VRAM page (evictAll; mirror: RELEASE)"
+        case .shutdown: return "device teardown (evicts every page, unbinds every view; nouveau_dmem_fini; mirror: shutdown())"
+        case .exclusive: return "mirror only: EXCLUSIVE of the target page (make_device_exclusive), read back"
         }
     }
 
@@ -100,8 +114,19 @@ enum RaceAction: String, CaseIterable, Sendable {
         }
     }
 
+    /// The actions that are the same whatever the driver: the process's own system calls,
+    /// and the second (nouveau-style) device's migration.
+    var actsOnTheProcess: Bool {
+        switch self {
+        case .none, .cpuRead, .cpuWrite, .munmap, .dontNeed, .free, .mprotect, .fork, .cowWrite, .cowWriteChild, .pin,
+             .mremap, .mremapDontUnmap, .otherDevice: return true
+        default: return false
+        }
+    }
+
     /// Runs the action against `w`.
     func perform(_ w: RaceWorld) -> RaceActionResult {
+        if w.mirror != nil && !actsOnTheProcess { return performOnMirror(w) }
         let t = w.address(w.target)
         do {
             switch self {
@@ -136,6 +161,7 @@ enum RaceAction: String, CaseIterable, Sendable {
                 try w.gpu.suspend()
             case .evictAll: w.gpu.evictAll()
             case .shutdown: try w.gpu.shutdown()
+            case .exclusive: throw RaceFailure("exclusive is an action of --driver mirror")
             }
             return .done
         } catch {

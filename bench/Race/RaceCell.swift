@@ -95,7 +95,7 @@ func raceDryRun(_ flow: RaceFlow, _ o: RaceOptions) throws -> (steps: [RaceStep]
     var problems: [String] = []
     do { try flow.prepare(w) } catch { problems.append("preparing the flow: \(error)") }
     w.recorder.reset()
-    let inVRAM = w.gpu.vram.inUsePageCount
+    let inVRAM = w.vramInUse
     w.squeezeRAM()
     let result = flow.run(w)
     w.releaseRAM()
@@ -105,8 +105,8 @@ func raceDryRun(_ flow: RaceFlow, _ o: RaceOptions) throws -> (steps: [RaceStep]
         // The configuration makes the flow a plain access (coherent VRAM read in place by
         // the CPU): nothing may migrate, and no step may be reported.
         if !steps.isEmpty { problems.append("\(flow.rawValue) reported steps \(steps), expected none in this configuration") }
-        if w.gpu.vram.inUsePageCount != inVRAM {
-            problems.append("\(flow.rawValue) moved pages out of VRAM (\(inVRAM) → \(w.gpu.vram.inUsePageCount) in use)")
+        if w.vramInUse != inVRAM {
+            problems.append("\(flow.rawValue) moved pages out of VRAM (\(inVRAM) → \(w.vramInUse) in use)")
         }
     }
     var check = RaceCheck(world: w, flow: flow, action: .none)

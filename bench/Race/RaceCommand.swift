@@ -32,7 +32,7 @@ struct RaceCommand: ParsableCommand {
             run reported at least N times.
 
             Flows:
-            \(Self.flows.map { HelpText.term($0.0, $0.1, column: 18) }.joined(separator: "\n"))
+            \(Self.flows.map { HelpText.term($0.0, $0.1, column: 20) }.joined(separator: "\n"))
             Actions:
             \(RaceAction.allCases.map { HelpText.term($0.rawValue, $0.help, column: 21) }.joined(separator: "\n"))
 
@@ -56,6 +56,11 @@ struct RaceCommand: ParsableCommand {
             read zeros) and the checks read the new ones; cow-write stores in the parent, cow-write-child in \
             the child, and the other keeps its copy. \
             --hole makes the target page a hole (never written: the shadow model starts it as zeros).
+            --driver mirror runs the mirror-* flows on lib/test_hmm.c's dmirror device instead (one open of \
+            the process; --memory only): the GPU actions become its commands (gpu-read READ, gpu-write WRITE, \
+            migrate-to-device MIGRATE_TO_DEV, migrate-to-ram MIGRATE_TO_SYS, evict-all RELEASE, unbind close of \
+            the open, teardown the device's shutdown, exclusive EXCLUSIVE); gpu-atomic and suspend-resume do not \
+            exist there. The mirror's pages are then read with READ, which reads an entry it kept without a fault.
 
             Examples:
             \(Self.examples.map { HelpText.term($0.0, $0.1, column: 40) }.joined(separator: "\n"))
@@ -72,6 +77,13 @@ struct RaceCommand: ParsableCommand {
         ("gpu-write", "view bound, GPU store of the marker page to the target page (a write fault)"),
         ("migrate-to-ram", "range in VRAM, then migrateRangeToRAM of it (dmirror's MIGRATE_TO_SYS, not a fault)"),
         ("suspend", "range in VRAM, then suspend + resume (the device gate closes, then all VRAM is evicted)"),
+        ("mirror-to-device", "(--driver mirror) MIGRATE_TO_DEV of the range, then its read-back"),
+        ("mirror-cpu-fault", "range migrated by the mirror, then a CPU read of the target (dmirror_devmem_fault)"),
+        ("mirror-to-sys", "range migrated by the mirror, then MIGRATE_TO_SYS of it"),
+        ("mirror-release", "range migrated by the mirror, then RELEASE (evicts the device)"),
+        ("mirror-read", "READ of the target page through the mirror (dmirror_fault: hmm_range_fault)"),
+        ("mirror-write", "WRITE of the marker page to the target page through the mirror (a write fault)"),
+        ("mirror-exclusive", "EXCLUSIVE of the target page (make_device_exclusive), then its read-back"),
     ]
 
     /// The examples of the help text: command, what it does.
@@ -86,6 +98,7 @@ struct RaceCommand: ParsableCommand {
         ("dmem-bench race --memory coherent --gpu-fault map --vram 16", ""),
         ("dmem-bench race --ram 4 --vram 16", "System RAM and VRAM both short"),
         ("dmem-bench race --flow gpu-atomic --gpu-fault map", "atomics on system pages: held at make_device_exclusive"),
+        ("dmem-bench race --driver mirror", "the test_hmm device's commands"),
     ]
 
     @Option(help: "Flows: all, or a comma-separated list of \(RaceFlow.allCases.map(\.rawValue).joined(separator: ", ")).")
@@ -104,6 +117,8 @@ struct RaceCommand: ParsableCommand {
     var hole = false
     @Option(help: "Copy backend: iouring, memcpy or mapped (2 worker threads through the VRAM mapping).")
     var backend = "iouring"
+    @Option(help: "Driver: nouveau (Device, the dmem driver) or mirror (MirrorDevice, test_hmm's dmirror: the mirror-* flows).")
+    var driver = "nouveau"
     @Option(help: "Driver API of migrations to VRAM: 3step (migrate_vma_setup/pages/finalize) or 2017 (migrate_vma callbacks).")
     var api = "3step"
     @Option(parsing: .unconditional, help: "Batches in flight while migrating to VRAM (1...8; 1 = nouveau's strict sequence; 3step only).", transform: NumberArgument.int) var pipeline = 1
@@ -141,6 +156,8 @@ struct RaceCommand: ParsableCommand {
     /// The driver configuration the flags name (ranges are checked by `RaceOptions.problem`).
     func configuration() throws(RaceOptionError) -> RaceConfiguration {
         var c = RaceConfiguration()
+        guard let d = RaceConfiguration.Driver(rawValue: driver) else { throw RaceOptionError("driver must be nouveau or mirror") }
+        c.driver = d
         guard let a = MigrationPolicy.APIGeneration(name: api) else { throw RaceOptionError("api must be 3step or 2017") }
         guard let p = MigrateOptions.Prefetch(rawValue: prefetch) else { throw RaceOptionError("prefetch must be off or sequential") }
         guard let g = ThrashOptions.GPUFault(rawValue: gpuFault) else {

@@ -18,6 +18,15 @@ struct RaceConfiguration: Sendable, Equatable {
         case coherent
     }
 
+    /// The driver every world runs (`--driver`).
+    enum Driver: String, CaseIterable, Sendable {
+        /// DeviceEmu's `Device`: the nouveau dmem driver and its SVM.
+        case nouveau
+        /// `MirrorDevice`: lib/test_hmm.c's dmirror, driven through one open (`Mirror`).
+        case mirror
+    }
+
+    var driver = Driver.nouveau
     var api = MigrationPolicy.APIGeneration.threeStep
     /// Batches of a migration to VRAM in flight (`MigrationPolicy.pipelineDepth`).
     var pipeline = 1
@@ -76,6 +85,10 @@ struct RaceConfiguration: Sendable, Equatable {
 
     /// Why this configuration cannot run, or nil.
     var problem: String? {
+        if driver == .mirror && !mirrorSettingsOnly {
+            return "--driver mirror takes --memory only (dmirror has no policy: one page per CPU fault, "
+                + "batches of 512, VRAM larger than any range)"
+        }
         if !(1...8).contains(pipeline) { return "pipeline must be in 1...8 (got \(pipeline))" }
         if !(1...512).contains(faultAround) { return "fault-around must be in 1...512 (got \(faultAround))" }
         if let clash = MigrateOptions.prefetchProblem(faultAround: faultAround, prefetch: prefetch) { return clash }
@@ -89,10 +102,20 @@ struct RaceConfiguration: Sendable, Equatable {
         return nil
     }
 
+    /// True when nothing but the driver and the memory kind differs from the default:
+    /// the settings the dmirror device has.
+    private var mirrorSettingsOnly: Bool {
+        var c = self
+        c.driver = .nouveau
+        c.memory = .private
+        return c == RaceConfiguration()
+    }
+
     /// The `dmem-bench race` flags that choose this configuration (none for the default).
     var arguments: [String] {
         let d = RaceConfiguration()
         var a: [String] = []
+        if driver != d.driver { a += ["--driver", driver.rawValue] }
         if api != d.api { a += ["--api", api.name] }
         if pipeline != d.pipeline { a += ["--pipeline", "\(pipeline)"] }
         if faultAround != d.faultAround { a += ["--fault-around", "\(faultAround)"] }
@@ -107,7 +130,7 @@ struct RaceConfiguration: Sendable, Equatable {
 
     /// `key=value` pairs, in flag order: the text header and every JSON record show them.
     var fields: [(key: String, value: String)] {
-        [("api", api.name), ("pipeline", "\(pipeline)"), ("fault_around", "\(faultAround)"),
+        [("driver", driver.rawValue), ("api", api.name), ("pipeline", "\(pipeline)"), ("fault_around", "\(faultAround)"),
          ("prefetch", prefetch.rawValue), ("gpu_fault", gpuFault.rawValue), ("memory", memory.rawValue),
          ("range_migration", allOrNothing ? "all-or-nothing" : "best-effort"),
          ("vram_pages", "\(vramPages ?? Self.defaultVRAMPages)")]

@@ -30,6 +30,32 @@ enum RaceFlow: String, CaseIterable, Sendable {
     /// for the operations it admitted), then all VRAM is evicted — nouveau's
     /// `nouveau_dmem_suspend` before `nouveau_dmem_evict_chunk`'s work.
     case suspend
+    /// dmirror's `HMM_DMIRROR_MIGRATE_TO_DEV` of the whole range (`--driver mirror`).
+    case mirrorToDevice = "mirror-to-device"
+    /// The range migrated by the mirror, then a CPU read of the target page:
+    /// `dmirror_devmem_fault`.
+    case mirrorCPUFault = "mirror-cpu-fault"
+    /// The range migrated by the mirror, then `HMM_DMIRROR_MIGRATE_TO_SYS` of it.
+    case mirrorToSystem = "mirror-to-sys"
+    /// The range migrated by the mirror, then `HMM_DMIRROR_RELEASE` (evicts the device).
+    case mirrorRelease = "mirror-release"
+    /// `HMM_DMIRROR_READ` of the target page, which the mirror does not map:
+    /// `dmirror_fault` (an `hmm_range_fault` snapshot).
+    case mirrorRead = "mirror-read"
+    /// `HMM_DMIRROR_WRITE` of the marker page to the target page: a write fault.
+    case mirrorWrite = "mirror-write"
+    /// `HMM_DMIRROR_EXCLUSIVE` of the target page (`make_device_exclusive`), then its
+    /// read-back through the mirror.
+    case mirrorExclusive = "mirror-exclusive"
+
+    /// The driver the flow runs on.
+    var driver: RaceConfiguration.Driver {
+        switch self {
+        case .toDevice, .cpuFault, .evict, .gpuFault, .gpuAtomic, .gpuWrite, .migrateToRAM, .suspend: return .nouveau
+        case .mirrorToDevice, .mirrorCPUFault, .mirrorToSystem, .mirrorRelease, .mirrorRead, .mirrorWrite,
+             .mirrorExclusive: return .mirror
+        }
+    }
 
     /// The world before the probe is armed: what the flow starts from.
     ///
@@ -46,6 +72,8 @@ enum RaceFlow: String, CaseIterable, Sendable {
         case .cpuFault, .evict, .migrateToRAM, .suspend:
             _ = try w.gpu.migrateToDevice(w.mm, range: w.range)
             if pressure { _ = try w.gpu.migrateToDevice(w.mm, range: w.window) }
+        case .mirrorToDevice, .mirrorCPUFault, .mirrorToSystem, .mirrorRelease, .mirrorRead, .mirrorWrite, .mirrorExclusive:
+            try prepareMirror(w)
         case .gpuFault, .gpuAtomic, .gpuWrite:
             _ = try w.gpu.bind(w.mm)
             if pressure {
@@ -56,14 +84,16 @@ enum RaceFlow: String, CaseIterable, Sendable {
                 }
             }
         }
-        w.residentAtStart = w.gpu.vram.inUsePageCount
+        w.residentAtStart = w.vramInUse
     }
 
     /// Whether the flow reports any step in `c`: a CPU access to device-coherent VRAM reads
     /// it in place (`MEMORY_DEVICE_COHERENT` pages are mapped by ordinary CPU entries), so
     /// the `cpu-fault` flow does not fault — its dry run must report nothing, and it has no
     /// cells.
-    func reportsSteps(in c: RaceConfiguration) -> Bool { !(self == .cpuFault && c.memory == .coherent) }
+    func reportsSteps(in c: RaceConfiguration) -> Bool {
+        !((self == .cpuFault || self == .mirrorCPUFault) && c.memory == .coherent)
+    }
 
     /// Runs the flow (on the thread the probe holds).
     func run(_ w: RaceWorld) -> RaceFlowResult {
@@ -92,6 +122,9 @@ enum RaceFlow: String, CaseIterable, Sendable {
                 let moved = w.residentAtStart - w.gpu.vram.inUsePageCount
                 try w.gpu.resume()
                 return .migrated(moved)
+            case .mirrorToDevice, .mirrorCPUFault, .mirrorToSystem, .mirrorRelease, .mirrorRead, .mirrorWrite,
+                 .mirrorExclusive:
+                return try runMirror(w)
             }
         } catch {
             return .failed(error)
@@ -108,7 +141,7 @@ enum RaceFlow: String, CaseIterable, Sendable {
     /// back what was resident when it started (under VRAM pressure only what fit; with
     /// `--ram N`, at most N: the pages no frame was left for stay in VRAM).
     func pagesMoved(_ w: RaceWorld) -> Int {
-        if self == .toDevice { return w.pages }
+        if self == .toDevice || self == .mirrorToDevice { return w.pages }
         return min(w.residentAtStart, w.configuration.ramPages ?? .max)
     }
 
@@ -117,7 +150,7 @@ enum RaceFlow: String, CaseIterable, Sendable {
     func targetAfter(_ base: RacePage) -> RacePage {
         switch self {
         case .gpuAtomic: return base.incremented
-        case .gpuWrite: return base.overwrittenByMarker
+        case .gpuWrite, .mirrorWrite: return base.overwrittenByMarker
         default: return base
         }
     }

@@ -24,8 +24,9 @@ struct RaceMatrix: Sendable {
     /// Runs every cell. `sabotage` corrupts the target page after each flow (for the tests
     /// that prove the verification can fail). Throws before any cell runs when a `--step`
     /// name selects no step of any flow.
-    static func run(_ o: RaceOptions, sabotage: Bool = false, progress: (String) -> Void = { _ in }) throws -> RaceMatrix {
-        if let problem = o.problem { throw RaceFailure(problem) }
+    static func run(_ options: RaceOptions, sabotage: Bool = false, progress: (String) -> Void = { _ in }) throws -> RaceMatrix {
+        if let problem = options.problem { throw RaceFailure(problem) }
+        let o = options.forDriver
         var m = RaceMatrix(options: o)
         let t0 = MonotonicClock.now()
         for flow in o.flows {

@@ -43,7 +43,23 @@ struct RaceOptions: Sendable, Equatable {
         }
         if !(0..<pages).contains(target) { return "target must be a page of the range: 0..<\(pages)" }
         if !Self.occurrenceRange.contains(occurrence) { return "occurrence must be in \(Self.occurrenceRange)" }
+        let driver = configuration.driver
+        if flows != RaceFlow.allCases, let f = flows.first(where: { $0.driver != driver }) {
+            return "flow \(f.rawValue) runs on --driver \(f.driver.rawValue), not \(driver.rawValue)"
+        }
+        if actions != RaceAction.allCases, let a = actions.first(where: { !$0.applies(to: driver) }) {
+            return "action \(a.rawValue) does not exist on --driver \(driver.rawValue)"
+        }
         return configuration.problem
+    }
+
+    /// These options with `all` (every case) narrowed to the flows and actions of the
+    /// configuration's driver: what the matrix runs.
+    var forDriver: RaceOptions {
+        var o = self
+        o.flows = flows.filter { $0.driver == configuration.driver }
+        o.actions = actions.filter { $0.applies(to: configuration.driver) }
+        return o
     }
 
     /// Hold in whole milliseconds, as `--hold` takes it.

@@ -23,6 +23,8 @@ struct RaceScenario: BenchScenario {
               help: "the page the actions aim at and the fault flows fault on (16 and above: the second batch)"),
         .init("backend", .choice(MigrateOptions.Backend.allCases.map(\.rawValue)), default: "iouring", help: "copy backend"),
         .init("hole", .flag, default: "off", help: "the target page starts as a hole (never written)"),
+        .init("driver", .choice(RaceConfiguration.Driver.allCases.map(\.rawValue)), default: "nouveau",
+              help: "nouveau (Device) or mirror (test_hmm's dmirror: the mirror-* flows)"),
         .init("api", .choice(["3step", "2017"]), default: "3step", help: "driver API of migrations to VRAM"),
         .init("pipeline", .integer(1...8), default: "1", help: "batches in flight (3step only)"),
         .init("fault-around", .integer(1...512), default: "1", help: "pages per CPU fault"),
@@ -53,6 +55,7 @@ struct RaceScenario: BenchScenario {
         o.copyBackend = MigrateOptions.Backend(rawValue: try parameters.string("backend")) ?? .iouring
         o.targetHole = try parameters.flag("hole")
         var c = RaceConfiguration()
+        c.driver = RaceConfiguration.Driver(rawValue: try parameters.string("driver")) ?? .nouveau
         c.api = MigrationPolicy.APIGeneration(name: try parameters.string("api")) ?? .threeStep
         c.pipeline = try parameters.int("pipeline")
         c.faultAround = try parameters.int("fault-around")

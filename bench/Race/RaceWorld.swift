@@ -14,7 +14,13 @@ final class RaceWorld: @unchecked Sendable {
     static let batchPages = 16
 
     let memory: PhysicalMemory
+    /// The nouveau-style device: the driver under test, or with `--driver mirror` only the
+    /// device some actions use (no probe).
     let gpu: Device
+    /// `--driver mirror`: the dmirror device, whose observer is the probe, and the one
+    /// open of it that mirrors the process (closed by `unbind`).
+    let dmirror: MirrorDevice?
+    let mirror: Mirror?
     let probe: StepProbe
     let recorder = RaceStepRecorder()
     let mm: AddressSpace
@@ -58,9 +64,20 @@ final class RaceWorld: @unchecked Sendable {
         } catch { throw RaceFailure("cannot create emulated RAM: \(error)") }
         probe = StepProbe(forwardingTo: recorder)
         var c = o.configuration.device(policy: try o.configuration.policy(batchPages: Self.batchPages), backend: o.copyBackend)
-        c.observer = probe
+        let onMirror = o.configuration.driver == .mirror
+        c.observer = onMirror ? nil : probe
         do { gpu = try Device(memory: memory, configuration: c) } catch {
             throw RaceFailure("cannot create the device: \(error)")   // an io_uring setup error says how to fall back
+        }
+        if onMirror {
+            let kind: MemoryType = o.configuration.memory == .coherent ? .deviceCoherent : .devicePrivate
+            do {
+                dmirror = try MirrorDevice(memory: memory, kind: kind,
+                                           configuration: .init(name: "race-dmirror", vramSize: vramPages * pageSize,
+                                                                chunkSize: 2 << 20, observer: probe))
+            } catch { throw RaceFailure("cannot create the dmirror device: \(error)") }
+        } else {
+            dmirror = nil
         }
         freeRAMAtStart = memory.freeRAMPageCount
         mm = AddressSpace(memory: memory)
@@ -70,6 +87,7 @@ final class RaceWorld: @unchecked Sendable {
                 try mm.write(at: originalBase + UInt64(p * pageSize), bytes: RacePage.pattern.bytes(page: p)!)
             }
         } catch { throw RaceFailure("cannot map the process: \(error)") }
+        do { mirror = try dmirror?.open(mm) } catch { throw RaceFailure("cannot open the dmirror device: \(error)") }
     }
 
     /// With `--ram N`, takes every free RAM frame but N (after the flow's preparation): the

@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Device-exclusive access: a device takes a page away from the CPU for atomics; the
 /// CPU entry becomes a device-exclusive entry until the next CPU access restores it
 /// (`make_device_exclusive`, `remove_device_exclusive_entry`). `fork` restores such
@@ -17,7 +21,9 @@ extension AddressSpace {
     ///   no VMA, no write permission (including `PROT_NONE`), a `VM_IO`/`VM_PFNMAP`
     ///   mapping, or a fault that cannot be resolved; `.notSupported` (`EOPNOTSUPP`) when
     ///   the page is not anonymous (shmem, page cache) or the VMA is hugetlb;
-    ///   `.outOfMemory`; `.busy` if the entry kept changing underneath; `.mmapLockNotHeld`.
+    ///   `.outOfMemory`; `.busy` if the entry kept changing between the fault and the
+    ///   page lock (16 times); `.mmapLockNotHeld`. A fault that makes no progress (another
+    ///   fault holds the page) is retried until it does, as GUP retries.
     public func makeDeviceExclusive(_ address: UInt64, owner: PgmapOwner? = nil) throws(HostMMError) -> PFN {
         guard address.isPageAligned else { throw .invalidArgument(reason: "address \(address.hex) is not page-aligned") }
         guard mmapLock.isLocked else { throw .mmapLockNotHeld }
@@ -43,6 +49,11 @@ extension AddressSpace {
     }
 
     /// GUP's fault loop: resolves faults until `address` maps a present, writable page.
+    /// Like `__get_user_pages` (`faultin_page` returning 0: `goto retry`) it retries for as
+    /// long as the fault makes no progress — a device-private page whose lock another
+    /// fault holds (`do_swap_page`'s trylock fails: nothing to do but retry) comes back
+    /// once that fault finishes; it never gives up with `EBUSY`. Yields after a few
+    /// attempts, as a CPU access does (`cond_resched`).
     private func faultInWritable(_ vma: VMA, _ address: UInt64) throws(HostMMError) -> PFN {
         var pte = pageTable.entry(address)
         var attempts = 0
@@ -57,7 +68,7 @@ extension AddressSpace {
             }
             pte = pageTable.entry(address)
             attempts += 1
-            if attempts > 16 { throw .busy }
+            if attempts > 3 { sched_yield() }
         }
         return pte.pfn
     }
