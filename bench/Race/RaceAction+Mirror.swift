@@ -18,14 +18,7 @@ extension RaceAction {
             case .gpuRead: return .read(try w.mirrorRead(m, page: w.target))
             case .gpuWrite:
                 try w.mirrorWrite(m, page: w.target, RacePage.marker.bytes(page: w.target)!)
-            case .exclusive:
-                var out = [UInt8](repeating: 0, count: pageSize)
-                var failure: MirrorError?
-                out.withUnsafeMutableBytes { b in
-                    do throws(MirrorError) { _ = try m.makeExclusive(t, npages: 1, into: b) } catch { failure = error }
-                }
-                if let failure { throw failure }
-                return .read(out)
+            case .exclusive: return .read(try w.mirrorExclusive(m, at: t))
             case .migrateToDevice: _ = try m.migrateToDevice(w.base, npages: w.pages)
             case .migrateToRAM: _ = try m.migrateToSystem(t, npages: 1)
             case .unbind: m.close()

@@ -38,13 +38,7 @@ extension RaceFlow {
             try w.mirrorWrite(m, page: w.target, RacePage.marker.bytes(page: w.target)!)
             return .wrote
         case .mirrorExclusive:
-            var out = [UInt8](repeating: 0, count: pageSize)
-            var failure: MirrorError?
-            out.withUnsafeMutableBytes { b in
-                do throws(MirrorError) { _ = try m.makeExclusive(t, npages: 1, into: b) } catch { failure = error }
-            }
-            if let failure { throw failure }
-            return .read(out)
+            return .read(try w.mirrorExclusive(m, at: t))
         default:
             throw RaceFailure("\(rawValue) is not a flow of --driver mirror")
         }
@@ -64,6 +58,17 @@ extension RaceWorld {
         var failure: MirrorError?
         out.withUnsafeMutableBytes { b in
             do throws(MirrorError) { _ = try m.read(address(page), npages: 1, into: b) } catch { failure = error }
+        }
+        if let failure { throw failure }
+        return out
+    }
+
+    /// `HMM_DMIRROR_EXCLUSIVE` of the page at `address`: what the mirror then reads there.
+    func mirrorExclusive(_ m: Mirror, at address: UInt64) throws(MirrorError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: pageSize)
+        var failure: MirrorError?
+        out.withUnsafeMutableBytes { b in
+            do throws(MirrorError) { _ = try m.makeExclusive(address, npages: 1, into: b) } catch { failure = error }
         }
         if let failure { throw failure }
         return out
