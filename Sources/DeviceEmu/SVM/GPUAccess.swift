@@ -66,7 +66,9 @@ extension GPUAddressSpace {
             let at = address + UInt64(out.count)
             let start = out.count
             let n = max(mm.mappedLength(at: at, upTo: count - start), 1)
-            out.append(contentsOf: repeatElement(0, count: n))
+            // Grown as whole arrays (memset, memcpy): `repeatElement` appends byte by byte
+            // in debug and TSan builds, which made every checked GPU read there crawl.
+            if out.isEmpty { out = [UInt8](repeating: 0, count: n) } else { out += [UInt8](repeating: 0, count: n) }
             out.withUnsafeMutableBytes { b in
                 do throws(DeviceError) {
                     try read(at: at, into: UnsafeMutableRawBufferPointer(rebasing: b[start ..< start + n]))

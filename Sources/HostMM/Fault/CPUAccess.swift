@@ -44,7 +44,7 @@ extension AddressSpace {
             let at = address &+ UInt64(out.count)
             let start = out.count
             let n = max(mappedLength(at: at, upTo: count - start), 1)
-            out.append(contentsOf: repeatElement(0, count: n))
+            out += [UInt8](repeating: 0, count: n)
             out.withUnsafeMutableBytes { b in
                 do throws(HostMMError) {
                     try read(at: at, into: UnsafeMutableRawBufferPointer(rebasing: b[start ..< start + n]))
