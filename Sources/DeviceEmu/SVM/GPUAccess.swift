@@ -59,24 +59,9 @@ extension GPUAddressSpace {
         guard count >= 0, address <= Self.addressLimit, UInt64(count) <= Self.addressLimit - address else {
             throw Self.outsideAddressLimit(address, count)
         }
-        var out: [UInt8] = []
-        var failure: DeviceError?
-        while out.count < count {
-            // A stretch with no mapping is read one byte at a time: the GPU faults on it.
-            let at = address + UInt64(out.count)
-            let start = out.count
-            let n = max(mm.mappedLength(at: at, upTo: count - start), 1)
-            // Grown as whole arrays (memset, memcpy): `repeatElement` appends byte by byte
-            // in debug and TSan builds, which made every checked GPU read there crawl.
-            if out.isEmpty { out = [UInt8](repeating: 0, count: n) } else { out += [UInt8](repeating: 0, count: n) }
-            out.withUnsafeMutableBytes { b in
-                do throws(DeviceError) {
-                    try read(at: at, into: UnsafeMutableRawBufferPointer(rebasing: b[start ..< start + n]))
-                } catch { failure = error }
-            }
-            if let failure { throw failure }
+        return try mm.readInMappedStretches(at: address, count: count) { (at, b) throws(DeviceError) in
+            try read(at: at, into: b)
         }
-        return out
     }
 
     /// Writes `bytes` at `address` with the GPU.

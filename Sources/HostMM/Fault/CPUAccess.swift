@@ -33,21 +33,32 @@ extension AddressSpace {
     /// of `count` bytes.
     public func read(at address: UInt64, count: Int) throws(HostMMError) -> [UInt8] {
         guard count >= 0 else { throw .invalidArgument(reason: "negative count \(count)") }
-        var out = [UInt8](repeating: 0, count: mappedLength(at: address, upTo: count))
-        var failure: HostMMError?
-        out.withUnsafeMutableBytes { b in
-            do throws(HostMMError) { try read(at: address, into: b) } catch { failure = error }
+        return try readInMappedStretches(at: address, count: count) { (at, b) throws(HostMMError) in
+            try read(at: at, into: b)
         }
-        if let failure { throw failure }
+    }
+
+    /// The loop of a `read(at:count:)`, the CPU's or a device view's: reads `count` bytes
+    /// at `address` with `read`, one mapped stretch (`mappedLength`) at a time, so the
+    /// array grows with what is mapped and a stretch with no mapping is read one byte at
+    /// a time — the access faults there (unless a racing mmap filled it) and the error of
+    /// `read` is thrown. `count` must not be negative.
+    public func readInMappedStretches<E: Error>(
+        at address: UInt64, count: Int,
+        _ read: (_ at: UInt64, _ into: UnsafeMutableRawBufferPointer) throws(E) -> Void
+    ) throws(E) -> [UInt8] {
+        var out: [UInt8] = []
+        var failure: E?
         while out.count < count {
-            // Unmapped at `at` when measured: a load faults there, unless a racing mmap filled it.
             let at = address &+ UInt64(out.count)
             let start = out.count
             let n = max(mappedLength(at: at, upTo: count - start), 1)
-            out += [UInt8](repeating: 0, count: n)
+            // Grown as whole arrays (memset, memcpy): `repeatElement` appends byte by byte
+            // in debug and TSan builds, which made every checked read there crawl.
+            if out.isEmpty { out = [UInt8](repeating: 0, count: n) } else { out += [UInt8](repeating: 0, count: n) }
             out.withUnsafeMutableBytes { b in
-                do throws(HostMMError) {
-                    try read(at: at, into: UnsafeMutableRawBufferPointer(rebasing: b[start ..< start + n]))
+                do throws(E) {
+                    try read(at, UnsafeMutableRawBufferPointer(rebasing: b[start ..< start + n]))
                 } catch { failure = error }
             }
             if let failure { throw failure }
