@@ -193,9 +193,12 @@ extension Device {
             npages += count
         }
         for i in 0..<npages { b.dst[i] = [] }
+        // A page another migration moved out but still references is not evicted again.
+        let departed = dropDeparted(b.src, npages)
         let collected = (0..<npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) ? 1 : 0) }
         emit(.setupEnd, .evict, begin: t0, batch: batch, pages: collected)
         guard collected > 0 else {
+            if departed > 0 { memory.migrateDeviceFinalize(src: b.src, dst: b.dst, npages: npages) }   // unlock, put
             ungatedMigrations.subtract(1, ordering: .sequentiallyConsistent)
             return .done(collected: 0, evicted: 0, withoutRAM: 0)
         }
@@ -229,6 +232,7 @@ extension Device {
             counters.add(.pagesLeftAfterCopyFailure, failures.count)
         }
         let evicted = committedCount(b, e.npages)
+        markDeparted(b.src, b.dst, e.npages)
         let tf = stamp()
         emit(.finalizeBegin, .evict, batch: e.batch, seqno: seqno)
         memory.migrateDeviceFinalize(src: b.src, dst: b.dst, npages: e.npages)
