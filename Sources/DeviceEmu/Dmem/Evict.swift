@@ -12,8 +12,9 @@ extension Device {
     /// passes, about 20 ms, is left in VRAM, as is a pinned one. `minimumResidency` does
     /// not apply: young pages go too. With `policy.pipelineDepth` above 1, that many
     /// batches are in flight: the next batch is collected and its copies submitted while
-    /// earlier copies run (1, the default, is nouveau's one batch after another). Returns
-    /// pages evicted.
+    /// earlier copies run (1, the default, is nouveau's one batch after another). A page
+    /// another migration has already moved out but not yet released is given back, not
+    /// moved or counted again (`DepartedPages.swift`). Returns pages evicted.
     @discardableResult
     public func evictAll() -> Int { evictEverything(waitingForOthers: false).evicted }
 
