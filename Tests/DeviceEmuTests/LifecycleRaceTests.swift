@@ -112,8 +112,65 @@ import Testing
         #expect(!gpu.isSuspended)
         #expect(probe.outcome == .finishedAfterHold, "the suspend returned while the other eviction held its pages")
         #expect(gpu.vram.inUsePageCount == 0)
-        #expect(gpu.counters[.pagesEvicted] == 32, "\(gpu.counters)")
+        #expect(gpu.counters[.pagesEvicted] == 32, "\(gpu.counters.snapshot)")
         #expect(try pattern.cpuMismatches(mm, a, pages: 32).isEmpty)
+        #expect(gpu.checkInvariants().isEmpty)
+    }
+
+    /// A page that has left VRAM but whose last reference is not dropped yet is unlocked
+    /// and mapped nowhere: `migrate_device_range` takes it, and once the other reference is
+    /// gone its migration succeeds again — stale VRAM copied into a RAM page nobody maps —
+    /// and the eviction counted it a second time. The test above once saw `pagesEvicted`
+    /// above 32: the suspend's pass met a page `evictAll`'s finalize had unlocked but not yet
+    /// put. Here the window is the CPU fault's (`do_swap_page` puts the page after
+    /// `migrate_to_ram` returns), pinned by two probes: the fault is held after its migration
+    /// until the suspend's eviction has collected, and that eviction is held after its
+    /// collection until the fault has returned.
+    @Test func aSuspendDoesNotEvictAPageAFaultAlreadyMoved() throws {
+        let memory = try makeMemory(mib: 64)
+        let evictionProbe = StepProbe()
+        let faultProbe = StepProbe(forwardingTo: evictionProbe)
+        let gpu = try makeDevice(memory, vramMiB: 4, observer: faultProbe)
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 16, seed: 13)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 16))
+        let faultReturned = NIOLockedValueBox(false)
+        let suspender = NIOLockedValueBox<TestThread?>(nil)
+        let suspendResult = NIOLockedValueBox<String>("not run")
+        // The eviction's one batch (512 pages: the whole chunk) holds the pages it collected
+        // until the fault has dropped its reference on the page it moved.
+        try evictionProbe.arm(at: .init(.setupEnd, direction: .evict), hold: .seconds(20)) {
+            var polls = 0
+            while !faultReturned.withLockedValue({ $0 }) && polls < 200_000 { usleep(100); polls += 1 }
+        }
+        // The fault, its page moved and unlocked but still referenced, waits for that collection.
+        try faultProbe.arm(at: .init(.cpuFaultEnd, direction: .toRAM), hold: .seconds(20)) {
+            suspender.withLockedValue {
+                $0 = TestThread {
+                    do {
+                        try gpu.suspend()
+                        try gpu.resume()
+                        suspendResult.withLockedValue { $0 = "ok" }
+                    } catch { suspendResult.withLockedValue { $0 = "\(error)" } }
+                }
+            }
+            var polls = 0
+            while evictionProbe.firedAt == nil && polls < 200_000 { usleep(100); polls += 1 }
+        }
+        #expect(try mm.read(at: a + UInt64(pageSize), count: pageSize) == pattern.page(1))
+        faultReturned.withLockedValue { $0 = true }
+        #expect(faultProbe.waitForAction(timeout: .seconds(20)))
+        #expect(evictionProbe.waitForAction(timeout: .seconds(20)))
+        let joined = suspender.withLockedValue { $0 }?.join(seconds: 20)
+        #expect(joined == true)
+        #expect(suspendResult.withLockedValue { $0 } == "ok")
+        #expect(faultProbe.outcome == .finishedWhileHeld, "the suspend's eviction had not collected while the fault was held")
+        #expect(evictionProbe.outcome == .finishedWhileHeld)
+        #expect(evictionProbe.firedAt?.pages == 15, "the page the fault moved was collected for eviction")
+        #expect(gpu.counters[.pagesToRAM] == 1)
+        #expect(gpu.counters[.pagesEvicted] == 15, "\(gpu.counters.snapshot)")
+        #expect(gpu.vram.inUsePageCount == 0)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 16).isEmpty)
         #expect(gpu.checkInvariants().isEmpty)
     }
 }

@@ -118,6 +118,9 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     private let spaces = NIOLockedValueBox<[ObjectIdentifier: GPUAddressSpace]>([:])
     /// When each device page (dense index) last became resident, for the minimum-residency policy.
     let residentSince: UnsafeMutablePointer<Synchronization.Atomic<UInt64>>
+    /// Per device page (dense index): 1 once a migration out of VRAM committed the page
+    /// (its mappings now name a RAM page), until `pageFree`. See `DepartedPages.swift`.
+    let departed: UnsafeMutablePointer<Synchronization.Atomic<UInt8>>
     private let batchCounter = Synchronization.Atomic<UInt64>(0)
     /// Migrations in flight that hold device pages locked without passing `gate`: CPU
     /// faults' `migrateToRAM`, `migrateRangeToRAM`, and eviction batches. Teardown and
@@ -175,6 +178,9 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         residentSince = UnsafeMutableRawPointer.allocate(byteCount: max(vram.pageCount, 1) * 8, alignment: 8)
             .initializeMemory(as: UInt64.self, repeating: 0, count: max(vram.pageCount, 1))
             .withMemoryRebound(to: Synchronization.Atomic<UInt64>.self, capacity: max(vram.pageCount, 1)) { $0 }
+        departed = UnsafeMutableRawPointer.allocate(byteCount: max(vram.pageCount, 1), alignment: 1)
+            .initializeMemory(as: UInt8.self, repeating: 0, count: max(vram.pageCount, 1))
+            .withMemoryRebound(to: Synchronization.Atomic<UInt8>.self, capacity: max(vram.pageCount, 1)) { $0 }
         forwarder.memory = vram
         forwarder.target = self
         registerWithChecker()
@@ -186,6 +192,7 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     deinit {
         try? shutdown()
         residentSince.deallocate()
+        departed.deallocate()
     }
 
     private static func makeEngine(_ c: Configuration, tracking: Bool) throws(DeviceError) -> DMAEngine {
@@ -305,6 +312,7 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
         if let index = vram.pageIndex(of: pfn) {
             eviction.pageFreed(index)
             residentSince[index].store(0, ordering: .relaxed)
+            departed[index].store(0, ordering: .releasing)   // before the free list can hand it out
         }
         counters.add(.pagesFreed)
         vram.freePage(pfn)

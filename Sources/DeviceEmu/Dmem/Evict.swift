@@ -12,8 +12,9 @@ extension Device {
     /// passes, about 20 ms, is left in VRAM, as is a pinned one. `minimumResidency` does
     /// not apply: young pages go too. With `policy.pipelineDepth` above 1, that many
     /// batches are in flight: the next batch is collected and its copies submitted while
-    /// earlier copies run (1, the default, is nouveau's one batch after another). Returns
-    /// pages evicted.
+    /// earlier copies run (1, the default, is nouveau's one batch after another). A page
+    /// another migration has already moved out but not yet released is given back, not
+    /// moved or counted again (`DepartedPages.swift`). Returns pages evicted.
     @discardableResult
     public func evictAll() -> Int { evictEverything(waitingForOthers: false).evicted }
 
@@ -193,9 +194,12 @@ extension Device {
             npages += count
         }
         for i in 0..<npages { b.dst[i] = [] }
+        // A page another migration moved out but still references is not evicted again.
+        let departed = dropDeparted(b.src, npages)
         let collected = (0..<npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) ? 1 : 0) }
         emit(.setupEnd, .evict, begin: t0, batch: batch, pages: collected)
         guard collected > 0 else {
+            if departed > 0 { memory.migrateDeviceFinalize(src: b.src, dst: b.dst, npages: npages) }   // unlock, put
             ungatedMigrations.subtract(1, ordering: .sequentiallyConsistent)
             return .done(collected: 0, evicted: 0, withoutRAM: 0)
         }
@@ -229,6 +233,7 @@ extension Device {
             counters.add(.pagesLeftAfterCopyFailure, failures.count)
         }
         let evicted = committedCount(b, e.npages)
+        markDeparted(b.src, b.dst, e.npages)
         let tf = stamp()
         emit(.finalizeBegin, .evict, batch: e.batch, seqno: seqno)
         memory.migrateDeviceFinalize(src: b.src, dst: b.dst, npages: e.npages)

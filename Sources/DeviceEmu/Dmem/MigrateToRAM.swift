@@ -138,6 +138,7 @@ extension Device {
         out.failed = failures.count
         counters.add(.pagesLeftAfterCopyFailure, failures.count)
         for i in 0..<args.npages where b.src[i].contains(.migrate) && b.dst[i].page != nil { out.moved += 1 }
+        markDeparted(b.src, b.dst, args.npages)
         let tf = stamp()
         emit(.finalizeBegin, .toRAM, batch: batch, seqno: fence.seqno, address: start)
         migrateVMAFinalize(&args)
