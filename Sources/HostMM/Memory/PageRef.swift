@@ -126,22 +126,30 @@ extension PhysicalMemory {
         let checker = self.checker   // read once: one predictable branch per freed page
         withUnsafeTemporaryAllocation(of: UInt32.self, capacity: pfns.count) { ram in
             var n = 0
-            for pfn in pfns where dropReference(pfn, count: 1, site: site) {
-                if isRAM(pfn) && flags(pfn).isDisjoint(with: .reserved) {
-                    if let checker { checker.pageFreed(pfn, site: site) }
-                    let m = Int(pfn.rawValue)
-                    meta[m].mapping.store(0, ordering: .relaxed)
-                    meta[m].index.store(0, ordering: .relaxed)
-                    meta[m].mapcount.store(0, ordering: .relaxed)
-                    meta[m].zoneDeviceData.store(0, ordering: .relaxed)
-                    meta[m].flags.store(0, ordering: .releasing)
-                    ram[n] = UInt32(pfn.rawValue)
-                    n += 1
-                } else {
-                    freePage(pfn, site: site)
-                }
-            }
+            for pfn in pfns { putPage(pfn, queueingFramesIn: ram, &n, checker: checker, site: site) }
             frames.free(UnsafeBufferPointer(rebasing: ram[0..<n]))
         }
+    }
+
+    /// One page of a batched put: drops one reference; the last one frees a device page at
+    /// once (the driver's `pageFree`) and a RAM page into `ram[n]`, its metadata cleared,
+    /// for the caller to hand the frames back with one allocator lock (`folio_batch`).
+    @inline(__always)
+    func putPage(_ pfn: PFN, queueingFramesIn ram: UnsafeMutableBufferPointer<UInt32>, _ n: inout Int,
+                 checker: ProtocolChecker?, site: CallSite?) {
+        guard dropReference(pfn, count: 1, site: site) else { return }
+        guard isRAM(pfn) && flags(pfn).isDisjoint(with: .reserved) else {
+            freePage(pfn, site: site)
+            return
+        }
+        if let checker { checker.pageFreed(pfn, site: site) }
+        let m = Int(pfn.rawValue)
+        meta[m].mapping.store(0, ordering: .relaxed)
+        meta[m].index.store(0, ordering: .relaxed)
+        meta[m].mapcount.store(0, ordering: .relaxed)
+        meta[m].zoneDeviceData.store(0, ordering: .relaxed)
+        meta[m].flags.store(0, ordering: .releasing)
+        ram[n] = UInt32(pfn.rawValue)
+        n += 1
     }
 }

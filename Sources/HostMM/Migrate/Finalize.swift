@@ -27,28 +27,33 @@ extension PhysicalMemory {
             // Pass 2: every migration entry becomes a mapping of the chosen page.
             removeMigrationPTEs(pairs: UnsafeBufferPointer(rebasing: pairs[0..<(2 * n)]))
         }
-        // Pass 3: unlock and release (folio_putback_lru for RAM pages, folio_put for device pages).
-        withUnsafeTemporaryAllocation(of: PFN.self, capacity: 2 * npages) { release in
+        // Pass 3: page by page, unlock and release (folio_putback_lru for RAM pages,
+        // folio_put for device pages), as `migrate_device_finalize` does: a page's reference
+        // goes right after its unlock, not once the whole batch is unlocked, so the window
+        // in which an unlocked page still holds the migration's reference is the kernel's.
+        // Freed RAM frames go back to the allocator together at the end.
+        let checker = self.checker
+        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 2 * npages) { ram in
             var n = 0
             for i in 0..<npages {
                 let newPage = dst[i].page.flatMap { isKnownPFN($0) ? $0 : nil }
                 guard let page = src[i].page else {
                     if let newPage {
                         unlockPage(newPage, fileID: site.fileID, line: site.line)
-                        release[n] = newPage; n += 1
+                        putPage(newPage, queueingFramesIn: ram, &n, checker: checker, site: site)
                     }
                     continue
                 }
                 unlockPage(page, fileID: site.fileID, line: site.line)
                 if isRAM(page) { setFlags(page, .lru) }
-                release[n] = page; n += 1
+                putPage(page, queueingFramesIn: ram, &n, checker: checker, site: site)
                 if let newPage {
                     unlockPage(newPage, fileID: site.fileID, line: site.line)
                     if src[i].contains(.migrate) && isRAM(newPage) { setFlags(newPage, .lru) }
-                    release[n] = newPage; n += 1
+                    putPage(newPage, queueingFramesIn: ram, &n, checker: checker, site: site)
                 }
             }
-            putPages(UnsafeBufferPointer(rebasing: release[0..<n]), site: site)
+            frames.free(UnsafeBufferPointer(rebasing: ram[0..<n]))
         }
     }
 
