@@ -33,13 +33,11 @@ extension AddressSpace {
         if vma.flags.contains(.hugetlb) { throw .notSupported }
         for _ in 0..<16 {
             let page = try faultInWritable(vma, address)
-            guard memory.getPageUnlessZero(page) else { continue }
-            memory.lockPage(page)
             guard memory.isAnon(page) else {
-                memory.unlockPage(page)
                 memory.putPage(page)
                 throw .notSupported
             }
+            memory.lockPage(page)
             if installExclusiveEntry(address, page, owner) { return page }
             // The entry changed between the GUP and the lock: start over, as the kernel does.
             memory.unlockPage(page)
@@ -48,16 +46,17 @@ extension AddressSpace {
         throw .busy
     }
 
-    /// GUP's fault loop: resolves faults until `address` maps a present, writable page.
+    /// GUP's fault loop: resolves faults until `address` maps a present, writable page, and
+    /// returns it with a reference taken under the page-table lock (`followWritablePage`).
     /// Like `__get_user_pages` (`faultin_page` returning 0: `goto retry`) it retries for as
     /// long as the fault makes no progress — a device-private page whose lock another
     /// fault holds (`do_swap_page`'s trylock fails: nothing to do but retry) comes back
     /// once that fault finishes; it never gives up with `EBUSY`. Yields after a few
     /// attempts, as a CPU access does (`cond_resched`).
     private func faultInWritable(_ vma: VMA, _ address: UInt64) throws(HostMMError) -> PFN {
-        var pte = pageTable.entry(address)
         var attempts = 0
-        while !(pte.isPresent && pte.isWritable && !pte.isSpecial) {
+        while true {
+            if let page = followWritablePage(address) { return page }
             do throws(HostMMError) {
                 try handleMMFault(vma, address, write: true)
             } catch {
@@ -66,11 +65,24 @@ extension AddressSpace {
                 default: throw .fault
                 }
             }
-            pte = pageTable.entry(address)
             attempts += 1
             if attempts > 3 { sched_yield() }
         }
-        return pte.pfn
+    }
+
+    /// `follow_page_pte` with `FOLL_GET | FOLL_WRITE`: the page mapped present and writable
+    /// at `address`, with a reference taken under the page-table lock — read before the
+    /// reference, the entry may be zapped and its frame freed and handed to another user
+    /// (a racing `MADV_DONTNEED` holds the mmap lock for read too) — or nil.
+    private func followWritablePage(_ address: UInt64) -> PFN? {
+        guard let leaf = pageTable.leaf(address, create: false) else { return nil }
+        let i = PTETable.index(address)
+        return leaf.lock.withLock { () -> PFN? in
+            let pte = leaf[i]
+            guard pte.isPresent, pte.isWritable, !pte.isSpecial else { return nil }
+            memory.getPage(pte.pfn)   // mapped: the mapping holds a reference
+            return pte.pfn
+        }
     }
 
     /// Replaces the writable mapping of `page` by a device-exclusive entry under an
