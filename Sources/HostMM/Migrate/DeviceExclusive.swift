@@ -21,9 +21,10 @@ extension AddressSpace {
     ///   no VMA, no write permission (including `PROT_NONE`), a `VM_IO`/`VM_PFNMAP`
     ///   mapping, or a fault that cannot be resolved; `.notSupported` (`EOPNOTSUPP`) when
     ///   the page is not anonymous (shmem, page cache) or the VMA is hugetlb;
-    ///   `.outOfMemory`; `.busy` if the entry kept changing between the fault and the
-    ///   page lock (16 times); `.mmapLockNotHeld`. A fault that makes no progress (another
-    ///   fault holds the page) is retried until it does, as GUP retries.
+    ///   `.outOfMemory`; `.mmapLockNotHeld`. Never `EBUSY`: a fault that makes no progress
+    ///   (another fault holds the page) is retried until it does, as GUP retries, and an
+    ///   entry that changed between the fault and the page lock (a racing `MADV_DONTNEED`,
+    ///   a migration) starts it over, as `make_device_exclusive` does (`goto retry`).
     public func makeDeviceExclusive(_ address: UInt64, owner: PgmapOwner? = nil) throws(HostMMError) -> PFN {
         guard address.isPageAligned else { throw .invalidArgument(reason: "address \(address.hex) is not page-aligned") }
         guard mmapLock.isLocked else { throw .mmapLockNotHeld }
@@ -31,7 +32,8 @@ extension AddressSpace {
         guard let vma = findVMA(address), vma.flags.contains(.write),
               vma.flags.isDisjoint(with: [.io, .pfnMap]) else { throw .fault }
         if vma.flags.contains(.hugetlb) { throw .notSupported }
-        for _ in 0..<16 {
+        var attempts = 0
+        while true {
             let page = try faultInWritable(vma, address)
             guard memory.isAnon(page) else {
                 memory.putPage(page)
@@ -42,8 +44,9 @@ extension AddressSpace {
             // The entry changed between the GUP and the lock: start over, as the kernel does.
             memory.unlockPage(page)
             memory.putPage(page)
+            attempts += 1
+            if attempts > 3 { sched_yield() }
         }
-        throw .busy
     }
 
     /// GUP's fault loop: resolves faults until `address` maps a present, writable page, and
