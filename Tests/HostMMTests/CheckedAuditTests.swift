@@ -194,6 +194,51 @@ import Testing
         #expect(try rig.dataIntact())
     }
 
+    /// The stale `dst` entries that recording mode drops after it finished an abandoned
+    /// migration on the PFN path are told from the driver's new choices by page number
+    /// alone. A destination that finish released comes back from the allocator (LIFO) at
+    /// once: the next migration's driver may lock it as its new destination at the same
+    /// index, and if that page then fails to move (an extra reference on its source, taken
+    /// between setup and the pages step), finalize must release it, not drop it as stale.
+    @Test func aRecoveredDestinationReallocatedAtTheSameIndexIsReleasedByFinalize() throws {
+        let rig = try CheckedRig(pages: 4)
+        try rig.device.migrateToDevice(rig.mm, rig.a, rig.a + UInt64(4 * pageSize))
+        let free = rig.memory.freeRAMPageCount
+        var destinations: [[Int: PFN]] = []
+        try withBuffers(64) { src, dst in
+            func evict() throws {
+                try rig.memory.migrateDeviceRange(src, start: rig.device.pagemap.firstPFN, npages: 64)
+                let h = try #require((0..<64).first { src[$0].contains(.migrate) })
+                var chosen: [Int: PFN] = [:]
+                for i in 0..<64 where src[i].contains(.migrate) {
+                    let ram = rig.memory.allocPage()!
+                    rig.memory.lockPage(ram)
+                    memcpy(rig.memory.bytes(ram)!, rig.device.bytes(src[i].page!), pageSize)
+                    dst[i] = MigratePFN(pfn: ram)
+                    chosen[i] = ram
+                }
+                destinations.append(chosen)
+                let held = src[h].page!
+                rig.memory.getPage(held)                                         // a racing user: this page stays
+                try rig.memory.migrateDevicePages(src: src, dst: dst, npages: 64)
+                rig.memory.putPage(held)
+            }
+            try evict()
+            try evict()                                                          // the first is never finalized
+            rig.memory.migrateDeviceFinalize(src: src, dst: dst, npages: 64)
+        }
+        #expect(destinations.map(\.count) == [4, 1])
+        let (index, page) = try #require(destinations.last?.first)
+        #expect(destinations.first?[index] == page)                              // the premise: same page, same index
+        #expect(rig.rules == [.setupBeforeFinalize: 1])
+        #expect(Self.consistent(rig) == [])
+        #expect(rig.checker.unfinishedMigrations == 0)
+        #expect(rig.memory.freeRAMPageCount == free - 3)                         // three pages moved, nothing else held
+        #expect(rig.device.freePageCount == 63)
+        #expect(!rig.memory.isPageLocked(page))
+        #expect(try rig.dataIntact())
+    }
+
     @Test func sourceWrittenBetweenPagesAndFinalizeOnTheLastPage() throws {
         let rig = try CheckedRig(pages: 8)
         var line: UInt = 0

@@ -187,4 +187,40 @@ func eventually(seconds: Double = 10, _ condition: () -> Bool) -> Bool {
         #expect(device.freePageCount == device.pageCount)
         #expect(memory.diagnostics.unlocksOfUnlockedPages == 0 && memory.diagnostics.refcountUnderflowCount == 0)
     }
+
+    /// `make_device_exclusive` takes its reference to the page GUP found under the
+    /// page-table lock (`follow_page_pte`): the page it locks and checks is the one mapped.
+    /// A racing `MADV_DONTNEED` (mmap lock for read, like the exclusive) frees the page and
+    /// another user allocates the frame at once; a reference taken after the walk lands on
+    /// that user's page, which is not anonymous: EOPNOTSUPP for an anonymous mapping. And
+    /// an entry zapped between the walk and the page lock starts it over for as long as it
+    /// takes (`goto retry`), not 16 times then EBUSY: the kernel only ever retries.
+    /// Bounded: 300 000 tries or 10 s (a TSan build), whichever comes first.
+    @Test func exclusiveRacingDontneedNeverTakesTheFrameOfTheNextUser() throws {
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: pageSize)
+        let stop = Atomic<Bool>(false)
+        let zapper = TestThread {
+            while !stop.load(ordering: .relaxed) {
+                try? mm.madvise(a, length: pageSize, advice: .dontNeed)
+                // The freed frame is on top of the free stack: the next user gets it.
+                if let p = memory.allocPage() {
+                    for _ in 0..<5 where !stop.load(ordering: .relaxed) { sched_yield() }
+                    memory.putPage(p)
+                }
+            }
+        }
+        var wrong: [HostMMError] = []
+        let deadline = ContinuousClock.now + .seconds(10)
+        for k in 0..<300_000 where wrong.isEmpty {
+            if k % 1024 == 0 && ContinuousClock.now > deadline { break }
+            do throws(HostMMError) { _ = try makeExclusive(mm, a) } catch { wrong.append(error) }
+        }
+        stop.store(true, ordering: .relaxed)
+        #expect(zapper.join())
+        #expect(wrong == [])
+        try mm.munmap(a, length: pageSize)
+        #expect(memory.checkInvariants(addressSpaces: [mm]) == [])
+    }
 }

@@ -11,7 +11,7 @@ extension Mirror {
     /// exclusive. Then the range is read back through the mirror into `buffer`.
     /// - Returns: `cpages` = pages read back (`npages`), `faults` 0.
     /// - Throws: `.fault` (no VMA, no write permission), `.notSupported` (shared memory,
-    ///   page cache), `.outOfMemory`, `.busy`; `.invalidArgument` when the address space is
+    ///   page cache), `.outOfMemory`; `.invalidArgument` when the address space is
     ///   gone; `.noEntry` if an entry vanished before the read-back.
     public func makeExclusive(_ address: UInt64, npages: Int,
                               into buffer: UnsafeMutableRawBufferPointer? = nil) throws(MirrorError) -> MirrorResult {

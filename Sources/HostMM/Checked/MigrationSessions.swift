@@ -189,7 +189,8 @@ final class MigrationSessions: @unchecked Sendable {
     /// the driver's `dst` array still names them.
     private var recovered: [UInt: [(index: Int, page: PFN)]] = [:]
 
-    /// Records the destinations `finishAbandoned` finalized for arrays at `base`.
+    /// Records the destinations `finishAbandoned` finalized for arrays at `base` (or, after
+    /// the pages step judged them, those still to be judged by finalize).
     func noteRecovered(_ base: UInt, _ pages: [(index: Int, page: PFN)]) {
         lock.withLock { recovered[base] = pages.isEmpty ? nil : pages }
     }

@@ -114,7 +114,7 @@ extension ProtocolChecker {
     /// Before the pages step: order, arrays, source contents, destinations.
     func willRunPages(_ memory: PhysicalMemory, _ src: Entries, _ dst: Entries, npages: Int, exact: Bool,
                       site: CallSite) throws(HostMMError) -> StepPlan {
-        dropRecoveredDestinations(src, dst, npages, take: false)   // whatever the plan: the pages step validates dst
+        dropRecoveredDestinations(memory, src, dst, npages, finalize: false)   // whatever the plan: the pages step validates dst
         var found: [ProtocolViolation] = []
         var plan = locate(src, dst, npages, exact: exact, twice: .pagesTwice, without: .pagesWithoutSetup, site, &found)
         if plan.run, let done = plan.sessions.first(where: { $0.phase != .setUp }) {
@@ -152,17 +152,38 @@ extension ProtocolChecker {
     }
 
     /// Drops `dst` entries that still name a destination recording mode already finalized
-    /// (`finishAbandoned` on the PFN path) where `src` does not migrate: the driver's stale
-    /// copy of the abandoned migration's array, which finalize would otherwise release again.
-    /// An entry whose `src` migrates is the driver's new choice (a freed page may come back
-    /// from the allocator at once) and is kept. `take` (finalize) forgets the record.
-    private func dropRecoveredDestinations(_ src: Entries, _ dst: Entries, _ count: Int, take: Bool) {
+    /// (`finishAbandoned` on the PFN path): the driver's stale copy of the abandoned
+    /// migration's array, which finalize would otherwise release again.
+    ///
+    /// Each entry is judged once, with the `src` the driver allocated against: before the
+    /// pages step, an entry whose `src` does not migrate is stale (dropped), one whose `src`
+    /// migrates onto a locked page is the driver's new choice (a freed page comes back from
+    /// the allocator at once) and is kept — both are then forgotten, since the pages step
+    /// may clear `MIGRATE` on a page that stays, and finalize must release that new
+    /// destination. Only an unlocked one (no valid destination: stale, or a driver's
+    /// mistake the pages step reports) waits for finalize, which drops it if it no longer
+    /// migrates. Finalize (`finalize`) forgets the record.
+    private func dropRecoveredDestinations(_ memory: PhysicalMemory, _ src: Entries, _ dst: Entries, _ count: Int,
+                                           finalize: Bool) {
         guard let p = src.baseAddress else { return }
+        let base = UInt(bitPattern: p)
         let n = max(0, min(count, src.count, dst.count))
-        for (i, page) in sessions.recovered(UInt(bitPattern: p), take: take)
-        where i < n && dst[i].page == page && !src[i].contains(.migrate) {
-            dst[i] = []
+        let recorded = sessions.recovered(base, take: finalize)
+        guard !recorded.isEmpty else { return }
+        var undecided: [(index: Int, page: PFN)] = []
+        for (i, page) in recorded {
+            guard i < n, dst[i].page == page else {
+                if i >= n { undecided.append((i, page)) }   // beyond this call: not judged yet
+                continue
+            }
+            if !src[i].contains(.migrate) {
+                if finalize && memory.isPageLocked(page) { continue }   // a destination the driver locked
+                dst[i] = []
+            } else if !finalize && !memory.isPageLocked(page) {
+                undecided.append((i, page))
+            }
         }
+        if !finalize { sessions.noteRecovered(base, undecided) }
     }
 
     /// Holes whose destination the pages step maps present for the CPU (anything but
@@ -305,7 +326,7 @@ extension ProtocolChecker {
     /// that moved, source contents. Closes the sessions.
     func willFinalize(_ memory: PhysicalMemory, _ src: Entries, _ dst: Entries, npages: Int, exact: Bool,
                       site: CallSite) -> StepPlan {
-        dropRecoveredDestinations(src, dst, npages, take: true)    // whatever the plan: finalize releases dst
+        dropRecoveredDestinations(memory, src, dst, npages, finalize: true)    // whatever the plan: finalize releases dst
         var found: [ProtocolViolation] = []
         let plan = locate(src, dst, npages, exact: exact, twice: .finalizeTwice, without: .finalizeWithoutSetup,
                           site, &found)

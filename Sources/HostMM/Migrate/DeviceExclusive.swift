@@ -21,9 +21,10 @@ extension AddressSpace {
     ///   no VMA, no write permission (including `PROT_NONE`), a `VM_IO`/`VM_PFNMAP`
     ///   mapping, or a fault that cannot be resolved; `.notSupported` (`EOPNOTSUPP`) when
     ///   the page is not anonymous (shmem, page cache) or the VMA is hugetlb;
-    ///   `.outOfMemory`; `.busy` if the entry kept changing between the fault and the
-    ///   page lock (16 times); `.mmapLockNotHeld`. A fault that makes no progress (another
-    ///   fault holds the page) is retried until it does, as GUP retries.
+    ///   `.outOfMemory`; `.mmapLockNotHeld`. Never `EBUSY`: a fault that makes no progress
+    ///   (another fault holds the page) is retried until it does, as GUP retries, and an
+    ///   entry that changed between the fault and the page lock (a racing `MADV_DONTNEED`,
+    ///   a migration) starts it over, as `make_device_exclusive` does (`goto retry`).
     public func makeDeviceExclusive(_ address: UInt64, owner: PgmapOwner? = nil) throws(HostMMError) -> PFN {
         guard address.isPageAligned else { throw .invalidArgument(reason: "address \(address.hex) is not page-aligned") }
         guard mmapLock.isLocked else { throw .mmapLockNotHeld }
@@ -31,33 +32,34 @@ extension AddressSpace {
         guard let vma = findVMA(address), vma.flags.contains(.write),
               vma.flags.isDisjoint(with: [.io, .pfnMap]) else { throw .fault }
         if vma.flags.contains(.hugetlb) { throw .notSupported }
-        for _ in 0..<16 {
+        var attempts = 0
+        while true {
             let page = try faultInWritable(vma, address)
-            guard memory.getPageUnlessZero(page) else { continue }
-            memory.lockPage(page)
             guard memory.isAnon(page) else {
-                memory.unlockPage(page)
                 memory.putPage(page)
                 throw .notSupported
             }
+            memory.lockPage(page)
             if installExclusiveEntry(address, page, owner) { return page }
             // The entry changed between the GUP and the lock: start over, as the kernel does.
             memory.unlockPage(page)
             memory.putPage(page)
+            attempts += 1
+            if attempts > 3 { sched_yield() }
         }
-        throw .busy
     }
 
-    /// GUP's fault loop: resolves faults until `address` maps a present, writable page.
+    /// GUP's fault loop: resolves faults until `address` maps a present, writable page, and
+    /// returns it with a reference taken under the page-table lock (`followWritablePage`).
     /// Like `__get_user_pages` (`faultin_page` returning 0: `goto retry`) it retries for as
     /// long as the fault makes no progress — a device-private page whose lock another
     /// fault holds (`do_swap_page`'s trylock fails: nothing to do but retry) comes back
     /// once that fault finishes; it never gives up with `EBUSY`. Yields after a few
     /// attempts, as a CPU access does (`cond_resched`).
     private func faultInWritable(_ vma: VMA, _ address: UInt64) throws(HostMMError) -> PFN {
-        var pte = pageTable.entry(address)
         var attempts = 0
-        while !(pte.isPresent && pte.isWritable && !pte.isSpecial) {
+        while true {
+            if let page = followWritablePage(address) { return page }
             do throws(HostMMError) {
                 try handleMMFault(vma, address, write: true)
             } catch {
@@ -66,11 +68,24 @@ extension AddressSpace {
                 default: throw .fault
                 }
             }
-            pte = pageTable.entry(address)
             attempts += 1
             if attempts > 3 { sched_yield() }
         }
-        return pte.pfn
+    }
+
+    /// `follow_page_pte` with `FOLL_GET | FOLL_WRITE`: the page mapped present and writable
+    /// at `address`, with a reference taken under the page-table lock — read before the
+    /// reference, the entry may be zapped and its frame freed and handed to another user
+    /// (a racing `MADV_DONTNEED` holds the mmap lock for read too) — or nil.
+    private func followWritablePage(_ address: UInt64) -> PFN? {
+        guard let leaf = pageTable.leaf(address, create: false) else { return nil }
+        let i = PTETable.index(address)
+        return leaf.lock.withLock { () -> PFN? in
+            let pte = leaf[i]
+            guard pte.isPresent, pte.isWritable, !pte.isSpecial else { return nil }
+            memory.getPage(pte.pfn)   // mapped: the mapping holds a reference
+            return pte.pfn
+        }
     }
 
     /// Replaces the writable mapping of `page` by a device-exclusive entry under an
