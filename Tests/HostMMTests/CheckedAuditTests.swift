@@ -239,6 +239,43 @@ import Testing
         #expect(try rig.dataIntact())
     }
 
+    /// The other side of the stale-destination rule: when no pages step judged the
+    /// recovered entries (the new collection found nothing, and the driver went straight
+    /// to finalize), a stale `dst` entry is dropped even though its page is locked — by
+    /// whoever holds it now (here the page the abandoned migration moved the data into,
+    /// locked by another user). Releasing it would unlock that user's page and drop the
+    /// reference of its mapping.
+    @Test func aStaleRecoveredDestinationLockedByAnotherUserIsNotReleasedByFinalize() throws {
+        let rig = try CheckedRig(pages: 4)
+        try rig.device.migrateToDevice(rig.mm, rig.a, rig.a + UInt64(4 * pageSize))
+        var held = PFN(0)
+        try withBuffers(64) { src, dst in
+            try rig.memory.migrateDeviceRange(src, start: rig.device.pagemap.firstPFN, npages: 64)
+            for i in 0..<64 where src[i].contains(.migrate) {
+                let ram = rig.memory.allocPage()!
+                rig.memory.lockPage(ram)
+                memcpy(rig.memory.bytes(ram)!, rig.device.bytes(src[i].page!), pageSize)
+                dst[i] = MigratePFN(pfn: ram)
+            }
+            try rig.memory.migrateDevicePages(src: src, dst: dst, npages: 64)
+            // Never finalized: the next setup finishes it, and the data is in RAM.
+            try rig.memory.migrateDeviceRange(src, start: rig.device.pagemap.firstPFN, npages: 64)
+            #expect((0..<64).allSatisfy { !src[$0].contains(.migrate) })
+            let i = try #require((0..<64).first { dst[$0].page != nil })
+            held = dst[i].page!
+            #expect(rig.memory.trylockPage(held))                                // another user holds it now
+            let refs = rig.memory.refcount(held)
+            rig.memory.migrateDeviceFinalize(src: src, dst: dst, npages: 64)     // nothing collected: no pages step
+            #expect(rig.memory.isPageLocked(held))
+            #expect(rig.memory.refcount(held) == refs)
+            rig.memory.unlockPage(held)
+        }
+        #expect(rig.rules == [.setupBeforeFinalize: 1])
+        #expect(Self.consistent(rig) == [])
+        #expect(rig.checker.unfinishedMigrations == 0)
+        #expect(try rig.dataIntact())
+    }
+
     @Test func sourceWrittenBetweenPagesAndFinalizeOnTheLastPage() throws {
         let rig = try CheckedRig(pages: 8)
         var line: UInt = 0

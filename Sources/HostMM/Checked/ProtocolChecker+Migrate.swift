@@ -114,9 +114,10 @@ extension ProtocolChecker {
     /// Before the pages step: order, arrays, source contents, destinations.
     func willRunPages(_ memory: PhysicalMemory, _ src: Entries, _ dst: Entries, npages: Int, exact: Bool,
                       site: CallSite) throws(HostMMError) -> StepPlan {
-        dropRecoveredDestinations(memory, src, dst, npages, finalize: false)   // whatever the plan: the pages step validates dst
         var found: [ProtocolViolation] = []
         var plan = locate(src, dst, npages, exact: exact, twice: .pagesTwice, without: .pagesWithoutSetup, site, &found)
+        // Whatever the plan (the pages step validates dst), over every entry it may process.
+        dropRecoveredDestinations(memory, src, dst, plan.run ? max(npages, plan.npages) : npages, finalize: false)
         if plan.run, let done = plan.sessions.first(where: { $0.phase != .setUp }) {
             found.append(report(.pagesTwice, pfn: nil, address: done.start, site: site,
                                 "the pages step already ran on the migration set up at \(done.site); skipped"))
@@ -156,13 +157,16 @@ extension ProtocolChecker {
     /// migration's array, which finalize would otherwise release again.
     ///
     /// Each entry is judged once, with the `src` the driver allocated against: before the
-    /// pages step, an entry whose `src` does not migrate is stale (dropped), one whose `src`
-    /// migrates onto a locked page is the driver's new choice (a freed page comes back from
-    /// the allocator at once) and is kept — both are then forgotten, since the pages step
-    /// may clear `MIGRATE` on a page that stays, and finalize must release that new
-    /// destination. Only an unlocked one (no valid destination: stale, or a driver's
-    /// mistake the pages step reports) waits for finalize, which drops it if it no longer
-    /// migrates. Finalize (`finalize`) forgets the record.
+    /// pages step (over every entry it processes), an entry whose `src` does not migrate is
+    /// stale (dropped), one whose `src` migrates onto a locked page is the driver's new
+    /// choice (a freed page comes back from the allocator at once) and is kept — both are
+    /// then forgotten, since the pages step may clear `MIGRATE` on a page that stays, and
+    /// finalize must release that new destination. Only an unlocked one (no valid
+    /// destination: stale, or a driver's mistake the pages step reports) waits for
+    /// finalize, as does every entry when no pages step ran; finalize drops those that do
+    /// not migrate, locked or not: a stale page may be locked by whoever uses it now, and
+    /// releasing it would unlock that user's page and drop a reference it does not own.
+    /// Finalize (`finalize`) forgets the record.
     private func dropRecoveredDestinations(_ memory: PhysicalMemory, _ src: Entries, _ dst: Entries, _ count: Int,
                                            finalize: Bool) {
         guard let p = src.baseAddress else { return }
@@ -177,7 +181,6 @@ extension ProtocolChecker {
                 continue
             }
             if !src[i].contains(.migrate) {
-                if finalize && memory.isPageLocked(page) { continue }   // a destination the driver locked
                 dst[i] = []
             } else if !finalize && !memory.isPageLocked(page) {
                 undecided.append((i, page))
