@@ -23,9 +23,13 @@ extension Device {
     /// passes that move nothing do not count — teardown waits for it as `memunmap_pages`
     /// waits for the pgmap's references (10 s at most). Pages that stay locked or pinned
     /// through a few passes after that are left in VRAM. `outOfRAM` is true when the last
-    /// pass left pages in VRAM for want of a RAM frame: the kernel's `evict_chunk`
-    /// allocates with `__GFP_NOFAIL` and cannot fail, the model returns instead (every page
-    /// left stays mapped in VRAM with its data, and a later pass retries it).
+    /// pass that collected pages left some in VRAM for want of a RAM frame: the kernel's
+    /// `evict_chunk` allocates with `__GFP_NOFAIL` and cannot fail, the model returns
+    /// instead (every page left stays mapped in VRAM with its data, and a later pass
+    /// retries it). A pass that collected nothing — every page left was locked by another
+    /// migration just then — says nothing about RAM: it keeps the verdict before it (a
+    /// concurrent `evictAll`, short of RAM too, holding the pages at the last pass made
+    /// suspend and teardown report `.busy`, as if a page were pinned).
     @discardableResult
     func evictEverything(waitingForOthers: Bool) -> (evicted: Int, outOfRAM: Bool) {
         let policy = self.policy
@@ -41,6 +45,7 @@ extension Device {
             pass += 1
             var progress = 0
             var withoutRAM = 0
+            var collected = 0
             for chunk in vram.chunks {
                 var first = chunk.pfns.lowerBound
                 while first < chunk.pfns.upperBound {
@@ -51,8 +56,11 @@ extension Device {
                     }
                     let free = buffers.first { b in !inFlight.contains { $0.buffers === b } } ?? buffers[0]
                     switch startEviction(free, [(first, count)]) {
-                    case .done(_, let done, let short): (progress, withoutRAM) = (progress + done, withoutRAM + short)
-                    case .inFlight(let e): inFlight.append(e)
+                    case .done(let got, let done, let short):
+                        (collected, progress, withoutRAM) = (collected + got, progress + done, withoutRAM + short)
+                    case .inFlight(let e):
+                        collected += e.collected
+                        inFlight.append(e)
                     }
                     first = first + count
                 }
@@ -62,7 +70,7 @@ extension Device {
                 (progress, withoutRAM) = (progress + r.evicted, withoutRAM + r.withoutRAM)
             }
             evicted += progress
-            outOfRAM = withoutRAM > 0
+            if collected > 0 { outOfRAM = withoutRAM > 0 }
             guard progress == 0 else { continue }
             // Pages collected by a concurrent migration are locked until its finalize: retry
             // later. Nothing of this eviction is in flight here, so any migration counted is
