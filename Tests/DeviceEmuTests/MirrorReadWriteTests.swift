@@ -186,7 +186,8 @@ import Testing
     }
 
     /// A thread unmaps the second half after a random delay below 32 µs while the device
-    /// reads; success must still mean a complete, correct read.
+    /// reads; success must still mean a complete, correct read, and a failure must be
+    /// EFAULT (or EBUSY, the range timeout).
     @Test("anon_teardown", arguments: MirrorKind.allCases)
     func anonTeardown(_ kind: MirrorKind) throws {
         let f = try HMMFixture(kind)
@@ -202,7 +203,10 @@ import Testing
                 #expect(b.cpages == npages && b.faults == 1)
                 #expect(b.mirrorMatches(.index(plus: c)))
             } else {
-                #expect(rc == negErrno(.fault))
+                // EFAULT: the read met the unmapped half. EBUSY: a 64-page batch ran past
+                // dmirror_range_fault's timeout (1 s), which a loaded machine can make it do
+                // (hmm-tests.c checks nothing when the read fails).
+                #expect(rc == negErrno(.fault) || rc == negErrno(.busy), "rc \(rc)")
             }
             unmapper.join()
             try b.free()
