@@ -66,6 +66,33 @@ import Testing
         try mm.munmap(a, length: pageSize)
     }
 
+    /// A fault-around window of 4 pages, faulting on page 1, with one D2H copy failing on
+    /// the fence (descriptors 0-3 are the migration's H2D copies, 4-7 the window's D2H
+    /// copies in address order): the faulting page's failure is SIGBUS; a neighbour's
+    /// leaves that neighbour in VRAM and the access succeeds.
+    @Test(arguments: [(failing: 4, faultingFails: false), (failing: 5, faultingFails: true)])
+    func aCopyFailureOnTheFenceIsSigbusOnlyForTheFaultingPage(failing: Int, faultingFails: Bool) throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.cpuFaultGranularity = .faultAround(pages: 4)
+        let plan = FaultPlan(rules: [.init(.nth(failing), .fail(.ioError))])
+        let gpu = try makeDevice(memory, vramMiB: 8, backend: .faultInjecting(plan, wrapping: .memcpy), policy: policy)
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 4, seed: 0xFE4C)
+        #expect(try gpu.migrateToDevice(mm, range: range(a, pages: 4)).migrated == 4)
+        let target = a + UInt64(pageSize)
+        let failed = a + UInt64((failing - 4) * pageSize)
+        if faultingFails {
+            #expect(throws: HostMMError.busError(address: target)) { try mm.read(at: target, count: 1) }
+        } else {
+            #expect(try mm.read(at: target, count: pageSize) == pattern.page(1))
+        }
+        #expect(mm.pageTableEntry(failed).kind == .devicePrivate)
+        #expect(gpu.vram.inUsePageCount == 1)
+        #expect(gpu.checkInvariants().isEmpty)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 4).isEmpty)   // the failed page's data stayed in VRAM
+    }
+
     /// A fault-around batch fails as a whole (dead channel: submit refused) while the
     /// faulting page itself was not collected, because another migration holds its lock:
     /// only neighbours were restored, so the fault returns 0 and the access is retried
