@@ -125,8 +125,8 @@ extension Device {
         addressSpace(for: mm)?.zapCollected(start, UnsafeBufferPointer(b.src), args.npages)
         let faultIndex = faultPage.flatMap { fp in (0..<args.npages).first { b.src[$0].page == fp } }
         // A fault's batch whose failure below restores only neighbours (the faulting page
-        // is held by another thread, or gone) fails no access: the access is retried, as
-        // nouveau's `if (!args.cpages) return 0`.
+        // is in another batch of the window, held by another thread, or gone) fails no
+        // access: the access is retried, as after nouveau's `if (!args.cpages) return 0`.
         let neighboursOnly = faultPage != nil && faultIndex == nil
         let fence: Fence, descriptors: Int, withoutRAM: Bool
         do throws(DeviceError) {
