@@ -17,10 +17,12 @@ extension Device {
     /// fault-around window or the whole range it was migrated with — after the minimum
     /// residency, if any (`waitForResidency`: the faulting page's, or the whole
     /// allocation's; young fault-around neighbours stay in VRAM). Returns `.sigbus` when
-    /// the faulting page's copy fails (as nouveau does), `.oom` when no RAM page is left
-    /// for it, and `.done` otherwise —
-    /// also when the page could not move because another thread holds it (a concurrent
-    /// fault on the same page): the access is retried, as the kernel retries it.
+    /// setup refuses the faulting batch or the faulting page's copy fails — refused at
+    /// enqueue, at submit, or reported by the fence — (as nouveau does), `.oom` when no
+    /// RAM page is left for it (nouveau: SIGBUS), and `.done` otherwise: also when only
+    /// neighbours failed (they stay in VRAM), and when the page could not move because
+    /// another thread holds it (a concurrent fault on the same page, a migration): the
+    /// access is retried, as the kernel retries it. The table is in docs/kernel-map.md.
     public func migrateToRAM(_ fault: VMFault) -> VMFaultResult {
         ungatedMigrations.add(1, ordering: .sequentiallyConsistent)
         defer { ungatedMigrations.subtract(1, ordering: .sequentiallyConsistent) }
@@ -87,7 +89,8 @@ extension Device {
         var collected = 0
         var moved = 0
         var failed = 0
-        /// The faulting page's copy failed (SIGBUS).
+        /// The faulting page's copy failed, reported by the fence or refused at enqueue
+        /// (SIGBUS).
         var faultPageCopyFailed = false
         /// No RAM page could be allocated for the faulting page (OOM).
         var faultPageWithoutRAM = false
@@ -121,13 +124,29 @@ extension Device {
         // Looked up once the pages are collected (see `startBatchToDevice`).
         addressSpace(for: mm)?.zapCollected(start, UnsafeBufferPointer(b.src), args.npages)
         let faultIndex = faultPage.flatMap { fp in (0..<args.npages).first { b.src[$0].page == fp } }
-
-        let (fence, descriptors) = try enqueueToRAM(b, &args, pool, faultIndex: faultIndex)
-        if let fi = faultIndex, b.dst[fi].page == nil { out.faultPageWithoutRAM = true }
+        // A fault's batch whose failure below restores only neighbours (the faulting page
+        // is in another batch of the window, held by another thread, or gone) fails no
+        // access: the access is retried, as after nouveau's `if (!args.cpages) return 0`.
+        let neighboursOnly = faultPage != nil && faultIndex == nil
+        let fence: Fence, descriptors: Int, withoutRAM: Bool
+        do throws(DeviceError) {
+            (fence, descriptors, withoutRAM) = try enqueueToRAM(b, &args, pool, faultIndex: faultIndex)
+        } catch {
+            if neighboursOnly { return out }
+            throw error
+        }
+        if let fi = faultIndex, b.dst[fi].page == nil {
+            // No frame left for it (the model's VM_FAULT_OOM), or its copy could not be
+            // queued (a dead channel, an unknown region): nouveau's SIGBUS.
+            if withoutRAM { out.faultPageWithoutRAM = true } else { out.faultPageCopyFailed = true }
+        }
         let signal = observeSignal(fence)
         emit(.copiesSubmitted, .toRAM, batch: batch, seqno: fence.seqno, channel: fence.channelID,
              address: start, pages: descriptors)
-        try migrateVMAPagesInFlight(&args, b, fence, .toRAM, batch: batch, address: start)
+        do throws(DeviceError) { try migrateVMAPagesInFlight(&args, b, fence, .toRAM, batch: batch, address: start) } catch {
+            if neighboursOnly { return out }
+            throw error
+        }
         let failures = waitFence(fence, signal, .toRAM, batch)
         for f in failures {
             // The device page keeps the data: finalize restores its entry and frees the RAM page.
@@ -147,12 +166,14 @@ extension Device {
         return out
     }
 
-    /// A locked RAM page and a D2H copy per collected device page; returns the fence and
-    /// the descriptor count. When RAM holds fewer pages than were collected, the faulting
-    /// page (`faultIndex`) gets one first: a fault-around window degrades to the page the
-    /// access needs instead of failing it while neighbours move.
+    /// A locked RAM page and a D2H copy per collected device page; returns the fence, the
+    /// descriptor count, and whether the faulting page (`faultIndex`) was left without a
+    /// RAM page — as opposed to having one whose copy could not be queued. When RAM holds
+    /// fewer pages than were collected, the faulting page gets one first: a fault-around
+    /// window degrades to the page the access needs instead of failing it while
+    /// neighbours move.
     private func enqueueToRAM(_ b: MigrationBuffers, _ args: inout MigrateVMA, _ pool: ChannelPool,
-                              faultIndex: Int?) throws(DeviceError) -> (Fence, Int) {
+                              faultIndex: Int?) throws(DeviceError) -> (Fence, Int, faultPageWithoutRAM: Bool) {
         let want = (0..<args.npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) && b.src[$1].page != nil ? 1 : 0) }
         let got = memory.allocPages(into: UnsafeMutableBufferPointer(rebasing: b.pages[0..<want]))
         DeviceMemory.ascend(UnsafeMutableBufferPointer(rebasing: b.pages[0..<got]))  // RAM pages in order: iovecs merge
@@ -164,8 +185,13 @@ extension Device {
         }
         for k in 0..<got { memory.lockPage(b.pages[k]) }
         var next = 0, descriptors = 0
+        var faultPageWithoutRAM = false
         func enqueue(_ i: Int) {
-            guard b.src[i].contains(.migrate), let source = b.src[i].page, next < got else { return }
+            guard b.src[i].contains(.migrate), let source = b.src[i].page else { return }
+            guard next < got else {
+                if i == faultIndex { faultPageWithoutRAM = true }
+                return
+            }
             let ram = b.pages[next]
             next += 1
             do {
@@ -197,7 +223,7 @@ extension Device {
             throw .dma(error)
         }
         pool.checkin(channel)
-        return (fence, descriptors)
+        return (fence, descriptors, faultPageWithoutRAM)
     }
 
     /// The range a CPU fault brings back, by policy, clamped to the VMA.
