@@ -27,13 +27,7 @@ import Testing
         let suspendResult = NIOLockedValueBox<String>("not run")
         try probe.arm(at: .init(.gpuFault), hold: .seconds(20)) {
             suspender.withLockedValue {
-                $0 = TestThread {
-                    do {
-                        try gpu.suspend()
-                        try gpu.resume()
-                        suspendResult.withLockedValue { $0 = "ok" }
-                    } catch { suspendResult.withLockedValue { $0 = "\(error)" } }
-                }
+                $0 = TestThread { suspendAndResume(gpu, reportingTo: suspendResult) }
             }
             // Hold the fault until the suspend has closed the gate: it then waits for this access.
             var polls = 0
@@ -100,11 +94,7 @@ import Testing
         try gpu.migrateToDevice(mm, range: range(a, pages: 32))
         let suspendResult = NIOLockedValueBox<String>("not run")
         try probe.arm(at: .init(.setupEnd, direction: .evict), hold: .milliseconds(200)) {
-            do {
-                try gpu.suspend()
-                try gpu.resume()
-                suspendResult.withLockedValue { $0 = "ok" }
-            } catch { suspendResult.withLockedValue { $0 = "\(error)" } }
+            suspendAndResume(gpu, reportingTo: suspendResult)
         }
         gpu.evictAll()
         #expect(probe.waitForAction(timeout: .seconds(20)))
@@ -146,13 +136,7 @@ import Testing
         // The fault, its page moved and unlocked but still referenced, waits for that collection.
         try faultProbe.arm(at: .init(.cpuFaultEnd, direction: .toRAM), hold: .seconds(20)) {
             suspender.withLockedValue {
-                $0 = TestThread {
-                    do {
-                        try gpu.suspend()
-                        try gpu.resume()
-                        suspendResult.withLockedValue { $0 = "ok" }
-                    } catch { suspendResult.withLockedValue { $0 = "\(error)" } }
-                }
+                $0 = TestThread { suspendAndResume(gpu, reportingTo: suspendResult) }
             }
             var polls = 0
             while evictionProbe.firedAt == nil && polls < 200_000 { usleep(100); polls += 1 }
@@ -173,4 +157,13 @@ import Testing
         #expect(try pattern.cpuMismatches(mm, a, pages: 16).isEmpty)
         #expect(gpu.checkInvariants().isEmpty)
     }
+}
+
+/// Suspends and resumes `gpu`, leaving "ok" or the error in `result`.
+private func suspendAndResume(_ gpu: Device, reportingTo result: NIOLockedValueBox<String>) {
+    do {
+        try gpu.suspend()
+        try gpu.resume()
+        result.withLockedValue { $0 = "ok" }
+    } catch { result.withLockedValue { $0 = "\(error)" } }
 }

@@ -173,12 +173,7 @@ import Testing
                 try rig.memory.migrateDeviceRange(src, start: rig.device.pagemap.firstPFN, npages: 64)
                 if clears { for i in 0..<64 { dst[i] = [] } }
                 collected.append((0..<64).filter { src[$0].contains(.migrate) }.count)
-                for i in 0..<64 where src[i].contains(.migrate) {
-                    let ram = rig.memory.allocPage()!
-                    rig.memory.lockPage(ram)
-                    memcpy(rig.memory.bytes(ram)!, rig.device.bytes(src[i].page!), pageSize)
-                    dst[i] = MigratePFN(pfn: ram)
-                }
+                for i in 0..<64 where src[i].contains(.migrate) { rig.copyToRAM(src, dst, i) }
                 try rig.memory.migrateDevicePages(src: src, dst: dst, npages: 64)
             }
             try evict()
@@ -210,13 +205,7 @@ import Testing
                 try rig.memory.migrateDeviceRange(src, start: rig.device.pagemap.firstPFN, npages: 64)
                 let h = try #require((0..<64).first { src[$0].contains(.migrate) })
                 var chosen: [Int: PFN] = [:]
-                for i in 0..<64 where src[i].contains(.migrate) {
-                    let ram = rig.memory.allocPage()!
-                    rig.memory.lockPage(ram)
-                    memcpy(rig.memory.bytes(ram)!, rig.device.bytes(src[i].page!), pageSize)
-                    dst[i] = MigratePFN(pfn: ram)
-                    chosen[i] = ram
-                }
+                for i in 0..<64 where src[i].contains(.migrate) { chosen[i] = rig.copyToRAM(src, dst, i) }
                 destinations.append(chosen)
                 let held = src[h].page!
                 rig.memory.getPage(held)                                         // a racing user: this page stays
@@ -251,12 +240,7 @@ import Testing
         var held = PFN(0)
         try withBuffers(64) { src, dst in
             try rig.memory.migrateDeviceRange(src, start: rig.device.pagemap.firstPFN, npages: 64)
-            for i in 0..<64 where src[i].contains(.migrate) {
-                let ram = rig.memory.allocPage()!
-                rig.memory.lockPage(ram)
-                memcpy(rig.memory.bytes(ram)!, rig.device.bytes(src[i].page!), pageSize)
-                dst[i] = MigratePFN(pfn: ram)
-            }
+            for i in 0..<64 where src[i].contains(.migrate) { rig.copyToRAM(src, dst, i) }
             try rig.memory.migrateDevicePages(src: src, dst: dst, npages: 64)
             // Never finalized: the next setup finishes it, and the data is in RAM.
             try rig.memory.migrateDeviceRange(src, start: rig.device.pagemap.firstPFN, npages: 64)
@@ -395,13 +379,7 @@ import Testing
         var last: PFN?
         try withBuffers(64) { src, dst in
             try rig.memory.migrateDeviceRange(src, start: rig.device.pagemap.firstPFN, npages: 64)
-            for i in 0..<64 where src[i].contains(.migrate) {
-                let page = src[i].page!, ram = rig.memory.allocPage()!
-                rig.memory.lockPage(ram)
-                memcpy(rig.memory.bytes(ram)!, rig.device.bytes(page), pageSize)
-                dst[i] = MigratePFN(pfn: ram)
-                last = ram
-            }
+            for i in 0..<64 where src[i].contains(.migrate) { last = rig.copyToRAM(src, dst, i) }
             rig.memory.unlockPage(last!)                                         // the bug
             line = #line + 1
             do { try rig.memory.migrateDevicePages(src: src, dst: dst, npages: 64) } catch {}

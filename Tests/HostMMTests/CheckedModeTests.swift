@@ -34,6 +34,17 @@ final class CheckedRig {
         dst.deallocate()
     }
 
+    /// A driver's copy of a collected device page out of VRAM: a locked RAM page holding
+    /// `src[i]`'s bytes, stored in `dst[i]` and returned.
+    @discardableResult
+    func copyToRAM(_ src: UnsafeMutableBufferPointer<MigratePFN>, _ dst: UnsafeMutableBufferPointer<MigratePFN>, _ i: Int) -> PFN {
+        let ram = memory.allocPage()!
+        memory.lockPage(ram)
+        memcpy(memory.bytes(ram)!, device.bytes(src[i].page!), pageSize)
+        dst[i] = MigratePFN(pfn: ram)
+        return ram
+    }
+
     func args() -> MigrateVMA {
         MigrateVMA(vma: mm.findVMA(a), start: a, end: a + UInt64(pages * pageSize), src: src, dst: dst,
                    pgmapOwner: device.owner, flags: .selectSystem)
