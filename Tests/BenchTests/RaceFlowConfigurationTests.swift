@@ -40,6 +40,41 @@ import Testing
         #expect(RacePage(base: .zeros, adds: 1).firstWord(0) == 1 && RacePage.unmapped.incremented == .unmapped)
     }
 
+    /// A read racing a store of the marker may see it half done only where the CPU and the
+    /// GPU map the same bytes (coherent VRAM, GPU-mapped system pages, dmirror), and only as
+    /// a word-wise mix of before and after. (The race that showed it: `race --flow
+    /// gpu-fault --action cpu-write --memory coherent --vram 16`, about 1 run in 25, the
+    /// GPU read finding pattern and marker interleaved after the CPU store was released by
+    /// finalize.)
+    @Test func aReadRacingAStoreOfPagesBothSidesMapMaySeeItHalfDone() {
+        let page = 1
+        let pattern = RacePage.pattern.bytes(page: page)!, marker = RacePage.marker.bytes(page: page)!
+        let torn = Array(marker[0 ..< 1024] + pattern[1024 ..< 3488] + marker[3488 ..< 4096])
+        #expect(RaceShadow.isTornMix(torn, of: [.pattern, .marker], page: page))
+        #expect(!RaceShadow.isTornMix(torn, of: [.pattern], page: page))
+        var stray = torn
+        stray[2000] ^= 0xff   // a word neither before nor after: not a tear
+        #expect(!RaceShadow.isTornMix(stray, of: [.pattern, .marker], page: page))
+        let zerosAndPattern = Array(RacePage.zeros.bytes(page: page)![0 ..< 2048] + pattern[2048 ..< 4096])
+        #expect(!RaceShadow.isTornMix(zerosAndPattern, of: [.pattern, .marker], page: page))
+
+        var coherent = RaceConfiguration()
+        coherent.memory = .coherent
+        var mapping = RaceConfiguration()
+        mapping.gpuFault = .map
+        var mirror = RaceConfiguration()
+        mirror.driver = .mirror
+        for c in [coherent, mapping, mirror] {
+            #expect(RaceShadow.readMayTear(c, storer: .cpuWrite))
+            #expect(RaceShadow.readMayTear(c, storer: .gpuWrite, reader: .cpuRead))
+            #expect(!RaceShadow.readMayTear(c, storer: .dontNeed))   // a new page: nothing half done
+            #expect(!RaceShadow.readMayTear(c, storer: .gpuFault, reader: .cpuRead))
+        }
+        // Private VRAM migrated on GPU faults: the CPU's store first takes the page back.
+        #expect(!RaceShadow.readMayTear(RaceConfiguration(), storer: .cpuWrite))
+        #expect(!RaceShadow.readMayTear(RaceConfiguration(), storer: .gpuWrite, reader: .cpuRead))
+    }
+
     /// The default policy migrates the atomic's window; the flows' stores land once.
     @Test func theGPUStoresByDefault() async throws {
         _ = try await raceMatrix(RaceConfiguration(), flows: [.gpuAtomic, .gpuWrite], actions: writers + [.unbind, .suspendResume])

@@ -104,6 +104,11 @@ import Testing
         #expect(RaceExpectations.actionMayFail(.suspend, .gpuAtomic, DeviceError.suspended, memory: .private))
         #expect(!RaceExpectations.actionMayFail(.evict, .gpuAtomic, DeviceError.suspended, memory: .private))
         #expect(!RaceExpectations.actionMayFail(.suspend, .cpuRead, DeviceError.suspended, memory: .private))
+        // EXCLUSIVE's read-back may miss the entry the CPU fault's replay restored (ENOENT),
+        // and nothing else: the command itself never fails with EBUSY.
+        #expect(RaceExpectations.actionMayFail(.mirrorCPUFault, .exclusive, MirrorError.noEntry, memory: .private))
+        #expect(!RaceExpectations.actionMayFail(.mirrorCPUFault, .exclusive, MirrorError.busy, memory: .private))
+        #expect(!RaceExpectations.actionMayFail(.mirrorRead, .exclusive, MirrorError.noEntry, memory: .private))
     }
 
     @Test func badOptionsAreRefused() {

@@ -45,6 +45,11 @@ struct RaceCheck {
             if action == .none && n != want { problems.append("\(flow.rawValue) moved \(n) of \(want) pages") }
         case .read(let bytes):
             if !seen.contains(where: { $0.bytes(page: target) == bytes }) {
+                if RaceShadow.readMayTear(world.configuration, storer: action),
+                   RaceShadow.isTornMix(bytes, of: seen, page: target) {
+                    notes.append("the flow read page \(target) while \(action.rawValue) stored it: a mix of \(names(seen))")
+                    break
+                }
                 problems.append("the flow read page \(target) as not \(names(seen))\(describe(bytes, page: target))")
             }
         case .value(let v):
@@ -72,6 +77,11 @@ struct RaceCheck {
         case .done: break
         case .read(let bytes):
             if !seen.contains(where: { $0.bytes(page: target) == bytes }) {
+                if RaceShadow.readMayTear(world.configuration, storer: flow, reader: action),
+                   RaceShadow.isTornMix(bytes, of: seen, page: target) {
+                    notes.append("\(action.rawValue) read page \(target) while \(flow.rawValue) stored it: a mix of \(names(seen))")
+                    break
+                }
                 problems.append("\(action.rawValue) read page \(target) as not \(names(seen))\(describe(bytes, page: target))")
             }
         case .value(let v):
@@ -261,12 +271,21 @@ struct RaceCheck {
         }
     }
 
-    /// What else the page holds, when it is something the shadow model knows.
+    /// What else the page holds, when it is something the shadow model knows, or else the
+    /// known contents it is stitched from (a store torn by a concurrent read), 8 bytes at a
+    /// time: "bytes 0..<2048 the marker, 2048..<4096 the pattern"; `?` where none matches.
     private func describe(_ bytes: [UInt8], page: Int) -> String {
-        for other in RacePage.known where bytes == other.bytes(page: page) {
-            return " (it is \(other))"
+        let known = RacePage.known.compactMap { k in k.bytes(page: page).map { (k, $0) } }
+        for (other, b) in known where bytes == b { return " (it is \(other))" }
+        guard bytes.count == pageSize else { return " (\(bytes.count) bytes)" }
+        var runs: [(start: Int, end: Int, name: String)] = []
+        for word in stride(from: 0, to: pageSize, by: 8) {
+            let name = known.first { $0.1[word ..< word + 8] == bytes[word ..< word + 8] }.map { "\($0.0)" } ?? "?"
+            if let last = runs.last, last.name == name, last.end == word { runs[runs.count - 1].end = word + 8 }
+            else { runs.append((word, word + 8, name)) }
         }
-        return ""
+        let shown = runs.prefix(8).map { "\($0.start)..<\($0.end) \($0.name)" }.joined(separator: ", ")
+        return " (bytes \(shown)\(runs.count > 8 ? ", … \(runs.count) runs" : ""))"
     }
 
     /// A forked child sees the pattern on every page, and the target as it started or as

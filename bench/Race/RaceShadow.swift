@@ -1,3 +1,5 @@
+import HostMM
+
 /// The shadow model's rules for the target page when a flow and a racing action may both
 /// write it (the GPU stores of `gpu-write` and `gpu-atomic` against the actions' stores,
 /// DONTNEED and munmap). Each writer's effect is its own (`RaceFlow.targetAfter`,
@@ -40,6 +42,36 @@ enum RaceShadow {
     /// `gpu-atomic`): the start, or what the action left if it got there first.
     static func seenByFlow(_ base: RacePage, action: RaceAction) -> [RacePage] {
         unique([base, action.targetAfter(base)] + (action == .mremapDontUnmap ? [.zeros] : []))
+    }
+
+    /// True when a read of the target racing the other side's store of the marker (the
+    /// flow's GPU read against `cpu-write`, the action's `cpu-read` against the flow's GPU
+    /// store, …) may see that store half done. The serialization above holds where the
+    /// GPU reaches the page through VRAM the CPU cannot map; it does not where both map
+    /// the same bytes and access them in place: device-coherent VRAM (`--memory
+    /// coherent`), system pages a GPU fault maps (`--gpu-fault map`, `thrashing`), the
+    /// system pages dmirror's READ and WRITE copy (`--driver mirror`). Nothing in the
+    /// kernel orders a CPU store against a device load of a page both map: the read is
+    /// then a word-wise mix of before and after (`isTornMix`), as hardware's would be.
+    static func readMayTear(_ c: RaceConfiguration, storer: RaceAction) -> Bool {
+        guard storer == .cpuWrite || storer == .gpuWrite else { return false }
+        return c.memory == .coherent || c.gpuFault != .migrate || c.driver == .mirror
+    }
+
+    /// The same for the action's read racing the flow's store (`gpu-write`'s marker).
+    static func readMayTear(_ c: RaceConfiguration, storer: RaceFlow, reader: RaceAction) -> Bool {
+        guard storer == .gpuWrite || storer == .mirrorWrite, reader == .cpuRead || reader == .gpuRead else { return false }
+        return c.memory == .coherent || c.gpuFault != .migrate || c.driver == .mirror
+    }
+
+    /// True when `bytes`, a page read while one store raced it, is a mix of what the page
+    /// held before and after that store (`seen`), every 8-byte word from one of them.
+    static func isTornMix(_ bytes: [UInt8], of seen: [RacePage], page: Int) -> Bool {
+        let candidates = seen.compactMap { $0.bytes(page: page) }
+        guard bytes.count == pageSize, candidates.count > 1 else { return false }
+        return stride(from: 0, to: pageSize, by: 8).allSatisfy { w in
+            candidates.contains { $0[w ..< w + 8] == bytes[w ..< w + 8] }
+        }
     }
 
     /// What a forked child's copy of the target holds: the fork copies the page before or
