@@ -48,7 +48,10 @@ struct RaceCommand: ParsableCommand {
             and leave the rest in VRAM with their data, and an access, COW, pin, suspend or teardown that needs \
             a frame may fail with ENOMEM (out of memory), having changed nothing. The GPU stores of \
             gpu-write and gpu-atomic and a racing store, DONTNEED or munmap leave the target as one applied after \
-            the other, in either order (RaceShadow); while suspend holds the device suspended, GPU accesses and \
+            the other, in either order (RaceShadow); where the CPU and the GPU reach the same bytes in place \
+            (--memory coherent, --gpu-fault map or thrashing, --driver mirror), a read racing a store may see \
+            it half done, a word-wise mix of before and after (a note, not a failure), as hardware's would; \
+            while suspend holds the device suspended, GPU accesses and \
             migrations to VRAM fail with `suspended`, as documented. \
             A pinned target must stay the page the process maps, holding what it reads (migration refuses \
             it; a pin takes a VRAM page back to RAM first; a long-term pin of coherent VRAM may fail with \
