@@ -184,6 +184,46 @@ import Testing
         try f.checkDataAndTearDown()
     }
 
+    /// The converse: a pass short of RAM, then RAM is back and CPU faults bring every page
+    /// left home but one, which stays pinned (extra references). The later passes collect
+    /// nothing — because of the pin, not a lock another eviction holds — so what is left in
+    /// VRAM is left for the pin: EBUSY, not an ENOMEM kept from the first pass while RAM
+    /// is plentiful.
+    @Test func aPinnedPageLeftOnceRAMIsBackIsBusyNotOutOfMemory() throws {
+        let pinned = NIOLockedValueBox<PFN?>(nil)
+        let fixture = RaceRegressionTests.Late<FixtureBox>()
+        let ballastBox = RaceRegressionTests.Late<Ballast>()
+        let hook = RaceRegressionTests.StepHook(matches: { $0.kind == .finalizeEnd && $0.direction == .evict }) {
+            guard let f = fixture.value?.f else { return }
+            ballastBox.value?.release()
+            let left = (0..<f.pages).filter { f.kind($0) == .devicePrivate }
+            guard let first = left.first else { return }
+            let pfn = f.mm.pageTableEntry(f.address(first)).pfn
+            // Two references: `migrate_vma_check_page` lets a ZONE_DEVICE page have one extra.
+            f.memory.getPage(pfn)
+            f.memory.getPage(pfn)
+            pinned.withLockedValue { $0 = pfn }
+            let (mm, addresses) = (f.mm, left.dropFirst().map { f.address($0) })
+            let reader = TestThread {
+                for address in addresses { _ = try? mm.read(at: address, count: 1) }
+            }
+            #expect(reader.join())
+        }
+        let f = try Fixture(observer: hook)
+        fixture.value = FixtureBox(f)
+        ballastBox.value = Ballast(f.memory, leaving: 5)
+        #expect(throws: DeviceError.busy) { try f.gpu.suspend() }
+        let pin = try #require(pinned.withLockedValue { $0 })
+        #expect(f.gpu.vram.inUsePageCount == 1)
+        #expect(f.memory.freeRAMPageCount > f.pages)
+        f.memory.putPage(pin)
+        f.memory.putPage(pin)
+        try f.gpu.suspend()
+        try f.gpu.resume()
+        #expect(f.gpu.vram.inUsePageCount == 0)
+        try f.checkDataAndTearDown()
+    }
+
     /// The fixture, for an observer made before it.
     final class FixtureBox: @unchecked Sendable {
         let f: Fixture

@@ -27,9 +27,13 @@ extension Device {
     /// `evict_chunk` allocates with `__GFP_NOFAIL` and cannot fail, the model returns
     /// instead (every page left stays mapped in VRAM with its data, and a later pass
     /// retries it). A pass that collected nothing — every page left was locked by another
-    /// migration just then — says nothing about RAM: it keeps the verdict before it (a
-    /// concurrent `evictAll`, short of RAM too, holding the pages at the last pass made
-    /// suspend and teardown report `.busy`, as if a page were pinned).
+    /// migration just then, or pinned — keeps the verdict before it while RAM is still too
+    /// short for the pages left (a concurrent `evictAll`, short of RAM too, holding the
+    /// pages at the last pass made suspend and teardown report `.busy`, as if a page were
+    /// pinned), and clears it once RAM would hold them all: what is left then is left for
+    /// a pin or a lock, not for RAM (RAM short at an earlier pass, then freed, and every
+    /// page but a pinned one brought home by CPU faults, made suspend report
+    /// `.hostMM(.outOfMemory)` with RAM to spare).
     @discardableResult
     func evictEverything(waitingForOthers: Bool) -> (evicted: Int, outOfRAM: Bool) {
         let policy = self.policy
@@ -70,7 +74,11 @@ extension Device {
                 (progress, withoutRAM) = (progress + r.evicted, withoutRAM + r.withoutRAM)
             }
             evicted += progress
-            if collected > 0 { outOfRAM = withoutRAM > 0 }
+            if collected > 0 {
+                outOfRAM = withoutRAM > 0
+            } else if outOfRAM && memory.freeRAMPageCount >= vram.inUsePageCount {
+                outOfRAM = false
+            }
             guard progress == 0 else { continue }
             // Pages collected by a concurrent migration are locked until its finalize: retry
             // later. Nothing of this eviction is in flight here, so any migration counted is
