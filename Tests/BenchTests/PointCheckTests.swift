@@ -32,6 +32,9 @@ import Testing
         #expect(parseError(["run", "race", "--set", "step=nope"])?.hasPrefix("race (step=nope): unknown step 'nope'") == true)
         #expect(parseError(["run", "race", "--set", "driver=mirror", "flow=mirror-read", "target=20", "step=setupBegin"]) == nil)
         #expect(parseError(["run", "thrash", "--set", "prefetch=sequential", "remote-link=pcie4"]) == nil)
+        // A custom link: its comma would split the value, so --set and --sweep take '@'.
+        #expect(parseError(["run", "thrash", "--set", "remote-link=16@5us"]) == nil)
+        #expect(parseError(["run", "copy", "--sweep", "link=pcie4,16@5us,none"]) == nil)
     }
 
     @Test func anExplicitSpanBelowTotalIsRejectedNotRaised() {
