@@ -67,9 +67,11 @@ import Testing
         #expect(try LinkSpec(parsing: "16,5us").model == .init(gigabytesPerSecond: 16, latency: .microseconds(5)))
         #expect(try LinkSpec(parsing: "0.5,800ns").model == .init(gigabytesPerSecond: 0.5, latency: .nanoseconds(800)))
         #expect(try LinkSpec(parsing: "8,2").model?.latency == .microseconds(2))
+        // `--set`/`--sweep` split values at commas: there a custom link is written with '@'.
+        #expect(try LinkSpec(parsing: "16@5us").model == .init(gigabytesPerSecond: 16, latency: .microseconds(5)))
         #expect(try LinkSpec(parsing: "NVLink").model == .nvlink)
         #expect(try LinkSpec(parsing: "none").model == nil)
-        for bad in ["pcie9", "0,5", "-1,5", "16", "16,5s", "x,1"] {
+        for bad in ["pcie9", "0,5", "-1,5", "16", "16,5s", "x,1", "16@5us@1", "16,@5"] {
             #expect(throws: ParameterValueError("'\(bad)' is not a valid link (expected \(LinkSpec.help))")) { try LinkSpec(parsing: bad) }
         }
         for huge in ["1e300,0", "1e-300,0", "0.0001,5us"] {

@@ -103,5 +103,22 @@ import Testing
         #expect(parseError(["run", "memcpy", "--json", "/tmp/a/../r.json", "--trace", "/tmp/r.json"])
                 == "--json and --trace name the same file (/tmp/r.json): one would overwrite the other")
         #expect(parseError(["run", "memcpy", "--json", "-", "--trace", "t.json", "--csv", "r.csv"]) == nil)
+        #expect(parseError(["run", "memcpy", "--json", "-", "--csv", "-"])
+                == "only one of --json, --csv and --trace can write to stdout ('-'), not --json and --csv")
+        #expect(parseError(["run", "memcpy", "--json", "-", "--trace", "-"])
+                == "only one of --json, --csv and --trace can write to stdout ('-'), not --json and --trace")
+    }
+
+    /// `--trace -` wrote a file named `-` in the current directory, while `--json -` and
+    /// `--csv -` mean stdout; it now means stdout too.
+    @Test func aTraceToDashGoesToStdoutNotToAFileNamedDash() throws {
+        let dash = FileManager.default.currentDirectoryPath + "/-"
+        try #require(!FileManager.default.fileExists(atPath: dash))
+        defer { try? FileManager.default.removeItem(atPath: dash) }
+        let fake = FakeScenario()
+        let jobs = [BenchJob(scenario: fake, parameters: try ScenarioParameters(for: fake))]
+        try session(["--trace", "-"]).execute(jobs)
+        #expect(fake.counter.calls == 1)
+        #expect(!FileManager.default.fileExists(atPath: dash))
     }
 }

@@ -16,6 +16,27 @@ import Testing
         #expect(parseError(["suite", "--only", "copy", "migrate", "--dry-run"]) == nil)
     }
 
+    /// `thrash` and `race` once checked their points only when each ran: a sweep whose last
+    /// point clashed failed after the others had run (exit status 1, not a usage error).
+    @Test func thrashAndRacePointsAreCheckedBeforeTheFirstRuns() {
+        #expect(parseError(["run", "thrash", "--sweep", "prefetch=off,sequential", "--set", "fault-around=2"])
+            == "thrash (fault-around=2 prefetch=sequential): fault-around and prefetch=sequential both size CPU faults: use one of them")
+        #expect(parseError(["run", "thrash", "--set", "remote-link=warp"])
+            == "thrash (remote-link=warp): 'warp' is not a valid link (expected \(LinkSpec.help))")
+        #expect(parseError(["run", "race", "--sweep", "pages=64,17", "--set", "target=40"])
+            == "race (target=40 pages=17): target must be a page of the range: 0..<17")
+        #expect(parseError(["run", "race", "--set", "vram=17"])
+            == "race (vram=17): vram must be a multiple of 16 pages in 16...1024 (got 17)")
+        #expect(parseError(["run", "race", "--set", "flow=mirror-read"])
+            == "race (flow=mirror-read): flow mirror-read runs on --driver mirror, not nouveau")
+        #expect(parseError(["run", "race", "--set", "step=nope"])?.hasPrefix("race (step=nope): unknown step 'nope'") == true)
+        #expect(parseError(["run", "race", "--set", "driver=mirror", "flow=mirror-read", "target=20", "step=setupBegin"]) == nil)
+        #expect(parseError(["run", "thrash", "--set", "prefetch=sequential", "remote-link=pcie4"]) == nil)
+        // A custom link: its comma would split the value, so --set and --sweep take '@'.
+        #expect(parseError(["run", "thrash", "--set", "remote-link=16@5us"]) == nil)
+        #expect(parseError(["run", "copy", "--sweep", "link=pcie4,16@5us,none"]) == nil)
+    }
+
     @Test func anExplicitSpanBelowTotalIsRejectedNotRaised() {
         #expect(parseError(["run", "copy", "--set", "total=1M", "span=512K"])
             == "copy (total=1M span=512K): span 512K is smaller than total 1M: the frames of one pass must fit in it")

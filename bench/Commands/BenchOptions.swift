@@ -22,7 +22,7 @@ struct BenchOptions: ParsableArguments {
     var plot: String?
 
     @Option(help: ArgumentHelp(
-        "Write a timeline of the runs as Chrome trace-event JSON (open it in Perfetto UI or chrome://tracing).",
+        "Write a timeline of the runs as Chrome trace-event JSON ('-' for stdout; open it in Perfetto UI or chrome://tracing).",
         valueName: "file"))
     var trace: String?
 
@@ -35,7 +35,10 @@ struct BenchOptions: ParsableArguments {
     func validate() throws {
         guard (1...1000).contains(repeats) else { throw ValidationError("--repeat must be between 1 and 1000 (got \(repeats))") }
         guard traceCapacity > 0 else { throw ValidationError("--trace-capacity must be positive (got \(traceCapacity))") }
-        if json == "-" && csv == "-" { throw ValidationError("--json and --csv cannot both write to stdout ('-')") }
+        let toStdout = [("--json", json), ("--csv", csv), ("--trace", trace)].filter { $0.1 == "-" }.map(\.0)
+        if toStdout.count > 1 {
+            throw ValidationError("only one of --json, --csv and --trace can write to stdout ('-'), not \(toStdout.joined(separator: " and "))")
+        }
         let files = [("--json", json), ("--csv", csv), ("--trace", trace)].compactMap { flag, path in
             path.flatMap { $0 == "-" ? nil : (flag, URL(fileURLWithPath: $0).standardizedFileURL.path) }
         }

@@ -81,7 +81,7 @@ struct BenchSession {
     private func writeOutputs(_ document: ResultsDocument, trace: TraceRecorder?, progress: ProgressLine) throws {
         if !document.results.isEmpty {
             let table = SummaryTable(results: document.results, registry: registry).text + "\n"
-            if options.json == "-" || options.csv == "-" {
+            if options.json == "-" || options.csv == "-" || options.trace == "-" {
                 FileHandle.standardError.write(Data(table.utf8))
             } else {
                 print(table, terminator: "")
@@ -93,14 +93,19 @@ struct BenchSession {
             var metadata: [String: String] = ["command": document.command]
             for fact in document.machine.fields { metadata[fact.name] = fact.value.csv }
             do {
-                let parent = URL(fileURLWithPath: path).deletingLastPathComponent().path
-                try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
-                try trace.writeJSON(to: path, metadata: metadata)
+                if path == "-" {
+                    FileHandle.standardOutput.write(trace.jsonData(metadata: metadata))
+                } else {
+                    let parent = URL(fileURLWithPath: path).deletingLastPathComponent().path
+                    try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
+                    try trace.writeJSON(to: path, metadata: metadata)
+                }
             } catch {
                 throw OutputError("cannot write the trace to \(path): \(error.localizedDescription)")
             }
             let dropped = trace.droppedEvents
-            progress.note("trace: \(path)" + (dropped > 0 ? " (\(dropped) events dropped: raise --trace-capacity)" : ""))
+            let name = path == "-" ? "stdout" : path
+            progress.note("trace: \(name)" + (dropped > 0 ? " (\(dropped) events dropped: raise --trace-capacity)" : ""))
         }
         if let directory = options.plot { try plot(document, into: directory, progress: progress) }
     }

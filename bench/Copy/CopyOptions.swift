@@ -58,7 +58,8 @@ struct CopyOptions: Sendable {
 
 /// A link model as the command line names it: `none`, a preset (`pcie4`, `pcie5`,
 /// `nvlink`), or `GBPS,LATENCY` (e.g. `16,5us`: 16 GB/s each way, 5 µs per batch;
-/// the latency unit is ns, us/µs or ms, µs when omitted).
+/// the latency unit is ns, us/µs or ms, µs when omitted). `GBPS@LATENCY` (`16@5us`) is the
+/// same: `--set` and `--sweep` split their values at commas, so there it is the only way.
 ///
 /// Threads: a value; any thread.
 struct LinkSpec: Sendable, Equatable, CustomStringConvertible {
@@ -70,7 +71,8 @@ struct LinkSpec: Sendable, Equatable, CustomStringConvertible {
     /// The GB/s a `GBPS,LATENCY` link may have: 1 MB/s to 1 PB/s.
     static let bandwidths: ClosedRange<Double> = 0.001...1_000_000
 
-    static let help = "none, pcie4 (26 GB/s, 2 µs), pcie5 (52 GB/s, 2 µs), nvlink (450 GB/s, 1 µs), or GBPS,LATENCY (e.g. 16,5us)"
+    static let help = "none, pcie4 (26 GB/s, 2 µs), pcie5 (52 GB/s, 2 µs), nvlink (450 GB/s, 1 µs), "
+        + "or GBPS,LATENCY (e.g. 16,5us; 16@5us in --set and --sweep, which split values at commas)"
 
     init(text: String, model: LinkModel?) {
         self.text = text
@@ -87,7 +89,7 @@ struct LinkSpec: Sendable, Equatable, CustomStringConvertible {
             self.init(text: preset.name, model: preset.model)
             return
         }
-        let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        let parts = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "," || $0 == "@" }).map(String.init)
         guard parts.count == 2, let gbps = Double(parts[0]), gbps.isFinite, gbps > 0,
               let latency = Self.latency(parts[1]) else {
             throw ParameterValueError("'\(raw)' is not a valid link (expected \(Self.help))")

@@ -89,7 +89,8 @@ struct RaceOptions: Sendable, Equatable {
         var out: [T] = []
         for name in text.split(separator: ",", omittingEmptySubsequences: false).map(String.init) {
             guard let value = T(rawValue: name) else {
-                throw RaceOptionError("unknown \(what) '\(name)': use all or a comma-separated list of "
+                let problem = name == "all" ? "'all' cannot be combined with other names" : "unknown \(what) '\(name)'"
+                throw RaceOptionError("\(problem): use all or a comma-separated list of "
                                       + T.allCases.map(\.rawValue).joined(separator: ", "))
             }
             if !out.contains(where: { $0.rawValue == value.rawValue }) { out.append(value) }

@@ -42,12 +42,24 @@ struct RaceScenario: BenchScenario {
     let summaryFields = ["outcome", "passed"]
     let caseFields = ["flow", "step", "action"]
 
-    func run(_ parameters: ScenarioParameters, context: ScenarioContext) throws -> [RunRecord] {
+    /// Rejects a point whose values do not fit together (a target beyond `pages`, a flow of the
+    /// other driver, `pipeline` with the 2017 API, an unknown step name, VRAM not a multiple of
+    /// 16 pages) before the first point of a sweep runs.
+    func check(_ parameters: ScenarioParameters) throws(ParameterValueError) {
+        if let problem = try options(parameters).problem { throw ParameterValueError(problem) }
+    }
+
+    /// The matrix's settings at one point (every key was validated by the framework).
+    func options(_ parameters: ScenarioParameters) throws(ParameterValueError) -> RaceOptions {
         var o = RaceOptions()
-        o.flows = try RaceOptions.list(try parameters.string("flow"), of: RaceFlow.self, what: "flow")
-        o.actions = try RaceOptions.list(try parameters.string("action"), of: RaceAction.self, what: "action")
-        let stepNames = try parameters.string("step")
-        do { o.steps = try RaceStepFilter.parse(stepNames) } catch { throw ScenarioError(scenario: name, message: error.description) }
+        let (flows, actions, steps) = (try parameters.string("flow"), try parameters.string("action"), try parameters.string("step"))
+        do throws(RaceOptionError) {
+            o.flows = try RaceOptions.list(flows, of: RaceFlow.self, what: "flow")
+            o.actions = try RaceOptions.list(actions, of: RaceAction.self, what: "action")
+            o.steps = try RaceStepFilter.parse(steps)
+        } catch {
+            throw ParameterValueError(error.description)
+        }
         o.occurrence = try parameters.int("occurrence")
         o.hold = .milliseconds(try parameters.int("hold-ms"))
         o.pages = try parameters.int("pages")
@@ -66,6 +78,12 @@ struct RaceScenario: BenchScenario {
         let vram = try parameters.int("vram")
         c.vramPages = vram == RaceConfiguration.defaultVRAMPages ? nil : vram
         o.configuration = c
+        return o
+    }
+
+    func run(_ parameters: ScenarioParameters, context: ScenarioContext) throws -> [RunRecord] {
+        let o: RaceOptions
+        do { o = try options(parameters) } catch { throw ScenarioError(scenario: name, message: error.message) }
         if let problem = o.problem { throw ScenarioError(scenario: name, message: problem) }
         let m = try RaceMatrix.run(o, progress: context.progress)
         guard m.passed else {

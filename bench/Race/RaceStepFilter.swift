@@ -34,8 +34,9 @@ struct RaceStepFilter: Sendable, Equatable, CustomStringConvertible {
             let kind = MigrationEvent.Kind.allCases.first { "\($0)" == parts[0] }
             let direction = parts.count == 2 ? MigrationEvent.Direction.allCases.first { "\($0)" == parts[1] } : nil
             guard let kind, parts.count <= 2, parts.count == 1 || direction != nil else {
+                let problem = name == "all" ? "'all' cannot be combined with other names" : "unknown step '\(name)'"
                 throw RaceOptionError(
-                    "unknown step '\(name)': use all or a comma-separated list of steps as the table names them, "
+                    "\(problem): use all or a comma-separated list of steps as the table names them, "
                     + "a kind with an optional .direction (fenceWaitBegin.toDevice, cpuFaultBegin, gpuFault); kinds: "
                     + MigrationEvent.Kind.allCases.map { "\($0)" }.joined(separator: ", ") + "; directions: "
                     + MigrationEvent.Direction.allCases.filter { $0 != .none }.map { "\($0)" }.joined(separator: ", "))

@@ -33,7 +33,14 @@ struct ThrashScenario: BenchScenario {
     let summaryFields = ["gpu_fault", "remote_link", "us_per_page", "gpu_faults", "cpu_faults", "pages_to_device", "residency_waits", "thrashing_pins"]
     let caseFields: [String] = []
 
-    func run(_ parameters: ScenarioParameters, context: ScenarioContext) throws -> [RunRecord] {
+    /// Rejects a point whose values do not fit together (`fault-around` with `prefetch=sequential`)
+    /// before the first point of a sweep runs.
+    func check(_ parameters: ScenarioParameters) throws(ParameterValueError) {
+        if let problem = try options(parameters).problem { throw ParameterValueError(problem) }
+    }
+
+    /// The run's settings at one point (every key was validated by the framework).
+    func options(_ parameters: ScenarioParameters) throws(ParameterValueError) -> ThrashOptions {
         var o = ThrashOptions()
         o.pages = try parameters.size("pages")
         o.rounds = try parameters.int("rounds")
@@ -46,10 +53,14 @@ struct ThrashScenario: BenchScenario {
         o.thrashLapseMilliseconds = try parameters.int("thrash-lapse-ms")
         o.thrashPinMilliseconds = try parameters.int("thrash-pin-ms")
         o.backend = MigrateOptions.Backend(rawValue: try parameters.string("backend")) ?? .iouring
-        do { o.remoteLink = try LinkSpec(parsing: try parameters.string("remote-link")) } catch {
-            throw ThrashRun.failure(error.message)
-        }
+        o.remoteLink = try LinkSpec(parsing: try parameters.string("remote-link"))
         o.checked = try parameters.string("checked") == "on"
+        return o
+    }
+
+    func run(_ parameters: ScenarioParameters, context: ScenarioContext) throws -> [RunRecord] {
+        let o: ThrashOptions
+        do { o = try options(parameters) } catch { throw ThrashRun.failure(error.message) }
         return [try ThrashRun.measure(o, trace: context.trace, progress: context.progress)]
     }
 }
