@@ -124,6 +124,31 @@ import Testing
         #expect(lines[6][5...9] == ["5.00", "6.00", "7.00", "8.00", "9.00"])
     }
 
+    /// The check column says ok/FAIL for a record that verified its bytes and for a torture or
+    /// race record that passed or not; it stays blank for a record that says neither.
+    @Test func checkColumnReadsVerifiedElsePassed() throws {
+        func result(_ scenario: String, _ fields: [(String, RunRecord.Value)]) -> BenchResult {
+            var r = RunRecord()
+            for (name, value) in fields { r.set(name, value) }
+            return BenchResult(scenario: scenario, parameters: ScenarioParameters(values: [:]), repeats: 1, record: r, samples: [])
+        }
+        let results = [
+            result("copy", [("gbps", .double(1)), ("verified", .bool(true))]),
+            result("torture", [("operations", .int(5)), ("passed", .bool(false))]),
+            result("race", [("outcome", .string("ok")), ("passed", .bool(true))]),
+            result("mm", [("ns_per_page", .double(1))]),
+        ]
+        let text = SummaryTable(results: results).text
+        let lines = text.split(separator: "\n").map(String.init)
+        let rule = try #require(lines.firstIndex { $0.hasPrefix("---") })
+        let rows = lines[(rule + 1)...].map { $0.split(separator: " ").map(String.init) }
+        #expect(rows.count == 4)
+        #expect(rows[0].contains("ok") && !rows[0].contains("FAIL"))
+        #expect(rows[1].contains("FAIL"))
+        #expect(rows[2].contains("ok"))
+        #expect(!rows[3].contains("ok") && !rows[3].contains("FAIL"))
+    }
+
     @Test func latenciesGoOnTheRowOfTheirThroughputElseInOrder() {
         #expect(SummaryTable.latencyRows(["batch"], throughput: ["gbps"]) == [0: "batch"])
         #expect(SummaryTable.latencyRows(["fault"], throughput: ["to_device_gbps", "to_ram_fault_gbps", "evict_gbps"]) == [1: "fault"])

@@ -4,7 +4,7 @@ import Foundation
 /// its ratio to the same-run memcpy and the latency percentiles the record carries.
 ///
 /// Columns: scenario, case, GB/s (and spread under `--repeat`), memcpy GB/s, ratio,
-/// latency name, p50/p90/p99/p99.9/max in µs, check (verified), details.
+/// latency name, p50/p90/p99/p99.9/max in µs, check (verified, or passed), details.
 ///
 /// Threads: pure; any thread.
 struct SummaryTable {
@@ -65,7 +65,8 @@ struct SummaryTable {
             if let value = record[field] { base.append(field == "direction" ? value.formatted() : "\(field)=\(value.formatted())") }
         }
         let details = (scenario?.summaryFields ?? []).compactMap { name in record[name].map { "\(name)=\($0.formatted())" } }
-        let check: String = switch record["verified"] {
+        // Throughput records say whether their bytes verified; torture and race records whether they passed.
+        let check: String = switch record["verified"] ?? record["passed"] {
         case .bool(true)?: "ok"
         case .bool(false)?: "FAIL"
         default: ""

@@ -25,7 +25,7 @@ enum TortureRun {
         let world = try TortureWorld(o)
         var workers: [TortureWorker] = []
         for i in 0..<o.threads { workers.append(try TortureWorker(world: world, index: i)) }
-        progress("torture: \(o.threads) workers for \(o.seconds) s")
+        progress("torture: \(o.threads) worker\(o.threads == 1 ? "" : "s") for \(o.seconds) s")
         let t0 = MonotonicClock.now()
         world.start(seconds: o.seconds)
         let done = DispatchGroup()
