@@ -5,10 +5,10 @@ import NIOConcurrencyHelpers
 /// `resume()` racing a `suspend()` waits until the suspend has evicted everything, so it
 /// cannot restart migrations in the middle of that eviction.
 extension Device {
-    /// Stops new migrations and GPU accesses, waits for those in flight, then evicts every
-    /// VRAM page to System RAM. CPU faults keep working. Must not be called from inside a
-    /// device operation (an observer, an eviction policy), nor `resume`/`shutdown` from an
-    /// observer of the suspend's own eviction.
+    /// Stops new migrations and GPU accesses (`nouveau_dmem_suspend`), waits for those in
+    /// flight, then evicts every VRAM page to System RAM. CPU faults keep working. Must not
+    /// be called from inside a device operation (an observer, an eviction policy), nor
+    /// `resume`/`shutdown` from an observer of the suspend's own eviction.
     /// - Throws: `.shutDown` after teardown; `.busy` if some pages could not be evicted
     ///   (pinned); `.hostMM(.outOfMemory)` if System RAM ran out (nouveau evicts with
     ///   `__GFP_NOFAIL`, which cannot fail: the model reports ENOMEM instead). Either way
@@ -22,7 +22,8 @@ extension Device {
         if vram.inUsePageCount > 0 { throw outOfRAM ? .hostMM(.outOfMemory) : .busy }
     }
 
-    /// Lets migrations and GPU accesses run again after `suspend()`.
+    /// Lets migrations and GPU accesses run again after `suspend()`
+    /// (`nouveau_dmem_resume`).
     /// - Throws: `.shutDown` after teardown.
     public func resume() throws(DeviceError) {
         lifecycle.lock()
@@ -33,10 +34,10 @@ extension Device {
     /// True between `suspend()` and `resume()`.
     public var isSuspended: Bool { gate.state == .suspended }
 
-    /// Tears the device down: refuses new work, waits for work in flight, evicts every
-    /// VRAM page to System RAM, unbinds every address space, unregisters the chunks'
-    /// pgmaps and the device's memory regions, and, if the device created its engine,
-    /// shuts the engine down. Idempotent.
+    /// Tears the device down (`nouveau_dmem_fini`): refuses new work, waits for work in
+    /// flight, evicts every VRAM page to System RAM, unbinds every address space,
+    /// unregisters the chunks' pgmaps and the device's memory regions, and, if the device
+    /// created its engine, shuts the engine down. Idempotent.
     /// - Throws: `.busy` if pages could not be evicted (pinned), `.hostMM(.outOfMemory)` if
     ///   System RAM ran out (`nouveau_dmem_evict_chunk`'s `__GFP_NOFAIL` allocation cannot
     ///   fail in the kernel; the model reports ENOMEM rather than loop or drop data); the

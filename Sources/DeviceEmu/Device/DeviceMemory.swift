@@ -135,9 +135,9 @@ public final class DeviceMemory: @unchecked Sendable {
 
     // MARK: Allocation
 
-    /// Takes up to `out.count` free device pages, registering new chunks while VRAM has
-    /// room; each page is returned with refcount 1 and locked. Returns how many were taken
-    /// (fewer when VRAM is exhausted).
+    /// Takes up to `out.count` free device pages (`nouveau_dmem_page_alloc_locked`, for a
+    /// batch), registering new chunks while VRAM has room; each page is returned with
+    /// refcount 1 and locked. Returns how many were taken (fewer when VRAM is exhausted).
     public func allocPages(into out: UnsafeMutableBufferPointer<PFN>) -> Int {
         var n = lock.withLock { () -> Int in
             var n = 0
@@ -188,16 +188,18 @@ public final class DeviceMemory: @unchecked Sendable {
         if descending { pages.reverse() } else { pages.sort() }
     }
 
-    /// One free device page, locked with refcount 1, or nil when VRAM is exhausted.
+    /// One free device page, locked with refcount 1, or nil when VRAM is exhausted
+    /// (`nouveau_dmem_page_alloc_locked`).
     public func allocPage() -> PFN? {
         var pfn = PFN(0)
         let got = withUnsafeMutablePointer(to: &pfn) { allocPages(into: UnsafeMutableBufferPointer(start: $0, count: 1)) }
         return got == 1 ? pfn : nil
     }
 
-    /// Returns a page to the free list; call it from the pgmap's `pageFree`
-    /// (the page's refcount is 0 then). PFNs of other memory, and pages that still have
-    /// references (a later allocation would hand out a page in use), are counted and ignored.
+    /// Returns a page to the free list (`nouveau_dmem_page_free`); call it from the pgmap's
+    /// `pageFree` (the page's refcount is 0 then). PFNs of other memory, and pages that
+    /// still have references (a later allocation would hand out a page in use), are counted
+    /// and ignored.
     public func freePage(_ pfn: PFN) {
         guard table.chunkIndex(of: pfn) != nil, memory.refcount(pfn) == 0 else {
             strayFrees.add(1, ordering: .relaxed)

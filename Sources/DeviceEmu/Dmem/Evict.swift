@@ -7,14 +7,15 @@ import DMAEngine
 /// needed; rmap finds every mapping, and the invalidation it raises (not marked as this
 /// device's migration) zaps the device page tables.
 extension Device {
-    /// Evicts every in-use page of VRAM, as suspend and teardown do, but best effort: a
-    /// page another migration holds locked (or a CPU fault references) through a few
-    /// passes, about 20 ms, is left in VRAM, as is a pinned one. `minimumResidency` does
-    /// not apply: young pages go too. With `policy.pipelineDepth` above 1, that many
-    /// batches are in flight: the next batch is collected and its copies submitted while
-    /// earlier copies run (1, the default, is nouveau's one batch after another). A page
-    /// another migration has already moved out but not yet released is given back, not
-    /// moved or counted again (`DepartedPages.swift`). Returns pages evicted.
+    /// Evicts every in-use page of VRAM (`nouveau_dmem_evict_chunk` for every chunk), as
+    /// suspend and teardown do, but best effort: a page another migration holds locked (or
+    /// a CPU fault references) through a few passes, about 20 ms, is left in VRAM, as is a
+    /// pinned one. `minimumResidency` does not apply: young pages go too. With
+    /// `policy.pipelineDepth` above 1, that many batches are in flight: the next batch is
+    /// collected and its copies submitted while earlier copies run (1, the default, is
+    /// nouveau's one batch after another). A page another migration has already moved out
+    /// but not yet released is given back, not moved or counted again
+    /// (`DepartedPages.swift`). Returns pages evicted.
     @discardableResult
     public func evictAll() -> Int { evictEverything(waitingForOthers: false).evicted }
 

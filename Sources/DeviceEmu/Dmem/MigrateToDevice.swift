@@ -26,11 +26,12 @@ extension Device {
         }
     }
 
-    /// Migrates the pages of `[range)` in `mm` to VRAM, in batches of `policy.batchPages`
-    /// (best effort or all-or-nothing per batch, by policy). Pages already in this
-    /// device's VRAM, pinned, locked, file-backed or otherwise unmovable stay where they
-    /// are; holes of anonymous VMAs are populated with cleared device pages. When VRAM
-    /// is exhausted, cold pages are evicted first (`Configuration.eviction`).
+    /// Migrates the pages of `[range)` in `mm` to VRAM (`nouveau_dmem_migrate_vma`), in
+    /// batches of `policy.batchPages` (best effort or all-or-nothing per batch, by policy).
+    /// Pages already in this device's VRAM, pinned, locked, file-backed or otherwise
+    /// unmovable stay where they are; holes of anonymous VMAs are populated with cleared
+    /// device pages. When VRAM is exhausted, cold pages are evicted first
+    /// (`Configuration.eviction`).
     ///
     /// Takes `mm`'s mmap lock for read. Pages migrated by batches before an error stay migrated.
     /// - Throws: `.invalidArgument` for an empty or unaligned range; `.suspended`,

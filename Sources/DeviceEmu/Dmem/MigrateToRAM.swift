@@ -12,17 +12,18 @@ import DMAEngine
 /// The device page-table entries of collected pages are zapped before the copy is
 /// enqueued (the notifier skips the device's own migrations).
 extension Device {
-    /// `dev_pagemap_ops.migrate_to_ram`: a CPU access hit a device-private entry of this
-    /// device. Brings back the faulting page — or, by `policy.cpuFaultGranularity`, a
-    /// fault-around window or the whole range it was migrated with — after the minimum
-    /// residency, if any (`waitForResidency`: the faulting page's, or the whole
-    /// allocation's; young fault-around neighbours stay in VRAM). Returns `.sigbus` when
-    /// setup refuses the faulting batch or the faulting page's copy fails — refused at
-    /// enqueue, at submit, or reported by the fence — (as nouveau does), `.oom` when no
-    /// RAM page is left for it (nouveau: SIGBUS), and `.done` otherwise: also when only
-    /// neighbours failed (they stay in VRAM), and when the page could not move because
-    /// another thread holds it (a concurrent fault on the same page, a migration): the
-    /// access is retried, as the kernel retries it. The table is in docs/kernel-map.md.
+    /// `dev_pagemap_ops.migrate_to_ram` (`nouveau_dmem_migrate_to_ram`): a CPU access hit a
+    /// device-private entry of this device. Brings back the faulting page — or, by
+    /// `policy.cpuFaultGranularity`, a fault-around window or the whole range it was
+    /// migrated with — after the minimum residency, if any (`waitForResidency`: the
+    /// faulting page's, or the whole allocation's; young fault-around neighbours stay in
+    /// VRAM). Returns `.sigbus` when setup refuses the faulting batch or the faulting
+    /// page's copy fails — refused at enqueue, at submit, or reported by the fence — (as
+    /// nouveau does), `.oom` when no RAM page is left for it (nouveau: SIGBUS), and `.done`
+    /// otherwise: also when only neighbours failed (they stay in VRAM), and when the page
+    /// could not move because another thread holds it (a concurrent fault on the same page,
+    /// a migration): the access is retried, as the kernel retries it. The table is in
+    /// docs/kernel-map.md.
     public func migrateToRAM(_ fault: VMFault) -> VMFaultResult {
         ungatedMigrations.add(1, ordering: .sequentiallyConsistent)
         defer { ungatedMigrations.subtract(1, ordering: .sequentiallyConsistent) }

@@ -3,12 +3,12 @@ import HostMM
 /// `HMM_DMIRROR_EXCLUSIVE` and `HMM_DMIRROR_CHECK_EXCLUSIVE` (`dmirror_exclusive`,
 /// `dmirror_atomic_map`, `dmirror_check_atomic`).
 extension Mirror {
-    /// Takes `npages` pages at `address` for device atomics, one page at a time: each is
-    /// faulted in writable, its CPU entry becomes a device-exclusive entry (an
-    /// `.exclusive` invalidation with no owner, which every mirror obeys), and the mirror
-    /// maps it tagged atomic; each page taken is reported as `deviceExclusive`. The first
-    /// failure stops the walk; pages already taken stay
-    /// exclusive. Then the range is read back through the mirror into `buffer`.
+    /// `HMM_DMIRROR_EXCLUSIVE` (`dmirror_exclusive`): takes `npages` pages at `address` for
+    /// device atomics, one page at a time: each is faulted in writable, its CPU entry
+    /// becomes a device-exclusive entry (an `.exclusive` invalidation with no owner, which
+    /// every mirror obeys), and the mirror maps it tagged atomic; each page taken is
+    /// reported as `deviceExclusive`. The first failure stops the walk; pages already taken
+    /// stay exclusive. Then the range is read back through the mirror into `buffer`.
     /// - Returns: `cpages` = pages read back (`npages`), `faults` 0.
     /// - Throws: `.fault` (no VMA, no write permission), `.notSupported` (shared memory,
     ///   page cache), `.outOfMemory`; `.invalidArgument` when the address space is
@@ -39,8 +39,8 @@ extension Mirror {
         return try readBack(address, end, into: buffer)
     }
 
-    /// Checks that no page of the range is still mapped for atomics (a missing entry is
-    /// not). Faults nothing.
+    /// `HMM_DMIRROR_CHECK_EXCLUSIVE` (`dmirror_check_atomic`): checks that no page of the
+    /// range is still mapped for atomics (a missing entry is not). Faults nothing.
     /// - Returns: cpages 0, faults 0.
     /// - Throws: `.permissionDenied` (`EPERM`) while some entry is tagged atomic.
     @discardableResult

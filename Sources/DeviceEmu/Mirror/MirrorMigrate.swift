@@ -10,11 +10,11 @@ extension Mirror {
     /// Pages per `migrate_vma` (`PTRS_PER_PTE`).
     static let migrateBatch = 512
 
-    /// Migrates `npages` pages at `address` to device memory, VMA by VMA in batches of
-    /// 512: system pages, the zero page and holes of anonymous memory move (holes and the
-    /// zero page as cleared pages); shared memory, page-cache pages and every device's
-    /// pages stay. Then reads the range back through the mirror, without faulting, into
-    /// `buffer` (when given).
+    /// `HMM_DMIRROR_MIGRATE_TO_DEV` (`dmirror_migrate_to_device`): migrates `npages` pages
+    /// at `address` to device memory, VMA by VMA in batches of 512: system pages, the zero
+    /// page and holes of anonymous memory move (holes and the zero page as cleared pages);
+    /// shared memory, page-cache pages and every device's pages stay. Then reads the range
+    /// back through the mirror, without faulting, into `buffer` (when given).
     /// - Returns: `cpages` = pages the mirror can read back (pages already on this device
     ///   count), `faults` 0.
     /// - Throws: `.invalidArgument` for a page not in a readable VMA (batches already done
@@ -34,8 +34,9 @@ extension Mirror {
         return try readBack(address, end, into: buffer)
     }
 
-    /// Migrates this device's pages in `npages` pages at `address` back to system memory;
-    /// other pages are left alone.
+    /// `HMM_DMIRROR_MIGRATE_TO_SYS` (`dmirror_migrate_to_system`): migrates this device's
+    /// pages in `npages` pages at `address` back to system memory; other pages are left
+    /// alone.
     /// - Returns: `cpages` = pages that moved, `faults` 0.
     /// - Throws: `.invalidArgument` for a page not in a readable VMA or an address space
     ///   that is gone; `.outOfMemory` when a system page cannot be had (or the one-shot

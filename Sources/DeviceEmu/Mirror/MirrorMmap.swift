@@ -3,8 +3,9 @@ public import HostMM
 /// `mmap` of the device file itself (`dmirror_fops_mmap`): zeroed kernel pages inserted
 /// one by one into the new VMA, which becomes `VM_MIXEDMAP` (hmm-tests' `mixedmap`).
 extension Mirror {
-    /// Maps `length` bytes of fresh zeroed pages at a new address of `mm`, each inserted
-    /// with `insertPage` (a private mapping gets read-only entries: copy-on-write).
+    /// `dmirror_fops_mmap`: maps `length` bytes of fresh zeroed pages at a new address of
+    /// `mm`, each inserted with `insertPage` (a private mapping gets read-only entries:
+    /// copy-on-write).
     /// - Returns: the mapping's address.
     /// - Throws: `.invalidArgument` for a closed mirror, a non-positive length or an
     ///   address space that is gone; `.outOfMemory` when pages run out.

@@ -8,8 +8,9 @@ import HostMM
 /// the device goes back to system memory through `migrateDeviceRange` / `Pages` /
 /// `Finalize`, wherever it is mapped.
 extension Mirror {
-    /// Evicts all of the device's memory — pages of every mirror and process — and
-    /// returns; `address` and `npages` only pass the entry checks. The device keeps
+    /// `HMM_DMIRROR_RELEASE` (`dmirror_device_remove_chunks`, but the chunks stay
+    /// registered): evicts all of the device's memory — pages of every mirror and process —
+    /// and returns; `address` and `npages` only pass the entry checks. The device keeps
     /// working: later migrations allocate again.
     /// - Returns: cpages 0, faults 0.
     @discardableResult
@@ -27,10 +28,11 @@ extension MirrorDevice {
     /// observable and bounds the scratch arrays).
     static let evictBatch = 512
 
-    /// Evicts every in-use page of every chunk; returns pages moved. Free pages and pages
-    /// whose lock is held elsewhere are skipped, as `migrate_device_range` does. The
-    /// unmapping invalidates with no owner, so every mirror drops its entries; copies never
-    /// carry the write bit (`migrate_device_range` sets none).
+    /// Evicts every in-use page of every chunk (`dmirror_device_evict_chunk` for each);
+    /// returns pages moved. Free pages and pages whose lock is held elsewhere are skipped,
+    /// as `migrate_device_range` does. The unmapping invalidates with no owner, so every
+    /// mirror drops its entries; copies never carry the write bit (`migrate_device_range`
+    /// sets none).
     @discardableResult
     public func evictAll() -> Int {
         let src = UnsafeMutableBufferPointer<MigratePFN>.allocate(capacity: Self.evictBatch)

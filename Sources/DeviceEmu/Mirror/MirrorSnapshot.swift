@@ -6,8 +6,9 @@ import NIOConcurrencyHelpers
 /// what the CPU page table holds for each page, as the device sees it, without faulting
 /// anything and without touching the mirror's table.
 extension Mirror {
-    /// Writes one `MirrorProtection` byte per page of `npages` pages at `address` into
-    /// `buffer`, walking in batches of 32 pages, each under a temporary notifier.
+    /// `HMM_DMIRROR_SNAPSHOT` (`dmirror_snapshot`): writes one `MirrorProtection` byte per
+    /// page of `npages` pages at `address` into `buffer`, walking in batches of 32 pages,
+    /// each under a temporary notifier.
     /// - Returns: `cpages` = pages reported (`npages`), `faults` 0.
     /// - Throws: `.invalidArgument` when the address space is gone; `.busy` when a batch
     ///   keeps being invalidated past the timeout; `.fault` for a short buffer (batches

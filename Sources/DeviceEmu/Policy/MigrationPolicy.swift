@@ -82,8 +82,8 @@ public struct MigrationPolicy: Sendable, Equatable {
         case callbacks2017
     }
 
-    /// Pages per `migrate_vma` batch (nouveau: 128 — one scatterlist page — before its
-    /// 2025 rework, 512 after). At most the copy channel's `maxBatch`.
+    /// Pages per `migrate_vma` batch (nouveau: 128 — `SG_MAX_SINGLE_ALLOC`, one scatterlist
+    /// page — before its 2025 rework, 512 after). At most the copy channel's `maxBatch`.
     public var batchPages: Int = 512
     /// Batches of a range migration (three-step API only) or of `evictAll` in flight at
     /// once: 1 is nouveau's strict sequence; 2 sets up and commits the next batch while the
