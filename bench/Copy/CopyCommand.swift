@@ -86,7 +86,7 @@ struct CopyCommand: ParsableCommand {
         report.runs = records
         if json { return report.json }
         var columns = ["direction", "coalesce", "backend", "page_size", "batch_pages", "queue_depth", "channels", "bytes",
-                       "gbps", "memcpy_gbps", "ratio", "descriptors_per_s", "sqes", "batch_p50_us", "batch_p99_us", "verified"]
+                       "gbps", "memcpy_gbps", "ratio", "descriptors_per_s", "sqes", "batch_p50_us", "batch_p99_us", "mallocs_per_page", "verified"]
         if link != "none" { columns.insert("link", at: 3) }
         return report.table(columns: columns)
     }

@@ -85,6 +85,7 @@ enum CopyScenario {
         var engineSeconds: [Double] = [], memcpySeconds: [Double] = []
         var latency = LatencyHistogram()
         var verified = true
+        var mallocs: Int? = 0
         let opsBefore = channels.reduce(0) { $0 + $1.statistics.operations }
         let fixedBefore = channels.reduce(0) { $0 + $1.fixedBuffers.operations }
         for _ in 0..<o.repeats {
@@ -92,7 +93,10 @@ enum CopyScenario {
             memcpySeconds.append(track.span("memcpy pass") { pattern.memcpyAll() })
             verified = track.span("verify") { pattern.verify() } && verified
             pattern.poisonDestinations(0x5A)
-            let pass = try track.span("engine pass") { try runEngine(pattern, channels: channels, lanes: lanes, options: o) }
+            let (pass, passMallocs) = try AllocationCounter.count {
+                try track.span("engine pass") { try runEngine(pattern, channels: channels, lanes: lanes, options: o) }
+            }
+            mallocs = passMallocs.flatMap { n in mallocs.map { $0 + n } }
             engineSeconds.append(pass.seconds)
             latency.merge(pass.latency)
             verified = track.span("verify") { pattern.verify() } && verified
@@ -126,6 +130,8 @@ enum CopyScenario {
         if let failure = channels.compactMap({ $0.fixedBuffers.failure }).first { r.set("fixed_buffers_failure", failure) }
         r.set("repeats", o.repeats)
         latency.write(to: &r, prefix: "batch")
+        // Heap allocations of the timed passes, threads' start included (absent under sanitizers).
+        if let mallocs { r.set("mallocs_per_page", mallocs.per(pattern.count * o.repeats)) }
         r.set("verified", verified)
         return r
     }

@@ -74,7 +74,8 @@ struct MigrateCommand: ParsableCommand {
         let o = try options
         try ScenarioReport.printSingleRun("migrate", json: json, columns: [
             "bytes", "batch_pages", "pipeline", "fault_around", "prefetch", "backend", "fault_backend", "to_device_gbps", "memcpy_gbps", "ratio_to_device", "ratio_engine",
-            "to_ram_fault_gbps", "evict_gbps", "faults", "fault_p50_us", "fault_p99_us", "verified",
+            "to_ram_fault_gbps", "evict_gbps", "faults", "fault_p50_us", "fault_p99_us",
+            "mallocs_per_page_to_device", "mallocs_per_page_fault", "mallocs_per_page_evict", "verified",
         ]) { try MigrateRun.measure(o, trace: nil, progress: { _ in }) }
     }
 }

@@ -83,13 +83,13 @@ final class MigrateRun {
         let memcpySeconds = track.span("memcpy baseline") { baseline() }
         progress("copy engine alone")
         let engineSeconds = try track.span("copy engine alone") { try engineAlone() }
-        let (toDeviceSeconds, batches) = try toDevice()
+        let (toDeviceSeconds, batches, toDeviceMallocs) = try toDevice()
         // Range A's batches only: range B migrates to VRAM again below, and its batches
         // would land in the same totals.
         let perBatch = Self.phases.map { (name: $0.name, nanos: observer.total($0.kind, .toDevice)) }
         var faults = LatencyHistogram()
-        let (readSeconds, faultCount) = try readBack(&faults)
-        let (reuseSeconds, evictSeconds, evictedBytes) = try evict()
+        let (readSeconds, faultCount, faultMallocs) = try readBack(&faults)
+        let (reuseSeconds, evictSeconds, evictedBytes, evictMallocs) = try evict()
 
         var r = RunRecord()
         let gb = Double(o.totalBytes) / 1e9
@@ -128,6 +128,16 @@ final class MigrateRun {
         r.set("ratio_to_device_reused", memcpySeconds / reuseSeconds)
         r.set("faults", faultCount)
         faults.write(to: &r, prefix: "fault")
+        // Heap allocations in the timed phases (AllocationCounter; absent under sanitizers).
+        if let n = toDeviceMallocs {
+            r.set("mallocs_per_page_to_device", n.per(o.pages))
+            r.set("mallocs_per_batch_to_device", n.per(batches))
+        }
+        if let n = faultMallocs {
+            r.set("mallocs_per_page_fault", n.per(o.pages))
+            r.set("mallocs_per_fault", n.per(faultCount))
+        }
+        if let n = evictMallocs { r.set("mallocs_per_page_evict", n.per(evictedBytes / 4096)) }
         for (name, nanos) in perBatch {
             r.set("\(name)_us_per_batch", Double(nanos) / 1e3 / Double(max(batches, 1)))
         }
@@ -215,15 +225,18 @@ final class MigrateRun {
         for pool in gpu.vram.pools { memset(pool.mapping.baseAddress!, 0, pool.size) }
     }
 
-    /// Migrates A to VRAM (timed) and checks it through GPU reads; returns seconds and batches.
-    private func toDevice() throws -> (Double, Int) {
+    /// Migrates A to VRAM (timed) and checks it through GPU reads; returns seconds, batches
+    /// and the heap allocations of the timed part (nil: not counted).
+    private func toDevice() throws -> (Double, Int, Int?) {
         progress("migrating \(ByteCount(o.totalBytes)) to VRAM")
         let space: GPUAddressSpace
         do { space = try gpu.bind(mm) } catch { throw Self.failure("bind: \(error)") }
         let t = MonotonicClock.now()
-        let moved: MigrationResult
+        let moved: MigrationResult, mallocs: Int?
         do {
-            moved = try track.span("migrate to VRAM") { try gpu.migrateToDevice(mm, range: a ..< a + bytes) }
+            (moved, mallocs) = try AllocationCounter.count {
+                try track.span("migrate to VRAM") { try gpu.migrateToDevice(mm, range: a ..< a + bytes) }
+            }
         } catch { throw Self.failure("migrateToDevice: \(error)") }
         let seconds = MonotonicClock.seconds(since: t)
         guard moved.migrated == o.pages else { throw Self.failure("only \(moved.migrated) of \(o.pages) pages migrated") }
@@ -233,37 +246,41 @@ final class MigrateRun {
                 do { try space.read(at: a + UInt64(p * 4096), into: buffer) } catch { throw Self.failure("GPU read: \(error)") }
             }
         }
-        return (seconds, moved.batches)
+        return (seconds, moved.batches, mallocs)
     }
 
     /// Reads A page by page with the CPU; a read that faulted is a latency sample.
-    /// Returns the seconds spent in reads (verification excluded) and the faults taken.
-    private func readBack(_ latency: inout LatencyHistogram) throws -> (Double, Int) {
+    /// Returns the seconds spent in reads (verification excluded), the faults taken and the
+    /// heap allocations of the loop (nil: not counted).
+    private func readBack(_ latency: inout LatencyHistogram) throws -> (Double, Int, Int?) {
         progress("CPU read-back through faults")
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
         defer { buffer.deallocate() }
         let faultsBefore = gpu.counters[.cpuFaults]
         let start = MonotonicClock.now()
         var nanos: UInt64 = 0
-        for p in 0..<o.pages {
-            let before = gpu.counters[.cpuFaults]
-            let t = MonotonicClock.now()
-            do { try mm.read(at: a + UInt64(p * 4096), into: buffer) } catch { throw Self.failure("CPU read of page \(p): \(error)") }
-            let d = MonotonicClock.now() &- t
-            nanos &+= d
-            if gpu.counters[.cpuFaults] != before { latency.record(nanoseconds: d) }
-            if let w = ScatterLayout.firstMismatch(buffer.baseAddress!, pageIndex: p, pageSize: 4096, seed: pattern.seed) {
-                throw Self.failure("CPU read-back: page \(p) differs at byte \(w * 8)")
+        let (_, mallocs) = try AllocationCounter.count {
+            for p in 0..<o.pages {
+                let before = gpu.counters[.cpuFaults]
+                let t = MonotonicClock.now()
+                do { try mm.read(at: a + UInt64(p * 4096), into: buffer) } catch { throw Self.failure("CPU read of page \(p): \(error)") }
+                let d = MonotonicClock.now() &- t
+                nanos &+= d
+                if gpu.counters[.cpuFaults] != before { latency.record(nanoseconds: d) }
+                if let w = ScatterLayout.firstMismatch(buffer.baseAddress!, pageIndex: p, pageSize: 4096, seed: pattern.seed) {
+                    throw Self.failure("CPU read-back: page \(p) differs at byte \(w * 8)")
+                }
             }
         }
         track?.complete("CPU read-back", start: start)
         guard gpu.vram.inUsePageCount == 0 else { throw Self.failure("\(gpu.vram.inUsePageCount) pages still in VRAM after read-back") }
-        return (Double(nanos) / 1e9, gpu.counters[.cpuFaults] - faultsBefore)
+        return (Double(nanos) / 1e9, gpu.counters[.cpuFaults] - faultsBefore, mallocs)
     }
 
     /// Stamps B and migrates it into the VRAM the read-back freed (timed: `to_device_reused_gbps`),
-    /// then evicts it by teardown (timed: `evict_gbps`); returns (reuse s, evict s, bytes evicted).
-    private func evict() throws -> (Double, Double, Int) {
+    /// then evicts it by teardown (timed: `evict_gbps`); returns (reuse s, evict s, bytes evicted,
+    /// heap allocations of the teardown or nil).
+    private func evict() throws -> (Double, Double, Int, Int?) {
         progress("evicting \(ByteCount(o.totalBytes)) by teardown")
         try track.span("stamp B") { try pattern.fill(mm, b, pages: o.pages, first: o.pages) }
         let r = MonotonicClock.now()
@@ -276,14 +293,17 @@ final class MigrateRun {
         guard moved.migrated == o.pages else { throw Self.failure("only \(moved.migrated) of \(o.pages) pages of B migrated") }
         let resident = gpu.vram.inUsePageCount * 4096
         let t = MonotonicClock.now()
-        do { try track.span("teardown") { try gpu.shutdown() } } catch { throw Self.failure("teardown: \(error)") }
+        let mallocs: Int?
+        do { (_, mallocs) = try AllocationCounter.count { try track.span("teardown") { try gpu.shutdown() } } } catch {
+            throw Self.failure("teardown: \(error)")
+        }
         let seconds = MonotonicClock.seconds(since: t)
         try track.span("verify B") {
             try pattern.verify(pages: o.pages, first: o.pages, what: "CPU read after teardown") { p, buffer in
                 do { try mm.read(at: b + UInt64(p * 4096), into: buffer) } catch { throw Self.failure("CPU read: \(error)") }
             }
         }
-        return (reuseSeconds, seconds, resident)
+        return (reuseSeconds, seconds, resident, mallocs)
     }
 
     static func failure(_ message: String) -> ScenarioError { ScenarioError(scenario: "migrate", message: message) }

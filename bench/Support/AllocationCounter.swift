@@ -1,0 +1,114 @@
+import MallocInterposerSwift
+import NIOConcurrencyHelpers
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Heap allocations made while a timed phase runs: the check of DEVELOPERS.md's "hot paths
+/// (per page, per descriptor) allocate nothing". Backs `mallocs_per_page_*` (migrate) and
+/// `mallocs_per_page` (copy).
+///
+/// Counted by ordo-one's malloc-interposer, linked into dmem-bench: on Linux its `malloc`,
+/// `calloc`, `realloc`, `posix_memalign`, `aligned_alloc`, `free`… are the process's (it is
+/// a `DT_NEEDED` library ahead of libc, so no `LD_PRELOAD` is needed). A count is every
+/// allocation call, a `realloc` included (it counts as one allocation), on every thread of
+/// the process — the copy engine's reapers and workers too — between `count`'s begin and
+/// end. Cost: while counting, one increment of a per-thread counter per call (no atomic,
+/// no shared cache line); outside counting, the interposer's 16-byte header per block.
+/// Neither is on a path that should allocate at all, so neither moves the GB/s figures.
+/// Under AddressSanitizer or ThreadSanitizer the interposer compiles its hooks out:
+/// `isAvailable` is false and records carry no `mallocs_*` field.
+///
+/// Threads: any; measurements may overlap (each reads the difference of two snapshots,
+/// and counting stays on while any is open), but then each also counts the other's.
+enum AllocationCounter {
+    /// Whether allocations are being counted in this process: the interposer's `malloc` is
+    /// the one the process calls (a probe allocation is seen).
+    static let isAvailable: Bool = {
+        // Through the Swift runtime's allocator (swift_slowAlloc → malloc), which the
+        // optimizer cannot elide as it could a malloc/free pair.
+        let (_, n) = measure { UnsafeMutableRawPointer.allocate(byteCount: 24, alignment: 8).deallocate() }
+        return n >= 1
+    }()
+
+    /// Runs `body`; returns its value and the allocations made meanwhile by any thread,
+    /// nil when `isAvailable` is false.
+    static func count<T>(_ body: () throws -> T) rethrows -> (value: T, mallocs: Int?) {
+        guard isAvailable else { return (try body(), nil) }
+        let (value, n) = try measure(body)
+        return (value, n)
+    }
+
+    private static let open = NIOLockedValueBox(0)
+
+    /// `DMEM_BENCH_MALLOC_BACKTRACE=N`: every Nth counted allocation prints its call stack
+    /// (unsymbolicated addresses, `backtrace_symbols_fd`) on stderr, to find allocation sites.
+    fileprivate static let sampleEvery: Int = {
+        guard let text = getenv("DMEM_BENCH_MALLOC_BACKTRACE"), let n = Int(String(cString: text)), n > 0 else { return 0 }
+        return n
+    }()
+
+    /// Whether `DMEM_BENCH_MALLOC_BACKTRACE` sampling is on.
+    private static var sampling: Bool { sampleEvery > 0 && execinfo != nil }
+
+    private static func measure<T>(_ body: () throws -> T) rethrows -> (T, Int) {
+        open.withLockedValue { depth in
+            if depth == 0 {
+                if sampling { MallocInterposerSwift.setAllocationHook(sampleAllocation) }
+                MallocInterposerSwift.hook()
+            }
+            depth += 1
+        }
+        let before = MallocInterposerSwift.getStatistics().mallocCount
+        defer {
+            open.withLockedValue { depth in
+                depth -= 1
+                if depth == 0 {
+                    MallocInterposerSwift.unhook()
+                    if sampling { MallocInterposerSwift.setAllocationHook(nil) }
+                }
+            }
+        }
+        let value = try body()
+        let after = MallocInterposerSwift.getStatistics().mallocCount
+        return (value, after - before)
+    }
+}
+
+/// Allocations seen by `sampleAllocation`, and whether one is printing (no recursion).
+private let sampled = Atomic<Int>(0)
+private let printing = Atomic<Bool>(false)
+
+/// glibc's `backtrace` and `backtrace_symbols_fd` (execinfo.h, which the Glibc module
+/// leaves out), looked up before the hook is installed.
+private typealias Backtrace = @convention(c) (UnsafeMutablePointer<UnsafeMutableRawPointer?>?, Int32) -> Int32
+private typealias BacktraceSymbolsFD = @convention(c) (UnsafePointer<UnsafeMutableRawPointer?>?, Int32, Int32) -> Void
+private nonisolated(unsafe) let execinfo: (Backtrace, BacktraceSymbolsFD)? = {
+    #if canImport(Glibc)
+    guard let b = dlsym(nil, "backtrace"), let s = dlsym(nil, "backtrace_symbols_fd") else { return nil }
+    return (unsafeBitCast(b, to: Backtrace.self), unsafeBitCast(s, to: BacktraceSymbolsFD.self))
+    #else
+    return nil
+    #endif
+}()
+
+/// The interposer's allocation hook: prints the stack of every `sampleEvery`th allocation.
+/// Runs inside malloc and allocates nothing itself (a nested call returns at once).
+private func sampleAllocation(_: Int) {
+    let n = sampled.add(1, ordering: .relaxed).newValue
+    guard n % AllocationCounter.sampleEvery == 0, let (trace, symbols) = execinfo else { return }
+    guard printing.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else { return }
+    defer { printing.store(false, ordering: .releasing) }
+    withUnsafeTemporaryAllocation(of: UnsafeMutableRawPointer?.self, capacity: 32) { frames in
+        let depth = trace(frames.baseAddress, 32)
+        let banner: StaticString = "dmem-bench: a sampled allocation from\n"
+        _ = write(2, banner.utf8Start, banner.utf8CodeUnitCount)
+        symbols(frames.baseAddress, depth, 2)
+    }
+}
+
+extension Int {
+    /// `self` allocations spread over `units` (pages, batches, faults); 0 for no units.
+    func per(_ units: Int) -> Double { units > 0 ? Double(self) / Double(units) : 0 }
+}
