@@ -132,3 +132,33 @@ import Testing
         #expect(mm.faultCounters[.deviceExclusive] == 1)
     }
 }
+
+extension MigrateDeviceTests {
+    /// `migrate_device_range`: a page it cannot trylock gets `src[i] = 0`, and the
+    /// reference it took for it (`folio_get_nontail_page`) is dropped again (`folio_put`).
+    /// The page keeps exactly its references, so once its holder unlocks it nothing looks
+    /// pinned and a later eviction moves it.
+    @Test func aPageLockedElsewhereKeepsItsReferenceCount() throws {
+        let memory = try makeMemory()
+        let device = try TestDevice(memory: memory, pageCount: 2)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: pageSize)
+        try mm.write(at: a, bytes: [0x3C])
+        #expect(try device.migrateToDevice(mm, a, a + UInt64(pageSize)) == 1)
+        let page = mm.pageTableEntry(a).pfn
+        let before = memory.refcount(page)
+        #expect(before == 1)
+        memory.lockPage(page)
+        try withBuffers(2) { src, dst in
+            try memory.migrateDeviceRange(src, start: device.pagemap.firstPFN, npages: 2)
+            #expect(src[0] == [] && src[1] == [])   // one locked elsewhere, one free
+            #expect(memory.refcount(page) == before)
+            memory.migrateDeviceFinalize(src: src, dst: dst, npages: 2)
+        }
+        memory.unlockPage(page)
+        #expect(memory.refcount(page) == before)
+        #expect(try device.evictAll() == 1)
+        #expect(device.freePageCount == 2)
+        #expect(try mm.read(at: a, count: 1) == [0x3C])
+    }
+}

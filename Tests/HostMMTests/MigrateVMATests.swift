@@ -94,3 +94,33 @@ import Testing
         #expect(device.freePageCount == device.pageCount)
     }
 }
+
+extension MigrateVMATests {
+    /// `migrate_vma_collect_hole`: only anonymous memory may be populated, so a hole of a
+    /// shared or file mapping with no page table at all is skipped (`migrate_vma_collect_skip`):
+    /// src stays 0 and cpages does not count it. A page-table-less range of an anonymous
+    /// VMA, by contrast, offers every page to the driver (`.migrate` without `.valid`).
+    @Test func holesWithoutAPageTableAreCollectedOnlyInAnonymousVMAs() throws {
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let file = PageCacheFile(memory: memory, pageCount: 4)
+        let shared = try mm.mmap(.anonymousShared, length: 4 * pageSize)
+        let fileMap = try mm.mmap(.file(file, shared: false), length: 4 * pageSize)
+        let anon = try mm.mmap(length: 4 * pageSize)
+        try mm.mmapLock.withReadLock {
+            for (a, populates) in [(shared, false), (fileMap, false), (anon, true)] {
+                try withBuffers(4) { src, dst in
+                    src.update(repeating: .write)   // setup must overwrite every entry of the range
+                    var args = MigrateVMA(vma: mm.findVMA(a), start: a, end: a + UInt64(4 * pageSize),
+                                          src: src, dst: dst, flags: .selectSystem)
+                    try migrateVMASetup(&args)
+                    #expect(args.npages == 4)
+                    #expect(args.cpages == (populates ? 4 : 0))
+                    #expect(Array(src) == Array(repeating: populates ? MigratePFN.migrate : [], count: 4))
+                    migrateVMAFinalize(&args)
+                }
+            }
+        }
+        #expect(mm.pageTableEntry(shared).isNone && mm.pageTableEntry(fileMap).isNone && mm.pageTableEntry(anon).isNone)
+    }
+}
