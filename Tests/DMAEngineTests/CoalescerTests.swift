@@ -51,6 +51,26 @@ import Testing
         #expect(back.count == 1 && back[0] == (512, 512))
     }
 
+    /// Two descriptors contiguous in one VRAM file but not adjacent in host memory: one
+    /// operation at the first file offset, two iovecs with each descriptor's own base and
+    /// length (merging them would copy the bytes between the two host pieces).
+    @Test func hostPiecesThatAreNotAdjacentKeepTheirOwnIovecs() {
+        let ds = [h2d(hostPage: 5, vramOffset: 8192, length: 4096), h2d(hostPage: 7, vramOffset: 8192 + 4096, length: 2048)]
+        let buffer = UnsafeMutableBufferPointer<CopyDescriptor>.allocate(capacity: 2)
+        _ = buffer.initialize(fromContentsOf: ds)
+        let fence = Fence(seqno: 1, channelID: 0, tickets: 0..<2, descriptors: buffer,
+                          timeline: ChannelTimeline(pool: DescriptorPool(capacity: 1)))
+        let batch = CopyBatch(fence: fence, base: UnsafePointer(buffer.baseAddress!), indices: 0..<2)
+        let c = Coalescer(enabled: true)
+        let iov = UnsafeMutablePointer<iovec>.allocate(capacity: c.maxIovecs)
+        defer { iov.deallocate(); buffer.deallocate() }
+        let op = c.plan(batch, from: 0, into: iov)
+        #expect(op.descriptors == 0..<2 && op.bytes == 6144 && op.access == .write(fd: 9, offset: 8192))
+        #expect(op.iovecCount == 2)
+        #expect(iov[0].iov_base == Self.host + 5 * 4096 && iov[0].iov_len == 4096)
+        #expect(iov[1].iov_base == Self.host + 7 * 4096 && iov[1].iov_len == 2048)
+    }
+
     @Test func contiguousOnBothSidesIsOneIovec() {
         let ops = plan((0..<300).map { h2d(hostPage: $0, vramOffset: $0 * 4096) })
         #expect(ops.count == 1 && ops[0] == (300, 1))

@@ -160,6 +160,54 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
         #expect(space.mappedPageCount == 16)
     }
 
+    /// The window of a GPU fault near the start of a VMA stops at that start
+    /// (`GPUAddressSpace.window`, as `nouveau_svm_fault` intersects its window with the
+    /// VMA): no page of the VMA below, inside the aligned window, is migrated or mapped.
+    /// Both resolutions; counts, entries and data checked.
+    @Test(arguments: [GPUFaultDecision.migrateToVRAM(pages: 16), .mapSystemMemory(pages: 16)])
+    func aWindowNearAVMAStartStopsAtThatStart(decision: GPUFaultDecision) throws {
+        let memory = try makeMemory(mib: 64)
+        let (mm, a, pattern) = try makeProcess(memory, pages: 64, seed: 58)
+        // Split the mapping at page `s`, 3 pages past a 16-page boundary of the address
+        // space: the lower VMA (read-only) ends inside the aligned window of page s + 5,
+        // which is pages s - 3 ..< s + 13.
+        let first = Int(a >> 12)
+        let s = 16 + (3 - first % 16 + 16) % 16
+        try mm.mprotect(a, length: s * pageSize, protection: .read)
+        let policy = RecordingPolicy { _ in decision }
+        let gpu = try device(memory, policy)
+        defer { try? gpu.shutdown() }
+        let space = try gpu.bind(mm)
+        #expect(try space.read(at: a + UInt64((s + 5) * pageSize), count: pageSize) == pattern.page(s + 5))
+        func page(_ p: Int) -> UInt64 { a + UInt64(p * pageSize) }
+        let outcomes = policy.resolved.withLockedValue { $0 }
+        #expect(outcomes.count == 1 && gpu.counters[.gpuFaults] == 1)
+        // Nothing of the VMA below moved or got a device entry.
+        #expect(entryKinds(mm, a, pages: s) == [.present: s])
+        #expect((0..<s).allSatisfy { space.entry(at: page($0)) == .none })
+        // The window's pages in this VMA did, from its start.
+        let moved = outcomes.first?.migrated ?? -1, mapped = outcomes.first?.mapped ?? -1
+        if case .migrateToVRAM = decision {
+            #expect(mapped == 0 && moved >= 13 && moved <= 16)
+            #expect(gpu.residentPages(mm, page(s), pages: moved) == moved)
+            #expect(gpu.residentPages(mm, a, pages: 64) == moved && gpu.counters[.pagesToDevice] == moved)
+        } else {
+            #expect(moved == 0 && mapped >= 13 && mapped <= 16)
+            #expect(gpu.residentPages(mm, a, pages: 64) == 0)
+        }
+        let window = max(moved, mapped)
+        #expect(space.mappedPageCount == window)
+        #expect((s..<s + window).allSatisfy { space.entry(at: page($0)) != .none })
+        #expect(try pattern.gpuMismatches(space, a, first: s, pages: window).isEmpty)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 64).isEmpty)
+        // docs/driver-guide.md: the window is aligned from address 0, *then* clamped to the
+        // VMA, so it ends where the aligned window ends (page s + 13). `window` computes the
+        // end from the clamped start instead: it shifts the window up by the 3 pages cut.
+        withKnownIssue("GPUAddressSpace.window shifts a window cut at the VMA start instead of cutting it") {
+            #expect(window == 13)
+        }
+    }
+
     @Test func cpuFaultsTellThePolicyTheirWindowOthersDoNot() throws {
         let memory = try makeMemory(mib: 64)
         let (mm, a, pattern) = try makeProcess(memory, pages: 32, seed: 53)

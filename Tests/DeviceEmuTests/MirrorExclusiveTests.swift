@@ -61,6 +61,23 @@ import Testing
         f.teardown()
     }
 
+    /// `dmirror_exclusive` drops the reference `make_device_exclusive` returned each page
+    /// with (`folio_unlock`, `folio_put`): once the CPU has taken the pages back and the
+    /// buffer is unmapped, every page is free again, data intact until then.
+    @Test("exclusive pages are freed by munmap", arguments: MirrorKind.allCases)
+    func exclusivePagesAreFreedByMunmap(_ kind: MirrorKind) throws {
+        let f = try HMMFixture(kind)
+        let free = f.memory.freeRAMPageCount
+        let b = try exclusive(f, npages: 8)
+        #expect(f.memory.freeRAMPageCount == free - 8)
+        #expect(try increment(f.mm, b))                                 // revokes every page
+        #expect(f.mm.faultCounters[.deviceExclusive] == 8)
+        #expect(try f.mm.intsMatch(b.ptr, bytes: b.size, .index(plus: 1)))
+        try b.free()
+        #expect(f.memory.freeRAMPageCount == free)
+        f.teardown()
+    }
+
     /// The device's own WRITE needs a writable entry: it faults atomic entries back.
     @Test("exclusive then device write revokes it", arguments: MirrorKind.allCases)
     func exclusiveThenWrite(_ kind: MirrorKind) throws {
