@@ -201,11 +201,9 @@ private func device(_ memory: PhysicalMemory, _ policy: any GPUFaultPolicy, faul
         #expect(try pattern.gpuMismatches(space, a, first: s, pages: window).isEmpty)
         #expect(try pattern.cpuMismatches(mm, a, pages: 64).isEmpty)
         // docs/driver-guide.md: the window is aligned from address 0, *then* clamped to the
-        // VMA, so it ends where the aligned window ends (page s + 13). `window` computes the
-        // end from the clamped start instead: it shifts the window up by the 3 pages cut.
-        withKnownIssue("GPUAddressSpace.window shifts a window cut at the VMA start instead of cutting it") {
-            #expect(window == 13)
-        }
+        // VMA, so it ends where the aligned window ends (page s + 13); it once slid up by the
+        // 3 pages cut, taking s ..< s + 16.
+        #expect(window == 13)
     }
 
     @Test func cpuFaultsTellThePolicyTheirWindowOthersDoNot() throws {

@@ -76,15 +76,16 @@ extension GPUAddressSpace {
         device.emit(.gpuFaultResolved, .none, begin: begin, address: address, pages: migrated + written)
     }
 
-    /// The aligned window of `pages` pages containing `address`, clamped to `[lower, upper)`.
-    /// Any count is valid: a window larger than the address space (`Int.max`: "the whole
-    /// VMA") is clamped without overflowing.
+    /// The aligned window of `pages` pages containing `address`, intersected with
+    /// `[lower, upper)` (`nouveau_svm_fault` and `do_fault_around` cut their window at the
+    /// VMA's bounds; they do not slide it). Any count is valid: a window larger than the
+    /// address space (`Int.max`: "the whole VMA") is clamped without overflowing.
     static func window(_ address: UInt64, pages: Int, _ lower: UInt64, _ upper: UInt64) -> Range<UInt64> {
         let n = UInt64(max(pages, 1))
-        let start = max(lower, address - (((address >> 12) % n) << 12))
-        let room = upper > start ? (upper - start) >> 12 : 0   // pages from start to upper
-        let end = n < room ? start + (n << 12) : upper
-        return start ..< max(end, address + 4096)
+        let aligned = address - (((address >> 12) % n) << 12)
+        let room = upper > aligned ? (upper - aligned) >> 12 : 0   // pages from the aligned start to upper
+        let end = n < room ? aligned + (n << 12) : upper
+        return max(lower, aligned) ..< max(end, address + 4096)
     }
 
     /// `hmm_range_fault` + install under the mirror lock, retried while the notifier (or
