@@ -99,12 +99,14 @@ import Testing
         #expect(lines.count - rule - 1 == expectedRows)
     }
 
+    /// A result of `scenario` whose record holds `fields`, with no explicit parameters.
+    private func result(_ scenario: String, _ fields: [(String, RunRecord.Value)]) -> BenchResult {
+        var r = RunRecord()
+        for (name, value) in fields { r.set(name, value) }
+        return BenchResult(scenario: scenario, parameters: ScenarioParameters(values: [:]), repeats: 1, record: r, samples: [])
+    }
+
     @Test func summaryComparesWithTheSameRunMemcpyOfTheSamePageSize() throws {
-        func result(_ scenario: String, _ fields: [(String, RunRecord.Value)]) -> BenchResult {
-            var r = RunRecord()
-            for (name, value) in fields { r.set(name, value) }
-            return BenchResult(scenario: scenario, parameters: ScenarioParameters(values: [:]), repeats: 1, record: r, samples: [])
-        }
         let results = [
             result("memcpy", [("direction", .string("h2d")), ("page_size", .int(4096)), ("gbps", .double(8))]),
             result("memcpy", [("direction", .string("h2d")), ("page_size", .int(65536)), ("gbps", .double(10))]),
@@ -127,11 +129,6 @@ import Testing
     /// The check column says ok/FAIL for a record that verified its bytes and for a torture or
     /// race record that passed or not; it stays blank for a record that says neither.
     @Test func checkColumnReadsVerifiedElsePassed() throws {
-        func result(_ scenario: String, _ fields: [(String, RunRecord.Value)]) -> BenchResult {
-            var r = RunRecord()
-            for (name, value) in fields { r.set(name, value) }
-            return BenchResult(scenario: scenario, parameters: ScenarioParameters(values: [:]), repeats: 1, record: r, samples: [])
-        }
         let results = [
             result("copy", [("gbps", .double(1)), ("verified", .bool(true))]),
             result("torture", [("operations", .int(5)), ("passed", .bool(false))]),
