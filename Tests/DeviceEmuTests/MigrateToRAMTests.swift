@@ -57,6 +57,26 @@ import Testing
         #expect(gpu.counters[.cpuFaults] == 1)
     }
 
+    /// The fault-around window is cut at the VMA's start, not slid up: a fault at page s + 5
+    /// of a VMA starting 3 pages past a 16-page boundary brings back pages s ..< s + 13 (the
+    /// aligned window s - 3 ..< s + 13 within the VMA), as `do_fault_around` bounds its
+    /// window by the VMA; s + 13 and after stay in VRAM.
+    @Test func faultAroundWindowIsCutAtTheVMAStart() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try Self.faultAroundDevice(memory)
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 64, seed: 70)
+        let s = 16 + (3 - Int(a >> 12) % 16 + 16) % 16
+        try mm.mprotect(a, length: s * pageSize, protection: .read)       // the VMA below ends at page s
+        let upper = a + UInt64(s * pageSize)
+        try gpu.migrateToDevice(mm, range: upper ..< a + UInt64(64 * pageSize))
+        _ = try mm.read(at: upper + UInt64(5 * pageSize), count: 1)
+        #expect(gpu.counters[.cpuFaults] == 1 && gpu.counters[.pagesToRAM] == 13)
+        #expect(entryKinds(mm, upper, pages: 13) == [.present: 13])
+        #expect(entryKinds(mm, upper + UInt64(13 * pageSize), pages: 64 - s - 13) == [.devicePrivate: 64 - s - 13])
+        #expect(try pattern.cpuMismatches(mm, a, pages: 64).isEmpty)
+    }
+
     /// A window of `Int.max` pages (a driver's "the whole VMA") is a valid policy: CPU
     /// faults bring back the whole VMA, GPU faults map or migrate it, instead of trapping
     /// on the window's arithmetic.
