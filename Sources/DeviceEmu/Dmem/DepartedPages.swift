@@ -17,7 +17,8 @@ import HostMM
 /// So the driver remembers, per device page, that a migration out of VRAM committed it:
 /// marked after the fence (a page whose copy failed stays, unmarked) and before finalize
 /// unlocks it, cleared by `pageFree` before the page can be handed out again. An eviction
-/// that collects a marked page gives it back untouched (no RAM page, no copy, no count).
+/// that collects a marked page gives it back untouched (no RAM page, no copy, no count),
+/// and VRAM pressure does not choose one as a victim (`hasDeparted`): it would free nothing.
 /// The mark is published before finalize's unlock, and read after collection's trylock.
 ///
 /// Threads: any; each page's mark is written only by the holder of its page lock or by
@@ -32,6 +33,12 @@ extension Device {
             guard let page = src[i].page, let index = vram.pageIndex(of: page) else { continue }
             departed[index].store(1, ordering: .releasing)
         }
+    }
+
+    /// Whether the page of dense index `index` has departed (false for an index that names
+    /// no device page). Reads one atomic: usable as an eviction policy's `eligible` test.
+    func hasDeparted(_ index: Int) -> Bool {
+        index >= 0 && index < vram.pageCount && departed[index].load(ordering: .acquiring) != 0
     }
 
     /// Takes `.migrate` off collected entries whose page already departed (finalize gives

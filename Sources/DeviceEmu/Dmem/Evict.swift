@@ -141,7 +141,11 @@ extension Device {
         guard count > 0 else { return 0 }
         let victims = UnsafeMutableBufferPointer<Int>.allocate(capacity: count)
         defer { victims.deallocate() }
-        let asked = eligible.map { eviction.selectVictims(into: victims, where: $0) } ?? eviction.selectVictims(into: victims)
+        // A departed page frees no room when collected (it is given back untouched): pass
+        // over it as over a young one, so the room asked for is made.
+        let asked = eviction.selectVictims(into: victims) { [self] index in
+            !hasDeparted(index) && (eligible?(index) ?? true)
+        }
         let n = min(max(asked, 0), count)   // a policy of the user's own may answer out of range
         var pfns: [PFN] = []
         pfns.reserveCapacity(n)

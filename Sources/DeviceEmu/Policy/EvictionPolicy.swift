@@ -5,8 +5,9 @@
 /// `0 ..< capacity`. The device reports every page that starts holding migrated data,
 /// each GPU access to one, and each page freed; it asks for victims when a migration
 /// needs room. A victim that cannot be evicted right now (locked, pinned) stays resident
-/// and may be offered again. With `MigrationPolicy.minimumResidency` set, the device asks
-/// only for pages resident at least that long (`selectVictims(into:where:)`).
+/// and may be offered again. The device asks through `selectVictims(into:where:)`: it
+/// passes over pages whose data already left VRAM (waiting for their last reference) and,
+/// with `MigrationPolicy.minimumResidency` set, pages resident for less than that.
 ///
 /// Threads: called from any thread, concurrently; implementations lock internally and
 /// never call back into the device.
@@ -24,7 +25,7 @@ public protocol EvictionPolicy: AnyObject, Sendable {
     /// name no device page.
     func selectVictims(into out: UnsafeMutableBufferPointer<Int>) -> Int
     /// Like `selectVictims(into:)`, taking only pages for which `eligible(page)` holds
-    /// (the device passes its minimum-residency test: Xe's timeslice); pages passed over
+    /// (the device passes its departed and minimum-residency tests, Xe's timeslice); pages passed over
     /// keep their place. `eligible` only reads atomics, so it may run under the policy's
     /// lock. The default asks `selectVictims(into:)` and drops the ineligible pages.
     func selectVictims(into out: UnsafeMutableBufferPointer<Int>, where eligible: (Int) -> Bool) -> Int
