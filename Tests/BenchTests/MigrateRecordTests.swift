@@ -35,6 +35,26 @@ import Testing
         }
     }
 
+    /// The `mallocs_*` fields count the driver's allocations: a traced run leaves them out,
+    /// since the trace observer's own bookkeeping (`TraceSlots`) allocates on the driver's
+    /// threads inside the counting windows, per batch and per CPU fault, and the record
+    /// reported them as the driver's (a debug build: 28 per fault traced, 15 untraced).
+    @Test(.enabled(if: AllocationCounter.isAvailable))
+    func aTracedRunReportsNoAllocationCounts() throws {
+        var o = MigrateOptions()
+        o.totalBytes = 2 << 20
+        o.backend = .memcpy
+        let plain = try MigrateRun.measure(o, trace: nil, progress: { _ in })
+        for key in ["mallocs_per_page_to_device", "mallocs_per_fault", "mallocs_per_page_evict"] {
+            #expect(plain[key] != nil, "\(key) missing from an untraced run")
+        }
+        let recorder = TraceRecorder(capacity: 1 << 16)
+        let traced = try MigrateRun.measure(o, trace: recorder.process("migrate"), progress: { _ in })
+        let counted = ["mallocs_per_page_to_device", "mallocs_per_batch_to_device", "mallocs_per_page_fault",
+                       "mallocs_per_fault", "mallocs_per_page_evict"].filter { traced[$0] != nil }
+        #expect(counted == [])
+    }
+
     /// The copy engine alone runs the run's backend at the run's depth on cleared VRAM and
     /// is checked byte for byte (a pass that copied nothing would fail the run); its figures
     /// are in the record.

@@ -59,8 +59,9 @@ import Testing
 
     /// The fault-around window is cut at the VMA's start, not slid up: a fault at page s + 5
     /// of a VMA starting 3 pages past a 16-page boundary brings back pages s ..< s + 13 (the
-    /// aligned window s - 3 ..< s + 13 within the VMA), as `do_fault_around` bounds its
-    /// window by the VMA; s + 13 and after stay in VRAM.
+    /// aligned window s - 3 ..< s + 13 within the VMA: `.faultAround` is the aligned window
+    /// clamped to the VMA, where `do_fault_around` would keep 16 pages from s); s + 13 and
+    /// after stay in VRAM.
     @Test func faultAroundWindowIsCutAtTheVMAStart() throws {
         let memory = try makeMemory(mib: 64)
         let gpu = try Self.faultAroundDevice(memory)

@@ -77,9 +77,13 @@ extension GPUAddressSpace {
     }
 
     /// The aligned window of `pages` pages containing `address`, intersected with
-    /// `[lower, upper)` (`nouveau_svm_fault` and `do_fault_around` cut their window at the
-    /// VMA's bounds; they do not slide it). Any count is valid: a window larger than the
-    /// address space (`Int.max`: "the whole VMA") is clamped without overflowing.
+    /// `[lower, upper)`, as `nouveau_svm_fault` intersects its window with the VMA (its
+    /// window starts at the faulting address, so it never meets the VMA's start).
+    /// `do_fault_around` differs: it cuts its start at the VMA's start but keeps `nr_pages`
+    /// from there (up to the VMA's end and the page table's), so its window slides up; the
+    /// fault-around policy is documented as the aligned window clamped to the VMA. Any count
+    /// is valid: a window larger than the address space (`Int.max`: "the whole VMA") is
+    /// clamped without overflowing.
     static func window(_ address: UInt64, pages: Int, _ lower: UInt64, _ upper: UInt64) -> Range<UInt64> {
         let n = UInt64(max(pages, 1))
         let aligned = address - (((address >> 12) % n) << 12)
