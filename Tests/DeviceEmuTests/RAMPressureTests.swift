@@ -224,6 +224,53 @@ import Testing
         try f.checkDataAndTearDown()
     }
 
+    /// The same with RAM short again at the end: 8 pages stay pinned and only 2 frames are
+    /// free. The later passes collect nothing, and no other migration holds a page: what
+    /// is left is left for the pins, which no amount of RAM would move — EBUSY. Before,
+    /// the ENOMEM of the first pass was kept because 2 free frames would not hold the 8
+    /// pinned pages.
+    @Test func pinnedPagesLeftWithRAMShortAgainAreBusyNotOutOfMemory() throws {
+        let pinned = NIOLockedValueBox<[PFN]>([])
+        let fixture = RaceRegressionTests.Late<FixtureBox>()
+        let ballastBox = RaceRegressionTests.Late<Ballast>()
+        let squeezeBox = RaceRegressionTests.Late<Ballast>()
+        let hook = RaceRegressionTests.StepHook(matches: { $0.kind == .finalizeEnd && $0.direction == .evict }) {
+            guard let f = fixture.value?.f, squeezeBox.value == nil else { return }
+            ballastBox.value?.release()
+            let left = (0..<f.pages).filter { f.kind($0) == .devicePrivate }
+            guard left.count > 8 else { return }
+            let pins = left.prefix(8).map { f.mm.pageTableEntry(f.address($0)).pfn }
+            for pfn in pins {   // two references: a ZONE_DEVICE page may have one extra
+                f.memory.getPage(pfn)
+                f.memory.getPage(pfn)
+            }
+            pinned.withLockedValue { $0 = pins }
+            let (mm, addresses) = (f.mm, left.dropFirst(8).map { f.address($0) })
+            let reader = TestThread {
+                for address in addresses { _ = try? mm.read(at: address, count: 1) }
+            }
+            #expect(reader.join())
+            squeezeBox.value = Ballast(f.memory, leaving: 2)
+        }
+        let f = try Fixture(observer: hook)
+        fixture.value = FixtureBox(f)
+        ballastBox.value = Ballast(f.memory, leaving: 5)
+        #expect(throws: DeviceError.busy) { try f.gpu.suspend() }
+        let pins = pinned.withLockedValue { $0 }
+        #expect(pins.count == 8)
+        #expect(f.gpu.vram.inUsePageCount == 8)
+        #expect(f.memory.freeRAMPageCount == 2)
+        squeezeBox.value?.release()
+        for pfn in pins {
+            f.memory.putPage(pfn)
+            f.memory.putPage(pfn)
+        }
+        try f.gpu.suspend()
+        try f.gpu.resume()
+        #expect(f.gpu.vram.inUsePageCount == 0)
+        try f.checkDataAndTearDown()
+    }
+
     /// The fixture, for an observer made before it.
     final class FixtureBox: @unchecked Sendable {
         let f: Fixture

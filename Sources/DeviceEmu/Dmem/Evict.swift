@@ -28,13 +28,13 @@ extension Device {
     /// `evict_chunk` allocates with `__GFP_NOFAIL` and cannot fail, the model returns
     /// instead (every page left stays mapped in VRAM with its data, and a later pass
     /// retries it). A pass that collected nothing — every page left was locked by another
-    /// migration just then, or pinned — keeps the verdict before it while RAM is still too
-    /// short for the pages left (a concurrent `evictAll`, short of RAM too, holding the
-    /// pages at the last pass made suspend and teardown report `.busy`, as if a page were
-    /// pinned), and clears it once RAM would hold them all: what is left then is left for
-    /// a pin or a lock, not for RAM (RAM short at an earlier pass, then freed, and every
-    /// page but a pinned one brought home by CPU faults, made suspend report
-    /// `.hostMM(.outOfMemory)` with RAM to spare).
+    /// migration just then, or pinned — keeps the verdict before it while RAM is too short
+    /// for the pages other migrations hold locked (a concurrent `evictAll`, short of RAM
+    /// too, holding the pages at the last pass made suspend and teardown report `.busy`, as
+    /// if a page were pinned), and clears it once RAM would hold those: what is left then is
+    /// left for a pin, which no RAM would move (RAM short at an earlier pass, then freed or
+    /// not, and every page but pinned ones brought home by CPU faults, made suspend report
+    /// `.hostMM(.outOfMemory)`).
     @discardableResult
     func evictEverything(waitingForOthers: Bool) -> (evicted: Int, outOfRAM: Bool) {
         let policy = self.policy
@@ -77,7 +77,7 @@ extension Device {
             evicted += progress
             if collected > 0 {
                 outOfRAM = withoutRAM > 0
-            } else if outOfRAM && memory.freeRAMPageCount >= vram.inUsePageCount {
+            } else if outOfRAM && memory.freeRAMPageCount >= lockedDevicePageCount() {
                 outOfRAM = false
             }
             guard progress == 0 else { continue }
@@ -93,6 +93,21 @@ extension Device {
             MonotonicTime.sleep(nanoseconds: 1_000_000)
         }
         return (evicted, outOfRAM)
+    }
+
+    /// Device pages locked right now: after a pass of `evictEverything` that collected
+    /// nothing, those another migration holds (pinned pages are not locked). One read of
+    /// each page's flags.
+    private func lockedDevicePageCount() -> Int {
+        var locked = 0
+        for chunk in vram.chunks {
+            var pfn = chunk.pfns.lowerBound
+            while pfn < chunk.pfns.upperBound {
+                if memory.isPageLocked(pfn) { locked += 1 }
+                pfn = pfn + 1
+            }
+        }
+        return locked
     }
 
     /// Passes (1 ms each) one `evictAll` waits for other migrations in flight, at most: a
