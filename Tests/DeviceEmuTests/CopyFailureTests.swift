@@ -63,6 +63,24 @@ import Testing
         #expect(memory.diagnostics.unlocksOfUnlockedPages == 0 && memory.diagnostics.refcountUnderflowCount == 0)
     }
 
+    /// Copies refused at enqueue (System RAM's region unregistered: `.unknownRegion`) leave
+    /// their pages in RAM with their data, and each refused page's device page is freed,
+    /// not leaked.
+    @Test func copiesRefusedAtEnqueueFreeTheirDevicePages() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try makeDevice(memory, vramMiB: 8, backend: .memcpy)
+        defer { try? gpu.shutdown() }
+        let pages = 16
+        let (mm, a, pattern) = try makeProcess(memory, pages: pages, seed: 28)
+        try gpu.engine.unregister(gpu.hostRegion)
+        let r = try gpu.migrateToDevice(mm, range: range(a, pages: pages))
+        #expect(r.migrated == 0)
+        #expect(entryKinds(mm, a, pages: pages) == [.present: pages])
+        #expect(gpu.vram.inUsePageCount == 0)
+        #expect(try pattern.cpuMismatches(mm, a, pages: pages).isEmpty)
+        #expect(memory.diagnostics.unlocksOfUnlockedPages == 0 && memory.diagnostics.refcountUnderflowCount == 0)
+    }
+
     @Test func failedHoleClearsAreRetriedSoHolesReadZero() throws {
         let memory = try makeMemory(mib: 64)
         let gpu = try makeDevice(memory, vramMiB: 8, backend: Self.failing([.init(.every(3), .fail(.ioError))]))
