@@ -54,6 +54,22 @@ import Testing
         #expect(m[0] == 0xEE && m[16] == 0 && m[32] == 0xEE && m[48] == 0xEE && m[49] == 0xEE && m[50] == 0)
     }
 
+    /// A short copy asked for the whole length or more still stops one byte short: the
+    /// descriptor fails with EIO and length − 1 bytes done, never as a complete copy.
+    @Test func aShortCopyAtLeastAsLongAsItsDescriptorStopsOneByteShort() throws {
+        let plan = FaultPlan(rules: [.init(.nth(0), .shortCopy(bytes: 1 << 20))])
+        let engine = try DMAEngine(configuration: .init(backend: .faultInjecting(plan, wrapping: .memcpy)))
+        defer { engine.shutdown() }
+        let vram = try engine.createVRAMPool(size: 4096)
+        let ch = try engine.makeChannel()
+        try ch.enqueueFill(vram.address(0), length: 16, value: 0xEE)
+        let f = try ch.submit()
+        #expect(f.waitForSignal(timeout: .seconds(10)))
+        #expect(f.failures == [DescriptorFailure(ticket: DMATicket(rawValue: 0), index: 0, errno: .ioError, bytesCompleted: 15)])
+        let m = vram.mapping
+        #expect(m[14] == 0xEE && m[15] == 0)
+    }
+
     /// A delayed descriptor completes after its delay even while every thread of Dispatch's
     /// global pool is blocked (here: the test runner's, several of these cases at once, each
     /// sleeping on its thread). On the global queue a 50 ms delay waited ~1 s on 2 cores.

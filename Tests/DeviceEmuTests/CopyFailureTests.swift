@@ -40,6 +40,47 @@ import Testing
         #expect(memory.diagnostics.unlocksOfUnlockedPages == 0 && memory.diagnostics.refcountUnderflowCount == 0)
     }
 
+    /// Coherent VRAM copies before `migrateVMAPages`: a failed copy's entry loses its
+    /// destination and that device page is freed, so finalize neither moves the page into
+    /// a freed device page nor leaks one; the page stays in RAM with its data.
+    @Test func aFailedCopyIntoCoherentVRAMLeavesThePageInRAMAndFreesItsDevicePage() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try makeDevice(memory, vramMiB: 8, backend: Self.failing([.init(.every(5), .fail(.ioError))]),
+                                 type: .deviceCoherent)
+        defer { try? gpu.shutdown() }
+        let pages = 64
+        let (mm, a, pattern) = try makeProcess(memory, pages: pages, seed: 27)
+        let r = try gpu.migrateToDevice(mm, range: range(a, pages: pages))
+        #expect(r.copyFailures == pages / 5 && r.migrated == pages - pages / 5)
+        #expect(gpu.vram.inUsePageCount == r.migrated)
+        for p in 0..<pages {
+            let inVRAM = gpu.vram.contains(mm.pageTableEntry(a + UInt64(p * pageSize)).pfn)
+            #expect(inVRAM == ((p + 1) % 5 != 0))
+        }
+        #expect(try pattern.cpuMismatches(mm, a, pages: pages).isEmpty)
+        try mm.munmap(a, length: pages * pageSize)
+        #expect(gpu.vram.inUsePageCount == 0)
+        #expect(memory.diagnostics.unlocksOfUnlockedPages == 0 && memory.diagnostics.refcountUnderflowCount == 0)
+    }
+
+    /// Copies refused at enqueue (System RAM's region unregistered: `.unknownRegion`) leave
+    /// their pages in RAM with their data, and each refused page's device page is freed,
+    /// not leaked.
+    @Test func copiesRefusedAtEnqueueFreeTheirDevicePages() throws {
+        let memory = try makeMemory(mib: 64)
+        let gpu = try makeDevice(memory, vramMiB: 8, backend: .memcpy)
+        defer { try? gpu.shutdown() }
+        let pages = 16
+        let (mm, a, pattern) = try makeProcess(memory, pages: pages, seed: 28)
+        try gpu.engine.unregister(gpu.hostRegion)
+        let r = try gpu.migrateToDevice(mm, range: range(a, pages: pages))
+        #expect(r.migrated == 0)
+        #expect(entryKinds(mm, a, pages: pages) == [.present: pages])
+        #expect(gpu.vram.inUsePageCount == 0)
+        #expect(try pattern.cpuMismatches(mm, a, pages: pages).isEmpty)
+        #expect(memory.diagnostics.unlocksOfUnlockedPages == 0 && memory.diagnostics.refcountUnderflowCount == 0)
+    }
+
     @Test func failedHoleClearsAreRetriedSoHolesReadZero() throws {
         let memory = try makeMemory(mib: 64)
         let gpu = try makeDevice(memory, vramMiB: 8, backend: Self.failing([.init(.every(3), .fail(.ioError))]))

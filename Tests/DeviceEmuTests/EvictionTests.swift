@@ -74,6 +74,27 @@ import Testing
         #expect(gpu.residentPages(mm, a + 256 * 4096, pages: 256) == 256)
     }
 
+    /// A page freed (here brought home by a CPU fault) leaves the eviction list: still
+    /// listed, it would be offered as a victim by the next pressure eviction, which would
+    /// then evict one page fewer than the migration needs and leave one of its pages in RAM.
+    @Test func aFreedPageIsNoLongerOfferedAsAVictim() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.batchPages = 256
+        let gpu = try makeDevice(memory, vramMiB: 2, policy: policy)
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 768, seed: 55)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 256))                 // A, the coldest
+        try gpu.migrateToDevice(mm, range: range(a + 256 * 4096, pages: 256))    // B: VRAM full
+        _ = try mm.read(at: a, count: 1)                                         // A's first page comes home
+        #expect(gpu.vram.inUsePageCount == 511)
+        let r = try gpu.migrateToDevice(mm, range: range(a + 512 * 4096, pages: 256))
+        #expect(r.migrated == 256)
+        #expect(gpu.counters[.pagesEvicted] == 255)
+        #expect(gpu.residentPages(mm, a + 512 * 4096, pages: 256) == 256)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 768).isEmpty)
+    }
+
     /// Teardown-style eviction with batches in flight (`pipelineDepth`): every page comes
     /// back with its data (GPU writes included), failed copies leave their page in VRAM
     /// for the next pass, and nothing leaks.

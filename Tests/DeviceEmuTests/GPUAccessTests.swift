@@ -117,6 +117,26 @@ import Testing
         #expect(gpu.counters[.invalidations] >= 2)
     }
 
+    /// An invalidation spanning more 2 MiB leaves than the device page table holds walks
+    /// the leaves it has: the one holding the range's last page is zapped too.
+    @Test func aWideInvalidationZapsAnEntryInItsLastLeaf() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.gpuFault = .mapSystemMemory(pages: 1)
+        let gpu = try makeDevice(memory, vramMiB: 8, policy: policy)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let pages = 1536                                    // 6 MiB: three leaves or more
+        let a = try mm.mmap(length: pages * pageSize)
+        try PagePattern(seed: 35).fill(mm, a, pages: pages)
+        let space = try gpu.bind(mm)
+        let last = a + UInt64(pages - 1) * 4096
+        _ = try space.read(at: last, count: 1)
+        #expect(space.entry(at: last).kind == .system && space.mappedPageCount == 1)
+        try mm.munmap(a, length: pages * pageSize)
+        #expect(space.entry(at: last).kind == .none && space.mappedPageCount == 0)
+    }
+
     @Test func ownMigrationsDoNotInvalidateButOthersDo() throws {
         let memory = try makeMemory(mib: 64)
         let gpu = try makeDevice(memory, vramMiB: 8)

@@ -122,6 +122,24 @@ import Testing
         #expect(gpu.counters[.cpuFaults] == 2)
     }
 
+    /// A window of several batches brings back the faulting page's batch first (its result
+    /// is the fault's), then the rest of the window in address order.
+    @Test func theFaultingBatchOfAWindowComesBackFirst() throws {
+        let memory = try makeMemory(mib: 64)
+        var policy = MigrationPolicy()
+        policy.cpuFaultGranularity = .wholeAllocation
+        policy.batchPages = 256
+        let log = EventLog()
+        let gpu = try makeDevice(memory, vramMiB: 16, policy: policy, observer: log)
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 1024, seed: 70)
+        try gpu.migrateToDevice(mm, range: range(a, pages: 1024))
+        _ = try mm.read(at: a + 700 * 4096, count: 1)
+        let starts = log.all.filter { $0.kind == .setupBegin && $0.direction == .toRAM }.map { ($0.address - a) >> 12 }
+        #expect(starts == [512, 0, 256, 768])
+        #expect(try pattern.cpuMismatches(mm, a, pages: 1024).isEmpty)
+    }
+
     @Test func cpuWritesToADevicePageLandAfterItsMigration() throws {
         let memory = try makeMemory(mib: 64)
         let gpu = try makeDevice(memory, vramMiB: 8)
