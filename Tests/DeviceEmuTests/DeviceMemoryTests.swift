@@ -127,6 +127,28 @@ final class ChunkOnlyDriver: DevicePagemapOps, @unchecked Sendable {
         try vram.retire()
     }
 
+    /// Chunks smaller than 2 MiB share their 2 MiB section with the PFNs just past them
+    /// (HostMM starts every pgmap on a section): those PFNs are not this memory's, so
+    /// translation refuses them, while a chunk's last page translates.
+    @Test func thePFNJustPastASmallChunkIsNotTranslated() throws {
+        let memory = try makeMemory(mib: 16)
+        let engine = try DMAEngine(configuration: .init(backend: .memcpy))
+        let (vram, _) = try make(memory, engine, size: 2 << 20, chunk: 1 << 20)
+        var pages = [PFN](repeating: PFN(0), count: 257)
+        #expect(pages.withUnsafeMutableBufferPointer { vram.allocPages(into: $0) } == 257)
+        #expect(vram.chunks.count == 2)
+        for (k, chunk) in vram.chunks.enumerated() {
+            let last = chunk.pfns.upperBound + (-1), past = chunk.pfns.upperBound
+            #expect(vram.contains(last) && vram.pageIndex(of: last) == k * 256 + 255)
+            #expect(vram.dmaAddress(of: last) != nil && vram.bytes(of: last) != nil)
+            #expect(past.rawValue >> 9 == chunk.pfns.lowerBound.rawValue >> 9, "the premise: one section")
+            #expect(!vram.contains(past) && vram.pageIndex(of: past) == nil)
+            #expect(vram.dmaAddress(of: past) == nil && vram.bytes(of: past) == nil)
+        }
+        for p in pages { memory.unlockPage(p); memory.putPage(p) }
+        try vram.retire()
+    }
+
     @Test func badSizesAreRejected() throws {
         let memory = try makeMemory(mib: 16)
         let engine = try DMAEngine(configuration: .init(backend: .memcpy))
