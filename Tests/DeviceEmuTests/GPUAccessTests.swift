@@ -153,6 +153,11 @@ import Testing
         // A CPU write fault pulls page 3 back: the driver zaps its own entry for it.
         try mm.write(at: a + 3 * 4096, bytes: [1])
         #expect(space.entry(at: a + 3 * 4096).kind == .none && space.mappedPageCount == 15)
+        // Migrating the range again moves page 3 alone: its own invalidation keeps the VRAM
+        // entries of the other 15 (it zaps only system-memory entries).
+        #expect(try gpu.migrateToDevice(mm, range: range(a, pages: 16)).migrated == 1)
+        #expect(space.mappedPageCount == 16 && space.entry(at: a).kind == .vram)
+        #expect(gpu.counters[.invalidations] == before)
         // Eviction by PFN is not an own-VMA migration: the notifier zaps the rest.
         gpu.evictAll()
         #expect(space.mappedPageCount == 0 && gpu.counters[.invalidations] > before)
