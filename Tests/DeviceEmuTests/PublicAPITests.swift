@@ -198,15 +198,28 @@ final class FIFOEviction: EvictionPolicy, @unchecked Sendable {
         try mm.write(at: a, bytes: [UInt8](repeating: 7, count: 16 * page))
         _ = try gpu.bind(mm)
         try probe.arm(at: .init(.fenceWaitBegin, direction: .toDevice), hold: .milliseconds(50)) {
-            try? mm.munmap(a, length: 16 * page)
+            try mm.munmap(a, length: 16 * page)
         }
         let r = try gpu.migrateToDevice(mm, range: a ..< a + UInt64(16 * page))
         #expect(probe.waitForAction())
         // munmap needs the mmap lock for write; the migration holds it for read until it ends.
         #expect(probe.outcome == .finishedAfterHold)
+        #expect(probe.actionError == nil)
         #expect(r.migrated == 16)
         #expect(mm.findVMA(a) == nil)
         #expect(gpu.counters[.pagesFreed] == 16)
+
+        // A racing operation that fails says so: its error is kept, not lost on its thread.
+        let b = try mm.mmap(length: 4 * page)
+        try mm.write(at: b, bytes: [1])
+        try probe.arm(at: .init(.setupEnd, direction: .toDevice)) {
+            try mm.munmap(b + 1, length: page)             // unaligned: EINVAL
+        }
+        try gpu.migrateToDevice(mm, range: b ..< b + UInt64(4 * page))
+        #expect(probe.waitForAction())
+        let error = try #require(probe.actionError as? HostMMError)
+        guard case .invalidArgument = error else { Issue.record("\(error)"); return }
+        #expect(mm.findVMA(b) != nil)
         try gpu.shutdown()
     }
     /// MADV_DONTNEED takes the mmap lock for read, as the migration does: it runs while the
@@ -224,11 +237,12 @@ final class FIFOEviction: EvictionPolicy, @unchecked Sendable {
         try mm.write(at: a, bytes: [UInt8](repeating: 7, count: 16 * page))
         let view = try gpu.bind(mm)
         try probe.arm(at: .init(.fenceWaitBegin, direction: .toDevice), hold: .seconds(5)) {
-            try? mm.madvise(a, length: 4 * page, advice: .dontNeed)
+            try mm.madvise(a, length: 4 * page, advice: .dontNeed)
         }
         let r = try gpu.migrateToDevice(mm, range: a ..< a + UInt64(16 * page))
         #expect(probe.waitForAction())
         #expect(probe.outcome == .finishedWhileHeld)
+        #expect(probe.actionError == nil)
         // The driver learns nothing of the zap: 16 pages "migrated"; 4 were freed at finalize.
         #expect(r.migrated == 16)
         #expect(view.mappedPageCount == 12)
