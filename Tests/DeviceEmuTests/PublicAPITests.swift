@@ -82,6 +82,20 @@ final class FIFOEviction: EvictionPolicy, @unchecked Sendable {
     var asked: Int { lock.withLock { victimsAsked } }
 }
 
+/// Names the top 8 indices, then indices past `capacity`: a policy that ignores
+/// residency, as a first "random" policy might.
+final class NamesFreePages: EvictionPolicy, @unchecked Sendable {
+    let capacity: Int
+    init(capacity: Int) { self.capacity = capacity }
+    func pageBecameResident(_ page: Int) {}
+    func pageAccessed(_ page: Int) {}
+    func pageFreed(_ page: Int) {}
+    func selectVictims(into out: UnsafeMutableBufferPointer<Int>) -> Int {
+        for i in 0..<out.count { out[i] = i < 8 ? capacity - 1 - i : capacity + i }
+        return out.count
+    }
+}
+
 @Suite(.timeLimit(.minutes(1))) struct PublicAPITests {
     // MARK: 1. The flow of the guide
 
@@ -181,6 +195,39 @@ final class FIFOEviction: EvictionPolicy, @unchecked Sendable {
         #expect(mm.pageTableEntry(a + UInt64(127 * page)).kind == .present)
         #expect(mm.pageTableEntry(a + UInt64(128 * page)).kind == .devicePrivate)
         #expect(try mm.read(at: a, count: 512 * page).allSatisfy { $0 == 1 })
+        try gpu.shutdown()
+    }
+
+    /// A first try at a random policy that names pages it was never told are resident
+    /// (free ones, and indices past `capacity`): the device evicts what it can and the
+    /// migration is short. `withoutVRAM` and `pagesWithoutVRAM` say why the rest stayed.
+    @Test func victimsThatFreeNothingLeavePagesWithoutVRAM() throws {
+        let memory = try PhysicalMemory(ramBytes: 64 << 20)
+        var config = Device.Configuration(vramSize: 2 << 20)     // 512 pages
+        config.backend = .memcpy
+        config.policy.batchPages = 128
+        config.eviction = .custom { capacity in NamesFreePages(capacity: capacity) }
+        let gpu = try Device(memory: memory, configuration: config)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 512 * page)
+        try mm.write(at: a, bytes: [UInt8](repeating: 1, count: 512 * page))
+        #expect(try gpu.migrateToDevice(mm, range: a ..< a + UInt64(384 * page)).migrated == 384)
+        let r = try gpu.migrateToDevice(mm, range: a + UInt64(384 * page) ..< a + UInt64(512 * page))
+        #expect(r.collected == 128)
+        #expect(r.migrated == 128)          // 128 free pages: no eviction needed
+        #expect(r.withoutVRAM == 0)
+
+        let b = try mm.mmap(length: 64 * page)
+        try mm.write(at: b, bytes: [UInt8](repeating: 2, count: 64 * page))
+        let rb = try gpu.migrateToDevice(mm, range: b ..< b + UInt64(64 * page))
+        // The policy named only the 8 highest indices (all resident) and then free or bogus ones.
+        #expect(rb.collected == 64)
+        #expect(rb.migrated == 8)
+        #expect(rb.withoutVRAM == 56)
+        #expect(gpu.counters[.pagesWithoutVRAM] == 56)
+        #expect(gpu.counters[.pagesEvicted] == 8)
+        #expect(mm.pageTableEntry(b + UInt64(63 * page)).kind == .present)
+        #expect(try mm.read(at: b, count: 64 * page).allSatisfy { $0 == 2 })
         try gpu.shutdown()
     }
 

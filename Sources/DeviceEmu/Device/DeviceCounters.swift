@@ -29,6 +29,9 @@ public final class DeviceCounters: @unchecked Sendable {
         case pagesEvicted
         /// Evictions started because VRAM was exhausted.
         case pressureEvictions
+        /// Pages a migration to VRAM collected but found no VRAM page for, even after
+        /// pressure eviction (`MigrationResult.withoutVRAM`): they stayed in RAM.
+        case pagesWithoutVRAM
         /// Descriptors the copy engine reported failed.
         case copyFailures
         /// Pages left where they were because their copy failed.

@@ -80,6 +80,8 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
         space = d.addressSpace(for: mm)
         space?.zapCollected(start, src, n)
         let got = d.vram.allocPages(into: UnsafeMutableBufferPointer(rebasing: pages[0..<want]))
+        result.withoutVRAM = want - got
+        d.counters.add(.pagesWithoutVRAM, want - got)
         let channel: DMAChannel
         do { channel = try channels.checkout() } catch {
             for k in 0..<got { d.releaseUnused(pages[k]) }

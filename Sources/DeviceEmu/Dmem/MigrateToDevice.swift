@@ -164,6 +164,8 @@ extension Device {
             for k in 0..<got { releaseUnused(b.pages[k]) }
             return .done(refuse(&args, &out, batch))
         }
+        out.withoutVRAM = want - got
+        counters.add(.pagesWithoutVRAM, want - got)
         let (fence, descriptors) = try enqueueToDevice(b, &args, got: got, tag: tag, pool: pool)
         let signal = observeSignal(fence)
         emit(.copiesSubmitted, .toDevice, batch: batch, seqno: fence.seqno, channel: fence.channelID,

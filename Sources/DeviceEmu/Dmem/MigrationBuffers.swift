@@ -79,6 +79,10 @@ public struct MigrationResult: Sendable, Equatable {
     public var copyFailures = 0
     /// Batches restored whole by the all-or-nothing policy.
     public var refusedBatches = 0
+    /// Collected pages no VRAM page was left for, even after pressure eviction
+    /// (`nouveau_dmem_page_alloc_locked` failed): best effort leaves them in RAM. Nonzero
+    /// when VRAM is full of pages the eviction policy did not (or could not) give up.
+    public var withoutVRAM = 0
     /// Batches that collected at least one page.
     public var batches = 0
 
@@ -91,6 +95,7 @@ public struct MigrationResult: Sendable, Equatable {
         holes += other.holes
         copyFailures += other.copyFailures
         refusedBatches += other.refusedBatches
+        withoutVRAM += other.withoutVRAM
         batches += other.batches
     }
 }
