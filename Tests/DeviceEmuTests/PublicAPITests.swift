@@ -348,4 +348,20 @@ final class NamesFreePages: EvictionPolicy, @unchecked Sendable {
         #expect(try channel.status(of: redo) == .succeeded)
         #expect((0..<page).allSatisfy { vram.mapping[page + $0] == 2 && vram.mapping[4 * page + $0] == 0x5A })
     }
+
+    /// A wait that expires says the copies go on and what to do, not just "timed out".
+    @Test func aTimedOutWaitSaysTheCopiesGoOn() throws {
+        let plan = FaultPlan(rules: [.init(.nth(0), .delay(.milliseconds(300)))])
+        let engine = try DMAEngine(configuration: .init(backend: .faultInjecting(plan, wrapping: .memcpy)))
+        defer { engine.shutdown() }
+        let vram = try engine.createVRAMPool(size: page)
+        let channel = try engine.makeChannel(name: "ce0")
+        try channel.enqueueFill(vram.address(0), length: page, value: 9)
+        let fence = try channel.submit()
+        var message = ""
+        do { try fence.wait(timeout: .milliseconds(1)) } catch { message = "\(error)"; #expect(error == .timedOut) }
+        #expect(message.contains("still in flight") && message.contains("cancelInFlight"))
+        try fence.wait(timeout: .seconds(10))               // the copy went on
+        #expect(vram.mapping[0] == 9)
+    }
 }
