@@ -269,6 +269,36 @@ final class NamesFreePages: EvictionPolicy, @unchecked Sendable {
         #expect(mm.findVMA(b) != nil)
         try gpu.shutdown()
     }
+    /// `firedAt` names the batch the driver is held in, by address, at every step of it:
+    /// arming the second batch's fence wait holds the range after the first batch.
+    @Test func firedAtNamesTheHeldBatchsAddress() throws {
+        let memory = try PhysicalMemory(ramBytes: 64 << 20)
+        let probe = StepProbe()
+        var config = Device.Configuration(vramSize: 8 << 20)
+        config.backend = .memcpy
+        config.policy.batchPages = 8
+        config.observer = probe
+        let gpu = try Device(memory: memory, configuration: config)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 16 * page)
+        try mm.write(at: a, bytes: [UInt8](repeating: 7, count: 16 * page))
+        for kind in [MigrationEvent.Kind.setupEnd, .fenceWaitBegin, .fenceSignaled, .fenceWaitEnd, .finalizeBegin] {
+            try probe.arm(at: .init(kind, direction: .toDevice, occurrence: 2), hold: .zero) {}
+            try gpu.migrateToDevice(mm, range: a ..< a + UInt64(16 * page))
+            #expect(probe.waitForAction())
+            #expect(probe.firedAt?.batch != nil)
+            #expect(probe.firedAt?.address == a + UInt64(8 * page), "\(kind)")
+            try gpu.migrateRangeToRAM(mm, range: a ..< a + UInt64(16 * page))
+        }
+        // The CPU fault's batch too.
+        try gpu.migrateToDevice(mm, range: a ..< a + UInt64(16 * page))
+        try probe.arm(at: .init(.fenceWaitBegin, direction: .toRAM), hold: .zero) {}
+        #expect(try mm.read(at: a + UInt64(5 * page), count: 1) == [7])
+        #expect(probe.waitForAction())
+        #expect(probe.firedAt?.address == a + UInt64(5 * page))
+        try gpu.shutdown()
+    }
+
     /// MADV_DONTNEED takes the mmap lock for read, as the migration does: it runs while the
     /// batch waits for its fence, zaps the migration entries, and finalize then frees the
     /// new VRAM pages instead of mapping them (and the GPU must not map them either).
