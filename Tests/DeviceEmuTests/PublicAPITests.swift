@@ -296,6 +296,9 @@ final class NamesFreePages: EvictionPolicy, @unchecked Sendable {
         #expect(try mm.read(at: a + UInt64(5 * page), count: 1) == [7])
         #expect(probe.waitForAction())
         #expect(probe.firedAt?.address == a + UInt64(5 * page))
+        let held = try #require(probe.firedAt)
+        #expect("\(held)" == "fenceWaitBegin toRAM batch \(held.batch) seqno \(held.seqno) channel \(held.channel) "
+                + "address 0x\(String(a + UInt64(5 * page), radix: 16))")
         try gpu.shutdown()
     }
 
