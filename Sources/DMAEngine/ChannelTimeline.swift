@@ -73,8 +73,8 @@ final class ChannelTimeline: @unchecked Sendable {
                 head += 1
                 let callbacks = f.markSignaledLocked()
                 if !f.tickets.isEmpty {
-                    completedTicket = f.tickets.upperBound - 1
-                    history.append(f.failuresLocked, completedThrough: f.tickets.upperBound - 1)
+                    completedTicket = f.tickets.upperBound.rawValue - 1
+                    history.append(f.failuresLocked, completedThrough: f.tickets.upperBound.rawValue - 1)
                 }
                 if callbacks.isEmpty && quiet == nil { quiet = f } else { others.append((f, callbacks)) }
             }

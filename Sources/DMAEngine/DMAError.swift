@@ -60,7 +60,9 @@ public enum DMAError: Error, Equatable, Sendable, CustomStringConvertible {
         case .batchFull(let c): return "batch full (\(c) descriptors); submit() before enqueueing more"
         case .invalidArgument(let why): return "invalid argument: \(why)"
         case .busy(let why): return "busy: \(why)"
-        case .timedOut: return "timed out"
+        case .timedOut:
+            return "timed out (ETIMEDOUT): the copies waited for are still in flight and go on; "
+                + "wait again, or shutdown(cancelInFlight: true) to cancel them"
         case .shutDown: return "the DMA engine is shut down"
         case .channelFailed(let id, let e):
             return "channel \(id) failed (\(e)): its queue takes no more work; make a new channel"

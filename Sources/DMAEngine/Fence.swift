@@ -23,8 +23,9 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
     public let seqno: UInt64
     /// The channel that emitted the fence.
     public let channelID: Int
-    /// The tickets of the fence's descriptors (empty for a fence with no descriptors).
-    public let tickets: Range<UInt64>
+    /// The tickets of the fence's descriptors, as `enqueueCopy`/`enqueueFill` returned them
+    /// (empty for a fence with no descriptors): pass them to `DMAChannel.status(of:)`.
+    public let tickets: Range<DMATicket>
 
     /// Set (releasing) under the timeline's lock when the fence signals.
     private let signaled = Synchronization.Atomic<Bool>(false)
@@ -47,7 +48,7 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
          descriptors: UnsafeMutableBufferPointer<CopyDescriptor>, timeline: ChannelTimeline) {
         self.seqno = seqno
         self.channelID = channelID
-        self.tickets = tickets
+        self.tickets = DMATicket(rawValue: tickets.lowerBound) ..< DMATicket(rawValue: tickets.upperBound)
         self.descriptors = descriptors
         self.timeline = timeline
         self.remaining = Atomic(tickets.count)
@@ -133,13 +134,13 @@ public final class Fence: @unchecked Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        "Fence(channel \(channelID), seqno \(seqno), \(tickets.count) descriptors, \(isSignaled ? "signaled" : "pending"))"
+        "Fence(channel \(channelID), seqno \(seqno), \(tickets.upperBound.rawValue - tickets.lowerBound.rawValue) descriptors, \(isSignaled ? "signaled" : "pending"))"
     }
 
     // MARK: Backend and timeline side
 
     func recordFailure(index: Int, errno: Errno, bytesCompleted: Int) {
-        let ticket = DMATicket(rawValue: tickets.lowerBound &+ UInt64(truncatingIfNeeded: index))
+        let ticket = DMATicket(rawValue: tickets.lowerBound.rawValue &+ UInt64(truncatingIfNeeded: index))
         timeline.lock.withLock {
             failureList.append(DescriptorFailure(ticket: ticket, index: index, errno: errno, bytesCompleted: bytesCompleted))
         }

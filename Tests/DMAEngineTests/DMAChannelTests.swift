@@ -68,7 +68,7 @@ import Testing
         let t1 = try ch.enqueueFill(vram.address(100), length: 10)
         #expect(t0.rawValue == 0 && t1.rawValue == 1)
         let f1 = try ch.submit()
-        #expect(f1.seqno == 1 && f1.tickets == 0..<2)
+        #expect(f1.seqno == 1 && f1.tickets == DMATicket(rawValue: 0)..<DMATicket(rawValue: 2))
         try f1.wait(timeout: .seconds(10))
         #expect(ch.lastCompletedTicket == t1)
         let empty = try ch.submit()

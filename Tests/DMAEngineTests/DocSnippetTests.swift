@@ -62,4 +62,32 @@ import Testing
         let pool = try engine.registerVRAMPool(fd: .init(rawValue: fd), size: 1 << 20, name: "mine")
         #expect(pool.size == 1 << 20 && engine.region(pool.region) != nil)
     }
+
+    /// The failure-path snippet of docs/copy-engine.md (after the benchmark's `host` and
+    /// `page`): a fault plan fails descriptor #2, the fence reports it, and the
+    /// per-descriptor status of the fence's tickets names it.
+    @Test func injectAFailure() throws {
+        let page = 4096
+        let host = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 * page, alignment: page)
+        defer { host.deallocate() }
+        memset(host.baseAddress!, 0xAB, 4 * page)
+
+        let plan = FaultPlan(rules: [.init(.nth(2), .fail(.ioError))])   // descriptor #2 of each channel
+        let faulty = try DMAEngine(configuration: .init(backend: .faultInjecting(plan, wrapping: .memcpy)))
+        defer { faulty.shutdown() }
+        let fram = try faulty.registerHostMemory(host, name: "ram")
+        let fvram = try faulty.createVRAMPool(size: 4 * page)
+        let ce = try faulty.makeChannel(name: "ce0")
+        for v in 0..<4 {
+            try ce.enqueueCopy(from: DMAAddress(region: fram, offset: v * page), to: fvram.address(v * page), length: page)
+        }
+        let fence = try ce.submit()
+        var thrown = ""
+        do { try fence.wait(timeout: .seconds(10)) } catch { thrown = "\(error)" }
+        #expect(thrown == "1 descriptor(s) failed, first: descriptor #2 (ticket 2): Input/output error, 0 bytes done")
+        #expect("\(try ce.status(of: fence.tickets))"
+                == "[succeeded, succeeded, failed (Input/output error, 0 bytes done), succeeded]")
+        #expect(fence.failures.map(\.index) == [2])
+        #expect(fvram.mapping[0] == 0xAB && fvram.mapping[2 * page] == 0)   // "copied nothing"
+    }
 }

@@ -23,7 +23,7 @@ import Testing
         #expect(try ch.status(of: DMATicket(rawValue: 1)) == .failed(.canceled, bytesCompleted: 0))
         try ch.enqueueFill(vram.address(192), length: 64, value: 4)  // ticket 3
         let f = try ch.submit()
-        #expect(f.tickets == 3..<4)
+        #expect(f.tickets == DMATicket(rawValue: 3)..<DMATicket(rawValue: 4))
         try f.wait(timeout: .seconds(10))
         #expect(ch.lastCompletedTicket == DMATicket(rawValue: 3))
         #expect(try ch.status(of: DMATicket(rawValue: 0)..<DMATicket(rawValue: 4))

@@ -267,11 +267,12 @@ final class ToyOps: MigrateVMAOps {
         try mm.write(at: a, bytes: [UInt8](repeating: 7, count: 16 * 4096))
         // A CPU read of page 3 while the batch waits for its fence:
         try probe.arm(at: .init(.fenceWaitBegin, direction: .toDevice), hold: .milliseconds(50)) {
-            _ = try? mm.read(at: a + 3 * 4096, count: 8)
+            _ = try mm.read(at: a + 3 * 4096, count: 8)   // what it throws lands in probe.actionError
         }
         try gpu.migrateToDevice(mm, range: a ..< a + 16 * 4096)
         _ = probe.waitForAction()
         #expect(probe.outcome == .finishedAfterHold)
+        #expect(probe.actionError == nil)
         // The read met the page in VRAM after finalize (a fault; more than one when it came
         // while finalize still held the page locked: the kernel's retry).
         #expect(gpu.counters[.cpuFaults] >= 1)

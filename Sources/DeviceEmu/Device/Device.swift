@@ -344,12 +344,13 @@ public final class Device: DevicePagemapOps, @unchecked Sendable {
     /// Emits `.fenceSignaled` at the fence's timestamp, once the driver has waited for it.
     /// A fence that signalled before its submit was stamped (a synchronous backend copies
     /// inside `submit`) shows as signalled at that stamp.
-    func reportSignal(_ stamp: SignalStamp?, _ fence: Fence, _ direction: MigrationEvent.Direction, batch: UInt64) {
+    func reportSignal(_ stamp: SignalStamp?, _ fence: Fence, _ direction: MigrationEvent.Direction, batch: UInt64,
+                      address: UInt64 = 0) {
         guard let stamp, let observer else { return }
         let signalled = max(fence.timestamp ?? MonotonicTime.now(), stamp.submitted)
         observer.observe(MigrationEvent(kind: .fenceSignaled, direction: direction,
                                         time: signalled, beginTime: stamp.submitted,
-                                        batch: batch, seqno: fence.seqno, channel: fence.channelID))
+                                        batch: batch, seqno: fence.seqno, channel: fence.channelID, address: address))
     }
 
     /// The engine address of a System-RAM frame.

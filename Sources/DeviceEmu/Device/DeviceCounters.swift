@@ -6,7 +6,8 @@ import Synchronization
 public final class DeviceCounters: @unchecked Sendable {
     /// What is counted.
     public enum Kind: Int, CaseIterable, Sendable {
-        /// Pages migrated to VRAM (holes populated included).
+        /// Pages migrated to VRAM (holes populated included), as `MigrationResult.migrated`
+        /// counts them: an `MADV_DONTNEED` racing the batch may have freed some at finalize.
         case pagesToDevice
         /// Holes (or zero-page entries) populated with a cleared device page.
         case holesPopulated
@@ -28,6 +29,9 @@ public final class DeviceCounters: @unchecked Sendable {
         case pagesEvicted
         /// Evictions started because VRAM was exhausted.
         case pressureEvictions
+        /// Pages a migration to VRAM collected but found no VRAM page for, even after
+        /// pressure eviction (`MigrationResult.withoutVRAM`): they stayed in RAM.
+        case pagesWithoutVRAM
         /// Descriptors the copy engine reported failed.
         case copyFailures
         /// Pages left where they were because their copy failed.
@@ -79,5 +83,14 @@ public final class DeviceCounters: @unchecked Sendable {
     /// Every count, for reports.
     public var snapshot: [Kind: Int] {
         Dictionary(uniqueKeysWithValues: Kind.allCases.map { ($0, self[$0]) })
+    }
+}
+
+extension DeviceCounters: CustomStringConvertible {
+    /// The non-zero counts in declaration order, `name value` each (a debugfs stats file,
+    /// for `print(gpu.counters)`); `"none"` when nothing was counted.
+    public var description: String {
+        let parts = Kind.allCases.compactMap { kind in self[kind] == 0 ? nil : "\(kind) \(self[kind])" }
+        return parts.isEmpty ? "none" : parts.joined(separator: ", ")
     }
 }

@@ -264,7 +264,7 @@ extension Device {
         let seqno = e.fence?.seqno ?? 0
         if let fence = e.fence {
             // Even a batch that could not move must not be finalized under a running copy.
-            let failures = waitFence(fence, e.signal, .evict, e.batch)
+            let failures = waitFence(fence, e.signal, .evict, e.batch, address: 0)
             for f in failures { b.src[Int(b.slot[f.index])].remove(.migrate) }
             counters.add(.pagesLeftAfterCopyFailure, failures.count)
         }

@@ -80,6 +80,8 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
         space = d.addressSpace(for: mm)
         space?.zapCollected(start, src, n)
         let got = d.vram.allocPages(into: UnsafeMutableBufferPointer(rebasing: pages[0..<want]))
+        result.withoutVRAM = want - got
+        d.counters.add(.pagesWithoutVRAM, want - got)
         let channel: DMAChannel
         do { channel = try channels.checkout() } catch {
             for k in 0..<got { d.releaseUnused(pages[k]) }
@@ -118,7 +120,7 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
             for i in 0..<n { if let page = dst[i].page { d.releaseUnused(page); dst[i] = [] } }
             self.error = .dma(error)
         }
-        if d.isCoherent, let fence { waitBeforePages(fence, src, dst) }
+        if d.isCoherent, let fence { waitBeforePages(fence, src, dst, start) }
         pagesBegin = d.stamp()
         d.emit(.migratePagesBegin, .toDevice, batch: batch, seqno: fence?.seqno ?? 0, address: start)
     }
@@ -130,9 +132,9 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
     /// whose copy failed is dropped from `dst` here, while the callback may still change it
     /// (the source then stays; all or nothing drops the whole batch).
     private func waitBeforePages(_ fence: Fence, _ src: UnsafeBufferPointer<MigratePFN>,
-                                 _ dst: UnsafeMutableBufferPointer<MigratePFN>) {
+                                 _ dst: UnsafeMutableBufferPointer<MigratePFN>, _ start: UInt64) {
         let d = device
-        let failures = d.waitFence(fence, signal, .toDevice, batch)
+        let failures = d.waitFence(fence, signal, .toDevice, batch, address: start)
         waitedBeforePages = true
         guard !failures.isEmpty else { return }
         for f in failures {
@@ -160,7 +162,7 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
             if result.collected > 0 { beginFinalize(start) }
             return
         }
-        let failures = waitedBeforePages ? [] : d.waitFence(fence, signal, .toDevice, batch)
+        let failures = waitedBeforePages ? [] : d.waitFence(fence, signal, .toDevice, batch, address: start)
         var redo: [(source: PFN?, page: PFN)] = []
         for f in failures {
             let i = Int(slot[f.index])

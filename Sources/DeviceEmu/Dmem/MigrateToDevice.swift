@@ -164,6 +164,8 @@ extension Device {
             for k in 0..<got { releaseUnused(b.pages[k]) }
             return .done(refuse(&args, &out, batch))
         }
+        out.withoutVRAM = want - got
+        counters.add(.pagesWithoutVRAM, want - got)
         let (fence, descriptors) = try enqueueToDevice(b, &args, got: got, tag: tag, pool: pool)
         let signal = observeSignal(fence)
         emit(.copiesSubmitted, .toDevice, batch: batch, seqno: fence.seqno, channel: fence.channelID,
@@ -172,7 +174,7 @@ extension Device {
         if isCoherent {
             // Coherent VRAM is CPU-visible: a hole gets a present CPU entry in
             // migrateVMAPages already, so the copies must be done before it (amdgpu's order).
-            let failures = waitFence(fence, signal, .toDevice, batch)
+            let failures = waitFence(fence, signal, .toDevice, batch, address: start)
             dropFailedBeforePages(failures, b, &args, &out, policy)
         }
         try migrateVMAPagesInFlight(&args, b, fence, .toDevice, batch: batch, address: start)
@@ -186,7 +188,7 @@ extension Device {
         var f = inFlight
         let b = f.buffers
         if !isCoherent {
-            let failures = waitFence(f.fence, f.signal, .toDevice, f.batch)
+            let failures = waitFence(f.fence, f.signal, .toDevice, f.batch, address: f.args.start)
             handleFailuresAfterPages(failures, b, &f.args, &f.out, f.policy)
         }
         if let space = f.space {
@@ -302,15 +304,16 @@ extension Device {
     }
 
     /// Waits for a batch's fence (`nouveau_fence_wait`); returns the failed descriptors.
+    /// `address` is the batch's first address (0 for evictions), reported with the events.
     func waitFence(_ fence: Fence, _ signal: SignalStamp?, _ direction: MigrationEvent.Direction,
-                   _ batch: UInt64) -> [DescriptorFailure] {
+                   _ batch: UInt64, address: UInt64) -> [DescriptorFailure] {
         let t = stamp()
-        emit(.fenceWaitBegin, direction, batch: batch, seqno: fence.seqno, channel: fence.channelID)
+        emit(.fenceWaitBegin, direction, batch: batch, seqno: fence.seqno, channel: fence.channelID, address: address)
         var failures: [DescriptorFailure] = []
         do { try fence.wait() } catch .copyFailed(let list) { failures = list } catch {}
-        reportSignal(signal, fence, direction, batch: batch)
+        reportSignal(signal, fence, direction, batch: batch, address: address)
         emit(.fenceWaitEnd, direction, begin: t, batch: batch, seqno: fence.seqno, channel: fence.channelID,
-             pages: failures.count)
+             address: address, pages: failures.count)
         if !failures.isEmpty { counters.add(.copyFailures, failures.count) }
         return failures
     }

@@ -148,7 +148,7 @@ extension Device {
             if neighboursOnly { return out }
             throw error
         }
-        let failures = waitFence(fence, signal, .toRAM, batch)
+        let failures = waitFence(fence, signal, .toRAM, batch, address: start)
         for f in failures {
             // The device page keeps the data: finalize restores its entry and frees the RAM page.
             let i = Int(b.slot[f.index])

@@ -66,7 +66,12 @@ public struct MigrationResult: Sendable, Equatable {
     public var pages = 0
     /// Pages setup collected (`cpages` summed): candidates for migration.
     public var collected = 0
-    /// Pages that moved (holes populated included).
+    /// Pages that moved (holes populated included): entries still marked `.migrate` after
+    /// `migrateVMAPages` with a destination, which is all a driver learns from the kernel.
+    /// An `MADV_DONTNEED` between setup and finalize (it takes the mmap lock for read, as a
+    /// migration does) removes the migration entry, and finalize then frees such a page's
+    /// VRAM copy (`remove_migration_ptes` finds no entry): it counts here, yet is not in
+    /// VRAM nor mapped by the GPU afterwards.
     public var migrated = 0
     /// Of `migrated`, holes and zero-page entries populated with a cleared page.
     public var holes = 0
@@ -74,6 +79,10 @@ public struct MigrationResult: Sendable, Equatable {
     public var copyFailures = 0
     /// Batches restored whole by the all-or-nothing policy.
     public var refusedBatches = 0
+    /// Collected pages no VRAM page was left for, even after pressure eviction
+    /// (`nouveau_dmem_page_alloc_locked` failed): best effort leaves them in RAM. Nonzero
+    /// when VRAM is full of pages the eviction policy did not (or could not) give up.
+    public var withoutVRAM = 0
     /// Batches that collected at least one page.
     public var batches = 0
 
@@ -86,6 +95,7 @@ public struct MigrationResult: Sendable, Equatable {
         holes += other.holes
         copyFailures += other.copyFailures
         refusedBatches += other.refusedBatches
+        withoutVRAM += other.withoutVRAM
         batches += other.batches
     }
 }

@@ -102,3 +102,16 @@ public struct MigrationEvent: Sendable, Equatable {
         self.pages = pages
     }
 }
+
+extension MigrationEvent: CustomStringConvertible {
+    /// One line for a log or `print(probe.firedAt!)`: step, direction, batch, then the fields
+    /// that are set (`seqno`, `channel`, `address` in hex, `pages`).
+    public var description: String {
+        var s = "\(kind) \(direction) batch \(batch)"
+        if seqno != 0 { s += " seqno \(seqno)" }
+        if channel >= 0 { s += " channel \(channel)" }
+        if address != 0 { s += " address 0x\(String(address, radix: 16))" }
+        if pages != 0 { s += " pages \(pages)" }
+        return s
+    }
+}

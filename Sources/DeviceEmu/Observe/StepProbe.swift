@@ -61,7 +61,8 @@ public final class StepProbe: MigrationObserver, @unchecked Sendable {
     private let lock = NIOLock()
     // Guarded by `lock`:
     private var trigger: Trigger?
-    private var action: (@Sendable () -> Void)?
+    private var action: (@Sendable () throws -> Void)?
+    private var thrown: (any Error)?
     private var hold: Duration = .zero
     private var seen = 0
     private var state = Outcome.idle
@@ -82,10 +83,12 @@ public final class StepProbe: MigrationObserver, @unchecked Sendable {
 
     /// Arms the probe: `action` runs at the `trigger`'s event, and the driver waits at that
     /// step for it up to `hold`. Replaces an earlier arming whose step was not reached.
+    /// An error the action throws is kept in `actionError` (the action's thread has no
+    /// caller to throw to).
     /// - Throws: `.invalidArgument` while an earlier action is still running, or for an
     ///   `occurrence` below 1 or a negative `hold`.
     public func arm(at trigger: Trigger, hold: Duration = .milliseconds(100),
-                    action: @escaping @Sendable () -> Void) throws(DeviceError) {
+                    action: @escaping @Sendable () throws -> Void) throws(DeviceError) {
         guard trigger.occurrence >= 1 else { throw .invalidArgument(reason: "occurrence \(trigger.occurrence) is below 1") }
         guard hold >= .zero else { throw .invalidArgument(reason: "hold \(hold) is negative") }
         lock.lock()
@@ -97,6 +100,7 @@ public final class StepProbe: MigrationObserver, @unchecked Sendable {
         self.action = action
         self.hold = hold
         seen = 0
+        thrown = nil
         heldEvent = nil
         finished = nil
         state = .armed
@@ -117,6 +121,10 @@ public final class StepProbe: MigrationObserver, @unchecked Sendable {
     /// The armed action's state.
     public var outcome: Outcome { lock.withLock { state } }
 
+    /// The error the fired action threw, nil while it runs or when it returned normally:
+    /// the racing operation's own result (a kprobe handler's return value, read back).
+    public var actionError: (any Error)? { lock.withLock { thrown } }
+
     /// The event the driver was held at, once the probe fired.
     public var firedAt: MigrationEvent? { lock.withLock { heldEvent } }
 
@@ -131,7 +139,7 @@ public final class StepProbe: MigrationObserver, @unchecked Sendable {
 
     public func observe(_ event: MigrationEvent) {
         next?.observe(event)
-        let fire = lock.withLock { () -> (@Sendable () -> Void, Duration, DispatchSemaphore)? in
+        let fire = lock.withLock { () -> (@Sendable () throws -> Void, Duration, DispatchSemaphore)? in
             guard state == .armed, let trigger, trigger.matches(event) else { return nil }
             seen += 1
             guard seen == trigger.occurrence, let action else { return nil }
@@ -148,8 +156,10 @@ public final class StepProbe: MigrationObserver, @unchecked Sendable {
         let returned = DispatchSemaphore(value: 0)
         startThread { [self] in
             started.signal()
-            action()
+            var error: (any Error)?
+            do { try action() } catch let e { error = e }
             lock.withLock {
+                thrown = error
                 state = state == .runningWhileHeld ? .finishedWhileHeld : .finishedAfterHold
             }
             returned.signal()
