@@ -12,6 +12,18 @@ import ArgumentParser
         #expect(repeated.axes[1].values == ["4K", "2M"])
     }
 
+    /// A word with no `=` continues the value before it, spaces kept: a directory whose
+    /// name has spaces can be given to `--set` (it used to be rejected as a spec of its own).
+    @Test func aWordWithoutEqualsContinuesTheValueBeforeIt() throws {
+        let spec = try SweepSpec(parsing: ["vram-dir=/mnt/my  vram disk batch=8", "page-size=4K"])
+        #expect(spec.axes.map(\.key) == ["vram-dir", "batch", "page-size"])
+        #expect(spec.axes[0].values == ["/mnt/my  vram disk"])
+        #expect(spec.axes[1].values == ["8"])
+        #expect(throws: ParameterValueError("bad sweep spec 'vram': expected KEY=VALUE[,VALUE...], e.g. batch=1,8,64")) {
+            try SweepSpec(parsing: ["vram-dir=/mnt/my", "vram"])
+        }
+    }
+
     @Test(arguments: [
         ("batch", "bad sweep spec 'batch': expected KEY=VALUE[,VALUE...], e.g. batch=1,8,64"),
         ("=1,2", "bad sweep spec '=1,2': the parameter name before '=' is missing"),

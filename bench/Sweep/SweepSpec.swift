@@ -3,7 +3,9 @@
 ///
 /// Accepts repeated options (`--sweep batch=1,8 --sweep page-size=4K,2M`), several
 /// specs after one option (`--sweep batch=1,8 page-size=4K,2M`) and one quoted
-/// space-separated spec (`--sweep "batch=1,8 page-size=4K,2M"`).
+/// space-separated spec (`--sweep "batch=1,8 page-size=4K,2M"`). Within one argument, a
+/// word with no `=` continues the value before it, spaces kept (`--set "vram-dir=/mnt/my
+/// vram"`: a directory with a space in its name).
 ///
 /// Threads: immutable value; any thread.
 struct SweepSpec: Sendable, Equatable {
@@ -18,10 +20,24 @@ struct SweepSpec: Sendable, Equatable {
 
     /// Parses option arguments; every token is `KEY=VALUE[,VALUE…]`.
     init(parsing arguments: [String]) throws(ParameterValueError) {
-        let tokens = arguments.flatMap { $0.split(whereSeparator: \.isWhitespace).map(String.init) }
-        for token in tokens {
+        for token in arguments.flatMap(Self.tokens) {
             try append(Self.parseAxis(token))
         }
+    }
+
+    /// The `KEY=VALUE` words of one argument: split at white space, except that a word
+    /// with no `=` after a first word joins the word before it with the white space
+    /// between them (a lone first word is kept, for `parseAxis` to reject).
+    static func tokens(_ argument: String) -> [String] {
+        var tokens: [Substring] = []
+        for word in argument.split(whereSeparator: \.isWhitespace) {
+            if !word.contains("="), let last = tokens.last {
+                tokens[tokens.count - 1] = argument[last.startIndex ..< word.endIndex]
+            } else {
+                tokens.append(word)
+            }
+        }
+        return tokens.map(String.init)
     }
 
     static func parseAxis(_ token: String) throws(ParameterValueError) -> Axis {
