@@ -17,6 +17,19 @@ import Testing
         #expect((try? TortureCommand.parse(["--residency", "2.5"]).options.minimumResidency) == .microseconds(2500))
     }
 
+    /// `help` about a command that does not exist is an error, not the top-level help with
+    /// exit status 0 (argument-parser's behaviour); help about real commands is unchanged.
+    @Test func helpAboutAnUnknownCommandIsAnError() {
+        let names = "suite, run, list, copy, mm, migrate, thrash, torture, race"
+        #expect(DmemBench.unknownHelpTopic(["help", "nope"])
+                == "no help for 'nope': not a command (commands: \(names); see dmem-bench --help)")
+        #expect(DmemBench.unknownHelpTopic(["help", "migrate", "nope"])
+                == "no help for 'nope': 'dmem-bench migrate' has no subcommands (see dmem-bench migrate --help)")
+        for fine in [["help"], ["help", "migrate"], ["help", "race", "--help"], ["migrate", "help"], ["nope"]] {
+            #expect(DmemBench.unknownHelpTopic(fine) == nil, "\(fine)")
+        }
+    }
+
     /// `thrash`'s flags are checked under their own names, not the `run thrash` keys
     /// (`--residency` used to be refused as "residency-ms").
     @Test func thrashErrorsNameTheFlags() {
