@@ -10,11 +10,23 @@ import Testing
     /// `torture --residency` takes any Double; a huge one used to trap converting to Int.
     @Test func aHugeTortureResidencyIsRefusedNotATrap() {
         for value in ["1e13", "1e30", "inf", "nan", "1001", "-1"] {
-            #expect(parseError(["torture", "--residency=\(value)"]) == "residency must be in 0...1000 ms", "\(value)")
+            #expect(parseError(["torture", "--residency=\(value)"]) == "--residency must be in 0...1000 ms", "\(value)")
         }
         #expect(parseError(["torture", "--residency", "1000"]) == nil)
         #expect(parseError(["torture", "--residency", "2.5"]) == nil)
         #expect((try? TortureCommand.parse(["--residency", "2.5"]).options.minimumResidency) == .microseconds(2500))
+    }
+
+    /// `migrate`, `thrash`, `race` and `torture` word a bad value by the flag typed, not by
+    /// the `run --set` key that the same check serves (`run` keeps the key).
+    @Test func rangeErrorsNameTheFlagTyped() {
+        #expect(parseError(["migrate", "--total", "3M"]) == "--total 3M must be a positive multiple of 2M")
+        #expect(parseError(["migrate", "--fault-around", "4", "--prefetch", "sequential"])
+                == "--fault-around and --prefetch sequential both size CPU faults: use one of them")
+        #expect(parseError(["thrash", "--rounds", "0"]) == "--rounds must be in 1...100000 (got 0)")
+        #expect(parseError(["race", "--hold", "0"]) == "--hold must be in 1...5000 ms")
+        #expect(parseError(["torture", "--threads", "65"]) == "--threads must be in 1...64 (got 65)")
+        #expect(FlagWording.reword("fixed buffers are io_uring's", keys: ["total"]) == "fixed buffers are io_uring's")
     }
 
     /// `help` about a command that does not exist is an error, not the top-level help with
@@ -54,13 +66,13 @@ import Testing
     /// `-1` in `--batch -1` for a flag and said only "Missing value for '--batch <batch>'".
     @Test func aNegativeValueAfterASpaceGetsTheErrorOfTheEqualsForm() {
         let cases: [(arguments: [String], error: String)] = [
-            (["migrate", "--batch", "-1"], "batch must be in 1...4096 (got -1)"),
+            (["migrate", "--batch", "-1"], "--batch must be in 1...4096 (got -1)"),
             (["copy", "--total", "-8M"], "The value '-8M' is invalid for '--total <total>': a size cannot be negative"),
-            (["torture", "--residency", "-1"], "residency must be in 0...1000 ms"),
-            (["torture", "--residency", "-inf"], "residency must be in 0...1000 ms"),
+            (["torture", "--residency", "-1"], "--residency must be in 0...1000 ms"),
+            (["torture", "--residency", "-inf"], "--residency must be in 0...1000 ms"),
             (["thrash", "--gpu-fault", "thrashing", "--thrash-pin", "-1"], "--thrash-pin must be in 0...3600000 ms (got -1)"),
             (["run", "memcpy", "--repeat", "-2"], "--repeat must be between 1 and 1000 (got -2)"),
-            (["race", "--hold", "-5"], "hold must be in 1...5000 ms"),
+            (["race", "--hold", "-5"], "--hold must be in 1...5000 ms"),
         ]
         for (arguments, error) in cases {
             #expect(parseError(arguments) == error, "\(arguments)")
@@ -146,11 +158,11 @@ import Testing
 
     /// Range errors of migrate, torture and race say what was given, and torture's names its flag.
     @Test func rangeErrorsSayWhatWasGiven() {
-        #expect(parseError(["migrate", "--batch", "0"]) == "batch must be in 1...4096 (got 0)")
-        #expect(parseError(["migrate", "--pipeline", "9"]) == "pipeline must be in 1...8 (got 9)")
-        #expect(parseError(["torture", "--threads", "65"]) == "threads must be in 1...64 (got 65)")
-        #expect(parseError(["torture", "--pages-per-thread", "0"]) == "pages-per-thread must be in 64...262144 (got 0)")
-        #expect(parseError(["torture", "--vram", "3M"]) == "vram must be a positive multiple of 2M (got 3M)")
+        #expect(parseError(["migrate", "--batch", "0"]) == "--batch must be in 1...4096 (got 0)")
+        #expect(parseError(["migrate", "--pipeline", "9"]) == "--pipeline must be in 1...8 (got 9)")
+        #expect(parseError(["torture", "--threads", "65"]) == "--threads must be in 1...64 (got 65)")
+        #expect(parseError(["torture", "--pages-per-thread", "0"]) == "--pages-per-thread must be in 64...262144 (got 0)")
+        #expect(parseError(["torture", "--vram", "3M"]) == "--vram must be a positive multiple of 2M (got 3M)")
     }
 
     /// Flags that cannot act are refused instead of ignored: fixed buffers off io_uring (copy
@@ -185,6 +197,6 @@ import Testing
         #expect(parseError(["mm", "--pages", "0"]) == "--pages must be in 1...16Mi")
         let thrash = try #require(try DmemBench.parseAsRoot(["thrash", "--pages", "1K"]) as? ThrashCommand)
         #expect(try thrash.options.pages == 1024)
-        #expect(parseError(["thrash", "--pages", "512K"]) == "pages must be in 64...262144")
+        #expect(parseError(["thrash", "--pages", "512K"]) == "--pages must be in 64...262144 (got 524288)")
     }
 }

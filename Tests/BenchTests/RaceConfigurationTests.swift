@@ -199,16 +199,16 @@ import Testing
 
     @Test func badConfigurationsAreRefused() {
         #expect(parseError(["race", "--api", "2019"]) == "api must be 3step or 2017")
-        #expect(parseError(["race", "--pipeline", "0"]) == "pipeline must be in 1...8 (got 0)")
-        #expect(parseError(["race", "--pipeline", "2", "--api", "2017"])?.hasPrefix("pipeline applies to the three-step API only") == true)
-        #expect(parseError(["race", "--fault-around", "513"]) == "fault-around must be in 1...512 (got 513)")
+        #expect(parseError(["race", "--pipeline", "0"]) == "--pipeline must be in 1...8 (got 0)")
+        #expect(parseError(["race", "--pipeline", "2", "--api", "2017"])?.hasPrefix("--pipeline applies to the three-step API only") == true)
+        #expect(parseError(["race", "--fault-around", "513"]) == "--fault-around must be in 1...512 (got 513)")
         #expect(parseError(["race", "--prefetch", "random"]) == "prefetch must be off or sequential")
-        #expect(parseError(["race", "--prefetch", "sequential", "--fault-around", "16"])?.hasPrefix("fault-around and prefetch=sequential") == true)
+        #expect(parseError(["race", "--prefetch", "sequential", "--fault-around", "16"])?.hasPrefix("--fault-around and --prefetch sequential") == true)
         #expect(parseError(["race", "--gpu-fault", "evict"]) == "gpu-fault must be one of: migrate, map, thrashing")
         #expect(parseError(["race", "--memory", "shared"]) == "memory must be one of: private, coherent")
-        #expect(parseError(["race", "--vram", "24"]) == "vram must be a multiple of 16 pages in 16...1024 (got 24)")
-        #expect(parseError(["race", "--vram", "2048"]) == "vram must be a multiple of 16 pages in 16...1024 (got 2048)")
-        #expect(parseError(["race", "--ram", "-1"]) == "ram must be in 0...4096 pages (got -1)")
+        #expect(parseError(["race", "--vram", "24"]) == "--vram must be a multiple of 16 pages in 16...1024 (got 24)")
+        #expect(parseError(["race", "--vram", "2048"]) == "--vram must be a multiple of 16 pages in 16...1024 (got 2048)")
+        #expect(parseError(["race", "--ram", "-1"]) == "--ram must be in 0...4096 pages (got -1)")
         #expect((try? RaceCommand.parse(["--ram", "0"]).options())?.configuration.ramPages == 0)
         #expect(parseError(["race", "--api", "2017", "--fault-around", "16", "--memory", "coherent", "--gpu-fault", "map",
                             "--all-or-nothing", "--vram", "16", "--hole"]) == nil)

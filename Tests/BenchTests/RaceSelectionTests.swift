@@ -69,8 +69,8 @@ import Testing
         #expect(parseError(["race", "--step", "setupBegin.sideways"])?.hasPrefix("unknown step 'setupBegin.sideways'") == true)
         #expect(parseError(["race", "--step", "setupBegin.toDevice.x"])?.hasPrefix("unknown step 'setupBegin.toDevice.x'") == true)
         #expect(parseError(["race", "--step", "setupBegin,"])?.hasPrefix("unknown step '':") == true)
-        #expect(parseError(["race", "--occurrence", "0"]) == "occurrence must be in 1...64")
-        #expect(parseError(["race", "--occurrence", "65"]) == "occurrence must be in 1...64")
+        #expect(parseError(["race", "--occurrence", "0"]) == "--occurrence must be in 1...64")
+        #expect(parseError(["race", "--occurrence", "65"]) == "--occurrence must be in 1...64")
         #expect(parseError(["race", "--step", "gpuFault,fenceSignaled.toRAM", "--occurrence", "3"]) == nil)
         #expect(try RaceCommand.parse(["--step", "setupEnd,setupEnd"]).options().steps?.patterns.count == 1)
 

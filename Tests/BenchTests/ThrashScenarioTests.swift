@@ -94,7 +94,7 @@ import Testing
     @Test func badOptionsAreRefusedBeforeAnythingRuns() {
         var o = ThrashOptions()
         o.pages = 10
-        #expect(throws: ScenarioError(scenario: "thrash", message: "pages must be in 64...262144")) {
+        #expect(throws: ScenarioError(scenario: "thrash", message: "pages must be in 64...262144 (got 10)")) {
             _ = try ThrashRun.measure(o, trace: nil, progress: { _ in })
         }
         #expect(throws: ParameterValueError.self) { _ = try ScenarioParameters(for: scenario, overrides: [("window", "0")]) }

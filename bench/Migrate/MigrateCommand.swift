@@ -63,7 +63,9 @@ struct MigrateCommand: ParsableCommand {
             o.fixedBuffers = fixedBuffers == "on"
             guard let generation = MigrationPolicy.APIGeneration(name: api) else { throw ValidationError("--api must be 3step or 2017") }
             o.api = generation
-            if let problem = o.problem { throw ValidationError(problem) }
+            if let problem = o.problem {
+                throw ValidationError(FlagWording.reword(problem, keys: ["total", "batch", "fault-around", "pipeline", "workers"]))
+            }
             return o
         }
     }

@@ -183,7 +183,10 @@ struct RaceCommand: ParsableCommand {
 
     func validate() throws {
         do {
-            if let problem = try options().problem { throw ValidationError(problem) }
+            if let problem = try options().problem {
+                throw ValidationError(FlagWording.reword(problem, keys: ["hold", "pages", "target", "occurrence", "pipeline",
+                                                                         "fault-around", "vram", "ram"]))
+            }
         } catch let e as RaceOptionError {
             throw ValidationError(e.description)
         }

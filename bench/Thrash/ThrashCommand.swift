@@ -64,7 +64,9 @@ struct ThrashCommand: ParsableCommand {
             if let thrashPin, !(0...3_600_000).contains(thrashPin) {
                 throw ValidationError("--thrash-pin must be in 0...3600000 ms (got \(thrashPin))")
             }
-            if let problem = o.problem { throw ValidationError(problem) }
+            if let problem = o.problem {
+                throw ValidationError(FlagWording.reword(problem, keys: ["pages", "rounds", "window", "fault-around", "thrash-threshold"]))
+            }
             return o
         }
     }

@@ -60,15 +60,15 @@ struct ThrashOptions: Sendable {
 
     /// Why these options cannot run, or nil.
     var problem: String? {
-        if !(64...(1 << 18)).contains(pages) { return "pages must be in 64...262144" }
-        if !(1...100_000).contains(rounds) { return "rounds must be in 1...100000" }
-        if !(1...512).contains(window) { return "window must be in 1...512" }
-        if !(1...512).contains(faultAround) { return "fault-around must be in 1...512" }
+        if !(64...(1 << 18)).contains(pages) { return "pages must be in 64...262144 (got \(pages))" }
+        if !(1...100_000).contains(rounds) { return "rounds must be in 1...100000 (got \(rounds))" }
+        if !(1...512).contains(window) { return "window must be in 1...512 (got \(window))" }
+        if !(1...512).contains(faultAround) { return "fault-around must be in 1...512 (got \(faultAround))" }
         if let clash = MigrateOptions.prefetchProblem(faultAround: faultAround, prefetch: prefetch) { return clash }
-        if !(0...10_000).contains(residencyMilliseconds) { return "residency-ms must be in 0...10000" }
-        if !(1...100).contains(thrashThreshold) { return "thrash-threshold must be in 1...100" }
-        if !(1...600_000).contains(thrashLapseMilliseconds) { return "thrash-lapse-ms must be in 1...600000" }
-        if !(0...3_600_000).contains(thrashPinMilliseconds) { return "thrash-pin-ms must be in 0...3600000" }
+        if !(0...10_000).contains(residencyMilliseconds) { return "residency-ms must be in 0...10000 (got \(residencyMilliseconds))" }
+        if !(1...100).contains(thrashThreshold) { return "thrash-threshold must be in 1...100 (got \(thrashThreshold))" }
+        if !(1...600_000).contains(thrashLapseMilliseconds) { return "thrash-lapse-ms must be in 1...600000 (got \(thrashLapseMilliseconds))" }
+        if !(0...3_600_000).contains(thrashPinMilliseconds) { return "thrash-pin-ms must be in 0...3600000 (got \(thrashPinMilliseconds))" }
         return nil
     }
 }

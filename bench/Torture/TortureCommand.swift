@@ -58,7 +58,10 @@ struct TortureCommand: ParsableCommand {
     }
 
     func validate() throws {
-        if let problem = options.problem { throw ValidationError(problem) }
+        if let problem = options.problem {
+            throw ValidationError(FlagWording.reword(problem, keys: ["seconds", "threads", "inject-rate", "pages-per-thread",
+                                                                     "vram", "residency"]))
+        }
         guard TortureOptions.FaultCopy(rawValue: faultCopy) != nil else { throw ValidationError("fault-copy must be cpu or engine") }
         guard MigrateOptions.Backend(rawValue: backend) != nil else {
             throw ValidationError("backend must be one of: \(MigrateOptions.Backend.allCases.map(\.rawValue).joined(separator: ", "))")
