@@ -30,6 +30,22 @@ import Testing
         #expect(device.freePageCount == 16)
     }
 
+    @Test func munmapOfASharedFileMappingPassesTheEntrysDirtyBitToThePage() throws {
+        // zap_present_ptes: a dirty entry of a file page marks the folio dirty (folio_mark_dirty),
+        // so writeback still sees a store made through a mapping that is gone.
+        let memory = try makeMemory()
+        let file = PageCacheFile(memory: memory, pageCount: 2)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(.file(file, shared: true), length: 2 * pageSize)
+        try mm.write(at: a, bytes: [3])
+        _ = try mm.read(at: a + UInt64(pageSize), count: 1)
+        let written = try #require(file.cachedPage(0)), onlyRead = try #require(file.cachedPage(1))
+        #expect(!memory.flags(written).contains(.dirty))                // the entry holds it so far
+        try mm.munmap(a, length: 2 * pageSize)
+        #expect(memory.flags(written).contains(.dirty) && !memory.flags(onlyRead).contains(.dirty))
+        #expect(try file.read(offset: 0, count: 1) == [3])
+    }
+
     @Test func munmapSplitsVMAsAndKeepsTheRest() throws {
         let mm = AddressSpace(memory: try makeMemory())
         let a = try mm.mmap(length: 4 * pageSize)
@@ -152,7 +168,32 @@ import Testing
         #expect(child.pageTableEntry(a).pfn != pins[0])
         #expect(parent.pageTableEntry(a).isWritable)       // the parent keeps its exclusive page
         #expect(try child.read(at: a, count: 1) == [6])
+        // copy_present_page: the child's copy is a new exclusive anonymous page of its VMA, mapped once.
+        let copy = child.pageTableEntry(a).pfn
+        #expect(memory.isAnon(copy) && memory.flags(copy).contains(.anonExclusive) && memory.mapcount(copy) == 1)
+        let free = memory.freeRAMPageCount
+        child.exit()
+        #expect(memory.freeRAMPageCount == free + 1)
         memory.unpinUserPages(pins)
+    }
+
+    @Test func writeToAnUnsharedPageWithAnExtraReferenceCopiesIt() throws {
+        // wp_can_reuse_anon_folio: a page no longer PageAnonExclusive (it was shared by fork)
+        // is reused only when the mapping holds its only reference; another holder's
+        // reference forces a copy, so that holder keeps the data it took.
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: pageSize)
+        try mm.write(at: a, bytes: [1])
+        try mm.fork().exit()                                  // shared, then alone again
+        let pfn = mm.pageTableEntry(a).pfn
+        #expect(memory.mapcount(pfn) == 1 && !memory.flags(pfn).contains(.anonExclusive))
+        memory.getPage(pfn)
+        try mm.write(at: a, bytes: [2])
+        #expect(mm.pageTableEntry(a).pfn != pfn && mm.faultCounters[.copyOnWrite] == 1)
+        #expect(memory.bytes(pfn)!.load(as: UInt8.self) == 1)
+        memory.putPage(pfn)
+        #expect(memory.diagnostics.refcountUnderflowCount == 0)
     }
 
     @Test func forkSharesSharedAnonymousMemoryWithoutCopyOnWrite() throws {

@@ -214,6 +214,35 @@ import Testing
 }
 
 @Suite struct PinUserPagesTests {
+    @Test func aReadPinOfUntouchedMemoryPinsARealPageNotTheZeroPage() throws {
+        // The model's pins fault as a write wherever the VMA allows it: a read pin of a hole
+        // gets the page later CPU writes land in, never the shared zero page.
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: pageSize)
+        let pins = try mm.pinUserPages(a, count: 1, write: false)
+        #expect(pins[0] != memory.zeroPFN && mm.pageTableEntry(a).pfn == pins[0])
+        try mm.write(at: a, bytes: [8])
+        #expect(memory.bytes(pins[0])!.load(as: UInt8.self) == 8)
+        memory.unpinUserPages(pins)
+        #expect(memory.refcount(pins[0]) == 1)
+    }
+
+    @Test func aPinThatFailsPartWayDropsThePinsItTook() throws {
+        // The model's pinUserPages is all or nothing: on a failure past the first page it
+        // releases what it pinned (unpin_user_pages) before throwing, leaving no reference behind.
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 2 * pageSize)
+        try mm.write(at: a, bytes: pattern(2, count: 2 * pageSize))
+        let pages = [mm.pageTableEntry(a).pfn, mm.pageTableEntry(a + UInt64(pageSize)).pfn]
+        #expect(throws: HostMMError.fault) { try mm.pinUserPages(a, count: 3, write: true) }
+        #expect(pages.allSatisfy { memory.refcount($0) == 1 && !memory.maybeDMAPinned($0) })
+        let free = memory.freeRAMPageCount
+        try mm.munmap(a, length: 2 * pageSize)
+        #expect(memory.freeRAMPageCount == free + 2)
+    }
+
     @Test func longtermPinMovesADeviceCoherentPageToRAMFirst() throws {
         let memory = try makeMemory()
         let device = try TestDevice(memory: memory, pageCount: 16, type: .deviceCoherent)

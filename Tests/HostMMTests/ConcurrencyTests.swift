@@ -120,6 +120,44 @@ func eventually(seconds: Double = 10, _ condition: () -> Bool) -> Bool {
         memory.putPage(page)
     }
 
+    /// A sleeper that takes the lock once woken holds it with `PG_waiters` clear when no
+    /// one else waits: the waking unlock cleared it (`folio_wake_bit`) and the new holder
+    /// must not leave it set again, or its own unlock takes the queue's mutex for no one.
+    @Test func aWokenLockerHoldsThePageWithoutTheWaitersBit() throws {
+        let memory = try makeMemory()
+        let page = try #require(memory.allocPage())
+        memory.lockPage(page)
+        let held = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        let locker = TestThread {
+            memory.lockPage(page)
+            held.signal()
+            release.wait()
+            memory.unlockPage(page)
+        }
+        #expect(eventually { memory.flags(page).contains(.waiters) })
+        memory.unlockPage(page)
+        #expect(held.wait(timeout: .now() + 20) == .success)
+        #expect(memory.flags(page).contains(.locked) && !memory.flags(page).contains(.waiters))
+        release.signal()
+        #expect(locker.join())
+        #expect(!memory.flags(page).contains(.locked) && memory.diagnostics.unlocksOfUnlockedPages == 0)
+        memory.putPage(page)
+    }
+
+    /// `folio_wait_locked`: a sleeper woken by the unlock returns with `PG_waiters` clear
+    /// when it was the page's last waiter, as `folio_wake_bit` leaves it.
+    @Test func aWaiterForTheUnlockLeavesTheWaitersBitClear() throws {
+        let memory = try makeMemory()
+        let page = try #require(memory.allocPage())
+        memory.lockPage(page)
+        let waiter = TestThread { memory.waitOnPageUnlocked(page) }   // the test's reference is held throughout
+        #expect(eventually { memory.flags(page).contains(.waiters) })
+        memory.unlockPage(page)
+        #expect(waiter.join())
+        #expect(!memory.flags(page).contains(.locked) && !memory.flags(page).contains(.waiters))
+        memory.putPage(page)
+    }
+
     @Test func twoCPUsFaultingTheSameDevicePageBothSeeItsData() throws {
         let memory = try makeMemory()
         let device = try TestDevice(memory: memory, pageCount: 16)

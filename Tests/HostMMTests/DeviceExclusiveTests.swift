@@ -63,6 +63,7 @@ func makeExclusive(_ mm: AddressSpace, _ a: UInt64, owner: PgmapOwner? = nil) th
         for mm in [parent, child] {
             let pte = mm.pageTableEntry(a)
             #expect(pte.kind == .present && pte.pfn == pfn && !pte.isWritable)
+            #expect(pte.isDirty)                  // restore_exclusive_pte: a writable entry comes back dirty
         }
         #expect(memory.mapcount(pfn) == 2)
         try parent.write(at: a, bytes: [11])

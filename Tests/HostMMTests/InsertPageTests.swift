@@ -2,6 +2,24 @@ import Testing
 @testable import HostMM
 
 @Suite struct InsertPageTests {
+    @Test func insertingMakesTheVMAMixedMapSoForkCopiesTheEntry() throws {
+        // vm_insert_page sets VM_MIXEDMAP on a VMA that lacks it; vma_needs_copy then copies
+        // the inserted entry into a forked child, which reads the same page.
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(.special([.dontExpand, .shared]), length: pageSize)
+        let page = try #require(memory.allocPage(zeroed: true))
+        memory.bytes(page)!.storeBytes(of: 0x3C, as: UInt8.self)
+        try mm.insertPage(a, page: page)
+        memory.putPage(page)
+        #expect(mm.vmaList[0].flags.contains(.mixedMap))
+        let child = try mm.fork()
+        #expect(child.pageTableEntry(a).pfn == page && memory.mapcount(page) == 2)
+        #expect(try child.read(at: a, count: 1) == [0x3C])
+        child.exit()
+        mm.exit()
+    }
+
     @Test func insertedPageIsAReadOnlyRefcountedMappingInAPrivateMixedMap() throws {
         let memory = try makeMemory()
         let mm = AddressSpace(memory: memory)

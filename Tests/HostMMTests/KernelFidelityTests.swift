@@ -65,6 +65,33 @@ import Testing
         #expect(!interval.readRetry(seq))
     }
 
+    /// `mn_itree_inv_end`: with invalidations overlapping in time, only the last one to
+    /// end closes the busy period. One that hit no interval ending first must not let a
+    /// `readBegin` through while the one that hit the interval still runs.
+    @Test func onlyTheLastOfOverlappingInvalidationsEndsTheBusyPeriod() throws {
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let page = UInt64(pageSize)
+        let a = try mm.mmap(length: 4 * pageSize)
+        let interval = try mm.notifiers.insert(start: a, length: page, ops: RecordingMirror())
+        let hit = MMUNotifierRange(start: a, end: a + page, event: .clear, owner: nil)
+        let miss = MMUNotifierRange(start: a + 2 * page, end: a + 3 * page, event: .clear, owner: nil)
+        mm.notifiers.invalidateStart(hit)
+        mm.notifiers.invalidateStart(miss)
+        mm.notifiers.invalidateEnd(miss)
+        let returned = DispatchSemaphore(value: 0)
+        Thread {
+            _ = interval.readBegin()
+            returned.signal()
+        }.start()
+        let early = returned.wait(timeout: .now() + .milliseconds(300)) == .success
+        mm.notifiers.invalidateEnd(hit)
+        if !early { returned.wait() }
+        #expect(!early, "readBegin returned while an invalidation of the interval's range was still running")
+        let seq = interval.readBegin()
+        #expect(!interval.readRetry(seq))
+    }
+
     /// `check_vma_flags`: GUP refuses `VM_IO` / `VM_PFNMAP` mappings with `-EFAULT`; their
     /// frames have no `struct page` GUP may reference.
     @Test func pinUserPagesRefusesPFNMapMappings() throws {

@@ -64,6 +64,24 @@ import Testing
         #expect(mm.pageTableEntry(a).isDirty)                              // written again: no longer discardable
     }
 
+    @Test func freeCleansAPageAlreadyMarkedDirty() throws {
+        // madvise_free_pte_range: a folio whose own dirty flag is set is cleaned under its
+        // lock, not only the entry. make_device_exclusive moved the entry's dirty bit to the page.
+        let memory = try makeMemory()
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: pageSize)
+        try mm.write(at: a, bytes: [5])
+        let page = try mm.mmapLock.withReadLock { () throws(HostMMError) in try mm.makeDeviceExclusive(a) }
+        memory.unlockPage(page)
+        memory.putPage(page)
+        #expect(try mm.read(at: a, count: 1) == [5])                      // the CPU takes it back
+        #expect(memory.flags(page).contains(.dirty))
+        try mm.madvise(a, length: pageSize, advice: .free)
+        #expect(!memory.flags(page).contains(.dirty) && !memory.flags(page).contains(.swapBacked))
+        #expect(!memory.isPageLocked(page))
+        #expect(try mm.read(at: a, count: 1) == [5])
+    }
+
     @Test func freeSkipsPagesSharedWithAForkedChild() throws {
         let memory = try makeMemory()
         let mm = AddressSpace(memory: memory)
@@ -91,6 +109,18 @@ import Testing
         let h = try mm.mmap(.hugetlb, length: pageSize)
         #expect(throws: HostMMError.invalidArgument) { try mm.madvise(p, length: pageSize, advice: .dontNeed) }
         #expect(throws: HostMMError.invalidArgument) { try mm.madvise(h, length: pageSize, advice: .free) }
+    }
+
+    @Test func lockedVMARefusesDontNeedAndFreeAndKeepsItsPages() throws {
+        // can_madv_lru_vma: VM_LOCKED (mlock) memory may not be dropped. The model has no
+        // mlock, so the flag is set directly.
+        let mm = AddressSpace(memory: try makeMemory())
+        let a = try mm.mmap(length: pageSize)
+        try mm.write(at: a, bytes: [6])
+        mm.vmaList[0].flags.insert(.locked)
+        #expect(throws: HostMMError.invalidArgument) { try mm.madvise(a, length: pageSize, advice: .dontNeed) }
+        #expect(throws: HostMMError.invalidArgument) { try mm.madvise(a, length: pageSize, advice: .free) }
+        #expect(try mm.read(at: a, count: 1) == [6])
     }
 
     @Test func holesGiveENOMEMAfterTheMappedPartsAreAdvised() throws {

@@ -129,6 +129,8 @@ import Testing
         #expect(mirror.events.withLockedValue { $0.last!.0 == .exclusive && $0.last!.1 == device.owner })
         #expect(try mm.read(at: a, count: 1) == [3])
         #expect(mm.pageTableEntry(a).kind == .present && mm.pageTableEntry(a).pfn == page)
+        // restore_exclusive_pte: a writable entry comes back writable and dirty, even for a read.
+        #expect(mm.pageTableEntry(a).isWritable && mm.pageTableEntry(a).isDirty)
         #expect(mm.faultCounters[.deviceExclusive] == 1)
     }
 }

@@ -101,6 +101,30 @@ import Testing
         #expect(mm.vmaList.count == 2)
     }
 
+    @Test func growsInPlaceUpToAMappingThatStartsRightAtTheNewEnd() throws {
+        // vma_expandable: the room [old end, new end) must be free; a VMA starting at the new end does not overlap it.
+        let mm = AddressSpace(memory: try makeMemory())
+        let a = try mm.mmap(length: 2 * pageSize)
+        let next = try mm.mmap(length: pageSize, at: a + 4 * page)
+        try mm.write(at: a, bytes: [7])
+        #expect(try mm.mremap(a, oldLength: 2 * pageSize, newLength: 4 * pageSize) == a)
+        #expect(mm.vmaList.map(\.start) == [a, next] && mm.vmaList[0].end == next)
+        #expect(try mm.read(at: a, count: 1) == [7])
+    }
+
+    @Test func fixedTargetEndingRightAtTheSourceIsNotAnOverlap() throws {
+        // mremap_to: EINVAL only when [new, new + newLen) and [old, old + oldLen) intersect.
+        let mm = AddressSpace(memory: try makeMemory())
+        let hole = try mm.mmap(length: 6 * pageSize)
+        try mm.munmap(hole, length: 2 * pageSize)
+        let a = hole + 2 * page                                         // [a, a + 4 pages) stays mapped
+        try mm.write(at: a, bytes: [9])
+        #expect(try mm.mremap(a, oldLength: 2 * pageSize, newLength: 2 * pageSize,
+                              flags: [.mayMove, .fixed], newAddress: hole) == hole)
+        #expect(try mm.read(at: hole, count: 1) == [9])
+        #expect(throws: HostMMError.segmentationFault(address: a, reason: .notMapped)) { try mm.read(at: a, count: 1) }
+    }
+
     enum BadCase: CaseIterable { case unknownFlag, fixedWithoutMayMove, dontUnmapResize, dontUnmapWithoutMayMove,
                                      unaligned, zeroNewLength, overlap, noVMA, pastVMA, pfnMapGrowth, hugetlb }
 

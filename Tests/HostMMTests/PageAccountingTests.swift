@@ -6,6 +6,23 @@ import Testing
 /// mprotect, pins, eviction, shared and PFN mappings) and the exit of every process,
 /// every RAM frame and device page is free again.
 @Suite struct PageAccountingTests {
+    /// The shared zero page is `PageReserved`: a driver's `put_page` too many on it must not
+    /// free it into the allocator (single or batched put), or its next owner's stores would
+    /// show in every hole read.
+    @Test func strayPutsOfTheZeroPageNeverHandItOut() throws {
+        let memory = try makeMemory()
+        let free = memory.freeRAMPageCount
+        [memory.zeroPFN].withUnsafeBufferPointer { memory.putPages($0) }   // release_pages path: refcount 0
+        memory.getPage(memory.zeroPFN)
+        memory.putPage(memory.zeroPFN)                                       // put_page path: refcount 0 again
+        #expect(memory.freeRAMPageCount == free)
+        let page = try #require(memory.allocPage())
+        #expect(page != memory.zeroPFN)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: pageSize)
+        #expect(try mm.read(at: a, count: 1) == [0] && mm.pageTableEntry(a).pfn == memory.zeroPFN)
+    }
+
     @Test(arguments: 0...20) func everyPageIsFreeAfterExit(_ k: Int) throws {
         let memory = try makeMemory()
         let ram = memory.freeRAMPageCount
