@@ -112,3 +112,22 @@ extension LegacyAPITests {
         #expect(try pattern.cpuMismatches(mm, a, pages: 520).isEmpty)
     }
 }
+
+extension LegacyAPITests {
+    /// The same refusal with coherent VRAM, whose copies `allocAndCopy` waits for itself.
+    @Test func aCoherentBatchShortOfVRAMIsRefusedWholeUnderAllOrNothing() throws {
+        let memory = try makeMemory(mib: 64)
+        var p = policy(.callbacks2017)
+        p.batchPages = 16
+        p.rangeMigration = .allOrNothing
+        let gpu = try makeDevice(memory, vramMiB: 2, type: .deviceCoherent, policy: p,
+                                 eviction: .custom { _ in KeepsEveryPage() })
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 512 + 16, seed: 95)
+        #expect(try gpu.migrateToDevice(mm, range: range(a, pages: 504)).migrated == 504)
+        let r = try gpu.migrateToDevice(mm, range: range(a + UInt64(504 * pageSize), pages: 16))
+        #expect(r.collected == 16 && r.refusedBatches == 1 && r.migrated == 0 && r.withoutVRAM == 0)
+        #expect(gpu.vram.inUsePageCount == 504)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 520).isEmpty)
+    }
+}
