@@ -72,3 +72,62 @@ import Testing
         #expect(try PagePattern(seed: 93).cpuMismatches(mm, a, pages: 16).isEmpty)
     }
 }
+
+/// An eviction policy that never gives a page up: VRAM, once full, stays full.
+final class KeepsEveryPage: EvictionPolicy, @unchecked Sendable {
+    func pageBecameResident(_ page: Int) {}
+    func pageAccessed(_ page: Int) {}
+    func pageFreed(_ page: Int) {}
+    func selectVictims(into out: UnsafeMutableBufferPointer<Int>) -> Int { 0 }
+}
+
+extension LegacyAPITests {
+    /// VRAM full of pages the eviction policy keeps: a batch that finds fewer VRAM pages
+    /// than it collected is refused whole under all or nothing (Xe), in both generations;
+    /// best effort moves what fits and counts the rest in `withoutVRAM`.
+    @Test(arguments: [MigrationPolicy.APIGeneration.threeStep, .callbacks2017],
+          [MigrationPolicy.RangeMigration.allOrNothing, .bestEffort])
+    func aBatchShortOfVRAMIsRefusedWholeOrMovesWhatFits(generation: MigrationPolicy.APIGeneration,
+                                                         range mode: MigrationPolicy.RangeMigration) throws {
+        let memory = try makeMemory(mib: 64)
+        var p = policy(generation)
+        p.batchPages = 16
+        p.rangeMigration = mode
+        let gpu = try makeDevice(memory, vramMiB: 2, policy: p, eviction: .custom { _ in KeepsEveryPage() })
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 512 + 16, seed: 94)
+        #expect(try gpu.migrateToDevice(mm, range: range(a, pages: 504)).migrated == 504)   // 8 pages left
+        let tail = a + UInt64(504 * pageSize)
+        let r = try gpu.migrateToDevice(mm, range: range(tail, pages: 16))
+        #expect(r.collected == 16)
+        if mode == .allOrNothing {
+            #expect(r.refusedBatches == 1 && r.migrated == 0 && r.withoutVRAM == 0)
+            #expect(entryKinds(mm, tail, pages: 16) == [.present: 16])
+            #expect(gpu.vram.inUsePageCount == 504)
+        } else {
+            #expect(r.refusedBatches == 0 && r.migrated == 8 && r.withoutVRAM == 8)
+            #expect(gpu.counters[.pagesWithoutVRAM] == 8)
+            #expect(entryKinds(mm, tail, pages: 16) == [.devicePrivate: 8, .present: 8])
+        }
+        #expect(try pattern.cpuMismatches(mm, a, pages: 520).isEmpty)
+    }
+}
+
+extension LegacyAPITests {
+    /// The same refusal with coherent VRAM, whose copies `allocAndCopy` waits for itself.
+    @Test func aCoherentBatchShortOfVRAMIsRefusedWholeUnderAllOrNothing() throws {
+        let memory = try makeMemory(mib: 64)
+        var p = policy(.callbacks2017)
+        p.batchPages = 16
+        p.rangeMigration = .allOrNothing
+        let gpu = try makeDevice(memory, vramMiB: 2, type: .deviceCoherent, policy: p,
+                                 eviction: .custom { _ in KeepsEveryPage() })
+        defer { try? gpu.shutdown() }
+        let (mm, a, pattern) = try makeProcess(memory, pages: 512 + 16, seed: 95)
+        #expect(try gpu.migrateToDevice(mm, range: range(a, pages: 504)).migrated == 504)
+        let r = try gpu.migrateToDevice(mm, range: range(a + UInt64(504 * pageSize), pages: 16))
+        #expect(r.collected == 16 && r.refusedBatches == 1 && r.migrated == 0 && r.withoutVRAM == 0)
+        #expect(gpu.vram.inUsePageCount == 504)
+        #expect(try pattern.cpuMismatches(mm, a, pages: 520).isEmpty)
+    }
+}

@@ -80,6 +80,13 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
         space = d.addressSpace(for: mm)
         space?.zapCollected(start, src, n)
         let got = d.vram.allocPages(into: UnsafeMutableBufferPointer(rebasing: pages[0..<want]))
+        if got < want && policy.rangeMigration == .allOrNothing {
+            // A page that cannot be allocated restores the whole batch, as in the three-step flow.
+            for k in 0..<got { d.releaseUnused(pages[k]) }
+            d.counters.add(.batchesRefused)
+            result.refusedBatches = 1
+            return
+        }
         result.withoutVRAM = want - got
         d.counters.add(.pagesWithoutVRAM, want - got)
         let channel: DMAChannel

@@ -81,7 +81,8 @@ public struct MigrationResult: Sendable, Equatable {
     public var refusedBatches = 0
     /// Collected pages no VRAM page was left for, even after pressure eviction
     /// (`nouveau_dmem_page_alloc_locked` failed): best effort leaves them in RAM. Nonzero
-    /// when VRAM is full of pages the eviction policy did not (or could not) give up.
+    /// when VRAM is full of pages the eviction policy did not (or could not) give up. All
+    /// or nothing refuses such a batch instead (`refusedBatches`; not counted here).
     public var withoutVRAM = 0
     /// Batches that collected at least one page.
     public var batches = 0
