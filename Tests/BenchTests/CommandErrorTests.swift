@@ -26,6 +26,8 @@ import Testing
         #expect(parseError(["thrash", "--rounds", "0"]) == "--rounds must be in 1...100000 (got 0)")
         #expect(parseError(["race", "--hold", "0"]) == "--hold must be in 1...5000 ms")
         #expect(parseError(["torture", "--threads", "65"]) == "--threads must be in 1...64 (got 65)")
+        #expect(parseError(["migrate", "--vram-dir", "/nonexistent-dir"])?.hasPrefix("--vram-dir /nonexistent-dir does not exist") == true)
+        #expect(parseError(["torture", "--vram-dir", "/nonexistent-dir"])?.hasPrefix("--vram-dir /nonexistent-dir does not exist") == true)
         #expect(FlagWording.reword("fixed buffers are io_uring's", keys: ["total"]) == "fixed buffers are io_uring's")
     }
 

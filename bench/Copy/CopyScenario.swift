@@ -62,7 +62,9 @@ enum CopyScenario {
             throw error("the copy scenario measures h2d, d2h and d2d")
         }
         guard !o.coalesce.isEmpty else { throw error("coalesce needs on, off or both") }
-        if let problem = VRAMDirectory.problem(o.vramLayout.directory) { throw error(problem) }
+        if let problem = VRAMDirectory.problem(o.vramLayout.directory) {
+            throw error(problem.hasPrefix("vram-dir ") ? name("vram-dir") + problem.dropFirst("vram-dir".count) : problem)
+        }
         if o.fixedBuffers && o.backendName != "iouring" {
             // The memcpy and mapped backends issue no io_uring operation to register them for.
             throw error("fixed buffers are io_uring's: use them with the iouring backend")

@@ -64,7 +64,7 @@ struct MigrateCommand: ParsableCommand {
             guard let generation = MigrationPolicy.APIGeneration(name: api) else { throw ValidationError("--api must be 3step or 2017") }
             o.api = generation
             if let problem = o.problem {
-                throw ValidationError(FlagWording.reword(problem, keys: ["total", "batch", "fault-around", "pipeline", "workers"]))
+                throw ValidationError(FlagWording.reword(problem, keys: ["total", "batch", "fault-around", "pipeline", "workers", "vram-dir"]))
             }
             return o
         }

@@ -60,7 +60,7 @@ struct TortureCommand: ParsableCommand {
     func validate() throws {
         if let problem = options.problem {
             throw ValidationError(FlagWording.reword(problem, keys: ["seconds", "threads", "inject-rate", "pages-per-thread",
-                                                                     "vram", "residency"]))
+                                                                     "vram", "residency", "vram-dir"]))
         }
         guard TortureOptions.FaultCopy(rawValue: faultCopy) != nil else { throw ValidationError("fault-copy must be cpu or engine") }
         guard MigrateOptions.Backend(rawValue: backend) != nil else {
