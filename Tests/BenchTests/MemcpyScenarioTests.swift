@@ -67,6 +67,14 @@ import Testing
         #expect(jobs.first?.scenario.name == "memcpy")
     }
 
+    /// The default run measures every throughput scenario of the tool (torture and race judge
+    /// correctness, they measure no GB/s): a scenario dropped from it drops out of the table silently.
+    @Test func standardSuiteCoversEveryThroughputScenario() throws {
+        let names = try BenchSuite.standard.jobs().map(\.scenario.name)
+        let measured = ScenarioRegistry.standard.names.filter { $0 != "torture" && $0 != "race" }
+        #expect(measured.allSatisfy(names.contains), "suite runs \(Set(names).sorted())")
+    }
+
     @Test func suiteRejectsUnknownScenariosAndKeys() {
         let bad = BenchSuite(name: "t", entries: [.init("memcpy", "bogus=1")])
         #expect(throws: ParameterValueError("unknown parameter 'bogus' for scenario 'memcpy' (known: page-size, total, span, batch, seed)")) {
