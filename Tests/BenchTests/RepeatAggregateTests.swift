@@ -32,6 +32,16 @@ import Testing
         #expect(out["gbps_min"] == .double(1) && out["gbps_max"] == .double(30))
     }
 
+    /// A repeat with no figure (NaN, `null` in JSON) is left out of the spread as it is of the
+    /// median: a first repeat's NaN must not become the minimum and maximum of the others.
+    @Test func aRepeatWithoutAFigureIsLeftOutOfTheSpread() {
+        let samples = [Double.nan, 1.0, 3.0].map { record([("gbps", .double($0))]) }
+        let out = RepeatAggregate.aggregate(samples)
+        #expect(out["gbps"] == .double(2))
+        #expect(out["gbps_min"] == .double(1))
+        #expect(out["gbps_max"] == .double(3))
+    }
+
     /// Repeats that returned different numbers of records cannot be matched by position.
     @Test func repeatsWithDifferentRecordCountsAreRefused() throws {
         let parameters = try ScenarioParameters(for: FakeScenario())
