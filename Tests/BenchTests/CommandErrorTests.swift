@@ -158,6 +158,16 @@ import Testing
         #expect(BenchSession.verificationFailure(passed) == nil)
     }
 
+    /// Under --repeat a point verified only if every repeat did: one that did not fails the command.
+    @Test func aVerificationFailureInARepeatedPointFailsTheCommand() throws {
+        var fake = FakeScenario()
+        fake.verified = false
+        let jobs = [BenchJob(scenario: fake, parameters: try ScenarioParameters(for: fake))]
+        let results = try BenchRunner(repeats: 2).run(jobs)
+        #expect(results.map(\.repeats) == [2] && results[0].record["verified"] == .bool(false))
+        #expect(BenchSession.verificationFailure(results) != nil)
+    }
+
     /// Range errors of migrate, torture and race say what was given, and torture's names its flag.
     @Test func rangeErrorsSayWhatWasGiven() {
         #expect(parseError(["migrate", "--batch", "0"]) == "--batch must be in 1...4096 (got 0)")

@@ -1,4 +1,6 @@
+import DMAEngine
 import Foundation
+import Glibc
 import Testing
 @testable import dmem_bench
 
@@ -83,6 +85,47 @@ import Testing
         #expect(throws: ScenarioError(scenario: "copy", message: "'fast' is not a valid link (expected \(LinkSpec.help))")) {
             try run(Self.tiny + [("link", "fast")])
         }
+    }
+
+    /// A backend that copies like memcpy and reports success, but flips the last byte of the
+    /// very first descriptor it is given (first batch of the first pass, nothing after).
+    final class CorruptOnceBackend: CopyBackend, @unchecked Sendable {
+        private var corrupted = false
+        var name: String { "corrupt-once" }
+        func execute(_ batch: CopyBatch) -> Int {
+            for i in batch.indices {
+                let d = batch[i]
+                switch d.operation {
+                case .copy: memcpy(d.destination.pointer, d.source.pointer, d.length)
+                case .fill: memset(d.destination.pointer, Int32(d.fillValue), d.length)
+                }
+                if !corrupted {
+                    corrupted = true
+                    let last = d.destination.pointer + d.length - 1
+                    last.storeBytes(of: ~last.load(as: UInt8.self), as: UInt8.self)
+                }
+            }
+            batch.complete(batch.indices)
+            return 0
+        }
+        func shutdown(cancelInFlight: Bool) {}
+    }
+
+    /// One wrong byte from the engine in one pass of three leaves the record unverified: the
+    /// engine's passes are checked, not only the memcpy baseline, and every pass counts.
+    @Test func aCopyThatCorruptsOneByteInOnePassIsNotVerified() throws {
+        var o = CopyOptions()
+        o.directions = [.hostToDevice]
+        o.coalesce = [false]
+        o.totalBytes = 256 << 10
+        o.hostBytes = 1 << 20
+        o.batchPages = 16
+        o.repeats = 3
+        o.backend = .custom(name: "corrupt-once") { _ in CorruptOnceBackend() }
+        o.backendName = "memcpy"
+        let records = try CopyScenario.run(o)
+        #expect(records.count == 1)
+        #expect(records[0]["verified"] == .bool(false))
     }
 
     @Test func refusesATotalThatIsNotAMultipleOfThePage() {

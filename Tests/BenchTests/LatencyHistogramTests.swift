@@ -28,6 +28,17 @@ import Testing
         #expect(LatencyHistogram.prefixes(in: record) == ["fault"])
     }
 
+    /// Each summary field holds its own percentile (p99 is not p90 under another name).
+    @Test func summaryFieldsHoldTheirOwnPercentiles() {
+        var record = RunRecord()
+        uniform().write(to: &record, prefix: "batch")
+        for (name, expected) in [("batch_p50_us", 500.0), ("batch_p90_us", 900), ("batch_p99_us", 990),
+                                 ("batch_p99_9_us", 999), ("batch_max_us", 1000)] {
+            let got = record[name]?.numeric ?? -1
+            #expect(abs(got - expected) <= expected * 0.001, "\(name): \(got)")
+        }
+    }
+
     @Test func skewedSamplesShowTheTail() {
         var h = LatencyHistogram()
         for _ in 0..<990 { h.record(nanoseconds: 2_000) }
@@ -47,6 +58,17 @@ import Testing
         #expect(h.count == 2)
         #expect(h.clamped == 1)
         #expect(abs(h.maxMicroseconds - 1000) <= 1)
+    }
+
+    /// Samples clamped on another thread stay counted as clamped after a merge.
+    @Test func mergeKeepsTheOtherThreadsClampedCount() {
+        var a = LatencyHistogram(highestTrackableNanoseconds: 1_000_000), b = LatencyHistogram(highestTrackableNanoseconds: 1_000_000)
+        a.record(nanoseconds: 5_000_000)
+        b.record(nanoseconds: 7_000_000)
+        b.record(nanoseconds: 10)
+        a.merge(b)
+        #expect(a.count == 3)
+        #expect(a.clamped == 2)
     }
 
     @Test func mergeAddsAnotherThreadsSamples() {

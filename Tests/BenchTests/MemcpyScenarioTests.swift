@@ -67,6 +67,14 @@ import Testing
         #expect(jobs.first?.scenario.name == "memcpy")
     }
 
+    /// The default run measures every throughput scenario of the tool (torture and race judge
+    /// correctness, they measure no GB/s): a scenario dropped from it drops out of the table silently.
+    @Test func standardSuiteCoversEveryThroughputScenario() throws {
+        let names = try BenchSuite.standard.jobs().map(\.scenario.name)
+        let measured = ScenarioRegistry.standard.names.filter { $0 != "torture" && $0 != "race" }
+        #expect(measured.allSatisfy(names.contains), "suite runs \(Set(names).sorted())")
+    }
+
     @Test func suiteRejectsUnknownScenariosAndKeys() {
         let bad = BenchSuite(name: "t", entries: [.init("memcpy", "bogus=1")])
         #expect(throws: ParameterValueError("unknown parameter 'bogus' for scenario 'memcpy' (known: page-size, total, span, batch, seed)")) {
@@ -124,6 +132,22 @@ import Testing
         #expect(lines[5] == ["migrate", "to_device", "3.00", "4.00", "0.70"])
         #expect(lines[6].prefix(5) == ["to_ram_fault", "1.00", "4.00", "0.25", "fault"])
         #expect(lines[6][5...9] == ["5.00", "6.00", "7.00", "8.00", "9.00"])
+    }
+
+    /// Without a baseline of its own, a record is compared with the memcpy of its direction when
+    /// the run measured one (gather and scatter differ), and under --repeat its spread reads min-max.
+    @Test func summaryPicksTheSameDirectionMemcpyAndShowsTheSpreadLowToHigh() throws {
+        var results = [
+            result("memcpy", [("direction", .string("h2d")), ("page_size", .int(4096)), ("gbps", .double(8))]),
+            result("memcpy", [("direction", .string("d2h")), ("page_size", .int(4096)), ("gbps", .double(2))]),
+            result("copy", [("direction", .string("d2h")), ("page_size", .int(4096)), ("gbps", .double(6)),
+                            ("gbps_min", .double(5)), ("gbps_max", .double(7))]),
+        ]
+        results[2].repeats = 3
+        let table = SummaryTable(results: results)
+        #expect(table.memcpyBaseline(for: results[2].record, field: "gbps") == 2)
+        let lines = table.text.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
+        #expect(lines.last.map { Array($0.prefix(6)) } == ["copy", "d2h", "6.00", "5.00-7.00", "2.00", "3.00"])
     }
 
     /// The check column says ok/FAIL for a record that verified its bytes and for a torture or

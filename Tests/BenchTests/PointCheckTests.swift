@@ -46,6 +46,12 @@ import Testing
         #expect(parseError(["run", "copy", "--quick", "--set", "total=64M"]) == nil)
     }
 
+    /// A span exactly as large as total holds the pages: it is accepted, not refused as too small.
+    @Test func aSpanEqualToTotalIsAccepted() {
+        #expect(parseError(["run", "memcpy", "--set", "total=1M", "span=1M"]) == nil)
+        #expect(parseError(["run", "copy", "--set", "total=1M", "span=1M"]) == nil)
+    }
+
     @Test func quickValuesAreCheckedAsTheyWillRun() {
         // 3M does not divide the quick total (8M); it divides an explicit 6M.
         #expect(parseError(["run", "copy", "--quick", "--set", "page-size=3M"])

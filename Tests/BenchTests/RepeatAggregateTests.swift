@@ -24,6 +24,34 @@ import Testing
         #expect(out.fields.map(\.name) == ["gbps", "gbps_min", "gbps_max"])
     }
 
+    /// A single slow repeat moves a mean but not the median the record promises.
+    @Test func anOutlierRepeatDoesNotMoveTheMedian() {
+        let samples = [1.0, 30.0, 2.0].map { record([("gbps", .double($0))]) }
+        let out = RepeatAggregate.aggregate(samples)
+        #expect(out["gbps"] == .double(2))
+        #expect(out["gbps_min"] == .double(1) && out["gbps_max"] == .double(30))
+    }
+
+    /// A repeat with no figure (NaN, `null` in JSON) is left out of the spread as it is of the
+    /// median: a first repeat's NaN must not become the minimum and maximum of the others.
+    @Test func aRepeatWithoutAFigureIsLeftOutOfTheSpread() {
+        let samples = [Double.nan, 1.0, 3.0].map { record([("gbps", .double($0))]) }
+        let out = RepeatAggregate.aggregate(samples)
+        #expect(out["gbps"] == .double(2))
+        #expect(out["gbps_min"] == .double(1))
+        #expect(out["gbps_max"] == .double(3))
+    }
+
+    /// Repeats that returned different numbers of records cannot be matched by position.
+    @Test func repeatsWithDifferentRecordCountsAreRefused() throws {
+        let parameters = try ScenarioParameters(for: FakeScenario())
+        let one = [record([("gbps", .double(1))])]
+        #expect(throws: ScenarioError.self) {
+            try BenchRunner.aggregate([one, one + one], scenario: "fake", parameters: parameters)
+        }
+        #expect(try BenchRunner.aggregate([one, one], scenario: "fake", parameters: parameters).count == 1)
+    }
+
     @Test func constantIntegersStayAsTheyAreAndVaryingOnesGetSpread() {
         let samples = [10, 30, 20].map { record([("page_size", .int(4096)), ("faults", .int($0))]) }
         let out = RepeatAggregate.aggregate(samples)

@@ -117,8 +117,9 @@ struct MemcpyScenario: BenchScenario {
         return timing
     }
 
-    private func verify(pages: Int, pageSize: Int, seed: UInt64, direction: String,
-                        page: (Int) -> UnsafeMutableRawPointer) throws(ScenarioError) {
+    /// Checks pages `0 ..< pages` (at `page(i)`) hold their pattern; throws naming the first wrong one.
+    func verify(pages: Int, pageSize: Int, seed: UInt64, direction: String,
+                page: (Int) -> UnsafeMutableRawPointer) throws(ScenarioError) {
         for i in 0..<pages {
             if let word = ScatterLayout.firstMismatch(page(i), pageIndex: i, pageSize: pageSize, seed: seed) {
                 throw error("\(direction): page \(i) differs at byte \(word * 8) after the copy")

@@ -30,7 +30,9 @@ enum RepeatAggregate {
             }
             let m = median(doubles)
             if allInts, m == m.rounded() { out.set(name, Int(m)) } else { out.set(name, m) }
-            let lo = doubles.min()!, hi = doubles.max()!
+            // NaN left out as in `median` (Swift's min()/max() would return a leading NaN).
+            let figures = doubles.filter { !$0.isNaN }
+            let lo = figures.min() ?? .nan, hi = figures.max() ?? .nan
             out.set("\(name)_min", allInts ? .int(Int(lo)) : .double(lo))
             out.set("\(name)_max", allInts ? .int(Int(hi)) : .double(hi))
             return

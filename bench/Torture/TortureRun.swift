@@ -54,6 +54,13 @@ enum TortureRun {
         return record(o, world, stats, elapsed: elapsed, leaks: leaks, invariants: invariants)
     }
 
+    /// The run passes only with no mismatch, leak, protocol or invariant violation, unexpected
+    /// error or page check given up: any one of them is a finding.
+    static func passed(_ s: TortureStats, leaks: Int, protocolViolations: Int, invariants: [String]) -> Bool {
+        s.mismatches == 0 && leaks == 0 && protocolViolations == 0 && invariants.isEmpty
+            && s.unexpectedErrors == 0 && s.unverified == 0
+    }
+
     private static func record(_ o: TortureOptions, _ world: TortureWorld, _ s: TortureStats, elapsed: Double,
                                leaks: Int, invariants: [String]) -> RunRecord {
         let c = world.gpu.counters
@@ -86,9 +93,7 @@ enum TortureRun {
         r.set("invariant_violations", invariants.count)
         r.set("unexpected_errors", s.unexpectedErrors)
         r.set("unverified", s.unverified)
-        let clean = s.mismatches == 0 && leaks == 0 && checker.violationCount == 0 && invariants.isEmpty
-            && s.unexpectedErrors == 0 && s.unverified == 0
-        r.set("passed", clean)
+        r.set("passed", passed(s, leaks: leaks, protocolViolations: checker.violationCount, invariants: invariants))
         var notes = world.mismatchLog + world.errorLog + invariants.prefix(TortureWorld.logLimit)
         if leaks > 0 { notes.append("\(leaks) leaked: VRAM pages in use \(world.gpu.vram.inUsePageCount), RAM frames missing \(max(0, world.freeRAMAtStart - world.memory.freeRAMPageCount)), unfinished migrations \(checker.unfinishedMigrations)") }
         if s.unverified > 0 { notes.append("\(s.unverified) page checks gave up after every retry (the last error is counted in refused or sigbus)") }
