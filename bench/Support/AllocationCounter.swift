@@ -25,12 +25,59 @@ import Glibc
 enum AllocationCounter {
     /// Whether allocations are being counted in this process: the interposer's `malloc` is
     /// the one the process calls (a probe allocation is seen).
+    /// Only once the interposer's thread blocks are kept alive (`keepThreadBlocksAlive`).
     static let isAvailable: Bool = {
-        // Through the Swift runtime's allocator (swift_slowAlloc → malloc), which the
-        // optimizer cannot elide as it could a malloc/free pair.
-        let (_, n) = measure { UnsafeMutableRawPointer.allocate(byteCount: 24, alignment: 8).deallocate() }
+        guard keepThreadBlocksAlive() else { return false }
+        let (_, n) = measure { probeAllocation() }
         return n >= 1
     }()
+
+    /// One allocation through the Swift runtime's allocator (swift_slowAlloc → malloc),
+    /// which the optimizer cannot elide as it could a malloc/free pair.
+    private static func probeAllocation() {
+        UnsafeMutableRawPointer.allocate(byteCount: 24, alignment: 8).deallocate()
+    }
+
+    /// Works around a use-after-free in malloc-interposer 1.6.1 (`interposer-unix.c`): the
+    /// destructor of its pthread key frees the exiting thread's counter block but leaves the
+    /// thread's cached pointer to it (`t_block`), so an allocation or free counted later in
+    /// that thread's exit — in the destructor of a key created after the interposer's —
+    /// writes into freed memory: glibc aborts ("tcache_thread_shutdown(): unaligned tcache
+    /// chunk detected") or a reused block is corrupted. Any thread that allocated while
+    /// counting and exits while counting is on can do it (a copy pass's channel threads,
+    /// another test's threads).
+    ///
+    /// The interposer creates its key at its first counted allocation, and glibc gives a new
+    /// key the lowest free index. So: free an index, count one allocation (the interposer's
+    /// key takes that index and this thread's block is stored under it), check it, delete
+    /// that key — no destructor runs for it any more — and take its index back with a key
+    /// that has no destructor, so that no later key of someone else's inherits the values
+    /// the interposer keeps storing there. Blocks then live as long as the process: a few
+    /// dozen bytes per thread that ever allocated while counting, and their counts stay in
+    /// the interposer's sums. False (counting off) if any step does not go as planned.
+    private static func keepThreadBlocksAlive() -> Bool {
+        #if canImport(Glibc)
+        var index = pthread_key_t()
+        guard pthread_key_create(&index, nil) == 0 else { return false }
+        pthread_key_delete(index)
+        MallocInterposerSwift.hook()
+        probeAllocation()
+        MallocInterposerSwift.unhook()
+        guard pthread_getspecific(index) != nil else { return false }   // not the interposer's key
+        pthread_key_delete(index)
+        var others: [pthread_key_t] = []
+        defer { for key in others { pthread_key_delete(key) } }
+        while others.count < 1024 {
+            var key = pthread_key_t()
+            guard pthread_key_create(&key, nil) == 0 else { return false }
+            if key == index { return true }
+            others.append(key)
+        }
+        return false
+        #else
+        return false
+        #endif
+    }
 
     /// Runs `body`; returns its value and the allocations made meanwhile by any thread,
     /// nil when `isAvailable` is false.
