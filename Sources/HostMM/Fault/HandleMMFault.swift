@@ -146,7 +146,9 @@ extension AddressSpace {
         defer { memory.putPage(page) }
         guard let pgmap = pagemap else { throw .busError(address: addr) }
         faultCounters.count(.devicePrivate)
-        switch pgmap.ops.migrateToRAM(VMFault(mm: self, vma: vma, address: addr, page: page, isWrite: write)) {
+        let fault = VMFault(mm: self, vma: vma, address: addr, page: page, isWrite: write)
+        let context = MigrateToRAMContext(mm: ObjectIdentifier(self), address: addr, page: page)
+        switch context.during({ pgmap.ops.migrateToRAM(fault) }) {
         case .done: return
         case .oom: throw .outOfMemory
         case .sigbus:

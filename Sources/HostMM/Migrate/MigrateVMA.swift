@@ -77,7 +77,9 @@ public struct MigrateVMA {
 /// - Throws: `.invalidArgument` (no VMA; hugetlb, DAX or `VM_SPECIAL` VMA; empty
 ///   range; start or end outside the VMA; missing `src`/`dst`; a `faultPage` that is
 ///   not device-private — the kernel's cases — plus, here: detached VMA or one whose
-///   address space is gone, unknown flag bits, buffers shorter than the range),
+///   address space is gone, unknown flag bits, buffers shorter than the range, and a
+///   call from `migrateToRAM` whose range holds the faulting page without `faultPage`,
+///   the select flag or the `pgmapOwner` that collects it, where the kernel livelocks),
 ///   `.mmapLockNotHeld`; in checked mode with `throwsViolations`, `.protocolViolation`
 ///   when the arrays still hold a migration that was never finalized.
 ///
@@ -108,6 +110,7 @@ public func migrateVMASetup(_ args: inout MigrateVMA, fileID: StaticString = #fi
     guard args.src.count >= count else { throw .invalidArgument(reason: "src has \(args.src.count) entries for \(count) pages") }
     guard args.dst.count >= count else { throw .invalidArgument(reason: "dst has \(args.dst.count) entries for \(count) pages") }
     guard mm.mmapLock.isLocked else { throw .mmapLockNotHeld }
+    try args.checkFaultingPage(mm, mm.memory)
     if let checker = mm.memory.checker {
         try checker.willSetup(mm.memory, args.src, args.dst, count: count, site: CallSite(fileID: fileID, line: line))
     }
