@@ -49,7 +49,8 @@ extension MigrateVMA {
     func checkFaultingPage(_ mm: AddressSpace, _ memory: PhysicalMemory) throws(HostMMError) {
         guard let fault = MigrateToRAMContext.current, fault.mm == ObjectIdentifier(mm),
               start <= fault.address, fault.address < end else { return }
-        let inside = "migrateVMASetup inside migrateToRAM for \(fault.page) at \(fault.address.hex)"
+        // Built only to throw: the check runs on every CPU fault and must not allocate.
+        var inside: String { "migrateVMASetup inside migrateToRAM for \(fault.page) at \(fault.address.hex)" }
         guard faultPage == fault.page else {
             throw .invalidArgument(reason: "\(inside) without faultPage: set faultPage: fault.page (otherwise the "
                                    + "fault's reference fails the pages step's refcount check, the page stays and the access "
