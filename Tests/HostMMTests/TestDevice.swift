@@ -137,13 +137,8 @@ final class TestDevice: DevicePagemapOps, @unchecked Sendable {
 }
 
 /// Runs `body` with zeroed src/dst buffers of `n` entries.
-func withBuffers<T>(_ n: Int, _ body: (UnsafeMutableBufferPointer<MigratePFN>, UnsafeMutableBufferPointer<MigratePFN>) throws -> T) rethrows -> T {
-    let src = UnsafeMutableBufferPointer<MigratePFN>.allocate(capacity: n)
-    let dst = UnsafeMutableBufferPointer<MigratePFN>.allocate(capacity: n)
-    src.initialize(repeating: [])
-    dst.initialize(repeating: [])
-    defer { src.deallocate(); dst.deallocate() }
-    return try body(src, dst)
+func withBuffers<T, E: Error>(_ n: Int, _ body: (UnsafeMutableBufferPointer<MigratePFN>, UnsafeMutableBufferPointer<MigratePFN>) throws(E) -> T) throws(E) -> T {
+    try withMigrateBuffers(npages: n, body)
 }
 
 /// A deterministic byte pattern for page `i` of a test.
