@@ -88,7 +88,7 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
             return
         }
         result.withoutVRAM = want - got
-        d.counters.add(.pagesWithoutVRAM, want - got)
+        if got < want { d.counters.add(.pagesWithoutVRAM, want - got) }
         let channel: DMAChannel
         do { channel = try channels.checkout() } catch {
             for k in 0..<got { d.releaseUnused(pages[k]) }

@@ -165,7 +165,7 @@ extension Device {
             return .done(refuse(&args, &out, batch))
         }
         out.withoutVRAM = want - got
-        counters.add(.pagesWithoutVRAM, want - got)
+        if got < want { counters.add(.pagesWithoutVRAM, want - got) }
         let (fence, descriptors) = try enqueueToDevice(b, &args, got: got, tag: tag, pool: pool)
         let signal = observeSignal(fence)
         emit(.copiesSubmitted, .toDevice, batch: batch, seqno: fence.seqno, channel: fence.channelID,
