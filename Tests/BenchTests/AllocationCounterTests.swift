@@ -44,6 +44,27 @@ import Testing
         }
     }
 
+    /// When another thread took the index back first (glibc gives the lowest free one, so
+    /// the first key created lands above it), the workaround gives up at once: it used to
+    /// go on creating keys until the process had none left (1024), so that any other
+    /// thread's `pthread_key_create` meanwhile failed.
+    @Test func anIndexTakenByAnotherKeyIsGivenUpAtOnce() {
+        var taken = pthread_key_t()
+        #expect(pthread_key_create(&taken, nil) == 0)
+        defer { pthread_key_delete(taken) }
+        var created = 0
+        let got = AllocationCounter.reclaimKeyIndex(taken) { key in
+            created += 1
+            return pthread_key_create(&key, nil)
+        }
+        #expect(!got)
+        #expect(created <= 4, "keys created looking for an index that is taken: \(created)")
+        // Every key it made was given back: one can still be created.
+        var after = pthread_key_t()
+        #expect(pthread_key_create(&after, nil) == 0)
+        pthread_key_delete(after)
+    }
+
     final class ThreadBody: @unchecked Sendable {
         let key: pthread_key_t
         let exited: DispatchSemaphore

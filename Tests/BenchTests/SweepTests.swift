@@ -35,6 +35,19 @@ import ArgumentParser
         #expect(throws: ParameterValueError(message)) { try SweepSpec(parsing: [spec]) }
     }
 
+    /// Joining a word with no `=` to the value before it must not accept a space around
+    /// `=` or a comma: those inputs were errors when every word was a spec of its own
+    /// (the values are trimmed later, so `batch=1, 8` would silently become `batch=1,8`).
+    @Test(arguments: [
+        ("batch= 8", "sweep 'batch=' lists no values for 'batch'"),
+        ("batch=1, 8", "sweep 'batch=1,' has an empty value for 'batch' (stray comma?)"),
+        ("batch=1 ,8", "bad sweep spec ',8': expected KEY=VALUE[,VALUE...], e.g. batch=1,8,64"),
+        ("batch=1 , 8", "bad sweep spec ',': expected KEY=VALUE[,VALUE...], e.g. batch=1,8,64"),
+    ])
+    func aSpaceAroundASeparatorIsStillAnError(spec: String, message: String) {
+        #expect(throws: ParameterValueError(message)) { try SweepSpec(parsing: [spec]) }
+    }
+
     @Test func rejectsADuplicateKey() {
         #expect(throws: ParameterValueError("parameter 'batch' is given twice; list all its values in one spec (batch=A,B,C)")) {
             try SweepSpec(parsing: ["batch=1", "page-size=4K batch=8"])

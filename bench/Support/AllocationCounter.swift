@@ -65,19 +65,32 @@ enum AllocationCounter {
         MallocInterposerSwift.unhook()
         guard pthread_getspecific(index) != nil else { return false }   // not the interposer's key
         pthread_key_delete(index)
-        var others: [pthread_key_t] = []
-        defer { for key in others { pthread_key_delete(key) } }
-        while others.count < 1024 {
-            var key = pthread_key_t()
-            guard pthread_key_create(&key, nil) == 0 else { return false }
-            if key == index { return true }
-            others.append(key)
-        }
-        return false
+        return reclaimKeyIndex(index)
         #else
         return false
         #endif
     }
+
+    #if canImport(Glibc)
+    /// Creates a key with no destructor at `index`, just deleted: true if it got that index.
+    /// glibc hands out the lowest free index, so keys below `index` (freed meanwhile) are
+    /// taken and given back, and a key above it means another thread took `index` first:
+    /// stop there. Creating keys on past it would take every free index of the process
+    /// (1024 at most) for a moment, and another thread's `pthread_key_create` would fail.
+    static func reclaimKeyIndex(_ index: pthread_key_t,
+                                create: (inout pthread_key_t) -> Int32 = { pthread_key_create(&$0, nil) }) -> Bool {
+        var others: [pthread_key_t] = []
+        defer { for key in others { pthread_key_delete(key) } }
+        while others.count < 1024 {
+            var key = pthread_key_t()
+            guard create(&key) == 0 else { return false }
+            if key == index { return true }
+            others.append(key)
+            if key > index { return false }
+        }
+        return false
+    }
+    #endif
 
     /// Runs `body`; returns its value and the allocations made meanwhile by any thread,
     /// nil when `isAvailable` is false.

@@ -26,12 +26,15 @@ struct SweepSpec: Sendable, Equatable {
     }
 
     /// The `KEY=VALUE` words of one argument: split at white space, except that a word
-    /// with no `=` after a first word joins the word before it with the white space
-    /// between them (a lone first word is kept, for `parseAxis` to reject).
+    /// with no `=` joins the `KEY=VALUE` word before it with the white space between them
+    /// (a lone word is kept, for `parseAxis` to reject). Only inside a value: not after
+    /// `=` or `,`, nor before `,` (`batch=1, 8` and `batch= 8` stay errors, as when every
+    /// word was a spec of its own; the values are trimmed later and would pass).
     static func tokens(_ argument: String) -> [String] {
         var tokens: [Substring] = []
         for word in argument.split(whereSeparator: \.isWhitespace) {
-            if !word.contains("="), let last = tokens.last {
+            if !word.contains("="), !word.hasPrefix(","), let last = tokens.last, last.contains("="),
+               !last.hasSuffix("="), !last.hasSuffix(",") {
                 tokens[tokens.count - 1] = argument[last.startIndex ..< word.endIndex]
             } else {
                 tokens.append(word)
