@@ -113,3 +113,70 @@ final class LegacyOps: MigrateVMAOps {
         memory.unpinUserPages(pins)
     }
 }
+
+/// A 2017 driver's fault handler (`dev_pagemap.page_fault`): `migrate_vma` of the faulting
+/// page with an `alloc_and_copy` that brings it to a new RAM page.
+final class LegacyToRAMOps: MigrateVMAOps {
+    let device: TestDevice
+    init(_ device: TestDevice) { self.device = device }
+
+    func allocAndCopy(vma: VMA, src: UnsafeBufferPointer<MigratePFN>, dst: UnsafeMutableBufferPointer<MigratePFN>,
+                      start: UInt64, end: UInt64) {
+        for i in 0..<src.count where src[i].contains(.migrate) {
+            guard let page = src[i].page, let ram = device.memory.allocPage() else { continue }
+            device.memory.lockPage(ram)
+            memcpy(device.memory.bytes(ram)!, device.bytes(page), pageSize)
+            dst[i] = MigratePFN(pfn: ram).union(.locked)
+        }
+    }
+
+    func finalizeAndMap(vma: VMA, src: UnsafeBufferPointer<MigratePFN>, dst: UnsafeBufferPointer<MigratePFN>,
+                        start: UInt64, end: UInt64) {}
+}
+
+@Suite struct LegacyFaultHandlerTests {
+    /// The callback API from `migrateToRAM`: with the device's `pgmapOwner` the faulting page
+    /// comes back (the model passes the fault's page for the caller, as that API has no
+    /// `faultPage`); without it the page could never be collected, and the call says so.
+    @Test(arguments: [true, false])
+    func aFaultHandlerBringsTheFaultingPageBackThroughTheCallbackAPI(withOwner: Bool) throws {
+        let memory = try makeMemory()
+        let device = try TestDevice(memory: memory, pageCount: 8)
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 4 * pageSize)
+        let data = pattern(5, count: 4 * pageSize)
+        try mm.write(at: a, bytes: data)
+        #expect(try device.migrateToDevice(mm, a, a + UInt64(4 * pageSize)) == 4)
+        let ops = LegacyToRAMOps(device)
+        nonisolated(unsafe) var thrown: HostMMError?
+        device.migrateToRAMOverride = { fault in
+            withBuffers(1) { src, dst in
+                do throws(HostMMError) {
+                    try migrateVMA(ops: ops, vma: fault.vma, start: fault.address, end: fault.address + UInt64(pageSize),
+                                   src: src, dst: dst, pgmapOwner: withOwner ? device.owner : nil)
+                } catch {
+                    thrown = error
+                    return .sigbus
+                }
+                return .done
+            }
+        }
+        let target = a + UInt64(pageSize)
+        if withOwner {
+            #expect(try mm.read(at: target, count: pageSize) == Array(data[pageSize..<2 * pageSize]))
+            #expect(thrown == nil)
+            #expect(mm.pageTableEntry(target).kind == .present)
+            #expect(mm.pageTableEntry(a).kind == .devicePrivate)
+            #expect(device.freed.load(ordering: .relaxed) == 1)
+        } else {
+            #expect(throws: HostMMError.busError(address: target)) { try mm.read(at: target, count: 1) }
+            #expect(thrown == .invalidArgument(reason: "migrateVMA(ops:) inside migrateToRAM for "
+                                               + "\(mm.pageTableEntry(target).pfn) at \(target.hex) without pgmapOwner: "
+                                               + "the faulting page would not be collected and the access would fault again for ever"))
+            #expect(mm.pageTableEntry(target).kind == .devicePrivate)
+        }
+        #expect(device.cpuFaults.load(ordering: .relaxed) == 1)
+        device.migrateToRAMOverride = nil
+        #expect(try mm.read(at: a, count: 4 * pageSize) == data)
+    }
+}

@@ -20,6 +20,8 @@ final class TestDevice: DevicePagemapOps, @unchecked Sendable {
     let failMigrateToRAM = Atomic<Bool>(false)
     /// Called inside `migrateToRAM` after setup, before copying (for race tests).
     nonisolated(unsafe) var afterFaultSetup: (() -> Void)?
+    /// When set, `migrateToRAM` runs this instead of its own flow (a driver of another shape).
+    nonisolated(unsafe) var migrateToRAMOverride: ((VMFault) -> VMFaultResult)?
     /// Called in `pageFree` once the page is back on the free list (for race tests: another
     /// thread of the driver may allocate it from then on).
     nonisolated(unsafe) var afterPageFree: ((PFN) -> Void)?
@@ -57,6 +59,7 @@ final class TestDevice: DevicePagemapOps, @unchecked Sendable {
     func migrateToRAM(_ fault: VMFault) -> VMFaultResult {
         cpuFaults.add(1, ordering: .relaxed)
         if failMigrateToRAM.load(ordering: .relaxed) { return .sigbus }
+        if let migrateToRAMOverride { return migrateToRAMOverride(fault) }
         return withBuffers(1) { src, dst in
             var args = MigrateVMA(vma: fault.vma, start: fault.address, end: fault.address + UInt64(pageSize),
                                   src: src, dst: dst, pgmapOwner: owner, flags: .selectDevicePrivate, faultPage: fault.page)

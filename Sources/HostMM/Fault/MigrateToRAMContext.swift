@@ -16,25 +16,28 @@ struct MigrateToRAMContext {
     /// `vmf->page`: the device-private page the fault holds a reference on.
     let page: PFN
 
-    private static let key: pthread_key_t = {
+    /// nil when the process is out of keys: then no thread has a context, and setup's
+    /// check (this model's addition) is off rather than reading another key's values.
+    private static let key: pthread_key_t? = {
         var key = pthread_key_t()
-        pthread_key_create(&key, nil)
-        return key
+        return pthread_key_create(&key, nil) == 0 ? key : nil
     }()
 
     /// The fault the calling thread is handling in `migrateToRAM`, if any.
     static var current: MigrateToRAMContext? {
-        pthread_getspecific(key)?.assumingMemoryBound(to: MigrateToRAMContext.self).pointee
+        guard let key else { return nil }
+        return pthread_getspecific(key)?.assumingMemoryBound(to: MigrateToRAMContext.self).pointee
     }
 
     /// Runs `body` (the `migrateToRAM` call) with `self` as the thread's context; nests.
     func during<R>(_ body: () -> R) -> R {
-        withUnsafeTemporaryAllocation(of: MigrateToRAMContext.self, capacity: 1) { slot in
+        guard let key = Self.key else { return body() }
+        return withUnsafeTemporaryAllocation(of: MigrateToRAMContext.self, capacity: 1) { slot in
             slot.initialize(repeating: self)
             defer { slot.deinitialize() }
-            let previous = pthread_getspecific(Self.key)
-            pthread_setspecific(Self.key, slot.baseAddress)
-            defer { pthread_setspecific(Self.key, previous) }
+            let previous = pthread_getspecific(key)
+            pthread_setspecific(key, slot.baseAddress)
+            defer { pthread_setspecific(key, previous) }
             return body()
         }
     }

@@ -24,9 +24,12 @@ public protocol MigrateVMAOps: AnyObject {
 /// came later), then calls `allocAndCopy`, moves the page state, calls
 /// `finalizeAndMap`, and remaps. Succeeds even if nothing migrated; returns without
 /// calling `ops` when nothing could be collected. The caller holds the mmap lock (read).
+/// Called from `migrateToRAM` with `pgmapOwner`, it moves the faulting page back, as a
+/// 2017 driver's fault handler did.
 /// - Throws: `.invalidArgument` — no VMA, hugetlb/DAX/`VM_SPECIAL` VMA, start or end
-///   outside the VMA, no `ops`, missing arrays, `start >= end` (after page rounding);
-///   `.mmapLockNotHeld`.
+///   outside the VMA, no `ops`, missing arrays, `start >= end` (after page rounding), a
+///   call from `migrateToRAM` whose range holds the faulting page without `pgmapOwner`
+///   (model-only: the kernel would retry the fault for ever); `.mmapLockNotHeld`.
 public func migrateVMA(ops: (any MigrateVMAOps)?, vma: VMA?, start: UInt64, end: UInt64,
                        src: UnsafeMutableBufferPointer<MigratePFN>, dst: UnsafeMutableBufferPointer<MigratePFN>,
                        pgmapOwner: PgmapOwner? = nil,
@@ -44,6 +47,19 @@ public func migrateVMA(ops: (any MigrateVMAOps)?, vma: VMA?, start: UInt64, end:
     var flags: MigrateVMA.Flags = .selectSystem
     if pgmapOwner != nil { flags.insert(.selectDevicePrivate) }
     var args = MigrateVMA(vma: vma, start: start, end: end, src: src, dst: dst, pgmapOwner: pgmapOwner, flags: flags)
+    // From a driver's fault handler: v5.0's fault path (`device_private_entry_fault`) took
+    // no reference on the faulting page, so `migrate_vma` could move it. This model's fault
+    // holds one, as `do_swap_page` has since v6.1, and tells setup so by `faultPage`, which
+    // this API lacks: the page of the fault being handled is passed for the caller.
+    if let fault = MigrateToRAMContext.current, let mm = vma.mm, fault.mm == ObjectIdentifier(mm),
+       start <= fault.address, fault.address < end {
+        guard pgmapOwner != nil else {
+            throw .invalidArgument(reason: "migrateVMA(ops:) inside migrateToRAM for \(fault.page) at \(fault.address.hex) "
+                                   + "without pgmapOwner: the faulting page would not be collected and the access would "
+                                   + "fault again for ever")
+        }
+        args.faultPage = fault.page
+    }
     try migrateVMASetup(&args, fileID: fileID, line: line)
     guard args.cpages > 0 else { return }
     let n = args.npages
