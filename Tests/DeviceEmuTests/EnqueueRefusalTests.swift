@@ -69,6 +69,7 @@ import Testing
             try s.gpu.engine.unregister(pool.region)
         }
         #expect(s.memory.diagnostics.unlocksOfUnlockedPages == 0 && s.memory.diagnostics.refcountUnderflowCount == 0)
+        #expect((s.memory.checker?.violationCount ?? 0) == 0)   // with DMEM_CHECKED set
     }
 
     @Test(arguments: generations, types)
@@ -93,6 +94,10 @@ import Testing
             let bytes = try #require(s.gpu.vram.bytes(of: pfn))
             #expect(UnsafeRawBufferPointer(start: bytes, count: pageSize).allSatisfy { $0 == 0 })
         }
+        // Without System RAM's region nothing can be evicted at shutdown: unmapping frees them.
+        try s.mm.munmap(s.a, length: Scenario.pages * pageSize)
+        #expect(s.gpu.vram.inUsePageCount == 0)
         #expect(s.memory.diagnostics.unlocksOfUnlockedPages == 0 && s.memory.diagnostics.refcountUnderflowCount == 0)
+        #expect((s.memory.checker?.violationCount ?? 0) == 0)   // with DMEM_CHECKED set
     }
 }
