@@ -72,6 +72,7 @@ func allocateZeroedMigratePFNs(_ count: Int) -> UnsafeMutableBufferPointer<Migra
     return UnsafeMutableBufferPointer(start: raw.bindMemory(to: MigratePFN.self, capacity: count), count: count)
 }
 
+/// Frees what `allocateZeroedMigratePFNs` returned.
 @usableFromInline
 func freeMigratePFNs(_ buffer: UnsafeMutableBufferPointer<MigratePFN>) {
     free(buffer.baseAddress)
