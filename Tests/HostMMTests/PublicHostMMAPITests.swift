@@ -60,7 +60,8 @@ private final class ToyDevice: DevicePagemapOps, @unchecked Sendable {
 
     func migrateToRAM(_ fault: VMFault) -> VMFaultResult {
         lock.withLock { toRAMCount += 1 }
-        return withMigrateBuffers(npages: 1) { src, dst in
+        // One page: the count check cannot refuse it; a driver still handles the error.
+        let result = try? withMigrateBuffers(npages: 1) { (src, dst) -> VMFaultResult in
             var args = MigrateVMA(vma: fault.vma, start: fault.address, end: fault.address + UInt64(pageSize),
                                   src: src, dst: dst, pgmapOwner: owner,
                                   flags: .selectDevicePrivate, faultPage: fault.page)
@@ -91,6 +92,7 @@ private final class ToyDevice: DevicePagemapOps, @unchecked Sendable {
             }
             return .done
         }
+        return result ?? .oom
     }
 
     /// Migrates [start, end) of one VMA to the device (test_hmm's
@@ -293,38 +295,60 @@ private final class ToyMirror: MMUIntervalNotifierOps, @unchecked Sendable {
         #expect(memory.diagnostics.refcountUnderflowCount == 0 && memory.diagnostics.unlocksOfUnlockedPages == 0)
     }
 
-    /// `withMigrateBuffers` gives zeroed arrays of the range's length, usable by setup; a
-    /// bad count gives empty ones, which setup refuses with a reason instead of trapping.
+    /// `withMigrateBuffers` gives zeroed arrays of the range's length, usable by setup.
     @Test func migrateBuffersAreZeroedAndSizedForSetup() throws {
-        let counts = withMigrateBuffers(npages: 5) { src, dst in
+        let counts = try withMigrateBuffers(npages: 5) { src, dst in
             (src.count, dst.count, src.allSatisfy { $0 == [] } && dst.allSatisfy { $0 == [] },
              src.baseAddress! + 5 == dst.baseAddress!)
         }
         #expect(counts == (5, 5, true, true))
+        // Past the stack-sized batches (4096 entries) the arrays come zeroed from the heap.
+        let big = try withMigrateBuffers(npages: 4097) { src, dst in
+            (src.count, dst.count, src.allSatisfy { $0 == [] } && dst.allSatisfy { $0 == [] })
+        }
+        #expect(big == (4097, 4097, true))
 
         let memory = try PhysicalMemory(ramBytes: 4 << 20, checked: .off)
         let mm = AddressSpace(memory: memory)
         let a = try mm.mmap(length: 4 * pageSize)
         try mm.write(at: a, bytes: [9])
-        func setup(_ npages: Int) throws(HostMMError) -> Int {
-            try withMigrateBuffers(npages: npages) { (src, dst) throws(HostMMError) -> Int in
-                try mm.mmapLock.withReadLock { () throws(HostMMError) -> Int in
-                    var args = MigrateVMA(vma: mm.findVMA(a), start: a, end: a + 4 * UInt64(pageSize),
-                                          src: src, dst: dst, flags: .selectSystem)
-                    try migrateVMASetup(&args)
-                    defer { migrateVMAFinalize(&args) }
-                    return args.cpages
-                }
+        let collected = try withMigrateBuffers(npages: 4) { (src, dst) throws(HostMMError) -> Int in
+            try mm.mmapLock.withReadLock { () throws(HostMMError) -> Int in
+                var args = MigrateVMA(vma: mm.findVMA(a), start: a, end: a + 4 * UInt64(pageSize),
+                                      src: src, dst: dst, flags: .selectSystem)
+                try migrateVMASetup(&args)
+                defer { migrateVMAFinalize(&args) }
+                return args.cpages
             }
         }
-        #expect(try setup(4) == 4)                          // one page and three holes
+        #expect(collected == 4)                             // one page and three holes
         #expect(try mm.read(at: a, count: 1) == [9])
+    }
+
+    /// A count no range can have throws `.invalidArgument` before anything is allocated and
+    /// without calling `body`; it used to trap in the allocation (Int.max: the byte size
+    /// overflows; 2^40: an allocation of 16 TiB; 2^35 + 1: one page more than an address
+    /// space holds). Zero is refused as `migrateVMASetup` refuses an empty range.
+    @Test(arguments: [
+        (Int.min, "npages \(Int.min) is negative"),
+        (-1, "npages -1 is negative"),
+        (0, "npages is 0: no range is empty (migrate_vma_setup refuses one)"),
+        ((1 << 35) + 1, "npages \((1 << 35) + 1) exceeds the \(1 << 35) pages of an address space"),
+        (1 << 40, "npages \(1 << 40) exceeds the \(1 << 35) pages of an address space"),
+        (Int.max / MemoryLayout<MigratePFN>.stride + 1,
+         "npages \(Int.max / 8 + 1) exceeds the \(1 << 35) pages of an address space"),
+        (Int.max, "npages \(Int.max) exceeds the \(1 << 35) pages of an address space"),
+    ])
+    func migrateBuffersRefuseImpossibleCounts(npages: Int, reason: String) {
+        var called = false
         do {
-            _ = try setup(-1)
-            Issue.record("setup took empty buffers for 4 pages")
+            try withMigrateBuffers(npages: npages) { _, _ in called = true }
+            Issue.record("withMigrateBuffers(npages: \(npages)) did not throw")
         } catch {
-            #expect(error.reason == "src has 0 entries for 4 pages")
+            #expect(error == .invalidArgument)
+            #expect(error.reason == reason)
         }
+        #expect(!called)
     }
 
     /// A `migrateToRAM` whose setup cannot collect the faulting page (no `faultPage`, no

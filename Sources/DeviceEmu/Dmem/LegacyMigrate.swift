@@ -100,7 +100,11 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
             for i in 0..<n where movable(i) && next < got {
                 let page = pages[next]
                 next += 1
-                guard let to = d.vram.dmaAddress(of: page) else { d.releaseUnused(page); continue }
+                guard let to = d.vram.dmaAddress(of: page) else {
+                    d.releaseUnused(page)
+                    if policy.rangeMigration == .allOrNothing { return refuseEnqueued(channel, dst, unused: next..<got) }
+                    continue
+                }
                 d.memory.setZoneDeviceData(page, tag)
                 do {
                     if let source = src[i].page {
@@ -110,6 +114,7 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
                     }
                 } catch {
                     d.releaseUnused(page)
+                    if policy.rangeMigration == .allOrNothing { return refuseEnqueued(channel, dst, unused: next..<got) }
                     continue
                 }
                 slot[descriptors] = Int32(i)
@@ -130,6 +135,22 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
         if d.isCoherent, let fence { waitBeforePages(fence, src, dst, start) }
         pagesBegin = d.stamp()
         d.emit(.migratePagesBegin, .toDevice, batch: batch, seqno: fence?.seqno ?? 0, address: start)
+    }
+
+    /// All or nothing, after the channel refused one enqueue: the batch is refused as when
+    /// VRAM is short. What it already enqueued is discarded unsubmitted (the channel is the
+    /// batch's alone until checkin), so nothing can run into the device pages given back
+    /// here; `dst` is emptied, so `migrateVMAPages` moves nothing and finalize restores
+    /// every collected page.
+    private func refuseEnqueued(_ channel: DMAChannel, _ dst: UnsafeMutableBufferPointer<MigratePFN>,
+                                unused: Range<Int>) {
+        let d = device
+        channel.discardPending()
+        channels.checkin(channel)
+        for i in 0..<dst.count { if let page = dst[i].page { d.releaseUnused(page); dst[i] = [] } }
+        for k in unused { d.releaseUnused(pages[k]) }
+        d.counters.add(.batchesRefused)
+        result.refusedBatches = 1
     }
 
     /// Coherent VRAM is CPU-visible: `migrateVMAPages` maps a hole's device page with a

@@ -166,7 +166,10 @@ extension Device {
         }
         out.withoutVRAM = want - got
         if got < want { counters.add(.pagesWithoutVRAM, want - got) }
-        let (fence, descriptors) = try enqueueToDevice(b, &args, got: got, tag: tag, pool: pool)
+        guard let enqueued = try enqueueToDevice(b, &args, got: got, tag: tag, pool: pool,
+                                                 allOrNothing: policy.rangeMigration == .allOrNothing)
+        else { return .done(refuse(&args, &out, batch)) }
+        let (fence, descriptors) = enqueued
         let signal = observeSignal(fence)
         emit(.copiesSubmitted, .toDevice, batch: batch, seqno: fence.seqno, channel: fence.channelID,
              address: start, pages: descriptors)
@@ -228,8 +231,13 @@ extension Device {
     }
 
     /// Allocation done; enqueue the copies and clears and submit them. Fills `dst`.
-    private func enqueueToDevice(_ b: MigrationBuffers, _ args: inout MigrateVMA,
-                                 got: Int, tag: UInt64, pool: ChannelPool) throws(DeviceError) -> (Fence, Int) {
+    ///
+    /// A copy or clear the channel refuses at enqueue (no engine address for the device
+    /// page, an unregistered region, a failed channel…) leaves its page in RAM under best
+    /// effort. Under all or nothing it refuses the batch: returns nil with nothing
+    /// submitted and every device page given back (the caller restores the batch).
+    private func enqueueToDevice(_ b: MigrationBuffers, _ args: inout MigrateVMA, got: Int, tag: UInt64,
+                                 pool: ChannelPool, allOrNothing: Bool) throws(DeviceError) -> (Fence, Int)? {
         let channel: DMAChannel
         do { channel = try pool.checkout() } catch {
             for k in 0..<got { releaseUnused(b.pages[k]) }
@@ -241,7 +249,11 @@ extension Device {
             guard next < got else { break }  // VRAM exhausted: the rest stays (best effort)
             let page = b.pages[next]
             next += 1
-            guard let to = vram.dmaAddress(of: page) else { releaseUnused(page); continue }
+            guard let to = vram.dmaAddress(of: page) else {
+                releaseUnused(page)
+                if allOrNothing { return abandonEnqueued(b, args.npages, channel, pool, unused: next..<got) }
+                continue
+            }
             memory.setZoneDeviceData(page, tag)
             do {
                 if let source = b.src[i].page {
@@ -251,6 +263,7 @@ extension Device {
                 }
             } catch {
                 releaseUnused(page)
+                if allOrNothing { return abandonEnqueued(b, args.npages, channel, pool, unused: next..<got) }
                 continue
             }
             b.slot[descriptors] = Int32(i)
@@ -266,6 +279,20 @@ extension Device {
         }
         pool.checkin(channel)
         return (fence, descriptors)
+    }
+
+    /// All or nothing, after one enqueue was refused: the descriptors this batch already
+    /// enqueued are discarded before submit (the channel is the batch's alone until its
+    /// checkin), so no copy or clear can run into a device page given back here; then every
+    /// device page of the batch (with a `dst` entry, or allocated and not reached yet) is
+    /// released. Returns nil: the caller restores the batch with `refuse`.
+    private func abandonEnqueued(_ b: MigrationBuffers, _ npages: Int, _ channel: DMAChannel, _ pool: ChannelPool,
+                                 unused: Range<Int>) -> (Fence, Int)? {
+        channel.discardPending()
+        pool.checkin(channel)
+        for i in 0..<npages { if let page = b.dst[i].page { releaseUnused(page); b.dst[i] = [] } }
+        for k in unused { releaseUnused(b.pages[k]) }
+        return nil
     }
 
     /// Restores the whole batch (all-or-nothing refused it).
