@@ -101,3 +101,38 @@ import Testing
         #expect((s.memory.checker?.violationCount ?? 0) == 0)   // with DMEM_CHECKED set
     }
 }
+
+/// Observers see a refused batch's steps as pairs: no `.migratePagesEnd` without its begin,
+/// in either generation, whether a page could not be collected (pinned) or a copy was
+/// refused at enqueue.
+@Suite struct RefusedBatchEventTests {
+    enum Refusal: CaseIterable { case pagePinned, enqueueRefused }
+
+    @Test(arguments: [MigrationPolicy.APIGeneration.threeStep, .callbacks2017], Refusal.allCases)
+    func aRefusedBatchReportsEveryStepItEndsAsBegun(generation: MigrationPolicy.APIGeneration, refusal: Refusal) throws {
+        let memory = try makeMemory(mib: 64)
+        var p = MigrationPolicy()
+        p.apiGeneration = generation
+        p.rangeMigration = .allOrNothing
+        p.batchPages = 16
+        let log = EventLog()
+        let gpu = try makeDevice(memory, vramMiB: 2, policy: p, observer: log)
+        defer { try? gpu.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let a = try mm.mmap(length: 16 * pageSize)
+        try PagePattern(seed: 3).fill(mm, a, pages: 16)
+        var pinned: [PFN] = []
+        switch refusal {
+        case .pagePinned: pinned = try mm.pinUserPages(a + UInt64(5 * pageSize), count: 1, write: true)
+        case .enqueueRefused: try gpu.engine.unregister(gpu.hostRegion)
+        }
+        defer { memory.unpinUserPages(pinned) }
+        let r = try gpu.migrateToDevice(mm, range: range(a, pages: 16))
+        #expect(r.refusedBatches == 1 && r.migrated == 0)
+        let kinds: [(MigrationEvent.Kind, MigrationEvent.Kind)] = [(.setupBegin, .setupEnd),
+            (.migratePagesBegin, .migratePagesEnd), (.finalizeBegin, .finalizeEnd), (.fenceWaitBegin, .fenceWaitEnd)]
+        for (begin, end) in kinds {
+            #expect(log.count(begin, .toDevice) == log.count(end, .toDevice), "\(begin) / \(end)")
+        }
+    }
+}

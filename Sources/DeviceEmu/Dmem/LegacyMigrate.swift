@@ -33,6 +33,8 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
     var error: DeviceError?
     var setupBegin: UInt64 = 0
     var pagesBegin: UInt64 = 0
+    /// `.migratePagesBegin` was reported (a batch refused or emptied before its pages step reports none).
+    var pagesBegun = false
     var finalizeBegin: UInt64 = 0
     /// Coherent VRAM: `allocAndCopy` already waited for the fence (`waitBeforePages`).
     var waitedBeforePages = false
@@ -134,6 +136,7 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
         }
         if d.isCoherent, let fence { waitBeforePages(fence, src, dst, start) }
         pagesBegin = d.stamp()
+        pagesBegun = true
         d.emit(.migratePagesBegin, .toDevice, batch: batch, seqno: fence?.seqno ?? 0, address: start)
     }
 
@@ -184,8 +187,10 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
         let n = src.count
         var committed = 0
         for i in 0..<n where src[i].contains(.migrate) && dst[i].page != nil { committed += 1 }
-        d.emit(.migratePagesEnd, .toDevice, begin: pagesBegin, batch: batch, seqno: fence?.seqno ?? 0,
-               address: start, pages: committed)
+        if pagesBegun {   // as in the three-step flow, a batch refused before its pages step reports neither
+            d.emit(.migratePagesEnd, .toDevice, begin: pagesBegin, batch: batch, seqno: fence?.seqno ?? 0,
+                   address: start, pages: committed)
+        }
         guard let fence else {
             if result.collected > 0 { beginFinalize(start) }
             return
