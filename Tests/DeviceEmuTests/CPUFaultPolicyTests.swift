@@ -183,6 +183,40 @@ private func device(_ memory: PhysicalMemory, _ policy: any CPUFaultPolicy) thro
         #expect(fault(policy, 3, space: ObjectIdentifier(tokens[299])) == 1)
     }
 
+    /// The stream a new one replaces is the least recently used, not the first started:
+    /// a continued stream is kept even when it is the oldest.
+    @Test func theStreamReplacedIsTheLeastRecentlyUsedNotTheFirstStarted() throws {
+        var params = SequentialPrefetchPolicy.Parameters()
+        params.streams = 2
+        let policy = try SequentialPrefetchPolicy(params)
+        #expect(fault(policy, 0) == 1)          // stream a (first slot)
+        #expect(fault(policy, 10_000) == 1)     // stream b
+        #expect(fault(policy, 1) == 2)          // a continues: b is now the least recently used
+        #expect(fault(policy, 50_000) == 1)     // c replaces b
+        #expect(fault(policy, 3) == 4)          // a is still tracked
+        #expect(fault(policy, 50_001) == 2)     // and so is c
+        #expect(fault(policy, 10_001) == 1)     // b starts over
+        #expect(policy.statistics == .init(streamsStarted: 4, sequentialFaults: 3, pagesRequested: 1 + 1 + 2 + 1 + 4 + 2 + 1))
+    }
+
+    /// The bounds themselves are valid: `initialPages == maxPages` (a fixed window) and
+    /// 1 or 64 streams.
+    @Test func boundaryParametersAreAccepted() throws {
+        var p = SequentialPrefetchPolicy.Parameters()
+        p.initialPages = 4
+        p.maxPages = 4
+        #expect(p.problem == nil)
+        let policy = try SequentialPrefetchPolicy(p)
+        #expect(fault(policy, 0) == 4)
+        #expect(fault(policy, 4) == 4)          // doubling stops at once at the maximum
+        for streams in [1, 64] {
+            var q = SequentialPrefetchPolicy.Parameters()
+            q.streams = streams
+            #expect(q.isValid)
+            _ = try SequentialPrefetchPolicy(q)
+        }
+    }
+
     @Test func invalidParametersThrow() {
         for change: (inout SequentialPrefetchPolicy.Parameters) -> Void in [
             { $0.initialPages = 0 }, { $0.maxPages = 0 }, { $0.initialPages = 8; $0.maxPages = 4 }, { $0.streams = 0 }, { $0.streams = 65 },

@@ -500,6 +500,57 @@ private final class ManualClock: Sendable {
         withExtendedLifetime(mm) {}
     }
 
+    /// A change of direction exactly `lapse` after the previous move still counts as a
+    /// thrashing event ("longest gap … that still counts").
+    @Test func aChangeExactlyOneLapseLaterIsStillAnEvent() throws {
+        let (policy, clock, fault) = try onePage(parameters(window: 1, threshold: 1, lapse: .milliseconds(100)))
+        let s = fault.addressSpace
+        #expect(policy.resolve(fault) == .migrateToVRAM(pages: 1))
+        clock.advance(milliseconds: 100)
+        policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)
+        #expect(policy.isPinned(0x1000, addressSpace: s))
+        #expect(policy.statistics == .init(pins: 1, migrations: 1, pinnedFaults: 0))
+    }
+
+    /// A late change of direction starts the count over: the events before it no longer
+    /// count toward the threshold.
+    @Test func aLateChangeForgetsTheEventsBeforeIt() throws {
+        let (policy, clock, fault) = try onePage(parameters(window: 1, threshold: 2, lapse: .milliseconds(100)))
+        let s = fault.addressSpace
+        #expect(policy.resolve(fault) == .migrateToVRAM(pages: 1))
+        clock.advance(milliseconds: 10)
+        policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)   // event 1
+        clock.advance(milliseconds: 200)
+        #expect(policy.resolve(fault) == .migrateToVRAM(pages: 1))                   // late: count over
+        clock.advance(milliseconds: 10)
+        policy.cpuFaultMigratedToRAM(0x1000 ..< 0x2000, pages: 1, addressSpace: s)   // event 1 again
+        #expect(!policy.isPinned(0x1000, addressSpace: s))
+        clock.advance(milliseconds: 10)
+        #expect(policy.resolve(fault) == .mapSystemMemory(pages: 1))                 // event 2: pinned
+        #expect(policy.statistics == .init(pins: 1, migrations: 2, pinnedFaults: 1))
+    }
+
+    /// Pruning keeps a pinned window, however long ago it last moved: the pin outlives
+    /// the table's growth.
+    @Test func pruningKeepsPinnedWindows() throws {
+        let clock = ManualClock()
+        let policy = try ThrashingMitigationPolicy(parameters(window: 1, threshold: 1, lapse: .milliseconds(1),
+                                                              pin: .seconds(60)), clock: clock.read)
+        let mm = AddressSpace(memory: try makeMemory(mib: 16))
+        let s = ObjectIdentifier(mm)
+        func fault(_ w: UInt64) -> GPUFaultDecision {
+            policy.resolve(GPUFaultInfo(address: w << 12, access: .read, vma: 0 ..< 1 << 30, addressSpace: s))
+        }
+        #expect(fault(0) == .migrateToVRAM(pages: 1))
+        policy.cpuFaultMigratedToRAM(0 ..< 0x1000, pages: 1, addressSpace: s)   // pinned
+        clock.advance(milliseconds: 2)                                          // idle longer than the lapse
+        for w in 1...4096 as ClosedRange<UInt64> { _ = fault(w) }               // the 4096th record prunes
+        #expect(policy.isPinned(0, addressSpace: s))
+        #expect(fault(0) == .mapSystemMemory(pages: 1))
+        #expect(policy.trackedWindows == 4097)
+        withExtendedLifetime(mm) {}
+    }
+
     @Test func idleWindowsArePrunedAsTheTableGrows() throws {
         let clock = ManualClock()
         let policy = try ThrashingMitigationPolicy(parameters(window: 1, lapse: .milliseconds(1), pin: .zero), clock: clock.read)

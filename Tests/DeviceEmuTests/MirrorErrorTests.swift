@@ -15,6 +15,23 @@ import Testing
 
     private func hex(_ a: UInt64) -> String { "0x" + String(a, radix: 16) }
 
+    /// `npages << 12` that wraps to exactly 0 bytes (npages = 2^52) leaves `end == address`:
+    /// refused as a wrap, never taken as an empty range that succeeds.
+    @Test func aPageCountThatWrapsToZeroBytesIsRefused() throws {
+        let memory = try makeMemory(mib: 64)
+        let device = try MirrorDevice(memory: memory, configuration: .init(vramSize: 4 << 20, chunkSize: 4 << 20))
+        defer { device.shutdown() }
+        let mm = AddressSpace(memory: memory)
+        let mirror = try device.open(mm)
+        let a = try mm.mmap(length: 4 * pageSize)
+        let n = 1 << 52
+        #expect(thrown { () throws(MirrorError) in _ = try mirror.setFlags(a, npages: n) }
+                == "Invalid argument (22): npages \(n) at \(hex(a)) wraps around the address space")
+        #expect(thrown { () throws(MirrorError) in _ = try mirror.checkExclusive(a, npages: n) }
+                == "Invalid argument (22): npages \(n) at \(hex(a)) wraps around the address space")
+        mirror.close()
+    }
+
     @Test func mirrorCommandsSayWhichArgumentWasWrong() throws {
         let memory = try makeMemory(mib: 64)
         let device = try MirrorDevice(memory: memory, configuration: .init(vramSize: 4 << 20, chunkSize: 4 << 20))

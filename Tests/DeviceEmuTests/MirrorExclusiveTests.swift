@@ -93,6 +93,19 @@ import Testing
 
     /// What `make_device_exclusive` refuses: shared memory is `EOPNOTSUPP`, a read-only
     /// mapping `EFAULT`; pages taken before the failure stay exclusive.
+    /// CHECK_EXCLUSIVE looks at `[addr, addr + npages pages)` only: an atomic entry right
+    /// after the range is not "still atomic" for it.
+    @Test("CHECK_EXCLUSIVE stops at the range's end", arguments: MirrorKind.allCases)
+    func checkExclusiveStopsAtTheRangesEnd(_ kind: MirrorKind) throws {
+        let f = try HMMFixture(kind)
+        let b = try f.buffer(size: 4 * pageSize, filledWith: .index)
+        let tail = HMMBuffer(f.mm, at: b.ptr + 2 * hmmPage, size: 2 * pageSize)
+        #expect(hmmDmirrorCmd(f.fd, .exclusive, tail, 2) == 0)             // pages 2-3 atomic
+        #expect(hmmDmirrorCmd(f.fd, .checkExclusive, b, 2) == 0)          // pages 0-1: none
+        #expect(hmmDmirrorCmd(f.fd, .checkExclusive, b, 3) == negErrno(.permissionDenied))
+        f.teardown()
+    }
+
     @Test("exclusive refusals", arguments: MirrorKind.allCases)
     func exclusiveRefusals(_ kind: MirrorKind) throws {
         let f = try HMMFixture(kind)

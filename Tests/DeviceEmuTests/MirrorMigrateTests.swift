@@ -232,6 +232,7 @@ import Testing
         var hog: [PFN] = []
         while f.memory.freeRAMPageCount > 2, let p = f.memory.allocPage() { hog.append(p) }
         #expect(hmmMigrateDevToSys(f.fd, b, 4) == negErrno(.outOfMemory))
+        #expect(f.memory.freeRAMPageCount == 2)                        // the batch's RAM pages went back
         #expect(f.device0.inUsePageCount == 4)
         #expect(f.fd.mappedPageCount == 4)
         for p in hog { f.memory.putPage(p) }
@@ -239,6 +240,22 @@ import Testing
         #expect(hmmMigrateSysToDev(f.fd, b, 4) == 0 && b.cpages == 4 && b.mirrorMatches(.index))
         #expect(hmmMigrateDevToSys(f.fd, b, 4) == 0 && b.cpages == 4)
         #expect(try f.mm.intsMatch(b.ptr, bytes: b.size, .index))
+        f.teardown()
+    }
+
+    /// MIGRATE_TO_SYS over a range with holes (never touched) and system pages: `cpages`
+    /// counts only the pages that moved back (`dmirror_successful_migrated_pages`: VALID
+    /// and MIGRATE), not the holes setup also marks MIGRATE.
+    @Test("MIGRATE_TO_SYS cpages counts moved pages, not holes", arguments: MirrorKind.allCases)
+    func migrateToSystemCountsOnlyMovedPages(_ kind: MirrorKind) throws {
+        let f = try HMMFixture(kind)
+        let b = try HMMBuffer(f.mm, size: 12 * pageSize)
+        try f.mm.fillInts(b.ptr, bytes: 8 * pageSize, .index)          // pages 8-11 stay holes
+        #expect(hmmMigrateSysToDev(f.fd, b, 4) == 0 && b.cpages == 4)  // pages 0-3 on the device
+        #expect(hmmMigrateDevToSys(f.fd, b, 12) == 0)
+        #expect(b.cpages == 4)
+        #expect(f.device0.inUsePageCount == 0)
+        #expect(try f.mm.intsMatch(b.ptr, bytes: 8 * pageSize, .index))
         f.teardown()
     }
 
