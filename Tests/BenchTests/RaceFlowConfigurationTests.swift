@@ -124,7 +124,16 @@ import Testing
     @Test func theCallbackAPIOf2017AndPipelinedBatches() async throws {
         var c = RaceConfiguration()
         c.api = .callbacks2017
-        _ = try await raceMatrix(c, flows: [.gpuAtomic, .gpuWrite], actions: [.none, .cpuWrite, .munmap, .migrateToDevice])
+        let m = try await raceMatrix(c, flows: [.gpuAtomic, .gpuWrite, .cpuFault, .migrateToRAM],
+                                     actions: [.none, .cpuWrite, .munmap, .migrateToDevice])
+        // CPU faults and the migration back to RAM go through the 2017 fault ops with the
+        // three-step path's steps, each of which the probe reached (checked by `raceMatrix`).
+        for flow in [RaceFlow.cpuFault, .migrateToRAM] {
+            let steps = try #require(m.flows.first { $0.flow == flow }?.steps)
+            let kinds: [MigrationEvent.Kind] = [.setupBegin, .setupEnd, .migratePagesBegin, .migratePagesEnd,
+                                                .fenceWaitBegin, .fenceWaitEnd, .finalizeBegin, .finalizeEnd]
+            for kind in kinds { #expect(steps.contains(RaceStep(kind: kind, direction: .toRAM)), "\(flow): \(kind)") }
+        }
         c = RaceConfiguration()
         c.pipeline = 2
         _ = try await raceMatrix(c, flows: [.suspend, .migrateToRAM, .gpuWrite], actions: [.none, .cpuWrite, .gpuRead, .evictAll])

@@ -122,7 +122,7 @@ struct RaceCommand: ParsableCommand {
     var backend = "iouring"
     @Option(help: "Driver: nouveau (Device, the dmem driver) or mirror (MirrorDevice, test_hmm's dmirror: the mirror-* flows).")
     var driver = "nouveau"
-    @Option(help: "Driver API of migrations to VRAM: 3step (migrate_vma_setup/pages/finalize) or 2017 (migrate_vma callbacks).")
+    @Option(help: "Driver API of migrations by address (to VRAM, and CPU faults back to RAM): 3step (migrate_vma_setup/pages/finalize) or 2017 (migrate_vma callbacks).")
     var api = "3step"
     @Option(parsing: .unconditional, help: "Batches in flight while migrating to VRAM (1...8; 1 = nouveau's strict sequence; 3step only).", transform: NumberArgument.int) var pipeline = 1
     @Option(parsing: .unconditional, help: "Pages brought back per CPU fault (1...512; 1 = nouveau's single page).", transform: NumberArgument.int) var faultAround = 1

@@ -25,7 +25,7 @@ struct RaceScenario: BenchScenario {
         .init("hole", .flag, default: "off", help: "the target page starts as a hole (never written)"),
         .init("driver", .choice(RaceConfiguration.Driver.allCases.map(\.rawValue)), default: "nouveau",
               help: "nouveau (Device) or mirror (test_hmm's dmirror: the mirror-* flows)"),
-        .init("api", .choice(["3step", "2017"]), default: "3step", help: "driver API of migrations to VRAM"),
+        .init("api", .choice(["3step", "2017"]), default: "3step", help: "driver API of migrations by address (to VRAM, CPU faults)"),
         .init("pipeline", .integer(1...8), default: "1", help: "batches in flight (3step only)"),
         .init("fault-around", .integer(1...512), default: "1", help: "pages per CPU fault"),
         .init("prefetch", .choice(MigrateOptions.Prefetch.allCases.map(\.rawValue)), default: "off", help: "CPU-fault prefetch"),

@@ -6,14 +6,17 @@ import DMAEngine
 
 /// Copies that failed after their page was already committed to its new mapping — a
 /// hole's clear after `migrateVMAPages` inserted the device page, or any copy of the
-/// 2017 API, whose `finalizeAndMap` may not change `src`/`dst`. The page is still locked
-/// (no CPU or GPU access can reach it before finalize), so the driver issues the copy
-/// again, `policy.committedCopyRetries` times, and then copies with the CPU through the
-/// VRAM mapping as a last resort (on hardware: another engine). Counted in
-/// `copyRetries` and `cpuCopyFallbacks`. Never fails: the page ends up with its data.
+/// 2017 API, whose `finalizeAndMap` may not change `src`/`dst` (to VRAM, and back to RAM
+/// on a CPU fault: the device source is still locked and still holds the data, freed only
+/// by finalize). The pages are still locked (no CPU or GPU access can reach them before
+/// finalize), so the driver issues the copy again, `policy.committedCopyRetries` times,
+/// and then copies with the CPU through the VRAM mapping as a last resort (on hardware:
+/// another engine). Counted in `copyRetries` and `cpuCopyFallbacks`. Never fails: the page
+/// ends up with its data.
 extension Device {
-    /// Redoes `items` (a `source` RAM page to copy, or nil to clear, into device `page`).
-    func redoCommitted(_ items: [(source: PFN?, page: PFN)], _ policy: MigrationPolicy) {
+    /// Redoes `items`: to VRAM (`toRAM` false), a `source` RAM page to copy, or nil to
+    /// clear, into device `page`; back to RAM, device `source` into RAM `page`.
+    func redoCommitted(_ items: [(source: PFN?, page: PFN)], _ policy: MigrationPolicy, toRAM: Bool = false) {
         var pending = items
         var attempt = 0
         while !pending.isEmpty && attempt < policy.committedCopyRetries {
@@ -23,11 +26,15 @@ extension Device {
             var enqueued: [(source: PFN?, page: PFN)] = []
             var failed: [(source: PFN?, page: PFN)] = []
             for item in pending {
-                guard let to = vram.dmaAddress(of: item.page) else { continue }
                 do {
-                    if let source = item.source {
+                    if toRAM {
+                        guard let source = item.source, let from = vram.dmaAddress(of: source) else { continue }
+                        try channel.enqueueCopy(from: from, to: ramAddress(item.page), length: pageSize)
+                    } else if let source = item.source {
+                        guard let to = vram.dmaAddress(of: item.page) else { continue }
                         try channel.enqueueCopy(from: ramAddress(source), to: to, length: pageSize)
                     } else {
+                        guard let to = vram.dmaAddress(of: item.page) else { continue }
                         try channel.enqueueFill(to, length: pageSize, value: 0)
                     }
                     enqueued.append(item)
@@ -50,11 +57,17 @@ extension Device {
             pending = failed
         }
         for item in pending {
-            guard let to = vram.bytes(of: item.page) else { continue }
-            if let source = item.source, let from = memory.bytes(source) {
+            if toRAM {
+                guard let source = item.source, let from = vram.bytes(of: source),
+                      let to = memory.bytes(item.page) else { continue }
                 memcpy(to, from, pageSize)
             } else {
-                memset(to, 0, pageSize)
+                guard let to = vram.bytes(of: item.page) else { continue }
+                if let source = item.source, let from = memory.bytes(source) {
+                    memcpy(to, from, pageSize)
+                } else {
+                    memset(to, 0, pageSize)
+                }
             }
             counters.add(.cpuCopyFallbacks)
         }

@@ -3,7 +3,9 @@ import DMAEngine
 
 /// Migration of device pages back to System RAM by virtual address:
 /// `nouveau_dmem_migrate_to_ram` (the pgmap's CPU-fault handler) and dmirror's
-/// "migrate to system" command.
+/// "migrate to system" command. Under `apiGeneration == .callbacks2017`, device-private
+/// batches go through `migrateVMA(ops:)` with the 2017 fault ops instead
+/// (`LegacyFaultOps.swift`); what follows is the three-step batch.
 ///
 /// Per batch: `migrateVMASetup` with SELECT_DEVICE_PRIVATE (SELECT_DEVICE_COHERENT for
 /// coherent VRAM), owner = this device (and
@@ -23,7 +25,10 @@ extension Device {
     /// otherwise: also when only neighbours failed (they stay in VRAM), and when the page
     /// could not move because another thread holds it (a concurrent fault on the same page,
     /// a migration): the access is retried, as the kernel retries it. The table is in
-    /// docs/kernel-map.md.
+    /// docs/kernel-map.md. Under `.callbacks2017` the batches go through
+    /// `migrateVMA(ops:)` with nouveau's 2017 fault ops (`LegacyFaultOps.swift`): there a
+    /// copy failure the fence reports comes after the page was committed, so the copy is
+    /// redone and the access succeeds; only a copy refused at enqueue or submit is SIGBUS.
     public func migrateToRAM(_ fault: VMFault) -> VMFaultResult {
         ungatedMigrations.add(1, ordering: .sequentiallyConsistent)
         defer { ungatedMigrations.subtract(1, ordering: .sequentiallyConsistent) }
@@ -47,7 +52,7 @@ extension Device {
             let start = window.lowerBound + UInt64(index) * span
             let end = min(window.upperBound, start + span)
             do {
-                let r = try migrateBatchToRAM(buffers, fault.vma, start, end, faultPage: fault.page, fault.mm, policy, pool)
+                let r = try batchToRAM(buffers, fault.vma, start, end, faultPage: fault.page, fault.mm, policy, pool)
                 moved += r.moved
                 if k == 0, r.faultPageCopyFailed { result = .sigbus }
                 if k == 0, r.faultPageWithoutRAM { result = .oom }
@@ -63,7 +68,8 @@ extension Device {
     }
 
     /// Migrates this device's pages in `[range)` of `mm` back to RAM (dmirror's
-    /// `HMM_DMIRROR_MIGRATE_TO_SYS`). Takes the mmap lock for read.
+    /// `HMM_DMIRROR_MIGRATE_TO_SYS`). Takes the mmap lock for read. Under `.callbacks2017`,
+    /// device-private batches go through `migrateVMA(ops:)` (`legacyBatchToRAM`).
     /// - Throws: `.invalidArgument` for an empty or unaligned range, `.hostMM` when setup refuses a VMA.
     @discardableResult
     public func migrateRangeToRAM(_ mm: AddressSpace, range: Range<UInt64>) throws(DeviceError) -> MigrationResult {
@@ -76,7 +82,7 @@ extension Device {
         mm.mmapLock.readLock()
         defer { mm.mmapLock.readUnlock() }
         try forEachBatch(mm, range, batch: policy.batchPages) { (vma, start, end) throws(DeviceError) in
-            let r = try migrateBatchToRAM(buffers, vma, start, end, faultPage: nil, mm, policy, channels)
+            let r = try batchToRAM(buffers, vma, start, end, faultPage: nil, mm, policy, channels)
             total.pages += Int((end - start) >> 12)
             total.collected += r.collected
             total.migrated += r.moved
@@ -97,8 +103,21 @@ extension Device {
         var faultPageWithoutRAM = false
     }
 
-    /// One batch back to RAM. The caller holds the mmap lock (the fault path: the
-    /// faulting thread's). Holes in the window are left alone.
+    /// One batch back to RAM in the policy's API generation: device-private VRAM under
+    /// `.callbacks2017` through `migrateVMA(ops:)` (`legacyBatchToRAM`, nouveau's 2017
+    /// fault ops), else the three steps. The caller holds the mmap lock.
+    @inline(__always)
+    func batchToRAM(_ b: MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64, faultPage: PFN?,
+                    _ mm: AddressSpace, _ policy: MigrationPolicy,
+                    _ pool: ChannelPool) throws(DeviceError) -> ToRAMOutcome {
+        if policy.apiGeneration == .callbacks2017 && !isCoherent {
+            return try legacyBatchToRAM(b, vma, start, end, faultPage: faultPage, mm, policy, pool)
+        }
+        return try migrateBatchToRAM(b, vma, start, end, faultPage: faultPage, mm, policy, pool)
+    }
+
+    /// One batch back to RAM by the three steps. The caller holds the mmap lock (the fault
+    /// path: the faulting thread's). Holes in the window are left alone.
     func migrateBatchToRAM(_ b: MigrationBuffers, _ vma: VMA, _ start: UInt64, _ end: UInt64, faultPage: PFN?,
                            _ mm: AddressSpace, _ policy: MigrationPolicy,
                            _ pool: ChannelPool) throws(DeviceError) -> ToRAMOutcome {
@@ -167,64 +186,19 @@ extension Device {
         return out
     }
 
-    /// A locked RAM page and a D2H copy per collected device page; returns the fence, the
-    /// descriptor count, and whether the faulting page (`faultIndex`) was left without a
-    /// RAM page — as opposed to having one whose copy could not be queued. When RAM holds
-    /// fewer pages than were collected, the faulting page gets one first: a fault-around
-    /// window degrades to the page the access needs instead of failing it while
-    /// neighbours move.
+    /// `queueCopiesToRAM` for the three steps: on failure the batch is finalized (every
+    /// collected page restored) before the error is thrown.
     private func enqueueToRAM(_ b: MigrationBuffers, _ args: inout MigrateVMA, _ pool: ChannelPool,
                               faultIndex: Int?) throws(DeviceError) -> (Fence, Int, faultPageWithoutRAM: Bool) {
-        let want = (0..<args.npages).reduce(0) { $0 + (b.src[$1].contains(.migrate) && b.src[$1].page != nil ? 1 : 0) }
-        let got = memory.allocPages(into: UnsafeMutableBufferPointer(rebasing: b.pages[0..<want]))
-        DeviceMemory.ascend(UnsafeMutableBufferPointer(rebasing: b.pages[0..<got]))  // RAM pages in order: iovecs merge
-        let channel: DMAChannel
-        do { channel = try pool.checkout() } catch {
-            for k in 0..<got { memory.putPage(b.pages[k]) }
+        let src = b.src
+        do throws(DeviceError) {
+            return try queueCopiesToRAM(b, UnsafeBufferPointer(src), b.dst, args.npages, pool, faultIndex: faultIndex) {
+                src[$0].contains(.migrate) && src[$0].page != nil
+            }
+        } catch {
             migrateVMAFinalize(&args)   // restores every collected page
             throw error
         }
-        for k in 0..<got { memory.lockPage(b.pages[k]) }
-        var next = 0, descriptors = 0
-        var faultPageWithoutRAM = false
-        func enqueue(_ i: Int) {
-            guard b.src[i].contains(.migrate), let source = b.src[i].page else { return }
-            guard next < got else {
-                if i == faultIndex { faultPageWithoutRAM = true }
-                return
-            }
-            let ram = b.pages[next]
-            next += 1
-            do {
-                // Setup selected this device's pages, so each has a VRAM address; one without
-                // is not this device's page (EINVAL) and stays where it is, like a failed enqueue.
-                guard let from = vram.dmaAddress(of: source) else {
-                    throw DeviceError.invalidArgument(reason: "\(source) is not in this device's VRAM")
-                }
-                try channel.enqueueCopy(from: from, to: ramAddress(ram), length: pageSize)
-            } catch {
-                memory.unlockPage(ram)
-                memory.putPage(ram)
-                return
-            }
-            b.slot[descriptors] = Int32(i)
-            descriptors += 1
-            b.dst[i] = MigratePFN(pfn: ram)
-        }
-        // Short of RAM, the faulting page first; otherwise address order (iovecs merge).
-        let first = got < want ? faultIndex : nil
-        if let first { enqueue(first) }
-        for i in 0..<args.npages where i != first { enqueue(i) }
-        for k in next..<got { memory.unlockPage(b.pages[k]); memory.putPage(b.pages[k]) }
-        let fence: Fence
-        do { fence = try channel.submit() } catch {
-            pool.checkin(channel)
-            for i in 0..<args.npages { if let page = b.dst[i].page { releaseUnused(page); b.dst[i] = [] } }
-            migrateVMAFinalize(&args)
-            throw .dma(error)
-        }
-        pool.checkin(channel)
-        return (fence, descriptors, faultPageWithoutRAM)
     }
 
     /// The range a CPU fault brings back, by policy, clamped to the VMA.

@@ -78,13 +78,20 @@ extension Device {
         let now = MonotonicTime.now()
         var kept = 0
         for i in 0..<npages where src[i].contains(.migrate) {
-            guard let page = src[i].page, page != faultPage, let index = vram.pageIndex(of: page),
-                  isYoung(index, residency, now: now) else { continue }
+            guard let page = src[i].page, isYoungNeighbour(page, faultPage: faultPage, residency, now: now) else { continue }
             src[i].remove(.migrate)
             kept += 1
         }
         counters.add(.youngNeighboursSkipped, kept)
         return kept
+    }
+
+    /// Whether `page`, collected by a CPU fault on `faultPage`, is a neighbour of this
+    /// device still younger than `residency` (ns) at `now`: fault-around leaves it in VRAM.
+    @inline(__always)
+    func isYoungNeighbour(_ page: PFN, faultPage: PFN, _ residency: UInt64, now: UInt64) -> Bool {
+        guard page != faultPage, let index = vram.pageIndex(of: page) else { return false }
+        return isYoung(index, residency, now: now)
     }
 
     /// The earliest time (monotonic ns) at which a page that is young at `now` comes of

@@ -103,7 +103,9 @@ public struct MigrationPolicy: Sendable, Equatable {
     public var rangeMigration: RangeMigration = .bestEffort
     /// How a GPU access to an address the device page table does not map is resolved.
     public var gpuFault: GPUFaultResolution = .migrateToVRAM(pages: 16)
-    /// Which kernel API generation migrations to VRAM use (CPU faults always take the three steps).
+    /// Which kernel API generation migrations by virtual address use: to VRAM, and back
+    /// to RAM (CPU faults, `migrateRangeToRAM`) for device-private VRAM. Evictions take
+    /// `migrateDevice*` in both.
     public var apiGeneration: APIGeneration = .threeStep
     /// Extra attempts for a hole clear (or a 2017-API copy) that failed after
     /// `migrateVMAPages` had already committed the page, before the CPU clears or copies

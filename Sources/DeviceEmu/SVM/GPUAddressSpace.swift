@@ -131,6 +131,15 @@ public final class GPUAddressSpace: MMUIntervalNotifierOps, @unchecked Sendable 
         }
     }
 
+    /// `zapCollected` for the entries `include` names (by index from `start`): a 2017-API
+    /// fault, whose setup also collects System-RAM pages and holes it leaves alone.
+    func zapCollected(_ start: UInt64, _ npages: Int, where include: (Int) -> Bool) {
+        lock.withLock {
+            if !isDetached { _ = table.zap(start, npages) { k, _ in include(k) } }
+            ownSequence &+= 1
+        }
+    }
+
     /// Where the foreign invalidations stand, for a migration about to set up a batch
     /// (`mmu_interval_read_begin`); pass it to `mapMigrated`.
     ///
