@@ -2,13 +2,15 @@ import Dispatch
 import Synchronization
 import SystemPackage
 
-/// Wraps a backend and injects the faults of a `FaultPlan`: failed, short and
-/// delayed descriptors, the way a flaky copy engine or a slow link would.
+/// Wraps a backend and injects the faults of a `FaultPlan`: failed, short, delayed and
+/// silently corrupted descriptors, the way a flaky copy engine or a slow or unprotected
+/// link would.
 ///
 /// Clean runs of descriptors go to the wrapped backend unchanged; a disturbed
 /// descriptor is handled here with the CPU (memcpy through the regions'
-/// mappings): a failure copies nothing, a short copy copies a prefix, a delay
-/// copies in full on a timer thread after the delay, so later descriptors and
+/// mappings): a failure copies nothing, a short copy copies a prefix, a corruption
+/// copies in full then flips one destination byte, a delay copies in full on a timer
+/// thread after the delay, so later descriptors and
 /// batches complete first — exactly what fence ordering must withstand. A
 /// `.fence` descriptor still starts only after delayed ones (as after any earlier one),
 /// and one disturbed here only after the wrapped backend finished what it was given.
@@ -21,6 +23,8 @@ final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
     let plan: FaultPlan
     let inner: any CopyBackend
     private var generator: SplitMix64  // used under the channel's submit lock only
+    /// The seed of this channel's corruption offsets (mixed with a descriptor's number).
+    private let corruptionSeed: UInt64
     private var count = 0  // idem
     private let delayed = DispatchGroup()
     /// Runs the delayed copies, in deadline order.
@@ -34,6 +38,7 @@ final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
         self.plan = plan
         self.inner = inner
         self.generator = SplitMix64(seed: plan.seed ^ UInt64(channelID) &* 0x9E37_79B9)
+        self.corruptionSeed = plan.seed ^ UInt64(channelID) &* 0x9E37_79B9 ^ 0xC0AA_0B7E_D000_0000
     }
 
     func execute(_ batch: CopyBatch) -> Int {
@@ -51,7 +56,7 @@ final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
             guard let action else { continue }
             if runStart < i { operations += inner.execute(batch.slice(runStart..<i)) }
             runStart = i + 1
-            inject(action, batch, i)
+            inject(action, batch, i, number: count - 1)
         }
         if runStart < batch.indices.upperBound {
             operations += inner.execute(batch.slice(runStart..<batch.indices.upperBound))
@@ -88,7 +93,8 @@ final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
         return nil
     }
 
-    private func inject(_ action: FaultPlan.Action, _ batch: CopyBatch, _ i: Int) {
+    /// Applies `action` to descriptor `i` of `batch`, the channel's descriptor `number`.
+    private func inject(_ action: FaultPlan.Action, _ batch: CopyBatch, _ i: Int, number: Int) {
         switch action {
         case .fail(let errno):
             batch.fail(i, errno: errno, bytesCompleted: 0)
@@ -97,6 +103,16 @@ final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
             if d.flags.contains(.fence) { inner.waitUntilIdle() }   // it copies here, after what went inside
             let done = MemoryCopy.perform(d, limit: max(0, min(bytes, d.length - 1)))
             batch.fail(i, errno: .ioError, bytesCompleted: done)
+        case .corrupt:
+            let d = batch[i]
+            if d.flags.contains(.fence) { inner.waitUntilIdle() }   // idem
+            MemoryCopy.perform(d)
+            if d.length > 0 {
+                let at = Int(corruptionOffset(number) % UInt64(d.length))
+                let byte = d.destination.pointer.load(fromByteOffset: at, as: UInt8.self)
+                d.destination.pointer.storeBytes(of: byte ^ 0xFF, toByteOffset: at, as: UInt8.self)
+            }
+            batch.complete(i..<i + 1)
         case .delay(let delay):
             if batch[i].flags.contains(.fence) { inner.waitUntilIdle() }
             delayed.enter()
@@ -109,6 +125,15 @@ final class FaultInjectingBackend: CopyBackend, @unchecked Sendable {
                 delayed.leave()
             }
         }
+    }
+}
+
+extension FaultInjectingBackend {
+    /// A seeded draw for the channel's descriptor `number` (not from `generator`: a
+    /// corruption moves no later `.rate` decision).
+    func corruptionOffset(_ number: Int) -> UInt64 {
+        var g = SplitMix64(seed: corruptionSeed ^ UInt64(truncatingIfNeeded: number) &* 0xD1B5_4A32_D192_ED03)
+        return g.next()
     }
 }
 

@@ -23,6 +23,12 @@ public struct FaultPlan: Sendable, Equatable {
         case shortCopy(bytes: Int)
         /// Copy correctly, but only after `delay`, so it completes after later descriptors.
         case delay(Duration)
+        /// Silent data corruption, as over a link without ECC: copy (or fill) in full, then
+        /// flip one byte of the destination (XOR 0xFF) at an offset within the descriptor's
+        /// length drawn from the plan's seed, the channel and the descriptor's number, and
+        /// report the descriptor as completed. No error reaches the fence, its callbacks or
+        /// `failures`: only a check of the bytes can see it.
+        case corrupt
     }
 
     public struct Rule: Sendable, Equatable {

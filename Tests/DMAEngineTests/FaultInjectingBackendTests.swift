@@ -85,4 +85,67 @@ import Testing
         #expect(f.waitForSignal(timeout: .seconds(10)) && f.failures.isEmpty)
         #expect(same(rig.host.bytes.baseAddress!, rig.vram.mapping.baseAddress!, 4096))
     }
+
+    /// The offsets of the bytes where `a` and `b` differ over `n` bytes.
+    static func differences(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ n: Int) -> [Int] {
+        (0..<n).filter { a.load(fromByteOffset: $0, as: UInt8.self) != b.load(fromByteOffset: $0, as: UInt8.self) }
+    }
+
+    /// Copies host pages 0…3 to VRAM pages 0…3 and fills VRAM page 4 with 0x5A, under `plan`
+    /// on `inner`; returns the fence's failures and, per descriptor, the offsets where its
+    /// destination differs from what it should hold.
+    func corruptionRun(_ plan: FaultPlan, inner: CopyBackendKind = .memcpy) throws -> (failures: [DescriptorFailure], wrong: [[Int]]) {
+        let rig = try EngineRig(.init(backend: .faultInjecting(plan, wrapping: inner)), patternSeed: 77)
+        defer { rig.engine.shutdown() }
+        for p in 0..<4 { try rig.ch.enqueueCopy(from: rig.host(p), to: rig.vram.address(p * 4096), length: 4096) }
+        try rig.ch.enqueueFill(rig.vram.address(4 * 4096), length: 4096, value: 0x5A)
+        let f = try rig.ch.submit()
+        #expect(f.waitForSignal(timeout: .seconds(10)))
+        #expect(f.error == nil)
+        let expected = HostBuffer(4096)
+        memset(expected.bytes.baseAddress!, 0x5A, 4096)
+        let vram = rig.vram.mapping.baseAddress!, host = rig.host.bytes.baseAddress!
+        var wrong = (0..<4).map { Self.differences(vram + $0 * 4096, host + $0 * 4096, 4096) }
+        wrong.append(Self.differences(vram + 4 * 4096, expected.bytes.baseAddress!, 4096))
+        return (f.failures, wrong)
+    }
+
+    /// Silent corruption: the corrupted descriptor completes without error (the fence and its
+    /// failures cannot tell), its destination differs from the source in exactly one byte,
+    /// flipped; the other descriptors are intact. A fill is corrupted the same way.
+    @Test(arguments: [CopyBackendKind.memcpy, .ioUring])
+    func aCorruptedDescriptorSucceedsWithOneByteWrong(inner: CopyBackendKind) throws {
+        let rig = try EngineRig(.init(backend: .faultInjecting(FaultPlan(rules: [.init(.nth(1), .corrupt)]), wrapping: inner)),
+                                patternSeed: 78)
+        defer { rig.engine.shutdown() }
+        for p in 0..<3 { try rig.ch.enqueueCopy(from: rig.host(p), to: rig.vram.address(p * 4096), length: 4096) }
+        let f = try rig.ch.submit()
+        #expect(f.waitForSignal(timeout: .seconds(10)))
+        #expect(f.failures.isEmpty && f.error == nil)
+        let vram = rig.vram.mapping.baseAddress!, host = rig.host.bytes.baseAddress!
+        #expect(Self.differences(vram, host, 4096).isEmpty)
+        #expect(Self.differences(vram + 2 * 4096, host + 2 * 4096, 4096).isEmpty)
+        let wrong = Self.differences(vram + 4096, host + 4096, 4096)
+        try #require(wrong.count == 1, "\(wrong)")
+        let at = 4096 + wrong[0]
+        #expect(vram.load(fromByteOffset: at, as: UInt8.self) == ~host.load(fromByteOffset: at, as: UInt8.self))
+
+        let run = try corruptionRun(FaultPlan(rules: [.init(.nth(4), .corrupt)]), inner: inner)   // the fill
+        #expect(run.failures.isEmpty)
+        #expect(run.wrong[0..<4].allSatisfy(\.isEmpty) && run.wrong[4].count == 1, "\(run.wrong)")
+    }
+
+    /// The corrupted byte is a function of the plan's seed: the same seed flips the same
+    /// byte, and seeds differ in where they flip it.
+    @Test func corruptionOffsetsAreSeeded() throws {
+        let plan = FaultPlan(seed: 7, rules: [.init(.every(2), .corrupt)])
+        let a = try corruptionRun(plan), b = try corruptionRun(plan)
+        #expect(a.failures.isEmpty)
+        #expect(a.wrong.map(\.count) == [0, 1, 0, 1, 0], "\(a.wrong)")
+        #expect(a.wrong == b.wrong)
+        #expect(a.wrong[1] != a.wrong[3], "two descriptors of one channel, two offsets")
+        var offsets: Set<[Int]> = []
+        for seed in 1...4 as ClosedRange<UInt64> { offsets.insert(try corruptionRun(FaultPlan(seed: seed, rules: plan.rules)).wrong[1]) }
+        #expect(offsets.count > 1, "\(offsets)")
+    }
 }

@@ -216,7 +216,7 @@ import Testing
     /// A fault injected on a `.fence` descriptor is copied by the wrapper with the CPU: it
     /// too must start after what the wrapped io_uring backend still runs (here the rest of
     /// a short write, finished 300 ms late by the reaper).
-    @Test(arguments: [FaultPlan.Action.shortCopy(bytes: 4000), .delay(.milliseconds(1))])
+    @Test(arguments: [FaultPlan.Action.shortCopy(bytes: 4000), .delay(.milliseconds(1)), .corrupt])
     func faultOnAFenceDescriptorWaitsForTheWrappedBackend(_ action: FaultPlan.Action) throws {
         let plan = FaultPlan(rules: [.init(.nth(2), action)])
         let rig = try EngineRig(.init(backend: .faultInjecting(plan, wrapping: .ioUring), queueDepth: 8), patternSeed: 19)
@@ -235,6 +235,13 @@ import Testing
         if case .shortCopy(let bytes) = action {
             #expect(fenced.failures == [DescriptorFailure(ticket: DMATicket(rawValue: 2), index: 0, errno: .ioError, bytesCompleted: bytes)])
             copied = bytes
+        } else if action == .corrupt {
+            // Copied in full after the short write landed, then one byte flipped.
+            #expect(fenced.failures.isEmpty)
+            let source = rig.host.bytes.baseAddress! + 2 * 4096, copy = rig.host.bytes.baseAddress! + 10 * 4096
+            let wrong = (0..<4096).filter { source.load(fromByteOffset: $0, as: UInt8.self) != copy.load(fromByteOffset: $0, as: UInt8.self) }
+            #expect(wrong.count == 1, "the injected copy read VRAM page 1 before the short write's remainder landed: \(wrong.count) bytes differ")
+            return
         } else {
             #expect(fenced.failures.isEmpty)
             copied = 4096

@@ -54,6 +54,16 @@ struct MigrateOptions: Sendable {
     var vramDirectory: String?
     /// Register System RAM as io_uring fixed buffers.
     var fixedBuffers = false
+    /// Faults the copy engine injects on every channel of the run (tests only, no flag): a
+    /// `.corrupt` descriptor is what the run's byte checks are there to catch.
+    var injectedFaults: FaultPlan? = nil
+
+    /// The engine backend of `backend` (or of a fault path's `Backend`), under the fault
+    /// injector when `injectedFaults` is set.
+    func kind(_ backend: Backend) -> CopyBackendKind {
+        let kind = backend.kind(workers: workers)
+        return injectedFaults.map { .faultInjecting($0, wrapping: kind) } ?? kind
+    }
 
     var pages: Int { totalBytes / 4096 }
 

@@ -57,9 +57,9 @@ final class MigrateRun {
         observer = MigrateObserver(trace: trace)
         let policy: MigrationPolicy
         do { policy = try o.policy() } catch { throw Self.failure("policy: \(error)") }
-        var config = Device.Configuration(name: "bench", vramSize: o.totalBytes, backend: o.backend.kind(workers: o.workers), policy: policy)
+        var config = Device.Configuration(name: "bench", vramSize: o.totalBytes, backend: o.kind(o.backend), policy: policy)
         config.observer = observer
-        config.faultBackend = o.faultBackend?.kind(workers: o.workers)
+        config.faultBackend = o.faultBackend.map(o.kind)
         config.vramLayout.directory = o.vramDirectory
         config.fixedBuffers = o.fixedBuffers
         do { gpu = try Device(memory: memory, configuration: config) } catch {
@@ -182,7 +182,7 @@ final class MigrateRun {
     /// the pattern checked after, and VRAM cleared again for the migration.
     private func engineAlone() throws -> Double {
         let channel: DMAChannel
-        do { channel = try gpu.engine.makeChannel(name: "bench-engine", backend: o.backend.kind(workers: o.workers)) } catch {
+        do { channel = try gpu.engine.makeChannel(name: "bench-engine", backend: o.kind(o.backend)) } catch {
             throw Self.failure("cannot create a channel: \(error)")
         }
         let pools = gpu.vram.pools

@@ -1,3 +1,4 @@
+import DMAEngine
 import DeviceEmu
 
 /// What one `thrash` run does: the working set, the rounds, and the policies compared.
@@ -34,6 +35,15 @@ struct ThrashOptions: Sendable {
     /// The bus GPU accesses to system memory cross (`Device.Configuration.remoteAccessLink`).
     var remoteLink = LinkSpec.none
     var checked = false
+    /// Faults the copy engine injects (tests only, no flag): a `.corrupt` descriptor is what
+    /// the per-round check is there to catch.
+    var injectedFaults: FaultPlan? = nil
+
+    /// The device's engine backend: `backend`, under the fault injector when `injectedFaults` is set.
+    var backendKind: CopyBackendKind {
+        let kind = backend.kind(workers: 2)
+        return injectedFaults.map { .faultInjecting($0, wrapping: kind) } ?? kind
+    }
 
     /// The driver policy these options select; `thrashing` is the policy object of
     /// `gpuFault = .thrashing` (a new one per call: one run's state and statistics).

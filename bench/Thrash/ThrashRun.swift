@@ -36,7 +36,7 @@ enum ThrashRun {
         } catch { throw failure("cannot create \(MemoryBudget.approximate(ramBytes)) of emulated RAM: \(error)") }
         let (policy, thrashing): (MigrationPolicy, ThrashingMitigationPolicy?)
         do { (policy, thrashing) = try o.policy() } catch { throw failure("policy: \(error)") }
-        var config = Device.Configuration(name: "thrash", vramSize: vramBytes, backend: o.backend.kind(workers: 2),
+        var config = Device.Configuration(name: "thrash", vramSize: vramBytes, backend: o.backendKind,
                                           policy: policy)
         config.remoteAccessLink = o.remoteLink.model
         if let trace { config.observer = MigrateObserver(trace: trace) }   // the driver's batches and faults on the timeline

@@ -37,6 +37,10 @@ struct TortureOptions: Sendable {
     /// The copy engine's backend under the fault injector (`mapped`: two worker threads,
     /// and waiters that copy; `memcpy`: copies inside submit).
     var copyBackend = MigrateOptions.Backend.iouring
+    /// Probability per copy descriptor of silent corruption (`FaultPlan.Action.corrupt`),
+    /// checked before `injectRate`'s faults (tests only, no flag: a corrupted byte is a
+    /// mismatch, so any rate above 0 makes a run fail — which is what it tests).
+    var corruptRate = 0.0
 
     enum FaultCopy: String, CaseIterable, Sendable {
         case cpu, engine
@@ -47,6 +51,7 @@ struct TortureOptions: Sendable {
         if !(seconds > 0 && seconds <= 86_400) { return "seconds must be in (0, 86400]" }
         if !(1...64).contains(threads) { return "threads must be in 1...64 (got \(threads))" }
         if !(0...1).contains(injectRate) { return "inject-rate must be in 0...1 (got \(injectRate))" }
+        if !(0...1).contains(corruptRate) { return "corrupt-rate must be in 0...1 (got \(corruptRate))" }
         if !(1...16).contains(regionsPerThread) { return "regions per thread must be in 1...16" }
         if pagesPerThread < regionsPerThread * 16 || pagesPerThread > 1 << 18 {
             return "pages-per-thread must be in \(regionsPerThread * 16)...\(1 << 18) (got \(pagesPerThread))"
@@ -60,7 +65,7 @@ struct TortureOptions: Sendable {
     /// The faults the copy engine injects (seeded: the same descriptor sequence gets the same faults).
     var faultPlan: FaultPlan {
         let each = injectRate / 3
-        return FaultPlan(seed: seed, rules: [
+        return FaultPlan(seed: seed, rules: (corruptRate > 0 ? [.init(.rate(corruptRate), .corrupt)] : []) + [
             .init(.rate(each), .fail(.ioError)),
             .init(.rate(each), .shortCopy(bytes: 1000)),
             .init(.rate(each), .delay(delay)),
@@ -70,7 +75,7 @@ struct TortureOptions: Sendable {
     /// `copyBackend`, wrapped by the fault injector when anything is injected.
     var backend: CopyBackendKind {
         let kind = copyBackend.kind(workers: 2)
-        return injectRate > 0 ? .faultInjecting(faultPlan, wrapping: kind) : kind
+        return injectRate > 0 || corruptRate > 0 ? .faultInjecting(faultPlan, wrapping: kind) : kind
     }
 
     var pagesPerRegion: Int { pagesPerThread / regionsPerThread }
