@@ -66,7 +66,7 @@ final class LegacyDmemFaultOps: MigrateVMAOps {
         let n = src.count
         called = true
         let movable = buffers.indices   // 1: a device page of this device to bring back
-        let want = selectMovable(src, movable)
+        let want = selectMovable(src, movable, start)
         d.emit(.setupEnd, .toRAM, begin: setupBegin, batch: batch, address: start, pages: out.collected)
         guard want > 0 else {
             // Nothing to move (young neighbours, holes): finalize restores every entry.
@@ -102,9 +102,13 @@ final class LegacyDmemFaultOps: MigrateVMAOps {
     /// (`keepYoungNeighbours`, which may clear `.migrate`; this callback may not). Counts
     /// in `out.collected` what the three steps' setup would have collected (their
     /// `cpages`): this device's pages and the holes (`migrate_vma_collect_hole` takes them
-    /// whatever the selection), not the System-RAM pages SELECT_SYSTEM adds here. Returns
-    /// how many pages are to move.
-    private func selectMovable(_ src: UnsafeBufferPointer<MigratePFN>, _ movable: UnsafeMutableBufferPointer<Int>) -> Int {
+    /// whatever the selection), not the System-RAM pages nor the zero-page entries
+    /// SELECT_SYSTEM adds here (`migrate_vma_collect_pmd` takes the zero page only with
+    /// it; such an entry, like a hole, has `.migrate` and no page: the CPU entry tells them
+    /// apart — it stays the zero page's, collect installs no migration entry for it).
+    /// Returns how many pages are to move.
+    private func selectMovable(_ src: UnsafeBufferPointer<MigratePFN>, _ movable: UnsafeMutableBufferPointer<Int>,
+                               _ start: UInt64) -> Int {
         let d = device
         let residency = faultPage != nil && policy.minimumResidency > .zero
             ? MonotonicTime.nanoseconds(policy.minimumResidency) : 0
@@ -114,7 +118,8 @@ final class LegacyDmemFaultOps: MigrateVMAOps {
             movable[i] = 0
             guard src[i].contains(.migrate) else { continue }
             guard let page = src[i].page else {
-                out.collected += 1
+                let pte = mm.pageTableEntry(start + UInt64(i) << 12)
+                if !(pte.kind == .present && pte.pfn == d.memory.zeroPFN) { out.collected += 1 }
                 continue
             }
             guard d.vram.contains(page) else { continue }
