@@ -141,18 +141,13 @@ final class LegacyDmemMigrateOps: MigrateVMAOps {
     }
 
     /// All or nothing, after the channel refused one enqueue: the batch is refused as when
-    /// VRAM is short. What it already enqueued is discarded unsubmitted (the channel is the
-    /// batch's alone until checkin), so nothing can run into the device pages given back
-    /// here; `dst` is emptied, so `migrateVMAPages` moves nothing and finalize restores
-    /// every collected page.
+    /// VRAM is short (`Device.abandonEnqueued`: nothing enqueued runs, every device page is
+    /// given back, `dst` is emptied, so `migrateVMAPages` moves nothing and finalize
+    /// restores every collected page).
     private func refuseEnqueued(_ channel: DMAChannel, _ dst: UnsafeMutableBufferPointer<MigratePFN>,
                                 unused: Range<Int>) {
-        let d = device
-        channel.discardPending()
-        channels.checkin(channel)
-        for i in 0..<dst.count { if let page = dst[i].page { d.releaseUnused(page); dst[i] = [] } }
-        for k in unused { d.releaseUnused(pages[k]) }
-        d.counters.add(.batchesRefused)
+        device.abandonEnqueued(channel, channels, dst, pages, unused: unused)
+        device.counters.add(.batchesRefused)
         result.refusedBatches = 1
     }
 

@@ -244,6 +244,7 @@ extension Device {
             migrateVMAFinalize(&args)   // restores every collected page
             throw error
         }
+        let batchDst = UnsafeMutableBufferPointer(rebasing: b.dst[0..<args.npages])
         var next = 0, descriptors = 0
         for i in 0..<args.npages where b.src[i].contains(.migrate) {
             guard next < got else { break }  // VRAM exhausted: the rest stays (best effort)
@@ -251,7 +252,7 @@ extension Device {
             next += 1
             guard let to = vram.dmaAddress(of: page) else {
                 releaseUnused(page)
-                if allOrNothing { return abandonEnqueued(b, args.npages, channel, pool, unused: next..<got) }
+                if allOrNothing { abandonEnqueued(channel, pool, batchDst, b.pages, unused: next..<got); return nil }
                 continue
             }
             memory.setZoneDeviceData(page, tag)
@@ -263,7 +264,7 @@ extension Device {
                 }
             } catch {
                 releaseUnused(page)
-                if allOrNothing { return abandonEnqueued(b, args.npages, channel, pool, unused: next..<got) }
+                if allOrNothing { abandonEnqueued(channel, pool, batchDst, b.pages, unused: next..<got); return nil }
                 continue
             }
             b.slot[descriptors] = Int32(i)
@@ -281,18 +282,18 @@ extension Device {
         return (fence, descriptors)
     }
 
-    /// All or nothing, after one enqueue was refused: the descriptors this batch already
-    /// enqueued are discarded before submit (the channel is the batch's alone until its
-    /// checkin), so no copy or clear can run into a device page given back here; then every
-    /// device page of the batch (with a `dst` entry, or allocated and not reached yet) is
-    /// released. Returns nil: the caller restores the batch with `refuse`.
-    private func abandonEnqueued(_ b: MigrationBuffers, _ npages: Int, _ channel: DMAChannel, _ pool: ChannelPool,
-                                 unused: Range<Int>) -> (Fence, Int)? {
+    /// All or nothing, after one enqueue was refused (both API generations): the
+    /// descriptors the batch already enqueued are discarded before submit (the channel is
+    /// the batch's alone until its checkin), so no copy or clear can run into a device page
+    /// given back here; then every device page of the batch (with a `dst` entry, or
+    /// allocated and not reached yet: `pages[unused]`) is released and `dst` emptied, so
+    /// finalize restores every collected page.
+    func abandonEnqueued(_ channel: DMAChannel, _ pool: ChannelPool, _ dst: UnsafeMutableBufferPointer<MigratePFN>,
+                         _ pages: UnsafeMutableBufferPointer<PFN>, unused: Range<Int>) {
         channel.discardPending()
         pool.checkin(channel)
-        for i in 0..<npages { if let page = b.dst[i].page { releaseUnused(page); b.dst[i] = [] } }
-        for k in unused { releaseUnused(b.pages[k]) }
-        return nil
+        for i in dst.indices { if let page = dst[i].page { releaseUnused(page); dst[i] = [] } }
+        for k in unused { releaseUnused(pages[k]) }
     }
 
     /// Restores the whole batch (all-or-nothing refused it).
